@@ -1,0 +1,100 @@
+//! Alerts and revocation requests: what the SOC and the revocation service
+//! receive, with deterministic ids, grouping into incidents and the policy
+//! that decides which alerts ask for a revocation.
+
+pub mod policy;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// How bad an alert is. Ordered: `Low < Medium < High < Critical`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Severity> {
+        match text {
+            "low" => Some(Severity::Low),
+            "medium" => Some(Severity::Medium),
+            "high" => Some(Severity::High),
+            "critical" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// The event-time span an alert is about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    pub start: String,
+    pub end: String,
+}
+
+/// One alert (schemas/alert.schema.json).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Deterministic: the same input always gives the same id, so a consumer
+    /// can drop a repeat delivered after a restart.
+    pub id: String,
+    /// Alerts on the same key close together in event time share an
+    /// incident: the id of the incident's first alert.
+    pub incident_id: String,
+    pub key_fingerprint: String,
+    pub key_hint: String,
+    pub detector: String,
+    pub severity: Severity,
+    /// Strength of the evidence in [0, 1].
+    pub score: f64,
+    /// Event time of the event that triggered the alert.
+    pub ts: String,
+    pub window: Window,
+    /// One line a person can read.
+    pub summary: String,
+    /// What was observed against what the baseline holds.
+    pub evidence: serde_json::Value,
+    /// Name and version of the model that judged.
+    pub model: String,
+}
+
+/// A request to revoke a key (schemas/revocation.schema.json).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevocationRequest {
+    /// Deterministic; the revocation service acts at most once per key.
+    pub idempotency_key: String,
+    pub key_fingerprint: String,
+    pub key_hint: String,
+    pub ts: String,
+    pub severity: Severity,
+    pub reason: String,
+    pub incident_id: String,
+    pub alert_ids: Vec<String>,
+    pub model: String,
+}
+
+/// Hex SHA-256 of the parts joined by `|`, truncated to 128 bits, prefixed.
+pub fn stable_id(prefix: &str, parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for (index, part) in parts.iter().enumerate() {
+        if index > 0 {
+            hasher.update(b"|");
+        }
+        hasher.update(part.as_bytes());
+    }
+    let digest = hasher.finalize();
+    format!("{prefix}_{}", hex::encode(&digest[..16]))
+}

@@ -1,0 +1,1 @@
+//! Which alerts ask for a revocation.

@@ -1,0 +1,1 @@
+//! Arrow columns of a micro-batch.

@@ -1,0 +1,182 @@
+//! The runtime configuration file (`--config FILE`): inputs, GeoIP
+//! databases, limits and Kafka. Parsed with serde, then validated into typed
+//! values; every error names the file, the field and the problem.
+
+pub mod kafka;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::{FieldMapping, Format};
+pub use kafka::KafkaConfig;
+
+/// Why a configuration file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config file {path}: {detail}")]
+    Parse { path: String, detail: String },
+    #[error("invalid config file {path}: field `{field}`: {problem}")]
+    Invalid { path: String, field: String, problem: String },
+}
+
+/// The whole configuration file. Every section is optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub input: InputConfig,
+    #[serde(default)]
+    pub geoip: GeoIpConfig,
+    /// Path of a model file; the compiled-in default model when absent.
+    #[serde(default)]
+    pub model: Option<PathBuf>,
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
+}
+
+/// How input records are read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// `auto`, `canonical`, `cloudtrail` or `mapped`.
+    #[serde(default = "default_format")]
+    pub format: Format,
+    /// Field mapping for `format = "mapped"`.
+    #[serde(default)]
+    pub mapping: Option<FieldMapping>,
+    /// Records (lines, messages) longer than this many bytes are rejected.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// Events per micro-batch handed to the engine.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            format: default_format(),
+            mapping: None,
+            max_record_bytes: default_max_record_bytes(),
+            batch_size: default_batch_size(),
+        }
+    }
+}
+
+fn default_format() -> Format {
+    Format::Auto
+}
+
+fn default_max_record_bytes() -> usize {
+    1 << 20
+}
+
+fn default_batch_size() -> usize {
+    4096
+}
+
+/// GeoIP databases in MaxMind DB format (GeoIP2/GeoLite2, DB-IP).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoIpConfig {
+    /// City database (country, city, coordinates).
+    #[serde(default)]
+    pub city: Option<PathBuf>,
+    /// ASN database (autonomous system number and organisation).
+    #[serde(default)]
+    pub asn: Option<PathBuf>,
+    /// Entries in the per-ip lookup cache.
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: usize,
+}
+
+fn default_cache_entries() -> usize {
+    1 << 16
+}
+
+impl Config {
+    /// Reads and validates a configuration file. Relative paths inside it
+    /// are taken relative to the file's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, &path.display().to_string())?;
+        if let Some(base) = path.parent() {
+            config.resolve_paths(base);
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: origin.to_string(),
+            detail: err.to_string(),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        if let Some(path) = self.geoip.city.as_mut() {
+            resolve(path);
+        }
+        if let Some(path) = self.geoip.asn.as_mut() {
+            resolve(path);
+        }
+        if let Some(path) = self.model.as_mut() {
+            resolve(path);
+        }
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, problem: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            field: field.to_string(),
+            problem,
+        };
+        if self.input.batch_size == 0 {
+            return Err(invalid("input.batch_size", "must be at least 1".into()));
+        }
+        if self.input.max_record_bytes < 256 {
+            return Err(invalid("input.max_record_bytes", "must be at least 256".into()));
+        }
+        if self.input.format == Format::Mapped && self.input.mapping.is_none() {
+            return Err(invalid("input.mapping", "format `mapped` needs a mapping".into()));
+        }
+        if let Some(kafka) = &self.kafka {
+            kafka.validate().map_err(|(field, problem)| invalid(&format!("kafka.{field}"), problem))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_takes_defaults() {
+        let config = Config::parse("", "empty.toml").unwrap();
+        assert_eq!(config.input.batch_size, 4096);
+        assert_eq!(config.input.format, Format::Auto);
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let err = Config::parse("[input]\nbatch_size = 0\n", "c.toml").unwrap_err().to_string();
+        assert!(err.contains("c.toml") && err.contains("input.batch_size"), "{err}");
+        let err = Config::parse("[input]\nbogus = 1\n", "d.toml").unwrap_err().to_string();
+        assert!(err.contains("d.toml") && err.contains("bogus"), "{err}");
+    }
+}

@@ -1,0 +1,1 @@
+//! Canonical JSON lines (schemas/access-event.schema.json).

@@ -1,0 +1,2 @@
+//! Builds small MaxMind-format City and ASN databases, in the real GeoIP2
+//! record layout, for tests, the generator and the demo.

@@ -1,0 +1,35 @@
+//! keywatch: catches stolen or misused API keys by how they are used.
+//!
+//! An event flows through the modules in this order:
+//!
+//! - [`source`] reads records from files or Kafka (the only input I/O);
+//! - [`decode`] turns each record into canonical [`event::AccessEvent`]s,
+//!   or rejects it with a reason;
+//! - [`engine::Engine`], synchronous and free of I/O and clocks, enriches a
+//!   micro-batch with [`enrich`] (GeoIP), lays it out in Arrow columns
+//!   ([`batch`]), updates each key's [`baseline`] and asks the [`detect`]ors
+//!   for findings, which [`alert`] turns into alerts and revocation requests;
+//! - [`sink`] writes outputs to files or Kafka (the only output I/O).
+//!
+//! [`replay`] drives the engine from files, [`pipeline`] from Kafka; both
+//! drive the very same engine, in event time, so replay equals live.
+//! [`generate`] makes labelled synthetic traffic and [`eval`] scores alerts
+//! against its labels; [`demo`] runs the whole system in one process.
+
+pub mod alert;
+pub mod baseline;
+pub mod batch;
+pub mod config;
+pub mod decode;
+pub mod demo;
+pub mod detect;
+pub mod engine;
+pub mod enrich;
+pub mod eval;
+pub mod event;
+pub mod generate;
+pub mod model;
+pub mod pipeline;
+pub mod replay;
+pub mod sink;
+pub mod source;

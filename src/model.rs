@@ -1,0 +1,311 @@
+//! Detection models: every threshold, learning period, sensitive endpoint
+//! pattern and revocation rule lives in a `models/*.toml` file, parsed here
+//! and validated into typed values before anything runs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::alert::Severity;
+
+/// Why a model file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid model file {path}: {detail}")]
+    Parse { path: String, detail: String },
+    #[error("invalid model file {path}: field `{field}`: {problem}")]
+    Invalid { path: String, field: String, problem: String },
+}
+
+/// The model shipped in `models/default.toml`, compiled in so `keywatch`
+/// works without a model file.
+pub const DEFAULT_MODEL_TOML: &str = include_str!("../models/default.toml");
+
+/// How much history a key needs before a detector judges it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Learning {
+    /// Event time since the key was first seen.
+    #[serde(with = "humantime_serde_compat")]
+    pub min_age: Duration,
+    /// Events seen on the key.
+    pub min_events: u64,
+}
+
+/// The whole model file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    /// Name written into every alert with the version.
+    pub name: String,
+    pub version: String,
+    pub geo: GeoModel,
+    pub rate: RateModel,
+    pub endpoints: EndpointModel,
+    pub client: ClientModel,
+    pub auth_failures: AuthFailureModel,
+    pub alerts: AlertModel,
+    pub policy: PolicyModel,
+}
+
+/// Geography: new countries and networks, impossible travel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoModel {
+    /// Countries remembered per key (top-K; the rest share one bucket).
+    pub max_countries: usize,
+    /// Networks (ASNs) remembered per key.
+    pub max_asns: usize,
+    /// Half-life of the weight of a country or network in the baseline.
+    #[serde(with = "humantime_serde_compat")]
+    pub half_life: Duration,
+    pub new_country: Learning,
+    pub new_asn: Learning,
+    pub impossible_travel: Learning,
+    /// Speed above which travel between two uses is impossible.
+    pub max_speed_kmh: f64,
+    /// Distances shorter than this are never impossible travel.
+    pub min_distance_km: f64,
+    /// Extra distance allowed per location for GeoIP error, on top of the
+    /// databases' own accuracy radius.
+    pub location_error_km: f64,
+    /// A location holding at least this share of the key's baseline is
+    /// established: travel between established locations is not impossible.
+    pub established_share: f64,
+    /// A key whose baseline spreads over at least this many countries is
+    /// global: new countries on it are low severity.
+    pub global_key_countries: usize,
+}
+
+/// Call rate with daily seasonality.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateModel {
+    pub learning: Learning,
+    /// Length of the short window (spikes).
+    #[serde(with = "humantime_serde_compat")]
+    pub spike_window: Duration,
+    /// Length of the long window (sustained surges).
+    #[serde(with = "humantime_serde_compat")]
+    pub surge_window: Duration,
+    /// Tail probability below which a window's count is anomalous.
+    pub spike_p_value: f64,
+    pub surge_p_value: f64,
+    /// Windows with fewer calls than this never alert.
+    pub min_spike_count: u64,
+    pub min_surge_count: u64,
+    /// Smoothing of the hour-of-day profile per day (0..1).
+    pub profile_alpha: f64,
+    /// Floor of the expected calls per hour, so a quiet hour does not make
+    /// every call an anomaly.
+    pub min_hourly_rate: f64,
+    /// A key silent for this long that is used again has woken up.
+    #[serde(with = "humantime_serde_compat")]
+    pub dormant_after: Duration,
+    pub dormant: Learning,
+}
+
+/// Endpoint mix.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointModel {
+    /// Endpoints remembered per key.
+    pub max_endpoints: usize,
+    #[serde(with = "humantime_serde_compat")]
+    pub half_life: Duration,
+    pub new_endpoint: Learning,
+    /// Glob patterns (`*` matches any run of characters, case-insensitive)
+    /// of endpoints whose first use by a key is suspicious.
+    pub sensitive_patterns: Vec<String>,
+    pub mix_shift: Learning,
+    /// Window over which the mix is compared with the baseline.
+    #[serde(with = "humantime_serde_compat")]
+    pub mix_window: Duration,
+    /// Calls needed in the window before the mix is judged.
+    pub mix_min_calls: u64,
+    /// Jensen-Shannon divergence (bits, 0..1) above which the mix has shifted.
+    pub mix_max_divergence: f64,
+}
+
+/// Client fingerprint: the user-agent family.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientModel {
+    pub max_clients: usize,
+    pub new_client: Learning,
+}
+
+/// Spikes of 401/403 answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFailureModel {
+    pub learning: Learning,
+    #[serde(with = "humantime_serde_compat")]
+    pub window: Duration,
+    pub min_failures: u64,
+    pub p_value: f64,
+}
+
+/// Grouping and suppression of alerts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertModel {
+    /// Alerts on one key within this event time of the incident's last alert
+    /// join that incident.
+    #[serde(with = "humantime_serde_compat")]
+    pub incident_gap: Duration,
+    /// A detector that fired on a key stays quiet on it this long, unless
+    /// its severity rises.
+    #[serde(with = "humantime_serde_compat")]
+    pub suppress: Duration,
+}
+
+/// Which alerts ask for a revocation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyModel {
+    /// Revocation requests are off when false.
+    pub revoke: bool,
+    /// Lowest severity that asks for a revocation.
+    pub min_severity: Severity,
+    /// Detectors allowed to ask for a revocation (signs of a stolen key).
+    pub detectors: Vec<String>,
+}
+
+impl Model {
+    /// Reads and validates a model file.
+    pub fn load(path: &Path) -> Result<Model, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Model::parse(&text, &path.display().to_string())
+    }
+
+    /// The compiled-in default model.
+    pub fn default_model() -> Model {
+        Model::parse(DEFAULT_MODEL_TOML, "models/default.toml").expect("the default model is valid")
+    }
+
+    /// Parses and validates model text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Model, ModelError> {
+        let model: Model = toml::from_str(text).map_err(|err| ModelError::Parse {
+            path: origin.to_string(),
+            detail: err.to_string(),
+        })?;
+        model.validate(origin)?;
+        Ok(model)
+    }
+
+    /// `name@version`, as written into alerts.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ModelError> {
+        let invalid = |field: &str, problem: &str| ModelError::Invalid {
+            path: origin.to_string(),
+            field: field.to_string(),
+            problem: problem.to_string(),
+        };
+        let probability = |value: f64, field: &str| {
+            if value > 0.0 && value < 1.0 {
+                Ok(())
+            } else {
+                Err(invalid(field, "must be a probability strictly between 0 and 1"))
+            }
+        };
+        probability(self.rate.spike_p_value, "rate.spike_p_value")?;
+        probability(self.rate.surge_p_value, "rate.surge_p_value")?;
+        probability(self.auth_failures.p_value, "auth_failures.p_value")?;
+        probability(self.geo.established_share, "geo.established_share")?;
+        if !(self.rate.profile_alpha > 0.0 && self.rate.profile_alpha <= 1.0) {
+            return Err(invalid("rate.profile_alpha", "must be in (0, 1]"));
+        }
+        if !(self.endpoints.mix_max_divergence > 0.0 && self.endpoints.mix_max_divergence <= 1.0) {
+            return Err(invalid("endpoints.mix_max_divergence", "must be in (0, 1]"));
+        }
+        for (field, value) in [
+            ("geo.max_countries", self.geo.max_countries),
+            ("geo.max_asns", self.geo.max_asns),
+            ("endpoints.max_endpoints", self.endpoints.max_endpoints),
+            ("client.max_clients", self.client.max_clients),
+        ] {
+            if value == 0 || value > 255 {
+                return Err(invalid(field, "must be between 1 and 255"));
+            }
+        }
+        if self.geo.max_speed_kmh <= 0.0 {
+            return Err(invalid("geo.max_speed_kmh", "must be positive"));
+        }
+        for (field, value) in [
+            ("rate.spike_window", self.rate.spike_window),
+            ("rate.surge_window", self.rate.surge_window),
+            ("endpoints.mix_window", self.endpoints.mix_window),
+            ("auth_failures.window", self.auth_failures.window),
+            ("geo.half_life", self.geo.half_life),
+            ("endpoints.half_life", self.endpoints.half_life),
+        ] {
+            if value.as_millis() < 1000 {
+                return Err(invalid(field, "must be at least 1s"));
+            }
+        }
+        if 3_600_000 % self.rate.spike_window.as_millis() != 0 || self.rate.surge_window.as_millis() % self.rate.spike_window.as_millis() != 0 {
+            return Err(invalid("rate.spike_window", "must divide one hour and rate.surge_window"));
+        }
+        if self.rate.surge_window.as_millis() / self.rate.spike_window.as_millis() > 64 {
+            return Err(invalid("rate.surge_window", "may hold at most 64 spike windows"));
+        }
+        for pattern in &self.endpoints.sensitive_patterns {
+            if pattern.is_empty() {
+                return Err(invalid("endpoints.sensitive_patterns", "an empty pattern matches nothing"));
+            }
+        }
+        for detector in &self.policy.detectors {
+            if !crate::detect::DETECTORS.contains(&detector.as_str()) {
+                return Err(invalid("policy.detectors", &format!("unknown detector `{detector}`")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Durations in human form (`"15m"`, `"30d"`) through `humantime`.
+pub mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(|err| D::Error::custom(format!("`{text}` is not a duration: {err}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_model_is_valid() {
+        let model = Model::default_model();
+        assert_eq!(model.geo.max_speed_kmh, 900.0);
+        assert_eq!(model.geo.min_distance_km, 500.0);
+    }
+
+    #[test]
+    fn invalid_model_names_the_field() {
+        let text = DEFAULT_MODEL_TOML.replace("spike_p_value = ", "spike_p_value = 2.0 #");
+        let err = Model::parse(&text, "bad.toml").unwrap_err().to_string();
+        assert!(err.contains("bad.toml") && err.contains("rate.spike_p_value"), "{err}");
+        let err = Model::parse("name = 1", "worse.toml").unwrap_err().to_string();
+        assert!(err.contains("worse.toml"), "{err}");
+    }
+}
