@@ -43,7 +43,11 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(model: Arc<Model>, geo: Arc<GeoIp>) -> Engine {
-        Engine { model, geo, stats: EngineStats::default() }
+        Engine {
+            model,
+            geo,
+            stats: EngineStats::default(),
+        }
     }
 
     /// Processes one micro-batch in order and appends outputs to `out`.

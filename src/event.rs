@@ -136,7 +136,13 @@ fn parse_ts_fast(text: &str) -> Option<i64> {
     if pos + 1 != b.len() || b[pos] != b'Z' {
         return None;
     }
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let days = days_from_civil(year, month, day);
@@ -195,13 +201,23 @@ mod tests {
 
     #[test]
     fn fast_and_slow_timestamp_parsers_agree() {
-        for text in ["2026-03-01T12:34:56Z", "2026-03-01T12:34:56.789Z", "2024-02-29T00:00:00.5Z", "1999-12-31T23:59:59Z"] {
-            let slow = chrono::DateTime::parse_from_rfc3339(text).map(|d| d.timestamp_millis()).ok();
+        for text in [
+            "2026-03-01T12:34:56Z",
+            "2026-03-01T12:34:56.789Z",
+            "2024-02-29T00:00:00.5Z",
+            "1999-12-31T23:59:59Z",
+        ] {
+            let slow = chrono::DateTime::parse_from_rfc3339(text)
+                .map(|d| d.timestamp_millis())
+                .ok();
             assert_eq!(parse_ts_fast(text), slow, "{text}");
         }
         assert_eq!(parse_ts("2026-02-30T00:00:00Z"), None);
         assert_eq!(parse_ts("1970-01-01T00:00:00Z"), None, "before the accepted range");
-        assert_eq!(parse_ts("2026-03-01T12:34:56+02:00"), Some(parse_ts("2026-03-01T10:34:56Z").unwrap()));
+        assert_eq!(
+            parse_ts("2026-03-01T12:34:56+02:00"),
+            Some(parse_ts("2026-03-01T10:34:56Z").unwrap())
+        );
     }
 
     #[test]
@@ -212,6 +228,9 @@ mod tests {
         assert!(!fp.contains(key));
         assert_eq!(key_hint(key), "AKIA****MPLE");
         assert_eq!(key_hint("short"), "****");
-        assert_eq!(format_ts(parse_ts("2026-03-01T12:34:56.789Z").unwrap()), "2026-03-01T12:34:56.789Z");
+        assert_eq!(
+            format_ts(parse_ts("2026-03-01T12:34:56.789Z").unwrap()),
+            "2026-03-01T12:34:56.789Z"
+        );
     }
 }

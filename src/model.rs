@@ -17,7 +17,11 @@ pub enum ModelError {
     #[error("invalid model file {path}: {detail}")]
     Parse { path: String, detail: String },
     #[error("invalid model file {path}: field `{field}`: {problem}")]
-    Invalid { path: String, field: String, problem: String },
+    Invalid {
+        path: String,
+        field: String,
+        problem: String,
+    },
 }
 
 /// The model shipped in `models/default.toml`, compiled in so `keywatch`
@@ -253,15 +257,23 @@ impl Model {
                 return Err(invalid(field, "must be at least 1s"));
             }
         }
-        if 3_600_000 % self.rate.spike_window.as_millis() != 0 || self.rate.surge_window.as_millis() % self.rate.spike_window.as_millis() != 0 {
-            return Err(invalid("rate.spike_window", "must divide one hour and rate.surge_window"));
+        if 3_600_000 % self.rate.spike_window.as_millis() != 0
+            || self.rate.surge_window.as_millis() % self.rate.spike_window.as_millis() != 0
+        {
+            return Err(invalid(
+                "rate.spike_window",
+                "must divide one hour and rate.surge_window",
+            ));
         }
         if self.rate.surge_window.as_millis() / self.rate.spike_window.as_millis() > 64 {
             return Err(invalid("rate.surge_window", "may hold at most 64 spike windows"));
         }
         for pattern in &self.endpoints.sensitive_patterns {
             if pattern.is_empty() {
-                return Err(invalid("endpoints.sensitive_patterns", "an empty pattern matches nothing"));
+                return Err(invalid(
+                    "endpoints.sensitive_patterns",
+                    "an empty pattern matches nothing",
+                ));
             }
         }
         for detector in &self.policy.detectors {

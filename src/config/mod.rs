@@ -19,7 +19,11 @@ pub enum ConfigError {
     #[error("invalid config file {path}: {detail}")]
     Parse { path: String, detail: String },
     #[error("invalid config file {path}: field `{field}`: {problem}")]
-    Invalid { path: String, field: String, problem: String },
+    Invalid {
+        path: String,
+        field: String,
+        problem: String,
+    },
 }
 
 /// The whole configuration file. Every section is optional.
@@ -155,7 +159,9 @@ impl Config {
             return Err(invalid("input.mapping", "format `mapped` needs a mapping".into()));
         }
         if let Some(kafka) = &self.kafka {
-            kafka.validate().map_err(|(field, problem)| invalid(&format!("kafka.{field}"), problem))?;
+            kafka
+                .validate()
+                .map_err(|(field, problem)| invalid(&format!("kafka.{field}"), problem))?;
         }
         Ok(())
     }
@@ -174,7 +180,9 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_field() {
-        let err = Config::parse("[input]\nbatch_size = 0\n", "c.toml").unwrap_err().to_string();
+        let err = Config::parse("[input]\nbatch_size = 0\n", "c.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("c.toml") && err.contains("input.batch_size"), "{err}");
         let err = Config::parse("[input]\nbogus = 1\n", "d.toml").unwrap_err().to_string();
         assert!(err.contains("d.toml") && err.contains("bogus"), "{err}");

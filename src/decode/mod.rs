@@ -73,7 +73,11 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(format: Format, mapping: Option<FieldMapping>, max_record_bytes: usize) -> Self {
-        Decoder { format, mapping, max_record_bytes }
+        Decoder {
+            format,
+            mapping,
+            max_record_bytes,
+        }
     }
 
     /// Decodes one record. A record may hold several events (a CloudTrail
