@@ -1,0 +1,1 @@
+//! Writing JSON lines files.

@@ -1,0 +1,1 @@
+//! Producing to output topics.

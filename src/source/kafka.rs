@@ -1,0 +1,1 @@
+//! Consuming input topics.
