@@ -1,0 +1,3 @@
+//! Decode throughput benches (filled in below).
+
+fn main() {}
