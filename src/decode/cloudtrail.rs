@@ -1,1 +1,500 @@
-//! AWS CloudTrail records.
+//! AWS CloudTrail records, either one event per record (a line, a Kafka
+//! message, as EventBridge or a log shipper delivers them) or a whole
+//! `{"Records":[...]}` file as CloudTrail writes it to S3.
+//!
+//! How a CloudTrail event becomes an access event:
+//!
+//! | access event | CloudTrail                                                    |
+//! |--------------|---------------------------------------------------------------|
+//! | `key_id`     | `userIdentity.accessKeyId` (none for AWS service events)      |
+//! | `ip`         | `sourceIPAddress` (a service name instead of an IP is BadIp)  |
+//! | `ts`         | `eventTime`                                                   |
+//! | `endpoint`   | `eventSource` without `.amazonaws.com`, `:`, `eventName`      |
+//! | `method`     | `READ` / `WRITE` from `readOnly`, `CALL` when it is absent    |
+//! | `status`     | 200, or derived from `errorCode` by [`status_for_error_code`] |
+//! | `user_agent` | `userAgent`                                                   |
+//! | `bytes_out`  | `additionalEventData.bytesTransferredOut` (S3), else 0        |
+//! | `request_id` | `requestID`, else `eventID`                                   |
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::canonical::{key_field, optional, required};
+use super::{DecodeError, ObjectOr, Scalar, expect_object};
+use crate::event::{AccessEvent, parse_ts};
+
+/// The fields of a CloudTrail event this decoder reads; everything else
+/// (request parameters, response elements, ...) is skipped unparsed.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawCloudTrail<'a> {
+    #[serde(borrow, default)]
+    event_time: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    event_source: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    event_name: Option<Scalar<'a>>,
+    #[serde(rename = "sourceIPAddress", borrow, default)]
+    source_ip_address: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    user_agent: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    error_code: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    read_only: Option<Scalar<'a>>,
+    #[serde(rename = "requestID", borrow, default)]
+    request_id: Option<Scalar<'a>>,
+    #[serde(rename = "eventID", borrow, default)]
+    event_id: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    user_identity: Option<ObjectOr<UserIdentity<'a>>>,
+    #[serde(borrow, default)]
+    additional_event_data: Option<ObjectOr<AdditionalEventData<'a>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UserIdentity<'a> {
+    #[serde(borrow, default)]
+    access_key_id: Option<Scalar<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AdditionalEventData<'a> {
+    #[serde(borrow, default)]
+    bytes_transferred_out: Option<Scalar<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RecordsDocument<'a> {
+    #[serde(rename = "Records", borrow)]
+    records: Vec<&'a RawValue>,
+}
+
+/// True when `bytes` start (after whitespace) with `{"Records":`, the shape
+/// of a CloudTrail log file. The file reader uses it to decide between
+/// "the whole file is one record" and "one record per line"; it looks at a
+/// few bytes only and does not validate the rest.
+pub fn is_records_document(bytes: &[u8]) -> bool {
+    let mut rest = skip_whitespace(bytes);
+    // Files written by some tools start with a UTF-8 byte order mark.
+    if let Some(after_bom) = rest.strip_prefix(b"\xEF\xBB\xBF") {
+        rest = skip_whitespace(after_bom);
+    }
+    let Some(rest) = rest.strip_prefix(b"{") else {
+        return false;
+    };
+    let Some(rest) = skip_whitespace(rest).strip_prefix(b"\"Records\"") else {
+        return false;
+    };
+    skip_whitespace(rest).starts_with(b":")
+}
+
+fn skip_whitespace(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|byte| !byte.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    &bytes[start..]
+}
+
+/// True when a record has a top-level-looking `"eventSource"` or
+/// `"eventTime"` key. A byte scan, not a parse: cheap enough to run on every
+/// record in auto mode, and a canonical record never has these keys.
+pub(crate) fn looks_like_cloudtrail(record: &[u8]) -> bool {
+    record.iter().enumerate().any(|(position, &byte)| {
+        byte == b'"' && {
+            let after = &record[position + 1..];
+            after.starts_with(b"eventSource\"") || after.starts_with(b"eventTime\"")
+        }
+    })
+}
+
+/// Decodes a `{"Records":[...]}` document. Each element is decoded on its
+/// own, so a bad element yields an error at its index and the others still
+/// decode; a document that is not valid JSON as a whole yields one error.
+pub(crate) fn decode_records_document<'a>(
+    document: &'a [u8],
+    max_event_bytes: usize,
+    out: &mut Vec<Result<AccessEvent<'a>, DecodeError>>,
+) {
+    let parsed: RecordsDocument<'a> = match serde_json::from_slice(document) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            out.push(Err(DecodeError::MalformedJson(format!(
+                "cloudtrail records document: {error}"
+            ))));
+            return;
+        }
+    };
+    out.reserve(parsed.records.len());
+    for element in parsed.records {
+        let element = element.get().as_bytes();
+        if element.len() > max_event_bytes {
+            out.push(Err(DecodeError::Oversized {
+                size: element.len(),
+                limit: max_event_bytes,
+            }));
+        } else {
+            out.push(decode_event(element));
+        }
+    }
+}
+
+/// Decodes one CloudTrail event object.
+pub fn decode_event(record: &[u8]) -> Result<AccessEvent<'_>, DecodeError> {
+    expect_object(record)?;
+    let raw: RawCloudTrail<'_> = serde_json::from_slice(record)?;
+    // The key first: AWS service events have neither a key nor an IP, and
+    // they must be skipped as keyless, not rejected for their IP.
+    let key_id = match raw.user_identity {
+        None => return Err(DecodeError::NoKey),
+        Some(ObjectOr::Other(found)) => {
+            return Err(DecodeError::WrongType {
+                field: "userIdentity",
+                detail: format!("expected an object, found {found}"),
+            });
+        }
+        Some(ObjectOr::Object(identity)) => key_field(identity.access_key_id, "userIdentity.accessKeyId")?,
+    };
+    let ip_text = required(raw.source_ip_address, "sourceIPAddress")?.into_text("sourceIPAddress")?;
+    let ip: IpAddr = ip_text
+        .parse()
+        .map_err(|_| DecodeError::BadIp(ip_text.clone().into_owned()))?;
+    let ts_text = required(raw.event_time, "eventTime")?.into_text("eventTime")?;
+    let ts_ms = parse_ts(&ts_text).ok_or_else(|| DecodeError::BadTimestamp(ts_text.clone().into_owned()))?;
+    let event_source = required(raw.event_source, "eventSource")?.into_text("eventSource")?;
+    let event_name = required(raw.event_name, "eventName")?.into_text("eventName")?;
+    let service = event_source.strip_suffix(".amazonaws.com").unwrap_or(&event_source);
+    let status = match optional(raw.error_code) {
+        None => 200,
+        Some(code) => status_for_error_code(&code.into_text("errorCode")?),
+    };
+    let user_agent = optional(raw.user_agent)
+        .map(|value| value.into_text("userAgent"))
+        .transpose()?
+        .unwrap_or_default();
+    let request_id = [raw.request_id, raw.event_id]
+        .into_iter()
+        .filter_map(|value| match optional(value) {
+            Some(Scalar::Str(id)) if !id.is_empty() => Some(id),
+            _ => None,
+        })
+        .next();
+    Ok(AccessEvent {
+        ts_ms,
+        key_id,
+        ip,
+        method: Cow::Borrowed(method_for_read_only(raw.read_only.as_ref())),
+        endpoint: Cow::Owned(format!("{service}:{event_name}")),
+        status,
+        user_agent,
+        bytes_out: bytes_out(raw.additional_event_data),
+        request_id,
+    })
+}
+
+/// `readOnly` is a boolean in CloudTrail itself but a string in some
+/// re-exported logs. Any other value is treated as absent rather than
+/// rejected: the event is still a call made with the key.
+fn method_for_read_only(read_only: Option<&Scalar<'_>>) -> &'static str {
+    match read_only {
+        Some(Scalar::Bool(true)) => "READ",
+        Some(Scalar::Bool(false)) => "WRITE",
+        Some(Scalar::Str(text)) if text.eq_ignore_ascii_case("true") => "READ",
+        Some(Scalar::Str(text)) if text.eq_ignore_ascii_case("false") => "WRITE",
+        _ => "CALL",
+    }
+}
+
+/// S3 data events report the bytes sent to the caller; nothing else does.
+/// A value that is not a sensible byte count counts as unknown (0).
+fn bytes_out(additional: Option<ObjectOr<AdditionalEventData<'_>>>) -> u64 {
+    let Some(ObjectOr::Object(data)) = additional else {
+        return 0;
+    };
+    match data.bytes_transferred_out {
+        Some(Scalar::UInt(bytes)) => bytes,
+        Some(Scalar::Float(bytes)) if bytes.is_finite() && bytes >= 0.0 => bytes as u64,
+        Some(Scalar::Str(text)) => text.trim().parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The HTTP status a CloudTrail `errorCode` stands for. Detectors care about
+/// the class (authentication failed, permission denied, throttled, not
+/// found), so codes are matched by the words AWS services use in them rather
+/// than by an exhaustive list, which would always be out of date.
+pub fn status_for_error_code(error_code: &str) -> u16 {
+    const AUTHENTICATION: [&str; 13] = [
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "AuthFailure",
+        "IncompleteSignature",
+        "ExpiredToken",
+        "InvalidAccessKeyId",
+        "InvalidToken",
+        "InvalidSignature",
+        "MissingAuthenticationToken",
+        "MissingAuthentication",
+        "UnrecognizedClient",
+        "RequestExpired",
+        "TokenRefreshRequired",
+    ];
+    const FORBIDDEN: [&str; 7] = [
+        "AccessDenied",
+        "Unauthorized",
+        "Forbidden",
+        "NotAuthorized",
+        "OptInRequired",
+        "AccountProblem",
+        "Blocked",
+    ];
+    const THROTTLED: [&str; 5] = [
+        "Throttl",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+        "SlowDown",
+        "ProvisionedThroughputExceeded",
+    ];
+    if error_code.is_empty() {
+        return 200;
+    }
+    // EC2 prefixes its codes with who is at fault.
+    if error_code.starts_with("Server.") {
+        return 500;
+    }
+    let code = error_code.strip_prefix("Client.").unwrap_or(error_code);
+    let contains_any = |words: &[&str]| words.iter().any(|word| code.contains(word));
+    if contains_any(&AUTHENTICATION) {
+        401
+    } else if contains_any(&FORBIDDEN) {
+        403
+    } else if contains_any(&THROTTLED) {
+        429
+    } else if code.starts_with("NoSuch") || code.contains("NotFound") {
+        404
+    } else if code.contains("DryRunOperation") {
+        // The caller had the permission and asked not to act; EC2 answers 412.
+        412
+    } else if code.contains("ServiceUnavailable") {
+        503
+    } else if code.contains("InternalError") || code.contains("InternalFailure") || code.contains("ServiceFailure") {
+        500
+    } else {
+        400
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVENT: &str = r#"{
+        "eventVersion": "1.08",
+        "userIdentity": {"type": "IAMUser", "accessKeyId": "AKIAIOSFODNN7EXAMPLE", "userName": "alice",
+                         "sessionContext": {"attributes": {"mfaAuthenticated": "false"}}},
+        "eventTime": "2024-08-02T08:23:24Z",
+        "eventSource": "iam.amazonaws.com",
+        "eventName": "CreateAccessKey",
+        "sourceIPAddress": "198.51.100.7",
+        "userAgent": "aws-cli/2.15.0",
+        "requestParameters": {"userName": "bob", "tags": [{"k": "v"}]},
+        "responseElements": null,
+        "requestID": "req-1",
+        "eventID": "evt-1",
+        "readOnly": false
+    }"#;
+
+    fn edited(edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> String {
+        let mut object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(EVENT).expect("fixture is valid json");
+        edit(&mut object);
+        serde_json::to_string(&object).expect("serialises")
+    }
+
+    #[test]
+    fn maps_every_field() {
+        let event = decode_event(EVENT.as_bytes()).expect("valid event");
+        assert_eq!(event.key_id, "AKIAIOSFODNN7EXAMPLE");
+        assert_eq!(event.ip.to_string(), "198.51.100.7");
+        assert_eq!(event.ts_ms, parse_ts("2024-08-02T08:23:24Z").expect("valid ts"));
+        assert_eq!(event.endpoint, "iam:CreateAccessKey");
+        assert_eq!(event.method, "WRITE");
+        assert_eq!(event.status, 200);
+        assert_eq!(event.user_agent, "aws-cli/2.15.0");
+        assert_eq!(event.bytes_out, 0);
+        assert_eq!(event.request_id.as_deref(), Some("req-1"));
+        assert!(matches!(event.key_id, Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn read_only_and_request_id_fallbacks() {
+        let cases = [
+            (serde_json::json!(true), "READ"),
+            (serde_json::json!("true"), "READ"),
+            (serde_json::json!("false"), "WRITE"),
+            (serde_json::json!(null), "CALL"),
+            (serde_json::json!(7), "CALL"),
+        ];
+        for (read_only, method) in cases {
+            let record = edited(|object| {
+                object.insert("readOnly".into(), read_only.clone());
+            });
+            assert_eq!(
+                decode_event(record.as_bytes()).expect("valid").method,
+                method,
+                "{read_only}"
+            );
+        }
+        let record = edited(|object| {
+            object.remove("readOnly");
+            object.remove("requestID");
+        });
+        let event = decode_event(record.as_bytes()).expect("valid");
+        assert_eq!(
+            (event.method.as_ref(), event.request_id.as_deref()),
+            ("CALL", Some("evt-1"))
+        );
+    }
+
+    #[test]
+    fn s3_bytes_transferred_out() {
+        let record = edited(|object| {
+            object.insert(
+                "additionalEventData".into(),
+                serde_json::json!({"bytesTransferredIn": 0.0, "bytesTransferredOut": 4096.0}),
+            );
+        });
+        assert_eq!(decode_event(record.as_bytes()).expect("valid").bytes_out, 4096);
+    }
+
+    #[test]
+    fn service_events_have_no_key_even_without_an_ip() {
+        let record = edited(|object| {
+            object.insert(
+                "userIdentity".into(),
+                serde_json::json!({"type": "AWSService", "invokedBy": "x"}),
+            );
+            object.insert("sourceIPAddress".into(), serde_json::json!("ec2.amazonaws.com"));
+        });
+        assert_eq!(decode_event(record.as_bytes()), Err(DecodeError::NoKey));
+        let record = edited(|object| {
+            object.insert("sourceIPAddress".into(), serde_json::json!("AWS Internal"));
+        });
+        assert_eq!(
+            decode_event(record.as_bytes()),
+            Err(DecodeError::BadIp("AWS Internal".into()))
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let record = edited(|object| {
+            object.insert("userIdentity".into(), serde_json::json!("alice"));
+        });
+        assert!(matches!(
+            decode_event(record.as_bytes()),
+            Err(DecodeError::WrongType {
+                field: "userIdentity",
+                ..
+            })
+        ));
+        let record = edited(|object| {
+            object.remove("eventTime");
+        });
+        assert_eq!(
+            decode_event(record.as_bytes()),
+            Err(DecodeError::MissingField("eventTime"))
+        );
+        let record = edited(|object| {
+            object.insert("eventTime".into(), serde_json::json!("2024-13-01T00:00:00Z"));
+        });
+        assert!(matches!(
+            decode_event(record.as_bytes()),
+            Err(DecodeError::BadTimestamp(_))
+        ));
+        let record = edited(|object| {
+            object.insert("errorCode".into(), serde_json::json!(403));
+        });
+        assert!(matches!(
+            decode_event(record.as_bytes()),
+            Err(DecodeError::WrongType { field: "errorCode", .. })
+        ));
+    }
+
+    #[test]
+    fn error_codes_map_to_status_classes() {
+        let cases = [
+            ("", 200),
+            ("AccessDenied", 403),
+            ("AccessDeniedException", 403),
+            ("VpceAccessDenied", 403),
+            ("Client.UnauthorizedOperation", 403),
+            ("UnauthorizedOperation", 403),
+            ("InvalidClientTokenId", 401),
+            ("CloudTrailInvalidClientTokenIdException", 401),
+            ("SignatureDoesNotMatch", 401),
+            ("AuthFailure", 401),
+            ("Client.AuthFailure", 401),
+            ("ExpiredToken", 401),
+            ("ExpiredTokenException", 401),
+            ("InvalidAccessKeyId", 401),
+            ("UnrecognizedClientException", 401),
+            ("Throttling", 429),
+            ("ThrottlingException", 429),
+            ("Client.RequestLimitExceeded", 429),
+            ("NoSuchEntity", 404),
+            ("NoSuchBucket", 404),
+            ("EntityNotFoundException", 404),
+            ("Client.InvalidInstanceID.NotFound", 404),
+            ("ValidationError", 400),
+            ("EntityAlreadyExists", 400),
+            ("Client.DryRunOperation", 412),
+            ("Server.InternalError", 500),
+            ("InternalFailure", 500),
+            ("ServiceUnavailableException", 503),
+        ];
+        for (code, status) in cases {
+            assert_eq!(status_for_error_code(code), status, "{code}");
+        }
+    }
+
+    #[test]
+    fn records_documents_decode_element_by_element() {
+        let keyless = r#"{"eventTime":"2024-08-02T08:23:24Z","userIdentity":{"type":"AWSService"}}"#;
+        let document = format!("\n  {{ \"Records\" : [{EVENT}, 5, {keyless}, {EVENT}] }}\n");
+        assert!(is_records_document(document.as_bytes()));
+        let mut out = Vec::new();
+        decode_records_document(document.as_bytes(), 1 << 20, &mut out);
+        assert_eq!(out.len(), 4);
+        assert!(out[0].is_ok() && out[3].is_ok());
+        assert!(matches!(out[1], Err(DecodeError::MalformedJson(_))));
+        assert_eq!(out[2], Err(DecodeError::NoKey));
+
+        let mut out = Vec::new();
+        decode_records_document(br#"{"Records":[{"a":1},"#, 1 << 20, &mut out);
+        assert!(matches!(out.as_slice(), [Err(DecodeError::MalformedJson(_))]));
+        let mut out = Vec::new();
+        decode_records_document(br#"{"Records":{}}"#, 1 << 20, &mut out);
+        assert!(matches!(out.as_slice(), [Err(DecodeError::MalformedJson(_))]));
+    }
+
+    #[test]
+    fn sniffing() {
+        assert!(is_records_document(b"{\"Records\":[]}"));
+        assert!(is_records_document(b"\xEF\xBB\xBF {\n \"Records\" :[]}"));
+        assert!(!is_records_document(b"{\"Records\""));
+        assert!(!is_records_document(b"{\"records\":[]}"));
+        assert!(!is_records_document(b"[{\"Records\":[]}]"));
+        assert!(!is_records_document(b""));
+        assert!(looks_like_cloudtrail(EVENT.as_bytes()));
+        assert!(looks_like_cloudtrail(b"{\"eventTime\""));
+        assert!(!looks_like_cloudtrail(b"{\"ts\":1,\"endpoint\":\"/eventSource\"}"));
+        assert!(!looks_like_cloudtrail(b"\""));
+    }
+}

@@ -1,16 +1,28 @@
 //! Bytes to canonical events. One file per input format; every decoder is a
 //! pure function from one input record (a line, a file, a Kafka message) to
 //! zero or more events, each either decoded or rejected with a reason.
+//!
+//! The decoders never trust their input: every value is first read as a
+//! [`Scalar`] of whatever JSON type it really has, then checked, so a wrong
+//! type becomes a [`DecodeError`] naming the field rather than a panic or an
+//! anonymous serde message.
 
 pub mod canonical;
 pub mod cloudtrail;
 pub mod mapping;
 
-use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::LazyLock;
+
+use serde::Serialize;
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::event::AccessEvent;
 
-pub use mapping::FieldMapping;
+pub use cloudtrail::is_records_document;
+pub use mapping::{FieldMapping, TsFormat};
 
 /// Why one record could not become an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,14 +59,27 @@ impl DecodeError {
             DecodeError::NoKey => "no_key",
         }
     }
+
+    fn wrong_type(field: &'static str, expected: &str, found: &Scalar<'_>) -> DecodeError {
+        DecodeError::WrongType {
+            field,
+            detail: format!("expected {expected}, found {}", found.type_name()),
+        }
+    }
+}
+
+impl From<serde_json::Error> for DecodeError {
+    fn from(error: serde_json::Error) -> Self {
+        DecodeError::MalformedJson(error.to_string())
+    }
 }
 
 /// The input format of a record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
-    /// Sniff each record: CloudTrail if it has `eventSource` or `Records`,
-    /// canonical otherwise.
+    /// Sniff each record: CloudTrail if it is a `{"Records":[...]}` document
+    /// or has `eventSource` or `eventTime`, canonical otherwise.
     Auto,
     Canonical,
     Cloudtrail,
@@ -66,10 +91,18 @@ pub enum Format {
 #[derive(Debug, Clone)]
 pub struct Decoder {
     pub format: Format,
+    /// Used by [`Format::Mapped`]; without one, the canonical field names are
+    /// looked up at the top level of each record.
     pub mapping: Option<FieldMapping>,
-    /// Records longer than this are rejected unread.
+    /// Records longer than this are rejected unread. A CloudTrail
+    /// `{"Records":[...]}` document is a whole file rather than one record,
+    /// so the limit applies to each of its events instead.
     pub max_record_bytes: usize,
 }
+
+/// The mapping used by [`Format::Mapped`] when none is configured; config
+/// validation normally prevents that, but the decoder must not panic on it.
+static DEFAULT_MAPPING: LazyLock<FieldMapping> = LazyLock::new(FieldMapping::default);
 
 impl Decoder {
     pub fn new(format: Format, mapping: Option<FieldMapping>, max_record_bytes: usize) -> Self {
@@ -83,11 +116,292 @@ impl Decoder {
     /// Decodes one record. A record may hold several events (a CloudTrail
     /// `{"Records":[...]}` document); each element of `out` is one of them,
     /// in order, so its position is the event's index within the record.
+    /// Every record adds at least one element to `out`.
     pub fn decode<'a>(&self, record: &'a [u8], out: &mut Vec<Result<AccessEvent<'a>, DecodeError>>) {
-        todo_decode(self, record, out)
+        let wants_cloudtrail = match self.format {
+            Format::Cloudtrail => true,
+            Format::Auto => cloudtrail::is_records_document(record) || cloudtrail::looks_like_cloudtrail(record),
+            Format::Canonical | Format::Mapped => false,
+        };
+        if wants_cloudtrail && cloudtrail::is_records_document(record) {
+            cloudtrail::decode_records_document(record, self.max_record_bytes, out);
+            return;
+        }
+        if record.len() > self.max_record_bytes {
+            out.push(Err(DecodeError::Oversized {
+                size: record.len(),
+                limit: self.max_record_bytes,
+            }));
+            return;
+        }
+        let event = if wants_cloudtrail {
+            cloudtrail::decode_event(record)
+        } else if self.format == Format::Mapped {
+            mapping::decode_mapped(record, self.mapping.as_ref().unwrap_or(&DEFAULT_MAPPING))
+        } else {
+            canonical::decode_canonical(record)
+        };
+        out.push(event);
+    }
+
+    /// Convenience for tests and tools: decodes one record into a new vector.
+    pub fn decode_to_vec<'a>(&self, record: &'a [u8]) -> Vec<Result<AccessEvent<'a>, DecodeError>> {
+        let mut out = Vec::new();
+        self.decode(record, &mut out);
+        out
     }
 }
 
-fn todo_decode<'a>(_decoder: &Decoder, _record: &'a [u8], _out: &mut Vec<Result<AccessEvent<'a>, DecodeError>>) {
-    unimplemented!("decoders")
+/// Rejects anything but a JSON object before serde sees it: a derived struct
+/// would otherwise also accept a JSON array, field by field in order.
+fn expect_object(record: &[u8]) -> Result<(), DecodeError> {
+    match record.iter().find(|byte| !byte.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        Some(_) => Err(DecodeError::MalformedJson("expected a json object".to_string())),
+        None => Err(DecodeError::MalformedJson("empty record".to_string())),
+    }
+}
+
+/// One JSON value read without judging its type, so that the decoder, not
+/// serde, decides what a wrong type means. Strings borrow from the input when
+/// they need no unescaping; arrays and objects are skipped, not built.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Scalar<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Str(Cow<'a, str>),
+    Array,
+    Object,
+}
+
+impl<'a> Scalar<'a> {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Scalar::Null => "null",
+            Scalar::Bool(_) => "a boolean",
+            Scalar::Int(_) | Scalar::UInt(_) => "an integer",
+            Scalar::Float(_) => "a float",
+            Scalar::Str(_) => "a string",
+            Scalar::Array => "an array",
+            Scalar::Object => "an object",
+        }
+    }
+
+    /// The string value, or an error naming the field.
+    fn into_text(self, field: &'static str) -> Result<Cow<'a, str>, DecodeError> {
+        match self {
+            Scalar::Str(text) => Ok(text),
+            other => Err(DecodeError::wrong_type(field, "a string", &other)),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ScalarVisitor(PhantomData))
+    }
+}
+
+struct ScalarVisitor<'a>(PhantomData<Scalar<'a>>);
+
+impl<'de: 'a, 'a> Visitor<'de> for ScalarVisitor<'a> {
+    type Value = Scalar<'a>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("any json value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Bool(value))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::Int(value))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        Ok(Scalar::UInt(value))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::Float(value))
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Borrowed(value)))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(value.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, value: String) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(value)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Array)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Object)
+    }
+}
+
+/// A nested object read as `T`, or the JSON type it had instead. Lets a
+/// record with, say, `"userIdentity": "x"` be judged by the decoder instead
+/// of failing inside serde.
+#[derive(Debug)]
+pub(crate) enum ObjectOr<T> {
+    Object(T),
+    Other(&'static str),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOr<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectOrVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectOrVisitor<T> {
+            type Value = ObjectOr<T>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("any json value")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(ObjectOr::Object)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                ScalarVisitor(PhantomData)
+                    .visit_seq(seq)
+                    .map(|_| ObjectOr::Other("an array"))
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(ObjectOr::Other("null"))
+            }
+
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(ObjectOr::Other("a boolean"))
+            }
+
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(ObjectOr::Other("an integer"))
+            }
+
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(ObjectOr::Other("an integer"))
+            }
+
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(ObjectOr::Other("a float"))
+            }
+
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(ObjectOr::Other("a string"))
+            }
+        }
+
+        deserializer.deserialize_any(ObjectOrVisitor(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoder(format: Format) -> Decoder {
+        Decoder::new(format, None, 4096)
+    }
+
+    const CANONICAL: &str = r#"{"ts":"2026-03-01T12:00:00Z","key_id":"k1","ip":"192.0.2.1","method":"GET","endpoint":"/v1/a","status":200}"#;
+    const CLOUDTRAIL: &str = r#"{"eventTime":"2026-03-01T12:00:00Z","eventSource":"s3.amazonaws.com","eventName":"ListBuckets","sourceIPAddress":"192.0.2.1","userIdentity":{"accessKeyId":"AKIA1"}}"#;
+
+    #[test]
+    fn auto_sniffs_each_record() {
+        let auto = decoder(Format::Auto);
+        let canonical = auto.decode_to_vec(CANONICAL.as_bytes());
+        assert_eq!(canonical[0].as_ref().map(|e| e.endpoint.as_ref()), Ok("/v1/a"));
+        let cloudtrail = auto.decode_to_vec(CLOUDTRAIL.as_bytes());
+        assert_eq!(
+            cloudtrail[0].as_ref().map(|e| e.endpoint.as_ref()),
+            Ok("s3:ListBuckets")
+        );
+        let document = format!(r#"{{"Records":[{CLOUDTRAIL},{CLOUDTRAIL}]}}"#);
+        assert_eq!(auto.decode_to_vec(document.as_bytes()).len(), 2);
+    }
+
+    #[test]
+    fn oversized_records_are_rejected_unread() {
+        let small = Decoder::new(Format::Canonical, None, 16);
+        assert_eq!(
+            small.decode_to_vec(b"{ not even json but long }"),
+            vec![Err(DecodeError::Oversized { size: 26, limit: 16 })]
+        );
+        // In a Records document the limit is per event, not per file.
+        let limit = CLOUDTRAIL.len();
+        let document = format!(r#"{{"Records":[{CLOUDTRAIL},{CLOUDTRAIL}]}}"#);
+        let per_event = Decoder::new(Format::Cloudtrail, None, limit).decode_to_vec(document.as_bytes());
+        assert!(per_event.iter().all(Result::is_ok), "{per_event:?}");
+        let too_small = Decoder::new(Format::Cloudtrail, None, limit - 1).decode_to_vec(document.as_bytes());
+        assert!(
+            too_small
+                .iter()
+                .all(|r| matches!(r, Err(DecodeError::Oversized { .. })))
+        );
+    }
+
+    #[test]
+    fn forced_formats_do_not_sniff() {
+        let as_canonical = decoder(Format::Canonical).decode_to_vec(CLOUDTRAIL.as_bytes());
+        assert_eq!(as_canonical, vec![Err(DecodeError::NoKey)]);
+        let as_cloudtrail = decoder(Format::Cloudtrail).decode_to_vec(CANONICAL.as_bytes());
+        assert_eq!(as_cloudtrail, vec![Err(DecodeError::NoKey)]);
+    }
+
+    #[test]
+    fn mapped_without_a_mapping_reads_canonical_names() {
+        let decoded = decoder(Format::Mapped).decode_to_vec(CANONICAL.as_bytes());
+        let canonical = decoder(Format::Canonical).decode_to_vec(CANONICAL.as_bytes());
+        assert_eq!(decoded, canonical);
+        assert!(decoded[0].is_ok());
+    }
+
+    #[test]
+    fn scalar_reads_every_json_type() {
+        let parsed: Vec<Scalar<'_>> =
+            serde_json::from_str(r#"[null,true,-1,1,1.5,"a","a\"b",[1,[2]],{"x":{}}]"#).expect("valid json");
+        assert_eq!(
+            parsed,
+            vec![
+                Scalar::Null,
+                Scalar::Bool(true),
+                Scalar::Int(-1),
+                Scalar::UInt(1),
+                Scalar::Float(1.5),
+                Scalar::Str(Cow::Borrowed("a")),
+                Scalar::Str(Cow::Owned("a\"b".to_string())),
+                Scalar::Array,
+                Scalar::Object,
+            ]
+        );
+        assert!(
+            matches!(&parsed[5], Scalar::Str(Cow::Borrowed(_))),
+            "unescaped strings borrow"
+        );
+    }
 }
