@@ -24,7 +24,7 @@ use serde_json::value::RawValue;
 
 use super::canonical::{key_field, optional, required};
 use super::{DecodeError, ObjectOr, Scalar, expect_object};
-use crate::event::{AccessEvent, parse_ts};
+use crate::event::{AccessEvent, MAX_TS_MS, MIN_TS_MS, parse_ts};
 
 /// The fields of a CloudTrail event this decoder reads; everything else
 /// (request parameters, response elements, ...) is skipped unparsed.
@@ -102,14 +102,19 @@ fn skip_whitespace(bytes: &[u8]) -> &[u8] {
     &bytes[start..]
 }
 
-/// True when a record has a top-level-looking `"eventSource"` or
-/// `"eventTime"` key. A byte scan, not a parse: cheap enough to run on every
-/// record in auto mode, and a canonical record never has these keys.
+/// True when a record has an `"eventSource"` or `"eventTime"` key. A byte
+/// scan, not a parse: cheap enough to run on every record in auto mode.
+/// Requiring the `:` after the closing quote means a string value that
+/// merely says `eventTime` does not count, and quotes inside strings are
+/// always escaped, so only a real key can match.
 pub(crate) fn looks_like_cloudtrail(record: &[u8]) -> bool {
     record.iter().enumerate().any(|(position, &byte)| {
         byte == b'"' && {
             let after = &record[position + 1..];
-            after.starts_with(b"eventSource\"") || after.starts_with(b"eventTime\"")
+            let key_rest = after
+                .strip_prefix(b"eventSource\"")
+                .or_else(|| after.strip_prefix(b"eventTime\""));
+            key_rest.is_some_and(|rest| skip_whitespace(rest).starts_with(b":"))
         }
     })
 }
@@ -166,7 +171,7 @@ pub fn decode_event(record: &[u8]) -> Result<AccessEvent<'_>, DecodeError> {
         .parse()
         .map_err(|_| DecodeError::BadIp(ip_text.clone().into_owned()))?;
     let ts_text = required(raw.event_time, "eventTime")?.into_text("eventTime")?;
-    let ts_ms = parse_ts(&ts_text).ok_or_else(|| DecodeError::BadTimestamp(ts_text.clone().into_owned()))?;
+    let ts_ms = parse_event_time(&ts_text).ok_or_else(|| DecodeError::BadTimestamp(ts_text.clone().into_owned()))?;
     let event_source = required(raw.event_source, "eventSource")?.into_text("eventSource")?;
     let event_name = required(raw.event_name, "eventName")?.into_text("eventName")?;
     let service = event_source.strip_suffix(".amazonaws.com").unwrap_or(&event_source);
@@ -195,6 +200,17 @@ pub fn decode_event(record: &[u8]) -> Result<AccessEvent<'_>, DecodeError> {
         user_agent,
         bytes_out: bytes_out(raw.additional_event_data),
         request_id,
+    })
+}
+
+/// CloudTrail writes RFC 3339 UTC; events exported again by a SIEM or an
+/// Athena query often carry `2024-12-11 21:45:56.000000000` instead, still
+/// UTC. Both are accepted, with the same range check.
+fn parse_event_time(text: &str) -> Option<i64> {
+    parse_ts(text).or_else(|| {
+        let naive = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").ok()?;
+        let ts_ms = naive.and_utc().timestamp_millis();
+        (MIN_TS_MS..MAX_TS_MS).contains(&ts_ms).then_some(ts_ms)
     })
 }
 
@@ -363,6 +379,17 @@ mod tests {
     }
 
     #[test]
+    fn event_time_forms() {
+        let rfc3339 = parse_event_time("2024-12-11T21:45:56Z");
+        assert!(rfc3339.is_some());
+        assert_eq!(parse_event_time("2024-12-11 21:45:56.000000000"), rfc3339);
+        assert_eq!(parse_event_time("2024-12-11 21:45:56"), rfc3339);
+        assert_eq!(parse_event_time("1999-12-11 21:45:56"), None);
+        assert_eq!(parse_event_time("2024-12-32 21:45:56"), None);
+        assert_eq!(parse_event_time("yesterday"), None);
+    }
+
+    #[test]
     fn s3_bytes_transferred_out() {
         let record = edited(|object| {
             object.insert(
@@ -493,7 +520,11 @@ mod tests {
         assert!(!is_records_document(b"[{\"Records\":[]}]"));
         assert!(!is_records_document(b""));
         assert!(looks_like_cloudtrail(EVENT.as_bytes()));
-        assert!(looks_like_cloudtrail(b"{\"eventTime\""));
+        assert!(looks_like_cloudtrail(b"{\"eventTime\" : 1}"));
+        assert!(!looks_like_cloudtrail(b"{\"eventTime\""));
+        assert!(!looks_like_cloudtrail(
+            b"{\"endpoint\":\"eventTime\",\"ua\":\"\\\"eventSource\\\":\"}"
+        ));
         assert!(!looks_like_cloudtrail(b"{\"ts\":1,\"endpoint\":\"/eventSource\"}"));
         assert!(!looks_like_cloudtrail(b"\""));
     }
