@@ -1,15 +1,393 @@
-//! The `[kafka]` section: brokers, topics, group and librdkafka properties.
+//! The `[kafka]` section: brokers, topics, group, batching, checkpoints and
+//! librdkafka properties, for `keywatch run` and `keywatch replay --from-kafka`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::humantime_serde_compat;
+
+/// librdkafka properties that keywatch sets itself, because the correctness
+/// of offsets, checkpoints and transactions depends on their values.
+pub const RESERVED_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "transactional.id",
+    "isolation.level",
+    "enable.idempotence",
+];
+
 /// Kafka settings for `keywatch run` and `keywatch replay --from-kafka`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KafkaConfig {}
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port` separated by commas.
+    pub brokers: String,
+    /// Consumer group of the keyed processing stage. The repartition stage,
+    /// when used, joins the group `<group_id>-repartition`.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Topics holding access log records, in any configured input format.
+    pub input_topics: Vec<String>,
+    /// Whether the producers of the input topics use the API key id as the
+    /// message key, so that all events of a key are in one partition. When
+    /// false, a first stage reads the input and writes each event to
+    /// `repartition_topic` keyed by the key's fingerprint; per-key state is
+    /// only correct when every event of a key reaches the same partition.
+    #[serde(default)]
+    pub input_keyed_by_key_id: bool,
+    /// Internal topic of canonical events keyed by key fingerprint, used when
+    /// `input_keyed_by_key_id` is false. Its records contain raw key ids in
+    /// their payload: protect it like the input topics.
+    #[serde(default = "default_repartition_topic")]
+    pub repartition_topic: String,
+    /// Alerts, as JSON, keyed by key fingerprint.
+    #[serde(default = "default_alerts_topic")]
+    pub alerts_topic: String,
+    /// Revocation requests, as JSON, keyed by key fingerprint.
+    #[serde(default = "default_revocations_topic")]
+    pub revocations_topic: String,
+    /// Input records that could not be decoded, byte for byte, with the
+    /// headers `reason`, `reason_detail`, `source_topic`, `source_partition`,
+    /// `source_offset` and, for multi-event records, `source_index`.
+    #[serde(default = "default_dead_letter_topic")]
+    pub dead_letter_topic: String,
+    /// Compacted topic of engine checkpoints, keyed `<topic>/<partition>` of
+    /// the input partition they belong to.
+    #[serde(default = "default_changelog_topic")]
+    pub changelog_topic: String,
+    /// Default topic for `keywatch replay --from-kafka --to-topic`; never the
+    /// live alerts topic, so a replay cannot page the on-call team twice.
+    #[serde(default)]
+    pub replay_topic: Option<String>,
+    /// Most input records in one micro-batch.
+    #[serde(default = "default_batch_max_events")]
+    pub batch_max_events: usize,
+    /// Longest time a record waits in a micro-batch before it is processed.
+    #[serde(default = "default_batch_max_wait", with = "humantime_serde_compat")]
+    pub batch_max_wait: Duration,
+    /// How often the state of each partition is written to the changelog
+    /// (at-least-once mode; exactly-once mode checkpoints every batch). A
+    /// restart reprocesses at most this much input, emitting nothing for the
+    /// part that was already committed.
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde_compat")]
+    pub checkpoint_interval: Duration,
+    /// Write outputs, checkpoints and consumer offsets in one Kafka
+    /// transaction per batch, so a restart neither loses nor repeats an
+    /// alert. Needs brokers with transaction support and consumers of the
+    /// output topics reading with `isolation.level=read_committed`.
+    #[serde(default)]
+    pub exactly_once: bool,
+    /// Stable name of this instance, used for the transactional id
+    /// (`<group_id>-<instance_id>`) in exactly-once mode, so that a restarted
+    /// instance fences its predecessor. Defaults to `$HOSTNAME`, else `0`.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// Create missing topics at start (the changelog compacted), with the
+    /// partition count of the first input topic.
+    #[serde(default = "default_create_topics")]
+    pub create_topics: bool,
+    /// Replication factor of topics keywatch creates; `-1` takes the
+    /// broker's default.
+    #[serde(default = "default_topic_replication_factor")]
+    pub topic_replication_factor: i32,
+    /// Longest time to read a partition's checkpoint from the changelog when
+    /// the partition is assigned.
+    #[serde(default = "default_restore_timeout", with = "humantime_serde_compat")]
+    pub restore_timeout: Duration,
+    /// librdkafka properties passed straight to every client: SASL, TLS,
+    /// tuning (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, ...).
+    /// The properties keywatch sets itself ([`RESERVED_PROPERTIES`]) are refused.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_group_id() -> String {
+    "keywatch".to_string()
+}
+
+fn default_repartition_topic() -> String {
+    "keywatch-repartition".to_string()
+}
+
+fn default_alerts_topic() -> String {
+    "keywatch-alerts".to_string()
+}
+
+fn default_revocations_topic() -> String {
+    "keywatch-revocations".to_string()
+}
+
+fn default_dead_letter_topic() -> String {
+    "keywatch-dead-letter".to_string()
+}
+
+fn default_changelog_topic() -> String {
+    "keywatch-changelog".to_string()
+}
+
+fn default_batch_max_events() -> usize {
+    5000
+}
+
+fn default_batch_max_wait() -> Duration {
+    Duration::from_millis(200)
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_create_topics() -> bool {
+    true
+}
+
+fn default_topic_replication_factor() -> i32 {
+    -1
+}
+
+fn default_restore_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+/// Kafka's own limit on topic names.
+const MAX_TOPIC_NAME_LEN: usize = 249;
+
+fn check_topic_name(field: &str, name: &str) -> Result<(), (String, String)> {
+    if name.is_empty() {
+        return Err((field.to_string(), "must not be empty".to_string()));
+    }
+    if name.len() > MAX_TOPIC_NAME_LEN {
+        return Err((
+            field.to_string(),
+            format!("`{name}` is longer than {MAX_TOPIC_NAME_LEN} characters"),
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err((field.to_string(), format!("`{name}` is not a valid topic name")));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err((
+            field.to_string(),
+            format!("`{name}` has the character `{bad}`; topic names use only a-z A-Z 0-9 . _ -"),
+        ));
+    }
+    Ok(())
+}
 
 impl KafkaConfig {
+    /// A configuration with every default, for tests and the demo.
+    pub fn new(brokers: impl Into<String>, input_topics: Vec<String>) -> KafkaConfig {
+        KafkaConfig {
+            brokers: brokers.into(),
+            group_id: default_group_id(),
+            input_topics,
+            input_keyed_by_key_id: false,
+            repartition_topic: default_repartition_topic(),
+            alerts_topic: default_alerts_topic(),
+            revocations_topic: default_revocations_topic(),
+            dead_letter_topic: default_dead_letter_topic(),
+            changelog_topic: default_changelog_topic(),
+            replay_topic: None,
+            batch_max_events: default_batch_max_events(),
+            batch_max_wait: default_batch_max_wait(),
+            checkpoint_interval: default_checkpoint_interval(),
+            exactly_once: false,
+            instance_id: None,
+            create_topics: default_create_topics(),
+            topic_replication_factor: default_topic_replication_factor(),
+            restore_timeout: default_restore_timeout(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// The topics the keyed stage consumes: the input topics when they are
+    /// keyed by key id, the repartition topic otherwise.
+    pub fn keyed_topics(&self) -> Vec<String> {
+        if self.input_keyed_by_key_id {
+            self.input_topics.clone()
+        } else {
+            vec![self.repartition_topic.clone()]
+        }
+    }
+
+    /// The consumer group of the repartition stage.
+    pub fn repartition_group_id(&self) -> String {
+        format!("{}-repartition", self.group_id)
+    }
+
+    /// The instance name used in transactional ids.
+    pub fn instance_name(&self) -> String {
+        self.instance_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|name| !name.is_empty()))
+            .unwrap_or_else(|| "0".to_string())
+    }
+
     /// Checks the section; returns the offending field and the problem.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        let invalid = |field: &str, problem: String| Err((field.to_string(), problem));
+        if self.brokers.split(',').all(|broker| broker.trim().is_empty()) {
+            return invalid("brokers", "must name at least one broker".into());
+        }
+        if self.group_id.trim().is_empty() {
+            return invalid("group_id", "must not be empty".into());
+        }
+        if self.input_topics.is_empty() {
+            return invalid("input_topics", "must name at least one topic".into());
+        }
+        for (index, topic) in self.input_topics.iter().enumerate() {
+            check_topic_name(&format!("input_topics[{index}]"), topic)?;
+            if self.input_topics[..index].contains(topic) {
+                return invalid(&format!("input_topics[{index}]"), format!("`{topic}` is listed twice"));
+            }
+        }
+        let mut outputs: Vec<(&str, &str)> = vec![
+            ("alerts_topic", &self.alerts_topic),
+            ("revocations_topic", &self.revocations_topic),
+            ("dead_letter_topic", &self.dead_letter_topic),
+            ("changelog_topic", &self.changelog_topic),
+        ];
+        if !self.input_keyed_by_key_id {
+            outputs.push(("repartition_topic", &self.repartition_topic));
+        }
+        if let Some(replay_topic) = &self.replay_topic {
+            outputs.push(("replay_topic", replay_topic));
+        }
+        for (index, (field, topic)) in outputs.iter().enumerate() {
+            check_topic_name(field, topic)?;
+            if self.input_topics.iter().any(|input| input == topic) {
+                return invalid(field, format!("`{topic}` is also an input topic"));
+            }
+            if let Some((other, _)) = outputs[..index].iter().find(|(_, earlier)| earlier == topic) {
+                return invalid(
+                    field,
+                    format!("`{topic}` is also `{other}`; every output needs its own topic"),
+                );
+            }
+        }
+        if self.batch_max_events == 0 {
+            return invalid("batch_max_events", "must be at least 1".into());
+        }
+        if self.batch_max_wait.is_zero() {
+            return invalid("batch_max_wait", "must be longer than zero".into());
+        }
+        if self.restore_timeout.is_zero() {
+            return invalid("restore_timeout", "must be longer than zero".into());
+        }
+        if self.topic_replication_factor == 0 || self.topic_replication_factor < -1 {
+            return invalid(
+                "topic_replication_factor",
+                "must be at least 1, or -1 for the broker default".into(),
+            );
+        }
+        if let Some(instance) = &self.instance_id
+            && (instance.is_empty() || instance.chars().any(char::is_whitespace))
+        {
+            return invalid("instance_id", "must be a non-empty name without spaces".into());
+        }
+        for name in self.properties.keys() {
+            if RESERVED_PROPERTIES.contains(&name.as_str()) {
+                return invalid(
+                    &format!("properties.\"{name}\""),
+                    "is set by keywatch itself (use `brokers`, `group_id`, `exactly_once`)".into(),
+                );
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const FULL: &str = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+group_id = "kw"
+input_topics = ["access"]
+input_keyed_by_key_id = true
+alerts_topic = "alerts"
+revocations_topic = "revocations"
+dead_letter_topic = "dlq"
+changelog_topic = "changelog"
+replay_topic = "alerts-replay"
+batch_max_events = 100
+batch_max_wait = "50ms"
+checkpoint_interval = "2s"
+exactly_once = true
+instance_id = "a"
+properties = { "security.protocol" = "plaintext", "linger.ms" = "5" }
+"#;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, "k.toml").map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn parses_every_field_in_human_form() {
+        let kafka = parse(FULL).unwrap().kafka.unwrap();
+        assert_eq!(kafka.batch_max_wait, Duration::from_millis(50));
+        assert_eq!(kafka.checkpoint_interval, Duration::from_secs(2));
+        assert_eq!(kafka.properties.get("linger.ms").map(String::as_str), Some("5"));
+        assert_eq!(kafka.keyed_topics(), vec!["access".to_string()]);
+        assert_eq!(kafka.instance_name(), "a");
+    }
+
+    #[test]
+    fn minimal_section_takes_defaults() {
+        let kafka = parse("[kafka]\nbrokers = \"b:9092\"\ninput_topics = [\"in\"]\n")
+            .unwrap()
+            .kafka
+            .unwrap();
+        assert_eq!(kafka, KafkaConfig::new("b:9092", vec!["in".into()]));
+        assert!(!kafka.input_keyed_by_key_id, "repartitioning is the safe default");
+        assert_eq!(kafka.keyed_topics(), vec!["keywatch-repartition".to_string()]);
+        assert_eq!(kafka.batch_max_wait, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_values() {
+        let cases = [
+            ("bogus = 1", "bogus"),
+            ("batch_max_events = 0", "kafka.batch_max_events"),
+            ("batch_max_wait = \"soon\"", "soon"),
+            (
+                "alerts_topic = \"dlq\"\ndead_letter_topic = \"dlq\"",
+                "kafka.dead_letter_topic",
+            ),
+            ("alerts_topic = \"in\"", "kafka.alerts_topic"),
+            ("replay_topic = \"keywatch-alerts\"", "kafka.replay_topic"),
+            ("changelog_topic = \"a b\"", "kafka.changelog_topic"),
+            ("properties = { \"group.id\" = \"x\" }", "group.id"),
+            ("group_id = \" \"", "kafka.group_id"),
+        ];
+        for (extra, expected) in cases {
+            let text = format!("[kafka]\nbrokers = \"b:9092\"\ninput_topics = [\"in\"]\n{extra}\n");
+            let err = parse(&text).expect_err(extra);
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+        let err = parse("[kafka]\nbrokers = \"\"\ninput_topics = [\"in\"]\n").unwrap_err();
+        assert!(err.contains("kafka.brokers"), "{err}");
+        let err = parse("[kafka]\nbrokers = \"b\"\ninput_topics = []\n").unwrap_err();
+        assert!(err.contains("kafka.input_topics"), "{err}");
+    }
+
+    #[test]
+    fn repartition_topic_only_matters_when_used() {
+        let text = "[kafka]\nbrokers = \"b\"\ninput_topics = [\"in\"]\ninput_keyed_by_key_id = true\n\
+                    repartition_topic = \"keywatch-alerts\"\n";
+        assert!(parse(text).is_ok());
+        let text = "[kafka]\nbrokers = \"b\"\ninput_topics = [\"in\"]\nrepartition_topic = \"keywatch-alerts\"\n";
+        assert!(parse(text).unwrap_err().contains("kafka.repartition_topic"));
     }
 }
