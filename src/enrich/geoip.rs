@@ -484,6 +484,61 @@ mod tests {
     }
 
     #[test]
+    fn registered_country_is_the_fallback_country() {
+        // mmdb_build always writes both fields, so write the record by hand.
+        #[derive(serde::Serialize)]
+        struct Code {
+            iso_code: &'static str,
+        }
+        #[derive(serde::Serialize)]
+        struct RegisteredOnly {
+            registered_country: Code,
+        }
+        let mut writer = mmdb_writer::Writer::new("GeoIP2-City");
+        let network: ipnet::IpNet = "81.2.69.0/24".parse().unwrap();
+        writer
+            .insert(
+                network,
+                &RegisteredOnly {
+                    registered_country: Code { iso_code: "US" },
+                },
+            )
+            .unwrap();
+        let geo = GeoIp::from_bytes(Some(writer.to_bytes().unwrap()), None).unwrap();
+        let info = geo.lookup("81.2.69.1".parse().unwrap());
+        assert_eq!(info.country.as_str(), "US");
+        assert!(!info.has_location);
+    }
+
+    #[test]
+    fn damaged_record_is_counted_and_answers_unknown() {
+        // `location.latitude` as a string cannot decode as a double.
+        #[derive(serde::Serialize)]
+        struct BadLocation {
+            latitude: &'static str,
+        }
+        #[derive(serde::Serialize)]
+        struct Damaged {
+            location: BadLocation,
+        }
+        let mut writer = mmdb_writer::Writer::new("GeoIP2-City");
+        let network: ipnet::IpNet = "81.2.69.0/24".parse().unwrap();
+        writer
+            .insert(
+                network,
+                &Damaged {
+                    location: BadLocation { latitude: "north" },
+                },
+            )
+            .unwrap();
+        let geo = GeoIp::from_bytes(Some(writer.to_bytes().unwrap()), None).unwrap();
+        let info = geo.lookup("81.2.69.1".parse().unwrap());
+        assert_eq!(info.country, Country::UNKNOWN);
+        assert!(!info.has_location);
+        assert_eq!(geo.decode_errors(), 1);
+    }
+
+    #[test]
     fn names_come_from_both_databases() {
         let names = sample_geo().names("81.2.69.10".parse().unwrap());
         assert_eq!(names.city.as_deref(), Some("London"));

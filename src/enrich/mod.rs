@@ -4,7 +4,7 @@ pub mod geoip;
 pub mod mmdb_build;
 pub mod netclass;
 
-pub use geoip::{GeoCache, GeoError, GeoIp};
+pub use geoip::{DatabaseKind, GeoCache, GeoError, GeoIp};
 pub use netclass::NetClass;
 
 /// ISO 3166 two-letter country code, or `--` when unknown.
