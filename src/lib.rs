@@ -31,5 +31,6 @@ pub mod generate;
 pub mod model;
 pub mod pipeline;
 pub mod replay;
+pub mod runtime;
 pub mod sink;
 pub mod source;

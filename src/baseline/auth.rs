@@ -1,0 +1,45 @@
+//! Authorization failures (401/403) per window against the key's usual level.
+
+use serde::{Deserialize, Serialize};
+
+/// Failure counts of one key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuthBaseline {
+    pub window: i64,
+    pub failures: u32,
+    pub calls: u32,
+    /// EWMA of failures per window (bias-corrected by `level_weight`).
+    pub level: f64,
+    pub level_weight: f64,
+}
+
+/// Smoothing per window.
+const ALPHA: f64 = 0.01;
+
+impl AuthBaseline {
+    pub fn advance(&mut self, ts_ms: i64, window_ms: i64) {
+        let window = ts_ms.div_euclid(window_ms);
+        if self.calls == 0 && self.level_weight == 0.0 {
+            self.window = window;
+            return;
+        }
+        if window <= self.window {
+            return;
+        }
+        // Close the current window, then decay over the empty ones.
+        self.level = (1.0 - ALPHA) * self.level + ALPHA * f64::from(self.failures);
+        self.level_weight = (1.0 - ALPHA) * self.level_weight + ALPHA;
+        let empty = (window - self.window - 1).min(100_000) as i32;
+        let keep = (1.0 - ALPHA).powi(empty);
+        self.level *= keep;
+        self.level_weight = self.level_weight * keep + (1.0 - keep);
+        self.window = window;
+        self.failures = 0;
+        self.calls = 0;
+    }
+
+    /// Usual failures per window.
+    pub fn expected(&self) -> f64 {
+        if self.level_weight <= 0.0 { 0.0 } else { self.level / self.level_weight }
+    }
+}

@@ -1,0 +1,157 @@
+//! A bounded, decaying frequency table: the top K items of a key plus one
+//! "other" bucket. Memory per key is fixed by K whatever the key does.
+
+use serde::{Deserialize, Serialize};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// One remembered item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: u32,
+    /// Decayed weight (one call adds 1).
+    pub weight: f64,
+    /// Calls ever counted while remembered.
+    pub count: u64,
+    pub first_ts: i64,
+    pub last_ts: i64,
+}
+
+/// Top-K items with exponentially decaying weights. Decay is applied once per
+/// event-time day, so an update costs a short linear scan and no float power.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopK {
+    pub entries: Vec<Entry>,
+    /// Weight of items that were evicted or never fit.
+    pub other: f64,
+    /// Items evicted so far: a saturated table cannot say "never seen".
+    pub evicted: u32,
+    /// Day index the weights are decayed to.
+    decay_day: i64,
+}
+
+impl TopK {
+    pub fn new() -> TopK {
+        TopK { entries: Vec::new(), other: 0.0, evicted: 0, decay_day: i64::MIN }
+    }
+
+    /// Brings the weights to the event-time day of `ts_ms`.
+    pub fn decay_to(&mut self, ts_ms: i64, half_life_ms: i64) {
+        let day = ts_ms.div_euclid(DAY_MS);
+        if self.decay_day == i64::MIN {
+            self.decay_day = day;
+            return;
+        }
+        if day <= self.decay_day {
+            return;
+        }
+        let factor = 0.5f64.powf(((day - self.decay_day) * DAY_MS) as f64 / half_life_ms.max(1) as f64);
+        for entry in &mut self.entries {
+            entry.weight *= factor;
+        }
+        self.other *= factor;
+        self.decay_day = day;
+    }
+
+    pub fn get(&self, id: u32) -> Option<&Entry> {
+        self.entries.iter().find(|entry| entry.id == id)
+    }
+
+    pub fn contains(&self, id: u32) -> bool {
+        self.entries.iter().any(|entry| entry.id == id)
+    }
+
+    pub fn total(&self) -> f64 {
+        self.entries.iter().map(|entry| entry.weight).sum::<f64>() + self.other
+    }
+
+    /// Share of the decayed weight held by `id` (0 when not remembered).
+    pub fn share(&self, id: u32) -> f64 {
+        let total = self.total();
+        if total <= 0.0 {
+            return 0.0;
+        }
+        self.get(id).map_or(0.0, |entry| entry.weight / total)
+    }
+
+    pub fn other_share(&self) -> f64 {
+        let total = self.total();
+        if total <= 0.0 { 0.0 } else { self.other / total }
+    }
+
+    /// Counts one use of `id` at `ts_ms`. When the table is full the lightest
+    /// entry (the oldest on ties) moves into "other".
+    pub fn add(&mut self, id: u32, ts_ms: i64, capacity: usize) {
+        if let Some(entry) = self.entries.iter_mut().find(|entry| entry.id == id) {
+            entry.weight += 1.0;
+            entry.count += 1;
+            entry.last_ts = ts_ms;
+            return;
+        }
+        let new_entry = Entry { id, weight: 1.0, count: 1, first_ts: ts_ms, last_ts: ts_ms };
+        if self.entries.len() < capacity {
+            self.entries.push(new_entry);
+            return;
+        }
+        let mut lightest = 0;
+        for (index, entry) in self.entries.iter().enumerate() {
+            let current = &self.entries[lightest];
+            if entry.weight < current.weight || (entry.weight == current.weight && entry.last_ts < current.last_ts) {
+                lightest = index;
+            }
+        }
+        self.other += self.entries[lightest].weight;
+        self.evicted += 1;
+        self.entries[lightest] = new_entry;
+    }
+
+    /// Entries by weight, heaviest first, ties by id: a stable order for evidence.
+    pub fn ranked(&self) -> Vec<&Entry> {
+        let mut ranked: Vec<&Entry> = self.entries.iter().collect();
+        ranked.sort_by(|a, b| b.weight.total_cmp(&a.weight).then(a.id.cmp(&b.id)));
+        ranked
+    }
+
+    /// Remaps ids (after a snapshot is restored into another id space).
+    pub fn remap(&mut self, map: impl Fn(u32) -> u32) {
+        for entry in &mut self.entries {
+            entry.id = map(entry.id);
+        }
+    }
+}
+
+impl Default for TopK {
+    fn default() -> Self {
+        TopK::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_heaviest_and_counts_the_rest_as_other() {
+        let mut table = TopK::new();
+        for _ in 0..10 {
+            table.add(1, 0, 2);
+        }
+        table.add(2, 1, 2);
+        table.add(3, 2, 2);
+        assert!(table.contains(1) && table.contains(3) && !table.contains(2));
+        assert_eq!(table.other, 1.0);
+        assert_eq!(table.evicted, 1);
+        assert!((table.share(1) - 10.0 / 12.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn weights_halve_after_one_half_life() {
+        let mut table = TopK::new();
+        table.decay_to(0, DAY_MS);
+        table.add(7, 0, 4);
+        table.decay_to(DAY_MS, DAY_MS);
+        assert!((table.get(7).unwrap().weight - 0.5).abs() < 1e-9);
+        table.decay_to(DAY_MS / 2, DAY_MS);
+        assert!((table.get(7).unwrap().weight - 0.5).abs() < 1e-9, "time never runs backwards");
+    }
+}

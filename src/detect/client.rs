@@ -1,0 +1,85 @@
+//! Client fingerprint: a user-agent family the key has never used.
+
+use serde_json::json;
+
+use super::{Context, EventView, Finding, percent};
+use crate::alert::Severity;
+use crate::baseline::KeyState;
+
+/// The family of a user agent: its first product token without version,
+/// lowercased (`aws-cli/2.15.0 Python/3.11` is `aws-cli`).
+pub fn client_family(user_agent: &str) -> &str {
+    let trimmed = user_agent.trim();
+    if trimmed.is_empty() {
+        return "(none)";
+    }
+    let end = trimmed.find(['/', ' ', '(', ';']).unwrap_or(trimmed.len());
+    let family = &trimmed[..end];
+    if family.is_empty() { "(none)" } else { family }
+}
+
+/// Judged before the event is absorbed.
+pub fn check_new_client(state: &KeyState, view: &EventView, ctx: &Context, out: &mut Vec<Finding>) {
+    if state.clients.contains(view.client_id) || state.clients.evicted > 0 {
+        return;
+    }
+    if !state.has_learned(view.ts_ms, &ctx.model.client.new_client) {
+        return;
+    }
+    let total = state.clients.total();
+    let known: Vec<String> = state
+        .clients
+        .ranked()
+        .iter()
+        .take(4)
+        .map(|entry| format!("{} {}", ctx.client_name(entry.id), percent(entry.weight / total.max(1e-9))))
+        .collect();
+    out.push(Finding {
+        detector: "new_client",
+        severity: Severity::Low,
+        score: 0.4,
+        window_start_ms: view.ts_ms,
+        summary: format!("first use of client family {} (known: {})", view.client, known.join(", ")),
+        evidence: json!({
+            "observed": {"client_family": view.client, "ip": view.ip.to_string()},
+            "baseline": {"client_families": known.join(", ")},
+        }),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_drop_versions() {
+        assert_eq!(client_family("aws-cli/2.15.0 Python/3.11"), "aws-cli");
+        assert_eq!(client_family("python-requests/2.31.0"), "python-requests");
+        assert_eq!(client_family("Mozilla/5.0 (X11)"), "Mozilla");
+        assert_eq!(client_family("curl"), "curl");
+        assert_eq!(client_family(""), "(none)");
+    }
+}
+
+#[cfg(test)]
+mod engine_tests {
+    use crate::detect::testkit::*;
+
+    #[test]
+    fn a_new_client_family_is_low_and_a_new_version_is_nothing() {
+        let mut engine = new_engine();
+        let key = "AKIACLIENTTEST000001";
+        let mut events = history(key, "london", 5, 12, ENDPOINTS);
+        let last = events.last().unwrap().ts_ms;
+        let mut upgraded = event(last + 60_000, key, ip("london", 1), "/v1/orders", 200);
+        upgraded.user_agent = "acme-sdk/2.0.0 python/3.12".into();
+        let mut curl = event(last + 120_000, key, ip("london", 1), "/v1/orders", 200);
+        curl.user_agent = "curl/8.5.0".into();
+        events.push(upgraded);
+        events.push(curl);
+        let found = alerts(&mut engine, &events);
+        let clients = of(&found, "new_client");
+        assert_eq!(clients.len(), 1, "{found:#?}");
+        assert!(clients[0].summary.contains("curl"));
+    }
+}

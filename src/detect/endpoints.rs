@@ -1,0 +1,199 @@
+//! Endpoint mix: never-seen endpoints, first use of sensitive endpoints
+//! (patterns from the model), and a shift of the whole mix over a window.
+
+use serde_json::json;
+
+use super::{Context, EventView, Finding, percent};
+use crate::alert::Severity;
+use crate::baseline::KeyState;
+
+/// First uses within this span count together.
+const NEW_ENDPOINT_SPAN_MS: i64 = 3_600_000;
+/// First uses within the span that make a burst worth a medium alert.
+const NEW_ENDPOINT_BURST: usize = 3;
+
+fn top_endpoints(state: &KeyState, ctx: &Context) -> String {
+    let total = state.endpoints.endpoints.total();
+    if total <= 0.0 {
+        return "none".into();
+    }
+    state
+        .endpoints
+        .endpoints
+        .ranked()
+        .iter()
+        .take(5)
+        .map(|entry| format!("{} {}", ctx.endpoint_name(entry.id), percent(entry.weight / total)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Never-seen and sensitive endpoints. Judged before the event is absorbed.
+pub fn check_new_endpoint(state: &mut KeyState, view: &EventView, ctx: &Context, out: &mut Vec<Finding>) {
+    let endpoint_model = &ctx.model.endpoints;
+    if state.endpoints.endpoints.contains(view.endpoint_id) || state.endpoints.endpoints.evicted > 0 {
+        return;
+    }
+    if !state.has_learned(view.ts_ms, &endpoint_model.new_endpoint) {
+        return;
+    }
+    state.endpoints.recent_new.retain(|ts| view.ts_ms - *ts <= NEW_ENDPOINT_SPAN_MS);
+    state.endpoints.recent_new.push(view.ts_ms);
+    let recent_new = state.endpoints.recent_new.len();
+    let baseline = json!({
+        "top_endpoints": top_endpoints(state, ctx),
+        "endpoints_known": state.endpoints.endpoints.entries.len(),
+        "events": state.events,
+    });
+    if view.endpoint_sensitive {
+        let denied = view.is_auth_failure();
+        out.push(Finding {
+            detector: "sensitive_endpoint",
+            severity: if denied { Severity::High } else { Severity::Medium },
+            score: if denied { 0.9 } else { 0.75 },
+            window_start_ms: view.ts_ms,
+            summary: format!(
+                "first call to sensitive endpoint {} {} (status {}) from {} ({})",
+                view.method,
+                view.endpoint,
+                view.status,
+                view.ip,
+                view.geo.country.as_str()
+            ),
+            evidence: json!({
+                "observed": {"endpoint": view.endpoint, "method": view.method, "status": view.status, "ip": view.ip.to_string(), "country": view.geo.country.as_str()},
+                "baseline": baseline,
+            }),
+        });
+        return;
+    }
+    let burst = recent_new >= NEW_ENDPOINT_BURST;
+    out.push(Finding {
+        detector: "new_endpoint",
+        severity: if burst { Severity::Medium } else { Severity::Low },
+        score: if burst { 0.7 } else { 0.4 },
+        window_start_ms: state.endpoints.recent_new[0],
+        summary: format!(
+            "first call to {} {} ({} new endpoint{} in the last hour)",
+            view.method,
+            view.endpoint,
+            recent_new,
+            if recent_new == 1 { "" } else { "s" }
+        ),
+        evidence: json!({
+            "observed": {"endpoint": view.endpoint, "method": view.method, "status": view.status, "new_endpoints_last_hour": recent_new},
+            "baseline": baseline,
+        }),
+    });
+}
+
+/// Shift of the mix: judged after the event is counted, each time the
+/// window's call count doubles past the model's minimum.
+pub fn check_mix_shift(state: &mut KeyState, view: &EventView, ctx: &Context, out: &mut Vec<Finding>) {
+    let endpoint_model = &ctx.model.endpoints;
+    if state.endpoints.window_total < state.endpoints.next_check {
+        return;
+    }
+    state.endpoints.next_check = state.endpoints.next_check.saturating_mul(2);
+    if !state.has_learned(view.ts_ms, &endpoint_model.mix_shift) {
+        return;
+    }
+    let divergence = state.endpoints.window_divergence();
+    if divergence <= endpoint_model.mix_max_divergence {
+        return;
+    }
+    let window_ms = endpoint_model.mix_window.as_millis() as i64;
+    let total = f64::from(state.endpoints.window_total);
+    let mut window_top: Vec<(u32, u32)> = state.endpoints.window_counts.clone();
+    window_top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let observed: Vec<String> = window_top
+        .iter()
+        .take(5)
+        .map(|(id, count)| format!("{} {}", ctx.endpoint_name(*id), percent(f64::from(*count) / total)))
+        .collect();
+    out.push(Finding {
+        detector: "endpoint_mix_shift",
+        severity: Severity::Medium,
+        score: divergence.clamp(0.0, 0.999),
+        window_start_ms: state.endpoints.window * window_ms,
+        summary: format!(
+            "endpoint mix shifted (Jensen-Shannon {:.2} > {:.2}) over {} calls: now {}",
+            divergence,
+            endpoint_model.mix_max_divergence,
+            state.endpoints.window_total,
+            observed.join(", ")
+        ),
+        evidence: json!({
+            "observed": {"calls": state.endpoints.window_total, "top_endpoints": observed.join(", ")},
+            "baseline": {"top_endpoints": top_endpoints(state, ctx)},
+            "divergence_bits": (divergence * 1000.0).round() / 1000.0,
+        }),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::alert::Severity;
+    use crate::detect::testkit::*;
+
+    #[test]
+    fn first_use_of_an_admin_endpoint_denied_is_high() {
+        let mut engine = new_engine();
+        let key = "AKIAENDPTEST00000001";
+        let mut events = history(key, "london", 5, 12, ENDPOINTS);
+        let last = events.last().unwrap().ts_ms;
+        events.push(event(last + 60_000, key, ip("london", 2), "/v1/admin/users", 403));
+        let found = alerts(&mut engine, &events);
+        let sensitive = of(&found, "sensitive_endpoint");
+        assert_eq!(sensitive.len(), 1, "{found:#?}");
+        assert_eq!(sensitive[0].severity, Severity::High);
+        assert!(of(&found, "new_endpoint").is_empty());
+    }
+
+    #[test]
+    fn one_new_endpoint_is_low_and_a_known_one_is_nothing() {
+        let mut engine = new_engine();
+        let key = "AKIAENDPTEST00000002";
+        let mut events = history(key, "london", 5, 12, ENDPOINTS);
+        let last = events.last().unwrap().ts_ms;
+        events.push(event(last + 60_000, key, ip("london", 2), "/v1/orders/8812", 200));
+        events.push(event(last + 120_000, key, ip("london", 2), "/v1/shipments", 200));
+        let found = alerts(&mut engine, &events);
+        let new = of(&found, "new_endpoint");
+        assert_eq!(new.len(), 1, "only /v1/shipments is new: {found:#?}");
+        assert_eq!(new[0].severity, Severity::Low);
+    }
+
+    #[test]
+    fn three_new_endpoints_within_an_hour_are_medium() {
+        let mut engine = new_engine();
+        let key = "AKIAENDPTEST00000003";
+        let mut events = history(key, "london", 5, 12, ENDPOINTS);
+        let last = events.last().unwrap().ts_ms;
+        for (step, endpoint) in ["/v1/reports", "/v1/reports/download", "/v1/bulk"].iter().enumerate() {
+            events.push(event(last + (step as i64 + 1) * 60_000, key, ip("london", 2), endpoint, 200));
+        }
+        let found = alerts(&mut engine, &events);
+        assert!(of(&found, "new_endpoint").iter().any(|alert| alert.severity == Severity::Medium), "{found:#?}");
+    }
+
+    #[test]
+    fn an_hour_spent_on_a_rare_endpoint_is_a_mix_shift() {
+        let mut engine = new_engine();
+        let key = "AKIAENDPTEST00000004";
+        let mut endpoints: Vec<&str> = ENDPOINTS.to_vec();
+        endpoints.extend(std::iter::repeat_n("/v1/orders", 30));
+        endpoints.push("/v1/customers");
+        let mut events = history(key, "london", 6, 40, &endpoints);
+        let start = T0 + 6 * DAY + 10 * HOUR;
+        for call in 0..200 {
+            events.push(event(start + call * 15_000, key, ip("london", 2), "/v1/customers", 200));
+        }
+        let found = alerts(&mut engine, &events);
+        assert_eq!(of(&found, "endpoint_mix_shift").len(), 1, "{found:#?}");
+
+        let mut engine = new_engine();
+        let found = alerts(&mut engine, &history("AKIAENDPTEST00000005", "london", 8, 40, &endpoints));
+        assert!(of(&found, "endpoint_mix_shift").is_empty(), "{found:#?}");
+    }
+}

@@ -1,0 +1,188 @@
+//! Call rate: spikes in the short window and sustained surges in the long
+//! one, judged by a tail probability of the key's own fitted count
+//! distribution for that hour of day; and dormant keys that wake up.
+
+use serde_json::json;
+
+use super::{Context, EventView, Finding, score_from_p};
+use crate::alert::Severity;
+use crate::baseline::KeyState;
+use crate::baseline::rate::{tail_probability, tail_threshold};
+use crate::event::format_ts;
+
+/// A key silent for longer than the model's `dormant_after` is used again.
+/// Judged before the event is absorbed.
+pub fn check_dormant(state: &KeyState, view: &EventView, ctx: &Context, out: &mut Vec<Finding>) {
+    let rate_model = &ctx.model.rate;
+    let silence_ms = view.ts_ms - state.last_ts;
+    if state.events == 0 || silence_ms < rate_model.dormant_after.as_millis() as i64 {
+        return;
+    }
+    if state.events < rate_model.dormant.min_events || state.last_ts - state.first_ts < rate_model.dormant.min_age.as_millis() as i64 {
+        return;
+    }
+    let days = silence_ms as f64 / 86_400_000.0;
+    out.push(Finding {
+        detector: "dormant_key",
+        severity: Severity::Medium,
+        score: (1.0 - rate_model.dormant_after.as_millis() as f64 / silence_ms as f64 / 2.0).clamp(0.5, 0.99),
+        window_start_ms: state.last_ts,
+        summary: format!(
+            "key silent for {days:.0} days used again from {} ({}), calling {}",
+            view.ip,
+            view.geo.country.as_str(),
+            view.endpoint
+        ),
+        evidence: json!({
+            "observed": {"ip": view.ip.to_string(), "country": view.geo.country.as_str(), "asn": view.geo.asn, "endpoint": view.endpoint},
+            "baseline": {
+                "last_use": format_ts(state.last_ts),
+                "first_use": format_ts(state.first_ts),
+                "events_before": state.events,
+                "silence_days": (days * 10.0).round() / 10.0,
+                "dormant_after_days": rate_model.dormant_after.as_secs() / 86_400,
+            },
+        }),
+    });
+}
+
+/// Spike (short window) and surge (long window). Judged after the event is
+/// counted. Thresholds are computed once per window, and only once the count
+/// reaches the model's minimum, so quiet keys cost no statistics at all.
+pub fn check_rate(state: &mut KeyState, view: &EventView, ctx: &Context, out: &mut Vec<Finding>) {
+    let rate_model = &ctx.model.rate;
+    if !state.has_learned(view.ts_ms, &rate_model.learning) {
+        return;
+    }
+    let window_ms = rate_model.spike_window.as_millis() as i64;
+    let floor = rate_model.min_hourly_rate * window_ms as f64 / 3_600_000.0;
+    let count = u64::from(state.rate.count);
+    if count >= rate_model.min_spike_count {
+        let expected = state.rate.expected(state.rate.window, window_ms, floor);
+        let dispersion = state.rate.dispersion();
+        let threshold = *state
+            .rate
+            .spike_threshold
+            .get_or_insert_with(|| tail_threshold(expected, dispersion, rate_model.spike_p_value).max(rate_model.min_spike_count));
+        if count == threshold {
+            let p_value = tail_probability(count, expected, dispersion);
+            let start = state.rate.window * window_ms;
+            out.push(rate_finding("rate_spike", state, view, count, expected, dispersion, p_value, rate_model.spike_window, start));
+        }
+    }
+    let long_count = state.rate.long_window_count();
+    if long_count >= rate_model.min_surge_count {
+        let expected = state.rate.long_window_expected(window_ms, floor);
+        let windows = state.rate.recent.len() as f64 + 1.0;
+        let dispersion = state.rate.dispersion();
+        // Counts summed over independent windows keep the per-window
+        // dispersion; the mean adds up.
+        let threshold = *state
+            .rate
+            .surge_threshold
+            .get_or_insert_with(|| tail_threshold(expected, dispersion, rate_model.surge_p_value).max(rate_model.min_surge_count));
+        if long_count >= threshold && state.rate.count == 1 || long_count == threshold {
+            let p_value = tail_probability(long_count, expected, dispersion);
+            let start = (state.rate.window + 1 - windows as i64) * window_ms;
+            out.push(rate_finding("rate_surge", state, view, long_count, expected, dispersion, p_value, rate_model.surge_window, start));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rate_finding(
+    detector: &'static str,
+    state: &KeyState,
+    view: &EventView,
+    count: u64,
+    expected: f64,
+    dispersion: f64,
+    p_value: f64,
+    window: std::time::Duration,
+    window_start_ms: i64,
+) -> Finding {
+    let window_text = humantime::format_duration(window).to_string();
+    let ratio = count as f64 / expected.max(1e-9);
+    Finding {
+        detector,
+        severity: if ratio >= 10.0 { Severity::High } else { Severity::Medium },
+        score: score_from_p(p_value),
+        window_start_ms,
+        summary: format!(
+            "{count} calls in {window_text} against {expected:.1} expected at this hour ({ratio:.0}x, p={p_value:.1e})"
+        ),
+        evidence: json!({
+            "observed": {"calls": count, "window": window_text, "last_ip": view.ip.to_string(), "last_endpoint": view.endpoint},
+            "baseline": {
+                "expected_calls": (expected * 100.0).round() / 100.0,
+                "dispersion": (dispersion * 100.0).round() / 100.0,
+                "hour_utc": (view.ts_ms / 3_600_000).rem_euclid(24),
+                "events": state.events,
+            },
+            "ratio": (ratio * 10.0).round() / 10.0,
+            "p_value": p_value,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::detect::testkit::*;
+
+    #[test]
+    fn a_burst_of_300_calls_in_five_minutes_is_a_spike() {
+        let mut engine = new_engine();
+        let key = "AKIARATETEST00000001";
+        let mut events = history(key, "london", 5, 12, ENDPOINTS);
+        let burst_start = T0 + 5 * DAY + 10 * HOUR;
+        for call in 0..300 {
+            events.push(event(burst_start + call * 1000, key, ip("london", 1), "/v1/orders/{id}", 200));
+        }
+        let found = alerts(&mut engine, &events);
+        let spikes = of(&found, "rate_spike");
+        assert_eq!(spikes.len(), 1, "{found:#?}");
+        assert!(spikes[0].evidence["observed"]["calls"].as_u64().unwrap() >= 30);
+        assert!(spikes[0].evidence["p_value"].as_f64().unwrap() < 1e-7);
+    }
+
+    #[test]
+    fn ordinary_days_raise_no_rate_alert() {
+        let mut engine = new_engine();
+        let found = alerts(&mut engine, &history("AKIARATETEST00000002", "london", 10, 40, ENDPOINTS));
+        assert!(of(&found, "rate_spike").is_empty() && of(&found, "rate_surge").is_empty(), "{found:#?}");
+    }
+
+    #[test]
+    fn a_sustained_surge_over_an_hour_is_a_surge() {
+        let mut engine = new_engine();
+        let key = "AKIARATETEST00000003";
+        let mut events = history(key, "london", 5, 12, ENDPOINTS);
+        let start = T0 + 5 * DAY + 10 * HOUR;
+        // 8 calls a minute for an hour: never 30 in five minutes would be a
+        // spike at this key's rate only with a lower floor, but 480 in an
+        // hour against 12 expected is a surge.
+        for call in 0..480 {
+            events.push(event(start + call * 7_500, key, ip("london", 1), "/v1/orders", 200));
+        }
+        let found = alerts(&mut engine, &events);
+        assert!(!of(&found, "rate_surge").is_empty(), "{found:#?}");
+    }
+
+    #[test]
+    fn a_key_silent_for_forty_days_wakes_up() {
+        let mut engine = new_engine();
+        let key = "AKIARATETEST00000004";
+        let mut events = history(key, "london", 5, 2, ENDPOINTS);
+        let last = events.last().unwrap().ts_ms;
+        events.push(event(last + 40 * DAY, key, ip("london", 1), "/v1/orders", 200));
+        let found = alerts(&mut engine, &events);
+        assert_eq!(of(&found, "dormant_key").len(), 1, "{found:#?}");
+
+        let mut engine = new_engine();
+        let key = "AKIARATETEST00000005";
+        let mut events = history(key, "london", 5, 2, ENDPOINTS);
+        let last = events.last().unwrap().ts_ms;
+        events.push(event(last + 10 * DAY, key, ip("london", 1), "/v1/orders", 200));
+        assert!(of(&alerts(&mut engine, &events), "dormant_key").is_empty());
+    }
+}

@@ -1,0 +1,126 @@
+//! Test fixtures for detector tests: a small world of places in a GeoIP
+//! database built with the project's MaxMind DB writer, and helpers that
+//! drive the real engine with a key's history and then one twist.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::alert::Alert;
+use crate::engine::{Engine, Output};
+use crate::enrich::GeoIp;
+use crate::enrich::mmdb_build::{AsnRecord, CityRecord, build_asn_db, build_city_db};
+use crate::event::AccessEvent;
+use crate::model::Model;
+
+pub const HOUR: i64 = 3_600_000;
+pub const DAY: i64 = 24 * HOUR;
+/// 2026-01-05T00:00:00Z, a Monday.
+pub const T0: i64 = 1_767_571_200_000;
+
+/// name, network, country, city, latitude, longitude, asn, organisation
+pub const PLACES: &[(&str, &str, &str, &str, f64, f64, u32, &str)] = &[
+    ("london", "25.10.0.0/16", "GB", "London", 51.5074, -0.1278, 2856, "British Telecommunications PLC"),
+    ("manchester", "25.12.0.0/16", "GB", "Manchester", 53.4808, -2.2426, 2856, "British Telecommunications PLC"),
+    ("dublin", "25.11.0.0/16", "IE", "Dublin", 53.3498, -6.2603, 5466, "Eircom Limited"),
+    ("frankfurt_aws", "25.20.0.0/16", "DE", "Frankfurt am Main", 50.1109, 8.6821, 16509, "Amazon.com, Inc."),
+    ("virginia_aws", "25.21.0.0/16", "US", "Ashburn", 39.0438, -77.4874, 16509, "Amazon.com, Inc."),
+    ("saopaulo", "25.30.0.0/16", "BR", "Sao Paulo", -23.5505, -46.6333, 28573, "Claro NXT Telecomunicacoes Ltda"),
+    ("sydney", "25.31.0.0/16", "AU", "Sydney", -33.8688, 151.2093, 1221, "Telstra Limited"),
+    ("paris", "25.32.0.0/16", "FR", "Paris", 48.8566, 2.3522, 3215, "Orange S.A."),
+];
+
+/// An address in a place (`host` picks the host within its /16).
+pub fn ip(place: &str, host: u16) -> IpAddr {
+    let (_, network, ..) = PLACES.iter().find(|entry| entry.0 == place).expect("known place");
+    let net: ipnet::Ipv4Net = network.parse().expect("valid network");
+    let base = u32::from(net.network());
+    IpAddr::V4(std::net::Ipv4Addr::from(base + 256 + u32::from(host)))
+}
+
+pub fn geo() -> Arc<GeoIp> {
+    let cities: Vec<CityRecord> = PLACES
+        .iter()
+        .enumerate()
+        .map(|(index, (_, network, country, city, lat, lon, _, _))| CityRecord {
+            network: network.parse().expect("valid network"),
+            country_code: country.to_string(),
+            country_name: country.to_string(),
+            city_name: city.to_string(),
+            latitude: *lat,
+            longitude: *lon,
+            accuracy_radius_km: 20,
+            geoname_id: 1000 + index as u32,
+        })
+        .collect();
+    let asns: Vec<AsnRecord> = PLACES
+        .iter()
+        .map(|(_, network, _, _, _, _, asn, org)| AsnRecord {
+            network: network.parse().expect("valid network"),
+            asn: *asn,
+            organization: org.to_string(),
+        })
+        .collect();
+    let city = build_city_db(&cities).expect("city db");
+    let asn = build_asn_db(&asns).expect("asn db");
+    Arc::new(GeoIp::from_bytes(Some(city), Some(asn)).expect("valid databases"))
+}
+
+pub fn new_engine() -> Engine {
+    Engine::new(Arc::new(Model::default_model()), geo())
+}
+
+pub fn engine_with(model: Model) -> Engine {
+    Engine::new(Arc::new(model), geo())
+}
+
+pub fn event(ts_ms: i64, key: &str, ip: IpAddr, endpoint: &str, status: u16) -> AccessEvent<'static> {
+    AccessEvent {
+        ts_ms,
+        key_id: Cow::Owned(key.to_string()),
+        ip,
+        method: Cow::Borrowed("GET"),
+        endpoint: Cow::Owned(endpoint.to_string()),
+        status,
+        user_agent: Cow::Borrowed("acme-sdk/1.4.2 python/3.11"),
+        bytes_out: 512,
+        request_id: None,
+    }
+}
+
+/// `days` of ordinary traffic: `per_hour` calls each hour between 08:00 and
+/// 20:00 UTC, spread evenly, cycling over `endpoints`, from `place`.
+pub fn history(key: &str, place: &str, days: i64, per_hour: i64, endpoints: &[&str]) -> Vec<AccessEvent<'static>> {
+    let mut events = Vec::new();
+    let mut call = 0usize;
+    for day in 0..days {
+        for hour in 8..20 {
+            for slot in 0..per_hour {
+                let ts = T0 + day * DAY + hour * HOUR + slot * (HOUR / per_hour.max(1));
+                let endpoint = endpoints[call % endpoints.len()];
+                events.push(event(ts, key, ip(place, (call % 50) as u16), endpoint, 200));
+                call += 1;
+            }
+        }
+    }
+    events
+}
+
+/// Runs events through the engine in one batch; returns the alerts.
+pub fn alerts(engine: &mut Engine, events: &[AccessEvent<'_>]) -> Vec<Alert> {
+    let mut out = Vec::new();
+    engine.process(events, &mut out);
+    out.into_iter()
+        .filter_map(|output| match output {
+            Output::Alert(alert) => Some(alert),
+            Output::Revocation(_) => None,
+        })
+        .collect()
+}
+
+/// Alerts of one detector.
+pub fn of<'a>(alerts: &'a [Alert], detector: &str) -> Vec<&'a Alert> {
+    alerts.iter().filter(|alert| alert.detector == detector).collect()
+}
+
+pub const ENDPOINTS: &[&str] = &["/v1/orders", "/v1/orders/{id}", "/v1/customers/{id}", "/v1/invoices"];
