@@ -34,3 +34,4 @@ pub mod replay;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod state;
