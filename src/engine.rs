@@ -404,6 +404,78 @@ mod tests {
         assert_eq!(normalize_endpoint("iam:CreateAccessKey", &mut scratch), "iam:CreateAccessKey");
     }
 
+    /// A mixed workload: several keys with history, then each misbehaving.
+    fn workload() -> Vec<AccessEvent<'static>> {
+        use crate::detect::testkit::*;
+        let mut events = Vec::new();
+        for (index, place) in ["london", "dublin", "virginia_aws", "paris"].iter().enumerate() {
+            events.extend(history(&format!("AKIAWORKLOAD0000000{index}"), place, 5, 6 + index as i64, ENDPOINTS));
+        }
+        let twist = T0 + 5 * DAY + 9 * HOUR;
+        events.push(event(twist, "AKIAWORKLOAD00000000", ip("sydney", 1), "/v1/orders", 200));
+        for call in 0..200 {
+            events.push(event(twist + call * 500, "AKIAWORKLOAD00000001", ip("dublin", 1), "/v1/orders", 200));
+        }
+        events.push(event(twist + 1000, "AKIAWORKLOAD00000002", ip("virginia_aws", 1), "/v1/admin/keys", 403));
+        events.push(event(twist + 2000, "AKIAWORKLOAD00000003", ip("saopaulo", 1), "/v1/orders", 200));
+        events.sort_by_key(|event| event.ts_ms);
+        events
+    }
+
+    fn run_in_batches(events: &[AccessEvent<'_>], batch_size: usize) -> Vec<Output> {
+        let mut engine = crate::detect::testkit::new_engine();
+        let mut out = Vec::new();
+        for chunk in events.chunks(batch_size) {
+            engine.process(chunk, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn batch_size_does_not_change_the_outputs() {
+        let events = workload();
+        let whole = run_in_batches(&events, events.len());
+        assert!(whole.len() >= 4, "the workload raises alerts: {whole:#?}");
+        assert_eq!(run_in_batches(&events, 1), whole);
+        assert_eq!(run_in_batches(&events, 7), whole);
+        assert_eq!(run_in_batches(&events, 10_000), whole);
+    }
+
+    #[test]
+    fn a_restored_snapshot_continues_exactly_like_the_original() {
+        let events = workload();
+        let whole = run_in_batches(&events, 500);
+        let split = events.len() * 9 / 10;
+        let mut first = crate::detect::testkit::new_engine();
+        let mut out = Vec::new();
+        first.process(&events[..split], &mut out);
+        let text = serde_json::to_string(&first.snapshot()).unwrap();
+        for key in 0..4 {
+            assert!(!text.contains(&format!("AKIAWORKLOAD0000000{key}")), "a snapshot holds no raw key");
+        }
+        let mut second = crate::detect::testkit::new_engine();
+        second.restore(serde_json::from_str(&text).unwrap());
+        second.process(&events[split..], &mut out);
+        assert_eq!(out, whole);
+    }
+
+    #[test]
+    fn outputs_name_keys_only_by_fingerprint_and_hint() {
+        let outputs = run_in_batches(&workload(), 100);
+        let mut revocations = 0;
+        for output in &outputs {
+            let text = match output {
+                Output::Alert(alert) => serde_json::to_string(alert).unwrap(),
+                Output::Revocation(request) => {
+                    revocations += 1;
+                    serde_json::to_string(request).unwrap()
+                }
+            };
+            assert!(!text.contains("AKIAWORKLOAD0000000"), "{text}");
+        }
+        assert!(revocations >= 1, "impossible travel asks for a revocation");
+    }
+
     #[test]
     fn sensitive_globs() {
         let matcher = SensitiveMatcher::new(&["*admin*".into(), "iam:*".into(), "*/export".into()]);
