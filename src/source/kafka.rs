@@ -1,1 +1,619 @@
-//! Consuming input topics.
+//! Consuming input topics: a consumer in a group, polled on a thread of its
+//! own, handing records and rebalance events to one processing task through
+//! a bounded channel; and plain readers of topic ranges for restoring
+//! checkpoints and for replay.
+//!
+//! Rebalances follow the pattern of quickwit's Kafka source: librdkafka
+//! calls the rebalance callback on the polling thread, which tells the
+//! processing task and, on revocation, waits until the task has finished its
+//! batch, checkpointed and committed. Because records and rebalance events
+//! travel through the same channel, every record of a revoked partition that
+//! was polled reaches the task before the revocation does.
+//!
+//! On assignment the callback reads the partitions' checkpoints from the
+//! changelog before it assigns them, so consumption starts at the
+//! checkpointed offset: no record is fetched from a position the engine
+//! state does not match.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaConfig;
+use crate::sink::kafka::base_client_config;
+use crate::state::{Checkpoint, CheckpointAssembler, PartitionId, StateError};
+
+/// How long one poll waits before the loop looks at the cancellation token.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Timeout of metadata, watermark and committed-offset requests.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why input could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceError {
+    #[error("cannot create the kafka consumer: {0}")]
+    Create(KafkaError),
+    #[error("cannot subscribe to {topics}: {error}")]
+    Subscribe { topics: String, error: KafkaError },
+    #[error("cannot read {what}: {error}")]
+    Read { what: String, error: KafkaError },
+    #[error("reading {what} did not reach the end within {timeout:?}")]
+    Timeout { what: String, timeout: Duration },
+    #[error("cannot restore partitions {partitions}: {source}")]
+    Restore {
+        partitions: String,
+        source: Box<KafkaSourceError>,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot commit offsets: {0}")]
+    Commit(KafkaError),
+}
+
+/// One input record, detached from the consumer.
+#[derive(Debug, Clone)]
+pub struct InputRecord {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    /// Message timestamp in epoch milliseconds, when the broker has one.
+    pub timestamp_ms: Option<i64>,
+    /// `None` for a message without a value.
+    pub payload: Option<Vec<u8>>,
+}
+
+impl InputRecord {
+    pub fn partition_id(&self) -> PartitionId {
+        PartitionId::new(&*self.topic, self.partition)
+    }
+
+    fn from_message(message: &BorrowedMessage<'_>, topics: &mut HashMap<String, Arc<str>>) -> InputRecord {
+        // Interned so a record costs one allocation (its payload), not two.
+        let topic = match topics.get(message.topic()) {
+            Some(topic) => Arc::clone(topic),
+            None => {
+                let topic: Arc<str> = Arc::from(message.topic());
+                topics.insert(message.topic().to_string(), Arc::clone(&topic));
+                topic
+            }
+        };
+        InputRecord {
+            topic,
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp_ms: message.timestamp().to_millis(),
+            payload: message.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
+/// A partition handed to this instance, with what it needs to resume.
+#[derive(Debug)]
+pub struct AssignedPartition {
+    pub id: PartitionId,
+    /// The newest checkpoint in the changelog; consumption starts at its
+    /// `next_offset`.
+    pub checkpoint: Option<Checkpoint>,
+    /// The group's committed offset: outputs of records below it were
+    /// already delivered before this assignment.
+    pub committed: Option<i64>,
+}
+
+/// What the consumer thread tells the processing task, in order.
+#[derive(Debug)]
+pub enum SourceEvent {
+    Record(InputRecord),
+    Assigned(Vec<AssignedPartition>),
+    /// The partitions are being taken away. Unless `lost`, the task must
+    /// finish its batch, checkpoint and commit them before answering `done`;
+    /// when `lost`, another member may already own them, so it must write
+    /// nothing for them.
+    Revoked {
+        partitions: Vec<PartitionId>,
+        lost: bool,
+        done: oneshot::Sender<()>,
+    },
+    /// The assignment could not be restored; the pipeline cannot go on.
+    Failed(KafkaSourceError),
+}
+
+/// What to load when partitions are assigned.
+#[derive(Debug, Clone)]
+pub enum RestoreFrom {
+    /// Nothing: a stateless stage resumes at the committed offsets.
+    Nothing,
+    /// Checkpoints from the changelog topic of this configuration.
+    Changelog(Box<KafkaConfig>),
+}
+
+/// The consumer context: rebalance callbacks that talk to the processing task.
+pub struct GroupContext {
+    events: Mutex<Option<mpsc::Sender<SourceEvent>>>,
+    restore: RestoreFrom,
+    group_id: String,
+}
+
+/// The group consumer keywatch uses.
+pub type GroupConsumer = BaseConsumer<GroupContext>;
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(&self, consumer: &GroupConsumer, err: RDKafkaRespErr, partitions: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, partitions),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, partitions),
+            other => {
+                tracing::error!(group = %self.group_id, error = ?other, "rebalance failed; dropping the assignment");
+                self.revoke(consumer, partitions);
+            }
+        }
+    }
+}
+
+fn partition_ids(partitions: &TopicPartitionList) -> Vec<PartitionId> {
+    partitions
+        .elements()
+        .iter()
+        .map(|element| PartitionId::new(element.topic(), element.partition()))
+        .collect()
+}
+
+fn describe(partitions: &[PartitionId]) -> String {
+    partitions.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+impl GroupContext {
+    fn sender(&self) -> Option<mpsc::Sender<SourceEvent>> {
+        self.events.lock().ok().and_then(|guard| guard.clone())
+    }
+
+    /// Sends from the polling thread, where blocking is allowed. Callbacks can
+    /// also run when the last handle of the consumer is dropped on an async
+    /// worker; there the event is dropped rather than blocking the runtime.
+    fn send(&self, event: SourceEvent) -> bool {
+        let Some(sender) = self.sender() else {
+            return false;
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return sender.try_send(event).is_ok();
+        }
+        sender.blocking_send(event).is_ok()
+    }
+
+    fn assign(&self, consumer: &GroupConsumer, partitions: &mut TopicPartitionList) {
+        let ids = partition_ids(partitions);
+        tracing::info!(group = %self.group_id, partitions = %describe(&ids), "partitions assigned");
+        let restored = match &self.restore {
+            RestoreFrom::Nothing => Ok(ids
+                .iter()
+                .map(|id| AssignedPartition {
+                    id: id.clone(),
+                    checkpoint: None,
+                    committed: None,
+                })
+                .collect::<Vec<_>>()),
+            RestoreFrom::Changelog(kafka) => restore_partitions(kafka, consumer, partitions, &ids),
+        };
+        match restored {
+            Ok(assigned) => {
+                for partition in &assigned {
+                    if let Some(checkpoint) = &partition.checkpoint {
+                        let offset = Offset::Offset(checkpoint.next_offset);
+                        if let Err(error) =
+                            partitions.set_partition_offset(&partition.id.topic, partition.id.partition, offset)
+                        {
+                            tracing::error!(partition = %partition.id, %error, "cannot set the start offset");
+                        }
+                    }
+                }
+                // Sent before assigning, so it precedes every record of
+                // these partitions in the channel.
+                self.send(SourceEvent::Assigned(assigned));
+                let result = match consumer.rebalance_protocol() {
+                    RebalanceProtocol::Cooperative => consumer.incremental_assign(partitions),
+                    _ => consumer.assign(partitions),
+                };
+                if let Err(error) = result {
+                    tracing::error!(group = %self.group_id, %error, "assign failed");
+                }
+            }
+            Err(error) => {
+                tracing::error!(group = %self.group_id, %error, "cannot restore the assigned partitions");
+                self.send(SourceEvent::Failed(error));
+                // Consume nothing rather than resume with state that does not
+                // match the offsets; the pipeline is stopping.
+                let result = match consumer.rebalance_protocol() {
+                    RebalanceProtocol::Cooperative => Ok(()),
+                    _ => consumer.assign(&TopicPartitionList::new()),
+                };
+                if let Err(error) = result {
+                    tracing::error!(group = %self.group_id, %error, "unassign failed");
+                }
+            }
+        }
+    }
+
+    fn revoke(&self, consumer: &GroupConsumer, partitions: &TopicPartitionList) {
+        let ids = partition_ids(partitions);
+        let lost = consumer.assignment_lost();
+        tracing::info!(group = %self.group_id, partitions = %describe(&ids), lost, "partitions revoked");
+        let (done, finished) = oneshot::channel();
+        if self.send(SourceEvent::Revoked {
+            partitions: ids,
+            lost,
+            done,
+        }) && tokio::runtime::Handle::try_current().is_err()
+        {
+            // Hold the partitions until their state is safe; a dropped
+            // answer means the task has gone, which is fine too.
+            let _ = finished.blocking_recv();
+        }
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(partitions),
+            _ => consumer.unassign(),
+        };
+        if let Err(error) = result {
+            tracing::warn!(group = %self.group_id, %error, "unassign failed");
+        }
+    }
+}
+
+/// Reads the checkpoints and committed offsets of newly assigned partitions.
+fn restore_partitions(
+    kafka: &KafkaConfig,
+    consumer: &GroupConsumer,
+    partitions: &TopicPartitionList,
+    ids: &[PartitionId],
+) -> Result<Vec<AssignedPartition>, KafkaSourceError> {
+    let started = Instant::now();
+    let mut checkpoints = read_checkpoints(kafka, ids).map_err(|source| KafkaSourceError::Restore {
+        partitions: describe(ids),
+        source: Box::new(source),
+    })?;
+    let committed: HashMap<(String, i32), Offset> =
+        match consumer.committed_offsets(partitions.clone(), METADATA_TIMEOUT) {
+            Ok(list) => list.to_topic_map(),
+            Err(error) => {
+                // Only costs repeated outputs after the checkpoint, never lost ones.
+                tracing::warn!(%error, "cannot read committed offsets; outputs after the checkpoints may repeat");
+                HashMap::new()
+            }
+        };
+    let assigned: Vec<AssignedPartition> = ids
+        .iter()
+        .map(|id| AssignedPartition {
+            id: id.clone(),
+            checkpoint: checkpoints.remove(id),
+            committed: match committed.get(&(id.topic.clone(), id.partition)) {
+                Some(Offset::Offset(offset)) => Some(*offset),
+                _ => None,
+            },
+        })
+        .collect();
+    for partition in &assigned {
+        tracing::info!(
+            partition = %partition.id,
+            checkpoint_offset = partition.checkpoint.as_ref().map(|c| c.next_offset),
+            committed_offset = partition.committed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "partition restored"
+        );
+    }
+    Ok(assigned)
+}
+
+/// A consumer for reading topic ranges: never subscribes, never commits.
+/// librdkafka needs a group id to assign partitions; this one never joins.
+pub fn range_consumer(kafka: &KafkaConfig, purpose: &str) -> Result<BaseConsumer, KafkaSourceError> {
+    let mut config: ClientConfig = base_client_config(kafka);
+    config
+        .set("group.id", format!("{}-{purpose}", kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_committed");
+    config.create().map_err(KafkaSourceError::Create)
+}
+
+/// Number of partitions of a topic, or `None` when it does not exist.
+pub fn partition_count<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> Result<Option<i32>, KafkaSourceError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|error| KafkaSourceError::Read {
+            what: format!("metadata of {topic}"),
+            error,
+        })?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|described| described.name() == topic && described.error().is_none())
+        .map(|described| described.partitions().len() as i32)
+        .filter(|count| *count > 0))
+}
+
+/// One partition to read from `start` up to, not including, `end`.
+#[derive(Debug, Clone)]
+pub struct PartitionRange {
+    pub topic: String,
+    pub partition: i32,
+    pub start: Offset,
+    pub end: i64,
+}
+
+/// Reads every message of the ranges (all partitions at once), calling
+/// `visit` for each in offset order per partition, and returns when each
+/// partition's position has reached its end.
+pub fn read_ranges<F>(
+    consumer: &BaseConsumer,
+    ranges: &[PartitionRange],
+    timeout: Duration,
+    mut visit: F,
+) -> Result<u64, KafkaSourceError>
+where
+    F: FnMut(&BorrowedMessage<'_>) -> Result<(), KafkaSourceError>,
+{
+    let what = || {
+        ranges
+            .iter()
+            .map(|range| format!("{}/{}", range.topic, range.partition))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut pending: HashMap<(String, i32), i64> = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for range in ranges {
+        let start_is_at_end = matches!(range.start, Offset::Offset(start) if start >= range.end);
+        if range.end <= 0 || start_is_at_end {
+            continue;
+        }
+        assignment
+            .add_partition_offset(&range.topic, range.partition, range.start)
+            .map_err(|error| KafkaSourceError::Read { what: what(), error })?;
+        pending.insert((range.topic.clone(), range.partition), range.end);
+    }
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|error| KafkaSourceError::Read { what: what(), error })?;
+    let deadline = Instant::now() + timeout;
+    let mut messages = 0u64;
+    let result = loop {
+        if pending.is_empty() {
+            break Ok(messages);
+        }
+        if Instant::now() >= deadline {
+            break Err(KafkaSourceError::Timeout { what: what(), timeout });
+        }
+        match consumer.poll(POLL_INTERVAL) {
+            Some(Ok(message)) => {
+                let key = (message.topic().to_string(), message.partition());
+                let Some(&end) = pending.get(&key) else {
+                    continue;
+                };
+                if message.offset() < end {
+                    messages += 1;
+                    if let Err(error) = visit(&message) {
+                        break Err(error);
+                    }
+                }
+                if message.offset() + 1 >= end {
+                    pending.remove(&key);
+                }
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "error while reading a topic range");
+            }
+            None => {
+                // Transaction markers and aborted records take offsets but
+                // are never delivered; the position still moves past them.
+                if let Ok(positions) = consumer.position() {
+                    for element in positions.elements() {
+                        if let Offset::Offset(position) = element.offset() {
+                            let key = (element.topic().to_string(), element.partition());
+                            if pending.get(&key).is_some_and(|end| position >= *end) {
+                                pending.remove(&key);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let _ = consumer.unassign();
+    result
+}
+
+/// Reads the newest checkpoint of each partition from the changelog topic.
+pub fn read_checkpoints(
+    kafka: &KafkaConfig,
+    partitions: &[PartitionId],
+) -> Result<BTreeMap<PartitionId, Checkpoint>, KafkaSourceError> {
+    if partitions.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let consumer = range_consumer(kafka, "restore")?;
+    let topic = &kafka.changelog_topic;
+    let Some(changelog_partitions) = partition_count(&consumer, topic)? else {
+        tracing::warn!(topic = %topic, "changelog topic does not exist; starting without checkpoints");
+        return Ok(BTreeMap::new());
+    };
+    let mut wanted: Vec<i32> = partitions
+        .iter()
+        .map(|id| id.changelog_partition(changelog_partitions))
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut ranges = Vec::with_capacity(wanted.len());
+    for partition in wanted {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+            .map_err(|error| KafkaSourceError::Read {
+                what: format!("watermarks of {topic}/{partition}"),
+                error,
+            })?;
+        if high > low {
+            ranges.push(PartitionRange {
+                topic: topic.clone(),
+                partition,
+                start: Offset::Beginning,
+                end: high,
+            });
+        }
+    }
+    let mut assembler = CheckpointAssembler::new(partitions.iter().cloned());
+    read_ranges(&consumer, &ranges, kafka.restore_timeout, |message| {
+        if let Some(key) = message.key() {
+            assembler.push(key, message.payload());
+        }
+        Ok(())
+    })?;
+    Ok(assembler.finish()?)
+}
+
+/// A group consumer polled on its own thread.
+pub struct KafkaSource {
+    consumer: Arc<GroupConsumer>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl KafkaSource {
+    /// Joins `group_id`, subscribes to `topics` and starts polling. Events
+    /// arrive on the returned channel, which holds at most `capacity` of them
+    /// so a slow task slows the polling rather than filling memory. The
+    /// channel closes after the consumer has left the group, which it does
+    /// when `cancel` fires or the receiver is dropped.
+    pub fn start(
+        kafka: &KafkaConfig,
+        group_id: &str,
+        topics: &[String],
+        restore: RestoreFrom,
+        capacity: usize,
+        cancel: CancellationToken,
+    ) -> Result<(KafkaSource, mpsc::Receiver<SourceEvent>), KafkaSourceError> {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        let mut config = base_client_config(kafka);
+        config
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            // Never process records of aborted transactions, including our
+            // own repartition stage's in exactly-once mode.
+            .set("isolation.level", "read_committed");
+        if !kafka.properties.contains_key("auto.offset.reset") {
+            // A new group reads what is retained rather than only what comes
+            // next: a detector should see the history it can.
+            config.set("auto.offset.reset", "earliest");
+        }
+        let context = GroupContext {
+            events: Mutex::new(Some(sender.clone())),
+            restore,
+            group_id: group_id.to_string(),
+        };
+        let consumer: GroupConsumer = config.create_with_context(context).map_err(KafkaSourceError::Create)?;
+        let topic_names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topic_names)
+            .map_err(|error| KafkaSourceError::Subscribe {
+                topics: topics.join(","),
+                error,
+            })?;
+        let consumer = Arc::new(consumer);
+        let polled = Arc::clone(&consumer);
+        let thread = std::thread::Builder::new()
+            .name(format!("kafka-poll-{group_id}"))
+            .spawn(move || poll_loop(polled, sender, cancel))
+            .map_err(|error| KafkaSourceError::Create(KafkaError::ClientCreation(error.to_string())))?;
+        Ok((
+            KafkaSource {
+                consumer,
+                thread: Some(thread),
+            },
+            receiver,
+        ))
+    }
+
+    pub fn consumer(&self) -> &Arc<GroupConsumer> {
+        &self.consumer
+    }
+
+    /// Commits offsets (the next offset to read, per partition). `Sync`
+    /// waits for the broker, off the async workers.
+    pub async fn commit(&self, offsets: TopicPartitionList, mode: CommitMode) -> Result<(), KafkaSourceError> {
+        if offsets.count() == 0 {
+            return Ok(());
+        }
+        match mode {
+            CommitMode::Async => self.consumer.commit(&offsets, mode).map_err(KafkaSourceError::Commit),
+            CommitMode::Sync => {
+                let consumer = Arc::clone(&self.consumer);
+                match tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync)).await {
+                    Ok(result) => result.map_err(KafkaSourceError::Commit),
+                    Err(_) => Err(KafkaSourceError::Commit(KafkaError::Canceled)),
+                }
+            }
+        }
+    }
+
+    /// Waits for the polling thread to leave the group.
+    pub async fn join(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+fn poll_loop(consumer: Arc<GroupConsumer>, sender: mpsc::Sender<SourceEvent>, cancel: CancellationToken) {
+    let mut topics = HashMap::new();
+    while !cancel.is_cancelled() && !sender.is_closed() {
+        match consumer.poll(POLL_INTERVAL) {
+            None => {}
+            Some(Ok(message)) => {
+                let record = InputRecord::from_message(&message, &mut topics);
+                if sender.blocking_send(SourceEvent::Record(record)).is_err() {
+                    break;
+                }
+            }
+            Some(Err(error)) => {
+                // librdkafka reports broker and partition trouble here and
+                // recovers by itself; the records are not lost.
+                tracing::warn!(%error, "kafka consumer error");
+            }
+        }
+    }
+    // Leaving the group revokes the assignment through the rebalance
+    // callback, so the task checkpoints and commits before the partitions
+    // move. Records polled meanwhile are not forwarded: they were neither
+    // processed nor committed and will be read again by the next owner.
+    drop(sender);
+    match consumer.close_queue() {
+        Ok(()) => {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !consumer.closed() && Instant::now() < deadline {
+                let _ = consumer.poll(POLL_INTERVAL);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot close the consumer"),
+    }
+    if let Ok(mut events) = consumer.context().events.lock() {
+        events.take();
+    }
+    tracing::debug!("kafka consumer closed");
+}
