@@ -441,6 +441,27 @@ mod tests {
         assert_eq!(run_in_batches(&events, 10_000), whole);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(16))]
+        #[test]
+        fn any_cut_into_batches_gives_the_same_outputs(cuts in proptest::collection::vec(1usize..3000, 1..12)) {
+            let events = workload();
+            let whole = run_in_batches(&events, events.len());
+            let mut engine = crate::detect::testkit::new_engine();
+            let mut out = Vec::new();
+            let mut position = 0;
+            for cut in cuts.iter().cycle() {
+                if position >= events.len() {
+                    break;
+                }
+                let end = (position + cut).min(events.len());
+                engine.process(&events[position..end], &mut out);
+                position = end;
+            }
+            proptest::prop_assert_eq!(out, whole);
+        }
+    }
+
     #[test]
     fn a_restored_snapshot_continues_exactly_like_the_original() {
         let events = workload();
