@@ -108,6 +108,14 @@ fn skip_whitespace(bytes: &[u8]) -> &[u8] {
 /// merely says `eventTime` does not count, and quotes inside strings are
 /// always escaped, so only a real key can match.
 pub(crate) fn looks_like_cloudtrail(record: &[u8]) -> bool {
+    // Fast path for canonical producers, which write `ts` or `key_id` first;
+    // no CloudTrail event has either key, so the scan can be skipped.
+    if let Some(after_brace) = skip_whitespace(record).strip_prefix(b"{") {
+        let first_key = skip_whitespace(after_brace);
+        if first_key.starts_with(b"\"ts\"") || first_key.starts_with(b"\"key_id\"") {
+            return false;
+        }
+    }
     record.iter().enumerate().any(|(position, &byte)| {
         byte == b'"' && {
             let after = &record[position + 1..];
@@ -527,5 +535,9 @@ mod tests {
         ));
         assert!(!looks_like_cloudtrail(b"{\"ts\":1,\"endpoint\":\"/eventSource\"}"));
         assert!(!looks_like_cloudtrail(b"\""));
+        assert!(
+            !looks_like_cloudtrail(b" { \"ts\":1,\"eventTime\":2}"),
+            "canonical first key"
+        );
     }
 }

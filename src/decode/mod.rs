@@ -119,14 +119,14 @@ impl Decoder {
     /// Every record adds at least one element to `out`.
     pub fn decode<'a>(&self, record: &'a [u8], out: &mut Vec<Result<AccessEvent<'a>, DecodeError>>) {
         let wants_cloudtrail = match self.format {
+            Format::Cloudtrail | Format::Auto if cloudtrail::is_records_document(record) => {
+                cloudtrail::decode_records_document(record, self.max_record_bytes, out);
+                return;
+            }
             Format::Cloudtrail => true,
-            Format::Auto => cloudtrail::is_records_document(record) || cloudtrail::looks_like_cloudtrail(record),
+            Format::Auto => cloudtrail::looks_like_cloudtrail(record),
             Format::Canonical | Format::Mapped => false,
         };
-        if wants_cloudtrail && cloudtrail::is_records_document(record) {
-            cloudtrail::decode_records_document(record, self.max_record_bytes, out);
-            return;
-        }
         if record.len() > self.max_record_bytes {
             out.push(Err(DecodeError::Oversized {
                 size: record.len(),
