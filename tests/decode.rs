@@ -431,8 +431,8 @@ fn check_never_panics(record: &[u8]) {
 fn arbitrary_event() -> impl Strategy<Value = AccessEvent<'static>> {
     let ts = keywatch::event::MIN_TS_MS..keywatch::event::MAX_TS_MS;
     let ip = prop_oneof![
-        any::<[u8; 4]>().prop_map(|octets| IpAddr::from(octets)),
-        any::<[u16; 8]>().prop_map(|segments| IpAddr::from(segments)),
+        any::<[u8; 4]>().prop_map(IpAddr::from),
+        any::<[u16; 8]>().prop_map(IpAddr::from),
     ];
     (
         ts,
