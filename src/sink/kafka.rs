@@ -64,6 +64,9 @@ pub struct OutgoingMessage {
     pub key: Option<String>,
     pub payload: Vec<u8>,
     pub headers: Vec<(&'static str, Vec<u8>)>,
+    /// Message timestamp in epoch milliseconds; `None` lets the producer
+    /// use the current time.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// Messages a stage wants written, in order. Filled without I/O.
@@ -123,6 +126,7 @@ impl Outbox {
             key: Some(key.clone()),
             payload,
             headers: vec![("id", id.as_bytes().to_vec())],
+            timestamp_ms: None,
         });
         Ok(())
     }
@@ -137,17 +141,27 @@ impl Outbox {
             key: None,
             payload: letter.record.to_vec(),
             headers: dead_letter_headers(letter),
+            timestamp_ms: None,
         });
     }
 
     /// A canonical event for the repartition topic, keyed by fingerprint.
-    pub fn push_repartitioned(&mut self, topic: &str, key_fingerprint: String, canonical_json: Vec<u8>) {
+    /// It keeps the input record's timestamp, as Kafka Streams does, so
+    /// time-based retention and lookups treat it like its source.
+    pub fn push_repartitioned(
+        &mut self,
+        topic: &str,
+        key_fingerprint: String,
+        canonical_json: Vec<u8>,
+        timestamp_ms: Option<i64>,
+    ) {
         self.messages.push(OutgoingMessage {
             topic: topic.to_string(),
             partition: None,
             key: Some(key_fingerprint),
             payload: canonical_json,
             headers: Vec::new(),
+            timestamp_ms,
         });
     }
 
@@ -161,6 +175,7 @@ impl Outbox {
                 key: Some(key),
                 payload: value,
                 headers: Vec::new(),
+                timestamp_ms: None,
             });
         }
         Ok(())
@@ -288,6 +303,9 @@ impl KafkaSink {
             }
             if let Some(partition) = message.partition {
                 record = record.partition(partition);
+            }
+            if let Some(timestamp_ms) = message.timestamp_ms {
+                record = record.timestamp(timestamp_ms);
             }
             match self.producer.send_result(record) {
                 Ok(future) => return Ok(future),

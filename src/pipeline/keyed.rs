@@ -1,0 +1,307 @@
+//! The keyed stage: one engine per assigned partition of a topic whose
+//! records are partitioned by API key, so each key's state lives with the
+//! partition that owns it and moves with it, through the changelog, when
+//! the partition moves to another instance.
+//!
+//! After a restart the state comes back from the newest checkpoint and the
+//! records after it are processed again. The engine's output depends only on
+//! each key's events, so the same alerts come out with the same ids; those
+//! of records below the group's committed offset were already delivered and
+//! are not produced twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::decode::{DecodeError, Decoder};
+use crate::engine::{Engine, Output};
+use crate::enrich::GeoIp;
+use crate::event::AccessEvent;
+use crate::model::Model;
+use crate::sink::kafka::{DeadLetter, KafkaSinkError, Outbox, OutputTopics};
+use crate::source::kafka::{AssignedPartition, InputRecord};
+use crate::state::{Checkpoint, PartitionId, PartitionSnapshot, SnapshotFile};
+
+use super::stage::{Progress, Stage};
+
+/// The state of one owned partition.
+struct PartitionState {
+    engine: Engine,
+    /// Offset of the next record to process; `None` until the first record
+    /// when the partition had no checkpoint.
+    next_offset: Option<i64>,
+    /// Records below this offset were processed and their outputs delivered
+    /// before the partition came here: process them for state only.
+    replay_below: i64,
+    /// Generation of the last checkpoint written or read.
+    generation: Option<u64>,
+    checkpointed_offset: Option<i64>,
+    committed_offset: Option<i64>,
+}
+
+/// One engine per partition.
+pub struct KeyedStage {
+    model: Arc<Model>,
+    geo: Arc<GeoIp>,
+    decoder: Decoder,
+    topics: OutputTopics,
+    partitions: BTreeMap<PartitionId, PartitionState>,
+    progress: Arc<Progress>,
+    scratch_outputs: Vec<Output>,
+}
+
+impl KeyedStage {
+    pub fn new(
+        model: Arc<Model>,
+        geo: Arc<GeoIp>,
+        decoder: Decoder,
+        topics: OutputTopics,
+        progress: Arc<Progress>,
+    ) -> KeyedStage {
+        KeyedStage {
+            model,
+            geo,
+            decoder,
+            topics,
+            partitions: BTreeMap::new(),
+            progress,
+            scratch_outputs: Vec::new(),
+        }
+    }
+
+    /// The state of every owned partition, for a snapshot file.
+    pub fn snapshots(&self) -> SnapshotFile {
+        self.partitions
+            .iter()
+            .filter_map(|(id, state)| {
+                let next_offset = state.next_offset?;
+                Some((
+                    id.to_string(),
+                    PartitionSnapshot {
+                        next_offset,
+                        engine: state.engine.snapshot(),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Keys with state, over all owned partitions.
+    pub fn keys_tracked(&self) -> usize {
+        self.partitions.values().map(|state| state.engine.keys_tracked()).sum()
+    }
+
+    fn process_partition(
+        &mut self,
+        id: &PartitionId,
+        records: &[&InputRecord],
+        outbox: &mut Outbox,
+    ) -> Result<(), KafkaSinkError> {
+        let Some(state) = self.partitions.get_mut(id) else {
+            tracing::debug!(partition = %id, records = records.len(), "records of a partition not owned, skipped");
+            return Ok(());
+        };
+        let mut events: Vec<AccessEvent<'_>> = Vec::with_capacity(records.len());
+        let mut event_offsets: Vec<i64> = Vec::with_capacity(records.len());
+        let mut decoded = Vec::new();
+        let mut last_offset = None;
+        let (mut dead_letters, mut no_key) = (0u64, 0u64);
+        for record in records {
+            if state.next_offset.is_some_and(|next| record.offset < next) {
+                // Delivered twice (a seek raced a fetch); already processed.
+                continue;
+            }
+            last_offset = Some(record.offset);
+            let payload = record.payload.as_deref().unwrap_or_default();
+            decoded.clear();
+            self.decoder.decode(payload, &mut decoded);
+            let multi_event = decoded.len() > 1;
+            for (index, result) in decoded.drain(..).enumerate() {
+                match result {
+                    Ok(event) => {
+                        events.push(event);
+                        event_offsets.push(record.offset);
+                    }
+                    Err(DecodeError::NoKey) => no_key += 1,
+                    Err(error) => {
+                        if record.offset < state.replay_below {
+                            continue;
+                        }
+                        dead_letters += 1;
+                        outbox.push_dead_letter(
+                            &self.topics,
+                            &DeadLetter {
+                                record: payload,
+                                error: &error,
+                                source: id,
+                                offset: record.offset,
+                                index: multi_event.then_some(index as u32),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        let Some(last_offset) = last_offset else {
+            return Ok(());
+        };
+        let replayed = event_offsets.partition_point(|offset| *offset < state.replay_below);
+        if replayed > 0 {
+            self.scratch_outputs.clear();
+            state.engine.process(&events[..replayed], &mut self.scratch_outputs);
+            self.scratch_outputs.clear();
+        }
+        let mut outputs = std::mem::take(&mut self.scratch_outputs);
+        outputs.clear();
+        if replayed < events.len() {
+            state.engine.process(&events[replayed..], &mut outputs);
+        }
+        let (mut alerts, mut revocations) = (0u64, 0u64);
+        let mut result = Ok(());
+        for output in &outputs {
+            match output {
+                Output::Alert(_) => alerts += 1,
+                Output::Revocation(_) => revocations += 1,
+            }
+            if let Err(error) = outbox.push_output(&self.topics, output) {
+                result = Err(error);
+                break;
+            }
+        }
+        outputs.clear();
+        self.scratch_outputs = outputs;
+        state.next_offset = Some(last_offset + 1);
+        Progress::add(&self.progress.events, events.len() as u64);
+        Progress::add(&self.progress.alerts, alerts);
+        Progress::add(&self.progress.revocations, revocations);
+        Progress::add(&self.progress.dead_letters, dead_letters);
+        Progress::add(&self.progress.no_key, no_key);
+        result
+    }
+}
+
+impl Stage for KeyedStage {
+    fn name(&self) -> &'static str {
+        "keyed"
+    }
+
+    fn assigned(&mut self, partitions: Vec<AssignedPartition>) {
+        let ids: Vec<PartitionId> = partitions.iter().map(|partition| partition.id.clone()).collect();
+        for partition in partitions {
+            let mut engine = Engine::new(Arc::clone(&self.model), Arc::clone(&self.geo));
+            let (next_offset, generation) = match partition.checkpoint {
+                Some(Checkpoint {
+                    next_offset,
+                    generation,
+                    snapshot,
+                    ..
+                }) => {
+                    engine.restore(snapshot);
+                    (Some(next_offset), Some(generation))
+                }
+                None => (None, None),
+            };
+            tracing::info!(
+                partition = %partition.id,
+                keys = engine.keys_tracked(),
+                next_offset,
+                committed_offset = partition.committed,
+                "engine restored"
+            );
+            self.partitions.insert(
+                partition.id,
+                PartitionState {
+                    engine,
+                    next_offset,
+                    replay_below: partition.committed.unwrap_or(i64::MIN),
+                    generation,
+                    checkpointed_offset: next_offset,
+                    committed_offset: partition.committed,
+                },
+            );
+        }
+        self.progress.record_assignment(self.name(), &ids, true);
+    }
+
+    fn revoked(&mut self, partitions: &[PartitionId]) {
+        for id in partitions {
+            self.partitions.remove(id);
+        }
+        self.progress.record_assignment(self.name(), partitions, false);
+    }
+
+    fn owns(&self, topic: &str, partition: i32) -> bool {
+        self.partitions
+            .keys()
+            .any(|id| id.partition == partition && id.topic == topic)
+    }
+
+    fn process(&mut self, records: &[InputRecord], outbox: &mut Outbox) -> Result<(), KafkaSinkError> {
+        // Records of one partition stay in order; partitions are handled in
+        // the order they first appear, which keeps the outbox deterministic.
+        let mut groups: Vec<(PartitionId, Vec<&InputRecord>)> = Vec::new();
+        let mut index: HashMap<(&str, i32), usize> = HashMap::new();
+        for record in records {
+            let position = *index.entry((&*record.topic, record.partition)).or_insert_with(|| {
+                groups.push((record.partition_id(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[position].1.push(record);
+        }
+        Progress::add(&self.progress.records, records.len() as u64);
+        for (id, group) in &groups {
+            self.process_partition(id, group, outbox)?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, due: bool, outbox: &mut Outbox) -> Result<usize, KafkaSinkError> {
+        let mut written = 0;
+        for (id, state) in &mut self.partitions {
+            let Some(next_offset) = state.next_offset else {
+                continue;
+            };
+            let moved = state.checkpointed_offset != Some(next_offset);
+            let never_checkpointed = state.generation.is_none();
+            if !moved || !(due || never_checkpointed) {
+                continue;
+            }
+            let generation = state.generation.map_or(0, |generation| generation + 1);
+            outbox.push_checkpoint(
+                &self.topics,
+                &Checkpoint {
+                    partition: id.clone(),
+                    next_offset,
+                    generation,
+                    snapshot: state.engine.snapshot(),
+                },
+            )?;
+            state.generation = Some(generation);
+            state.checkpointed_offset = Some(next_offset);
+            written += 1;
+        }
+        Progress::add(&self.progress.checkpoints, written as u64);
+        Ok(written)
+    }
+
+    fn offsets_to_commit(&self) -> Vec<(PartitionId, i64)> {
+        self.partitions
+            .iter()
+            .filter_map(|(id, state)| {
+                let next_offset = state.next_offset?;
+                // Without a checkpoint a restart starts over from the
+                // beginning to rebuild state, so nothing may be committed yet.
+                state.generation?;
+                (state.committed_offset < Some(next_offset)).then(|| (id.clone(), next_offset))
+            })
+            .collect()
+    }
+
+    fn committed(&mut self, offsets: &[(PartitionId, i64)]) {
+        for (id, offset) in offsets {
+            if let Some(state) = self.partitions.get_mut(id) {
+                state.committed_offset = Some(*offset);
+            }
+        }
+        self.progress.record_commit(self.name(), offsets);
+    }
+}

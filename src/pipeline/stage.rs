@@ -1,0 +1,165 @@
+//! What the Kafka driver needs from a processing stage. A stage is
+//! synchronous and does no I/O: it turns records into messages in an
+//! [`Outbox`] and keeps the offsets it has covered; the driver sends,
+//! checkpoints and commits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::sink::kafka::{KafkaSinkError, Outbox};
+use crate::source::kafka::{AssignedPartition, InputRecord};
+use crate::state::PartitionId;
+
+/// A processing stage driven by [`super::driver`].
+pub trait Stage: Send {
+    /// For logs and progress.
+    fn name(&self) -> &'static str;
+    /// Partitions handed to this instance, with their checkpoints.
+    fn assigned(&mut self, partitions: Vec<AssignedPartition>);
+    /// Partitions taken away: their state goes (it is in the changelog).
+    fn revoked(&mut self, partitions: &[PartitionId]);
+    /// Whether records of this partition can be processed.
+    fn owns(&self, topic: &str, partition: i32) -> bool;
+    /// Processes records in order, appending what must be produced.
+    fn process(&mut self, records: &[InputRecord], outbox: &mut Outbox) -> Result<(), KafkaSinkError>;
+    /// Appends checkpoints: of every partition that moved since its last
+    /// one when `due`, otherwise only of partitions that never had one.
+    fn checkpoint(&mut self, due: bool, outbox: &mut Outbox) -> Result<usize, KafkaSinkError>;
+    /// Next offsets that may be committed now that the outbox was delivered.
+    fn offsets_to_commit(&self) -> Vec<(PartitionId, i64)>;
+    /// The offsets were committed.
+    fn committed(&mut self, offsets: &[(PartitionId, i64)]);
+}
+
+/// Counters a caller can watch while the pipeline runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub records: AtomicU64,
+    pub events: AtomicU64,
+    pub alerts: AtomicU64,
+    pub revocations: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub no_key: AtomicU64,
+    pub repartitioned: AtomicU64,
+    pub batches: AtomicU64,
+    pub checkpoints: AtomicU64,
+    committed: Mutex<BTreeMap<String, BTreeMap<PartitionId, i64>>>,
+    assigned: Mutex<BTreeMap<String, BTreeSet<PartitionId>>>,
+}
+
+/// A copy of [`Progress`] at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProgressSnapshot {
+    pub records: u64,
+    pub events: u64,
+    pub alerts: u64,
+    pub revocations: u64,
+    pub dead_letters: u64,
+    pub no_key: u64,
+    pub repartitioned: u64,
+    pub batches: u64,
+    pub checkpoints: u64,
+    /// Committed next offsets by stage (`keyed`, `repartition`) and partition.
+    pub committed: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Partitions this instance owns now, by stage.
+    pub assigned: BTreeMap<String, Vec<String>>,
+}
+
+impl Progress {
+    pub(crate) fn add(counter: &AtomicU64, amount: u64) {
+        counter.fetch_add(amount, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_commit(&self, stage: &str, offsets: &[(PartitionId, i64)]) {
+        if let Ok(mut committed) = self.committed.lock() {
+            let stage = committed.entry(stage.to_string()).or_default();
+            for (partition, offset) in offsets {
+                stage.insert(partition.clone(), *offset);
+            }
+        }
+    }
+
+    pub(crate) fn record_assignment(&self, stage: &str, partitions: &[PartitionId], owned: bool) {
+        if let Ok(mut assigned) = self.assigned.lock() {
+            let stage = assigned.entry(stage.to_string()).or_default();
+            for partition in partitions {
+                if owned {
+                    stage.insert(partition.clone());
+                } else {
+                    stage.remove(partition);
+                }
+            }
+        }
+    }
+
+    /// Committed next offset of a partition of a stage, if any.
+    pub fn committed_offset(&self, stage: &str, partition: &PartitionId) -> Option<i64> {
+        self.committed.lock().ok()?.get(stage)?.get(partition).copied()
+    }
+
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let committed = self
+            .committed
+            .lock()
+            .map(|committed| {
+                committed
+                    .iter()
+                    .map(|(stage, offsets)| {
+                        let offsets = offsets.iter().map(|(id, offset)| (id.to_string(), *offset)).collect();
+                        (stage.clone(), offsets)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let assigned = self
+            .assigned
+            .lock()
+            .map(|assigned| {
+                assigned
+                    .iter()
+                    .map(|(stage, partitions)| (stage.clone(), partitions.iter().map(ToString::to_string).collect()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ProgressSnapshot {
+            records: load(&self.records),
+            events: load(&self.events),
+            alerts: load(&self.alerts),
+            revocations: load(&self.revocations),
+            dead_letters: load(&self.dead_letters),
+            no_key: load(&self.no_key),
+            repartitioned: load(&self.repartitioned),
+            batches: load(&self.batches),
+            checkpoints: load(&self.checkpoints),
+            committed,
+            assigned,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_tracks_commits_and_assignment_by_stage() {
+        let progress = Progress::default();
+        let p0 = PartitionId::new("access", 0);
+        let p1 = PartitionId::new("access", 1);
+        progress.record_assignment("keyed", &[p0.clone(), p1.clone()], true);
+        progress.record_commit("keyed", &[(p0.clone(), 10)]);
+        progress.record_commit("keyed", &[(p0.clone(), 12), (p1.clone(), 3)]);
+        progress.record_assignment("keyed", std::slice::from_ref(&p1), false);
+        Progress::add(&progress.alerts, 2);
+        assert_eq!(progress.committed_offset("keyed", &p0), Some(12));
+        assert_eq!(progress.committed_offset("repartition", &p0), None);
+        let snapshot = progress.snapshot();
+        assert_eq!(snapshot.alerts, 2);
+        assert_eq!(snapshot.assigned["keyed"], vec!["access/0".to_string()]);
+        assert_eq!(snapshot.committed["keyed"]["access/1"], 3);
+    }
+}
