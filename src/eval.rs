@@ -1,18 +1,711 @@
 //! Scores an alert file against labelled incidents.
+//!
+//! An incident counts as detected when an alert of at least the minimum
+//! severity names its key and falls, in event time, inside the incident or
+//! within a grace period after it. Every other counted alert is a false
+//! alert; false alerts are normalised by the benign key-days of the run so
+//! runs of different sizes compare. Low-severity alerts are informational by
+//! default: neither detections nor false alerts, only reported.
+//!
+//! The label, benign-case and run-metadata records are defined here and
+//! written by [`crate::generate`], so the two sides cannot drift apart.
 
-/// Command-line options.
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::alert::{Alert, Severity};
+use crate::event::parse_ts;
+
+/// Command-line options of `keywatch eval`.
 #[derive(Debug, clap::Args)]
-pub struct EvalArgs {}
+pub struct EvalArgs {
+    /// Alerts to score (JSON lines, as written by `keywatch replay`).
+    #[arg(long)]
+    pub alerts: PathBuf,
+    /// Labelled incidents (labels.jsonl from `keywatch generate`); meta.json
+    /// and benign.jsonl are read from the same folder when present.
+    #[arg(long)]
+    pub labels: PathBuf,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// How long after an incident's last attacker call an alert still counts
+    /// as detecting it.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// Alerts below this severity are reported but counted neither as
+    /// detections nor as false alerts.
+    #[arg(long, default_value = "medium", value_parser = parse_severity)]
+    pub min_severity: Severity,
+    /// Benign key-days to normalise false alerts by (overrides meta.json).
+    #[arg(long)]
+    pub key_days: Option<u64>,
+}
 
-/// Why the command could not run.
+fn parse_severity(text: &str) -> Result<Severity, String> {
+    Severity::parse(text).ok_or_else(|| format!("unknown severity {text:?}: expected low, medium, high or critical"))
+}
+
+/// Why scoring could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
-    #[error("{0}")]
-    Other(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {source}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}:{line}: field {field} is not an RFC 3339 time: {value:?}")]
+    BadTime {
+        path: PathBuf,
+        line: usize,
+        field: &'static str,
+        value: String,
+    },
+    #[error("cannot write the scorecard: {0}")]
+    Write(#[source] serde_json::Error),
+}
+
+/// One injected incident (a line of labels.jsonl).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Label {
+    pub id: String,
+    pub scenario: String,
+    /// The raw key id. Labels are test data about synthetic keys; alerts
+    /// name keys only by fingerprint.
+    pub key: String,
+    pub key_fingerprint: String,
+    /// First attacker call (RFC 3339).
+    pub start: String,
+    /// Last attacker call (RFC 3339).
+    pub end: String,
+    /// What the incident was, for a person reading the file.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub notes: String,
+}
+
+/// One benign hard case (a line of benign.jsonl): traffic that is unusual
+/// but legitimate, on which a good detector stays quiet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BenignCase {
+    pub id: String,
+    pub case: String,
+    pub key: String,
+    pub key_fingerprint: String,
+    /// Span in which the unusual-but-benign behaviour is present.
+    pub start: String,
+    pub end: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub notes: String,
+}
+
+/// What a generated run contains (meta.json).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunMeta {
+    pub keys: u64,
+    pub days: u64,
+    pub seed: u64,
+    pub start: String,
+    pub end: String,
+    pub events: u64,
+    /// Key-days with traffic outside incident windows: the denominator of
+    /// the false-alert rate.
+    pub benign_key_days: u64,
+    #[serde(default)]
+    pub incidents: u64,
+    #[serde(default)]
+    pub benign_cases: u64,
+    #[serde(default)]
+    pub generator: String,
+}
+
+/// How to score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreOptions {
+    pub grace: Duration,
+    pub min_severity: Severity,
+    /// Overrides the meta's benign key-days.
+    pub key_days: Option<u64>,
+}
+
+impl Default for ScoreOptions {
+    fn default() -> Self {
+        ScoreOptions {
+            grace: Duration::from_secs(3600),
+            min_severity: Severity::Medium,
+            key_days: None,
+        }
+    }
+}
+
+/// The result of scoring, as printed by `eval` and the demo.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scorecard {
+    pub incidents: usize,
+    pub detected: usize,
+    /// Detected / incidents; null without incidents.
+    pub recall: Option<f64>,
+    /// Event time from an incident's start to its first matching alert.
+    pub median_time_to_detect_s: Option<f64>,
+    pub p95_time_to_detect_s: Option<f64>,
+    pub alerts_total: usize,
+    /// Alerts at or above the minimum severity.
+    pub alerts_counted: usize,
+    /// Alerts below the minimum severity: reported, not scored.
+    pub alerts_below_min_severity: usize,
+    /// Counted alerts inside some incident's window.
+    pub alerts_matched: usize,
+    /// Counted alerts inside no incident's window: the false alerts.
+    pub alerts_unmatched: usize,
+    /// Matched / counted; null without counted alerts.
+    pub precision: Option<f64>,
+    pub benign_key_days: Option<u64>,
+    pub false_alerts_per_1k_key_days: Option<f64>,
+    pub min_severity: Severity,
+    pub grace_s: u64,
+    pub scenarios: BTreeMap<String, ScenarioScore>,
+    pub benign_cases: BTreeMap<String, BenignCaseScore>,
+    pub incident_outcomes: Vec<IncidentOutcome>,
+}
+
+/// Detection of one scenario's incidents.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScenarioScore {
+    pub incidents: usize,
+    pub detected: usize,
+    pub recall: Option<f64>,
+    pub median_time_to_detect_s: Option<f64>,
+    /// Detector name -> matching alerts it raised.
+    pub detectors: BTreeMap<String, usize>,
+}
+
+/// Alerts on one kind of benign hard case.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenignCaseScore {
+    pub cases: usize,
+    /// Counted alerts (at or above the minimum severity) in the cases' spans.
+    pub alerts: usize,
+    /// Cases with at least one counted alert.
+    pub cases_alerted: usize,
+    /// Alerts below the minimum severity in the cases' spans.
+    pub low_alerts: usize,
+    pub detectors: BTreeMap<String, usize>,
+}
+
+/// What happened to one incident.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IncidentOutcome {
+    pub id: String,
+    pub scenario: String,
+    pub key_fingerprint: String,
+    pub detected: bool,
+    pub time_to_detect_s: Option<f64>,
+    pub detectors: Vec<String>,
+}
+
+/// A label or case window in epoch milliseconds; `None` when unparsable,
+/// which then matches nothing.
+fn window_ms(start: &str, end: &str, grace_ms: i64) -> Option<(i64, i64)> {
+    Some((parse_ts(start)?, parse_ts(end)?.saturating_add(grace_ms)))
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], fraction: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (fraction * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+fn ratio(numerator: usize, denominator: usize) -> Option<f64> {
+    (denominator > 0).then(|| numerator as f64 / denominator as f64)
+}
+
+/// Scores `alerts` against `labels`; `benign_cases` and `meta` add the
+/// hard-case table and the false-alert rate.
+pub fn score(
+    alerts: &[Alert],
+    labels: &[Label],
+    benign_cases: &[BenignCase],
+    meta: Option<&RunMeta>,
+    options: &ScoreOptions,
+) -> Scorecard {
+    let grace_ms = i64::try_from(options.grace.as_millis()).unwrap_or(i64::MAX);
+    let alert_times: Vec<Option<i64>> = alerts.iter().map(|alert| parse_ts(&alert.ts)).collect();
+    let counted = |position: usize| alerts[position].severity >= options.min_severity;
+
+    let mut alerts_by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (position, alert) in alerts.iter().enumerate() {
+        alerts_by_key
+            .entry(alert.key_fingerprint.as_str())
+            .or_default()
+            .push(position);
+    }
+    let alerts_in = |fingerprint: &str, window: Option<(i64, i64)>| -> Vec<usize> {
+        let Some((from, until)) = window else {
+            return Vec::new();
+        };
+        alerts_by_key
+            .get(fingerprint)
+            .map(|positions| {
+                positions
+                    .iter()
+                    .copied()
+                    .filter(|&position| alert_times[position].is_some_and(|ts| ts >= from && ts <= until))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    let mut matched = vec![false; alerts.len()];
+    let mut outcomes = Vec::with_capacity(labels.len());
+    for label in labels {
+        let window = window_ms(&label.start, &label.end, grace_ms);
+        let matching: Vec<usize> = alerts_in(&label.key_fingerprint, window)
+            .into_iter()
+            .filter(|&position| counted(position))
+            .collect();
+        for &position in &matching {
+            matched[position] = true;
+        }
+        let first_alert_ms = matching.iter().filter_map(|&position| alert_times[position]).min();
+        let time_to_detect_s = match (first_alert_ms, window) {
+            (Some(first), Some((start, _))) => Some((first - start) as f64 / 1000.0),
+            _ => None,
+        };
+        let detectors: BTreeSet<String> = matching
+            .iter()
+            .map(|&position| alerts[position].detector.clone())
+            .collect();
+        outcomes.push(IncidentOutcome {
+            id: label.id.clone(),
+            scenario: label.scenario.clone(),
+            key_fingerprint: label.key_fingerprint.clone(),
+            detected: !matching.is_empty(),
+            time_to_detect_s,
+            detectors: detectors.into_iter().collect(),
+        });
+    }
+
+    let mut scenarios: BTreeMap<String, ScenarioScore> = BTreeMap::new();
+    let mut scenario_ttd: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (label, outcome) in labels.iter().zip(&outcomes) {
+        let entry = scenarios
+            .entry(label.scenario.clone())
+            .or_insert_with(|| ScenarioScore {
+                incidents: 0,
+                detected: 0,
+                recall: None,
+                median_time_to_detect_s: None,
+                detectors: BTreeMap::new(),
+            });
+        entry.incidents += 1;
+        if outcome.detected {
+            entry.detected += 1;
+        }
+        if let Some(ttd) = outcome.time_to_detect_s {
+            scenario_ttd.entry(label.scenario.clone()).or_default().push(ttd);
+        }
+        let window = window_ms(&label.start, &label.end, grace_ms);
+        for position in alerts_in(&label.key_fingerprint, window) {
+            if counted(position) {
+                *entry.detectors.entry(alerts[position].detector.clone()).or_default() += 1;
+            }
+        }
+    }
+    for (name, entry) in &mut scenarios {
+        entry.recall = ratio(entry.detected, entry.incidents);
+        let mut times = scenario_ttd.remove(name).unwrap_or_default();
+        times.sort_by(f64::total_cmp);
+        entry.median_time_to_detect_s = percentile(&times, 0.5);
+    }
+
+    let mut benign_scores: BTreeMap<String, BenignCaseScore> = BTreeMap::new();
+    for case in benign_cases {
+        let entry = benign_scores
+            .entry(case.case.clone())
+            .or_insert_with(|| BenignCaseScore {
+                cases: 0,
+                alerts: 0,
+                cases_alerted: 0,
+                low_alerts: 0,
+                detectors: BTreeMap::new(),
+            });
+        entry.cases += 1;
+        let window = window_ms(&case.start, &case.end, grace_ms);
+        let mut alerted = false;
+        for position in alerts_in(&case.key_fingerprint, window) {
+            if counted(position) {
+                entry.alerts += 1;
+                alerted = true;
+                *entry.detectors.entry(alerts[position].detector.clone()).or_default() += 1;
+            } else {
+                entry.low_alerts += 1;
+            }
+        }
+        if alerted {
+            entry.cases_alerted += 1;
+        }
+    }
+
+    let alerts_counted = (0..alerts.len()).filter(|&position| counted(position)).count();
+    let alerts_matched = matched.iter().filter(|&&is_matched| is_matched).count();
+    let alerts_unmatched = alerts_counted - alerts_matched;
+    let benign_key_days = options.key_days.or(meta.map(|meta| meta.benign_key_days));
+    let false_alerts_per_1k_key_days = benign_key_days
+        .filter(|&days| days > 0)
+        .map(|days| alerts_unmatched as f64 * 1000.0 / days as f64);
+    let mut times: Vec<f64> = outcomes.iter().filter_map(|outcome| outcome.time_to_detect_s).collect();
+    times.sort_by(f64::total_cmp);
+    let detected = outcomes.iter().filter(|outcome| outcome.detected).count();
+
+    Scorecard {
+        incidents: labels.len(),
+        detected,
+        recall: ratio(detected, labels.len()),
+        median_time_to_detect_s: percentile(&times, 0.5),
+        p95_time_to_detect_s: percentile(&times, 0.95),
+        alerts_total: alerts.len(),
+        alerts_counted,
+        alerts_below_min_severity: alerts.len() - alerts_counted,
+        alerts_matched,
+        alerts_unmatched,
+        precision: ratio(alerts_matched, alerts_counted),
+        benign_key_days,
+        false_alerts_per_1k_key_days,
+        min_severity: options.min_severity,
+        grace_s: options.grace.as_secs(),
+        scenarios,
+        benign_cases: benign_scores,
+        incident_outcomes: outcomes,
+    }
+}
+
+/// `4m 12s`, `1h 03m`, `12s`, or `-` when absent.
+fn human_duration(seconds: Option<f64>) -> String {
+    let Some(seconds) = seconds else {
+        return "-".to_string();
+    };
+    let whole = seconds.round() as i64;
+    if whole < 60 {
+        return format!("{whole}s");
+    }
+    if whole < 3600 {
+        return format!("{}m {:02}s", whole / 60, whole % 60);
+    }
+    format!("{}h {:02}m", whole / 3600, (whole % 3600) / 60)
+}
+
+fn percent(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_string(), |value| format!("{:.1}%", value * 100.0))
+}
+
+fn detector_list(detectors: &BTreeMap<String, usize>) -> String {
+    if detectors.is_empty() {
+        return "-".to_string();
+    }
+    detectors
+        .iter()
+        .map(|(name, count)| format!("{name}({count})"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The scorecard as tables for a terminal.
+pub fn render_table(card: &Scorecard) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Incidents        {} detected of {}  recall {}",
+        card.detected,
+        card.incidents,
+        percent(card.recall)
+    );
+    let _ = writeln!(
+        out,
+        "Time to detect   median {}  p95 {}  (event time, first matching alert - incident start)",
+        human_duration(card.median_time_to_detect_s),
+        human_duration(card.p95_time_to_detect_s)
+    );
+    let _ = writeln!(
+        out,
+        "Alerts           {} counted (severity >= {}, grace {}), {} matched an incident, {} matched none",
+        card.alerts_counted,
+        card.min_severity.as_str(),
+        human_duration(Some(card.grace_s as f64)),
+        card.alerts_matched,
+        card.alerts_unmatched
+    );
+    let _ = writeln!(
+        out,
+        "                 {} below {} not counted",
+        card.alerts_below_min_severity,
+        card.min_severity.as_str()
+    );
+    let _ = writeln!(out, "Precision        {}", percent(card.precision));
+    match (card.false_alerts_per_1k_key_days, card.benign_key_days) {
+        (Some(rate), Some(days)) => {
+            let _ = writeln!(
+                out,
+                "False alerts     {:.2} per 1,000 benign key-days ({} over {} key-days)",
+                rate, card.alerts_unmatched, days
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "False alerts     {} (no benign key-days known: pass --key-days or keep meta.json beside the labels)",
+                card.alerts_unmatched
+            );
+        }
+    }
+
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<28} {:>9} {:>9} {:>7} {:>11}  detectors",
+        "scenario", "incidents", "detected", "recall", "median ttd"
+    );
+    for (name, scenario) in &card.scenarios {
+        let _ = writeln!(
+            out,
+            "{:<28} {:>9} {:>9} {:>7} {:>11}  {}",
+            name,
+            scenario.incidents,
+            scenario.detected,
+            percent(scenario.recall),
+            human_duration(scenario.median_time_to_detect_s),
+            detector_list(&scenario.detectors)
+        );
+    }
+
+    if !card.benign_cases.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<28} {:>6} {:>7} {:>8} {:>10}  detectors",
+            "benign hard case", "cases", "alerts", "alerted", "low alerts"
+        );
+        for (name, case) in &card.benign_cases {
+            let _ = writeln!(
+                out,
+                "{:<28} {:>6} {:>7} {:>8} {:>10}  {}",
+                name,
+                case.cases,
+                case.alerts,
+                case.cases_alerted,
+                case.low_alerts,
+                detector_list(&case.detectors)
+            );
+        }
+    }
+    out
+}
+
+/// Reads a JSON-lines file of `T`, skipping blank lines.
+pub fn read_json_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, EvalError> {
+    let file = File::open(path).map_err(|source| EvalError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut records = Vec::new();
+    for (line_index, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|source| EvalError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record = serde_json::from_str(&line).map_err(|source| EvalError::Parse {
+            path: path.to_path_buf(),
+            line: line_index + 1,
+            source,
+        })?;
+        records.push(record);
+    }
+    Ok(records)
+}
+
+/// Reads labels and checks that their times parse, so a typo in a
+/// hand-written label file is reported rather than scored as a miss.
+pub fn read_labels(path: &Path) -> Result<Vec<Label>, EvalError> {
+    let labels: Vec<Label> = read_json_lines(path)?;
+    for (position, label) in labels.iter().enumerate() {
+        check_time(path, position, "start", &label.start)?;
+        check_time(path, position, "end", &label.end)?;
+    }
+    Ok(labels)
+}
+
+/// Reads benign cases, checking times as [`read_labels`] does.
+pub fn read_benign_cases(path: &Path) -> Result<Vec<BenignCase>, EvalError> {
+    let cases: Vec<BenignCase> = read_json_lines(path)?;
+    for (position, case) in cases.iter().enumerate() {
+        check_time(path, position, "start", &case.start)?;
+        check_time(path, position, "end", &case.end)?;
+    }
+    Ok(cases)
+}
+
+fn check_time(path: &Path, position: usize, field: &'static str, value: &str) -> Result<(), EvalError> {
+    if parse_ts(value).is_some() {
+        return Ok(());
+    }
+    Err(EvalError::BadTime {
+        path: path.to_path_buf(),
+        line: position + 1,
+        field,
+        value: value.to_string(),
+    })
+}
+
+pub fn read_meta(path: &Path) -> Result<RunMeta, EvalError> {
+    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| EvalError::Parse {
+        path: path.to_path_buf(),
+        line: 1,
+        source,
+    })
 }
 
 /// Runs the command.
 pub fn run_cli(args: &EvalArgs) -> Result<(), EvalError> {
-    let _ = args;
-    Err(EvalError::Other("not yet built".into()))
+    let alerts: Vec<Alert> = read_json_lines(&args.alerts)?;
+    let labels = read_labels(&args.labels)?;
+    let folder = args.labels.parent().unwrap_or(Path::new("."));
+    let meta_path = folder.join("meta.json");
+    let meta = if meta_path.exists() {
+        Some(read_meta(&meta_path)?)
+    } else {
+        None
+    };
+    let benign_path = folder.join("benign.jsonl");
+    let benign_cases = if benign_path.exists() {
+        read_benign_cases(&benign_path)?
+    } else {
+        Vec::new()
+    };
+    let options = ScoreOptions {
+        grace: args.grace,
+        min_severity: args.min_severity,
+        key_days: args.key_days,
+    };
+    let card = score(&alerts, &labels, &benign_cases, meta.as_ref(), &options);
+    if args.json {
+        let text = serde_json::to_string_pretty(&card).map_err(EvalError::Write)?;
+        println!("{text}");
+    } else {
+        print!("{}", render_table(&card));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::Window;
+
+    fn alert(fingerprint: &str, ts: &str, severity: Severity, detector: &str) -> Alert {
+        Alert {
+            id: format!("al_{fingerprint}_{ts}"),
+            incident_id: String::new(),
+            key_fingerprint: fingerprint.to_string(),
+            key_hint: "****".to_string(),
+            detector: detector.to_string(),
+            severity,
+            score: 0.9,
+            ts: ts.to_string(),
+            window: Window {
+                start: ts.to_string(),
+                end: ts.to_string(),
+            },
+            summary: String::new(),
+            evidence: serde_json::Value::Null,
+            model: "test".to_string(),
+        }
+    }
+
+    fn label(id: &str, scenario: &str, fingerprint: &str, start: &str, end: &str) -> Label {
+        Label {
+            id: id.to_string(),
+            scenario: scenario.to_string(),
+            key: String::new(),
+            key_fingerprint: fingerprint.to_string(),
+            start: start.to_string(),
+            end: end.to_string(),
+            notes: String::new(),
+        }
+    }
+
+    #[test]
+    fn grace_period_extends_the_window_and_severity_filters() {
+        let labels = [label("i1", "s", "kf_a", "2026-01-08T10:00:00Z", "2026-01-08T10:30:00Z")];
+        let late = [alert("kf_a", "2026-01-08T11:20:00Z", Severity::High, "geo")];
+        let card = score(&late, &labels, &[], None, &ScoreOptions::default());
+        assert_eq!(
+            card.detected, 1,
+            "50 minutes after the end is inside the default 1h grace"
+        );
+        assert_eq!(card.median_time_to_detect_s, Some(4800.0));
+        let card = score(
+            &[alert("kf_a", "2026-01-08T11:40:00Z", Severity::High, "geo")],
+            &labels,
+            &[],
+            None,
+            &ScoreOptions::default(),
+        );
+        assert_eq!(card.detected, 0);
+        assert_eq!(card.alerts_unmatched, 1);
+        let low = [alert("kf_a", "2026-01-08T10:05:00Z", Severity::Low, "geo")];
+        let card = score(&low, &labels, &[], None, &ScoreOptions::default());
+        assert_eq!(
+            (card.detected, card.alerts_counted, card.alerts_below_min_severity),
+            (0, 0, 1)
+        );
+        let options = ScoreOptions {
+            min_severity: Severity::Low,
+            ..ScoreOptions::default()
+        };
+        let card = score(&low, &labels, &[], None, &options);
+        assert_eq!(card.detected, 1);
+        assert_eq!(card.median_time_to_detect_s, Some(300.0));
+    }
+
+    #[test]
+    fn alert_before_the_start_does_not_detect() {
+        let labels = [label("i1", "s", "kf_a", "2026-01-08T10:00:00Z", "2026-01-08T10:30:00Z")];
+        let early = [alert("kf_a", "2026-01-08T09:59:59Z", Severity::Critical, "rate")];
+        let card = score(&early, &labels, &[], None, &ScoreOptions::default());
+        assert_eq!(card.detected, 0);
+        assert_eq!(card.precision, Some(0.0));
+    }
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let values = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(percentile(&values, 0.5), Some(2.0));
+        assert_eq!(percentile(&values, 0.95), Some(4.0));
+        assert_eq!(percentile(&[], 0.5), None);
+        assert_eq!(human_duration(Some(252.0)), "4m 12s");
+        assert_eq!(human_duration(Some(3780.0)), "1h 03m");
+    }
 }

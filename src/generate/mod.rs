@@ -1,18 +1,458 @@
-//! generate
+//! `keywatch generate`: labelled synthetic API traffic for measuring
+//! detection.
+//!
+//! A run is planned up front ([`plan`]): every key gets a behaviour profile
+//! (where, when, how much, which endpoints, which client), some keys are
+//! benign hard cases, and some carry an injected incident. Events are then
+//! produced hour by hour per key and merged across keys with a heap, so
+//! memory stays bounded by one hour of one key at a time rather than by the
+//! whole run. The same configuration always produces the same bytes.
+//!
+//! Files written to the output folder:
+//! `events.jsonl` (canonical access events in time order), `labels.jsonl`
+//! (incidents), `benign.jsonl` (benign hard cases), `meta.json`, and
+//! `geoip-city.mmdb` / `geoip-asn.mmdb` covering every address used.
 
-/// Command-line options.
+pub mod catalog;
+pub mod plan;
+pub mod profile;
+pub mod random;
+pub mod scenario;
+pub mod world;
+
+use std::borrow::Cow;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use crate::enrich::mmdb_build::{BuildError, build_asn_db, build_city_db};
+use crate::eval::{BenignCase, Label, RunMeta};
+use crate::event::{AccessEvent, format_ts, parse_ts};
+
+use self::plan::{PURPOSE_TRAFFIC, Plan};
+use self::profile::{DAY_MS, GenEvent, HOUR_MS, KeyProfile};
+use self::random::GenRng;
+
+/// Default first day of a run: a Monday, so weekly seasonality starts clean.
+pub const DEFAULT_START: &str = "2026-01-05T00:00:00Z";
+
+/// Fewest days a run may have: baselines need three days before the first
+/// incident, and incidents need room to finish inside the run.
+pub const MINIMUM_DAYS: u32 = 5;
+
+/// Command-line options of `keywatch generate`.
 #[derive(Debug, clap::Args)]
-pub struct GenerateArgs {}
+pub struct GenerateArgs {
+    /// Number of API keys.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: usize,
+    /// Length of the run in days.
+    #[arg(long, default_value_t = 10)]
+    pub days: u32,
+    /// Seed; the same arguments always give byte-identical files.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Output folder (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Start of the run (RFC 3339).
+    #[arg(long, default_value = DEFAULT_START)]
+    pub start: String,
+}
 
-/// Why the command could not run.
+/// Why generation could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
-    #[error("{0}")]
-    Other(String),
+    #[error("--start {0:?} is not an RFC 3339 time between 2000 and 2100")]
+    BadStart(String),
+    #[error("--keys must be at least {minimum} so every scenario and hard case has a key (got {keys})")]
+    TooFewKeys { keys: usize, minimum: usize },
+    #[error("--days must be at least {minimum} (got {days})")]
+    TooFewDays { days: u32, minimum: u32 },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot serialise {what}: {source}")]
+    Serialize {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot build the {which} GeoIP database: {source}")]
+    GeoDatabase {
+        which: &'static str,
+        #[source]
+        source: BuildError,
+    },
+}
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerateConfig {
+    pub keys: usize,
+    pub days: u32,
+    pub seed: u64,
+    /// Start of the run, epoch milliseconds.
+    pub start_ms: i64,
+}
+
+impl GenerateConfig {
+    /// Checks the sizes and parses the start time.
+    pub fn new(keys: usize, days: u32, seed: u64, start: &str) -> Result<GenerateConfig, GenerateError> {
+        let start_ms = parse_ts(start).ok_or_else(|| GenerateError::BadStart(start.to_string()))?;
+        let minimum = plan::minimum_keys();
+        if keys < minimum {
+            return Err(GenerateError::TooFewKeys { keys, minimum });
+        }
+        if days < MINIMUM_DAYS {
+            return Err(GenerateError::TooFewDays {
+                days,
+                minimum: MINIMUM_DAYS,
+            });
+        }
+        Ok(GenerateConfig {
+            keys,
+            days,
+            seed,
+            start_ms,
+        })
+    }
+
+    pub fn end_ms(&self) -> i64 {
+        self.start_ms + i64::from(self.days) * DAY_MS
+    }
+}
+
+/// Counts reported after a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerateSummary {
+    pub events: u64,
+    pub incidents: usize,
+    pub benign_cases: usize,
+    pub benign_key_days: u64,
+}
+
+/// One key's events in time order, produced an hour at a time.
+struct KeyStream {
+    rng: GenRng,
+    next_hour_ms: i64,
+    stop_ms: i64,
+    /// Injected calls not yet released, in time order.
+    injected: std::vec::IntoIter<GenEvent>,
+    pending_injected: Option<GenEvent>,
+    /// The current hour's events in reverse time order, so `pop` yields the
+    /// earliest.
+    buffer: Vec<GenEvent>,
+}
+
+impl KeyStream {
+    fn new(profile: &KeyProfile, injected: Vec<GenEvent>, rng: GenRng, config: &GenerateConfig) -> KeyStream {
+        let first_active = profile
+            .active_periods
+            .iter()
+            .map(|&(from, _)| from)
+            .min()
+            .unwrap_or(config.start_ms)
+            .min(config.start_ms);
+        let mut injected = injected.into_iter();
+        let pending_injected = injected.next();
+        KeyStream {
+            rng,
+            next_hour_ms: first_active.div_euclid(HOUR_MS) * HOUR_MS,
+            stop_ms: config.end_ms(),
+            injected,
+            pending_injected,
+            buffer: Vec::new(),
+        }
+    }
+
+    fn next(&mut self, profile: &KeyProfile, run_start_ms: i64) -> Option<GenEvent> {
+        loop {
+            if let Some(event) = self.buffer.pop() {
+                return Some(event);
+            }
+            if self.next_hour_ms >= self.stop_ms && self.pending_injected.is_none() {
+                return None;
+            }
+            let hour_start = self.next_hour_ms;
+            let hour_end = hour_start + HOUR_MS;
+            if hour_start < self.stop_ms {
+                profile.owner_hour(&mut self.rng, hour_start, run_start_ms, &mut self.buffer);
+                // Owner calls never leave the run, even when an hour straddles its end.
+                self.buffer.retain(|event| event.ts_ms < self.stop_ms);
+            }
+            while self
+                .pending_injected
+                .as_ref()
+                .is_some_and(|event| event.ts_ms < hour_end || hour_start >= self.stop_ms)
+            {
+                if let Some(event) = self.pending_injected.take() {
+                    self.buffer.push(event);
+                }
+                self.pending_injected = self.injected.next();
+            }
+            self.buffer.sort_by_key(|event| Reverse(event.ts_ms));
+            self.next_hour_ms = hour_end;
+        }
+    }
+}
+
+/// A planned run, ready to stream its events.
+pub struct Generation {
+    config: GenerateConfig,
+    plan: Plan,
+}
+
+impl Generation {
+    pub fn new(config: GenerateConfig) -> Generation {
+        let plan = plan::plan(&config);
+        Generation { config, plan }
+    }
+
+    pub fn config(&self) -> &GenerateConfig {
+        &self.config
+    }
+
+    pub fn labels(&self) -> &[Label] {
+        &self.plan.labels
+    }
+
+    pub fn benign_cases(&self) -> &[BenignCase] {
+        &self.plan.benign_cases
+    }
+
+    /// The GeoIP City database covering every generated address.
+    pub fn city_database(&self) -> Result<Vec<u8>, GenerateError> {
+        build_city_db(&self.plan.world.city_records())
+            .map_err(|source| GenerateError::GeoDatabase { which: "City", source })
+    }
+
+    /// The GeoIP ASN database covering every generated address.
+    pub fn asn_database(&self) -> Result<Vec<u8>, GenerateError> {
+        build_asn_db(&self.plan.world.asn_records())
+            .map_err(|source| GenerateError::GeoDatabase { which: "ASN", source })
+    }
+
+    /// Calls `visit` with every event in non-decreasing time order (ties
+    /// broken by key), and returns how many there were and how many
+    /// key-days had traffic outside incident windows.
+    pub fn for_each_event<E>(&self, mut visit: impl FnMut(&AccessEvent<'_>) -> Result<(), E>) -> Result<(u64, u64), E> {
+        let profiles = &self.plan.profiles;
+        let mut streams: Vec<KeyStream> = profiles
+            .iter()
+            .zip(&self.plan.injected)
+            .enumerate()
+            .map(|(position, (profile, injected))| {
+                let rng = random::stream(self.config.seed, PURPOSE_TRAFFIC, position as u64);
+                KeyStream::new(profile, injected.clone(), rng, &self.config)
+            })
+            .collect();
+        let mut heads: Vec<Option<GenEvent>> = Vec::with_capacity(streams.len());
+        let mut heap = BinaryHeap::with_capacity(streams.len());
+        for (position, stream) in streams.iter_mut().enumerate() {
+            let head = stream.next(&profiles[position], self.config.start_ms);
+            if let Some(event) = &head {
+                heap.push(Reverse((event.ts_ms, position)));
+            }
+            heads.push(head);
+        }
+
+        let mut events = 0u64;
+        let mut benign_key_days = 0u64;
+        let mut last_benign_day: Vec<Option<i64>> = vec![None; profiles.len()];
+        while let Some(Reverse((_, position))) = heap.pop() {
+            let Some(event) = heads[position].take() else {
+                continue;
+            };
+            let profile = &profiles[position];
+            let access = AccessEvent {
+                ts_ms: event.ts_ms,
+                key_id: Cow::Borrowed(&profile.key_id),
+                ip: IpAddr::V4(event.ip),
+                method: Cow::Borrowed(event.method),
+                endpoint: Cow::Borrowed(&event.endpoint),
+                status: event.status,
+                user_agent: Cow::Borrowed(&event.user_agent),
+                bytes_out: event.bytes_out,
+                request_id: None,
+            };
+            visit(&access)?;
+            events += 1;
+            let in_incident = self.plan.incident_windows[position]
+                .iter()
+                .any(|&(start, end)| (start..=end).contains(&event.ts_ms));
+            if !in_incident {
+                let day = (event.ts_ms - self.config.start_ms).div_euclid(DAY_MS);
+                // A key's events arrive in time order, so a new day is a
+                // day not counted yet.
+                if last_benign_day[position] != Some(day) {
+                    last_benign_day[position] = Some(day);
+                    benign_key_days += 1;
+                }
+            }
+            let next = streams[position].next(profile, self.config.start_ms);
+            if let Some(next_event) = &next {
+                heap.push(Reverse((next_event.ts_ms, position)));
+            }
+            heads[position] = next;
+        }
+        Ok((events, benign_key_days))
+    }
+
+    /// Writes the whole run into `dir`.
+    pub fn write_to(&self, dir: &Path) -> Result<GenerateSummary, GenerateError> {
+        std::fs::create_dir_all(dir).map_err(|source| GenerateError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let write_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| GenerateError::Write { path, source }
+        };
+
+        let events_path = dir.join("events.jsonl");
+        let file = File::create(&events_path).map_err(write_error(&events_path))?;
+        let mut writer = BufWriter::with_capacity(1 << 20, file);
+        let (events, benign_key_days) = self.for_each_event(|event| {
+            serde_json::to_writer(&mut writer, event).map_err(|source| GenerateError::Serialize {
+                what: "an event",
+                source,
+            })?;
+            writer.write_all(b"\n").map_err(write_error(&events_path))
+        })?;
+        writer.flush().map_err(write_error(&events_path))?;
+
+        write_json_lines(&dir.join("labels.jsonl"), self.labels())?;
+        write_json_lines(&dir.join("benign.jsonl"), self.benign_cases())?;
+        let meta = RunMeta {
+            keys: self.config.keys as u64,
+            days: u64::from(self.config.days),
+            seed: self.config.seed,
+            start: format_ts(self.config.start_ms),
+            end: format_ts(self.config.end_ms()),
+            events,
+            benign_key_days,
+            incidents: self.labels().len() as u64,
+            benign_cases: self.benign_cases().len() as u64,
+            generator: concat!("keywatch-generate/", env!("CARGO_PKG_VERSION")).to_string(),
+        };
+        let meta_path = dir.join("meta.json");
+        let mut meta_text = serde_json::to_string_pretty(&meta).map_err(|source| GenerateError::Serialize {
+            what: "meta.json",
+            source,
+        })?;
+        meta_text.push('\n');
+        std::fs::write(&meta_path, meta_text).map_err(write_error(&meta_path))?;
+
+        let city_path = dir.join("geoip-city.mmdb");
+        std::fs::write(&city_path, self.city_database()?).map_err(write_error(&city_path))?;
+        let asn_path = dir.join("geoip-asn.mmdb");
+        std::fs::write(&asn_path, self.asn_database()?).map_err(write_error(&asn_path))?;
+
+        Ok(GenerateSummary {
+            events,
+            incidents: self.labels().len(),
+            benign_cases: self.benign_cases().len(),
+            benign_key_days,
+        })
+    }
+}
+
+fn write_json_lines<T: serde::Serialize>(path: &Path, records: &[T]) -> Result<(), GenerateError> {
+    let file = File::create(path).map_err(|source| GenerateError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut writer = BufWriter::new(file);
+    for record in records {
+        serde_json::to_writer(&mut writer, record).map_err(|source| GenerateError::Serialize {
+            what: "a label",
+            source,
+        })?;
+        writer.write_all(b"\n").map_err(|source| GenerateError::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    writer.flush().map_err(|source| GenerateError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Runs the command.
 pub fn run_cli(args: &GenerateArgs) -> Result<(), GenerateError> {
-    let _ = args;
-    Err(GenerateError::Other("not yet built".into()))
+    let config = GenerateConfig::new(args.keys, args.days, args.seed, &args.start)?;
+    let started = std::time::Instant::now();
+    let generation = Generation::new(config);
+    let summary = generation.write_to(&args.out)?;
+    tracing::info!(
+        events = summary.events,
+        incidents = summary.incidents,
+        benign_cases = summary.benign_cases,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "generated run"
+    );
+    println!(
+        "wrote {} events, {} incidents, {} benign hard cases ({} benign key-days) to {} in {:.1}s",
+        summary.events,
+        summary.incidents,
+        summary.benign_cases,
+        summary.benign_key_days,
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> GenerateConfig {
+        GenerateConfig::new(plan::minimum_keys(), MINIMUM_DAYS, 3, DEFAULT_START).unwrap()
+    }
+
+    #[test]
+    fn config_rejects_bad_input() {
+        assert!(matches!(
+            GenerateConfig::new(5, 10, 1, DEFAULT_START),
+            Err(GenerateError::TooFewKeys { .. })
+        ));
+        assert!(matches!(
+            GenerateConfig::new(100, 2, 1, DEFAULT_START),
+            Err(GenerateError::TooFewDays { .. })
+        ));
+        assert!(matches!(
+            GenerateConfig::new(100, 10, 1, "yesterday"),
+            Err(GenerateError::BadStart(_))
+        ));
+    }
+
+    #[test]
+    fn events_come_out_in_time_order_with_every_incident_call() {
+        let generation = Generation::new(small());
+        let mut last = i64::MIN;
+        let mut out_of_order = 0;
+        let (events, benign_key_days) = generation
+            .for_each_event(|event| {
+                if event.ts_ms < last {
+                    out_of_order += 1;
+                }
+                last = event.ts_ms;
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(out_of_order, 0);
+        assert!(events > 1000, "{events}");
+        assert!(benign_key_days > 0);
+        let injected: usize = generation.plan.injected.iter().map(Vec::len).sum();
+        assert!(injected > 0 && (injected as u64) < events);
+    }
 }

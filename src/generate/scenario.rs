@@ -1,0 +1,507 @@
+//! Attack scenarios: what a thief does with a key, as calls interleaved
+//! with the owner's ongoing traffic.
+//!
+//! Each scenario is written from the attacker's side only (where they call
+//! from, how much, which endpoints, what the API answers); nothing here
+//! knows how any detector works.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use super::catalog::{
+    ATTACKER_AGENTS, EndpointTemplate, enumeration_endpoints, export_endpoints, fill_path, sensitive_endpoints,
+};
+use super::profile::{GenEvent, HOUR_MS, KeyProfile, MINUTE_MS, ordinary_status, response_bytes};
+use super::random::{GenRng, between, chance, index, pick, shuffle, uniform, unit};
+use super::world::{NetworkKind, World};
+
+/// The kinds of misuse the generator injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scenario {
+    StolenKeyNewCountry,
+    ImpossibleTravel,
+    ScrapingBurst,
+    LowAndSlowExfiltration,
+    PrivilegeProbing,
+    CredentialStuffing,
+    DormantReactivated,
+    KeyCopied,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 8] = [
+        Scenario::StolenKeyNewCountry,
+        Scenario::ImpossibleTravel,
+        Scenario::ScrapingBurst,
+        Scenario::LowAndSlowExfiltration,
+        Scenario::PrivilegeProbing,
+        Scenario::CredentialStuffing,
+        Scenario::DormantReactivated,
+        Scenario::KeyCopied,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scenario::StolenKeyNewCountry => "stolen_key_new_country",
+            Scenario::ImpossibleTravel => "impossible_travel",
+            Scenario::ScrapingBurst => "scraping_burst",
+            Scenario::LowAndSlowExfiltration => "low_and_slow_exfiltration",
+            Scenario::PrivilegeProbing => "privilege_probing",
+            Scenario::CredentialStuffing => "credential_stuffing",
+            Scenario::DormantReactivated => "dormant_reactivated",
+            Scenario::KeyCopied => "key_copied",
+        }
+    }
+}
+
+/// The calls of one incident. `events` may hold a few calls by the owner
+/// too (impossible travel needs the owner at home minutes apart); `start`
+/// and `end` span the attacker's calls only.
+#[derive(Debug, Clone)]
+pub struct Attack {
+    pub events: Vec<GenEvent>,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub notes: String,
+}
+
+/// Everything a scenario needs to know about the run and the key.
+pub struct AttackContext<'a> {
+    pub world: &'a World,
+    pub profile: &'a KeyProfile,
+    /// Networks the key has ever called from, so "new" really is new.
+    pub own_networks: Vec<usize>,
+    pub start_ms: i64,
+    pub run_start_ms: i64,
+    pub run_end_ms: i64,
+}
+
+impl AttackContext<'_> {
+    fn home_network(&self) -> usize {
+        self.own_networks[0]
+    }
+
+    fn home_countries(&self) -> Vec<&'static str> {
+        self.own_networks
+            .iter()
+            .map(|&network| self.world.city(network).country_code)
+            .collect()
+    }
+
+    /// A network of one of `kinds` in a country the key never used, at least
+    /// `min_distance_km` from its home.
+    fn foreign_network(&self, rng: &mut GenRng, kinds: &[NetworkKind], min_distance_km: f64) -> usize {
+        let home_countries = self.home_countries();
+        let candidates: Vec<usize> = self
+            .world
+            .networks_of(kinds)
+            .into_iter()
+            .filter(|&network| {
+                !home_countries.contains(&self.world.city(network).country_code)
+                    && self
+                        .own_networks
+                        .iter()
+                        .all(|&own| self.world.distance_km(own, network) >= min_distance_km)
+            })
+            .collect();
+        if candidates.is_empty() {
+            return self.farthest_network(kinds);
+        }
+        *pick(rng, &candidates)
+    }
+
+    fn farthest_network(&self, kinds: &[NetworkKind]) -> usize {
+        let home = self.home_network();
+        self.world
+            .networks_of(kinds)
+            .into_iter()
+            .max_by(|&a, &b| {
+                self.world
+                    .distance_km(home, a)
+                    .total_cmp(&self.world.distance_km(home, b))
+            })
+            .unwrap_or(home)
+    }
+
+    /// A network of one of `kinds` in the key's home country that the key
+    /// never used; a foreign one when the country has none.
+    fn domestic_network(&self, rng: &mut GenRng, kinds: &[NetworkKind]) -> usize {
+        let home_country = self.world.city(self.home_network()).country_code;
+        let candidates: Vec<usize> = self
+            .world
+            .networks_of(kinds)
+            .into_iter()
+            .filter(|&network| {
+                self.world.city(network).country_code == home_country && !self.own_networks.contains(&network)
+            })
+            .collect();
+        if candidates.is_empty() {
+            return self.foreign_network(rng, kinds, 0.0);
+        }
+        *pick(rng, &candidates)
+    }
+
+    /// Between `counts.0` and `counts.1` addresses on `network`.
+    fn hosts(&self, rng: &mut GenRng, network: usize, counts: (u64, u64)) -> Vec<Ipv4Addr> {
+        let count = between(rng, counts.0.max(1), counts.1.max(counts.0).max(1));
+        (0..count)
+            .map(|_| self.world.host(network, between(rng, 2, 250) as u8))
+            .collect()
+    }
+
+    fn describe(&self, network: usize) -> String {
+        let city = self.world.city(network);
+        let provider = self.world.provider(network);
+        format!(
+            "AS{} {} in {}, {}",
+            provider.asn, provider.organization, city.name, city.country_code
+        )
+    }
+
+    /// The owner's own address at `ts_ms`, or one from the home network.
+    fn owner_like_ip(&self, rng: &mut GenRng, ts_ms: i64) -> Ipv4Addr {
+        self.profile
+            .owner_ip(rng, ts_ms)
+            .unwrap_or_else(|| self.world.host(self.home_network(), 10))
+    }
+
+    fn baseline_hourly(&self) -> f64 {
+        self.profile.expected_hourly_calls(self.start_ms, self.run_start_ms)
+    }
+}
+
+/// Sorted times: `count` calls spread uniformly over `duration_ms`.
+fn spread(rng: &mut GenRng, start_ms: i64, duration_ms: i64, count: usize) -> Vec<i64> {
+    let mut times: Vec<i64> = (0..count)
+        .map(|_| start_ms + (unit(rng) * duration_ms as f64) as i64)
+        .collect();
+    times.sort_unstable();
+    times
+}
+
+fn attacker_agent(rng: &mut GenRng, profile: &KeyProfile, own_agent_probability: f64) -> Arc<str> {
+    if chance(rng, own_agent_probability) {
+        return Arc::clone(&profile.user_agents[0]);
+    }
+    Arc::from(*pick(rng, ATTACKER_AGENTS))
+}
+
+/// How the numeric ids of a call's path are chosen.
+#[derive(Debug, Clone, Copy)]
+enum Ids {
+    /// From the key's own pool of records.
+    Pool(u64),
+    /// Counting up, as an enumeration does.
+    Sequential(u64),
+}
+
+fn call(
+    rng: &mut GenRng,
+    ts_ms: i64,
+    ip: Ipv4Addr,
+    template: &EndpointTemplate,
+    status: u16,
+    user_agent: &Arc<str>,
+    ids: Ids,
+) -> GenEvent {
+    let endpoint = match ids {
+        Ids::Pool(id_space) => fill_path(rng, &template.path, id_space, None),
+        Ids::Sequential(next_id) => fill_path(rng, &template.path, 1000, Some(next_id)),
+    };
+    GenEvent {
+        ts_ms,
+        ip,
+        method: template.method,
+        endpoint,
+        status,
+        user_agent: Arc::clone(user_agent),
+        bytes_out: response_bytes(rng, template, status),
+    }
+}
+
+/// Calls that use the key's own endpoints from `ips`, at `times`.
+fn own_endpoint_calls(
+    context: &AttackContext<'_>,
+    rng: &mut GenRng,
+    times: &[i64],
+    ips: &[Ipv4Addr],
+    user_agent: &Arc<str>,
+) -> Vec<GenEvent> {
+    times
+        .iter()
+        .map(|&ts_ms| {
+            let ip = ips[index(rng, ips.len())];
+            context.profile.ordinary_call(rng, ts_ms, ip, Arc::clone(user_agent))
+        })
+        .collect()
+}
+
+/// Builds the attack of `scenario` starting at `context.start_ms`.
+pub fn attack(context: &AttackContext<'_>, scenario: Scenario, rng: &mut GenRng) -> Attack {
+    let t0 = context.start_ms;
+    let profile = context.profile;
+    let mut owner_events = Vec::new();
+    let (attacker_events, notes) = match scenario {
+        Scenario::StolenKeyNewCountry => {
+            let kinds: &[NetworkKind] = match index(rng, 20) {
+                0..=9 => &[NetworkKind::Hosting],
+                10..=16 => &[NetworkKind::Isp],
+                _ => &[NetworkKind::Vpn],
+            };
+            let network = context.foreign_network(rng, kinds, 800.0);
+            let ips = context.hosts(rng, network, (1, 2));
+            let count = between(rng, 20, 150) as usize;
+            let duration = between(rng, 60, 360) as i64 * MINUTE_MS;
+            let agent = attacker_agent(rng, profile, 0.5);
+            let times = spread(rng, t0, duration, count);
+            let events = own_endpoint_calls(context, rng, &times, &ips, &agent);
+            (events, format!("{count} calls from {}", context.describe(network)))
+        }
+        Scenario::ImpossibleTravel => {
+            let network = context.foreign_network(
+                rng,
+                &[NetworkKind::Isp, NetworkKind::Hosting, NetworkKind::Mobile],
+                5000.0,
+            );
+            let ips = context.hosts(rng, network, (1, 1));
+            let count = between(rng, 5, 30) as usize;
+            let duration = between(rng, 10, 40) as i64 * MINUTE_MS;
+            let agent = attacker_agent(rng, profile, 0.7);
+            let times = spread(rng, t0, duration, count);
+            let events = own_endpoint_calls(context, rng, &times, &ips, &agent);
+            // The owner at home just before and just after: the two places
+            // are minutes apart, which no traveller manages.
+            let last = times.last().copied().unwrap_or(t0);
+            let mut owner_times = vec![
+                t0 - between(rng, 2, 8) as i64 * MINUTE_MS,
+                t0 - between(rng, 9, 15) as i64 * MINUTE_MS,
+                last + between(rng, 1, 6) as i64 * MINUTE_MS,
+            ];
+            owner_times.sort_unstable();
+            for ts_ms in owner_times {
+                let ip = context.owner_like_ip(rng, ts_ms);
+                let agent = profile.owner_agent(rng);
+                owner_events.push(profile.ordinary_call(rng, ts_ms, ip, agent));
+            }
+            let distance = context.world.distance_km(context.home_network(), network);
+            (
+                events,
+                format!(
+                    "{count} calls from {}, {distance:.0} km from home, minutes after the owner",
+                    context.describe(network)
+                ),
+            )
+        }
+        Scenario::ScrapingBurst => {
+            let multiplier = uniform(rng, 10.0, 100.0);
+            let duration_minutes = between(rng, 20, 120) as i64;
+            let hourly = context.baseline_hourly().max(3.0) * multiplier;
+            let count = ((hourly * duration_minutes as f64 / 60.0) as usize).clamp(60, 60_000);
+            let (ips, source) = if chance(rng, 0.5) {
+                let ip = context.owner_like_ip(rng, t0);
+                (vec![ip], "the key's own network".to_string())
+            } else {
+                let network = context.domestic_network(rng, &[NetworkKind::Hosting, NetworkKind::Cloud]);
+                (context.hosts(rng, network, (1, 3)), context.describe(network))
+            };
+            let agent = attacker_agent(rng, profile, 0.4);
+            let readable: Vec<&EndpointTemplate> = profile
+                .endpoints
+                .iter()
+                .filter(|endpoint| endpoint.method == "GET")
+                .collect();
+            let times = spread(rng, t0, duration_minutes * MINUTE_MS, count);
+            let mut next_id = 10_000 + between(rng, 0, 50_000);
+            let events = times
+                .iter()
+                .map(|&ts_ms| {
+                    let ip = ips[index(rng, ips.len())];
+                    if readable.is_empty() {
+                        return profile.ordinary_call(rng, ts_ms, ip, Arc::clone(&agent));
+                    }
+                    let template = readable[index(rng, readable.len())];
+                    next_id += 1;
+                    let status = ordinary_status(rng, template.method, 0.02);
+                    call(rng, ts_ms, ip, template, status, &agent, Ids::Sequential(next_id))
+                })
+                .collect();
+            (
+                events,
+                format!("{count} calls in {duration_minutes} min (about {multiplier:.0}x) from {source}"),
+            )
+        }
+        Scenario::LowAndSlowExfiltration => {
+            let duration = between(rng, 3, 8) as i64 * HOUR_MS;
+            let extra_rate = context.baseline_hourly().max(2.0) * uniform(rng, 0.5, 2.0);
+            let count = ((extra_rate * duration as f64 / HOUR_MS as f64) as usize).clamp(20, 20_000);
+            let (ips, source) = if chance(rng, 0.5) {
+                (
+                    vec![context.owner_like_ip(rng, t0)],
+                    "the key's own network".to_string(),
+                )
+            } else {
+                let network = context.domestic_network(rng, &[NetworkKind::Hosting, NetworkKind::Vpn]);
+                (context.hosts(rng, network, (1, 1)), context.describe(network))
+            };
+            let agent = attacker_agent(rng, profile, 0.6);
+            let exports = export_endpoints();
+            let times = spread(rng, t0, duration, count);
+            let events = times
+                .iter()
+                .map(|&ts_ms| {
+                    let ip = ips[index(rng, ips.len())];
+                    if chance(rng, 0.4) {
+                        let template = pick(rng, &exports);
+                        let status = ordinary_status(rng, template.method, 0.01);
+                        call(rng, ts_ms, ip, template, status, &agent, Ids::Pool(profile.id_space))
+                    } else {
+                        profile.ordinary_call(rng, ts_ms, ip, Arc::clone(&agent))
+                    }
+                })
+                .collect();
+            (
+                events,
+                format!(
+                    "{count} extra calls over {} h with bulk export endpoints from {source}",
+                    duration / HOUR_MS
+                ),
+            )
+        }
+        Scenario::PrivilegeProbing => {
+            let count = between(rng, 15, 80) as usize;
+            let duration = between(rng, 10, 60) as i64 * MINUTE_MS;
+            let (ips, source) = if chance(rng, 0.5) {
+                (
+                    vec![context.owner_like_ip(rng, t0)],
+                    "the key's own network".to_string(),
+                )
+            } else {
+                let network = context.foreign_network(rng, &[NetworkKind::Hosting], 0.0);
+                (context.hosts(rng, network, (1, 1)), context.describe(network))
+            };
+            let agent = attacker_agent(rng, profile, 0.3);
+            let mut sensitive = sensitive_endpoints();
+            shuffle(rng, &mut sensitive);
+            sensitive.truncate(between(rng, 4, 10) as usize);
+            let times = spread(rng, t0, duration, count);
+            let events = times
+                .iter()
+                .map(|&ts_ms| {
+                    let ip = ips[index(rng, ips.len())];
+                    if chance(rng, 0.15) {
+                        return profile.ordinary_call(rng, ts_ms, ip, Arc::clone(&agent));
+                    }
+                    let template = pick(rng, &sensitive);
+                    let status = match index(rng, 20) {
+                        0..=15 => 403,
+                        16 => 401,
+                        17 => 404,
+                        _ => 200,
+                    };
+                    call(rng, ts_ms, ip, template, status, &agent, Ids::Pool(50))
+                })
+                .collect();
+            (
+                events,
+                format!(
+                    "{count} calls to {} admin/IAM/secret endpoints from {source}",
+                    sensitive.len()
+                ),
+            )
+        }
+        Scenario::CredentialStuffing => {
+            let count = between(rng, 100, 600) as usize;
+            let duration = between(rng, 5, 30) as i64 * MINUTE_MS;
+            let network = context.foreign_network(rng, &[NetworkKind::Hosting, NetworkKind::Vpn], 0.0);
+            let ips = context.hosts(rng, network, (3, 10));
+            let agent = attacker_agent(rng, profile, 0.0);
+            let targets = enumeration_endpoints();
+            let times = spread(rng, t0, duration, count);
+            let mut next_id = 1_000 + between(rng, 0, 9_000);
+            let events = times
+                .iter()
+                .map(|&ts_ms| {
+                    let ip = ips[index(rng, ips.len())];
+                    let template = pick(rng, &targets);
+                    next_id += 1 + between(rng, 0, 2);
+                    let status = match index(rng, 20) {
+                        0..=10 => 401,
+                        11..=16 => 403,
+                        17..=18 => 200,
+                        _ => 404,
+                    };
+                    call(rng, ts_ms, ip, template, status, &agent, Ids::Sequential(next_id))
+                })
+                .collect();
+            (
+                events,
+                format!(
+                    "{count} enumeration calls, mostly 401/403, from {} addresses of {}",
+                    ips.len(),
+                    context.describe(network)
+                ),
+            )
+        }
+        Scenario::DormantReactivated => {
+            let network =
+                context.foreign_network(rng, &[NetworkKind::Hosting, NetworkKind::Vpn, NetworkKind::Isp], 0.0);
+            let ips = context.hosts(rng, network, (1, 2));
+            let count = between(rng, 30, 300) as usize;
+            let duration = between(rng, 60, 240) as i64 * MINUTE_MS;
+            let agent = attacker_agent(rng, profile, 0.5);
+            let times = spread(rng, t0, duration, count);
+            let events = own_endpoint_calls(context, rng, &times, &ips, &agent);
+            let last_owner_call = profile
+                .active_periods
+                .iter()
+                .map(|&(_, until)| until)
+                .max()
+                .unwrap_or(t0);
+            (
+                events,
+                format!(
+                    "{count} calls from {} after {} days without use",
+                    context.describe(network),
+                    (t0 - last_owner_call) / super::profile::DAY_MS
+                ),
+            )
+        }
+        Scenario::KeyCopied => {
+            let network = context.foreign_network(rng, &[NetworkKind::Cloud, NetworkKind::Hosting], 3000.0);
+            let ips = context.hosts(rng, network, (1, 3));
+            let duration = between(rng, 3, 10) as i64 * HOUR_MS;
+            let rate = context.baseline_hourly().max(2.0) * uniform(rng, 0.5, 1.5);
+            let count = ((rate * duration as f64 / HOUR_MS as f64) as usize).clamp(10, 50_000);
+            let agent = attacker_agent(rng, profile, 0.8);
+            let times = spread(rng, t0, duration, count);
+            let events = own_endpoint_calls(context, rng, &times, &ips, &agent);
+            (
+                events,
+                format!(
+                    "{count} calls over {} h from {} while the owner keeps calling from home",
+                    duration / HOUR_MS,
+                    context.describe(network)
+                ),
+            )
+        }
+    };
+    let attacker_events: Vec<GenEvent> = attacker_events
+        .into_iter()
+        .filter(|event| event.ts_ms < context.run_end_ms)
+        .collect();
+    let start_ms = attacker_events.first().map_or(t0, |event| event.ts_ms);
+    let end_ms = attacker_events.last().map_or(t0, |event| event.ts_ms);
+    let mut events = attacker_events;
+    events.extend(
+        owner_events
+            .into_iter()
+            .filter(|event| event.ts_ms < context.run_end_ms),
+    );
+    events.sort_by_key(|event| event.ts_ms);
+    Attack {
+        events,
+        start_ms,
+        end_ms,
+        notes,
+    }
+}
