@@ -1,0 +1,478 @@
+//! Shared helpers of the Kafka tests: a small GeoIP world, canonical events
+//! built with serde_json, a scenario every sane detector flags (a key used
+//! for days from London, then minutes later from Sydney), producing and
+//! reading topics, an in-process reference run of the engine, and waiting
+//! for a pipeline to catch up.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keywatch::alert::Alert;
+use keywatch::config::{Config, KafkaConfig};
+use keywatch::decode::{Decoder, Format};
+use keywatch::engine::{Engine, Output};
+use keywatch::enrich::GeoIp;
+use keywatch::enrich::mmdb_build::{AsnRecord, CityRecord, build_asn_db, build_city_db};
+use keywatch::model::Model;
+use keywatch::pipeline::Progress;
+use keywatch::state::PartitionId;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+pub const HOUR_MS: i64 = 3_600_000;
+pub const DAY_MS: i64 = 24 * HOUR_MS;
+/// 2026-03-02T00:00:00Z.
+pub const T0_MS: i64 = 1_772_409_600_000;
+
+/// name, network, country, city, latitude, longitude, asn, organisation
+const PLACES: &[(&str, &str, &str, &str, f64, f64, u32, &str)] = &[
+    (
+        "london",
+        "81.2.69.0/24",
+        "GB",
+        "London",
+        51.5074,
+        -0.1278,
+        2856,
+        "British Telecommunications PLC",
+    ),
+    (
+        "sydney",
+        "1.128.0.0/16",
+        "AU",
+        "Sydney",
+        -33.8688,
+        151.2093,
+        1221,
+        "Telstra Limited",
+    ),
+    (
+        "paris",
+        "90.0.0.0/16",
+        "FR",
+        "Paris",
+        48.8566,
+        2.3522,
+        3215,
+        "Orange S.A.",
+    ),
+];
+
+/// An address in a place.
+pub fn ip(place: &str, host: u8) -> String {
+    let (_, network, ..) = PLACES.iter().find(|entry| entry.0 == place).expect("known place");
+    let net: ipnet::Ipv4Net = network.parse().expect("valid network");
+    let octets = net.network().octets();
+    format!("{}.{}.{}.{}", octets[0], octets[1], octets[2], host.max(1))
+}
+
+/// GeoIP City and ASN databases of the places, built in memory.
+pub fn geo() -> Arc<GeoIp> {
+    let cities: Vec<CityRecord> = PLACES
+        .iter()
+        .enumerate()
+        .map(|(index, (_, network, country, city, lat, lon, _, _))| CityRecord {
+            network: network.parse().expect("valid network"),
+            country_code: country.to_string(),
+            country_name: country.to_string(),
+            city_name: city.to_string(),
+            latitude: *lat,
+            longitude: *lon,
+            accuracy_radius_km: 20,
+            geoname_id: 2000 + index as u32,
+        })
+        .collect();
+    let asns: Vec<AsnRecord> = PLACES
+        .iter()
+        .map(|(_, network, _, _, _, _, asn, org)| AsnRecord {
+            network: network.parse().expect("valid network"),
+            asn: *asn,
+            organization: org.to_string(),
+        })
+        .collect();
+    let city = build_city_db(&cities).expect("city db");
+    let asn = build_asn_db(&asns).expect("asn db");
+    Arc::new(GeoIp::from_bytes(Some(city), Some(asn)).expect("valid databases"))
+}
+
+pub fn model() -> Arc<Model> {
+    Arc::new(Model::default_model())
+}
+
+/// One canonical access event as JSON text.
+pub fn canonical(ts_ms: i64, key: &str, ip: &str, endpoint: &str, status: u16) -> String {
+    let ts = chrono::DateTime::from_timestamp_millis(ts_ms)
+        .expect("valid time")
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    serde_json::json!({
+        "ts": ts,
+        "key_id": key,
+        "ip": ip,
+        "method": "GET",
+        "endpoint": endpoint,
+        "status": status,
+        "user_agent": "billing-service/4.2",
+        "bytes_out": 512,
+    })
+    .to_string()
+}
+
+/// One input record of a scenario.
+#[derive(Debug, Clone)]
+pub struct ScenarioRecord {
+    /// The key whose events these are (`None` for junk that has none).
+    pub key: Option<String>,
+    pub payload: String,
+    /// Whether the decoder must reject it (dead letter).
+    pub malformed: bool,
+}
+
+/// A 20-character key id.
+pub fn key_id(index: usize) -> String {
+    format!("AKIAKWTEST{index:010}")
+}
+
+/// `keys` keys, each used from London for three days; the keys with an odd
+/// index are then used from Sydney minutes after their last London call.
+/// Events of a key are in time order; keys are interleaved. Every
+/// `malformed_every` records one malformed record is inserted.
+pub fn travel_scenario(keys: usize, events_per_day: i64, malformed_every: usize) -> Vec<ScenarioRecord> {
+    let mut by_time: Vec<(i64, usize, String)> = Vec::new();
+    for index in 0..keys {
+        let key = key_id(index);
+        let offset = index as i64 * 61_000;
+        for day in 0..3 {
+            for call in 0..events_per_day {
+                let ts = T0_MS + day * DAY_MS + 9 * HOUR_MS + call * (8 * HOUR_MS / events_per_day) + offset;
+                let endpoint = if call % 2 == 0 { "/v1/orders" } else { "/v1/invoices" };
+                by_time.push((ts, index, canonical(ts, &key, &ip("london", 10), endpoint, 200)));
+            }
+        }
+        if index % 2 == 1 {
+            let twist = T0_MS + 2 * DAY_MS + 17 * HOUR_MS + 20 * 60_000 + offset;
+            for call in 0..3 {
+                let ts = twist + call * 30_000;
+                by_time.push((ts, index, canonical(ts, &key, &ip("sydney", 20), "/v1/orders", 200)));
+            }
+        }
+    }
+    by_time.sort_by_key(|(ts, index, _)| (*ts, *index));
+    let junk = [
+        "{not json at all".to_string(),
+        r#"{"ts":"2026-03-02T10:00:00Z","key_id":"AKIAKWJUNK0000000001","ip":"999.1.1.1","method":"GET","endpoint":"/x","status":200}"#.to_string(),
+        r#"{"ts":"2026-03-02T10:00:00Z","key_id":"AKIAKWJUNK0000000002","method":"GET","endpoint":"/x","status":200}"#.to_string(),
+    ];
+    let mut records = Vec::with_capacity(by_time.len() + by_time.len() / malformed_every.max(1) + 1);
+    for (position, (_, index, payload)) in by_time.into_iter().enumerate() {
+        if malformed_every > 0 && position % malformed_every == malformed_every / 2 {
+            let junk_payload = junk[(position / malformed_every) % junk.len()].clone();
+            // Junk rides with a key, so it lands among that key's events.
+            records.push(ScenarioRecord {
+                key: Some(key_id(index)),
+                payload: junk_payload,
+                malformed: true,
+            });
+        }
+        records.push(ScenarioRecord {
+            key: Some(key_id(index)),
+            payload,
+            malformed: false,
+        });
+    }
+    records
+}
+
+/// Where a produced record landed.
+#[derive(Debug, Clone)]
+pub struct Landed {
+    pub record: ScenarioRecord,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// How records are placed on the input topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Message key = raw key id (the producer's partitioner spreads keys).
+    KeyedByKeyId,
+    /// No message key; each key's records go to `key index % partitions`,
+    /// so keys are mixed within partitions but each key stays in order.
+    Unkeyed { partitions: i32 },
+}
+
+pub fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("test producer")
+}
+
+/// Produces records in order and returns where each landed.
+pub async fn produce(brokers: &str, topic: &str, records: &[ScenarioRecord], placement: Placement) -> Vec<Landed> {
+    let producer = producer(brokers);
+    let mut futures = Vec::with_capacity(records.len());
+    for record in records {
+        let mut message: FutureRecord<'_, str, str> = FutureRecord::to(topic).payload(record.payload.as_str());
+        match placement {
+            Placement::KeyedByKeyId => {
+                if let Some(key) = &record.key {
+                    message = message.key(key.as_str());
+                }
+            }
+            Placement::Unkeyed { partitions } => {
+                let index: i32 = record
+                    .key
+                    .as_deref()
+                    .and_then(|key| key.trim_start_matches("AKIAKWTEST").parse().ok())
+                    .unwrap_or(0);
+                message = message.partition(index % partitions);
+            }
+        }
+        let future = loop {
+            match producer.send_result(message) {
+                Ok(future) => break future,
+                Err((_, returned)) => {
+                    message = returned;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        futures.push(future);
+    }
+    let mut landed = Vec::with_capacity(records.len());
+    for (record, future) in records.iter().zip(futures) {
+        let delivery = future.await.expect("not cancelled").expect("delivered");
+        landed.push(Landed {
+            record: record.clone(),
+            partition: delivery.partition,
+            offset: delivery.offset,
+        });
+    }
+    landed
+}
+
+/// One message read back.
+#[derive(Debug, Clone)]
+pub struct ReadMessage {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+fn reader(brokers: &str, read_committed: bool) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "keywatch-test-reader")
+        .set("enable.auto.commit", "false")
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create()
+        .expect("test consumer")
+}
+
+/// High watermark of every partition of a topic.
+pub fn end_offsets(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let consumer = reader(brokers, false);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    (0..partitions)
+        .map(|partition| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                .expect("watermarks");
+            (partition, high)
+        })
+        .collect()
+}
+
+/// Every committed message of a topic, in offset order per partition.
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<ReadMessage> {
+    let ends = end_offsets(brokers, topic);
+    let consumer = reader(brokers, true);
+    let mut assignment = TopicPartitionList::new();
+    let mut pending: BTreeSet<i32> = BTreeSet::new();
+    for (partition, end) in &ends {
+        if *end > 0 {
+            assignment
+                .add_partition_offset(topic, *partition, Offset::Beginning)
+                .expect("partition");
+            pending.insert(*partition);
+        }
+    }
+    let mut messages = Vec::new();
+    if pending.is_empty() {
+        return messages;
+    }
+    consumer.assign(&assignment).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pending.is_empty() && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let headers = message
+                    .headers()
+                    .map(|headers| {
+                        headers
+                            .iter()
+                            .map(|header| {
+                                let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                                (header.key.to_string(), value.unwrap_or_default())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if message.offset() + 1 >= ends[&message.partition()] {
+                    pending.remove(&message.partition());
+                }
+                messages.push(ReadMessage {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(|key| String::from_utf8_lossy(key).into_owned()),
+                    payload: message.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+            Some(Err(error)) => panic!("reading {topic}: {error}"),
+            None => {
+                let positions = consumer.position().expect("positions");
+                for element in positions.elements() {
+                    if let Offset::Offset(position) = element.offset()
+                        && position >= ends[&element.partition()]
+                    {
+                        pending.remove(&element.partition());
+                    }
+                }
+            }
+        }
+    }
+    assert!(pending.is_empty(), "could not read {topic} to its end");
+    messages
+}
+
+/// Alerts read from a topic, checked to be keyed by their fingerprint.
+pub fn read_alerts(brokers: &str, topic: &str) -> Vec<Alert> {
+    read_topic(brokers, topic)
+        .into_iter()
+        .map(|message| {
+            let alert: Alert = serde_json::from_slice(&message.payload).expect("an alert");
+            assert_eq!(
+                message.key.as_deref(),
+                Some(alert.key_fingerprint.as_str()),
+                "keyed by fingerprint"
+            );
+            alert
+        })
+        .collect()
+}
+
+/// What an uninterrupted run gives: the engine over each partition's valid
+/// records in offset order, one engine per partition. Alert ids by key.
+pub fn reference_alert_ids(landed: &[Landed], by_key: bool) -> BTreeSet<String> {
+    let decoder = Decoder::new(Format::Canonical, None, 1 << 20);
+    let mut groups: BTreeMap<String, Vec<&Landed>> = BTreeMap::new();
+    for record in landed.iter().filter(|record| !record.record.malformed) {
+        let group = if by_key {
+            record.record.key.clone().unwrap_or_default()
+        } else {
+            record.partition.to_string()
+        };
+        groups.entry(group).or_default().push(record);
+    }
+    let mut ids = BTreeSet::new();
+    for (_, mut records) in groups {
+        records.sort_by_key(|record| (record.partition, record.offset));
+        let mut engine = Engine::new(model(), geo());
+        let events: Vec<_> = records
+            .iter()
+            .flat_map(|record| decoder.decode_to_vec(record.record.payload.as_bytes()))
+            .map(|result| result.expect("valid record"))
+            .collect();
+        let mut outputs = Vec::new();
+        engine.process(&events, &mut outputs);
+        for output in outputs {
+            if let Output::Alert(alert) = output {
+                ids.insert(alert.id);
+            }
+        }
+    }
+    ids
+}
+
+/// A configuration for tests: small batches, frequent checkpoints.
+pub fn test_config(brokers: &str, prefix: &str, keyed: bool, partitions_hint: &str) -> Config {
+    let _ = partitions_hint;
+    let mut kafka = KafkaConfig::new(brokers, vec![format!("{prefix}-access")]);
+    kafka.group_id = format!("{prefix}-group");
+    kafka.input_keyed_by_key_id = keyed;
+    kafka.repartition_topic = format!("{prefix}-repartition");
+    kafka.alerts_topic = format!("{prefix}-alerts");
+    kafka.revocations_topic = format!("{prefix}-revocations");
+    kafka.dead_letter_topic = format!("{prefix}-dlq");
+    kafka.changelog_topic = format!("{prefix}-changelog");
+    kafka.batch_max_events = 100;
+    kafka.batch_max_wait = Duration::from_millis(50);
+    kafka.checkpoint_interval = Duration::from_millis(200);
+    kafka.restore_timeout = Duration::from_secs(30);
+    kafka.topic_replication_factor = 1;
+    kafka.properties.insert("session.timeout.ms".into(), "6000".into());
+    kafka.properties.insert("heartbeat.interval.ms".into(), "500".into());
+    let mut config = Config::default();
+    config.kafka = Some(kafka);
+    config
+}
+
+/// The topics a test configuration names.
+pub fn topics_of(config: &Config) -> Vec<String> {
+    let kafka = config.kafka.as_ref().expect("kafka section");
+    let mut topics = kafka.input_topics.clone();
+    topics.extend([
+        kafka.alerts_topic.clone(),
+        kafka.revocations_topic.clone(),
+        kafka.dead_letter_topic.clone(),
+        kafka.changelog_topic.clone(),
+        kafka.repartition_topic.clone(),
+    ]);
+    topics
+}
+
+/// Waits until `done` holds, polling; panics with `what` after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Whether a stage has committed every partition up to `ends`.
+pub fn caught_up(progress: &Progress, stage: &str, topic: &str, ends: &BTreeMap<i32, i64>) -> bool {
+    ends.iter().all(|(partition, end)| {
+        *end == 0 || progress.committed_offset(stage, &PartitionId::new(topic, *partition)) == Some(*end)
+    })
+}
+
+/// Sum of committed offsets over progress objects of several instances.
+pub fn committed_anywhere(progresses: &[&Progress], stage: &str, topic: &str, partition: i32) -> Option<i64> {
+    progresses
+        .iter()
+        .filter_map(|progress| progress.committed_offset(stage, &PartitionId::new(topic, partition)))
+        .max()
+}
