@@ -587,11 +587,21 @@ pub fn read_meta(path: &Path) -> Result<RunMeta, EvalError> {
     })
 }
 
-/// Runs the command.
-pub fn run_cli(args: &EvalArgs) -> Result<(), EvalError> {
-    let alerts: Vec<Alert> = read_json_lines(&args.alerts)?;
-    let labels = read_labels(&args.labels)?;
-    let folder = args.labels.parent().unwrap_or(Path::new("."));
+/// Labels of a run with what lies beside them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledRun {
+    pub labels: Vec<Label>,
+    /// From benign.jsonl beside the labels; empty when absent.
+    pub benign_cases: Vec<BenignCase>,
+    /// From meta.json beside the labels.
+    pub meta: Option<RunMeta>,
+}
+
+/// Reads `labels_path` and, when present, meta.json and benign.jsonl from
+/// the same folder.
+pub fn load_labelled_run(labels_path: &Path) -> Result<LabelledRun, EvalError> {
+    let labels = read_labels(labels_path)?;
+    let folder = labels_path.parent().unwrap_or(Path::new("."));
     let meta_path = folder.join("meta.json");
     let meta = if meta_path.exists() {
         Some(read_meta(&meta_path)?)
@@ -604,12 +614,23 @@ pub fn run_cli(args: &EvalArgs) -> Result<(), EvalError> {
     } else {
         Vec::new()
     };
+    Ok(LabelledRun {
+        labels,
+        benign_cases,
+        meta,
+    })
+}
+
+/// Runs the command.
+pub fn run_cli(args: &EvalArgs) -> Result<(), EvalError> {
+    let alerts: Vec<Alert> = read_json_lines(&args.alerts)?;
+    let run = load_labelled_run(&args.labels)?;
     let options = ScoreOptions {
         grace: args.grace,
         min_severity: args.min_severity,
         key_days: args.key_days,
     };
-    let card = score(&alerts, &labels, &benign_cases, meta.as_ref(), &options);
+    let card = score(&alerts, &run.labels, &run.benign_cases, run.meta.as_ref(), &options);
     if args.json {
         let text = serde_json::to_string_pretty(&card).map_err(EvalError::Write)?;
         println!("{text}");

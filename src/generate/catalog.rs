@@ -336,19 +336,26 @@ pub fn client_agent(rng: &mut GenRng, service: &Service) -> String {
     );
     if chance(rng, 0.75) {
         let stem = pick(rng, service.sdk_agents);
-        let runtime = pick(
-            rng,
-            &[
-                "lang/python#3.11.7",
-                "lang/go#1.21.6",
-                "node/20.11.0",
-                "java/17.0.9",
-                "ruby/3.2.2",
-            ],
-        );
+        let runtime = runtime_of(stem);
         format!("{stem}/{version} {runtime} os/linux")
     } else {
         format!("{}/{version}", pick(rng, GENERIC_AGENTS))
+    }
+}
+
+/// The runtime an SDK reports beside its own version, matching the SDK's
+/// language so the string reads like a real client's.
+fn runtime_of(sdk: &str) -> &'static str {
+    let language = sdk.rsplit('-').next().unwrap_or(sdk);
+    match language {
+        "python" | "Boto3" => "lang/python#3.11.7",
+        "go" | "v2" => "lang/go#1.21.6",
+        "node" | "js" => "lang/js node/20.11.0",
+        "java" | "kotlin" | "android" => "lang/java#17.0.9",
+        "ruby" => "lang/ruby#3.2.2",
+        "php" => "lang/php#8.2.14",
+        "ios" => "lang/swift#5.9",
+        _ => "lang/unknown",
     }
 }
 
@@ -483,6 +490,15 @@ mod tests {
             "/v1/accounts/4242"
         );
         assert!(fill_path(&mut rng, "/v1/customers/{p:cus}", 100, None).starts_with("/v1/customers/cus_"));
+    }
+
+    #[test]
+    fn every_sdk_has_a_known_runtime() {
+        for service in services() {
+            for sdk in service.sdk_agents {
+                assert_ne!(runtime_of(sdk), "lang/unknown", "{sdk}");
+            }
+        }
     }
 
     #[test]

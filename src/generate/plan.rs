@@ -267,8 +267,19 @@ impl Builder<'_> {
     /// A Zipf-weighted subset of the service's endpoints; leaves at least
     /// one endpoint unused so a release can add it later.
     fn endpoint_mix(&self, rng: &mut GenRng, service: &Service) -> (Vec<EndpointTemplate>, EndpointPhase) {
-        let mut order: Vec<usize> = (0..service.endpoints.len()).collect();
-        shuffle(rng, &mut order);
+        // Real mixes are read-heavy: a random order in which reads tend to
+        // rank first, so the Zipf head is mostly GETs.
+        let mut ranked: Vec<(f64, usize)> = service
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(position, endpoint)| {
+                let write_penalty = if endpoint.method == "GET" { 1.0 } else { 2.5 };
+                (unit(rng) * write_penalty, position)
+            })
+            .collect();
+        ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let order: Vec<usize> = ranked.into_iter().map(|(_, position)| position).collect();
         let wanted = 5 + (35.0 * unit(rng).powf(1.5)) as usize;
         let count = wanted.min(service.endpoints.len() - 1);
         let endpoints: Vec<EndpointTemplate> = order
@@ -327,7 +338,7 @@ impl Builder<'_> {
         let sites = self.sites_for(rng, Archetype::Service);
         let mut profile = self.base_profile(rng, key, Archetype::Service, sites);
         profile.volume = Volume::Seasonal {
-            weekday_calls: uniform(rng, 100_000.0, 150_000.0),
+            weekday_calls: uniform(rng, 100_000.0, 115_000.0),
             hour_shape: business_hour_shape(uniform(rng, 0.2, 0.4), uniform(rng, 12.0, 15.0)),
             weekend_factor: uniform(rng, 0.7, 0.9),
             growth_per_day: uniform(rng, 0.0, 0.005),
