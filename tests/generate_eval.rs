@@ -147,12 +147,8 @@ fn generated_run_is_well_formed() {
             "{label:?}"
         );
         let key_events = &events_by_key[&label.key];
-        assert!(
-            key_events.iter().any(|&ts| ts == start),
-            "{}: no event at start",
-            label.id
-        );
-        assert!(key_events.iter().any(|&ts| ts == end), "{}: no event at end", label.id);
+        assert!(key_events.contains(&start), "{}: no event at start", label.id);
+        assert!(key_events.contains(&end), "{}: no event at end", label.id);
         if label.scenario == "dormant_reactivated" {
             let before: Vec<i64> = key_events.iter().copied().filter(|&ts| ts < start).collect();
             let last_before = before.iter().max().copied().expect("a dormant key has history");
