@@ -22,8 +22,6 @@ use crate::model::Model;
 
 /// Events older than their key's newest by more than this count as late.
 const LATE_AFTER_MS: i64 = 60_000;
-/// Smoothing of the dispersion estimate per closed short window.
-const DISPERSION_ALPHA: f64 = 0.003;
 /// Snapshot layout version.
 const SNAPSHOT_VERSION: u32 = 1;
 
@@ -212,7 +210,8 @@ impl Engine {
         let windows_per_day = 86_400_000.0 / window_ms as f64;
         let alpha = 1.0 - (1.0 - rate_model.profile_alpha).powf(24.0 / windows_per_day);
         let floor = rate_model.min_hourly_rate * window_ms as f64 / 3_600_000.0;
-        state.rate.advance(ts_ms, window_ms, alpha, DISPERSION_ALPHA, floor);
+        let robust = state.has_learned(ts_ms, &rate_model.learning);
+        state.rate.advance(ts_ms, window_ms, alpha, floor, robust);
         state.auth.advance(ts_ms, model.auth_failures.window.as_millis() as i64);
         state.endpoints.advance(ts_ms, model.endpoints.mix_window.as_millis() as i64, model.endpoints.mix_min_calls as u32);
         state.geo.countries.decay_to(ts_ms, model.geo.half_life.as_millis() as i64);
@@ -343,9 +342,20 @@ fn is_id_segment(segment: &str) -> bool {
     if bytes.iter().all(u8::is_ascii_digit) {
         return true;
     }
-    bytes.len() >= 8
-        && bytes.iter().any(u8::is_ascii_digit)
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    let token_chars = bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if !token_chars {
+        return false;
+    }
+    if bytes.len() >= 8 && bytes.iter().any(u8::is_ascii_digit) {
+        return true;
+    }
+    // Prefixed random ids without digits (`vol_KTTwLGYFdxSfHB`): a long
+    // tail after the last separator mixing upper and lower case, which
+    // words in paths (`payment-methods`, `getUser`) do not.
+    let tail = segment.rsplit(['_', '-']).next().unwrap_or(segment);
+    let upper = tail.bytes().filter(u8::is_ascii_uppercase).count();
+    let lower = tail.bytes().filter(u8::is_ascii_lowercase).count();
+    tail.len() >= 10 && upper >= 2 && lower >= 2 && upper + lower == tail.len() && (tail.len() < segment.len() || upper >= 4)
 }
 
 /// Case-insensitive glob patterns (`*` matches any run of characters).
@@ -402,6 +412,8 @@ mod tests {
         assert_eq!(normalize_endpoint("/v1/users/3f2a9c1e-0b6d-4c1e-9d7a-1b2c3d4e5f60/roles", &mut scratch), "/v1/users/{id}/roles");
         assert_eq!(normalize_endpoint("/v2/items", &mut scratch), "/v2/items");
         assert_eq!(normalize_endpoint("iam:CreateAccessKey", &mut scratch), "iam:CreateAccessKey");
+        assert_eq!(normalize_endpoint("/v1/volumes/vol_KTTwLGYFdxSfHB", &mut scratch), "/v1/volumes/{id}");
+        assert_eq!(normalize_endpoint("/v1/payment-methods/getUserProfile", &mut scratch), "/v1/payment-methods/getUserProfile");
     }
 
     /// A mixed workload: several keys with history, then each misbehaving.

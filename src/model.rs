@@ -79,6 +79,9 @@ pub struct GeoModel {
     /// A location holding at least this share of the key's baseline is
     /// established: travel between established locations is not impossible.
     pub established_share: f64,
+    /// ... and has been part of it for at least this long.
+    #[serde(with = "humantime_serde_compat")]
+    pub established_after: Duration,
     /// A key whose baseline spreads over at least this many countries is
     /// global: new countries on it are low severity.
     pub global_key_countries: usize,

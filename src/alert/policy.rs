@@ -12,6 +12,11 @@ use crate::model::Model;
 /// medium: several weak signs together are worth a look.
 const CORRELATED_DETECTORS: usize = 3;
 
+/// Weak behavioural signs that correlation may raise. Geographic findings
+/// are low only when the baseline explains them (a global key, a known
+/// network, a plausible journey): correlation must not undo that.
+const ESCALATABLE: &[&str] = &["new_endpoint", "new_client", "new_asn"];
+
 /// What became of a finding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
@@ -29,6 +34,7 @@ pub fn dispose(state: &mut KeyState, mut finding: Finding, trigger_ts_ms: i64, m
     let incident_open = memory.incident_id.is_some() && trigger_ts_ms - memory.incident_last <= incident_gap_ms;
     if incident_open
         && finding.severity == Severity::Low
+        && ESCALATABLE.contains(&finding.detector)
         && memory.incident_detectors.iter().filter(|name| name.as_str() != finding.detector).count() + 1 >= CORRELATED_DETECTORS
     {
         finding.severity = Severity::Medium;

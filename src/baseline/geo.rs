@@ -67,9 +67,15 @@ impl GeoBaseline {
     }
 
     /// Whether a place (country and network) is an established part of the
-    /// key's baseline: travel between established places is habitual.
-    pub fn is_established(&self, country: Country, asn: u32, min_share: f64) -> bool {
-        self.asns.share(asn) >= min_share || (asn == 0 && self.countries.share(country_id(country)) >= min_share)
+    /// key's baseline: travel between established places is habitual. A
+    /// place must hold `min_share` of the baseline and have been in it for
+    /// `min_age_ms`, so a second party cannot establish itself in one burst.
+    pub fn is_established(&self, country: Country, asn: u32, min_share: f64, now_ms: i64, min_age_ms: i64) -> bool {
+        let (table, id) = if asn != 0 { (&self.asns, asn) } else { (&self.countries, country_id(country)) };
+        let Some(entry) = table.get(id) else {
+            return false;
+        };
+        now_ms - entry.first_ts >= min_age_ms && table.share(id) >= min_share
     }
 
     /// Countries holding at least `min_share` of the baseline.

@@ -75,9 +75,10 @@ pub struct RateBaseline {
     pub profile: [f64; 24],
     /// EWMA weight accumulated per hour (for bias correction).
     pub profile_weight: [f64; 24],
-    /// EWMA of `(count - expected)^2 / expected` over closed windows.
-    pub dispersion: f64,
-    pub dispersion_weight: f64,
+    /// EWMA of `(count - expected)^2 / expected` over closed windows, by UTC
+    /// hour (bias-corrected by `profile_weight`): a CI job that bursts at
+    /// nine every morning makes nine o'clock noisy, not the whole day.
+    pub dispersion: [f64; 24],
     pub closed_windows: u64,
     /// Thresholds for the current window, computed once when first needed.
     #[serde(skip)]
@@ -94,8 +95,7 @@ impl RateBaseline {
             recent: vec![0; windows_per_long.saturating_sub(1).max(1)],
             profile: [0.0; 24],
             profile_weight: [0.0; 24],
-            dispersion: 1.0,
-            dispersion_weight: 0.0,
+            dispersion: [0.0; 24],
             closed_windows: 0,
             spike_threshold: None,
             surge_threshold: None,
@@ -110,14 +110,34 @@ impl RateBaseline {
         learned.max(floor)
     }
 
-    /// Overdispersion (variance / mean), at least 1.
-    pub fn dispersion(&self) -> f64 {
-        if self.dispersion_weight <= 0.0 { 1.0 } else { (self.dispersion / self.dispersion_weight).max(1.0) }
+    /// Overdispersion (variance / mean) of a short window, at least 1.
+    pub fn dispersion_at(&self, window: i64, window_ms: i64) -> f64 {
+        let hour = hour_of_day(window * window_ms);
+        let weight = self.profile_weight[hour];
+        if weight <= 0.0 { 1.0 } else { (self.dispersion[hour] / weight).max(1.0) }
+    }
+
+    /// Overdispersion of the long window ending with the current window:
+    /// variances add up over the windows, as do means.
+    pub fn long_window_dispersion(&self, window_ms: i64, floor: f64) -> f64 {
+        let windows = self.recent.len() as i64;
+        let (mut variance, mut mean) = (0.0, 0.0);
+        for back in 0..=windows {
+            let window = self.window - back;
+            let expected = self.expected(window, window_ms, floor);
+            variance += expected * self.dispersion_at(window, window_ms);
+            mean += expected;
+        }
+        if mean <= 0.0 { 1.0 } else { (variance / mean).max(1.0) }
     }
 
     /// Moves to the window of `ts_ms`, closing the current and any empty ones.
     /// `alpha` is the per-window smoothing; `floor` the minimum expected count.
-    pub fn advance(&mut self, ts_ms: i64, window_ms: i64, alpha: f64, dispersion_alpha: f64, floor: f64) {
+    ///
+    /// With `robust`, a closed window counts for at most four standard
+    /// deviations above what was expected, so a burst under way does not
+    /// teach the baseline to expect it before it has been judged.
+    pub fn advance(&mut self, ts_ms: i64, window_ms: i64, alpha: f64, floor: f64, robust: bool) {
         let target = ts_ms.div_euclid(window_ms);
         if self.window == i64::MIN {
             self.window = target;
@@ -132,7 +152,7 @@ impl RateBaseline {
         for step in 0..closes {
             let window = self.window + step;
             let count = if step == 0 { self.count } else { 0 };
-            self.close_window(window, count, window_ms, alpha, dispersion_alpha, floor);
+            self.close_window(window, count, window_ms, alpha, floor, robust);
             self.recent[window.rem_euclid(slots) as usize] = count;
         }
         if gap > closes {
@@ -145,13 +165,17 @@ impl RateBaseline {
         self.surge_threshold = None;
     }
 
-    fn close_window(&mut self, window: i64, count: u32, window_ms: i64, alpha: f64, dispersion_alpha: f64, floor: f64) {
+    fn close_window(&mut self, window: i64, count: u32, window_ms: i64, alpha: f64, floor: f64, robust: bool) {
         let expected = self.expected(window, window_ms, floor);
-        let deviation = (f64::from(count) - expected).powi(2) / expected;
-        self.dispersion = (1.0 - dispersion_alpha) * self.dispersion + dispersion_alpha * deviation;
-        self.dispersion_weight = (1.0 - dispersion_alpha) * self.dispersion_weight + dispersion_alpha;
+        let observed = if robust {
+            f64::from(count).min(expected + 4.0 * (self.dispersion_at(window, window_ms) * expected).sqrt() + 1.0)
+        } else {
+            f64::from(count)
+        };
+        let deviation = (observed - expected).powi(2) / expected;
         let hour = hour_of_day(window * window_ms);
-        self.profile[hour] = (1.0 - alpha) * self.profile[hour] + alpha * f64::from(count);
+        self.dispersion[hour] = (1.0 - alpha) * self.dispersion[hour] + alpha * deviation;
+        self.profile[hour] = (1.0 - alpha) * self.profile[hour] + alpha * observed;
         self.profile_weight[hour] = (1.0 - alpha) * self.profile_weight[hour] + alpha;
         self.closed_windows += 1;
     }
@@ -197,7 +221,7 @@ mod tests {
                 let calls = if hour == 9 { 60 } else { 1 };
                 for call in 0..calls {
                     let ts = day * 86_400_000 + hour * HOUR_MS + call * (HOUR_MS / calls);
-                    rate.advance(ts, window_ms, 0.03, 0.01, 0.01);
+                    rate.advance(ts, window_ms, 0.03, 0.01, false);
                     rate.count += 1;
                 }
             }
@@ -213,11 +237,11 @@ mod tests {
         let window_ms = 1000;
         let mut rate = RateBaseline::new(4);
         for second in 0..10i64 {
-            rate.advance(second * 1000, window_ms, 0.1, 0.1, 0.1);
+            rate.advance(second * 1000, window_ms, 0.1, 0.1, false);
             rate.count += 2;
         }
         assert_eq!(rate.long_window_count(), 8);
-        rate.advance(100_000, window_ms, 0.1, 0.1, 0.1);
+        rate.advance(100_000, window_ms, 0.1, 0.1, false);
         rate.count += 1;
         assert_eq!(rate.long_window_count(), 1);
     }

@@ -55,6 +55,20 @@ fn is_global(state: &KeyState, ctx: &Context) -> bool {
     state.geo.significant_countries(0.01) >= geo_model.global_key_countries || state.geo.countries.other_share() > 0.1
 }
 
+/// Whether the key's previous located use was long enough ago to have
+/// travelled here at a plausible speed (a person on a journey rather than a
+/// second party using the key). `None` without a previous location.
+fn plausible_journey(state: &KeyState, view: &EventView, ctx: &Context) -> Option<bool> {
+    let previous = state.geo.last?;
+    if !view.geo.has_location {
+        return None;
+    }
+    let geo_model = &ctx.model.geo;
+    let distance = distance_km(previous.lat, previous.lon, view.geo.lat, view.geo.lon);
+    let hours = (view.ts_ms - previous.ts_ms).max(0) as f64 / 3_600_000.0;
+    Some(distance <= hours * geo_model.max_speed_kmh)
+}
+
 /// New country or network.
 pub fn check_new_place(state: &KeyState, view: &EventView, ctx: &Context, out: &mut Vec<Finding>) {
     if view.geo.class != NetClass::Public || !view.geo.country.is_known() {
@@ -68,8 +82,15 @@ pub fn check_new_place(state: &KeyState, view: &EventView, ctx: &Context, out: &
     let asn_saturated = state.geo.asns.evicted > 0;
     if !country_known && state.has_learned(view.ts_ms, &geo_model.new_country) {
         let global = is_global(state, ctx);
-        let asn_established = view.geo.asn != 0 && state.geo.asns.share(view.geo.asn) >= geo_model.established_share;
-        let severity = if global || asn_established { Severity::Low } else { Severity::Medium };
+        let asn_established = state.geo.is_established(
+            view.geo.country,
+            view.geo.asn,
+            geo_model.established_share,
+            view.ts_ms,
+            geo_model.established_after.as_millis() as i64,
+        ) && view.geo.asn != 0;
+        let journey = plausible_journey(state, view, ctx);
+        let severity = if global || asn_established || journey == Some(true) { Severity::Low } else { Severity::Medium };
         let names = ctx.geo.names(view.ip);
         let place = names.city.clone().map_or(view.geo.country.as_str().to_string(), |city| format!("{city}, {}", view.geo.country.as_str()));
         let summary = format!(
@@ -94,6 +115,7 @@ pub fn check_new_place(state: &KeyState, view: &EventView, ctx: &Context, out: &
                     "asn": view.geo.asn,
                     "as_org": names.org,
                     "network_known_for_key": asn_known,
+                    "reachable_since_last_use": journey,
                 },
                 "baseline": {
                     "countries": baseline_countries(state),
@@ -155,8 +177,9 @@ pub fn check_travel(state: &mut KeyState, view: &EventView, ctx: &Context, out: 
     }
     let previous_country = Country(previous.country);
     let established_share = geo_model.established_share;
-    let from_established = state.geo.is_established(previous_country, previous.asn, established_share);
-    let to_established = state.geo.is_established(view.geo.country, view.geo.asn, established_share);
+    let min_age_ms = geo_model.established_after.as_millis() as i64;
+    let from_established = state.geo.is_established(previous_country, previous.asn, established_share, view.ts_ms, min_age_ms);
+    let to_established = state.geo.is_established(view.geo.country, view.geo.asn, established_share, view.ts_ms, min_age_ms);
     if from_established && to_established {
         // Both places are habitual for this key (multi-region service,
         // corporate VPN egress): not travel at all.
@@ -294,7 +317,9 @@ mod tests {
         let mut engine = new_engine();
         let mut events = history("AKIAGEOTEST000000005", "london", 5, 12, ENDPOINTS);
         let last = events.last().unwrap().ts_ms;
-        events.push(event(last + 3 * HOUR, "AKIAGEOTEST000000005", ip("paris", 1), "/v1/orders", 200));
+        // Paris ten minutes after London: too close for impossible travel,
+        // too fast for a journey.
+        events.push(event(last + 10 * 60_000, "AKIAGEOTEST000000005", ip("paris", 1), "/v1/orders", 200));
         let found = alerts(&mut engine, &events);
         let new_country = of(&found, "new_country");
         assert_eq!(new_country.len(), 1, "{found:#?}");
@@ -310,6 +335,19 @@ mod tests {
         let new_country = of(&found, "new_country");
         assert_eq!(new_country.len(), 1, "{found:#?}");
         assert_eq!(new_country[0].severity, Severity::Low);
+    }
+
+    #[test]
+    fn a_journey_at_plausible_speed_is_low() {
+        let mut engine = new_engine();
+        let mut events = history("AKIAGEOTEST000000008", "london", 5, 12, ENDPOINTS);
+        let last = events.last().unwrap().ts_ms;
+        events.push(event(last + 30 * HOUR, "AKIAGEOTEST000000008", ip("sydney", 1), "/v1/orders", 200));
+        let found = alerts(&mut engine, &events);
+        let new_country = of(&found, "new_country");
+        assert_eq!(new_country.len(), 1, "{found:#?}");
+        assert_eq!(new_country[0].severity, Severity::Low);
+        assert_eq!(new_country[0].evidence["observed"]["reachable_since_last_use"], true);
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub fn check_rate(state: &mut KeyState, view: &EventView, ctx: &Context, out: &m
     let count = u64::from(state.rate.count);
     if count >= rate_model.min_spike_count {
         let expected = state.rate.expected(state.rate.window, window_ms, floor);
-        let dispersion = state.rate.dispersion();
+        let dispersion = state.rate.dispersion_at(state.rate.window, window_ms);
         let threshold = *state
             .rate
             .spike_threshold
@@ -74,9 +74,7 @@ pub fn check_rate(state: &mut KeyState, view: &EventView, ctx: &Context, out: &m
     if long_count >= rate_model.min_surge_count {
         let expected = state.rate.long_window_expected(window_ms, floor);
         let windows = state.rate.recent.len() as f64 + 1.0;
-        let dispersion = state.rate.dispersion();
-        // Counts summed over independent windows keep the per-window
-        // dispersion; the mean adds up.
+        let dispersion = state.rate.long_window_dispersion(window_ms, floor);
         let threshold = *state
             .rate
             .surge_threshold
