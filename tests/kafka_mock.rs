@@ -72,10 +72,7 @@ async fn alerts_and_dead_letters_flow_through_the_keyed_pipeline() {
 
     let (progress, cancel, handle) = start(&config);
     let ends = end_offsets(&brokers, &input);
-    wait_until("the keyed stage to commit the whole input", CATCH_UP, || {
-        caught_up(&progress, "keyed", &input, &ends)
-    })
-    .await;
+    wait_caught_up(&[&progress], "keyed", &input, &ends, CATCH_UP).await;
     cancel.cancel();
     let summary = handle.await.expect("task").expect("clean shutdown");
 
@@ -166,15 +163,9 @@ async fn unkeyed_input_is_repartitioned_by_fingerprint() {
 
     let (progress, cancel, handle) = start(&config);
     let input_ends = end_offsets(&brokers, &input);
-    wait_until("the repartition stage to commit the input", CATCH_UP, || {
-        caught_up(&progress, "repartition", &input, &input_ends)
-    })
-    .await;
+    wait_caught_up(&[&progress], "repartition", &input, &input_ends, CATCH_UP).await;
     let repartition_ends = end_offsets(&brokers, &repartition);
-    wait_until("the keyed stage to commit the repartition topic", CATCH_UP, || {
-        caught_up(&progress, "keyed", &repartition, &repartition_ends)
-    })
-    .await;
+    wait_caught_up(&[&progress], "keyed", &repartition, &repartition_ends, CATCH_UP).await;
     cancel.cancel();
     let summary = handle.await.expect("task").expect("clean shutdown");
 
@@ -204,5 +195,174 @@ async fn unkeyed_input_is_repartitioned_by_fingerprint() {
         dead_letters.len(),
         landed.len() - valid,
         "stage one dead-letters the junk"
+    );
+}
+
+/// Waits, polling often, until an instance has processed at least `records`.
+async fn wait_for_records(progress: &Progress, records: u64) {
+    let deadline = std::time::Instant::now() + CATCH_UP;
+    while progress.snapshot().records < records {
+        assert!(std::time::Instant::now() < deadline, "the pipeline made no progress");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Stops a pipeline task without a clean shutdown: no final batch, no
+/// final checkpoint, no final commit.
+async fn kill(handle: JoinHandle<Result<RunSummary, keywatch::pipeline::PipelineError>>) {
+    handle.abort();
+    let _ = handle.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_and_restart_loses_no_alert() {
+    init_logging();
+    let mut config = test_config("unused", "crash", true, "");
+    let cluster = mock_cluster(&config);
+    let brokers = cluster.bootstrap_servers();
+    {
+        let kafka = config.kafka.as_mut().unwrap();
+        kafka.brokers = brokers.clone();
+        kafka.batch_max_events = 20;
+        kafka.checkpoint_interval = Duration::from_millis(100);
+    }
+    let input = input_topic(&config);
+    let records = travel_scenario(12, 16, 25);
+    let landed = produce(&brokers, &input, &records, Placement::KeyedByKeyId).await;
+    let expected = reference_alert_ids(&landed, true);
+    assert!(expected.len() >= 6);
+    let total = landed.len() as u64;
+
+    let (first, _first_cancel, first_handle) = start(&config);
+    wait_for_records(&first, total / 3).await;
+    kill(first_handle).await;
+    let before_crash = first.snapshot();
+    assert!(before_crash.records < total, "killed mid-stream, not after the end");
+    assert!(
+        before_crash.checkpoints > 0,
+        "some state was checkpointed before the crash"
+    );
+
+    let (second, cancel, handle) = start(&config);
+    let ends = end_offsets(&brokers, &input);
+    wait_caught_up(&[&second], "keyed", &input, &ends, CATCH_UP).await;
+    cancel.cancel();
+    let after = handle.await.expect("task").expect("clean shutdown");
+    assert!(
+        after.records < total,
+        "the restart resumed from checkpoints, it did not start over"
+    );
+
+    let alerts = read_alerts(&brokers, &kafka(&config).alerts_topic);
+    let ids: BTreeSet<String> = alerts.iter().map(|alert| alert.id.clone()).collect();
+    assert_eq!(
+        ids, expected,
+        "after dropping repeats, every alert of an uninterrupted run, no other"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_surviving_member_takes_over_partitions_with_their_state() {
+    let mut config = test_config("unused", "takeover", true, "");
+    let cluster = mock_cluster(&config);
+    let brokers = cluster.bootstrap_servers();
+    {
+        let kafka = config.kafka.as_mut().unwrap();
+        kafka.brokers = brokers.clone();
+        kafka.batch_max_events = 20;
+    }
+    let input = input_topic(&config);
+    let records = travel_scenario(12, 16, 0);
+    let split = records.len() * 2 / 5;
+    let mut landed = produce(&brokers, &input, &records[..split], Placement::KeyedByKeyId).await;
+
+    let mut config_a = config.clone();
+    config_a.kafka.as_mut().unwrap().instance_id = Some("a".into());
+    let mut config_b = config.clone();
+    config_b.kafka.as_mut().unwrap().instance_id = Some("b".into());
+    let (survivor, survivor_cancel, survivor_handle) = start(&config_a);
+    let (victim, _victim_cancel, victim_handle) = start(&config_b);
+
+    let first_ends = end_offsets(&brokers, &input);
+    wait_until("both members to share the first part", CATCH_UP, || {
+        let owned = |progress: &Progress| {
+            progress
+                .snapshot()
+                .assigned
+                .get("keyed")
+                .is_some_and(|partitions| !partitions.is_empty())
+        };
+        owned(&survivor)
+            && owned(&victim)
+            && first_ends.iter().all(|(partition, end)| {
+                *end == 0 || committed_anywhere(&[&survivor, &victim], "keyed", &input, *partition) == Some(*end)
+            })
+    })
+    .await;
+    let victim_partitions = victim.snapshot().assigned["keyed"].clone();
+    let victim_records = victim.snapshot().records;
+    assert!(victim_records > 0, "the member to be stopped did work");
+
+    landed.extend(produce(&brokers, &input, &records[split..], Placement::KeyedByKeyId).await);
+    wait_for_records(&victim, victim_records + 5).await;
+    kill(victim_handle).await;
+
+    let ends = end_offsets(&brokers, &input);
+    wait_caught_up(&[&survivor], "keyed", &input, &ends, CATCH_UP).await;
+    let owned_at_end = survivor.snapshot().assigned["keyed"].clone();
+    survivor_cancel.cancel();
+    survivor_handle.await.expect("task").expect("clean shutdown");
+    for partition in &victim_partitions {
+        assert!(owned_at_end.contains(partition), "{partition} moved to the survivor");
+    }
+
+    let expected = reference_alert_ids(&landed, true);
+    assert!(expected.len() >= 6);
+    let alerts = read_alerts(&brokers, &kafka(&config).alerts_topic);
+    let ids: BTreeSet<String> = alerts.iter().map(|alert| alert.id.clone()).collect();
+    assert_eq!(ids, expected, "no alert lost or invented across the takeover");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_mode_repeats_nothing_across_a_crash() {
+    let mut config = test_config("unused", "eos", true, "");
+    let cluster = mock_cluster(&config);
+    let brokers = cluster.bootstrap_servers();
+    {
+        let kafka = config.kafka.as_mut().unwrap();
+        kafka.brokers = brokers.clone();
+        kafka.batch_max_events = 20;
+        kafka.exactly_once = true;
+        kafka.instance_id = Some("eos-1".into());
+    }
+    let input = input_topic(&config);
+    let records = travel_scenario(10, 16, 30);
+    let landed = produce(&brokers, &input, &records, Placement::KeyedByKeyId).await;
+    let expected = reference_alert_ids(&landed, true);
+    let total = landed.len() as u64;
+
+    let (first, _first_cancel, first_handle) = start(&config);
+    wait_for_records(&first, total / 3).await;
+    kill(first_handle).await;
+    assert!(first.snapshot().records < total, "killed mid-stream");
+
+    // The same instance id: the restart fences the dead producer and aborts
+    // its open transaction.
+    let (second, cancel, handle) = start(&config);
+    let ends = end_offsets(&brokers, &input);
+    wait_caught_up(&[&second], "keyed", &input, &ends, CATCH_UP).await;
+    cancel.cancel();
+    handle.await.expect("task").expect("clean shutdown");
+
+    let alerts = read_alerts(&brokers, &kafka(&config).alerts_topic);
+    let ids: BTreeSet<String> = alerts.iter().map(|alert| alert.id.clone()).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(alerts.len(), ids.len(), "committed outputs hold no repeat");
+    let dead_letters = read_topic(&brokers, &kafka(&config).dead_letter_topic);
+    let malformed = landed.iter().filter(|record| record.record.malformed).count();
+    assert_eq!(
+        dead_letters.len(),
+        malformed,
+        "each malformed record dead-lettered exactly once"
     );
 }

@@ -172,6 +172,13 @@ impl<S: Stage> Driver<S> {
             self.stage.process(&records, &mut self.outbox)?;
             Progress::add(&self.progress.batches, 1);
         }
+        tracing::debug!(
+            stage = self.stage.name(),
+            records = records.len(),
+            outputs = self.outbox.len(),
+            final_flush = kind == Flush::Final,
+            "flushing a batch"
+        );
         let checkpoint_due = self.settings.exactly_once
             || kind == Flush::Final
             || self.last_checkpoint.elapsed() >= self.settings.checkpoint_interval;
@@ -205,6 +212,11 @@ impl<S: Stage> Driver<S> {
         }
         self.deliver().await?;
         let offsets = self.stage.offsets_to_commit();
+        tracing::debug!(
+            stage = self.stage.name(),
+            partitions = offsets.len(),
+            "delivered; committing"
+        );
         if offsets.is_empty() {
             return Ok(());
         }

@@ -186,6 +186,11 @@ impl Stage for KeyedStage {
 
     fn assigned(&mut self, partitions: Vec<AssignedPartition>) {
         let ids: Vec<PartitionId> = partitions.iter().map(|partition| partition.id.clone()).collect();
+        let committed: Vec<(PartitionId, i64)> = partitions
+            .iter()
+            .filter_map(|partition| Some((partition.id.clone(), partition.committed?)))
+            .collect();
+        self.progress.record_commit(self.name(), &committed);
         for partition in partitions {
             let mut engine = Engine::new(Arc::clone(&self.model), Arc::clone(&self.geo));
             let (next_offset, generation) = match partition.checkpoint {

@@ -48,9 +48,14 @@ impl Stage for RepartitionStage {
     }
 
     fn assigned(&mut self, partitions: Vec<AssignedPartition>) {
-        let ids: Vec<PartitionId> = partitions.into_iter().map(|partition| partition.id).collect();
-        for id in &ids {
-            self.partitions.insert(id.clone(), (None, None));
+        let ids: Vec<PartitionId> = partitions.iter().map(|partition| partition.id.clone()).collect();
+        let committed: Vec<(PartitionId, i64)> = partitions
+            .iter()
+            .filter_map(|partition| Some((partition.id.clone(), partition.committed?)))
+            .collect();
+        self.progress.record_commit(self.name(), &committed);
+        for partition in partitions {
+            self.partitions.insert(partition.id, (None, partition.committed));
         }
         self.progress.record_assignment(self.name(), &ids, true);
     }

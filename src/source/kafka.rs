@@ -195,17 +195,7 @@ impl GroupContext {
     fn assign(&self, consumer: &GroupConsumer, partitions: &mut TopicPartitionList) {
         let ids = partition_ids(partitions);
         tracing::info!(group = %self.group_id, partitions = %describe(&ids), "partitions assigned");
-        let restored = match &self.restore {
-            RestoreFrom::Nothing => Ok(ids
-                .iter()
-                .map(|id| AssignedPartition {
-                    id: id.clone(),
-                    checkpoint: None,
-                    committed: None,
-                })
-                .collect::<Vec<_>>()),
-            RestoreFrom::Changelog(kafka) => restore_partitions(kafka, consumer, partitions, &ids),
-        };
+        let restored = restore_partitions(&self.restore, consumer, partitions, &ids);
         match restored {
             Ok(assigned) => {
                 for partition in &assigned {
@@ -270,18 +260,22 @@ impl GroupContext {
     }
 }
 
-/// Reads the checkpoints and committed offsets of newly assigned partitions.
+/// Reads the committed offsets and, when restoring from a changelog, the
+/// checkpoints of newly assigned partitions.
 fn restore_partitions(
-    kafka: &KafkaConfig,
+    restore: &RestoreFrom,
     consumer: &GroupConsumer,
     partitions: &TopicPartitionList,
     ids: &[PartitionId],
 ) -> Result<Vec<AssignedPartition>, KafkaSourceError> {
     let started = Instant::now();
-    let mut checkpoints = read_checkpoints(kafka, ids).map_err(|source| KafkaSourceError::Restore {
-        partitions: describe(ids),
-        source: Box::new(source),
-    })?;
+    let mut checkpoints = match restore {
+        RestoreFrom::Nothing => BTreeMap::new(),
+        RestoreFrom::Changelog(kafka) => read_checkpoints(kafka, ids).map_err(|source| KafkaSourceError::Restore {
+            partitions: describe(ids),
+            source: Box::new(source),
+        })?,
+    };
     let committed: HashMap<(String, i32), Offset> =
         match consumer.committed_offsets(partitions.clone(), METADATA_TIMEOUT) {
             Ok(list) => list.to_topic_map(),

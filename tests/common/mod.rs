@@ -476,3 +476,51 @@ pub fn committed_anywhere(progresses: &[&Progress], stage: &str, topic: &str, pa
         .filter_map(|progress| progress.committed_offset(stage, &PartitionId::new(topic, partition)))
         .max()
 }
+
+/// Logs to the test output when `KEYWATCH_LOG` is set (e.g. `keywatch=debug`).
+pub fn init_logging() {
+    if let Ok(filter) = std::env::var("KEYWATCH_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Waits until the instances together have committed every partition of
+/// `topic` up to `ends`; on timeout says which partitions lag.
+pub async fn wait_caught_up(
+    progresses: &[&Progress],
+    stage: &str,
+    topic: &str,
+    ends: &BTreeMap<i32, i64>,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let lagging: Vec<(i32, Option<i64>, i64)> = ends
+            .iter()
+            .filter(|(_, end)| **end > 0)
+            .map(|(partition, end)| {
+                (
+                    *partition,
+                    committed_anywhere(progresses, stage, topic, *partition),
+                    *end,
+                )
+            })
+            .filter(|(_, committed, end)| *committed != Some(*end))
+            .collect();
+        if lagging.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{stage} stage did not catch up on {topic}: (partition, committed, end) {lagging:?}; progress {:?}",
+            progresses
+                .iter()
+                .map(|progress| progress.snapshot())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
