@@ -31,6 +31,7 @@ pub mod generate;
 pub mod model;
 pub mod pipeline;
 pub mod replay;
+pub mod replay_kafka;
 pub mod runtime;
 pub mod sink;
 pub mod source;

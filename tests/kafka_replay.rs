@@ -1,0 +1,218 @@
+//! `replay_from_kafka` against librdkafka's mock cluster: the same alerts as
+//! a reference run, rejected records in `rejected.jsonl`, a time range, a
+//! start from a snapshot saved by `keywatch run`, and producing replayed
+//! alerts to a side topic but never to a live one. The mock cluster cannot
+//! look offsets up by timestamp, which exercises the fallback scan.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use keywatch::alert::Alert;
+use keywatch::config::Config;
+use keywatch::pipeline::Pipeline;
+use keywatch::replay_kafka::{ReplayKafkaError, ReplayKafkaOptions, replay_from_kafka};
+use keywatch::state::read_snapshot_file;
+use rdkafka::mocking::MockCluster;
+use tokio_util::sync::CancellationToken;
+
+const PARTITIONS: i32 = 3;
+
+fn cluster_for(
+    config: &mut Config,
+    extra_topics: &[&str],
+) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    for topic in topics_of(config)
+        .iter()
+        .map(String::as_str)
+        .chain(extra_topics.iter().copied())
+    {
+        cluster.create_topic(topic, PARTITIONS, 1).expect("topic");
+    }
+    config.kafka.as_mut().unwrap().brokers = cluster.bootstrap_servers();
+    cluster
+}
+
+fn options(out_dir: &Path) -> ReplayKafkaOptions {
+    ReplayKafkaOptions {
+        start_ms: None,
+        end_ms: None,
+        out_dir: out_dir.to_path_buf(),
+        snapshot: None,
+        to_topic: None,
+        batch_size: 64,
+    }
+}
+
+fn alert_ids(dir: &Path) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(dir.join("alerts.jsonl")).expect("alerts.jsonl");
+    text.lines()
+        .map(|line| serde_json::from_str::<Alert>(line).expect("an alert per line").id)
+        .collect()
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).expect("file").lines().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_matches_a_reference_run_and_writes_the_three_files() {
+    let mut config = test_config("unused", "replay", true, "");
+    let _cluster = cluster_for(&mut config, &["replay-side"]);
+    let brokers = config.kafka.as_ref().unwrap().brokers.clone();
+    let input = config.kafka.as_ref().unwrap().input_topics[0].clone();
+    let records = travel_scenario(8, 10, 12);
+    let landed = produce(&brokers, &input, &records, Placement::KeyedByKeyId).await;
+    let expected = reference_alert_ids(&landed, true);
+    assert!(expected.len() >= 4);
+    let malformed = landed.iter().filter(|record| record.record.malformed).count();
+
+    let whole = tempfile::tempdir().unwrap();
+    let mut side = options(whole.path());
+    side.to_topic = Some("replay-side".into());
+    let (config_for_replay, out) = (config.clone(), side.clone());
+    let summary = tokio::task::spawn_blocking(move || replay_from_kafka(&config_for_replay, model(), geo(), &out))
+        .await
+        .unwrap()
+        .expect("replay");
+    assert_eq!(alert_ids(whole.path()), expected);
+    assert_eq!(summary.alerts as usize, lines(&whole.path().join("alerts.jsonl")));
+    assert_eq!(
+        summary.revocations as usize,
+        lines(&whole.path().join("revocations.jsonl"))
+    );
+    assert_eq!(lines(&whole.path().join("rejected.jsonl")), malformed);
+    assert_eq!(summary.records as usize, landed.len());
+    let rejected: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(whole.path().join("rejected.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        rejected["source"]["topic"],
+        input.as_str(),
+        "rejections say where the record is"
+    );
+    let produced: BTreeSet<String> = read_alerts(&brokers, "replay-side")
+        .into_iter()
+        .map(|alert| alert.id)
+        .collect();
+    assert_eq!(produced, expected, "alerts also produced to the side topic");
+    assert!(
+        read_topic(&brokers, &config.kafka.as_ref().unwrap().alerts_topic).is_empty(),
+        "live topic untouched"
+    );
+
+    // A range: only the events in it reach the engine, however the start
+    // offset was found.
+    let start_ms = T0_MS + DAY_MS;
+    let end_ms = T0_MS + 2 * DAY_MS;
+    let in_range = landed
+        .iter()
+        .filter(|record| !record.record.malformed)
+        .filter(|record| {
+            let value: serde_json::Value = serde_json::from_str(&record.record.payload).unwrap();
+            let ts = chrono::DateTime::parse_from_rfc3339(value["ts"].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis();
+            (start_ms..end_ms).contains(&ts)
+        })
+        .count();
+    let ranged = tempfile::tempdir().unwrap();
+    let mut window = options(ranged.path());
+    window.start_ms = Some(start_ms);
+    window.end_ms = Some(end_ms);
+    let config_for_replay = config.clone();
+    let summary = tokio::task::spawn_blocking(move || replay_from_kafka(&config_for_replay, model(), geo(), &window))
+        .await
+        .unwrap()
+        .expect("replay of a range");
+    assert_eq!(summary.events_in_range as usize, in_range);
+    assert!(in_range > 0 && in_range < landed.len() - malformed);
+
+    let mut live = options(ranged.path());
+    live.to_topic = Some(config.kafka.as_ref().unwrap().alerts_topic.clone());
+    let refused = replay_from_kafka(&config, model(), geo(), &live);
+    assert!(matches!(refused, Err(ReplayKafkaError::LiveTopic(_))), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_continues_from_a_snapshot_saved_by_run() {
+    let mut config = test_config("unused", "snap", true, "");
+    let _cluster = cluster_for(&mut config, &[]);
+    let brokers = config.kafka.as_ref().unwrap().brokers.clone();
+    let input = config.kafka.as_ref().unwrap().input_topics[0].clone();
+    let records = travel_scenario(8, 10, 0);
+    // The first two days, then the rest: the travel happens late on day three.
+    let split = records
+        .iter()
+        .position(|record| record.payload.contains("2026-03-04T"))
+        .expect("a third day");
+    let first = produce(&brokers, &input, &records[..split], Placement::KeyedByKeyId).await;
+
+    let snapshot_dir = tempfile::tempdir().unwrap();
+    let pipeline = Pipeline::new(config.clone(), model(), geo())
+        .unwrap()
+        .save_snapshot_to(snapshot_dir.path().to_path_buf());
+    let progress = pipeline.progress();
+    let cancel = CancellationToken::new();
+    let handle = tokio::spawn(pipeline.run(cancel.clone()));
+    let ends = end_offsets(&brokers, &input);
+    wait_caught_up(&[&progress], "keyed", &input, &ends, Duration::from_secs(90)).await;
+    cancel.cancel();
+    handle.await.unwrap().expect("clean shutdown");
+    let snapshot_path = snapshot_dir.path().join("snapshot.json");
+    let snapshot = read_snapshot_file(&snapshot_path).expect("snapshot written on shutdown");
+    for (partition, end) in ends.iter().filter(|(_, end)| **end > 0) {
+        let saved = &snapshot[&keywatch::state::PartitionId::new(&input, *partition)];
+        assert_eq!(saved.next_offset, *end, "the snapshot covers everything processed");
+    }
+
+    let mut all = first.clone();
+    all.extend(produce(&brokers, &input, &records[split..], Placement::KeyedByKeyId).await);
+    let expected: BTreeSet<String> = reference_alert_ids(&all, true)
+        .difference(&reference_alert_ids(&first, true))
+        .cloned()
+        .collect();
+    assert!(!expected.is_empty(), "the travel comes after the snapshot");
+
+    let from_snapshot = tempfile::tempdir().unwrap();
+    let mut resumed = options(from_snapshot.path());
+    resumed.snapshot = Some(snapshot_path);
+    let config_for_replay = config.clone();
+    let summary = tokio::task::spawn_blocking(move || replay_from_kafka(&config_for_replay, model(), geo(), &resumed))
+        .await
+        .unwrap()
+        .expect("replay from a snapshot");
+    assert_eq!(
+        alert_ids(from_snapshot.path()),
+        expected,
+        "state carried over from the snapshot"
+    );
+    assert_eq!(
+        summary.records as usize,
+        records.len() - split,
+        "only what the snapshot had not seen"
+    );
+
+    let from_empty = tempfile::tempdir().unwrap();
+    let mut cold = options(from_empty.path());
+    cold.start_ms = Some(T0_MS + 2 * DAY_MS);
+    let config_for_replay = config.clone();
+    tokio::task::spawn_blocking(move || replay_from_kafka(&config_for_replay, model(), geo(), &cold))
+        .await
+        .unwrap()
+        .expect("replay from empty state");
+    assert_ne!(
+        alert_ids(from_empty.path()),
+        expected,
+        "without the snapshot the baseline is missing"
+    );
+}
