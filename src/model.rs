@@ -82,6 +82,10 @@ pub struct GeoModel {
     /// ... and has been part of it for at least this long.
     #[serde(with = "humantime_serde_compat")]
     pub established_after: Duration,
+    /// Concurrent use of one provider's network (the same ASN) from two
+    /// distant regions is a cutover until it lasts this long.
+    #[serde(with = "humantime_serde_compat")]
+    pub same_network_overlap: Duration,
     /// A key whose baseline spreads over at least this many countries is
     /// global: new countries on it are low severity.
     pub global_key_countries: usize,

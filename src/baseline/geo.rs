@@ -25,6 +25,10 @@ pub struct GeoBaseline {
     /// Countries by `u16::from_be_bytes(code)`.
     pub countries: TopK,
     pub asns: TopK,
+    /// Places: a network in a country (`place_id`). A cloud provider the key
+    /// uses in Paris says nothing about the same provider in Tel Aviv.
+    #[serde(default)]
+    pub places: TopK,
     pub last: Option<Located>,
     /// Located uses counted.
     pub located: u64,
@@ -34,6 +38,12 @@ pub struct GeoBaseline {
 
 pub fn country_id(country: Country) -> u32 {
     u32::from(u16::from_be_bytes(country.0))
+}
+
+/// Id of a (country, network) place.
+pub fn place_id(country: Country, asn: u32) -> u32 {
+    let mixed = (u64::from(country_id(country)) << 32 | u64::from(asn)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 32) as u32
 }
 
 pub fn country_from_id(id: u32) -> Country {
@@ -52,6 +62,10 @@ impl GeoBaseline {
         if geo.asn != 0 {
             self.asns.add(geo.asn, ts_ms, max_asns);
         }
+        if geo.country.is_known() || geo.asn != 0 {
+            self.places.decay_to(ts_ms, half_life_ms);
+            self.places.add(place_id(geo.country, geo.asn), ts_ms, max_asns);
+        }
         if geo.has_location {
             self.located += 1;
             self.last = Some(Located {
@@ -66,16 +80,19 @@ impl GeoBaseline {
         }
     }
 
-    /// Whether a place (country and network) is an established part of the
-    /// key's baseline: travel between established places is habitual. A
-    /// place must hold `min_share` of the baseline and have been in it for
-    /// `min_age_ms`, so a second party cannot establish itself in one burst.
+    /// Whether a place (a network in a country) is an established part of
+    /// the key's baseline: travel between established places is habitual. A
+    /// place is established when it holds `min_share` of the baseline, or
+    /// its country does and the key already used this network there (a
+    /// second carrier at home); it must have been in the baseline for
+    /// `min_age_ms` either way, so a second party cannot establish itself in
+    /// one burst.
     pub fn is_established(&self, country: Country, asn: u32, min_share: f64, now_ms: i64, min_age_ms: i64) -> bool {
-        let (table, id) = if asn != 0 { (&self.asns, asn) } else { (&self.countries, country_id(country)) };
-        let Some(entry) = table.get(id) else {
-            return false;
-        };
-        now_ms - entry.first_ts >= min_age_ms && table.share(id) >= min_share
+        let settled = |table: &TopK, id: u32| table.get(id).is_some_and(|entry| now_ms - entry.first_ts >= min_age_ms);
+        let country_established =
+            settled(&self.countries, country_id(country)) && self.countries.share(country_id(country)) >= min_share;
+        let place = place_id(country, asn);
+        settled(&self.places, place) && (self.places.share(place) >= min_share || country_established)
     }
 
     /// Countries holding at least `min_share` of the baseline.

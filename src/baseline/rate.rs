@@ -167,13 +167,20 @@ impl RateBaseline {
 
     fn close_window(&mut self, window: i64, count: u32, window_ms: i64, alpha: f64, floor: f64, robust: bool) {
         let expected = self.expected(window, window_ms, floor);
-        let observed = if robust {
-            f64::from(count).min(expected + 4.0 * (self.dispersion_at(window, window_ms) * expected).sqrt() + 1.0)
-        } else {
-            f64::from(count)
-        };
-        let deviation = (observed - expected).powi(2) / expected;
         let hour = hour_of_day(window * window_ms);
+        let observed = f64::from(count);
+        let limit = expected + 4.0 * (self.dispersion_at(window, window_ms) * expected).sqrt() + 1.0;
+        if robust && observed > limit {
+            // An outlier: it moves the profile only a tenth as fast, toward
+            // the limit, and leaves the dispersion alone, so an anomaly under
+            // way is judged against the key's usual self rather than
+            // against itself; a lasting change of level still gets learned.
+            let slow = alpha / 10.0;
+            self.profile[hour] = (1.0 - slow) * self.profile[hour] + slow * limit * self.profile_weight[hour];
+            self.closed_windows += 1;
+            return;
+        }
+        let deviation = (observed - expected).powi(2) / expected;
         self.dispersion[hour] = (1.0 - alpha) * self.dispersion[hour] + alpha * deviation;
         self.profile[hour] = (1.0 - alpha) * self.profile[hour] + alpha * observed;
         self.profile_weight[hour] = (1.0 - alpha) * self.profile_weight[hour] + alpha;

@@ -14,6 +14,8 @@ use crate::event::format_ts;
 const CONCURRENT_WINDOW_MS: i64 = 6 * 3_600_000;
 /// Jumps that make concurrent use.
 const CONCURRENT_JUMPS: usize = 3;
+/// Jump times kept per key.
+const MAX_JUMPS_KEPT: usize = 64;
 
 fn baseline_countries(state: &KeyState) -> String {
     let total = state.geo.countries.total();
@@ -82,13 +84,13 @@ pub fn check_new_place(state: &KeyState, view: &EventView, ctx: &Context, out: &
     let asn_saturated = state.geo.asns.evicted > 0;
     if !country_known && state.has_learned(view.ts_ms, &geo_model.new_country) {
         let global = is_global(state, ctx);
-        let asn_established = state.geo.is_established(
-            view.geo.country,
-            view.geo.asn,
-            geo_model.established_share,
-            view.ts_ms,
-            geo_model.established_after.as_millis() as i64,
-        ) && view.geo.asn != 0;
+        // The key's own provider in a new country: a new region of a
+        // deployment, a VPN exit; not a second party by itself.
+        let asn_established = view.geo.asn != 0
+            && state.geo.asns.get(view.geo.asn).is_some_and(|entry| {
+                view.ts_ms - entry.first_ts >= geo_model.established_after.as_millis() as i64
+                    && state.geo.asns.share(view.geo.asn) >= geo_model.established_share
+            });
         let journey = plausible_journey(state, view, ctx);
         let severity = if global || asn_established || journey == Some(true) { Severity::Low } else { Severity::Medium };
         let names = ctx.geo.names(view.ip);
@@ -187,7 +189,18 @@ pub fn check_travel(state: &mut KeyState, view: &EventView, ctx: &Context, out: 
     }
     state.geo.jumps.retain(|ts| view.ts_ms - *ts <= CONCURRENT_WINDOW_MS);
     state.geo.jumps.push(view.ts_ms);
+    if state.geo.jumps.len() > MAX_JUMPS_KEPT {
+        // The first jump dates the episode; the count only needs to be large.
+        state.geo.jumps.remove(1);
+    }
     let global = is_global(state, ctx);
+    // One provider's network in two regions at once is what a deployment
+    // does while it moves between regions; only an overlap that lasts longer
+    // than a cutover says the key was copied.
+    let same_network = previous.asn != 0 && previous.asn == view.geo.asn;
+    let episode_ms = view.ts_ms - state.geo.jumps[0];
+    let overlap_ms = geo_model.same_network_overlap.as_millis() as i64;
+    let concurrent = state.geo.jumps.len() >= CONCURRENT_JUMPS && !global && (!same_network || episode_ms >= overlap_ms);
     let names_now = ctx.geo.names(view.ip);
     let names_before = ctx.geo.names(previous.ip);
     let place = |names: &crate::enrich::GeoNames, country: &str| {
@@ -218,24 +231,26 @@ pub fn check_travel(state: &mut KeyState, view: &EventView, ctx: &Context, out: 
         "max_speed_kmh": geo_model.max_speed_kmh,
         "baseline": {"countries": baseline_countries(state), "networks": baseline_asns(state)},
         "recent_jumps": state.geo.jumps.len(),
+        "same_network": same_network,
+        "episode_s": episode_ms / 1000,
     });
-    if state.geo.jumps.len() >= CONCURRENT_JUMPS && !global {
+    if concurrent {
         out.push(Finding {
             detector: "concurrent_use",
             severity: Severity::Critical,
             score: 0.99,
             window_start_ms: state.geo.jumps[0],
             summary: format!(
-                "key used alternately from {place_before} and {place_now}, {:.0} km apart, {} jumps in {}h",
+                "key used alternately from {place_before} and {place_now}, {:.0} km apart, {} jumps in {}",
                 distance,
                 state.geo.jumps.len(),
-                CONCURRENT_WINDOW_MS / 3_600_000
+                humantime::format_duration(std::time::Duration::from_secs((episode_ms / 1000).max(0) as u64))
             ),
             evidence,
         });
         return;
     }
-    let severity = if global { Severity::Low } else { Severity::High };
+    let severity = if global || same_network { Severity::Low } else { Severity::High };
     out.push(Finding {
         detector: "impossible_travel",
         severity,
