@@ -139,7 +139,7 @@ mod tests {
         let found = alerts(&mut engine, &events);
         let spikes = of(&found, "rate_spike");
         assert_eq!(spikes.len(), 1, "{found:#?}");
-        assert!(spikes[0].evidence["observed"]["calls"].as_u64().unwrap() >= 20);
+        assert!(spikes[0].evidence["observed"]["calls"].as_u64().unwrap() >= 12);
         assert!(spikes[0].evidence["p_value"].as_f64().unwrap() < 1e-7);
     }
 
