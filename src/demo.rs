@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::alert::{Alert, RevocationRequest, Severity};
 use crate::config::Config;
 use crate::enrich::GeoIp;
-use crate::eval::{RunMeta, ScoreOptions, Scorecard, render_table, score};
+use crate::eval::{RunMeta, ScoreOptions, Scorecard, score};
 use crate::event::format_ts;
 use crate::generate::{GenerateConfig, GenerateError, Generation};
 use crate::model::Model;
@@ -136,18 +136,18 @@ enum Seen {
 pub fn run_cli(args: &DemoArgs) -> Result<(), DemoError> {
     let report = run_demo(args)?;
     println!();
-    println!("{}", render_table(&report.scorecard));
+    print!("{}", render_scorecard(&report.scorecard));
     println!(
-        "processed {} of {} records ({} events, {} malformed to the dead-letter topic) in {:.0}s",
-        report.processed_records, report.produced, report.processed_events, report.dead_letters, report.wall_seconds
+        "processed {} of {} records in {:.0}s ({} malformed: dead-letter topic)",
+        report.processed_records, report.produced, report.wall_seconds, report.dead_letters
     );
     println!(
-        "read back {} alerts, {} revocation requests and {} dead letters from their topics",
+        "read back {} alerts, {} revocation requests, {} dead letters",
         report.alerts_on_topic, report.revocations_on_topic, report.dead_letters_on_topic
     );
     let out = args.out.display();
-    println!("wrote {out}/alerts.jsonl, {out}/revocations.jsonl, {out}/rejected.jsonl, {out}/scorecard.json");
-    println!("labels in {out}/labels.jsonl; rescore with: keywatch eval --alerts {out}/alerts.jsonl --labels {out}/labels.jsonl");
+    println!("wrote {out}/alerts.jsonl, revocations.jsonl, rejected.jsonl, scorecard.json");
+    println!("full table: keywatch eval --alerts {out}/alerts.jsonl --labels {out}/labels.jsonl");
     Ok(())
 }
 
@@ -591,6 +591,39 @@ impl Display {
             bar.finish_and_clear();
         }
     }
+}
+
+/// The evaluation scorecard in 80 columns: each incident detected or
+/// missed with its time to detect and detectors, then the totals.
+/// `keywatch eval` on the written files prints the full table.
+pub fn render_scorecard(card: &Scorecard) -> String {
+    let mut text = String::from("scorecard (keywatch eval, severity >= medium)\n");
+    text.push_str(&format!("{:<26} {:<9} {:>9}  {}\n", "incident", "result", "detect in", "detectors"));
+    for outcome in &card.incident_outcomes {
+        let result = if outcome.detected { "detected" } else { "MISSED" };
+        let time = outcome.time_to_detect_s.map_or("-".to_string(), |seconds| {
+            humantime::format_duration(Duration::from_secs(seconds.max(0.0) as u64)).to_string()
+        });
+        let detectors: Vec<&str> = outcome.detectors.iter().take(3).map(String::as_str).collect();
+        text.push_str(&fit(&format!("{:<26} {:<9} {:>9}  {}", outcome.scenario, result, time, detectors.join(", "))));
+        text.push('\n');
+    }
+    let percent = |value: Option<f64>| value.map_or("-".to_string(), |value| format!("{:.0}%", value * 100.0));
+    text.push_str(&format!(
+        "recall {} ({} of {}), precision {}, false alerts {:.2} per 1,000 benign key-days\n",
+        percent(card.recall),
+        card.detected,
+        card.incidents,
+        percent(card.precision),
+        card.false_alerts_per_1k_key_days.unwrap_or(0.0),
+    ));
+    let alerted: usize = card.benign_cases.values().map(|case| case.cases_alerted).sum();
+    let cases: usize = card.benign_cases.values().map(|case| case.cases).sum();
+    text.push_str(&format!(
+        "benign hard cases alerted: {alerted} of {cases}; low alerts (informational): {}\n",
+        card.alerts_below_min_severity
+    ));
+    text
 }
 
 /// `Mon 09:14` from an RFC 3339 time.
