@@ -22,7 +22,13 @@ const T0: i64 = 1_767_571_200_000;
 
 fn geo() -> Arc<GeoIp> {
     let (cities, asns) = synthetic_world(NETWORKS);
-    Arc::new(GeoIp::from_bytes(Some(build_city_db(&cities).unwrap()), Some(build_asn_db(&asns).unwrap())).unwrap())
+    Arc::new(
+        GeoIp::from_bytes(
+            Some(build_city_db(&cities).unwrap()),
+            Some(build_asn_db(&asns).unwrap()),
+        )
+        .unwrap(),
+    )
 }
 
 /// A small deterministic generator (xorshift) so the bench needs no RNG crate.
@@ -38,7 +44,14 @@ impl Xorshift {
 }
 
 fn events() -> Vec<AccessEvent<'static>> {
-    let endpoints = ["/v1/orders", "/v1/orders/{id}", "/v1/customers/{id}", "/v1/invoices", "/v1/items", "/v2/search"];
+    let endpoints = [
+        "/v1/orders",
+        "/v1/orders/{id}",
+        "/v1/customers/{id}",
+        "/v1/invoices",
+        "/v1/items",
+        "/v2/search",
+    ];
     let keys: Vec<String> = (0..KEYS).map(|index| format!("AKIABENCH{index:011}")).collect();
     let mut random = Xorshift(0x9e37_79b9_7f4a_7c15);
     let mut events = Vec::with_capacity(EVENTS);
@@ -52,8 +65,11 @@ fn events() -> Vec<AccessEvent<'static>> {
             key_id: Cow::Owned(keys[key].clone()),
             ip: synthetic_host(key % NETWORKS, (random.next() % 4) as u8 + 1),
             method: Cow::Borrowed("GET"),
-            endpoint: Cow::Owned(endpoints[(random.next() % endpoints.len() as u64) as usize].replace("{id}", &(random.next() % 100_000).to_string())),
-            status: if random.next() % 100 == 0 { 404 } else { 200 },
+            endpoint: Cow::Owned(
+                endpoints[(random.next() % endpoints.len() as u64) as usize]
+                    .replace("{id}", &(random.next() % 100_000).to_string()),
+            ),
+            status: if random.next().is_multiple_of(100) { 404 } else { 200 },
             user_agent: Cow::Borrowed("acme-sdk/1.4.2 python/3.11"),
             bytes_out: 1024,
             request_id: None,

@@ -155,7 +155,10 @@ pub fn run_cli(args: &DemoArgs) -> Result<(), DemoError> {
 pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let started = Instant::now();
     let out = args.out.clone();
-    std::fs::create_dir_all(&out).map_err(|source| DemoError::Io { path: out.clone(), source })?;
+    std::fs::create_dir_all(&out).map_err(|source| DemoError::Io {
+        path: out.clone(),
+        source,
+    })?;
     let generation = Generation::new(GenerateConfig::new(args.keys, args.days, args.seed, DEMO_START)?);
     let city = generation.city_database()?;
     let asn = generation.asn_database()?;
@@ -173,7 +176,10 @@ pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let cluster = MockCluster::new(1)?;
     let brokers = cluster.bootstrap_servers();
     let config = demo_config(&brokers);
-    let kafka = config.kafka.clone().ok_or_else(|| DemoError::Incomplete("demo config has no kafka".into()))?;
+    let kafka = config
+        .kafka
+        .clone()
+        .ok_or_else(|| DemoError::Incomplete("demo config has no kafka".into()))?;
     for topic in [
         INPUT_TOPIC,
         &kafka.alerts_topic,
@@ -188,7 +194,10 @@ pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|source| DemoError::Io { path: PathBuf::from("tokio runtime"), source })?;
+        .map_err(|source| DemoError::Io {
+            path: PathBuf::from("tokio runtime"),
+            source,
+        })?;
     let pipeline = Pipeline::new(config.clone(), Arc::clone(&model), geo)?;
     let progress = pipeline.progress();
     let cancel = CancellationToken::new();
@@ -198,7 +207,11 @@ pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let (seen_sender, seen) = mpsc::channel();
     let watcher = {
         let live = Arc::clone(&live);
-        let topics = vec![kafka.alerts_topic.clone(), kafka.revocations_topic.clone(), kafka.dead_letter_topic.clone()];
+        let topics = vec![
+            kafka.alerts_topic.clone(),
+            kafka.revocations_topic.clone(),
+            kafka.dead_letter_topic.clone(),
+        ];
         let brokers = brokers.clone();
         std::thread::spawn(move || watch(&brokers, &topics, &live, &seen_sender))
     };
@@ -227,8 +240,9 @@ pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let produced_summary =
-        producer.join().map_err(|_| DemoError::Incomplete("the producer thread panicked".into()))??;
+    let produced_summary = producer
+        .join()
+        .map_err(|_| DemoError::Incomplete("the producer thread panicked".into()))??;
 
     // Wait until the pipeline has committed every produced record.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -286,8 +300,12 @@ pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     // The SOC's view, in a stable order: by event time, then id.
     collected.alerts.sort_by(|a, b| a.ts.cmp(&b.ts).then(a.id.cmp(&b.id)));
     collected.alerts.dedup_by(|a, b| a.id == b.id);
-    collected.revocations.sort_by(|a, b| a.ts.cmp(&b.ts).then(a.idempotency_key.cmp(&b.idempotency_key)));
-    collected.revocations.dedup_by(|a, b| a.idempotency_key == b.idempotency_key);
+    collected
+        .revocations
+        .sort_by(|a, b| a.ts.cmp(&b.ts).then(a.idempotency_key.cmp(&b.idempotency_key)));
+    collected
+        .revocations
+        .dedup_by(|a, b| a.idempotency_key == b.idempotency_key);
     write_lines(&out.join("alerts.jsonl"), &collected.alerts)?;
     write_lines(&out.join("revocations.jsonl"), &collected.revocations)?;
     write_lines(&out.join("rejected.jsonl"), &collected.dead_letters)?;
@@ -305,7 +323,13 @@ pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     };
     let meta_text = serde_json::to_string_pretty(&meta).unwrap_or_default();
     write_file(&out.join("meta.json"), meta_text.as_bytes())?;
-    let scorecard = score(&collected.alerts, &labels, &benign, Some(&meta), &ScoreOptions::default());
+    let scorecard = score(
+        &collected.alerts,
+        &labels,
+        &benign,
+        Some(&meta),
+        &ScoreOptions::default(),
+    );
     let scorecard_text = serde_json::to_string_pretty(&scorecard).unwrap_or_default();
     write_file(&out.join("scorecard.json"), scorecard_text.as_bytes())?;
 
@@ -399,7 +423,7 @@ fn produce(
             producer.poll(Duration::from_millis(5));
             committed = committed_total(progress);
         }
-        if produced % 512 == 0 {
+        if produced.is_multiple_of(512) {
             committed = committed_total(progress);
         }
         payload.clear();
@@ -411,7 +435,7 @@ fn produce(
         }
         live.event_ts.store(event.ts_ms, Ordering::Relaxed);
         live.produced.store(produced, Ordering::Relaxed);
-        if produced % MALFORMED_EVERY == 0 {
+        if produced.is_multiple_of(MALFORMED_EVERY) {
             let broken = format!("{{\"ts\":\"not a time\",\"key_id\":\"{}\"", event.key_id);
             send(&producer, event.key_id.as_bytes(), broken.as_bytes())?;
             produced += 1;
@@ -425,7 +449,12 @@ fn produce(
     live.producer_done.store(true, Ordering::Release);
     let (events, benign_key_days) = result?;
     flushed?;
-    Ok(Produced { produced, events, malformed, benign_key_days })
+    Ok(Produced {
+        produced,
+        events,
+        malformed,
+        benign_key_days,
+    })
 }
 
 fn send(producer: &BaseProducer, key: &[u8], payload: &[u8]) -> Result<(), DemoError> {
@@ -460,19 +489,28 @@ fn watch(brokers: &str, topics: &[String], live: &Live, seen: &mpsc::Sender<Seen
         };
         let payload = message.payload().unwrap_or_default();
         let item = if message.topic() == topics[0] {
-            serde_json::from_slice::<Alert>(payload).ok().map(|alert| Seen::Alert(Box::new(alert)))
+            serde_json::from_slice::<Alert>(payload)
+                .ok()
+                .map(|alert| Seen::Alert(Box::new(alert)))
         } else if message.topic() == topics[1] {
-            serde_json::from_slice::<RevocationRequest>(payload).ok().map(|request| Seen::Revocation(Box::new(request)))
+            serde_json::from_slice::<RevocationRequest>(payload)
+                .ok()
+                .map(|request| Seen::Revocation(Box::new(request)))
         } else {
             let mut headers = BTreeMap::new();
             if let Some(list) = message.headers() {
                 for header in list.iter() {
-                    let value = header.value.map(|bytes| String::from_utf8_lossy(bytes).into_owned()).unwrap_or_default();
+                    let value = header
+                        .value
+                        .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+                        .unwrap_or_default();
                     headers.insert(header.key.to_string(), value);
                 }
             }
             let record = String::from_utf8_lossy(payload).into_owned();
-            Some(Seen::DeadLetter(serde_json::json!({"headers": headers, "record": record}).to_string()))
+            Some(Seen::DeadLetter(
+                serde_json::json!({"headers": headers, "record": record}).to_string(),
+            ))
         };
         if let Some(item) = item
             && seen.send(item).is_err()
@@ -488,9 +526,9 @@ impl Collected {
         match item {
             Seen::Alert(alert) => self.alerts.push(*alert),
             Seen::Revocation(request) => self.revocations.push(*request),
-            Seen::DeadLetter(text) => {
-                self.dead_letters.push(serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
-            }
+            Seen::DeadLetter(text) => self
+                .dead_letters
+                .push(serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))),
         }
     }
 }
@@ -514,7 +552,10 @@ impl Display {
             let bar = ProgressBar::new((run_end_ms - run_start_ms).max(1) as u64);
             let style = ProgressStyle::with_template("{bar:12} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
-            bar.println(format!("{:<9} {:<8} {:<12} {:<18} {}", "time", "severity", "key", "detector", "evidence"));
+            bar.println(format!(
+                "{:<9} {:<8} {:<12} {:<18} {}",
+                "time", "severity", "key", "detector", "evidence"
+            ));
             bar
         });
         if bar.is_none() {
@@ -598,14 +639,23 @@ impl Display {
 /// `keywatch eval` on the written files prints the full table.
 pub fn render_scorecard(card: &Scorecard) -> String {
     let mut text = String::from("scorecard (keywatch eval, severity >= medium)\n");
-    text.push_str(&format!("{:<26} {:<9} {:>9}  {}\n", "incident", "result", "detect in", "detectors"));
+    text.push_str(&format!(
+        "{:<26} {:<9} {:>9}  {}\n",
+        "incident", "result", "detect in", "detectors"
+    ));
     for outcome in &card.incident_outcomes {
         let result = if outcome.detected { "detected" } else { "MISSED" };
         let time = outcome.time_to_detect_s.map_or("-".to_string(), |seconds| {
             humantime::format_duration(Duration::from_secs(seconds.max(0.0) as u64)).to_string()
         });
         let detectors: Vec<&str> = outcome.detectors.iter().take(3).map(String::as_str).collect();
-        text.push_str(&fit(&format!("{:<26} {:<9} {:>9}  {}", outcome.scenario, result, time, detectors.join(", "))));
+        text.push_str(&fit(&format!(
+            "{:<26} {:<9} {:>9}  {}",
+            outcome.scenario,
+            result,
+            time,
+            detectors.join(", ")
+        )));
         text.push('\n');
     }
     let percent = |value: Option<f64>| value.map_or("-".to_string(), |value| format!("{:.0}%", value * 100.0));
@@ -657,7 +707,10 @@ fn fit(line: &str) -> String {
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), DemoError> {
-    std::fs::write(path, bytes).map_err(|source| DemoError::Io { path: path.to_path_buf(), source })
+    std::fs::write(path, bytes).map_err(|source| DemoError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn write_lines<T: Serialize>(path: &Path, items: &[T]) -> Result<(), DemoError> {

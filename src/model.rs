@@ -265,7 +265,11 @@ impl Model {
             }
         }
         if 3_600_000 % self.rate.spike_window.as_millis() != 0
-            || self.rate.surge_window.as_millis() % self.rate.spike_window.as_millis() != 0
+            || !self
+                .rate
+                .surge_window
+                .as_millis()
+                .is_multiple_of(self.rate.spike_window.as_millis())
         {
             return Err(invalid(
                 "rate.spike_window",
