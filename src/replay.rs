@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -21,9 +22,9 @@ pub struct ReplayArgs {
     /// Input files (plain or gzip); `-` reads standard input.
     #[arg(long, num_args = 1.., required_unless_present = "from_kafka")]
     pub input: Vec<PathBuf>,
-    /// Input format.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub format: FormatArg,
+    /// Input format (overrides the config; `auto` when neither says).
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
     /// Folder for alerts.jsonl, revocations.jsonl and rejected.jsonl.
     #[arg(long)]
     pub out: PathBuf,
@@ -111,7 +112,10 @@ impl ReplaySummary {
         match output {
             Output::Alert(alert) => {
                 self.alerts += 1;
-                *self.alerts_by_severity.entry(alert.severity.as_str().to_string()).or_default() += 1;
+                *self
+                    .alerts_by_severity
+                    .entry(alert.severity.as_str().to_string())
+                    .or_default() += 1;
                 *self.alerts_by_detector.entry(alert.detector.clone()).or_default() += 1;
             }
             Output::Revocation(_) => self.revocations += 1,
@@ -136,7 +140,10 @@ impl ReplaySummary {
             if map.is_empty() {
                 return "none".to_string();
             }
-            map.iter().map(|(name, count)| format!("{name} {count}")).collect::<Vec<_>>().join(", ")
+            map.iter()
+                .map(|(name, count)| format!("{name} {count}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         format!(
             "records       {}\nevents        {}\nkeys          {}\nalerts        {} ({})\n  detectors   {}\nsuppressed    {} (repeats inside the suppression window)\nrevocations   {}\nrejected      {} ({})\nno api key    {} (skipped)\nlate events   {}\n",
@@ -197,9 +204,16 @@ pub fn replay_files(
                 summary.records += 1;
                 let record = &buffer[span.range.clone()];
                 if let Some(size) = span.oversized {
-                    let error = DecodeError::Oversized { size, limit: decoder.max_record_bytes };
+                    let error = DecodeError::Oversized {
+                        size,
+                        limit: decoder.max_record_bytes,
+                    };
                     summary.count_decode_error(&error);
-                    let source = SourceRef::File { file: name.clone(), line: span.line, index: None };
+                    let source = SourceRef::File {
+                        file: name.clone(),
+                        line: span.line,
+                        index: None,
+                    };
                     outputs.write_rejected(&Rejected::new(&error, source, record))?;
                     continue;
                 }
@@ -250,7 +264,11 @@ fn progress_bar(inputs: &[PathBuf], hidden: bool) -> Option<ProgressBar> {
     if hidden || !std::io::stderr().is_terminal() {
         return None;
     }
-    let total: u64 = inputs.iter().filter_map(|path| std::fs::metadata(path).ok()).map(|meta| meta.len()).sum();
+    let total: u64 = inputs
+        .iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .map(|meta| meta.len())
+        .sum();
     let bar = ProgressBar::new(total);
     let style = ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} {wide_msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar());
@@ -265,12 +283,12 @@ pub fn run_cli(args: &ReplayArgs) -> Result<(), ReplayError> {
         model: args.model.clone(),
         geoip_city: args.geoip_city.clone(),
         geoip_asn: args.geoip_asn.clone(),
-        format: Some(args.format.into()),
+        format: args.format.map(Format::from),
         batch_size: args.batch_size,
     };
     let runtime = Runtime::load(&overrides)?;
     if args.from_kafka {
-        return Err(ReplayError::Kafka("replay from kafka is not available in this build".into()));
+        return replay_kafka_cli(args, &runtime);
     }
     if args.input.is_empty() {
         return Err(ReplayError::Usage("give at least one --input file".into()));
@@ -279,7 +297,14 @@ pub fn run_cli(args: &ReplayArgs) -> Result<(), ReplayError> {
     let mut outputs = OutputFiles::create(&args.out)?;
     let bar = progress_bar(&args.input, args.no_progress);
     let started = std::time::Instant::now();
-    let summary = replay_files(&args.input, &runtime.decoder, &mut engine, runtime.config.input.batch_size, &mut outputs, bar.as_ref())?;
+    let summary = replay_files(
+        &args.input,
+        &runtime.decoder,
+        &mut engine,
+        runtime.config.input.batch_size,
+        &mut outputs,
+        bar.as_ref(),
+    )?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -291,6 +316,49 @@ pub fn run_cli(args: &ReplayArgs) -> Result<(), ReplayError> {
         summary.events as f64 / elapsed.max(1e-9),
         args.out.display()
     );
+    Ok(())
+}
+
+fn parse_time(text: &Option<String>, flag: &str) -> Result<Option<i64>, ReplayError> {
+    match text {
+        None => Ok(None),
+        Some(text) => crate::event::parse_ts(text)
+            .map(Some)
+            .ok_or_else(|| ReplayError::Usage(format!("{flag} `{text}` is not an RFC 3339 time"))),
+    }
+}
+
+/// `keywatch replay --from-kafka`: a time range of the input topic through
+/// the same engine, into files (and a replay topic when asked).
+fn replay_kafka_cli(args: &ReplayArgs, runtime: &Runtime) -> Result<(), ReplayError> {
+    let options = crate::replay_kafka::ReplayKafkaOptions {
+        start_ms: parse_time(&args.start, "--start")?,
+        end_ms: parse_time(&args.end, "--end")?,
+        out_dir: args.out.clone(),
+        snapshot: args.snapshot.clone(),
+        to_topic: args.to_topic.clone(),
+        batch_size: runtime.config.input.batch_size,
+    };
+    let summary = crate::replay_kafka::replay_from_kafka(&runtime.config, Arc::clone(&runtime.model), Arc::clone(&runtime.geo), &options)
+        .map_err(|err| ReplayError::Kafka(err.to_string()))?;
+    println!(
+        "partitions    {}\nrecords       {}\nevents        {} ({} in range)\nalerts        {}\nrevocations   {}\nrejected      {}\nno api key    {} (skipped)",
+        summary.partitions,
+        summary.records,
+        summary.events,
+        summary.events_in_range,
+        summary.alerts,
+        summary.revocations,
+        summary.rejected,
+        summary.no_key
+    );
+    if !summary.scanned_from_beginning.is_empty() {
+        println!("scanned from the first record (no offset lookup by time): {}", summary.scanned_from_beginning.join(", "));
+    }
+    if let Some(topic) = &args.to_topic {
+        println!("produced      {} alerts to {topic}", summary.produced);
+    }
+    println!("wrote         {}/alerts.jsonl, revocations.jsonl, rejected.jsonl", args.out.display());
     Ok(())
 }
 
