@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -32,7 +32,9 @@ use crate::sink::Rejected;
 use crate::sink::file::{OutputFiles, SinkError};
 use crate::sink::kafka::base_client_config;
 use crate::source::SourceRef;
-use crate::source::kafka::{KafkaSourceError, PartitionRange, partition_count, range_consumer, read_ranges};
+use crate::source::kafka::{
+    KafkaSourceError, PartitionRange, RangeConsumer, RangeEnd, partition_count, range_consumer, read_ranges,
+};
 use crate::state::{PartitionId, StateError, read_snapshot_file};
 
 /// Message timestamps are set when a record is produced, which is after
@@ -224,7 +226,7 @@ pub fn replay_from_kafka(
                 topic: topic.clone(),
                 partition,
                 start: Offset::Offset(start),
-                end: high,
+                end: RangeEnd::CaughtUp { high_watermark: high },
             }];
             let mut failure: Option<ReplayKafkaError> = None;
             read_ranges(&consumer, &ranges, PARTITION_READ_TIMEOUT, |message| {
@@ -274,7 +276,7 @@ pub fn replay_from_kafka(
 /// The offset of the first record at or after `start_ms - TIMESTAMP_SLACK`,
 /// or `None` when the broker cannot say (no lookup by timestamp, or an
 /// answer that the records around it contradict).
-fn start_offset(consumer: &BaseConsumer, id: &PartitionId, start_ms: i64, low: i64, high: i64) -> Option<i64> {
+fn start_offset(consumer: &RangeConsumer, id: &PartitionId, start_ms: i64, low: i64, high: i64) -> Option<i64> {
     if high <= low {
         return Some(low);
     }
@@ -315,12 +317,12 @@ fn start_offset(consumer: &BaseConsumer, id: &PartitionId, start_ms: i64, low: i
 }
 
 /// The timestamp of the record at `offset` (or the next one present).
-fn timestamp_at(consumer: &BaseConsumer, id: &PartitionId, offset: i64) -> Option<i64> {
+fn timestamp_at(consumer: &RangeConsumer, id: &PartitionId, offset: i64) -> Option<i64> {
     let range = [PartitionRange {
         topic: id.topic.clone(),
         partition: id.partition,
         start: Offset::Offset(offset),
-        end: offset + 1,
+        end: RangeEnd::Exact(offset + 1),
     }];
     let mut timestamp = None;
     read_ranges(consumer, &range, LOOKUP_TIMEOUT, |message| {

@@ -308,17 +308,37 @@ fn restore_partitions(
     Ok(assigned)
 }
 
+/// Context of range consumers: end-of-partition events are how they know
+/// they are done, not errors worth a log line.
+#[derive(Debug, Default)]
+pub struct RangeContext;
+
+impl ClientContext for RangeContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for RangeContext {}
+
+/// A consumer that reads topic ranges.
+pub type RangeConsumer = BaseConsumer<RangeContext>;
+
 /// A consumer for reading topic ranges: never subscribes, never commits.
 /// librdkafka needs a group id to assign partitions; this one never joins.
-pub fn range_consumer(kafka: &KafkaConfig, purpose: &str) -> Result<BaseConsumer, KafkaSourceError> {
+pub fn range_consumer(kafka: &KafkaConfig, purpose: &str) -> Result<RangeConsumer, KafkaSourceError> {
     let mut config: ClientConfig = base_client_config(kafka);
     config
         .set("group.id", format!("{}-{purpose}", kafka.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
+        .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed");
-    config.create().map_err(KafkaSourceError::Create)
+    config
+        .create_with_context(RangeContext)
+        .map_err(KafkaSourceError::Create)
 }
 
 /// Number of partitions of a topic, or `None` when it does not exist.
@@ -340,20 +360,53 @@ pub fn partition_count<C: ConsumerContext>(
         .filter(|count| *count > 0))
 }
 
-/// One partition to read from `start` up to, not including, `end`.
+/// Where reading a partition stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeEnd {
+    /// Before this offset: the records in between are known to exist.
+    Exact(i64),
+    /// At the end of the partition as the reader finds it: librdkafka's
+    /// end-of-partition event (from the high watermark of fetch responses),
+    /// and not before the position has passed `high_watermark`. Some brokers
+    /// (tansu) answer offset queries per record batch, so a queried high
+    /// watermark alone can be too low to stop at.
+    CaughtUp { high_watermark: i64 },
+}
+
+/// One partition to read from `start` to `end`.
 #[derive(Debug, Clone)]
 pub struct PartitionRange {
     pub topic: String,
     pub partition: i32,
     pub start: Offset,
-    pub end: i64,
+    pub end: RangeEnd,
 }
 
-/// Reads every message of the ranges (all partitions at once), calling
-/// `visit` for each in offset order per partition, and returns when each
-/// partition's position has reached its end.
+/// Progress of one partition being read.
+struct RangeState {
+    end: RangeEnd,
+    end_of_partition_seen: bool,
+}
+
+impl RangeState {
+    fn done_at(&self, position: Option<i64>) -> bool {
+        match (self.end, position) {
+            (RangeEnd::Exact(end), Some(position)) => position >= end,
+            (RangeEnd::Exact(_), None) => false,
+            (RangeEnd::CaughtUp { high_watermark }, position) => {
+                // No position after the end event means nothing was there
+                // to consume from the start offset.
+                self.end_of_partition_seen && position.is_none_or(|position| position >= high_watermark)
+            }
+        }
+    }
+}
+
+/// Reads the ranges, all of one topic, calling `visit` for each message in
+/// offset order per partition. The consumer must come from
+/// [`range_consumer`], which asks for end-of-partition events.
 pub fn read_ranges<F>(
-    consumer: &BaseConsumer,
+    consumer: &RangeConsumer,
     ranges: &[PartitionRange],
     timeout: Duration,
     mut visit: F,
@@ -368,17 +421,34 @@ where
             .collect::<Vec<_>>()
             .join(",")
     };
-    let mut pending: HashMap<(String, i32), i64> = HashMap::new();
+    let Some(topic) = ranges.first().map(|range| range.topic.clone()) else {
+        return Ok(0);
+    };
+    assert!(
+        ranges.iter().all(|range| range.topic == topic),
+        "end-of-partition events name no topic: read one topic at a time"
+    );
+    let mut pending: HashMap<i32, RangeState> = HashMap::new();
     let mut assignment = TopicPartitionList::new();
     for range in ranges {
-        let start_is_at_end = matches!(range.start, Offset::Offset(start) if start >= range.end);
-        if range.end <= 0 || start_is_at_end {
+        let empty = match (range.end, range.start) {
+            (RangeEnd::Exact(end), Offset::Offset(start)) => start >= end,
+            (RangeEnd::Exact(end), _) => end <= 0,
+            (RangeEnd::CaughtUp { .. }, _) => false,
+        };
+        if empty {
             continue;
         }
         assignment
             .add_partition_offset(&range.topic, range.partition, range.start)
             .map_err(|error| KafkaSourceError::Read { what: what(), error })?;
-        pending.insert((range.topic.clone(), range.partition), range.end);
+        pending.insert(
+            range.partition,
+            RangeState {
+                end: range.end,
+                end_of_partition_seen: false,
+            },
+        );
     }
     if pending.is_empty() {
         return Ok(0);
@@ -386,6 +456,13 @@ where
     consumer
         .assign(&assignment)
         .map_err(|error| KafkaSourceError::Read { what: what(), error })?;
+    let position_of = |partition: i32| -> Option<i64> {
+        let positions = consumer.position().ok()?;
+        match positions.find_partition(&topic, partition)?.offset() {
+            Offset::Offset(position) => Some(position),
+            _ => None,
+        }
+    };
     let deadline = Instant::now() + timeout;
     let mut messages = 0u64;
     let result = loop {
@@ -397,18 +474,30 @@ where
         }
         match consumer.poll(POLL_INTERVAL) {
             Some(Ok(message)) => {
-                let key = (message.topic().to_string(), message.partition());
-                let Some(&end) = pending.get(&key) else {
+                let partition = message.partition();
+                let Some(state) = pending.get(&partition) else {
                     continue;
                 };
-                if message.offset() < end {
+                let wanted = match state.end {
+                    RangeEnd::Exact(end) => message.offset() < end,
+                    RangeEnd::CaughtUp { .. } => true,
+                };
+                if wanted {
                     messages += 1;
                     if let Err(error) = visit(&message) {
                         break Err(error);
                     }
                 }
-                if message.offset() + 1 >= end {
-                    pending.remove(&key);
+                if state.done_at(Some(message.offset() + 1)) {
+                    pending.remove(&partition);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                if let Some(state) = pending.get_mut(&partition) {
+                    state.end_of_partition_seen = true;
+                    if state.done_at(position_of(partition)) {
+                        pending.remove(&partition);
+                    }
                 }
             }
             Some(Err(error)) => {
@@ -417,14 +506,11 @@ where
             None => {
                 // Transaction markers and aborted records take offsets but
                 // are never delivered; the position still moves past them.
-                if let Ok(positions) = consumer.position() {
-                    for element in positions.elements() {
-                        if let Offset::Offset(position) = element.offset() {
-                            let key = (element.topic().to_string(), element.partition());
-                            if pending.get(&key).is_some_and(|end| position >= *end) {
-                                pending.remove(&key);
-                            }
-                        }
+                let partitions: Vec<i32> = pending.keys().copied().collect();
+                for partition in partitions {
+                    let position = position_of(partition);
+                    if position.is_some() && pending.get(&partition).is_some_and(|state| state.done_at(position)) {
+                        pending.remove(&partition);
                     }
                 }
             }
@@ -467,7 +553,7 @@ pub fn read_checkpoints(
                 topic: topic.clone(),
                 partition,
                 start: Offset::Beginning,
-                end: high,
+                end: RangeEnd::CaughtUp { high_watermark: high },
             });
         }
     }

@@ -207,18 +207,43 @@ pub enum Placement {
     Unkeyed { partitions: i32 },
 }
 
-pub fn producer(brokers: &str) -> FutureProducer {
-    ClientConfig::new()
+pub fn producer(brokers: &str, one_per_batch: bool) -> FutureProducer {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .expect("test producer")
+        .set("linger.ms", "5");
+    if one_per_batch {
+        config.set("batch.num.messages", "1").set("linger.ms", "0");
+    }
+    config.create().expect("test producer")
 }
 
 /// Produces records in order and returns where each landed.
 pub async fn produce(brokers: &str, topic: &str, records: &[ScenarioRecord], placement: Placement) -> Vec<Landed> {
-    let producer = producer(brokers);
+    produce_with(brokers, topic, records, placement, false).await
+}
+
+/// As [`produce`], one record per record batch: tansu delivers nothing to a
+/// fetch that starts inside a batch, so a test that resumes at a checkpoint
+/// needs every offset to start a batch there.
+pub async fn produce_unbatched(
+    brokers: &str,
+    topic: &str,
+    records: &[ScenarioRecord],
+    placement: Placement,
+) -> Vec<Landed> {
+    produce_with(brokers, topic, records, placement, true).await
+}
+
+async fn produce_with(
+    brokers: &str,
+    topic: &str,
+    records: &[ScenarioRecord],
+    placement: Placement,
+    one_per_batch: bool,
+) -> Vec<Landed> {
+    let producer = producer(brokers, one_per_batch);
     let mut futures = Vec::with_capacity(records.len());
     for record in records {
         let mut message: FutureRecord<'_, str, str> = FutureRecord::to(topic).payload(record.payload.as_str());
@@ -275,6 +300,7 @@ fn reader(brokers: &str, read_committed: bool) -> BaseConsumer {
         .set("bootstrap.servers", brokers)
         .set("group.id", "keywatch-test-reader")
         .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
         .set(
             "isolation.level",
             if read_committed {
@@ -287,42 +313,40 @@ fn reader(brokers: &str, read_committed: bool) -> BaseConsumer {
         .expect("test consumer")
 }
 
-/// High watermark of every partition of a topic.
-pub fn end_offsets(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
-    let consumer = reader(brokers, false);
+fn partitions_of(consumer: &BaseConsumer, topic: &str) -> i32 {
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("metadata");
-    let partitions = metadata.topics()[0].partitions().len() as i32;
-    (0..partitions)
-        .map(|partition| {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, partition, Duration::from_secs(10))
-                .expect("watermarks");
-            (partition, high)
-        })
-        .collect()
+    metadata.topics()[0].partitions().len() as i32
 }
 
-/// Every committed message of a topic, in offset order per partition.
-pub fn read_topic(brokers: &str, topic: &str) -> Vec<ReadMessage> {
-    let ends = end_offsets(brokers, topic);
+/// The next offset after the last committed record of every partition,
+/// found by reading the topic: some brokers (tansu) answer watermark
+/// queries per record batch.
+pub fn end_offsets(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
     let consumer = reader(brokers, true);
-    let mut assignment = TopicPartitionList::new();
-    let mut pending: BTreeSet<i32> = BTreeSet::new();
-    for (partition, end) in &ends {
-        if *end > 0 {
-            assignment
-                .add_partition_offset(topic, *partition, Offset::Beginning)
-                .expect("partition");
-            pending.insert(*partition);
-        }
+    let mut ends: BTreeMap<i32, i64> = (0..partitions_of(&consumer, topic)).map(|p| (p, 0)).collect();
+    for message in read_topic(brokers, topic) {
+        let end = ends.entry(message.partition).or_default();
+        *end = (*end).max(message.offset + 1);
     }
-    let mut messages = Vec::new();
-    if pending.is_empty() {
-        return messages;
+    ends
+}
+
+/// Every committed message of a topic, in offset order per partition, read
+/// until librdkafka reports the end of every partition.
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<ReadMessage> {
+    let consumer = reader(brokers, true);
+    let partitions = partitions_of(&consumer, topic);
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("partition");
     }
     consumer.assign(&assignment).expect("assign");
+    let mut pending: BTreeSet<i32> = (0..partitions).collect();
+    let mut messages = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !pending.is_empty() && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(100)) {
@@ -339,9 +363,6 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<ReadMessage> {
                             .collect()
                     })
                     .unwrap_or_default();
-                if message.offset() + 1 >= ends[&message.partition()] {
-                    pending.remove(&message.partition());
-                }
                 messages.push(ReadMessage {
                     partition: message.partition(),
                     offset: message.offset(),
@@ -350,17 +371,11 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<ReadMessage> {
                     headers,
                 });
             }
-            Some(Err(error)) => panic!("reading {topic}: {error}"),
-            None => {
-                let positions = consumer.position().expect("positions");
-                for element in positions.elements() {
-                    if let Offset::Offset(position) = element.offset()
-                        && position >= ends[&element.partition()]
-                    {
-                        pending.remove(&element.partition());
-                    }
-                }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                pending.remove(&partition);
             }
+            Some(Err(error)) => panic!("reading {topic}: {error}"),
+            None => {}
         }
     }
     assert!(pending.is_empty(), "could not read {topic} to its end");
@@ -522,5 +537,64 @@ pub async fn wait_caught_up(
                 .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The brokers of a real Kafka-compatible cluster for integration tests,
+/// from `KEYWATCH_TEST_BROKERS`; `None` (after saying why) when unset.
+pub fn real_brokers(test: &str) -> Option<String> {
+    match std::env::var("KEYWATCH_TEST_BROKERS") {
+        Ok(brokers) if !brokers.trim().is_empty() => Some(brokers),
+        _ => {
+            eprintln!("skipping {test}: KEYWATCH_TEST_BROKERS is not set (bash .ci/start-tansu.sh starts a broker)");
+            None
+        }
+    }
+}
+
+/// A topic prefix no earlier run on the same broker used.
+pub fn unique_prefix(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos())
+        .unwrap_or_default();
+    format!("{name}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// Creates topics through the admin API and waits until metadata shows them.
+pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(
+            &new_topics,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create topics");
+    for result in results {
+        result.expect("topic created");
+    }
+    let consumer = reader(brokers, false);
+    for (name, partitions) in topics {
+        wait_until(&format!("topic {name} in metadata"), Duration::from_secs(30), || {
+            consumer
+                .fetch_metadata(Some(name), Duration::from_secs(5))
+                .map(|metadata| {
+                    metadata
+                        .topics()
+                        .iter()
+                        .any(|topic| topic.name() == *name && topic.partitions().len() == *partitions as usize)
+                })
+                .unwrap_or(false)
+        })
+        .await;
     }
 }
