@@ -683,14 +683,19 @@ fn poll_loop(consumer: Arc<GroupConsumer>, sender: mpsc::Sender<SourceEvent>, ca
     // move. Records polled meanwhile are not forwarded: they were neither
     // processed nor committed and will be read again by the next owner.
     drop(sender);
-    match consumer.close_queue() {
-        Ok(()) => {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !consumer.closed() && Instant::now() < deadline {
-                let _ = consumer.poll(POLL_INTERVAL);
-            }
+    // Unsubscribing rather than closing: the last handle's drop closes the
+    // consumer, and closing twice makes librdkafka complain.
+    consumer.unsubscribe();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let _ = consumer.poll(POLL_INTERVAL);
+        if consumer
+            .assignment()
+            .map(|assignment| assignment.count() == 0)
+            .unwrap_or(true)
+        {
+            break;
         }
-        Err(error) => tracing::warn!(%error, "cannot close the consumer"),
     }
     if let Ok(mut events) = consumer.context().events.lock() {
         events.take();
