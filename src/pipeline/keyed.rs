@@ -310,3 +310,163 @@ impl Stage for KeyedStage {
         self.progress.record_commit(self.name(), offsets);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Format;
+    use crate::detect::testkit::{DAY, ENDPOINTS, HOUR, T0, event, geo, history, ip};
+    use crate::engine::EngineSnapshot;
+
+    const KEY: &str = "AKIAKEYEDSTAGE000001";
+
+    fn topics() -> OutputTopics {
+        OutputTopics {
+            alerts: "alerts".into(),
+            revocations: "revocations".into(),
+            dead_letter: "dlq".into(),
+            changelog: "changelog".into(),
+            changelog_partitions: 1,
+        }
+    }
+
+    fn stage() -> KeyedStage {
+        KeyedStage::new(
+            Arc::new(Model::default_model()),
+            geo(),
+            Decoder::new(Format::Canonical, None, 1 << 20),
+            topics(),
+            Arc::new(Progress::default()),
+        )
+    }
+
+    fn id() -> PartitionId {
+        PartitionId::new("access", 0)
+    }
+
+    /// Days of use from London, a malformed record, then use from Sydney.
+    fn records() -> Vec<InputRecord> {
+        let mut events = history(KEY, "london", 4, 4, ENDPOINTS);
+        let travel = T0 + 3 * DAY + 21 * HOUR;
+        events.push(event(travel, KEY, ip("sydney", 1), "/v1/orders", 200));
+        events.push(event(travel + 60_000, KEY, ip("sydney", 1), "/v1/orders", 200));
+        let mut payloads: Vec<Vec<u8>> = events.iter().map(|e| serde_json::to_vec(e).unwrap()).collect();
+        payloads.insert(payloads.len() - 2, b"{broken".to_vec());
+        payloads
+            .into_iter()
+            .enumerate()
+            .map(|(offset, payload)| InputRecord {
+                topic: Arc::from("access"),
+                partition: 0,
+                offset: offset as i64,
+                timestamp_ms: None,
+                payload: Some(payload),
+            })
+            .collect()
+    }
+
+    fn assign(stage: &mut KeyedStage, checkpoint: Option<i64>, committed: Option<i64>) {
+        stage.assigned(vec![AssignedPartition {
+            id: id(),
+            checkpoint: checkpoint.map(|next_offset| Checkpoint {
+                partition: id(),
+                next_offset,
+                generation: 3,
+                snapshot: EngineSnapshot::default(),
+            }),
+            committed,
+        }]);
+    }
+
+    fn topics_of(outbox: &Outbox) -> Vec<&str> {
+        outbox.messages.iter().map(|message| message.topic.as_str()).collect()
+    }
+
+    #[test]
+    fn outputs_below_the_committed_offset_are_not_produced_again() {
+        let records = records();
+        let mut fresh = stage();
+        assign(&mut fresh, Some(0), None);
+        let mut everything = Outbox::default();
+        fresh.process(&records, &mut everything).unwrap();
+        let produced = topics_of(&everything);
+        assert!(produced.contains(&"alerts"), "the travel is flagged: {produced:?}");
+        assert_eq!(produced.iter().filter(|topic| **topic == "dlq").count(), 1);
+
+        // After a restart from the same checkpoint, with everything already
+        // committed, the records rebuild state and produce nothing.
+        let mut restarted = stage();
+        assign(&mut restarted, Some(0), Some(records.len() as i64));
+        let mut again = Outbox::default();
+        for chunk in records.chunks(7) {
+            restarted.process(chunk, &mut again).unwrap();
+        }
+        assert!(again.is_empty(), "{:?}", topics_of(&again));
+        assert_eq!(restarted.partitions[&id()].next_offset, Some(records.len() as i64));
+        let state = |stage: &KeyedStage| serde_json::to_string(&stage.partitions[&id()].engine.snapshot()).unwrap();
+        assert_eq!(state(&restarted), state(&fresh), "the same state either way");
+
+        // Committed up to just before the travel: exactly its outputs come out.
+        let travel_offset = records.len() as i64 - 2;
+        let mut partly = stage();
+        assign(&mut partly, Some(0), Some(travel_offset));
+        let mut tail = Outbox::default();
+        partly.process(&records, &mut tail).unwrap();
+        let alert_payloads = |outbox: &Outbox| -> Vec<Vec<u8>> {
+            outbox
+                .messages
+                .iter()
+                .filter(|message| message.topic == "alerts")
+                .map(|message| message.payload.clone())
+                .collect()
+        };
+        assert_eq!(
+            alert_payloads(&tail),
+            alert_payloads(&everything),
+            "the same alerts, ids included"
+        );
+        assert!(
+            !topics_of(&tail).contains(&"dlq"),
+            "the dead letter was before the committed offset"
+        );
+    }
+
+    #[test]
+    fn commits_wait_for_a_first_checkpoint_and_routine_checkpoints_skip_idle_partitions() {
+        let records = records();
+        let mut stage = stage();
+        assign(&mut stage, None, None);
+        let mut outbox = Outbox::default();
+        stage.process(&records[..10], &mut outbox).unwrap();
+        assert!(
+            stage.offsets_to_commit().is_empty(),
+            "no checkpoint yet: a restart starts over"
+        );
+        outbox.clear();
+        assert_eq!(
+            stage.checkpoint(false, &mut outbox).unwrap(),
+            1,
+            "the first checkpoint is not delayed"
+        );
+        assert_eq!(outbox.messages.last().unwrap().key.as_deref(), Some("access/0"));
+        assert_eq!(stage.offsets_to_commit(), vec![(id(), 10)]);
+        stage.committed(&[(id(), 10)]);
+        assert!(stage.offsets_to_commit().is_empty());
+
+        outbox.clear();
+        stage.process(&records[10..20], &mut outbox).unwrap();
+        outbox.clear();
+        assert_eq!(stage.checkpoint(false, &mut outbox).unwrap(), 0, "not due yet");
+        assert_eq!(
+            stage.offsets_to_commit(),
+            vec![(id(), 20)],
+            "outputs delivered may be committed"
+        );
+        assert_eq!(stage.checkpoint(true, &mut outbox).unwrap(), 1);
+        assert_eq!(stage.checkpoint(true, &mut outbox).unwrap(), 0, "nothing moved since");
+
+        stage.revoked(&[id()]);
+        assert!(!stage.owns("access", 0));
+        assert!(stage.offsets_to_commit().is_empty());
+    }
+}
