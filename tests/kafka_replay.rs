@@ -175,6 +175,21 @@ async fn replay_continues_from_a_snapshot_saved_by_run() {
         assert_eq!(saved.next_offset, *end, "the snapshot covers everything processed");
     }
 
+    // The changelog holds the same state: exporting it gives the same offsets.
+    let exported_path = snapshot_dir.path().join("exported.json");
+    let exported_count = keywatch::pipeline::export_snapshot(config.kafka.as_ref().unwrap(), &exported_path)
+        .expect("export from the changelog");
+    let exported = read_snapshot_file(&exported_path).unwrap();
+    assert_eq!(exported_count, snapshot.len());
+    for (partition, saved) in &snapshot {
+        assert_eq!(exported[partition].next_offset, saved.next_offset, "{partition}");
+        assert_eq!(
+            serde_json::to_string(&exported[partition].engine).unwrap(),
+            serde_json::to_string(&saved.engine).unwrap(),
+            "{partition}: the final checkpoint is the shutdown state"
+        );
+    }
+
     let mut all = first.clone();
     all.extend(produce(&brokers, &input, &records[split..], Placement::KeyedByKeyId).await);
     let expected: BTreeSet<String> = reference_alert_ids(&all, true)
