@@ -56,7 +56,7 @@ fn kafka(config: &Config) -> &keywatch::config::KafkaConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_and_dead_letters_flow_through_the_keyed_pipeline() {
-    let config = test_config("unused", "flow", true, "");
+    let config = test_config("unused", "flow", true);
     let cluster = mock_cluster(&config);
     let brokers = cluster.bootstrap_servers();
     let mut config = config;
@@ -142,7 +142,7 @@ async fn alerts_and_dead_letters_flow_through_the_keyed_pipeline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unkeyed_input_is_repartitioned_by_fingerprint() {
-    let config = test_config("unused", "repart", false, "");
+    let config = test_config("unused", "repart", false);
     let cluster = mock_cluster(&config);
     let brokers = cluster.bootstrap_servers();
     let mut config = config;
@@ -217,7 +217,7 @@ async fn kill(handle: JoinHandle<Result<RunSummary, keywatch::pipeline::Pipeline
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_and_restart_loses_no_alert() {
     init_logging();
-    let mut config = test_config("unused", "crash", true, "");
+    let mut config = test_config("unused", "crash", true);
     let cluster = mock_cluster(&config);
     let brokers = cluster.bootstrap_servers();
     {
@@ -263,7 +263,7 @@ async fn a_crash_and_restart_loses_no_alert() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_surviving_member_takes_over_partitions_with_their_state() {
-    let mut config = test_config("unused", "takeover", true, "");
+    let mut config = test_config("unused", "takeover", true);
     let cluster = mock_cluster(&config);
     let brokers = cluster.bootstrap_servers();
     {
@@ -325,7 +325,7 @@ async fn a_surviving_member_takes_over_partitions_with_their_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_mode_repeats_nothing_across_a_crash() {
-    let mut config = test_config("unused", "eos", true, "");
+    let mut config = test_config("unused", "eos", true);
     let cluster = mock_cluster(&config);
     let brokers = cluster.bootstrap_servers();
     {

@@ -61,7 +61,7 @@ fn lines(path: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_matches_a_reference_run_and_writes_the_three_files() {
-    let mut config = test_config("unused", "replay", true, "");
+    let mut config = test_config("unused", "replay", true);
     let _cluster = cluster_for(&mut config, &["replay-side"]);
     let brokers = config.kafka.as_ref().unwrap().brokers.clone();
     let input = config.kafka.as_ref().unwrap().input_topics[0].clone();
@@ -145,7 +145,7 @@ async fn replay_matches_a_reference_run_and_writes_the_three_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_continues_from_a_snapshot_saved_by_run() {
-    let mut config = test_config("unused", "snap", true, "");
+    let mut config = test_config("unused", "snap", true);
     let _cluster = cluster_for(&mut config, &[]);
     let brokers = config.kafka.as_ref().unwrap().brokers.clone();
     let input = config.kafka.as_ref().unwrap().input_topics[0].clone();

@@ -42,7 +42,7 @@ fn start(config: &Config) -> Running {
 
 async fn prepared(brokers: &str, name: &str, keyed: bool) -> (Config, String) {
     let prefix = unique_prefix(name);
-    let config = test_config(brokers, &prefix, keyed, "");
+    let config = test_config(brokers, &prefix, keyed);
     let input = config.kafka.as_ref().unwrap().input_topics[0].clone();
     create_topics(brokers, &[(input.as_str(), PARTITIONS)]).await;
     (config, input)

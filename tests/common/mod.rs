@@ -31,7 +31,18 @@ pub const DAY_MS: i64 = 24 * HOUR_MS;
 pub const T0_MS: i64 = 1_772_409_600_000;
 
 /// name, network, country, city, latitude, longitude, asn, organisation
-const PLACES: &[(&str, &str, &str, &str, f64, f64, u32, &str)] = &[
+type Place = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    f64,
+    f64,
+    u32,
+    &'static str,
+);
+
+const PLACES: &[Place] = &[
     (
         "london",
         "81.2.69.0/24",
@@ -432,8 +443,7 @@ pub fn reference_alert_ids(landed: &[Landed], by_key: bool) -> BTreeSet<String> 
 }
 
 /// A configuration for tests: small batches, frequent checkpoints.
-pub fn test_config(brokers: &str, prefix: &str, keyed: bool, partitions_hint: &str) -> Config {
-    let _ = partitions_hint;
+pub fn test_config(brokers: &str, prefix: &str, keyed: bool) -> Config {
     let mut kafka = KafkaConfig::new(brokers, vec![format!("{prefix}-access")]);
     kafka.group_id = format!("{prefix}-group");
     kafka.input_keyed_by_key_id = keyed;
@@ -449,9 +459,10 @@ pub fn test_config(brokers: &str, prefix: &str, keyed: bool, partitions_hint: &s
     kafka.topic_replication_factor = 1;
     kafka.properties.insert("session.timeout.ms".into(), "6000".into());
     kafka.properties.insert("heartbeat.interval.ms".into(), "500".into());
-    let mut config = Config::default();
-    config.kafka = Some(kafka);
-    config
+    Config {
+        kafka: Some(kafka),
+        ..Config::default()
+    }
 }
 
 /// The topics a test configuration names.
