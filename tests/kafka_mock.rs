@@ -61,6 +61,9 @@ async fn alerts_and_dead_letters_flow_through_the_keyed_pipeline() {
     let brokers = cluster.bootstrap_servers();
     let mut config = config;
     config.kafka.as_mut().unwrap().brokers = brokers.clone();
+    // The only test in this process that serves metrics: the recorder is global.
+    let metrics_port = free_port();
+    config.kafka.as_mut().unwrap().metrics_listen = Some(([127, 0, 0, 1], metrics_port).into());
     let input = input_topic(&config);
 
     let records = travel_scenario(8, 10, 10);
@@ -73,6 +76,15 @@ async fn alerts_and_dead_letters_flow_through_the_keyed_pipeline() {
     let (progress, cancel, handle) = start(&config);
     let ends = end_offsets(&brokers, &input);
     wait_caught_up(&[&progress], "keyed", &input, &ends, CATCH_UP).await;
+    let valid = landed.len() - malformed.len();
+    let events_line = format!("keywatch_events_total {valid}");
+    wait_until("the metrics to show every event", CATCH_UP, || {
+        scrape(metrics_port).is_some_and(|body| body.lines().any(|line| line == events_line))
+    })
+    .await;
+    let body = scrape(metrics_port).unwrap();
+    assert!(body.contains("keywatch_committed_offset{"), "{body}");
+    assert!(!body.contains("AKIA"), "no raw key in metrics");
     cancel.cancel();
     let summary = handle.await.expect("task").expect("clean shutdown");
 
@@ -122,7 +134,6 @@ async fn alerts_and_dead_letters_flow_through_the_keyed_pipeline() {
         assert!(letter.key.is_none(), "dead letters never carry the input key");
     }
 
-    let valid = landed.len() - malformed.len();
     assert_eq!(summary.events, valid as u64);
     assert_eq!(summary.dead_letters, malformed.len() as u64);
     assert_eq!(summary.records, landed.len() as u64);

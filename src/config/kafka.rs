@@ -99,6 +99,10 @@ pub struct KafkaConfig {
     /// the partition is assigned.
     #[serde(default = "default_restore_timeout", with = "humantime_serde_compat")]
     pub restore_timeout: Duration,
+    /// Address to serve Prometheus metrics on (`0.0.0.0:9464`), under
+    /// `/metrics`; no metrics endpoint when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// librdkafka properties passed straight to every client: SASL, TLS,
     /// tuning (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, ...).
     /// The properties keywatch sets itself ([`RESERVED_PROPERTIES`]) are refused.
@@ -204,6 +208,7 @@ impl KafkaConfig {
             create_topics: default_create_topics(),
             topic_replication_factor: default_topic_replication_factor(),
             restore_timeout: default_restore_timeout(),
+            metrics_listen: None,
             properties: BTreeMap::new(),
         }
     }
@@ -326,6 +331,7 @@ batch_max_wait = "50ms"
 checkpoint_interval = "2s"
 exactly_once = true
 instance_id = "a"
+metrics_listen = "127.0.0.1:9464"
 properties = { "security.protocol" = "plaintext", "linger.ms" = "5" }
 "#;
 
@@ -341,6 +347,7 @@ properties = { "security.protocol" = "plaintext", "linger.ms" = "5" }
         assert_eq!(kafka.properties.get("linger.ms").map(String::as_str), Some("5"));
         assert_eq!(kafka.keyed_topics(), vec!["access".to_string()]);
         assert_eq!(kafka.instance_name(), "a");
+        assert_eq!(kafka.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
     }
 
     #[test]

@@ -21,6 +21,7 @@
 pub mod batch;
 pub mod driver;
 pub mod keyed;
+pub mod metrics;
 pub mod repartition;
 pub mod stage;
 
@@ -144,8 +145,36 @@ impl Pipeline {
         let layout = prepare_topics(&self.kafka).await?;
         // A failing stage stops the other one too.
         let stop = cancel.child_token();
+        // Published until the stages have finished, so the final counts show.
+        let stages_done = CancellationToken::new();
+        let publisher = match self.kafka.metrics_listen {
+            Some(listen) => match metrics::install(listen) {
+                Ok(()) => {
+                    tracing::info!(%listen, "serving prometheus metrics");
+                    Some(tokio::spawn(metrics::publish(
+                        Arc::clone(&self.progress),
+                        stages_done.clone(),
+                    )))
+                }
+                Err(error) => {
+                    tracing::warn!(%listen, %error, "cannot serve metrics; running without");
+                    None
+                }
+            },
+            None => None,
+        };
+        let result = self.run_stages(&layout, &stop).await;
+        stages_done.cancel();
+        if let Some(publisher) = publisher {
+            let _ = publisher.await;
+        }
+        result?;
+        Ok(self.progress.snapshot())
+    }
+
+    async fn run_stages(&self, layout: &TopicLayout, stop: &CancellationToken) -> Result<(), PipelineError> {
         let keyed = async {
-            let result = self.run_keyed(&layout, stop.clone()).await;
+            let result = self.run_keyed(layout, stop.clone()).await;
             if result.is_err() {
                 stop.cancel();
             }
@@ -155,7 +184,7 @@ impl Pipeline {
             keyed.await?;
         } else {
             let repartition = async {
-                let result = self.run_repartition(&layout, stop.clone()).await;
+                let result = self.run_repartition(layout, stop.clone()).await;
                 if result.is_err() {
                     stop.cancel();
                 }
@@ -165,7 +194,7 @@ impl Pipeline {
             keyed_result?;
             repartition_result?;
         }
-        Ok(self.progress.snapshot())
+        Ok(())
     }
 
     fn output_topics(&self, layout: &TopicLayout) -> OutputTopics {
