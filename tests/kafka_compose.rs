@@ -139,3 +139,25 @@ fn the_dockerfile_copies_what_the_build_needs() {
     );
     assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/keywatch\"]"));
 }
+
+#[test]
+fn the_metrics_port_is_published() {
+    let compose = compose();
+    let keywatch = &compose["services"]["keywatch"];
+    let config = Config::load(&mounted(keywatch, "/etc/keywatch/keywatch.toml")).unwrap();
+    let listen = config
+        .kafka
+        .unwrap()
+        .metrics_listen
+        .expect("metrics enabled in the compose config");
+    let ports: Vec<String> = keywatch["ports"]
+        .as_sequence()
+        .expect("ports")
+        .iter()
+        .map(text)
+        .collect();
+    assert!(
+        ports.iter().any(|port| port.ends_with(&format!(":{}", listen.port()))),
+        "{ports:?} publishes {listen}"
+    );
+}
