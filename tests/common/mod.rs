@@ -630,3 +630,13 @@ pub fn scrape(port: u16) -> Option<String> {
     stream.read_to_string(&mut response).ok()?;
     response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
 }
+
+/// Index of the first record of the first trip to Sydney: records before it
+/// are history only, so a part produced after it needs that history.
+pub fn first_trip(records: &[ScenarioRecord]) -> usize {
+    let sydney = ip("sydney", 20);
+    records
+        .iter()
+        .position(|record| record.payload.contains(&sydney))
+        .expect("the scenario travels")
+}
