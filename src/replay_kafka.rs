@@ -4,10 +4,13 @@
 //! the same three files as file replay, and optionally produces the alerts
 //! to a topic that is never the live alerts topic.
 //!
-//! Each partition is read on its own, from the offset of `start` up to the
-//! end offset it had when the replay began, with one engine per partition as
-//! in `keywatch run`; partitions are replayed one after the other, so the
-//! output files come out in the same order on every run.
+//! Each partition is read on its own, from the offset of `start` (looked up
+//! by message timestamp, checked against the records around it, else the
+//! first retained record) to its end as the reader finds it, never stopping
+//! before the end offset it had when the replay began. One engine per
+//! partition, as in `keywatch run`; partitions are replayed one after the
+//! other, so the output files come out in the same order on every run.
+//! Events outside `[start, end)` are read but not given to the engine.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

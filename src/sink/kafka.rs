@@ -342,7 +342,10 @@ impl KafkaSink {
             producer.commit_transaction(TRANSACTION_TIMEOUT)
         })
         .await;
-        self.in_transaction = false;
+        // After a failure the transaction stays open for abort_transaction.
+        if result.is_ok() {
+            self.in_transaction = false;
+        }
         result
     }
 
