@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{BooleanBuilder, Float32Builder, Int64Builder, UInt8Builder, UInt16Builder, UInt32Builder};
-use arrow_array::{ArrayRef, BooleanArray, Float32Array, Int64Array, RecordBatch, UInt8Array, UInt16Array, UInt32Array};
+use arrow_array::{
+    ArrayRef, BooleanArray, Float32Array, Int64Array, RecordBatch, UInt8Array, UInt16Array, UInt32Array,
+};
 use arrow_schema::{DataType, Field, Schema};
 
 use crate::enrich::{Country, GeoInfo, NetClass};
@@ -138,7 +140,11 @@ impl ResolvedBatch {
 
     /// Authorization failures (401/403) in the batch, computed on the column.
     pub fn auth_failures(&self) -> usize {
-        self.status.values().iter().filter(|status| **status == 401 || **status == 403).count()
+        self.status
+            .values()
+            .iter()
+            .filter(|status| **status == 401 || **status == 403)
+            .count()
     }
 
     /// The columns as an Arrow record batch (for inspection and export).

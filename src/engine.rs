@@ -152,9 +152,11 @@ impl Engine {
         let index = match self.by_fingerprint.get(&fingerprint) {
             Some(index) => *index,
             None => {
-                let windows = (self.model.rate.surge_window.as_millis() / self.model.rate.spike_window.as_millis()) as usize;
+                let windows =
+                    (self.model.rate.surge_window.as_millis() / self.model.rate.spike_window.as_millis()) as usize;
                 let index = self.keys.len() as u32;
-                self.keys.push(KeyState::new(fingerprint.clone(), key_hint(key_id), ts_ms, windows));
+                self.keys
+                    .push(KeyState::new(fingerprint.clone(), key_hint(key_id), ts_ms, windows));
                 self.by_fingerprint.insert(fingerprint, index);
                 index
             }
@@ -184,7 +186,11 @@ impl Engine {
         }
         // Per key, time never runs backwards: a late event is judged at the
         // key's newest time, which keeps every window monotonic.
-        let ts_ms = if state.events > 0 { raw_ts.max(state.last_ts) } else { raw_ts };
+        let ts_ms = if state.events > 0 {
+            raw_ts.max(state.last_ts)
+        } else {
+            raw_ts
+        };
         let view = EventView {
             ts_ms,
             ip: event.ip,
@@ -213,10 +219,20 @@ impl Engine {
         let robust = state.has_learned(ts_ms, &rate_model.learning);
         state.rate.advance(ts_ms, window_ms, alpha, floor, robust);
         state.auth.advance(ts_ms, model.auth_failures.window.as_millis() as i64);
-        state.endpoints.advance(ts_ms, model.endpoints.mix_window.as_millis() as i64, model.endpoints.mix_min_calls as u32);
-        state.geo.countries.decay_to(ts_ms, model.geo.half_life.as_millis() as i64);
+        state.endpoints.advance(
+            ts_ms,
+            model.endpoints.mix_window.as_millis() as i64,
+            model.endpoints.mix_min_calls as u32,
+        );
+        state
+            .geo
+            .countries
+            .decay_to(ts_ms, model.geo.half_life.as_millis() as i64);
         state.geo.asns.decay_to(ts_ms, model.geo.half_life.as_millis() as i64);
-        state.endpoints.endpoints.decay_to(ts_ms, model.endpoints.half_life.as_millis() as i64);
+        state
+            .endpoints
+            .endpoints
+            .decay_to(ts_ms, model.endpoints.half_life.as_millis() as i64);
         state.clients.decay_to(ts_ms, model.geo.half_life.as_millis() as i64);
 
         // Judged against the baseline before this event joins it.
@@ -234,8 +250,13 @@ impl Engine {
             state.auth.failures += 1;
         }
         state.auth.calls += 1;
-        state.endpoints.count_in_window(endpoint_id, model.endpoints.max_endpoints);
-        state.endpoints.endpoints.add(endpoint_id, ts_ms, model.endpoints.max_endpoints);
+        state
+            .endpoints
+            .count_in_window(endpoint_id, model.endpoints.max_endpoints);
+        state
+            .endpoints
+            .endpoints
+            .add(endpoint_id, ts_ms, model.endpoints.max_endpoints);
         state.clients.add(client_id, ts_ms, model.client.max_clients);
         state.geo.update(
             ts_ms,
@@ -291,8 +312,16 @@ impl Engine {
     /// Adds a snapshot's state: keys in it replace keys of the same
     /// fingerprint; counters add up.
     pub fn restore(&mut self, snapshot: EngineSnapshot) {
-        let endpoint_ids: Vec<u32> = snapshot.endpoints.iter().map(|name| self.intern_endpoint(name)).collect();
-        let client_ids: Vec<u32> = snapshot.clients.iter().map(|name| self.clients.intern(name).0).collect();
+        let endpoint_ids: Vec<u32> = snapshot
+            .endpoints
+            .iter()
+            .map(|name| self.intern_endpoint(name))
+            .collect();
+        let client_ids: Vec<u32> = snapshot
+            .clients
+            .iter()
+            .map(|name| self.clients.intern(name).0)
+            .collect();
         let endpoint_map = |id: u32| endpoint_ids.get(id as usize).copied().unwrap_or(0);
         let client_map = |id: u32| client_ids.get(id as usize).copied().unwrap_or(0);
         for mut state in snapshot.keys {
@@ -342,7 +371,9 @@ fn is_id_segment(segment: &str) -> bool {
     if bytes.iter().all(u8::is_ascii_digit) {
         return true;
     }
-    let token_chars = bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    let token_chars = bytes
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
     if !token_chars {
         return false;
     }
@@ -355,7 +386,11 @@ fn is_id_segment(segment: &str) -> bool {
     let tail = segment.rsplit(['_', '-']).next().unwrap_or(segment);
     let upper = tail.bytes().filter(u8::is_ascii_uppercase).count();
     let lower = tail.bytes().filter(u8::is_ascii_lowercase).count();
-    tail.len() >= 10 && upper >= 2 && lower >= 2 && upper + lower == tail.len() && (tail.len() < segment.len() || upper >= 4)
+    tail.len() >= 10
+        && upper >= 2
+        && lower >= 2
+        && upper + lower == tail.len()
+        && (tail.len() < segment.len() || upper >= 4)
 }
 
 /// Case-insensitive glob patterns (`*` matches any run of characters).
@@ -366,7 +401,10 @@ pub struct SensitiveMatcher {
 impl SensitiveMatcher {
     pub fn new(patterns: &[String]) -> SensitiveMatcher {
         SensitiveMatcher {
-            patterns: patterns.iter().map(|pattern| pattern.to_ascii_lowercase().split('*').map(str::to_string).collect()).collect(),
+            patterns: patterns
+                .iter()
+                .map(|pattern| pattern.to_ascii_lowercase().split('*').map(str::to_string).collect())
+                .collect(),
         }
     }
 
@@ -391,7 +429,8 @@ fn glob_match(parts: &[String], text: &str) -> bool {
     for (index, part) in rest.iter().enumerate() {
         let last = index == rest.len() - 1;
         if last {
-            return part.is_empty() || (text.len() >= position + part.len() && text[position..].ends_with(part.as_str()));
+            return part.is_empty()
+                || (text.len() >= position + part.len() && text[position..].ends_with(part.as_str()));
         }
         match text[position..].find(part.as_str()) {
             Some(found) => position += found + part.len(),
@@ -408,12 +447,27 @@ mod tests {
     #[test]
     fn endpoints_are_templated() {
         let mut scratch = String::new();
-        assert_eq!(normalize_endpoint("/v1/orders/8812?x=1", &mut scratch), "/v1/orders/{id}");
-        assert_eq!(normalize_endpoint("/v1/users/3f2a9c1e-0b6d-4c1e-9d7a-1b2c3d4e5f60/roles", &mut scratch), "/v1/users/{id}/roles");
+        assert_eq!(
+            normalize_endpoint("/v1/orders/8812?x=1", &mut scratch),
+            "/v1/orders/{id}"
+        );
+        assert_eq!(
+            normalize_endpoint("/v1/users/3f2a9c1e-0b6d-4c1e-9d7a-1b2c3d4e5f60/roles", &mut scratch),
+            "/v1/users/{id}/roles"
+        );
         assert_eq!(normalize_endpoint("/v2/items", &mut scratch), "/v2/items");
-        assert_eq!(normalize_endpoint("iam:CreateAccessKey", &mut scratch), "iam:CreateAccessKey");
-        assert_eq!(normalize_endpoint("/v1/volumes/vol_KTTwLGYFdxSfHB", &mut scratch), "/v1/volumes/{id}");
-        assert_eq!(normalize_endpoint("/v1/payment-methods/getUserProfile", &mut scratch), "/v1/payment-methods/getUserProfile");
+        assert_eq!(
+            normalize_endpoint("iam:CreateAccessKey", &mut scratch),
+            "iam:CreateAccessKey"
+        );
+        assert_eq!(
+            normalize_endpoint("/v1/volumes/vol_KTTwLGYFdxSfHB", &mut scratch),
+            "/v1/volumes/{id}"
+        );
+        assert_eq!(
+            normalize_endpoint("/v1/payment-methods/getUserProfile", &mut scratch),
+            "/v1/payment-methods/getUserProfile"
+        );
     }
 
     /// A mixed workload: several keys with history, then each misbehaving.
@@ -421,15 +475,39 @@ mod tests {
         use crate::detect::testkit::*;
         let mut events = Vec::new();
         for (index, place) in ["london", "dublin", "virginia_aws", "paris"].iter().enumerate() {
-            events.extend(history(&format!("AKIAWORKLOAD0000000{index}"), place, 5, 6 + index as i64, ENDPOINTS));
+            events.extend(history(
+                &format!("AKIAWORKLOAD0000000{index}"),
+                place,
+                5,
+                6 + index as i64,
+                ENDPOINTS,
+            ));
         }
         let twist = T0 + 5 * DAY + 9 * HOUR;
         events.push(event(twist, "AKIAWORKLOAD00000000", ip("sydney", 1), "/v1/orders", 200));
         for call in 0..200 {
-            events.push(event(twist + call * 500, "AKIAWORKLOAD00000001", ip("dublin", 1), "/v1/orders", 200));
+            events.push(event(
+                twist + call * 500,
+                "AKIAWORKLOAD00000001",
+                ip("dublin", 1),
+                "/v1/orders",
+                200,
+            ));
         }
-        events.push(event(twist + 1000, "AKIAWORKLOAD00000002", ip("virginia_aws", 1), "/v1/admin/keys", 403));
-        events.push(event(twist + 2000, "AKIAWORKLOAD00000003", ip("saopaulo", 1), "/v1/orders", 200));
+        events.push(event(
+            twist + 1000,
+            "AKIAWORKLOAD00000002",
+            ip("virginia_aws", 1),
+            "/v1/admin/keys",
+            403,
+        ));
+        events.push(event(
+            twist + 2000,
+            "AKIAWORKLOAD00000003",
+            ip("saopaulo", 1),
+            "/v1/orders",
+            200,
+        ));
         events.sort_by_key(|event| event.ts_ms);
         events
     }
@@ -484,7 +562,10 @@ mod tests {
         first.process(&events[..split], &mut out);
         let text = serde_json::to_string(&first.snapshot()).unwrap();
         for key in 0..4 {
-            assert!(!text.contains(&format!("AKIAWORKLOAD0000000{key}")), "a snapshot holds no raw key");
+            assert!(
+                !text.contains(&format!("AKIAWORKLOAD0000000{key}")),
+                "a snapshot holds no raw key"
+            );
         }
         let mut second = crate::detect::testkit::new_engine();
         second.restore(serde_json::from_str(&text).unwrap());

@@ -339,8 +339,13 @@ fn replay_kafka_cli(args: &ReplayArgs, runtime: &Runtime) -> Result<(), ReplayEr
         to_topic: args.to_topic.clone(),
         batch_size: runtime.config.input.batch_size,
     };
-    let summary = crate::replay_kafka::replay_from_kafka(&runtime.config, Arc::clone(&runtime.model), Arc::clone(&runtime.geo), &options)
-        .map_err(|err| ReplayError::Kafka(err.to_string()))?;
+    let summary = crate::replay_kafka::replay_from_kafka(
+        &runtime.config,
+        Arc::clone(&runtime.model),
+        Arc::clone(&runtime.geo),
+        &options,
+    )
+    .map_err(|err| ReplayError::Kafka(err.to_string()))?;
     println!(
         "partitions    {}\nrecords       {}\nevents        {} ({} in range)\nalerts        {}\nrevocations   {}\nrejected      {}\nno api key    {} (skipped)",
         summary.partitions,
@@ -353,12 +358,18 @@ fn replay_kafka_cli(args: &ReplayArgs, runtime: &Runtime) -> Result<(), ReplayEr
         summary.no_key
     );
     if !summary.scanned_from_beginning.is_empty() {
-        println!("scanned from the first record (no offset lookup by time): {}", summary.scanned_from_beginning.join(", "));
+        println!(
+            "scanned from the first record (no offset lookup by time): {}",
+            summary.scanned_from_beginning.join(", ")
+        );
     }
     if let Some(topic) = &args.to_topic {
         println!("produced      {} alerts to {topic}", summary.produced);
     }
-    println!("wrote         {}/alerts.jsonl, revocations.jsonl, rejected.jsonl", args.out.display());
+    println!(
+        "wrote         {}/alerts.jsonl, revocations.jsonl, rejected.jsonl",
+        args.out.display()
+    );
     Ok(())
 }
 

@@ -64,8 +64,17 @@ impl Runtime {
             None => Model::default_model(),
         };
         let geo = GeoIp::open(config.geoip.city.as_deref(), config.geoip.asn.as_deref())?;
-        let decoder = Decoder::new(config.input.format.clone(), config.input.mapping.clone(), config.input.max_record_bytes);
-        Ok(Runtime { config, model: Arc::new(model), geo: Arc::new(geo), decoder })
+        let decoder = Decoder::new(
+            config.input.format.clone(),
+            config.input.mapping.clone(),
+            config.input.max_record_bytes,
+        );
+        Ok(Runtime {
+            config,
+            model: Arc::new(model),
+            geo: Arc::new(geo),
+            decoder,
+        })
     }
 
     /// A fresh engine for this runtime.

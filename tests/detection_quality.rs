@@ -15,8 +15,11 @@ use keywatch::model::Model;
 fn default_model_on_generated_traffic_meets_the_targets() {
     let config = GenerateConfig::new(300, 10, 11, "2026-01-05T00:00:00Z").expect("valid generator config");
     let generation = Generation::new(config);
-    let geo = GeoIp::from_bytes(Some(generation.city_database().unwrap()), Some(generation.asn_database().unwrap()))
-        .expect("generated databases open");
+    let geo = GeoIp::from_bytes(
+        Some(generation.city_database().unwrap()),
+        Some(generation.asn_database().unwrap()),
+    )
+    .expect("generated databases open");
     let mut engine = Engine::new(Arc::new(Model::default_model()), Arc::new(geo));
     let mut batch = Vec::with_capacity(1024);
     let mut outputs = Vec::new();
@@ -50,10 +53,24 @@ fn default_model_on_generated_traffic_meets_the_targets() {
         benign_cases: generation.benign_cases().len() as u64,
         generator: String::new(),
     };
-    let card = score(&alerts, generation.labels(), generation.benign_cases(), Some(&meta), &ScoreOptions::default());
+    let card = score(
+        &alerts,
+        generation.labels(),
+        generation.benign_cases(),
+        Some(&meta),
+        &ScoreOptions::default(),
+    );
     eprintln!("{}", keywatch::eval::render_table(&card));
     assert!(card.incidents >= 8, "every scenario is injected");
     assert!(card.recall.unwrap() >= 0.9, "recall {:?}", card.recall);
-    assert!(card.false_alerts_per_1k_key_days.unwrap() <= 2.0, "false alerts {:?}", card.false_alerts_per_1k_key_days);
-    assert!(card.median_time_to_detect_s.unwrap() <= 300.0, "median time to detect {:?}", card.median_time_to_detect_s);
+    assert!(
+        card.false_alerts_per_1k_key_days.unwrap() <= 2.0,
+        "false alerts {:?}",
+        card.false_alerts_per_1k_key_days
+    );
+    assert!(
+        card.median_time_to_detect_s.unwrap() <= 300.0,
+        "median time to detect {:?}",
+        card.median_time_to_detect_s
+    );
 }

@@ -18,9 +18,33 @@ const T0: i64 = 1_767_571_200_000;
 
 /// network, country, city, lat, lon, asn, org
 const PLACES: &[(&str, &str, &str, f64, f64, u32, &str)] = &[
-    ("31.10.0.0/16", "GB", "London", 51.5074, -0.1278, 2856, "British Telecommunications PLC"),
-    ("31.11.0.0/16", "BR", "Sao Paulo", -23.5505, -46.6333, 28573, "Claro S.A."),
-    ("31.12.0.0/16", "US", "Ashburn", 39.0438, -77.4874, 16509, "Amazon.com, Inc."),
+    (
+        "31.10.0.0/16",
+        "GB",
+        "London",
+        51.5074,
+        -0.1278,
+        2856,
+        "British Telecommunications PLC",
+    ),
+    (
+        "31.11.0.0/16",
+        "BR",
+        "Sao Paulo",
+        -23.5505,
+        -46.6333,
+        28573,
+        "Claro S.A.",
+    ),
+    (
+        "31.12.0.0/16",
+        "US",
+        "Ashburn",
+        39.0438,
+        -77.4874,
+        16509,
+        "Amazon.com, Inc.",
+    ),
 ];
 
 fn host(place: usize, index: u32) -> Ipv4Addr {
@@ -45,7 +69,11 @@ fn write_geoip(dir: &Path) -> (PathBuf, PathBuf) {
         .collect();
     let asns: Vec<AsnRecord> = PLACES
         .iter()
-        .map(|place| AsnRecord { network: place.0.parse().unwrap(), asn: place.5, organization: place.6.into() })
+        .map(|place| AsnRecord {
+            network: place.0.parse().unwrap(),
+            asn: place.5,
+            organization: place.6.into(),
+        })
         .collect();
     let city = dir.join("city.mmdb");
     let asn = dir.join("asn.mmdb");
@@ -85,18 +113,27 @@ fn write_events(dir: &Path) -> (PathBuf, usize) {
         }
     }
     let twist = T0 + 6 * DAY + 9 * HOUR;
-    lines.push((twist - 300_000, line(twist - 300_000, keys[0], host(0, 1), "/v1/orders", 200)));
+    lines.push((
+        twist - 300_000,
+        line(twist - 300_000, keys[0], host(0, 1), "/v1/orders", 200),
+    ));
     lines.push((twist, line(twist, keys[0], host(1, 1), "/v1/orders", 200)));
     for call in 0..400 {
         let ts = twist + call * 300;
         lines.push((ts, line(ts, keys[1], host(0, 5), "/v1/items/777", 200)));
     }
-    lines.push((twist + 5000, line(twist + 5000, keys[2], host(2, 9), "/v1/admin/api-keys", 403)));
+    lines.push((
+        twist + 5000,
+        line(twist + 5000, keys[2], host(2, 9), "/v1/admin/api-keys", 403),
+    ));
     lines.sort_by_key(|(ts, _)| *ts);
     let valid = lines.len();
     let mut text: Vec<String> = lines.into_iter().map(|(_, text)| text).collect();
     text.insert(10, "{not json".into());
-    text.insert(20, line(T0, keys[0], host(0, 1), "/v1/orders", 200).replace("31.10.1.1", "999.1.1.1"));
+    text.insert(
+        20,
+        line(T0, keys[0], host(0, 1), "/v1/orders", 200).replace("31.10.1.1", "999.1.1.1"),
+    );
     text.insert(30, r#"{"ts":"2026-13-45T00:00:00Z","key_id":"AKIAREPLAYTEST000000","ip":"31.10.1.1","method":"GET","endpoint":"/","status":200,"user_agent":"x","bytes_out":1}"#.into());
     text.insert(40, r#"{"ts":"2026-01-05T10:00:00Z","ip":"31.10.1.1","method":"GET","endpoint":"/","status":200,"user_agent":"x","bytes_out":1}"#.into());
     text.insert(50, format!("{{\"pad\":\"{}\"}}", "x".repeat(2 << 20)));
@@ -106,7 +143,10 @@ fn write_events(dir: &Path) -> (PathBuf, usize) {
 }
 
 fn keywatch(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_keywatch")).args(args).output().expect("keywatch runs")
+    Command::new(env!("CARGO_BIN_EXE_keywatch"))
+        .args(args)
+        .output()
+        .expect("keywatch runs")
 }
 
 fn replay(events: &Path, geo: &(PathBuf, PathBuf), out: &Path, batch_size: &str) -> std::process::Output {
@@ -126,13 +166,18 @@ fn replay(events: &Path, geo: &(PathBuf, PathBuf), out: &Path, batch_size: &str)
 }
 
 fn read_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap().lines().map(|text| serde_json::from_str(text).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|text| serde_json::from_str(text).unwrap())
+        .collect()
 }
 
 fn validator(name: &str) -> jsonschema::Validator {
-    let schema: Value =
-        serde_json::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas").join(name)).unwrap())
-            .unwrap();
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas").join(name)).unwrap(),
+    )
+    .unwrap();
     jsonschema::validator_for(&schema).expect("valid schema")
 }
 
@@ -149,15 +194,27 @@ fn replay_detects_rejects_and_is_deterministic() {
     assert!(stdout.contains("rejected") && stdout.contains("alerts"), "{stdout}");
 
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(first.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(summary["events"].as_u64().unwrap() as usize, valid, "every valid record around the bad ones is processed");
+    assert_eq!(
+        summary["events"].as_u64().unwrap() as usize,
+        valid,
+        "every valid record around the bad ones is processed"
+    );
     assert_eq!(summary["rejected"], 4);
     assert_eq!(summary["skipped_no_key"], 1);
 
     let rejected = read_lines(&first.join("rejected.jsonl"));
-    let reasons: Vec<&str> = rejected.iter().map(|entry| entry["reason_kind"].as_str().unwrap()).collect();
+    let reasons: Vec<&str> = rejected
+        .iter()
+        .map(|entry| entry["reason_kind"].as_str().unwrap())
+        .collect();
     assert_eq!(reasons, ["malformed_json", "bad_ip", "bad_timestamp", "oversized"]);
     assert_eq!(rejected[0]["source"]["line"], 11);
-    assert!(rejected[0]["source"]["file"].as_str().unwrap().ends_with("events.jsonl"));
+    assert!(
+        rejected[0]["source"]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("events.jsonl")
+    );
     assert_eq!(rejected[3]["truncated"], true);
 
     let alerts = read_lines(&first.join("alerts.jsonl"));
@@ -174,7 +231,10 @@ fn replay_detects_rejects_and_is_deterministic() {
     assert!(!revocations.is_empty(), "impossible travel asks for a revocation");
     let revocation_schema = validator("revocation.schema.json");
     for request in &revocations {
-        let errors: Vec<String> = revocation_schema.iter_errors(request).map(|err| err.to_string()).collect();
+        let errors: Vec<String> = revocation_schema
+            .iter_errors(request)
+            .map(|err| err.to_string())
+            .collect();
         assert!(errors.is_empty(), "{errors:?} in {request}");
     }
     let everything = std::fs::read_to_string(first.join("alerts.jsonl")).unwrap()
@@ -200,16 +260,32 @@ fn replay_reads_real_cloudtrail_documents_plain_and_gzip() {
     let dir = tempfile::tempdir().unwrap();
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cloudtrail");
     let out = dir.path().join("out");
-    let inputs = [data.join("stratus-ec2-get-password-data.json"), data.join("stratus-ec2-steal-instance-credentials.json.gz"), data.join("panther-sample.jsonl")];
-    let mut args = vec!["replay", "--format", "cloudtrail", "--out", out.to_str().unwrap(), "--input"];
+    let inputs = [
+        data.join("stratus-ec2-get-password-data.json"),
+        data.join("stratus-ec2-steal-instance-credentials.json.gz"),
+        data.join("panther-sample.jsonl"),
+    ];
+    let mut args = vec![
+        "replay",
+        "--format",
+        "cloudtrail",
+        "--out",
+        out.to_str().unwrap(),
+        "--input",
+    ];
     args.extend(inputs.iter().map(|path| path.to_str().unwrap()));
     let run = keywatch(&args);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert!(summary["events"].as_u64().unwrap() > 10, "{summary}");
     let records = summary["records"].as_u64().unwrap();
-    let accounted = summary["events"].as_u64().unwrap() + summary["rejected"].as_u64().unwrap() + summary["skipped_no_key"].as_u64().unwrap();
-    assert!(accounted >= records, "every record is processed, rejected or skipped: {summary}");
+    let accounted = summary["events"].as_u64().unwrap()
+        + summary["rejected"].as_u64().unwrap()
+        + summary["skipped_no_key"].as_u64().unwrap();
+    assert!(
+        accounted >= records,
+        "every record is processed, rejected or skipped: {summary}"
+    );
 }
 
 #[test]
@@ -219,26 +295,61 @@ fn start_up_problems_name_the_file() {
     std::fs::write(&events, "").unwrap();
     let out = dir.path().join("out");
     let missing = dir.path().join("nowhere.mmdb");
-    let run = keywatch(&["replay", "--input", events.to_str().unwrap(), "--out", out.to_str().unwrap(), "--geoip-city", missing.to_str().unwrap()]);
+    let run = keywatch(&[
+        "replay",
+        "--input",
+        events.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--geoip-city",
+        missing.to_str().unwrap(),
+    ]);
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("nowhere.mmdb"));
 
     let corrupt = dir.path().join("corrupt.mmdb");
     std::fs::write(&corrupt, b"definitely not a maxmind database").unwrap();
-    let run = keywatch(&["replay", "--input", events.to_str().unwrap(), "--out", out.to_str().unwrap(), "--geoip-asn", corrupt.to_str().unwrap()]);
+    let run = keywatch(&[
+        "replay",
+        "--input",
+        events.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--geoip-asn",
+        corrupt.to_str().unwrap(),
+    ]);
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("corrupt.mmdb"));
 
     let model = dir.path().join("bad-model.toml");
     std::fs::write(&model, "name = \"x\"\n").unwrap();
-    let run = keywatch(&["replay", "--input", events.to_str().unwrap(), "--out", out.to_str().unwrap(), "--model", model.to_str().unwrap()]);
+    let run = keywatch(&[
+        "replay",
+        "--input",
+        events.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ]);
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("bad-model.toml"));
 
     let config = dir.path().join("bad-config.toml");
     std::fs::write(&config, "[input]\nbatch_size = 0\n").unwrap();
-    let run = keywatch(&["replay", "--input", events.to_str().unwrap(), "--out", out.to_str().unwrap(), "--config", config.to_str().unwrap()]);
+    let run = keywatch(&[
+        "replay",
+        "--input",
+        events.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(stderr.contains("bad-config.toml") && stderr.contains("input.batch_size"), "{stderr}");
+    assert!(
+        stderr.contains("bad-config.toml") && stderr.contains("input.batch_size"),
+        "{stderr}"
+    );
 }

@@ -26,7 +26,14 @@ pub enum Disposition {
 
 /// Applies suppression, incident grouping and the revocation policy to one
 /// finding on one key, appending the resulting outputs.
-pub fn dispose(state: &mut KeyState, mut finding: Finding, trigger_ts_ms: i64, model: &Model, model_label: &str, out: &mut Vec<Output>) -> Disposition {
+pub fn dispose(
+    state: &mut KeyState,
+    mut finding: Finding,
+    trigger_ts_ms: i64,
+    model: &Model,
+    model_label: &str,
+    out: &mut Vec<Output>,
+) -> Disposition {
     let memory = &mut state.alerts;
     let incident_gap_ms = model.alerts.incident_gap.as_millis() as i64;
     let suppress_ms = model.alerts.suppress.as_millis() as i64;
@@ -35,7 +42,13 @@ pub fn dispose(state: &mut KeyState, mut finding: Finding, trigger_ts_ms: i64, m
     if incident_open
         && finding.severity == Severity::Low
         && ESCALATABLE.contains(&finding.detector)
-        && memory.incident_detectors.iter().filter(|name| name.as_str() != finding.detector).count() + 1 >= CORRELATED_DETECTORS
+        && memory
+            .incident_detectors
+            .iter()
+            .filter(|name| name.as_str() != finding.detector)
+            .count()
+            + 1
+            >= CORRELATED_DETECTORS
     {
         finding.severity = Severity::Medium;
     }
@@ -46,17 +59,28 @@ pub fn dispose(state: &mut KeyState, mut finding: Finding, trigger_ts_ms: i64, m
     {
         return Disposition::Suppressed;
     }
-    match memory.last_fired.iter_mut().find(|(name, _, _)| name == finding.detector) {
+    match memory
+        .last_fired
+        .iter_mut()
+        .find(|(name, _, _)| name == finding.detector)
+    {
         Some(slot) => {
             slot.1 = trigger_ts_ms;
             slot.2 = finding.severity;
         }
-        None => memory.last_fired.push((finding.detector.to_string(), trigger_ts_ms, finding.severity)),
+        None => memory
+            .last_fired
+            .push((finding.detector.to_string(), trigger_ts_ms, finding.severity)),
     }
 
     let id = stable_id(
         "al",
-        &[&state.fingerprint, finding.detector, &trigger_ts_ms.to_string(), &state.events.to_string()],
+        &[
+            &state.fingerprint,
+            finding.detector,
+            &trigger_ts_ms.to_string(),
+            &state.events.to_string(),
+        ],
     );
     if !incident_open {
         memory.incident_id = Some(stable_id("in", &[&id]));
@@ -84,7 +108,10 @@ pub fn dispose(state: &mut KeyState, mut finding: Finding, trigger_ts_ms: i64, m
         severity: finding.severity,
         score: finding.score,
         ts: format_ts(trigger_ts_ms),
-        window: Window { start: format_ts(finding.window_start_ms.min(trigger_ts_ms)), end: format_ts(trigger_ts_ms) },
+        window: Window {
+            start: format_ts(finding.window_start_ms.min(trigger_ts_ms)),
+            end: format_ts(trigger_ts_ms),
+        },
         summary: finding.summary,
         evidence: finding.evidence,
         model: model_label.to_string(),

@@ -40,6 +40,10 @@ impl AuthBaseline {
 
     /// Usual failures per window.
     pub fn expected(&self) -> f64 {
-        if self.level_weight <= 0.0 { 0.0 } else { self.level / self.level_weight }
+        if self.level_weight <= 0.0 {
+            0.0
+        } else {
+            self.level / self.level_weight
+        }
     }
 }

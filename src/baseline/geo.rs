@@ -53,7 +53,15 @@ pub fn country_from_id(id: u32) -> Country {
 
 impl GeoBaseline {
     /// Absorbs one use.
-    pub fn update(&mut self, ts_ms: i64, ip: std::net::IpAddr, geo: &GeoInfo, half_life_ms: i64, max_countries: usize, max_asns: usize) {
+    pub fn update(
+        &mut self,
+        ts_ms: i64,
+        ip: std::net::IpAddr,
+        geo: &GeoInfo,
+        half_life_ms: i64,
+        max_countries: usize,
+        max_asns: usize,
+    ) {
         self.countries.decay_to(ts_ms, half_life_ms);
         self.asns.decay_to(ts_ms, half_life_ms);
         if geo.country.is_known() {
@@ -101,7 +109,11 @@ impl GeoBaseline {
         if total <= 0.0 {
             return 0;
         }
-        self.countries.entries.iter().filter(|entry| entry.weight / total >= min_share).count()
+        self.countries
+            .entries
+            .iter()
+            .filter(|entry| entry.weight / total >= min_share)
+            .count()
     }
 }
 

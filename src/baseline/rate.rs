@@ -114,7 +114,11 @@ impl RateBaseline {
     pub fn dispersion_at(&self, window: i64, window_ms: i64) -> f64 {
         let hour = hour_of_day(window * window_ms);
         let weight = self.profile_weight[hour];
-        if weight <= 0.0 { 1.0 } else { (self.dispersion[hour] / weight).max(1.0) }
+        if weight <= 0.0 {
+            1.0
+        } else {
+            (self.dispersion[hour] / weight).max(1.0)
+        }
     }
 
     /// Overdispersion of the long window ending with the current window:
@@ -195,7 +199,9 @@ impl RateBaseline {
     /// Expected calls over the long window ending with the current window.
     pub fn long_window_expected(&self, window_ms: i64, floor: f64) -> f64 {
         let windows = self.recent.len() as i64;
-        (0..=windows).map(|back| self.expected(self.window - back, window_ms, floor)).sum()
+        (0..=windows)
+            .map(|back| self.expected(self.window - back, window_ms, floor))
+            .sum()
     }
 }
 

@@ -32,7 +32,12 @@ pub struct TopK {
 
 impl TopK {
     pub fn new() -> TopK {
-        TopK { entries: Vec::new(), other: 0.0, evicted: 0, decay_day: i64::MIN }
+        TopK {
+            entries: Vec::new(),
+            other: 0.0,
+            evicted: 0,
+            decay_day: i64::MIN,
+        }
     }
 
     /// Brings the weights to the event-time day of `ts_ms`.
@@ -88,7 +93,13 @@ impl TopK {
             entry.last_ts = ts_ms;
             return;
         }
-        let new_entry = Entry { id, weight: 1.0, count: 1, first_ts: ts_ms, last_ts: ts_ms };
+        let new_entry = Entry {
+            id,
+            weight: 1.0,
+            count: 1,
+            first_ts: ts_ms,
+            last_ts: ts_ms,
+        };
         if self.entries.len() < capacity {
             self.entries.push(new_entry);
             return;
@@ -152,6 +163,9 @@ mod tests {
         table.decay_to(DAY_MS, DAY_MS);
         assert!((table.get(7).unwrap().weight - 0.5).abs() < 1e-9);
         table.decay_to(DAY_MS / 2, DAY_MS);
-        assert!((table.get(7).unwrap().weight - 0.5).abs() < 1e-9, "time never runs backwards");
+        assert!(
+            (table.get(7).unwrap().weight - 0.5).abs() < 1e-9,
+            "time never runs backwards"
+        );
     }
 }

@@ -57,7 +57,13 @@ mod tests {
         let mut events = history(key, "london", 5, 12, ENDPOINTS);
         let start = T0 + 5 * DAY + 10 * HOUR;
         for call in 0..40 {
-            events.push(event(start + call * 10_000, key, ip("london", 1), "/v1/customers/{id}", 403));
+            events.push(event(
+                start + call * 10_000,
+                key,
+                ip("london", 1),
+                "/v1/customers/{id}",
+                403,
+            ));
         }
         let found = alerts(&mut engine, &events);
         assert_eq!(of(&found, "auth_failure_spike").len(), 1, "{found:#?}");

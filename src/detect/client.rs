@@ -32,14 +32,24 @@ pub fn check_new_client(state: &KeyState, view: &EventView, ctx: &Context, out: 
         .ranked()
         .iter()
         .take(4)
-        .map(|entry| format!("{} {}", ctx.client_name(entry.id), percent(entry.weight / total.max(1e-9))))
+        .map(|entry| {
+            format!(
+                "{} {}",
+                ctx.client_name(entry.id),
+                percent(entry.weight / total.max(1e-9))
+            )
+        })
         .collect();
     out.push(Finding {
         detector: "new_client",
         severity: Severity::Low,
         score: 0.4,
         window_start_ms: view.ts_ms,
-        summary: format!("first use of client family {} (known: {})", view.client, known.join(", ")),
+        summary: format!(
+            "first use of client family {} (known: {})",
+            view.client,
+            known.join(", ")
+        ),
         evidence: json!({
             "observed": {"client_family": view.client, "ip": view.ip.to_string()},
             "baseline": {"client_families": known.join(", ")},

@@ -37,7 +37,10 @@ pub fn check_new_endpoint(state: &mut KeyState, view: &EventView, ctx: &Context,
     if !state.has_learned(view.ts_ms, &endpoint_model.new_endpoint) {
         return;
     }
-    state.endpoints.recent_new.retain(|ts| view.ts_ms - *ts <= NEW_ENDPOINT_SPAN_MS);
+    state
+        .endpoints
+        .recent_new
+        .retain(|ts| view.ts_ms - *ts <= NEW_ENDPOINT_SPAN_MS);
     state.endpoints.recent_new.push(view.ts_ms);
     let recent_new = state.endpoints.recent_new.len();
     let baseline = json!({
@@ -171,10 +174,21 @@ mod tests {
         let mut events = history(key, "london", 5, 12, ENDPOINTS);
         let last = events.last().unwrap().ts_ms;
         for (step, endpoint) in ["/v1/reports", "/v1/reports/download", "/v1/bulk"].iter().enumerate() {
-            events.push(event(last + (step as i64 + 1) * 60_000, key, ip("london", 2), endpoint, 200));
+            events.push(event(
+                last + (step as i64 + 1) * 60_000,
+                key,
+                ip("london", 2),
+                endpoint,
+                200,
+            ));
         }
         let found = alerts(&mut engine, &events);
-        assert!(of(&found, "new_endpoint").iter().any(|alert| alert.severity == Severity::Medium), "{found:#?}");
+        assert!(
+            of(&found, "new_endpoint")
+                .iter()
+                .any(|alert| alert.severity == Severity::Medium),
+            "{found:#?}"
+        );
     }
 
     #[test]
@@ -193,7 +207,10 @@ mod tests {
         assert_eq!(of(&found, "endpoint_mix_shift").len(), 1, "{found:#?}");
 
         let mut engine = new_engine();
-        let found = alerts(&mut engine, &history("AKIAENDPTEST00000005", "london", 8, 40, &endpoints));
+        let found = alerts(
+            &mut engine,
+            &history("AKIAENDPTEST00000005", "london", 8, 40, &endpoints),
+        );
         assert!(of(&found, "endpoint_mix_shift").is_empty(), "{found:#?}");
     }
 }

@@ -28,7 +28,13 @@ fn baseline_countries(state: &KeyState) -> String {
         .ranked()
         .iter()
         .take(5)
-        .map(|entry| format!("{} {}", country_from_id(entry.id).as_str(), percent(entry.weight / total)))
+        .map(|entry| {
+            format!(
+                "{} {}",
+                country_from_id(entry.id).as_str(),
+                percent(entry.weight / total)
+            )
+        })
         .collect();
     if state.geo.countries.other > 0.0 {
         parts.push(format!("other {}", percent(state.geo.countries.other_share())));
@@ -92,9 +98,18 @@ pub fn check_new_place(state: &KeyState, view: &EventView, ctx: &Context, out: &
                     && state.geo.asns.share(view.geo.asn) >= geo_model.established_share
             });
         let journey = plausible_journey(state, view, ctx);
-        let severity = if global || asn_established || journey == Some(true) { Severity::Low } else { Severity::Medium };
+        let severity = if global || asn_established || journey == Some(true) {
+            Severity::Low
+        } else {
+            Severity::Medium
+        };
         let names = ctx.geo.names(view.ip);
-        let place = names.city.clone().map_or(view.geo.country.as_str().to_string(), |city| format!("{city}, {}", view.geo.country.as_str()));
+        let place = names
+            .city
+            .clone()
+            .map_or(view.geo.country.as_str().to_string(), |city| {
+                format!("{city}, {}", view.geo.country.as_str())
+            });
         let summary = format!(
             "first use from country {} ({place}, AS{}); baseline {} over {:.0} days",
             view.geo.country.as_str(),
@@ -180,8 +195,20 @@ pub fn check_travel(state: &mut KeyState, view: &EventView, ctx: &Context, out: 
     let previous_country = Country(previous.country);
     let established_share = geo_model.established_share;
     let min_age_ms = geo_model.established_after.as_millis() as i64;
-    let from_established = state.geo.is_established(previous_country, previous.asn, established_share, view.ts_ms, min_age_ms);
-    let to_established = state.geo.is_established(view.geo.country, view.geo.asn, established_share, view.ts_ms, min_age_ms);
+    let from_established = state.geo.is_established(
+        previous_country,
+        previous.asn,
+        established_share,
+        view.ts_ms,
+        min_age_ms,
+    );
+    let to_established = state.geo.is_established(
+        view.geo.country,
+        view.geo.asn,
+        established_share,
+        view.ts_ms,
+        min_age_ms,
+    );
     if from_established && to_established {
         // Both places are habitual for this key (multi-region service,
         // corporate VPN egress): not travel at all.
@@ -200,11 +227,15 @@ pub fn check_travel(state: &mut KeyState, view: &EventView, ctx: &Context, out: 
     let same_network = previous.asn != 0 && previous.asn == view.geo.asn;
     let episode_ms = view.ts_ms - state.geo.jumps[0];
     let overlap_ms = geo_model.same_network_overlap.as_millis() as i64;
-    let concurrent = state.geo.jumps.len() >= CONCURRENT_JUMPS && !global && (!same_network || episode_ms >= overlap_ms);
+    let concurrent =
+        state.geo.jumps.len() >= CONCURRENT_JUMPS && !global && (!same_network || episode_ms >= overlap_ms);
     let names_now = ctx.geo.names(view.ip);
     let names_before = ctx.geo.names(previous.ip);
     let place = |names: &crate::enrich::GeoNames, country: &str| {
-        names.city.clone().map_or(country.to_string(), |city| format!("{city}, {country}"))
+        names
+            .city
+            .clone()
+            .map_or(country.to_string(), |city| format!("{city}, {country}"))
     };
     let place_before = place(&names_before, previous_country.as_str());
     let place_now = place(&names_now, view.geo.country.as_str());
@@ -250,7 +281,11 @@ pub fn check_travel(state: &mut KeyState, view: &EventView, ctx: &Context, out: 
         });
         return;
     }
-    let severity = if global || same_network { Severity::Low } else { Severity::High };
+    let severity = if global || same_network {
+        Severity::Low
+    } else {
+        Severity::High
+    };
     out.push(Finding {
         detector: "impossible_travel",
         severity,
@@ -276,12 +311,22 @@ mod tests {
         let mut engine = new_engine();
         let mut events = history("AKIAGEOTEST000000001", "london", 5, 12, ENDPOINTS);
         let last = events.last().unwrap().ts_ms;
-        events.push(event(last + 10 * 60_000, "AKIAGEOTEST000000001", ip("sydney", 7), "/v1/orders", 200));
+        events.push(event(
+            last + 10 * 60_000,
+            "AKIAGEOTEST000000001",
+            ip("sydney", 7),
+            "/v1/orders",
+            200,
+        ));
         let alerts = alerts(&mut engine, &events);
         let travel = of(&alerts, "impossible_travel");
         assert_eq!(travel.len(), 1, "{alerts:#?}");
         assert_eq!(travel[0].severity, Severity::High);
-        assert!(travel[0].summary.contains("London") && travel[0].summary.contains("Sydney"), "{}", travel[0].summary);
+        assert!(
+            travel[0].summary.contains("London") && travel[0].summary.contains("Sydney"),
+            "{}",
+            travel[0].summary
+        );
         assert!(travel[0].evidence["speed_kmh"].as_f64().unwrap() > 900.0);
     }
 
@@ -291,9 +336,21 @@ mod tests {
         let mut events = history("AKIAGEOTEST000000002", "london", 5, 12, ENDPOINTS);
         let last = events.last().unwrap().ts_ms;
         // Manchester is 262 km from London: below the minimum distance.
-        events.push(event(last + 60_000, "AKIAGEOTEST000000002", ip("manchester", 1), "/v1/orders", 200));
+        events.push(event(
+            last + 60_000,
+            "AKIAGEOTEST000000002",
+            ip("manchester", 1),
+            "/v1/orders",
+            200,
+        ));
         // Sydney a day and a half later: a plausible flight.
-        events.push(event(last + 36 * HOUR, "AKIAGEOTEST000000002", ip("sydney", 1), "/v1/orders", 200));
+        events.push(event(
+            last + 36 * HOUR,
+            "AKIAGEOTEST000000002",
+            ip("sydney", 1),
+            "/v1/orders",
+            200,
+        ));
         let alerts = alerts(&mut engine, &events);
         assert!(of(&alerts, "impossible_travel").is_empty(), "{alerts:#?}");
     }
@@ -304,11 +361,24 @@ mod tests {
         let key = "AKIAGEOTEST000000003";
         let mut events = Vec::new();
         for minute in 0..(5 * 24 * 60) {
-            let place = if minute % 2 == 0 { "frankfurt_aws" } else { "virginia_aws" };
-            events.push(event(T0 + minute * 60_000, key, ip(place, (minute % 10) as u16), "/v1/orders", 200));
+            let place = if minute % 2 == 0 {
+                "frankfurt_aws"
+            } else {
+                "virginia_aws"
+            };
+            events.push(event(
+                T0 + minute * 60_000,
+                key,
+                ip(place, (minute % 10) as u16),
+                "/v1/orders",
+                200,
+            ));
         }
         let alerts = alerts(&mut engine, &events);
-        assert!(of(&alerts, "impossible_travel").is_empty() && of(&alerts, "concurrent_use").is_empty(), "{alerts:#?}");
+        assert!(
+            of(&alerts, "impossible_travel").is_empty() && of(&alerts, "concurrent_use").is_empty(),
+            "{alerts:#?}"
+        );
     }
 
     #[test]
@@ -334,18 +404,34 @@ mod tests {
         let last = events.last().unwrap().ts_ms;
         // Paris ten minutes after London: too close for impossible travel,
         // too fast for a journey.
-        events.push(event(last + 10 * 60_000, "AKIAGEOTEST000000005", ip("paris", 1), "/v1/orders", 200));
+        events.push(event(
+            last + 10 * 60_000,
+            "AKIAGEOTEST000000005",
+            ip("paris", 1),
+            "/v1/orders",
+            200,
+        ));
         let found = alerts(&mut engine, &events);
         let new_country = of(&found, "new_country");
         assert_eq!(new_country.len(), 1, "{found:#?}");
         assert_eq!(new_country[0].severity, Severity::Medium);
-        assert!(new_country[0].summary.contains("FR") && new_country[0].summary.contains("GB 100%"), "{}", new_country[0].summary);
+        assert!(
+            new_country[0].summary.contains("FR") && new_country[0].summary.contains("GB 100%"),
+            "{}",
+            new_country[0].summary
+        );
 
         // A service moving between two regions of its own cloud provider.
         let mut engine = new_engine();
         let mut events = history("AKIAGEOTEST000000006", "virginia_aws", 5, 12, ENDPOINTS);
         let last = events.last().unwrap().ts_ms;
-        events.push(event(last + 12 * HOUR, "AKIAGEOTEST000000006", ip("frankfurt_aws", 1), "/v1/orders", 200));
+        events.push(event(
+            last + 12 * HOUR,
+            "AKIAGEOTEST000000006",
+            ip("frankfurt_aws", 1),
+            "/v1/orders",
+            200,
+        ));
         let found = alerts(&mut engine, &events);
         let new_country = of(&found, "new_country");
         assert_eq!(new_country.len(), 1, "{found:#?}");
@@ -357,7 +443,13 @@ mod tests {
         let mut engine = new_engine();
         let mut events = history("AKIAGEOTEST000000008", "london", 5, 12, ENDPOINTS);
         let last = events.last().unwrap().ts_ms;
-        events.push(event(last + 30 * HOUR, "AKIAGEOTEST000000008", ip("sydney", 1), "/v1/orders", 200));
+        events.push(event(
+            last + 30 * HOUR,
+            "AKIAGEOTEST000000008",
+            ip("sydney", 1),
+            "/v1/orders",
+            200,
+        ));
         let found = alerts(&mut engine, &events);
         let new_country = of(&found, "new_country");
         assert_eq!(new_country.len(), 1, "{found:#?}");
@@ -370,7 +462,13 @@ mod tests {
         let mut engine = new_engine();
         let mut events = history("AKIAGEOTEST000000007", "london", 1, 12, ENDPOINTS);
         let last = events.last().unwrap().ts_ms;
-        events.push(event(last + 3 * HOUR, "AKIAGEOTEST000000007", ip("paris", 1), "/v1/orders", 200));
+        events.push(event(
+            last + 3 * HOUR,
+            "AKIAGEOTEST000000007",
+            ip("paris", 1),
+            "/v1/orders",
+            200,
+        ));
         let found = alerts(&mut engine, &events);
         assert!(of(&found, "new_country").is_empty(), "{found:#?}");
     }

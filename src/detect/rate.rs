@@ -18,7 +18,9 @@ pub fn check_dormant(state: &KeyState, view: &EventView, ctx: &Context, out: &mu
     if state.events == 0 || silence_ms < rate_model.dormant_after.as_millis() as i64 {
         return;
     }
-    if state.events < rate_model.dormant.min_events || state.last_ts - state.first_ts < rate_model.dormant.min_age.as_millis() as i64 {
+    if state.events < rate_model.dormant.min_events
+        || state.last_ts - state.first_ts < rate_model.dormant.min_age.as_millis() as i64
+    {
         return;
     }
     let days = silence_ms as f64 / 86_400_000.0;
@@ -60,14 +62,23 @@ pub fn check_rate(state: &mut KeyState, view: &EventView, ctx: &Context, out: &m
     if count >= rate_model.min_spike_count {
         let expected = state.rate.expected(state.rate.window, window_ms, floor);
         let dispersion = state.rate.dispersion_at(state.rate.window, window_ms);
-        let threshold = *state
-            .rate
-            .spike_threshold
-            .get_or_insert_with(|| tail_threshold(expected, dispersion, rate_model.spike_p_value).max(rate_model.min_spike_count));
+        let threshold = *state.rate.spike_threshold.get_or_insert_with(|| {
+            tail_threshold(expected, dispersion, rate_model.spike_p_value).max(rate_model.min_spike_count)
+        });
         if count == threshold {
             let p_value = tail_probability(count, expected, dispersion);
             let start = state.rate.window * window_ms;
-            out.push(rate_finding("rate_spike", state, view, count, expected, dispersion, p_value, rate_model.spike_window, start));
+            out.push(rate_finding(
+                "rate_spike",
+                state,
+                view,
+                count,
+                expected,
+                dispersion,
+                p_value,
+                rate_model.spike_window,
+                start,
+            ));
         }
     }
     let long_count = state.rate.long_window_count();
@@ -75,14 +86,23 @@ pub fn check_rate(state: &mut KeyState, view: &EventView, ctx: &Context, out: &m
         let expected = state.rate.long_window_expected(window_ms, floor);
         let windows = state.rate.recent.len() as f64 + 1.0;
         let dispersion = state.rate.long_window_dispersion(window_ms, floor);
-        let threshold = *state
-            .rate
-            .surge_threshold
-            .get_or_insert_with(|| tail_threshold(expected, dispersion, rate_model.surge_p_value).max(rate_model.min_surge_count));
+        let threshold = *state.rate.surge_threshold.get_or_insert_with(|| {
+            tail_threshold(expected, dispersion, rate_model.surge_p_value).max(rate_model.min_surge_count)
+        });
         if long_count >= threshold && state.rate.count == 1 || long_count == threshold {
             let p_value = tail_probability(long_count, expected, dispersion);
             let start = (state.rate.window + 1 - windows as i64) * window_ms;
-            out.push(rate_finding("rate_surge", state, view, long_count, expected, dispersion, p_value, rate_model.surge_window, start));
+            out.push(rate_finding(
+                "rate_surge",
+                state,
+                view,
+                long_count,
+                expected,
+                dispersion,
+                p_value,
+                rate_model.surge_window,
+                start,
+            ));
         }
     }
 }
@@ -103,7 +123,11 @@ fn rate_finding(
     let ratio = count as f64 / expected.max(1e-9);
     Finding {
         detector,
-        severity: if ratio >= 10.0 { Severity::High } else { Severity::Medium },
+        severity: if ratio >= 10.0 {
+            Severity::High
+        } else {
+            Severity::Medium
+        },
         score: score_from_p(p_value),
         window_start_ms,
         summary: format!(
@@ -134,7 +158,13 @@ mod tests {
         let mut events = history(key, "london", 5, 12, ENDPOINTS);
         let burst_start = T0 + 5 * DAY + 10 * HOUR;
         for call in 0..300 {
-            events.push(event(burst_start + call * 1000, key, ip("london", 1), "/v1/orders/{id}", 200));
+            events.push(event(
+                burst_start + call * 1000,
+                key,
+                ip("london", 1),
+                "/v1/orders/{id}",
+                200,
+            ));
         }
         let found = alerts(&mut engine, &events);
         let spikes = of(&found, "rate_spike");
@@ -146,8 +176,14 @@ mod tests {
     #[test]
     fn ordinary_days_raise_no_rate_alert() {
         let mut engine = new_engine();
-        let found = alerts(&mut engine, &history("AKIARATETEST00000002", "london", 10, 40, ENDPOINTS));
-        assert!(of(&found, "rate_spike").is_empty() && of(&found, "rate_surge").is_empty(), "{found:#?}");
+        let found = alerts(
+            &mut engine,
+            &history("AKIARATETEST00000002", "london", 10, 40, ENDPOINTS),
+        );
+        assert!(
+            of(&found, "rate_spike").is_empty() && of(&found, "rate_surge").is_empty(),
+            "{found:#?}"
+        );
     }
 
     #[test]

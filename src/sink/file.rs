@@ -26,12 +26,22 @@ pub struct JsonlWriter {
 
 impl JsonlWriter {
     pub fn create(path: &Path) -> Result<JsonlWriter, SinkError> {
-        let file = File::create(path).map_err(|source| SinkError { path: path.to_path_buf(), source })?;
-        Ok(JsonlWriter { path: path.to_path_buf(), writer: BufWriter::with_capacity(1 << 16, file), lines: 0 })
+        let file = File::create(path).map_err(|source| SinkError {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(JsonlWriter {
+            path: path.to_path_buf(),
+            writer: BufWriter::with_capacity(1 << 16, file),
+            lines: 0,
+        })
     }
 
     pub fn write<T: Serialize>(&mut self, value: &T) -> Result<(), SinkError> {
-        let wrap = |source: std::io::Error| SinkError { path: self.path.clone(), source };
+        let wrap = |source: std::io::Error| SinkError {
+            path: self.path.clone(),
+            source,
+        };
         serde_json::to_writer(&mut self.writer, value).map_err(|err| wrap(std::io::Error::other(err)))?;
         self.writer.write_all(b"\n").map_err(wrap)?;
         self.lines += 1;
@@ -44,7 +54,10 @@ impl JsonlWriter {
 
     /// Flushes and syncs to disk, so what was written survives a crash.
     pub fn sync(&mut self) -> Result<(), SinkError> {
-        let wrap = |source: std::io::Error| SinkError { path: self.path.clone(), source };
+        let wrap = |source: std::io::Error| SinkError {
+            path: self.path.clone(),
+            source,
+        };
         self.writer.flush().map_err(wrap)?;
         self.writer.get_ref().sync_data().map_err(wrap)
     }
@@ -60,7 +73,10 @@ pub struct OutputFiles {
 
 impl OutputFiles {
     pub fn create(dir: &Path) -> Result<OutputFiles, SinkError> {
-        std::fs::create_dir_all(dir).map_err(|source| SinkError { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| SinkError {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         Ok(OutputFiles {
             alerts: JsonlWriter::create(&dir.join("alerts.jsonl"))?,
             revocations: JsonlWriter::create(&dir.join("revocations.jsonl"))?,

@@ -44,13 +44,22 @@ impl RecordReader {
     /// CloudTrail documents.
     pub fn open(path: &Path, max_record_bytes: usize) -> Result<RecordReader, SourceError> {
         let name = path.display().to_string();
-        let wrap = |source: std::io::Error| SourceError { path: name.clone(), source };
-        let raw: Box<dyn Read + Send> =
-            if name == "-" { Box::new(std::io::stdin()) } else { Box::new(File::open(path).map_err(wrap)?) };
+        let wrap = |source: std::io::Error| SourceError {
+            path: name.clone(),
+            source,
+        };
+        let raw: Box<dyn Read + Send> = if name == "-" {
+            Box::new(std::io::stdin())
+        } else {
+            Box::new(File::open(path).map_err(wrap)?)
+        };
         let mut buffered = BufReader::with_capacity(1 << 16, raw);
         let head = buffered.fill_buf().map_err(wrap)?;
         let reader: Box<dyn BufRead + Send> = if head.starts_with(&[0x1f, 0x8b]) {
-            Box::new(BufReader::with_capacity(1 << 16, flate2::bufread::MultiGzDecoder::new(buffered)))
+            Box::new(BufReader::with_capacity(
+                1 << 16,
+                flate2::bufread::MultiGzDecoder::new(buffered),
+            ))
         } else {
             Box::new(buffered)
         };
@@ -74,25 +83,38 @@ impl RecordReader {
 
     /// Reads up to `max_records` records into `buffer` (cleared first) and
     /// `spans`. Returns false when the input is exhausted and nothing was read.
-    pub fn next_batch(&mut self, buffer: &mut Vec<u8>, spans: &mut Vec<RecordSpan>, max_records: usize) -> Result<bool, SourceError> {
+    pub fn next_batch(
+        &mut self,
+        buffer: &mut Vec<u8>,
+        spans: &mut Vec<RecordSpan>,
+        max_records: usize,
+    ) -> Result<bool, SourceError> {
         buffer.clear();
         spans.clear();
         if self.done {
             return Ok(false);
         }
-        let wrap = |source: std::io::Error, name: &str| SourceError { path: name.to_string(), source };
+        let wrap = |source: std::io::Error, name: &str| SourceError {
+            path: name.to_string(),
+            source,
+        };
         if self.whole_document {
             // A CloudTrail document is one record however large; the limit
             // applies per event inside it, not to the file.
             self.reader.read_to_end(buffer).map_err(|err| wrap(err, &self.name))?;
             self.bytes_read += buffer.len() as u64;
-            spans.push(RecordSpan { range: 0..buffer.len(), line: 1, oversized: None });
+            spans.push(RecordSpan {
+                range: 0..buffer.len(),
+                line: 1,
+                oversized: None,
+            });
             self.done = true;
             return Ok(!buffer.is_empty());
         }
         while spans.len() < max_records {
             let start = buffer.len();
-            let (consumed, full_length) = read_line_capped(&mut self.reader, buffer, self.max_record_bytes).map_err(|err| wrap(err, &self.name))?;
+            let (consumed, full_length) = read_line_capped(&mut self.reader, buffer, self.max_record_bytes)
+                .map_err(|err| wrap(err, &self.name))?;
             if consumed == 0 {
                 self.done = true;
                 break;
@@ -108,7 +130,11 @@ impl RecordReader {
                 continue;
             }
             let oversized = (full_length > self.max_record_bytes).then_some(full_length);
-            spans.push(RecordSpan { range: start..end, line: self.line, oversized });
+            spans.push(RecordSpan {
+                range: start..end,
+                line: self.line,
+                oversized,
+            });
         }
         Ok(!spans.is_empty())
     }
