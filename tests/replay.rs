@@ -4,11 +4,11 @@
 //! two runs are byte-identical whatever the batch size, and that start-up
 //! problems name the file.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use keywatch::enrich::mmdb_build::{AsnRecord, CityRecord, build_asn_db, build_city_db};
+use keywatch::enrich::mmdb_build::{PlaceRow, build_place_databases, place_host};
 use serde_json::Value;
 
 const HOUR: i64 = 3_600_000;
@@ -16,9 +16,9 @@ const DAY: i64 = 24 * HOUR;
 /// 2026-01-05T00:00:00Z.
 const T0: i64 = 1_767_571_200_000;
 
-/// network, country, city, lat, lon, asn, org
-const PLACES: &[(&str, &str, &str, f64, f64, u32, &str)] = &[
+const PLACES: &[PlaceRow] = &[
     (
+        "london",
         "31.10.0.0/16",
         "GB",
         "London",
@@ -28,6 +28,7 @@ const PLACES: &[(&str, &str, &str, f64, f64, u32, &str)] = &[
         "British Telecommunications PLC",
     ),
     (
+        "saopaulo",
         "31.11.0.0/16",
         "BR",
         "Sao Paulo",
@@ -37,6 +38,7 @@ const PLACES: &[(&str, &str, &str, f64, f64, u32, &str)] = &[
         "Claro S.A.",
     ),
     (
+        "ashburn",
         "31.12.0.0/16",
         "US",
         "Ashburn",
@@ -47,42 +49,20 @@ const PLACES: &[(&str, &str, &str, f64, f64, u32, &str)] = &[
     ),
 ];
 
-fn host(place: usize, index: u32) -> Ipv4Addr {
-    let net: ipnet::Ipv4Net = PLACES[place].0.parse().unwrap();
-    Ipv4Addr::from(u32::from(net.network()) + 256 + index)
+fn host(place: usize, index: u32) -> IpAddr {
+    place_host(PLACES, PLACES[place].0, index).unwrap()
 }
 
 fn write_geoip(dir: &Path) -> (PathBuf, PathBuf) {
-    let cities: Vec<CityRecord> = PLACES
-        .iter()
-        .enumerate()
-        .map(|(index, place)| CityRecord {
-            network: place.0.parse().unwrap(),
-            country_code: place.1.into(),
-            country_name: place.1.into(),
-            city_name: place.2.into(),
-            latitude: place.3,
-            longitude: place.4,
-            accuracy_radius_km: 20,
-            geoname_id: 100 + index as u32,
-        })
-        .collect();
-    let asns: Vec<AsnRecord> = PLACES
-        .iter()
-        .map(|place| AsnRecord {
-            network: place.0.parse().unwrap(),
-            asn: place.5,
-            organization: place.6.into(),
-        })
-        .collect();
+    let (city_db, asn_db) = build_place_databases(PLACES).unwrap();
     let city = dir.join("city.mmdb");
     let asn = dir.join("asn.mmdb");
-    std::fs::write(&city, build_city_db(&cities).unwrap()).unwrap();
-    std::fs::write(&asn, build_asn_db(&asns).unwrap()).unwrap();
+    std::fs::write(&city, city_db).unwrap();
+    std::fs::write(&asn, asn_db).unwrap();
     (city, asn)
 }
 
-fn line(ts: i64, key: &str, ip: Ipv4Addr, endpoint: &str, status: u16) -> String {
+fn line(ts: i64, key: &str, ip: IpAddr, endpoint: &str, status: u16) -> String {
     serde_json::json!({
         "ts": keywatch::event::format_ts(ts),
         "key_id": key,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::alert::Alert;
 use crate::engine::{Engine, Output};
 use crate::enrich::GeoIp;
-use crate::enrich::mmdb_build::{AsnRecord, CityRecord, build_asn_db, build_city_db};
+use crate::enrich::mmdb_build::{PlaceRow, build_place_databases, place_host};
 use crate::event::AccessEvent;
 use crate::model::Model;
 
@@ -18,19 +18,7 @@ pub const DAY: i64 = 24 * HOUR;
 /// 2026-01-05T00:00:00Z, a Monday.
 pub const T0: i64 = 1_767_571_200_000;
 
-/// name, network, country, city, latitude, longitude, asn, organisation
-pub type Place = (
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static str,
-    f64,
-    f64,
-    u32,
-    &'static str,
-);
-
-pub const PLACES: &[Place] = &[
+pub const PLACES: &[PlaceRow] = &[
     (
         "london",
         "25.10.0.0/16",
@@ -115,37 +103,11 @@ pub const PLACES: &[Place] = &[
 
 /// An address in a place (`host` picks the host within its /16).
 pub fn ip(place: &str, host: u16) -> IpAddr {
-    let (_, network, ..) = PLACES.iter().find(|entry| entry.0 == place).expect("known place");
-    let net: ipnet::Ipv4Net = network.parse().expect("valid network");
-    let base = u32::from(net.network());
-    IpAddr::V4(std::net::Ipv4Addr::from(base + 256 + u32::from(host)))
+    place_host(PLACES, place, u32::from(host)).expect("known place")
 }
 
 pub fn geo() -> Arc<GeoIp> {
-    let cities: Vec<CityRecord> = PLACES
-        .iter()
-        .enumerate()
-        .map(|(index, (_, network, country, city, lat, lon, _, _))| CityRecord {
-            network: network.parse().expect("valid network"),
-            country_code: country.to_string(),
-            country_name: country.to_string(),
-            city_name: city.to_string(),
-            latitude: *lat,
-            longitude: *lon,
-            accuracy_radius_km: 20,
-            geoname_id: 1000 + index as u32,
-        })
-        .collect();
-    let asns: Vec<AsnRecord> = PLACES
-        .iter()
-        .map(|(_, network, _, _, _, _, asn, org)| AsnRecord {
-            network: network.parse().expect("valid network"),
-            asn: *asn,
-            organization: org.to_string(),
-        })
-        .collect();
-    let city = build_city_db(&cities).expect("city db");
-    let asn = build_asn_db(&asns).expect("asn db");
+    let (city, asn) = build_place_databases(PLACES).expect("place databases");
     Arc::new(GeoIp::from_bytes(Some(city), Some(asn)).expect("valid databases"))
 }
 

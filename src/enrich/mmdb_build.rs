@@ -305,6 +305,63 @@ fn continent_of(country_code: &str) -> Option<&'static str> {
         .map(|(continent, _)| *continent)
 }
 
+/// One network of a small hand-made world, for tests and examples: name,
+/// network (CIDR), country code, city, latitude, longitude, AS number, AS
+/// organisation.
+pub type PlaceRow = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    f64,
+    f64,
+    u32,
+    &'static str,
+);
+
+/// City and ASN databases of hand-made places; the country code doubles as
+/// the country name and every place gets a 20 km accuracy radius.
+pub fn build_place_databases(places: &[PlaceRow]) -> Result<(Vec<u8>, Vec<u8>), BuildError> {
+    let mut cities = Vec::with_capacity(places.len());
+    let mut asns = Vec::with_capacity(places.len());
+    for (index, (_, network, country, city, latitude, longitude, asn, organization)) in places.iter().enumerate() {
+        let network: IpNet = network.parse().map_err(|_| BuildError::InvalidRecord {
+            network: IpNet::default(),
+            problem: format!("`{network}` is not a network"),
+        })?;
+        cities.push(CityRecord {
+            network,
+            country_code: country.to_string(),
+            country_name: country.to_string(),
+            city_name: city.to_string(),
+            latitude: *latitude,
+            longitude: *longitude,
+            accuracy_radius_km: 20,
+            geoname_id: 1000 + index as u32,
+        });
+        asns.push(AsnRecord {
+            network,
+            asn: *asn,
+            organization: organization.to_string(),
+        });
+    }
+    Ok((build_city_db(&cities)?, build_asn_db(&asns)?))
+}
+
+/// A host address of a hand-made place: `host` counts from the network's
+/// second /24 (or its first address + 1 for smaller networks).
+pub fn place_host(places: &[PlaceRow], name: &str, host: u32) -> Option<IpAddr> {
+    let (_, network, ..) = places.iter().find(|place| place.0 == name)?;
+    match network.parse::<IpNet>().ok()? {
+        IpNet::V4(net) => {
+            let base = u32::from(net.network());
+            let offset = if net.prefix_len() <= 23 { 256 } else { 1 };
+            Some(IpAddr::V4(Ipv4Addr::from(base + offset + host)))
+        }
+        IpNet::V6(net) => Some(IpAddr::V6(net.network())),
+    }
+}
+
 /// A deterministic set of City and ASN records covering `network_count`
 /// public IPv4 /24s spread over a few dozen real-world cities, for benches
 /// and tests that need a database of realistic size.
@@ -584,5 +641,22 @@ mod tests {
             assert!(synthetic_network(index).contains(&host));
             assert_eq!(crate::enrich::netclass::classify(host), crate::enrich::NetClass::Public);
         }
+    }
+
+    #[test]
+    fn hand_made_places_resolve_to_their_city_and_provider() {
+        const PLACES: &[PlaceRow] = &[
+            ("london", "25.10.0.0/16", "GB", "London", 51.5074, -0.1278, 2856, "British Telecommunications PLC"),
+            ("sydney", "25.31.0.0/16", "AU", "Sydney", -33.8688, 151.2093, 1221, "Telstra Limited"),
+        ];
+        let (city, asn) = build_place_databases(PLACES).unwrap();
+        let geo = crate::enrich::GeoIp::from_bytes(Some(city), Some(asn)).unwrap();
+        let sydney = place_host(PLACES, "sydney", 7).unwrap();
+        assert_eq!(sydney.to_string(), "25.31.1.7");
+        let info = geo.lookup(sydney);
+        assert_eq!((info.country.as_str(), info.asn), ("AU", 1221));
+        assert!(place_host(PLACES, "atlantis", 1).is_none());
+        let bad: &[PlaceRow] = &[("x", "not a network", "GB", "X", 0.0, 0.0, 1, "X")];
+        assert!(build_place_databases(bad).is_err());
     }
 }

@@ -15,7 +15,7 @@ use keywatch::config::{Config, KafkaConfig};
 use keywatch::decode::{Decoder, Format};
 use keywatch::engine::{Engine, Output};
 use keywatch::enrich::GeoIp;
-use keywatch::enrich::mmdb_build::{AsnRecord, CityRecord, build_asn_db, build_city_db};
+use keywatch::enrich::mmdb_build::{PlaceRow, build_place_databases};
 use keywatch::model::Model;
 use keywatch::pipeline::Progress;
 use keywatch::state::PartitionId;
@@ -31,18 +31,7 @@ pub const DAY_MS: i64 = 24 * HOUR_MS;
 pub const T0_MS: i64 = 1_772_409_600_000;
 
 /// name, network, country, city, latitude, longitude, asn, organisation
-type Place = (
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static str,
-    f64,
-    f64,
-    u32,
-    &'static str,
-);
-
-const PLACES: &[Place] = &[
+const PLACES: &[PlaceRow] = &[
     (
         "london",
         "81.2.69.0/24",
@@ -85,30 +74,7 @@ pub fn ip(place: &str, host: u8) -> String {
 
 /// GeoIP City and ASN databases of the places, built in memory.
 pub fn geo() -> Arc<GeoIp> {
-    let cities: Vec<CityRecord> = PLACES
-        .iter()
-        .enumerate()
-        .map(|(index, (_, network, country, city, lat, lon, _, _))| CityRecord {
-            network: network.parse().expect("valid network"),
-            country_code: country.to_string(),
-            country_name: country.to_string(),
-            city_name: city.to_string(),
-            latitude: *lat,
-            longitude: *lon,
-            accuracy_radius_km: 20,
-            geoname_id: 2000 + index as u32,
-        })
-        .collect();
-    let asns: Vec<AsnRecord> = PLACES
-        .iter()
-        .map(|(_, network, _, _, _, _, asn, org)| AsnRecord {
-            network: network.parse().expect("valid network"),
-            asn: *asn,
-            organization: org.to_string(),
-        })
-        .collect();
-    let city = build_city_db(&cities).expect("city db");
-    let asn = build_asn_db(&asns).expect("asn db");
+    let (city, asn) = build_place_databases(PLACES).expect("place databases");
     Arc::new(GeoIp::from_bytes(Some(city), Some(asn)).expect("valid databases"))
 }
 
