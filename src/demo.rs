@@ -24,7 +24,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rustc_hash::FxHashSet;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -113,7 +112,6 @@ pub struct DemoReport {
 struct Live {
     produced: AtomicU64,
     event_ts: AtomicI64,
-    keys_seen: AtomicU64,
     producer_done: AtomicBool,
     stop_watcher: AtomicBool,
 }
@@ -409,7 +407,6 @@ fn produce(
     let mut produced = 0u64;
     let mut malformed = 0u64;
     let mut committed = 0u64;
-    let mut keys = FxHashSet::default();
     let result = generation.for_each_event(|event| {
         // Pace by event time inside the run; history before it (dormant
         // keys) goes at once.
@@ -430,9 +427,6 @@ fn produce(
         serde_json::to_writer(&mut payload, event).map_err(|err| DemoError::Incomplete(err.to_string()))?;
         send(&producer, event.key_id.as_bytes(), &payload)?;
         produced += 1;
-        if keys.insert(event.key_id.to_string()) {
-            live.keys_seen.store(keys.len() as u64, Ordering::Relaxed);
-        }
         live.event_ts.store(event.ts_ms, Ordering::Relaxed);
         live.produced.store(produced, Ordering::Relaxed);
         if produced.is_multiple_of(MALFORMED_EVERY) {
@@ -607,7 +601,7 @@ impl Display {
             "{} {:>7.0} ev/s keys {} alerts {} (+{} low) revoke {} dlq {}",
             short_time(&format_ts(event_ts)),
             self.rate,
-            live.keys_seen.load(Ordering::Relaxed),
+            progress.keys.load(Ordering::Relaxed),
             collected.alerts.len() as u64 - self.low_alerts.min(collected.alerts.len() as u64),
             self.low_alerts,
             collected.revocations.len(),

@@ -256,6 +256,9 @@ impl Stage for KeyedStage {
         for (id, group) in &groups {
             self.process_partition(id, group, outbox)?;
         }
+        self.progress
+            .keys
+            .store(self.keys_tracked() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

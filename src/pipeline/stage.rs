@@ -46,6 +46,8 @@ pub struct Progress {
     pub repartitioned: AtomicU64,
     pub batches: AtomicU64,
     pub checkpoints: AtomicU64,
+    /// Keys with state in the engines of the partitions owned now (a gauge).
+    pub keys: AtomicU64,
     committed: Mutex<BTreeMap<String, BTreeMap<PartitionId, i64>>>,
     assigned: Mutex<BTreeMap<String, BTreeSet<PartitionId>>>,
 }
@@ -62,6 +64,7 @@ pub struct ProgressSnapshot {
     pub repartitioned: u64,
     pub batches: u64,
     pub checkpoints: u64,
+    pub keys: u64,
     /// Committed next offsets by stage (`keyed`, `repartition`) and partition.
     pub committed: BTreeMap<String, BTreeMap<String, i64>>,
     /// Partitions this instance owns now, by stage.
@@ -135,6 +138,7 @@ impl Progress {
             repartitioned: load(&self.repartitioned),
             batches: load(&self.batches),
             checkpoints: load(&self.checkpoints),
+            keys: load(&self.keys),
             committed,
             assigned,
         }
