@@ -6,6 +6,7 @@
 //! time, so the outputs never depend on how the input was cut into batches,
 //! on other keys' interleaving, or on when the engine runs.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -82,8 +83,10 @@ pub struct Engine {
     geo: Arc<GeoIp>,
     geo_cache: GeoCache,
     sensitive: SensitiveMatcher,
-    /// Raw key id to state index; lives only in memory.
-    key_index: FxHashMap<Box<str>, u32>,
+    /// Raw key id to state index; lives only in memory. Key ids come from
+    /// outside, so this map's hasher is randomly seeded: crafted ids cannot
+    /// collide on purpose. No output depends on its order.
+    key_index: HashMap<Box<str>, u32, ahash::RandomState>,
     by_fingerprint: FxHashMap<String, u32>,
     keys: Vec<KeyState>,
     endpoints: Interner,
@@ -102,7 +105,7 @@ impl Engine {
             model,
             geo,
             geo_cache: GeoCache::new(1 << 16),
-            key_index: FxHashMap::default(),
+            key_index: HashMap::with_hasher(ahash::RandomState::new()),
             by_fingerprint: FxHashMap::default(),
             keys: Vec::new(),
             endpoints: Interner::default(),
