@@ -80,6 +80,8 @@ impl Interner {
 pub struct Engine {
     model: Arc<Model>,
     model_label: String,
+    /// `model.rate.window_alpha()`, which takes a power: computed once.
+    rate_alpha: f64,
     geo: Arc<GeoIp>,
     geo_cache: GeoCache,
     sensitive: SensitiveMatcher,
@@ -101,6 +103,7 @@ impl Engine {
     pub fn new(model: Arc<Model>, geo: Arc<GeoIp>) -> Engine {
         Engine {
             model_label: model.label(),
+            rate_alpha: model.rate.window_alpha(),
             sensitive: SensitiveMatcher::new(&model.endpoints.sensitive_patterns),
             model,
             geo,
@@ -178,7 +181,7 @@ impl Engine {
     }
 
     fn process_row(&mut self, batch: &ResolvedBatch, row: usize, event: &AccessEvent<'_>, out: &mut Vec<Output>) {
-        let model = Arc::clone(&self.model);
+        let model: &Model = &self.model;
         let key_index = batch.key.value(row) as usize;
         let endpoint_id = batch.endpoint.value(row);
         let client_id = batch.client.value(row);
@@ -207,7 +210,7 @@ impl Engine {
             status: batch.status.value(row),
         };
         let ctx = Context {
-            model: &model,
+            model,
             geo: &self.geo,
             endpoint_names: &self.endpoints.names,
             client_names: &self.clients.names,
@@ -215,23 +218,21 @@ impl Engine {
 
         // Windows move to this event's time first.
         let rate_model = &model.rate;
-        let window_ms = rate_model.spike_window.as_millis() as i64;
-        let windows_per_day = 86_400_000.0 / window_ms as f64;
-        let alpha = 1.0 - (1.0 - rate_model.profile_alpha).powf(24.0 / windows_per_day);
-        let floor = rate_model.min_hourly_rate * window_ms as f64 / 3_600_000.0;
         let robust = state.has_learned(ts_ms, &rate_model.learning);
-        state.rate.advance(ts_ms, window_ms, alpha, floor, robust);
+        state.rate.advance(
+            ts_ms,
+            rate_model.window_ms(),
+            self.rate_alpha,
+            rate_model.window_floor(),
+            robust,
+        );
         state.auth.advance(ts_ms, model.auth_failures.window.as_millis() as i64);
         state.endpoints.advance(
             ts_ms,
             model.endpoints.mix_window.as_millis() as i64,
             model.endpoints.mix_min_calls as u32,
         );
-        state
-            .geo
-            .countries
-            .decay_to(ts_ms, model.geo.half_life.as_millis() as i64);
-        state.geo.asns.decay_to(ts_ms, model.geo.half_life.as_millis() as i64);
+        state.geo.decay_to(ts_ms, model.geo.half_life.as_millis() as i64);
         state
             .endpoints
             .endpoints
@@ -276,7 +277,7 @@ impl Engine {
         detect::endpoints::check_mix_shift(state, &view, &ctx, findings);
 
         for finding in findings.drain(..) {
-            match dispose(state, finding, ts_ms, &model, &self.model_label, out) {
+            match dispose(state, finding, ts_ms, model, &self.model_label, out) {
                 Disposition::Alerted { revocation } => {
                     self.stats.alerts += 1;
                     if revocation {

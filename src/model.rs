@@ -186,6 +186,26 @@ pub struct PolicyModel {
     pub detectors: Vec<String>,
 }
 
+impl RateModel {
+    /// Length of the short window in milliseconds.
+    pub fn window_ms(&self) -> i64 {
+        self.spike_window.as_millis() as i64
+    }
+
+    /// The floor of expected calls in one short window.
+    pub fn window_floor(&self) -> f64 {
+        self.min_hourly_rate * self.window_ms() as f64 / 3_600_000.0
+    }
+
+    /// Smoothing per closed short window that gives the model's smoothing
+    /// per day for each hour-of-day slot (each slot closes
+    /// `windows per hour` windows a day).
+    pub fn window_alpha(&self) -> f64 {
+        let windows_per_day = 86_400_000.0 / self.window_ms() as f64;
+        1.0 - (1.0 - self.profile_alpha).powf(24.0 / windows_per_day)
+    }
+}
+
 impl Model {
     /// Reads and validates a model file.
     pub fn load(path: &Path) -> Result<Model, ModelError> {

@@ -11,6 +11,9 @@ pub struct AuthBaseline {
     /// EWMA of failures per window (bias-corrected by `level_weight`).
     pub level: f64,
     pub level_weight: f64,
+    /// Threshold of the current window, computed once when first needed.
+    #[serde(skip)]
+    pub threshold: Option<u64>,
 }
 
 /// Smoothing per window.
@@ -36,6 +39,7 @@ impl AuthBaseline {
         self.window = window;
         self.failures = 0;
         self.calls = 0;
+        self.threshold = None;
     }
 
     /// Usual failures per window.

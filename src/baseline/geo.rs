@@ -52,7 +52,14 @@ pub fn country_from_id(id: u32) -> Country {
 }
 
 impl GeoBaseline {
-    /// Absorbs one use.
+    /// Brings the country and network weights to the day of `ts_ms`; done
+    /// before an event is judged, so judging and absorbing see one decay.
+    pub fn decay_to(&mut self, ts_ms: i64, half_life_ms: i64) {
+        self.countries.decay_to(ts_ms, half_life_ms);
+        self.asns.decay_to(ts_ms, half_life_ms);
+    }
+
+    /// Absorbs one use; [`GeoBaseline::decay_to`] must have run for `ts_ms`.
     pub fn update(
         &mut self,
         ts_ms: i64,
@@ -62,8 +69,6 @@ impl GeoBaseline {
         max_countries: usize,
         max_asns: usize,
     ) {
-        self.countries.decay_to(ts_ms, half_life_ms);
-        self.asns.decay_to(ts_ms, half_life_ms);
         if geo.country.is_known() {
             self.countries.add(country_id(geo.country), ts_ms, max_countries);
         }

@@ -8,8 +8,12 @@ use crate::alert::Severity;
 use crate::baseline::KeyState;
 use crate::baseline::rate::{tail_probability, tail_threshold};
 
+/// Failures come in small bursts even on healthy keys: a fixed
+/// overdispersion keeps one retry loop from looking like an attack.
+const DISPERSION: f64 = 3.0;
+
 /// Judged after the event is counted.
-pub fn check_auth_failures(state: &KeyState, view: &EventView, ctx: &Context, out: &mut Vec<Finding>) {
+pub fn check_auth_failures(state: &mut KeyState, view: &EventView, ctx: &Context, out: &mut Vec<Finding>) {
     let auth_model = &ctx.model.auth_failures;
     if !view.is_auth_failure() || !state.has_learned(view.ts_ms, &auth_model.learning) {
         return;
@@ -18,15 +22,17 @@ pub fn check_auth_failures(state: &KeyState, view: &EventView, ctx: &Context, ou
     if failures < auth_model.min_failures {
         return;
     }
+    // The usual level only moves between windows, so the threshold is
+    // computed once per window.
     let expected = state.auth.expected().max(0.1);
-    // Failures come in small bursts even on healthy keys: a fixed
-    // overdispersion keeps one retry loop from looking like an attack.
-    let dispersion = 3.0;
-    let threshold = tail_threshold(expected, dispersion, auth_model.p_value).max(auth_model.min_failures);
+    let threshold = *state
+        .auth
+        .threshold
+        .get_or_insert_with(|| tail_threshold(expected, DISPERSION, auth_model.p_value).max(auth_model.min_failures));
     if failures != threshold {
         return;
     }
-    let p_value = tail_probability(failures, expected, dispersion);
+    let p_value = tail_probability(failures, expected, DISPERSION);
     let window_ms = auth_model.window.as_millis() as i64;
     let window_text = humantime::format_duration(auth_model.window).to_string();
     out.push(Finding {

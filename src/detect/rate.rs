@@ -7,7 +7,7 @@ use serde_json::json;
 use super::{Context, EventView, Finding, score_from_p};
 use crate::alert::Severity;
 use crate::baseline::KeyState;
-use crate::baseline::rate::{tail_probability, tail_threshold};
+use crate::baseline::rate::{RateBaseline, tail_probability, tail_threshold};
 use crate::event::format_ts;
 
 /// A key silent for longer than the model's `dormant_after` is used again.
@@ -56,16 +56,36 @@ pub fn check_rate(state: &mut KeyState, view: &EventView, ctx: &Context, out: &m
     if !state.has_learned(view.ts_ms, &rate_model.learning) {
         return;
     }
-    let window_ms = rate_model.spike_window.as_millis() as i64;
-    let floor = rate_model.min_hourly_rate * window_ms as f64 / 3_600_000.0;
+    let window_ms = rate_model.window_ms();
+    let floor = rate_model.window_floor();
+    // The fitted mean and dispersion are needed only to set a window's
+    // threshold (once) and to explain an alert, not on every call.
+    let spike_fit = |rate: &RateBaseline| {
+        (
+            rate.expected(rate.window, window_ms, floor),
+            rate.dispersion_at(rate.window, window_ms),
+        )
+    };
+    let surge_fit = |rate: &RateBaseline| {
+        (
+            rate.long_window_expected(window_ms, floor),
+            rate.long_window_dispersion(window_ms, floor),
+        )
+    };
     let count = u64::from(state.rate.count);
     if count >= rate_model.min_spike_count {
-        let expected = state.rate.expected(state.rate.window, window_ms, floor);
-        let dispersion = state.rate.dispersion_at(state.rate.window, window_ms);
-        let threshold = *state.rate.spike_threshold.get_or_insert_with(|| {
-            tail_threshold(expected, dispersion, rate_model.spike_p_value).max(rate_model.min_spike_count)
-        });
+        let threshold = match state.rate.spike_threshold {
+            Some(threshold) => threshold,
+            None => {
+                let (expected, dispersion) = spike_fit(&state.rate);
+                let threshold =
+                    tail_threshold(expected, dispersion, rate_model.spike_p_value).max(rate_model.min_spike_count);
+                state.rate.spike_threshold = Some(threshold);
+                threshold
+            }
+        };
         if count == threshold {
+            let (expected, dispersion) = spike_fit(&state.rate);
             let p_value = tail_probability(count, expected, dispersion);
             let start = state.rate.window * window_ms;
             out.push(rate_finding(
@@ -83,15 +103,21 @@ pub fn check_rate(state: &mut KeyState, view: &EventView, ctx: &Context, out: &m
     }
     let long_count = state.rate.long_window_count();
     if long_count >= rate_model.min_surge_count {
-        let expected = state.rate.long_window_expected(window_ms, floor);
-        let windows = state.rate.recent.len() as f64 + 1.0;
-        let dispersion = state.rate.long_window_dispersion(window_ms, floor);
-        let threshold = *state.rate.surge_threshold.get_or_insert_with(|| {
-            tail_threshold(expected, dispersion, rate_model.surge_p_value).max(rate_model.min_surge_count)
-        });
+        let threshold = match state.rate.surge_threshold {
+            Some(threshold) => threshold,
+            None => {
+                let (expected, dispersion) = surge_fit(&state.rate);
+                let threshold =
+                    tail_threshold(expected, dispersion, rate_model.surge_p_value).max(rate_model.min_surge_count);
+                state.rate.surge_threshold = Some(threshold);
+                threshold
+            }
+        };
         if long_count >= threshold && state.rate.count == 1 || long_count == threshold {
+            let (expected, dispersion) = surge_fit(&state.rate);
+            let windows = state.rate.recent.len() as i64 + 1;
             let p_value = tail_probability(long_count, expected, dispersion);
-            let start = (state.rate.window + 1 - windows as i64) * window_ms;
+            let start = (state.rate.window + 1 - windows) * window_ms;
             out.push(rate_finding(
                 "rate_surge",
                 state,
