@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::{DecodeError, Decoder, Format};
 use crate::engine::{Engine, Output};
-use crate::runtime::{Overrides, Runtime, SetupError};
+use crate::runtime::{EngineArgs, Overrides, Runtime, SetupError};
 use crate::sink::Rejected;
 use crate::sink::file::{OutputFiles, SinkError};
 use crate::source::SourceRef;
@@ -31,15 +31,8 @@ pub struct ReplayArgs {
     /// Configuration file.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Model file; the default model when absent.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// GeoIP City database (overrides the config).
-    #[arg(long)]
-    pub geoip_city: Option<PathBuf>,
-    /// GeoIP ASN database (overrides the config).
-    #[arg(long)]
-    pub geoip_asn: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Events per micro-batch (the output does not depend on it).
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -279,12 +272,9 @@ fn progress_bar(inputs: &[PathBuf], hidden: bool) -> Option<ProgressBar> {
 /// Runs the command.
 pub fn run_cli(args: &ReplayArgs) -> Result<(), ReplayError> {
     let overrides = Overrides {
-        config: args.config.clone(),
-        model: args.model.clone(),
-        geoip_city: args.geoip_city.clone(),
-        geoip_asn: args.geoip_asn.clone(),
         format: args.format.map(Format::from),
         batch_size: args.batch_size,
+        ..args.engine.overrides(args.config.clone())
     };
     let runtime = Runtime::load(&overrides)?;
     if args.from_kafka {

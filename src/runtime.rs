@@ -21,6 +21,34 @@ pub enum SetupError {
     Geo(#[from] GeoError),
 }
 
+/// Command-line options every engine-driving command takes (`replay`,
+/// `run`): the model and the GeoIP databases, each overriding the config.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EngineArgs {
+    /// Model file (overrides the config; the default model when neither gives one).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// GeoIP City database (overrides the config).
+    #[arg(long)]
+    pub geoip_city: Option<PathBuf>,
+    /// GeoIP ASN database (overrides the config).
+    #[arg(long)]
+    pub geoip_asn: Option<PathBuf>,
+}
+
+impl EngineArgs {
+    /// These options over an optional config file.
+    pub fn overrides(&self, config: Option<PathBuf>) -> Overrides {
+        Overrides {
+            config,
+            model: self.model.clone(),
+            geoip_city: self.geoip_city.clone(),
+            geoip_asn: self.geoip_asn.clone(),
+            ..Overrides::default()
+        }
+    }
+}
+
 /// Paths given on the command line; each overrides the config file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {

@@ -274,60 +274,35 @@ fn start_up_problems_name_the_file() {
     let events = dir.path().join("events.jsonl");
     std::fs::write(&events, "").unwrap();
     let out = dir.path().join("out");
-    let missing = dir.path().join("nowhere.mmdb");
-    let run = keywatch(&[
-        "replay",
-        "--input",
-        events.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--geoip-city",
-        missing.to_str().unwrap(),
-    ]);
-    assert!(!run.status.success());
-    assert!(String::from_utf8_lossy(&run.stderr).contains("nowhere.mmdb"));
+    // Runs a replay with one bad file behind `flag`; returns its stderr
+    // after checking that it failed.
+    let fails_with = |flag: &str, file: &Path| {
+        let run = keywatch(&[
+            "replay",
+            "--input",
+            events.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            flag,
+            file.to_str().unwrap(),
+        ]);
+        assert!(!run.status.success(), "{flag} {} was accepted", file.display());
+        String::from_utf8_lossy(&run.stderr).into_owned()
+    };
+
+    assert!(fails_with("--geoip-city", &dir.path().join("nowhere.mmdb")).contains("nowhere.mmdb"));
 
     let corrupt = dir.path().join("corrupt.mmdb");
     std::fs::write(&corrupt, b"definitely not a maxmind database").unwrap();
-    let run = keywatch(&[
-        "replay",
-        "--input",
-        events.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--geoip-asn",
-        corrupt.to_str().unwrap(),
-    ]);
-    assert!(!run.status.success());
-    assert!(String::from_utf8_lossy(&run.stderr).contains("corrupt.mmdb"));
+    assert!(fails_with("--geoip-asn", &corrupt).contains("corrupt.mmdb"));
 
     let model = dir.path().join("bad-model.toml");
     std::fs::write(&model, "name = \"x\"\n").unwrap();
-    let run = keywatch(&[
-        "replay",
-        "--input",
-        events.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-    ]);
-    assert!(!run.status.success());
-    assert!(String::from_utf8_lossy(&run.stderr).contains("bad-model.toml"));
+    assert!(fails_with("--model", &model).contains("bad-model.toml"));
 
     let config = dir.path().join("bad-config.toml");
     std::fs::write(&config, "[input]\nbatch_size = 0\n").unwrap();
-    let run = keywatch(&[
-        "replay",
-        "--input",
-        events.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
-    assert!(!run.status.success());
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let stderr = fails_with("--config", &config);
     assert!(
         stderr.contains("bad-config.toml") && stderr.contains("input.batch_size"),
         "{stderr}"

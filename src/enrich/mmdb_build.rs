@@ -645,28 +645,7 @@ mod tests {
 
     #[test]
     fn hand_made_places_resolve_to_their_city_and_provider() {
-        const PLACES: &[PlaceRow] = &[
-            (
-                "london",
-                "25.10.0.0/16",
-                "GB",
-                "London",
-                51.5074,
-                -0.1278,
-                2856,
-                "British Telecommunications PLC",
-            ),
-            (
-                "sydney",
-                "25.31.0.0/16",
-                "AU",
-                "Sydney",
-                -33.8688,
-                151.2093,
-                1221,
-                "Telstra Limited",
-            ),
-        ];
+        use crate::detect::testkit::PLACES;
         let (city, asn) = build_place_databases(PLACES).unwrap();
         let geo = crate::enrich::GeoIp::from_bytes(Some(city), Some(asn)).unwrap();
         let sydney = place_host(PLACES, "sydney", 7).unwrap();

@@ -38,7 +38,7 @@ use crate::config::{Config, KafkaConfig};
 use crate::decode::{Decoder, Format};
 use crate::enrich::GeoIp;
 use crate::model::Model;
-use crate::runtime::{Overrides, Runtime, SetupError};
+use crate::runtime::{EngineArgs, Runtime, SetupError};
 use crate::sink::kafka::{KafkaSink, KafkaSinkError, OutputTopics, base_client_config};
 use crate::source::kafka::{
     KafkaSource, KafkaSourceError, RestoreFrom, partition_count, range_consumer, read_checkpoints,
@@ -57,15 +57,8 @@ pub struct RunArgs {
     /// Configuration file with a `[kafka]` section.
     #[arg(long)]
     pub config: PathBuf,
-    /// Model file (overrides the config).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// GeoIP City database (overrides the config).
-    #[arg(long)]
-    pub geoip_city: Option<PathBuf>,
-    /// GeoIP ASN database (overrides the config).
-    #[arg(long)]
-    pub geoip_asn: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// On shutdown, write the state of the partitions this instance owns to
     /// DIR/snapshot.json, for `keywatch replay --from-kafka --snapshot`.
     #[arg(long, value_name = "DIR")]
@@ -468,13 +461,7 @@ async fn cancel_on_signal(cancel: CancellationToken) {
 
 /// Runs the command.
 pub fn run_cli(args: &RunArgs) -> Result<(), PipelineError> {
-    let loaded = Runtime::load(&Overrides {
-        config: Some(args.config.clone()),
-        model: args.model.clone(),
-        geoip_city: args.geoip_city.clone(),
-        geoip_asn: args.geoip_asn.clone(),
-        ..Overrides::default()
-    })?;
+    let loaded = Runtime::load(&args.engine.overrides(Some(args.config.clone())))?;
     let kafka = loaded.config.kafka.clone().ok_or(PipelineError::NoKafkaSection)?;
     if let Some(path) = &args.export_snapshot {
         let partitions = export_snapshot(&kafka, path)?;
