@@ -83,8 +83,7 @@ pub fn check_new_place(state: &KeyState, view: &EventView, ctx: &Context, out: &
         return;
     }
     let geo_model = &ctx.model.geo;
-    let learning_days = state.first_ts;
-    let days = (view.ts_ms - learning_days) as f64 / 86_400_000.0;
+    let days = (view.ts_ms - state.first_ts) as f64 / 86_400_000.0;
     let country_known = state.geo.countries.contains(country_id(view.geo.country));
     let asn_known = view.geo.asn == 0 || state.geo.asns.contains(view.geo.asn);
     let asn_saturated = state.geo.asns.evicted > 0;
