@@ -265,9 +265,9 @@ pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         .map_err(|err| DemoError::Incomplete(format!("the pipeline task failed: {err}")))??;
 
     // Read the output topics to their ends.
-    let expected_alerts = summary.alerts as usize;
-    let expected_revocations = summary.revocations as usize;
-    let expected_dead = summary.dead_letters as usize;
+    let expected_alerts = summary.counts.alerts as usize;
+    let expected_revocations = summary.counts.revocations as usize;
+    let expected_dead = summary.counts.rejected as usize;
     let deadline = Instant::now() + Duration::from_secs(60);
     while collected.alerts.len() < expected_alerts
         || collected.revocations.len() < expected_revocations
@@ -331,19 +331,19 @@ pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let scorecard_text = serde_json::to_string_pretty(&scorecard).unwrap_or_default();
     write_file(&out.join("scorecard.json"), scorecard_text.as_bytes())?;
 
-    if summary.records != produced_summary.produced {
+    if summary.counts.records != produced_summary.produced {
         return Err(DemoError::Incomplete(format!(
             "the pipeline consumed {} records of the {} produced",
-            summary.records, produced_summary.produced
+            summary.counts.records, produced_summary.produced
         )));
     }
     Ok(DemoReport {
         produced: produced_summary.produced,
         events: produced_summary.events,
         malformed: produced_summary.malformed,
-        processed_records: summary.records,
-        processed_events: summary.events,
-        dead_letters: summary.dead_letters,
+        processed_records: summary.counts.records,
+        processed_events: summary.counts.events,
+        dead_letters: summary.counts.rejected,
         alerts_on_topic: collected.alerts.len(),
         revocations_on_topic: collected.revocations.len(),
         dead_letters_on_topic: collected.dead_letters.len(),
@@ -589,7 +589,7 @@ impl Display {
     }
 
     fn tick(&mut self, live: &Live, progress: &Progress, collected: &Collected) {
-        let events = progress.events.load(Ordering::Relaxed);
+        let events = progress.counts().events;
         let elapsed = self.last_time.elapsed().as_secs_f64();
         if elapsed >= 1.0 {
             self.rate = (events - self.last_events) as f64 / elapsed;
@@ -605,7 +605,7 @@ impl Display {
             collected.alerts.len() as u64 - self.low_alerts.min(collected.alerts.len() as u64),
             self.low_alerts,
             collected.revocations.len(),
-            progress.dead_letters.load(Ordering::Relaxed),
+            progress.counts().rejected,
         );
         match &self.bar {
             Some(bar) => {

@@ -1,6 +1,6 @@
 //! keywatch: catches stolen or misused API keys by how they are used.
 //!
-//! An event flows through the modules in this order:
+//! Pipeline parts, in the order an event flows through them:
 //!
 //! - [`source`] reads records from files or Kafka (the only input I/O);
 //! - [`decode`] turns each record into canonical [`event::AccessEvent`]s,
@@ -9,17 +9,26 @@
 //!   micro-batch with [`enrich`] (GeoIP), lays it out in Arrow columns
 //!   ([`batch`]), updates each key's [`baseline`] and asks the [`detect`]ors
 //!   for findings, which [`alert`] turns into alerts and revocation requests;
-//! - [`sink`] writes outputs to files or Kafka (the only output I/O).
+//! - [`sink`] writes outputs to files or Kafka (the only output I/O);
+//! - [`checkpoint`] lays out the engine state of a Kafka partition for the
+//!   changelog and snapshot files, [`counts`] tallies what went through.
 //!
-//! [`replay`] drives the engine from files, [`pipeline`] from Kafka; both
-//! drive the very same engine, in event time, so replay equals live.
-//! [`generate`] makes labelled synthetic traffic and [`eval`] scores alerts
-//! against its labels; [`demo`] runs the whole system in one process.
+//! Commands, each driving those parts, all through [`setup`] (the
+//! configuration of [`config`], the [`model`] and the GeoIP databases):
+//!
+//! - [`replay`] drives the engine from files or a time range of Kafka;
+//! - [`pipeline`] drives it from Kafka as a stream processor (`keywatch run`);
+//!   both drive the very same engine, in event time, so replay equals live;
+//! - [`generate`] makes labelled synthetic traffic and [`eval`] scores alerts
+//!   against its labels;
+//! - [`demo`] runs the whole system in one process.
 
 pub mod alert;
 pub mod baseline;
 pub mod batch;
+pub mod checkpoint;
 pub mod config;
+pub mod counts;
 pub mod decode;
 pub mod demo;
 pub mod detect;
@@ -31,8 +40,6 @@ pub mod generate;
 pub mod model;
 pub mod pipeline;
 pub mod replay;
-pub mod replay_kafka;
-pub mod runtime;
+pub mod setup;
 pub mod sink;
 pub mod source;
-pub mod state;

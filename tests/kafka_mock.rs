@@ -134,9 +134,9 @@ async fn alerts_and_dead_letters_flow_through_the_keyed_pipeline() {
         assert!(letter.key.is_none(), "dead letters never carry the input key");
     }
 
-    assert_eq!(summary.events, valid as u64);
-    assert_eq!(summary.dead_letters, malformed.len() as u64);
-    assert_eq!(summary.records, landed.len() as u64);
+    assert_eq!(summary.counts.events, valid as u64);
+    assert_eq!(summary.counts.rejected, malformed.len() as u64);
+    assert_eq!(summary.counts.records, landed.len() as u64);
 
     let manifests: BTreeSet<String> = read_topic(&brokers, &kafka(&config).changelog_topic)
         .into_iter()
@@ -212,7 +212,7 @@ async fn unkeyed_input_is_repartitioned_by_fingerprint() {
 /// Waits, polling often, until an instance has processed at least `records`.
 async fn wait_for_records(progress: &Progress, records: u64) {
     let deadline = std::time::Instant::now() + CATCH_UP;
-    while progress.snapshot().records < records {
+    while progress.snapshot().counts.records < records {
         assert!(std::time::Instant::now() < deadline, "the pipeline made no progress");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -263,7 +263,7 @@ async fn a_crash_and_restart_loses_no_alert() {
     cancel.cancel();
     let after = handle.await.expect("task").expect("clean shutdown");
     assert!(
-        after.records < total,
+        after.counts.records < total,
         "the restart resumed from checkpoints, it did not start over"
     );
 
@@ -317,7 +317,7 @@ async fn a_surviving_member_takes_over_partitions_with_their_state() {
     })
     .await;
     let victim_partitions = victim.snapshot().assigned["keyed"].clone();
-    let victim_records = victim.snapshot().records;
+    let victim_records = victim.snapshot().counts.records;
     assert!(victim_records > 0, "the member to be stopped did work");
 
     landed.extend(produce(&brokers, &input, &records[split..trips], Placement::KeyedByKeyId).await);

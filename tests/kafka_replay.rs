@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use common::*;
 use keywatch::alert::Alert;
+use keywatch::checkpoint::read_snapshot_file;
 use keywatch::config::Config;
 use keywatch::pipeline::Pipeline;
-use keywatch::replay_kafka::{ReplayKafkaError, ReplayKafkaOptions, replay_from_kafka};
-use keywatch::state::read_snapshot_file;
+use keywatch::replay::kafka::{ReplayKafkaError, ReplayKafkaOptions, replay_from_kafka};
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
@@ -80,13 +80,16 @@ async fn replay_matches_a_reference_run_and_writes_the_three_files() {
         .unwrap()
         .expect("replay");
     assert_eq!(alert_ids(whole.path()), expected);
-    assert_eq!(summary.alerts as usize, lines(&whole.path().join("alerts.jsonl")));
     assert_eq!(
-        summary.revocations as usize,
+        summary.counts.alerts as usize,
+        lines(&whole.path().join("alerts.jsonl"))
+    );
+    assert_eq!(
+        summary.counts.revocations as usize,
         lines(&whole.path().join("revocations.jsonl"))
     );
     assert_eq!(lines(&whole.path().join("rejected.jsonl")), malformed);
-    assert_eq!(summary.records as usize, landed.len());
+    assert_eq!(summary.counts.records as usize, landed.len());
     let rejected: serde_json::Value = serde_json::from_str(
         std::fs::read_to_string(whole.path().join("rejected.jsonl"))
             .unwrap()
@@ -171,7 +174,7 @@ async fn replay_continues_from_a_snapshot_saved_by_run() {
     let snapshot_path = snapshot_dir.path().join("snapshot.json");
     let snapshot = read_snapshot_file(&snapshot_path).expect("snapshot written on shutdown");
     for (partition, end) in ends.iter().filter(|(_, end)| **end > 0) {
-        let saved = &snapshot[&keywatch::state::PartitionId::new(&input, *partition)];
+        let saved = &snapshot[&keywatch::checkpoint::PartitionId::new(&input, *partition)];
         assert_eq!(saved.next_offset, *end, "the snapshot covers everything processed");
     }
 
@@ -212,7 +215,7 @@ async fn replay_continues_from_a_snapshot_saved_by_run() {
         "state carried over from the snapshot"
     );
     assert_eq!(
-        summary.records as usize,
+        summary.counts.records as usize,
         records.len() - split,
         "only what the snapshot had not seen"
     );

@@ -19,7 +19,7 @@ use std::time::Duration;
 use common::*;
 use keywatch::config::Config;
 use keywatch::pipeline::{Pipeline, PipelineError, Progress, RunSummary};
-use keywatch::replay_kafka::{ReplayKafkaOptions, replay_from_kafka};
+use keywatch::replay::kafka::{ReplayKafkaOptions, replay_from_kafka};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -67,7 +67,7 @@ async fn alerts_dead_letters_and_checkpoints_on_a_real_broker() {
     wait_caught_up(&[&progress], "keyed", &input, &ends, CATCH_UP).await;
     cancel.cancel();
     let summary = handle.await.expect("task").expect("clean shutdown");
-    assert_eq!(summary.dead_letters as usize, malformed);
+    assert_eq!(summary.counts.rejected as usize, malformed);
 
     let alerts = read_alerts(&brokers, &kafka.alerts_topic);
     let ids: BTreeSet<String> = alerts.iter().map(|alert| alert.id.clone()).collect();
@@ -116,7 +116,7 @@ async fn a_crash_and_restart_loses_no_alert_on_a_real_broker() {
 
     let (first, _first_cancel, first_handle) = start(&config);
     let deadline = std::time::Instant::now() + CATCH_UP;
-    while first.snapshot().records < split as u64 / 2 {
+    while first.snapshot().counts.records < split as u64 / 2 {
         assert!(std::time::Instant::now() < deadline, "no progress");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -130,7 +130,7 @@ async fn a_crash_and_restart_loses_no_alert_on_a_real_broker() {
     wait_caught_up(&[&second], "keyed", &input, &ends, CATCH_UP).await;
     cancel.cancel();
     let after = handle.await.expect("task").expect("clean shutdown");
-    assert!(after.records < total, "resumed from checkpoints");
+    assert!(after.counts.records < total, "resumed from checkpoints");
     let ids: BTreeSet<String> = read_alerts(&brokers, &config.kafka.as_ref().unwrap().alerts_topic)
         .into_iter()
         .map(|alert| alert.id)

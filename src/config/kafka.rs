@@ -1,9 +1,11 @@
 //! The `[kafka]` section: brokers, topics, group, batching, checkpoints and
-//! librdkafka properties, for `keywatch run` and `keywatch replay --from-kafka`.
+//! librdkafka properties, for `keywatch run` and `keywatch replay --from-kafka`;
+//! and the librdkafka configuration of every client keywatch makes from it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::model::humantime_serde_compat;
@@ -236,6 +238,63 @@ impl KafkaConfig {
             .unwrap_or_else(|| "0".to_string())
     }
 
+    /// The configuration every keywatch client starts from: brokers plus
+    /// the pass-through properties.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (name, value) in &self.properties {
+            config.set(name, value);
+        }
+        config
+    }
+
+    /// An idempotent producer (so retries neither reorder nor repeat), made
+    /// transactional when `transactional_id` is given.
+    pub fn producer_config(&self, transactional_id: Option<&str>) -> ClientConfig {
+        let mut config = self.client_config();
+        config.set("enable.idempotence", "true");
+        if let Some(id) = transactional_id {
+            config.set("transactional.id", id);
+        }
+        config
+    }
+
+    /// A member of the consumer group `group_id` that commits its offsets
+    /// itself, only after what they cover is delivered.
+    pub fn group_consumer_config(&self, group_id: &str) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            // Never process records of aborted transactions, including our
+            // own repartition stage's in exactly-once mode.
+            .set("isolation.level", "read_committed");
+        if !self.properties.contains_key("auto.offset.reset") {
+            // A new group reads what is retained rather than only what comes
+            // next: a detector should see the history it can.
+            config.set("auto.offset.reset", "earliest");
+        }
+        config
+    }
+
+    /// A reader of topic ranges: never subscribes, never commits, and is
+    /// told when it reaches the end of a partition. librdkafka needs a
+    /// group id to assign partitions; this one, named for `purpose`, is
+    /// never joined.
+    pub fn range_consumer_config(&self, purpose: &str) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("group.id", format!("{}-{purpose}", self.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed");
+        config
+    }
+
     /// Checks the section; returns the offending field and the problem.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let invalid = |field: &str, problem: String| Err((field.to_string(), problem));
@@ -387,6 +446,37 @@ properties = { "security.protocol" = "plaintext", "linger.ms" = "5" }
         assert!(err.contains("kafka.brokers"), "{err}");
         let err = parse("[kafka]\nbrokers = \"b\"\ninput_topics = []\n").unwrap_err();
         assert!(err.contains("kafka.input_topics"), "{err}");
+    }
+
+    #[test]
+    fn client_config_passes_properties_through() {
+        let mut kafka = KafkaConfig::new("b1:9092,b2:9092", vec!["in".into()]);
+        kafka.properties.insert("security.protocol".into(), "sasl_ssl".into());
+        let config = kafka.client_config();
+        assert_eq!(config.get("bootstrap.servers"), Some("b1:9092,b2:9092"));
+        assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
+        let producer = kafka.producer_config(Some("kw-0"));
+        assert_eq!(producer.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(producer.get("transactional.id"), Some("kw-0"));
+        assert_eq!(kafka.producer_config(None).get("transactional.id"), None);
+    }
+
+    #[test]
+    fn a_new_group_starts_from_the_earliest_record_unless_told_otherwise() {
+        let mut kafka = KafkaConfig::new("b:9092", vec!["in".into()]);
+        assert_eq!(
+            kafka.group_consumer_config("g").get("auto.offset.reset"),
+            Some("earliest")
+        );
+        kafka.properties.insert("auto.offset.reset".into(), "latest".into());
+        assert_eq!(
+            kafka.group_consumer_config("g").get("auto.offset.reset"),
+            Some("latest")
+        );
+        assert_eq!(
+            kafka.range_consumer_config("replay").get("group.id"),
+            Some("keywatch-replay")
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{FieldMapping, Format};
+use crate::decode::{Decoder, FieldMapping, Format};
 pub use kafka::KafkaConfig;
 
 /// Why a configuration file cannot be used.
@@ -66,6 +66,31 @@ impl Default for InputConfig {
             mapping: None,
             max_record_bytes: default_max_record_bytes(),
             batch_size: default_batch_size(),
+        }
+    }
+}
+
+impl InputConfig {
+    /// How the configured input is decoded: input files, and the Kafka
+    /// input topics.
+    pub fn decoder(&self) -> Decoder {
+        Decoder::new(self.format.clone(), self.mapping.clone(), self.max_record_bytes)
+    }
+
+    /// How the repartition topic is decoded: canonical events, as the
+    /// repartition stage writes them.
+    pub fn repartition_topic_decoder(&self) -> Decoder {
+        Decoder::new(Format::Canonical, None, self.max_record_bytes)
+    }
+
+    /// How the keyed topics (see [`KafkaConfig::keyed_topics`]) are decoded:
+    /// as the input when it is keyed by key id, as the repartition topic
+    /// otherwise.
+    pub fn keyed_topics_decoder(&self, input_keyed_by_key_id: bool) -> Decoder {
+        if input_keyed_by_key_id {
+            self.decoder()
+        } else {
+            self.repartition_topic_decoder()
         }
     }
 }

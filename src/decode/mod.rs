@@ -1,6 +1,8 @@
 //! Bytes to canonical events. One file per input format; every decoder is a
 //! pure function from one input record (a line, a file, a Kafka message) to
 //! zero or more events, each either decoded or rejected with a reason.
+//! [`Decoder::decode_record`] is the one step every driver takes from a
+//! record to its events, events without a key and rejections.
 //!
 //! The decoders never trust their input: every value is first read as a
 //! [`Scalar`] of whatever JSON type it really has, then checked, so a wrong
@@ -74,8 +76,9 @@ impl From<serde_json::Error> for DecodeError {
     }
 }
 
-/// The input format of a record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+/// The input format of a record: the config's `input.format` and the
+/// command line's `--format`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// Sniff each record: CloudTrail if it is a `{"Records":[...]}` document
@@ -98,6 +101,24 @@ pub struct Decoder {
     /// `{"Records":[...]}` document is a whole file rather than one record,
     /// so the limit applies to each of its events instead.
     pub max_record_bytes: usize,
+}
+
+/// One item of a decoded record, in the record's order.
+#[derive(Debug, PartialEq)]
+pub enum Decoded<'a> {
+    Event(AccessEvent<'a>),
+    /// An event without an API key: counted and skipped, not rejected.
+    NoKey,
+    Rejected(Rejection),
+}
+
+/// A record, or one event of a multi-event record, that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub error: DecodeError,
+    /// Position of the event inside a record that held several events (a
+    /// CloudTrail `Records` document); `None` for a record of one event.
+    pub index: Option<u32>,
 }
 
 /// The mapping used by [`Format::Mapped`] when none is configured; config
@@ -142,6 +163,27 @@ impl Decoder {
             canonical::decode_canonical(record)
         };
         out.push(event);
+    }
+
+    /// Decodes one record into its events, events without a key and
+    /// rejections, in order. `scratch` is reused from record to record, so
+    /// a record costs no allocation of its own.
+    pub fn decode_record<'a, 's>(
+        &self,
+        record: &'a [u8],
+        scratch: &'s mut Vec<Result<AccessEvent<'a>, DecodeError>>,
+    ) -> impl Iterator<Item = Decoded<'a>> + use<'a, 's> {
+        scratch.clear();
+        self.decode(record, scratch);
+        let several_events = scratch.len() > 1;
+        scratch.drain(..).enumerate().map(move |(index, result)| match result {
+            Ok(event) => Decoded::Event(event),
+            Err(DecodeError::NoKey) => Decoded::NoKey,
+            Err(error) => Decoded::Rejected(Rejection {
+                error,
+                index: several_events.then_some(index as u32),
+            }),
+        })
     }
 
     /// Convenience for tests and tools: decodes one record into a new vector.
@@ -379,6 +421,33 @@ mod tests {
         let canonical = decoder(Format::Canonical).decode_to_vec(CANONICAL.as_bytes());
         assert_eq!(decoded, canonical);
         assert!(decoded[0].is_ok());
+    }
+
+    #[test]
+    fn record_items_carry_an_index_only_in_multi_event_records() {
+        let auto = decoder(Format::Auto);
+        let mut scratch = Vec::new();
+        let single: Vec<Decoded<'_>> = auto.decode_record(b"{broken", &mut scratch).collect();
+        assert!(
+            matches!(&single[..], [Decoded::Rejected(Rejection { index: None, .. })]),
+            "{single:?}"
+        );
+        let no_key = r#"{"eventTime":"2026-03-01T12:00:00Z","eventSource":"s3.amazonaws.com","eventName":"ListBuckets","sourceIPAddress":"192.0.2.1","userIdentity":{"type":"AWSService"}}"#;
+        let bad_ip = CLOUDTRAIL.replace("192.0.2.1", "nope");
+        let document = format!(r#"{{"Records":[{CLOUDTRAIL},{no_key},{bad_ip}]}}"#);
+        let items: Vec<Decoded<'_>> = auto.decode_record(document.as_bytes(), &mut scratch).collect();
+        assert!(matches!(items[0], Decoded::Event(_)), "{items:?}");
+        assert_eq!(items[1], Decoded::NoKey);
+        assert!(
+            matches!(
+                &items[2],
+                Decoded::Rejected(Rejection {
+                    error: DecodeError::BadIp(_),
+                    index: Some(2)
+                })
+            ),
+            "{items:?}"
+        );
     }
 
     #[test]

@@ -13,11 +13,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::PipelineError;
-use super::batch::MicroBatch;
+use super::micro_batch::MicroBatch;
 use super::stage::{Progress, Stage};
-use crate::sink::kafka::{KafkaSink, KafkaSinkError, Outbox};
-use crate::source::kafka::{KafkaSource, SourceEvent};
-use crate::state::PartitionId;
+use crate::checkpoint::PartitionId;
+use crate::sink::kafka::{KafkaSink, Outbox};
+use crate::source::kafka::group::{KafkaSource, SourceEvent};
 
 /// How a stage is batched and checkpointed.
 #[derive(Debug, Clone)]
@@ -189,10 +189,7 @@ impl<S: Stage> Driver<S> {
                 return Ok(());
             }
             self.sink.begin()?;
-            if let Err(error) = self.sink.deliver(&mut self.outbox).await {
-                self.outbox.clear();
-                return Err(error.into());
-            }
+            self.sink.deliver(&mut self.outbox).await?;
             let group = self
                 .source
                 .consumer()
@@ -203,14 +200,14 @@ impl<S: Stage> Driver<S> {
             self.stage.committed(&offsets);
             return Ok(());
         }
-        self.deliver().await?;
+        self.sink.deliver(&mut self.outbox).await?;
         if checkpoint_due {
             self.stage.checkpoint(true, &mut self.outbox)?;
             self.last_checkpoint = Instant::now();
         } else {
             self.stage.checkpoint(false, &mut self.outbox)?;
         }
-        self.deliver().await?;
+        self.sink.deliver(&mut self.outbox).await?;
         let offsets = self.stage.offsets_to_commit();
         tracing::debug!(
             stage = self.stage.name(),
@@ -231,14 +228,5 @@ impl<S: Stage> Driver<S> {
             Err(error) => tracing::warn!(stage = self.stage.name(), %error, "offset commit failed"),
         }
         Ok(())
-    }
-
-    async fn deliver(&mut self) -> Result<(), KafkaSinkError> {
-        if self.outbox.is_empty() {
-            return Ok(());
-        }
-        let result = self.sink.deliver(&mut self.outbox).await;
-        self.outbox.clear();
-        result.map(|_| ())
     }
 }

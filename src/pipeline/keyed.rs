@@ -9,33 +9,33 @@
 //! of records below the group's committed offset were already delivered and
 //! are not produced twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::decode::{DecodeError, Decoder};
+use super::partitions::PartitionBook;
+use super::stage::{Progress, Stage};
+use crate::checkpoint::{Checkpoint, PartitionId, PartitionSnapshot, SnapshotFile};
+use crate::counts::Counts;
+use crate::decode::{Decoded, Decoder};
 use crate::engine::{Engine, Output};
 use crate::enrich::GeoIp;
 use crate::event::AccessEvent;
 use crate::model::Model;
 use crate::sink::kafka::{DeadLetter, KafkaSinkError, Outbox, OutputTopics};
-use crate::source::kafka::{AssignedPartition, InputRecord};
-use crate::state::{Checkpoint, PartitionId, PartitionSnapshot, SnapshotFile};
+use crate::source::kafka::group::{AssignedPartition, InputRecord};
 
-use super::stage::{Progress, Stage};
+/// The stage's name in logs and progress.
+const STAGE: &str = "keyed";
 
-/// The state of one owned partition.
+/// The state of one owned partition besides its offsets.
 struct PartitionState {
     engine: Engine,
-    /// Offset of the next record to process; `None` until the first record
-    /// when the partition had no checkpoint.
-    next_offset: Option<i64>,
     /// Records below this offset were processed and their outputs delivered
     /// before the partition came here: process them for state only.
     replay_below: i64,
     /// Generation of the last checkpoint written or read.
     generation: Option<u64>,
     checkpointed_offset: Option<i64>,
-    committed_offset: Option<i64>,
 }
 
 /// One engine per partition.
@@ -44,7 +44,7 @@ pub struct KeyedStage {
     geo: Arc<GeoIp>,
     decoder: Decoder,
     topics: OutputTopics,
-    partitions: BTreeMap<PartitionId, PartitionState>,
+    partitions: PartitionBook<PartitionState>,
     progress: Arc<Progress>,
     scratch_outputs: Vec<Output>,
 }
@@ -62,7 +62,7 @@ impl KeyedStage {
             geo,
             decoder,
             topics,
-            partitions: BTreeMap::new(),
+            partitions: PartitionBook::new(STAGE, Arc::clone(&progress)),
             progress,
             scratch_outputs: Vec::new(),
         }
@@ -72,13 +72,13 @@ impl KeyedStage {
     pub fn snapshots(&self) -> SnapshotFile {
         self.partitions
             .iter()
-            .filter_map(|(id, state)| {
-                let next_offset = state.next_offset?;
+            .filter_map(|(id, owned)| {
+                let next_offset = owned.next_offset?;
                 Some((
                     id.to_string(),
                     PartitionSnapshot {
                         next_offset,
-                        engine: state.engine.snapshot(),
+                        engine: owned.state.engine.snapshot(),
                     },
                 ))
             })
@@ -87,7 +87,10 @@ impl KeyedStage {
 
     /// Keys with state, over all owned partitions.
     pub fn keys_tracked(&self) -> usize {
-        self.partitions.values().map(|state| state.engine.keys_tracked()).sum()
+        self.partitions
+            .iter()
+            .map(|(_, owned)| owned.state.engine.keys_tracked())
+            .sum()
     }
 
     fn process_partition(
@@ -95,46 +98,41 @@ impl KeyedStage {
         id: &PartitionId,
         records: &[&InputRecord],
         outbox: &mut Outbox,
+        counts: &mut Counts,
     ) -> Result<(), KafkaSinkError> {
-        let Some(state) = self.partitions.get_mut(id) else {
+        let Some(owned) = self.partitions.get_mut(id) else {
             tracing::debug!(partition = %id, records = records.len(), "records of a partition not owned, skipped");
             return Ok(());
         };
         let mut events: Vec<AccessEvent<'_>> = Vec::with_capacity(records.len());
         let mut event_offsets: Vec<i64> = Vec::with_capacity(records.len());
-        let mut decoded = Vec::new();
+        let mut scratch = Vec::new();
         let mut last_offset = None;
-        let (mut dead_letters, mut no_key) = (0u64, 0u64);
         for record in records {
-            if state.next_offset.is_some_and(|next| record.offset < next) {
-                // Delivered twice (a seek raced a fetch); already processed.
+            if owned.already_processed(record.offset) {
                 continue;
             }
             last_offset = Some(record.offset);
             let payload = record.payload.as_deref().unwrap_or_default();
-            decoded.clear();
-            self.decoder.decode(payload, &mut decoded);
-            let multi_event = decoded.len() > 1;
-            for (index, result) in decoded.drain(..).enumerate() {
-                match result {
-                    Ok(event) => {
+            for item in self.decoder.decode_record(payload, &mut scratch) {
+                match item {
+                    Decoded::Event(event) => {
                         events.push(event);
                         event_offsets.push(record.offset);
                     }
-                    Err(DecodeError::NoKey) => no_key += 1,
-                    Err(error) => {
-                        if record.offset < state.replay_below {
+                    Decoded::NoKey => counts.no_key += 1,
+                    Decoded::Rejected(rejection) => {
+                        if record.offset < owned.state.replay_below {
                             continue;
                         }
-                        dead_letters += 1;
+                        counts.count_rejected(&rejection.error);
                         outbox.push_dead_letter(
                             &self.topics,
                             &DeadLetter {
                                 record: payload,
-                                error: &error,
+                                rejection: &rejection,
                                 source: id,
                                 offset: record.offset,
-                                index: multi_event.then_some(index as u32),
                             },
                         );
                     }
@@ -144,6 +142,7 @@ impl KeyedStage {
         let Some(last_offset) = last_offset else {
             return Ok(());
         };
+        let state = &mut owned.state;
         let replayed = event_offsets.partition_point(|offset| *offset < state.replay_below);
         if replayed > 0 {
             self.scratch_outputs.clear();
@@ -155,13 +154,9 @@ impl KeyedStage {
         if replayed < events.len() {
             state.engine.process(&events[replayed..], &mut outputs);
         }
-        let (mut alerts, mut revocations) = (0u64, 0u64);
         let mut result = Ok(());
         for output in &outputs {
-            match output {
-                Output::Alert(_) => alerts += 1,
-                Output::Revocation(_) => revocations += 1,
-            }
+            counts.count_output(output);
             if let Err(error) = outbox.push_output(&self.topics, output) {
                 result = Err(error);
                 break;
@@ -169,29 +164,19 @@ impl KeyedStage {
         }
         outputs.clear();
         self.scratch_outputs = outputs;
-        state.next_offset = Some(last_offset + 1);
-        Progress::add(&self.progress.events, events.len() as u64);
-        Progress::add(&self.progress.alerts, alerts);
-        Progress::add(&self.progress.revocations, revocations);
-        Progress::add(&self.progress.dead_letters, dead_letters);
-        Progress::add(&self.progress.no_key, no_key);
+        owned.next_offset = Some(last_offset + 1);
+        counts.events += events.len() as u64;
         result
     }
 }
 
 impl Stage for KeyedStage {
     fn name(&self) -> &'static str {
-        "keyed"
+        STAGE
     }
 
     fn assigned(&mut self, partitions: Vec<AssignedPartition>) {
-        let ids: Vec<PartitionId> = partitions.iter().map(|partition| partition.id.clone()).collect();
-        let committed: Vec<(PartitionId, i64)> = partitions
-            .iter()
-            .filter_map(|partition| Some((partition.id.clone(), partition.committed?)))
-            .collect();
-        self.progress.record_commit(self.name(), &committed);
-        for partition in partitions {
+        self.partitions.assign(partitions, |partition| {
             let mut engine = Engine::new(Arc::clone(&self.model), Arc::clone(&self.geo));
             let (next_offset, generation) = match partition.checkpoint {
                 Some(Checkpoint {
@@ -212,32 +197,18 @@ impl Stage for KeyedStage {
                 committed_offset = partition.committed,
                 "engine restored"
             );
-            self.partitions.insert(
-                partition.id,
-                PartitionState {
-                    engine,
-                    next_offset,
-                    replay_below: partition.committed.unwrap_or(i64::MIN),
-                    generation,
-                    checkpointed_offset: next_offset,
-                    committed_offset: partition.committed,
-                },
-            );
-        }
-        self.progress.record_assignment(self.name(), &ids, true);
+            let state = PartitionState {
+                engine,
+                replay_below: partition.committed.unwrap_or(i64::MIN),
+                generation,
+                checkpointed_offset: next_offset,
+            };
+            (next_offset, state)
+        });
     }
 
     fn revoked(&mut self, partitions: &[PartitionId]) {
-        for id in partitions {
-            self.partitions.remove(id);
-        }
-        self.progress.record_assignment(self.name(), partitions, false);
-    }
-
-    fn owns(&self, topic: &str, partition: i32) -> bool {
-        self.partitions
-            .keys()
-            .any(|id| id.partition == partition && id.topic == topic)
+        self.partitions.revoke(partitions);
     }
 
     fn process(&mut self, records: &[InputRecord], outbox: &mut Outbox) -> Result<(), KafkaSinkError> {
@@ -252,22 +223,31 @@ impl Stage for KeyedStage {
             });
             groups[position].1.push(record);
         }
-        Progress::add(&self.progress.records, records.len() as u64);
+        let mut counts = Counts {
+            records: records.len() as u64,
+            ..Counts::default()
+        };
+        let mut result = Ok(());
         for (id, group) in &groups {
-            self.process_partition(id, group, outbox)?;
+            result = self.process_partition(id, group, outbox, &mut counts);
+            if result.is_err() {
+                break;
+            }
         }
+        self.progress.add_counts(&counts);
         self.progress
             .keys
             .store(self.keys_tracked() as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        result
     }
 
     fn checkpoint(&mut self, due: bool, outbox: &mut Outbox) -> Result<usize, KafkaSinkError> {
         let mut written = 0;
-        for (id, state) in &mut self.partitions {
-            let Some(next_offset) = state.next_offset else {
+        for (id, owned) in self.partitions.iter_mut() {
+            let Some(next_offset) = owned.next_offset else {
                 continue;
             };
+            let state = &mut owned.state;
             let moved = state.checkpointed_offset != Some(next_offset);
             let never_checkpointed = state.generation.is_none();
             if !moved || !(due || never_checkpointed) {
@@ -292,25 +272,13 @@ impl Stage for KeyedStage {
     }
 
     fn offsets_to_commit(&self) -> Vec<(PartitionId, i64)> {
-        self.partitions
-            .iter()
-            .filter_map(|(id, state)| {
-                let next_offset = state.next_offset?;
-                // Without a checkpoint a restart starts over from the
-                // beginning to rebuild state, so nothing may be committed yet.
-                state.generation?;
-                (state.committed_offset < Some(next_offset)).then(|| (id.clone(), next_offset))
-            })
-            .collect()
+        // Without a checkpoint a restart starts over from the beginning to
+        // rebuild state, so nothing may be committed yet.
+        self.partitions.offsets_to_commit(|state| state.generation.is_some())
     }
 
     fn committed(&mut self, offsets: &[(PartitionId, i64)]) {
-        for (id, offset) in offsets {
-            if let Some(state) = self.partitions.get_mut(id) {
-                state.committed_offset = Some(*offset);
-            }
-        }
-        self.progress.record_commit(self.name(), offsets);
+        self.partitions.committed(offsets);
     }
 }
 
@@ -320,6 +288,7 @@ mod tests {
     use crate::decode::Format;
     use crate::detect::testkit::{DAY, ENDPOINTS, HOUR, T0, event, geo, history, ip};
     use crate::engine::EngineSnapshot;
+    use crate::pipeline::partitions::OwnedPartition;
 
     const KEY: &str = "AKIAKEYEDSTAGE000001";
 
@@ -381,6 +350,15 @@ mod tests {
         }]);
     }
 
+    fn owned(stage: &KeyedStage) -> &OwnedPartition<PartitionState> {
+        let (_, owned) = stage
+            .partitions
+            .iter()
+            .find(|(partition, _)| **partition == id())
+            .unwrap();
+        owned
+    }
+
     fn topics_of(outbox: &Outbox) -> Vec<&str> {
         outbox.messages.iter().map(|message| message.topic.as_str()).collect()
     }
@@ -405,8 +383,8 @@ mod tests {
             restarted.process(chunk, &mut again).unwrap();
         }
         assert!(again.is_empty(), "{:?}", topics_of(&again));
-        assert_eq!(restarted.partitions[&id()].next_offset, Some(records.len() as i64));
-        let state = |stage: &KeyedStage| serde_json::to_string(&stage.partitions[&id()].engine.snapshot()).unwrap();
+        assert_eq!(owned(&restarted).next_offset, Some(records.len() as i64));
+        let state = |stage: &KeyedStage| serde_json::to_string(&owned(stage).state.engine.snapshot()).unwrap();
         assert_eq!(state(&restarted), state(&fresh), "the same state either way");
 
         // Committed up to just before the travel: exactly its outputs come out.
@@ -469,7 +447,7 @@ mod tests {
         assert_eq!(stage.checkpoint(true, &mut outbox).unwrap(), 0, "nothing moved since");
 
         stage.revoked(&[id()]);
-        assert!(!stage.owns("access", 0));
+        assert_eq!(stage.partitions.iter().count(), 0);
         assert!(stage.offsets_to_commit().is_empty());
     }
 }

@@ -63,12 +63,13 @@ pub async fn publish(progress: Arc<Progress>, cancel: CancellationToken) {
 
 fn publish_once(progress: &Progress) {
     let snapshot = progress.snapshot();
-    metrics::counter!("keywatch_records_total").absolute(snapshot.records);
-    metrics::counter!("keywatch_events_total").absolute(snapshot.events);
-    metrics::counter!("keywatch_alerts_total").absolute(snapshot.alerts);
-    metrics::counter!("keywatch_revocations_total").absolute(snapshot.revocations);
-    metrics::counter!("keywatch_dead_letters_total").absolute(snapshot.dead_letters);
-    metrics::counter!("keywatch_no_key_total").absolute(snapshot.no_key);
+    let counts = &snapshot.counts;
+    metrics::counter!("keywatch_records_total").absolute(counts.records);
+    metrics::counter!("keywatch_events_total").absolute(counts.events);
+    metrics::counter!("keywatch_alerts_total").absolute(counts.alerts);
+    metrics::counter!("keywatch_revocations_total").absolute(counts.revocations);
+    metrics::counter!("keywatch_dead_letters_total").absolute(counts.rejected);
+    metrics::counter!("keywatch_no_key_total").absolute(counts.no_key);
     metrics::counter!("keywatch_repartitioned_total").absolute(snapshot.repartitioned);
     metrics::counter!("keywatch_batches_total").absolute(snapshot.batches);
     metrics::counter!("keywatch_checkpoints_total").absolute(snapshot.checkpoints);

@@ -18,10 +18,11 @@
 //! taking records, finish the batch in hand, deliver, checkpoint, commit,
 //! leave the group.
 
-pub mod batch;
 pub mod driver;
 pub mod keyed;
 pub mod metrics;
+pub mod micro_batch;
+pub mod partitions;
 pub mod repartition;
 pub mod stage;
 
@@ -34,16 +35,15 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::{CheckpointError, PartitionId, PartitionSnapshot, SnapshotFile, write_snapshot_file};
 use crate::config::{Config, KafkaConfig};
-use crate::decode::{Decoder, Format};
 use crate::enrich::GeoIp;
 use crate::model::Model;
-use crate::runtime::{EngineArgs, Runtime, SetupError};
-use crate::sink::kafka::{KafkaSink, KafkaSinkError, OutputTopics, base_client_config};
-use crate::source::kafka::{
-    KafkaSource, KafkaSourceError, RestoreFrom, partition_count, range_consumer, read_checkpoints,
-};
-use crate::state::{PartitionId, PartitionSnapshot, SnapshotFile, StateError, write_snapshot_file};
+use crate::setup::{EngineArgs, Setup, SetupError};
+use crate::sink::kafka::{KafkaSink, KafkaSinkError, OutputTopics};
+use crate::source::kafka::KafkaSourceError;
+use crate::source::kafka::group::{KafkaSource, RestoreFrom};
+use crate::source::kafka::range::{partition_count, range_consumer, read_checkpoints};
 
 pub use driver::DriverSettings;
 pub use stage::{Progress, ProgressSnapshot};
@@ -83,7 +83,7 @@ pub enum PipelineError {
     #[error(transparent)]
     Sink(#[from] KafkaSinkError),
     #[error(transparent)]
-    State(#[from] StateError),
+    Checkpoint(#[from] CheckpointError),
     #[error("cannot commit offsets: {0}")]
     Commit(String),
     #[error("cannot start the async runtime: {0}")]
@@ -223,19 +223,10 @@ impl Pipeline {
     }
 
     async fn run_keyed(&self, layout: &TopicLayout, cancel: CancellationToken) -> Result<(), PipelineError> {
-        let decoder = if self.kafka.input_keyed_by_key_id {
-            Decoder::new(
-                self.config.input.format.clone(),
-                self.config.input.mapping.clone(),
-                self.config.input.max_record_bytes,
-            )
-        } else {
-            Decoder::new(Format::Canonical, None, self.config.input.max_record_bytes)
-        };
         let stage = keyed::KeyedStage::new(
             Arc::clone(&self.model),
             Arc::clone(&self.geo),
-            decoder,
+            self.config.input.keyed_topics_decoder(self.kafka.input_keyed_by_key_id),
             self.output_topics(layout),
             Arc::clone(&self.progress),
         );
@@ -257,7 +248,7 @@ impl Pipeline {
                 let Some(dir) = &save_snapshot else {
                     return Ok(());
                 };
-                std::fs::create_dir_all(dir).map_err(|err| StateError::WriteFile {
+                std::fs::create_dir_all(dir).map_err(|err| CheckpointError::WriteFile {
                     path: dir.display().to_string(),
                     detail: err.to_string(),
                 })?;
@@ -271,13 +262,8 @@ impl Pipeline {
     }
 
     async fn run_repartition(&self, layout: &TopicLayout, cancel: CancellationToken) -> Result<(), PipelineError> {
-        let decoder = Decoder::new(
-            self.config.input.format.clone(),
-            self.config.input.mapping.clone(),
-            self.config.input.max_record_bytes,
-        );
         let stage = repartition::RepartitionStage::new(
-            decoder,
+            self.config.input.decoder(),
             self.kafka.repartition_topic.clone(),
             self.output_topics(layout),
             Arc::clone(&self.progress),
@@ -351,12 +337,10 @@ async fn prepare_topics(kafka: &KafkaConfig) -> Result<TopicLayout, PipelineErro
 
 async fn create_topics(kafka: &KafkaConfig, missing: &[(String, bool)], partitions: i32) -> Result<(), PipelineError> {
     let admin: AdminClient<DefaultClientContext> =
-        base_client_config(kafka)
-            .create()
-            .map_err(|error| PipelineError::Topic {
-                topic: missing[0].0.clone(),
-                problem: format!("cannot create an admin client: {error}"),
-            })?;
+        kafka.client_config().create().map_err(|error| PipelineError::Topic {
+            topic: missing[0].0.clone(),
+            problem: format!("cannot create an admin client: {error}"),
+        })?;
     let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|(topic, compacted)| {
@@ -461,7 +445,7 @@ async fn cancel_on_signal(cancel: CancellationToken) {
 
 /// Runs the command.
 pub fn run_cli(args: &RunArgs) -> Result<(), PipelineError> {
-    let loaded = Runtime::load(&args.engine.overrides(Some(args.config.clone())))?;
+    let loaded = Setup::load(&args.engine.overrides(Some(args.config.clone())))?;
     let kafka = loaded.config.kafka.clone().ok_or(PipelineError::NoKafkaSection)?;
     if let Some(path) = &args.export_snapshot {
         let partitions = export_snapshot(&kafka, path)?;
@@ -487,12 +471,13 @@ pub fn run_cli(args: &RunArgs) -> Result<(), PipelineError> {
         cancel.cancel();
         let _ = signals.await;
         let summary = result?;
+        let counts = &summary.counts;
         tracing::info!(
-            records = summary.records,
-            events = summary.events,
-            alerts = summary.alerts,
-            revocations = summary.revocations,
-            dead_letters = summary.dead_letters,
+            records = counts.records,
+            events = counts.events,
+            alerts = counts.alerts,
+            revocations = counts.revocations,
+            dead_letters = counts.rejected,
             "keywatch run stopped"
         );
         Ok(())

@@ -4,24 +4,27 @@
 //! one partition of the keyed stage. The raw key id stays in the payload,
 //! never in the message key. Stateless: it resumes at committed offsets.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::decode::{DecodeError, Decoder};
+use super::partitions::PartitionBook;
+use super::stage::{Progress, Stage};
+use crate::checkpoint::PartitionId;
+use crate::counts::Counts;
+use crate::decode::{Decoded, Decoder};
 use crate::event::key_fingerprint;
 use crate::sink::kafka::{DeadLetter, KafkaSinkError, Outbox, OutputTopics};
-use crate::source::kafka::{AssignedPartition, InputRecord};
-use crate::state::PartitionId;
+use crate::source::kafka::group::{AssignedPartition, InputRecord};
 
-use super::stage::{Progress, Stage};
+/// The stage's name in logs and progress.
+const STAGE: &str = "repartition";
 
 /// Decode, then route by fingerprint.
 pub struct RepartitionStage {
     decoder: Decoder,
     repartition_topic: String,
     topics: OutputTopics,
-    /// Next offset to process and last committed offset, per owned partition.
-    partitions: BTreeMap<PartitionId, (Option<i64>, Option<i64>)>,
+    /// Stateless: the book holds only offsets.
+    partitions: PartitionBook<()>,
     progress: Arc<Progress>,
 }
 
@@ -36,7 +39,7 @@ impl RepartitionStage {
             decoder,
             repartition_topic,
             topics,
-            partitions: BTreeMap::new(),
+            partitions: PartitionBook::new(STAGE, Arc::clone(&progress)),
             progress,
         }
     }
@@ -44,54 +47,38 @@ impl RepartitionStage {
 
 impl Stage for RepartitionStage {
     fn name(&self) -> &'static str {
-        "repartition"
+        STAGE
     }
 
     fn assigned(&mut self, partitions: Vec<AssignedPartition>) {
-        let ids: Vec<PartitionId> = partitions.iter().map(|partition| partition.id.clone()).collect();
-        let committed: Vec<(PartitionId, i64)> = partitions
-            .iter()
-            .filter_map(|partition| Some((partition.id.clone(), partition.committed?)))
-            .collect();
-        self.progress.record_commit(self.name(), &committed);
-        for partition in partitions {
-            self.partitions.insert(partition.id, (None, partition.committed));
-        }
-        self.progress.record_assignment(self.name(), &ids, true);
+        self.partitions.assign(partitions, |_| (None, ()));
     }
 
     fn revoked(&mut self, partitions: &[PartitionId]) {
-        for id in partitions {
-            self.partitions.remove(id);
-        }
-        self.progress.record_assignment(self.name(), partitions, false);
-    }
-
-    fn owns(&self, topic: &str, partition: i32) -> bool {
-        self.partitions
-            .keys()
-            .any(|id| id.partition == partition && id.topic == topic)
+        self.partitions.revoke(partitions);
     }
 
     fn process(&mut self, records: &[InputRecord], outbox: &mut Outbox) -> Result<(), KafkaSinkError> {
-        let mut decoded = Vec::new();
-        let (mut events, mut dead_letters, mut no_key) = (0u64, 0u64, 0u64);
+        let mut scratch = Vec::new();
+        // The events go to `repartitioned`: the engines count theirs.
+        let mut counts = Counts {
+            records: records.len() as u64,
+            ..Counts::default()
+        };
+        let mut repartitioned = 0u64;
         for record in records {
             let id = record.partition_id();
-            let Some((next_offset, _)) = self.partitions.get_mut(&id) else {
+            let Some(owned) = self.partitions.get_mut(&id) else {
                 continue;
             };
-            if next_offset.is_some_and(|next| record.offset < next) {
+            if owned.already_processed(record.offset) {
                 continue;
             }
-            *next_offset = Some(record.offset + 1);
+            owned.next_offset = Some(record.offset + 1);
             let payload = record.payload.as_deref().unwrap_or_default();
-            decoded.clear();
-            self.decoder.decode(payload, &mut decoded);
-            let multi_event = decoded.len() > 1;
-            for (index, result) in decoded.drain(..).enumerate() {
-                match result {
-                    Ok(event) => {
+            for item in self.decoder.decode_record(payload, &mut scratch) {
+                match item {
+                    Decoded::Event(event) => {
                         let json = serde_json::to_vec(&event).map_err(|err| KafkaSinkError::Encode {
                             topic: self.repartition_topic.clone(),
                             detail: err.to_string(),
@@ -102,29 +89,26 @@ impl Stage for RepartitionStage {
                             json,
                             record.timestamp_ms,
                         );
-                        events += 1;
+                        repartitioned += 1;
                     }
-                    Err(DecodeError::NoKey) => no_key += 1,
-                    Err(error) => {
-                        dead_letters += 1;
+                    Decoded::NoKey => counts.no_key += 1,
+                    Decoded::Rejected(rejection) => {
+                        counts.count_rejected(&rejection.error);
                         outbox.push_dead_letter(
                             &self.topics,
                             &DeadLetter {
                                 record: payload,
-                                error: &error,
+                                rejection: &rejection,
                                 source: &id,
                                 offset: record.offset,
-                                index: multi_event.then_some(index as u32),
                             },
                         );
                     }
                 }
             }
         }
-        Progress::add(&self.progress.records, records.len() as u64);
-        Progress::add(&self.progress.repartitioned, events);
-        Progress::add(&self.progress.dead_letters, dead_letters);
-        Progress::add(&self.progress.no_key, no_key);
+        self.progress.add_counts(&counts);
+        Progress::add(&self.progress.repartitioned, repartitioned);
         Ok(())
     }
 
@@ -133,22 +117,11 @@ impl Stage for RepartitionStage {
     }
 
     fn offsets_to_commit(&self) -> Vec<(PartitionId, i64)> {
-        self.partitions
-            .iter()
-            .filter_map(|(id, (next_offset, committed))| {
-                let next_offset = (*next_offset)?;
-                (*committed < Some(next_offset)).then(|| (id.clone(), next_offset))
-            })
-            .collect()
+        self.partitions.offsets_to_commit(|()| true)
     }
 
     fn committed(&mut self, offsets: &[(PartitionId, i64)]) {
-        for (id, offset) in offsets {
-            if let Some((_, committed)) = self.partitions.get_mut(id) {
-                *committed = Some(*offset);
-            }
-        }
-        self.progress.record_commit(self.name(), offsets);
+        self.partitions.committed(offsets);
     }
 }
 

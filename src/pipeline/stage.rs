@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+use crate::checkpoint::PartitionId;
+use crate::counts::Counts;
 use crate::sink::kafka::{KafkaSinkError, Outbox};
-use crate::source::kafka::{AssignedPartition, InputRecord};
-use crate::state::PartitionId;
+use crate::source::kafka::group::{AssignedPartition, InputRecord};
 
 /// A processing stage driven by [`super::driver`].
 pub trait Stage: Send {
@@ -21,8 +22,6 @@ pub trait Stage: Send {
     fn assigned(&mut self, partitions: Vec<AssignedPartition>);
     /// Partitions taken away: their state goes (it is in the changelog).
     fn revoked(&mut self, partitions: &[PartitionId]);
-    /// Whether records of this partition can be processed.
-    fn owns(&self, topic: &str, partition: i32) -> bool;
     /// Processes records in order, appending what must be produced.
     fn process(&mut self, records: &[InputRecord], outbox: &mut Outbox) -> Result<(), KafkaSinkError>;
     /// Appends checkpoints: of every partition that moved since its last
@@ -37,12 +36,9 @@ pub trait Stage: Send {
 /// Counters a caller can watch while the pipeline runs.
 #[derive(Debug, Default)]
 pub struct Progress {
-    pub records: AtomicU64,
-    pub events: AtomicU64,
-    pub alerts: AtomicU64,
-    pub revocations: AtomicU64,
-    pub dead_letters: AtomicU64,
-    pub no_key: AtomicU64,
+    /// Over both stages; `counts.events` are the events given to the
+    /// engines, the repartition stage's are in `repartitioned`.
+    counts: Mutex<Counts>,
     pub repartitioned: AtomicU64,
     pub batches: AtomicU64,
     pub checkpoints: AtomicU64,
@@ -55,12 +51,7 @@ pub struct Progress {
 /// A copy of [`Progress`] at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ProgressSnapshot {
-    pub records: u64,
-    pub events: u64,
-    pub alerts: u64,
-    pub revocations: u64,
-    pub dead_letters: u64,
-    pub no_key: u64,
+    pub counts: Counts,
     pub repartitioned: u64,
     pub batches: u64,
     pub checkpoints: u64,
@@ -74,6 +65,18 @@ pub struct ProgressSnapshot {
 impl Progress {
     pub(crate) fn add(counter: &AtomicU64, amount: u64) {
         counter.fetch_add(amount, Ordering::Relaxed);
+    }
+
+    /// Adds what a stage counted in one batch.
+    pub(crate) fn add_counts(&self, batch: &Counts) {
+        if let Ok(mut counts) = self.counts.lock() {
+            counts.add(batch);
+        }
+    }
+
+    /// The counts so far.
+    pub fn counts(&self) -> Counts {
+        self.counts.lock().map(|counts| counts.clone()).unwrap_or_default()
     }
 
     pub(crate) fn record_commit(&self, stage: &str, offsets: &[(PartitionId, i64)]) {
@@ -129,12 +132,7 @@ impl Progress {
             })
             .unwrap_or_default();
         ProgressSnapshot {
-            records: load(&self.records),
-            events: load(&self.events),
-            alerts: load(&self.alerts),
-            revocations: load(&self.revocations),
-            dead_letters: load(&self.dead_letters),
-            no_key: load(&self.no_key),
+            counts: self.counts(),
             repartitioned: load(&self.repartitioned),
             batches: load(&self.batches),
             checkpoints: load(&self.checkpoints),
@@ -158,11 +156,14 @@ mod tests {
         progress.record_commit("keyed", &[(p0.clone(), 10)]);
         progress.record_commit("keyed", &[(p0.clone(), 12), (p1.clone(), 3)]);
         progress.record_assignment("keyed", std::slice::from_ref(&p1), false);
-        Progress::add(&progress.alerts, 2);
+        progress.add_counts(&Counts {
+            alerts: 2,
+            ..Counts::default()
+        });
         assert_eq!(progress.committed_offset("keyed", &p0), Some(12));
         assert_eq!(progress.committed_offset("repartition", &p0), None);
         let snapshot = progress.snapshot();
-        assert_eq!(snapshot.alerts, 2);
+        assert_eq!(snapshot.counts.alerts, 2);
         assert_eq!(snapshot.assigned["keyed"], vec!["access/0".to_string()]);
         assert_eq!(snapshot.committed["keyed"]["access/1"], 3);
     }

@@ -9,23 +9,22 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::TopicPartitionList;
 
+use crate::checkpoint::{ChangelogMessage, Checkpoint, CheckpointError, PartitionId, encode_checkpoint};
 use crate::config::KafkaConfig;
-use crate::decode::DecodeError;
+use crate::decode::Rejection;
 use crate::engine::Output;
-use crate::state::{ChangelogMessage, Checkpoint, PartitionId, StateError, encode_checkpoint};
 
 /// How long a transaction step may take before the pipeline gives up.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long to wait between attempts when librdkafka's local queue is full.
-const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(20);
+/// How long to wait between offers when librdkafka's local queue is full.
+pub const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(20);
 
 /// Why outputs could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -35,24 +34,37 @@ pub enum KafkaSinkError {
     #[error("cannot serialise an output for {topic}: {detail}")]
     Encode { topic: String, detail: String },
     #[error(transparent)]
-    Checkpoint(#[from] StateError),
+    Checkpoint(#[from] CheckpointError),
     #[error("delivery to {topic} failed: {error}")]
     Delivery { topic: String, error: KafkaError },
     #[error("delivery to {topic} was cancelled: the producer went away")]
     Cancelled { topic: String },
+    #[error("queueing outputs did not finish: {0}")]
+    Queueing(String),
     #[error("transaction step `{step}` failed: {error}")]
     Transaction { step: &'static str, error: KafkaError },
 }
 
-/// The base client configuration every keywatch client shares: brokers plus
-/// the pass-through properties.
-pub fn base_client_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &kafka.brokers);
-    for (name, value) in &kafka.properties {
-        config.set(name, value);
+/// Offers `record` to librdkafka's local queue through `send` (a producer's
+/// send call) and, while the queue is full, calls `wait_for_room` and offers
+/// it again: the queue drains as the brokers acknowledge, so a full queue is
+/// backpressure, not an error. Blocks while it waits: call it where blocking
+/// is allowed.
+pub fn send_when_queue_has_room<R, T>(
+    mut record: R,
+    mut send: impl FnMut(R) -> Result<T, (KafkaError, R)>,
+    mut wait_for_room: impl FnMut(),
+) -> Result<T, KafkaError> {
+    loop {
+        match send(record) {
+            Ok(queued) => return Ok(queued),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                wait_for_room();
+            }
+            Err((error, _)) => return Err(error),
+        }
     }
-    config
 }
 
 /// One message waiting to be produced.
@@ -186,11 +198,9 @@ impl Outbox {
 #[derive(Debug)]
 pub struct DeadLetter<'a> {
     pub record: &'a [u8],
-    pub error: &'a DecodeError,
+    pub rejection: &'a Rejection,
     pub source: &'a PartitionId,
     pub offset: i64,
-    /// Position of the event inside a multi-event record.
-    pub index: Option<u32>,
 }
 
 /// Headers of a dead letter: `reason` (a stable name such as
@@ -198,14 +208,15 @@ pub struct DeadLetter<'a> {
 /// `source_partition`, `source_offset` and, for multi-event records,
 /// `source_index`.
 pub fn dead_letter_headers(letter: &DeadLetter<'_>) -> Vec<(&'static str, Vec<u8>)> {
+    let error = &letter.rejection.error;
     let mut headers = vec![
-        ("reason", letter.error.kind().as_bytes().to_vec()),
-        ("reason_detail", letter.error.to_string().into_bytes()),
+        ("reason", error.kind().as_bytes().to_vec()),
+        ("reason_detail", error.to_string().into_bytes()),
         ("source_topic", letter.source.topic.as_bytes().to_vec()),
         ("source_partition", letter.source.partition.to_string().into_bytes()),
         ("source_offset", letter.offset.to_string().into_bytes()),
     ];
-    if let Some(index) = letter.index {
+    if let Some(index) = letter.rejection.index {
         headers.push(("source_index", index.to_string().into_bytes()));
     }
     headers
@@ -222,12 +233,10 @@ impl KafkaSink {
     /// An idempotent producer (so retries neither reorder nor repeat), made
     /// transactional when `transactional_id` is given.
     pub fn new(kafka: &KafkaConfig, transactional_id: Option<&str>) -> Result<KafkaSink, KafkaSinkError> {
-        let mut config = base_client_config(kafka);
-        config.set("enable.idempotence", "true");
-        if let Some(id) = transactional_id {
-            config.set("transactional.id", id);
-        }
-        let producer: FutureProducer = config.create().map_err(KafkaSinkError::Create)?;
+        let producer: FutureProducer = kafka
+            .producer_config(transactional_id)
+            .create()
+            .map_err(KafkaSinkError::Create)?;
         let sink = KafkaSink {
             producer,
             transactional: transactional_id.is_some(),
@@ -266,62 +275,36 @@ impl KafkaSink {
     }
 
     /// Sends every message of the outbox, in order, and waits until each is
-    /// acknowledged by the brokers. Empties the outbox.
-    pub async fn deliver(&mut self, outbox: &mut Outbox) -> Result<usize, KafkaSinkError> {
-        let mut deliveries: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(outbox.len());
-        for (index, message) in outbox.messages.iter().enumerate() {
-            let future = self.enqueue(message).await?;
-            deliveries.push((index, future));
+    /// acknowledged by the brokers. Empties the outbox, delivered or not.
+    pub async fn deliver(&mut self, outbox: &mut Outbox) -> Result<(), KafkaSinkError> {
+        if outbox.is_empty() {
+            return Ok(());
         }
-        let count = deliveries.len();
-        for (index, future) in deliveries {
-            let topic = || outbox.messages[index].topic.clone();
+        let messages = std::mem::take(&mut outbox.messages);
+        let producer = self.producer.clone();
+        // Queueing waits while librdkafka's local queue is full: off the
+        // async workers.
+        let (messages, deliveries) = tokio::task::spawn_blocking(move || {
+            let deliveries = messages
+                .iter()
+                .map(|message| enqueue(&producer, message))
+                .collect::<Result<Vec<DeliveryFuture>, KafkaSinkError>>();
+            (messages, deliveries)
+        })
+        .await
+        .map_err(|error| KafkaSinkError::Queueing(error.to_string()))?;
+        for (message, future) in messages.iter().zip(deliveries?) {
+            let topic = || message.topic.clone();
             match future.await {
                 Ok(Ok(_delivery)) => {}
                 Ok(Err((error, _message))) => return Err(KafkaSinkError::Delivery { topic: topic(), error }),
                 Err(_cancelled) => return Err(KafkaSinkError::Cancelled { topic: topic() }),
             }
         }
+        // The next batch reuses the allocation.
+        outbox.messages = messages;
         outbox.clear();
-        Ok(count)
-    }
-
-    async fn enqueue(&self, message: &OutgoingMessage) -> Result<DeliveryFuture, KafkaSinkError> {
-        loop {
-            let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
-            for (name, value) in &message.headers {
-                headers = headers.insert(Header {
-                    key: name,
-                    value: Some(value),
-                });
-            }
-            let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&message.topic)
-                .payload(message.payload.as_slice())
-                .headers(headers);
-            if let Some(key) = &message.key {
-                record = record.key(key.as_str());
-            }
-            if let Some(partition) = message.partition {
-                record = record.partition(partition);
-            }
-            if let Some(timestamp_ms) = message.timestamp_ms {
-                record = record.timestamp(timestamp_ms);
-            }
-            match self.producer.send_result(record) {
-                Ok(future) => return Ok(future),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    // The local queue drains as the brokers acknowledge; wait
-                    // without blocking the runtime.
-                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
-                }
-                Err((error, _)) => {
-                    return Err(KafkaSinkError::Delivery {
-                        topic: message.topic.clone(),
-                        error,
-                    });
-                }
-            }
-        }
+        Ok(())
     }
 
     /// Adds the consumer offsets to the open transaction and commits it:
@@ -361,12 +344,38 @@ impl KafkaSink {
         })
         .await
     }
+}
 
-    /// Waits until everything queued is delivered.
-    pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaSinkError> {
-        let producer = self.producer.clone();
-        run_blocking("flush", move || producer.flush(timeout)).await
+/// Queues one message, waiting while librdkafka's local queue is full.
+fn enqueue(producer: &FutureProducer, message: &OutgoingMessage) -> Result<DeliveryFuture, KafkaSinkError> {
+    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+    for (name, value) in &message.headers {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value),
+        });
     }
+    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&message.topic)
+        .payload(message.payload.as_slice())
+        .headers(headers);
+    if let Some(key) = &message.key {
+        record = record.key(key.as_str());
+    }
+    if let Some(partition) = message.partition {
+        record = record.partition(partition);
+    }
+    if let Some(timestamp_ms) = message.timestamp_ms {
+        record = record.timestamp(timestamp_ms);
+    }
+    send_when_queue_has_room(
+        record,
+        |record| producer.send_result(record),
+        || std::thread::sleep(QUEUE_FULL_BACKOFF),
+    )
+    .map_err(|error| KafkaSinkError::Delivery {
+        topic: message.topic.clone(),
+        error,
+    })
 }
 
 /// Runs a blocking librdkafka call off the async workers.
@@ -387,6 +396,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::DecodeError;
 
     fn topics() -> OutputTopics {
         OutputTopics {
@@ -401,13 +411,15 @@ mod tests {
     #[test]
     fn dead_letters_keep_the_bytes_and_say_where_they_came_from() {
         let source = PartitionId::new("access", 3);
-        let error = DecodeError::BadIp("nope".into());
+        let rejection = Rejection {
+            error: DecodeError::BadIp("nope".into()),
+            index: None,
+        };
         let letter = DeadLetter {
             record: b"{\"ip\":\"nope\"}",
-            error: &error,
+            rejection: &rejection,
             source: &source,
             offset: 41,
-            index: None,
         };
         let mut outbox = Outbox::default();
         outbox.push_dead_letter(&topics(), &letter);
@@ -429,8 +441,12 @@ mod tests {
         assert_eq!(header("source_index"), None);
         assert!(header("reason_detail").unwrap().contains("nope"));
 
-        let indexed = DeadLetter {
+        let in_a_document = Rejection {
             index: Some(2),
+            ..rejection.clone()
+        };
+        let indexed = DeadLetter {
+            rejection: &in_a_document,
             ..letter
         };
         assert!(dead_letter_headers(&indexed).contains(&("source_index", b"2".to_vec())));
@@ -457,11 +473,33 @@ mod tests {
     }
 
     #[test]
-    fn client_config_passes_properties_through() {
-        let mut kafka = KafkaConfig::new("b1:9092,b2:9092", vec!["in".into()]);
-        kafka.properties.insert("security.protocol".into(), "sasl_ssl".into());
-        let config = base_client_config(&kafka);
-        assert_eq!(config.get("bootstrap.servers"), Some("b1:9092,b2:9092"));
-        assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
+    fn a_full_queue_is_waited_out_and_other_errors_are_not() {
+        let mut offers = 0;
+        let mut waits = 0;
+        let queued = send_when_queue_has_room(
+            "record",
+            |record| {
+                offers += 1;
+                if offers < 3 {
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record))
+                } else {
+                    Ok(record.len())
+                }
+            },
+            || waits += 1,
+        );
+        assert_eq!(queued.ok(), Some(6));
+        assert_eq!((offers, waits), (3, 2));
+        let refused = send_when_queue_has_room(
+            "record",
+            |record| {
+                Err::<(), _>((
+                    KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                    record,
+                ))
+            },
+            || panic!("only a full queue is waited out"),
+        );
+        assert!(refused.is_err());
     }
 }

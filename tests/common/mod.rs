@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keywatch::alert::Alert;
+use keywatch::checkpoint::PartitionId;
 use keywatch::config::{Config, KafkaConfig};
 use keywatch::decode::{Decoder, Format};
 use keywatch::engine::{Engine, Output};
@@ -18,7 +19,6 @@ use keywatch::enrich::GeoIp;
 use keywatch::enrich::mmdb_build::{PlaceRow, build_place_databases};
 use keywatch::model::Model;
 use keywatch::pipeline::Progress;
-use keywatch::state::PartitionId;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};

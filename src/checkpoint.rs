@@ -20,7 +20,7 @@
 //! the newest manifest and the newest chunk of each key.
 //!
 //! Everything here is pure apart from the snapshot file functions; the
-//! changelog is read in [`crate::source::kafka`] and written in
+//! changelog is read in [`crate::source::kafka::range`] and written in
 //! [`crate::sink::kafka`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -45,7 +45,7 @@ const CHUNK_HEADER_BYTES: usize = 12;
 
 /// Why a checkpoint or snapshot file could not be written or read.
 #[derive(Debug, thiserror::Error)]
-pub enum StateError {
+pub enum CheckpointError {
     #[error("cannot encode the checkpoint of {partition}: {detail}")]
     Encode { partition: String, detail: String },
     #[error("the checkpoint of {partition} in the changelog is unusable: {detail}")]
@@ -142,9 +142,9 @@ fn slot_of(generation: u64) -> u8 {
 
 /// Lays a checkpoint out as changelog messages, chunks first, manifest last:
 /// they must be written in this order.
-pub fn encode_checkpoint(checkpoint: &Checkpoint) -> Result<Vec<ChangelogMessage>, StateError> {
+pub fn encode_checkpoint(checkpoint: &Checkpoint) -> Result<Vec<ChangelogMessage>, CheckpointError> {
     let partition = &checkpoint.partition;
-    let encode_error = |detail: String| StateError::Encode {
+    let encode_error = |detail: String| CheckpointError::Encode {
         partition: partition.to_string(),
         detail,
     };
@@ -250,7 +250,7 @@ impl CheckpointAssembler {
     }
 
     /// The checkpoint of each wanted partition that has one.
-    pub fn finish(mut self) -> Result<BTreeMap<PartitionId, Checkpoint>, StateError> {
+    pub fn finish(mut self) -> Result<BTreeMap<PartitionId, Checkpoint>, CheckpointError> {
         let mut checkpoints = BTreeMap::new();
         let manifests = std::mem::take(&mut self.manifests);
         for (id, manifest_bytes) in manifests {
@@ -260,8 +260,8 @@ impl CheckpointAssembler {
         Ok(checkpoints)
     }
 
-    fn assemble(&mut self, id: &PartitionId, manifest_bytes: &[u8]) -> Result<Checkpoint, StateError> {
-        let corrupt = |detail: String| StateError::Corrupt {
+    fn assemble(&mut self, id: &PartitionId, manifest_bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
+        let corrupt = |detail: String| CheckpointError::Corrupt {
             partition: id.to_string(),
             detail,
         };
@@ -330,8 +330,8 @@ pub type SnapshotFile = BTreeMap<String, PartitionSnapshot>;
 
 /// Writes a snapshot file, through a temporary file and a rename so a crash
 /// never leaves half a file under the final name.
-pub fn write_snapshot_file(path: &Path, snapshots: &SnapshotFile) -> Result<(), StateError> {
-    let write_error = |detail: String| StateError::WriteFile {
+pub fn write_snapshot_file(path: &Path, snapshots: &SnapshotFile) -> Result<(), CheckpointError> {
+    let write_error = |detail: String| CheckpointError::WriteFile {
         path: path.display().to_string(),
         detail,
     };
@@ -345,8 +345,8 @@ pub fn write_snapshot_file(path: &Path, snapshots: &SnapshotFile) -> Result<(), 
 }
 
 /// Reads a snapshot file and checks its keys.
-pub fn read_snapshot_file(path: &Path) -> Result<BTreeMap<PartitionId, PartitionSnapshot>, StateError> {
-    let read_error = |detail: String| StateError::ReadFile {
+pub fn read_snapshot_file(path: &Path) -> Result<BTreeMap<PartitionId, PartitionSnapshot>, CheckpointError> {
+    let read_error = |detail: String| CheckpointError::ReadFile {
         path: path.display().to_string(),
         detail,
     };

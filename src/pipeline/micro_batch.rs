@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::source::kafka::InputRecord;
+use crate::source::kafka::group::InputRecord;
 
 /// Records waiting to be processed together.
 #[derive(Debug)]
@@ -40,14 +40,6 @@ impl MicroBatch {
     /// When the oldest record has waited long enough; `None` when empty.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
-    }
-
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
     }
 
     /// Takes the records out, leaving the batch empty and its clock stopped.
@@ -93,7 +85,7 @@ mod tests {
         assert!(batch.push(record(1, 0), now), "third record fills it");
         let records = batch.take();
         assert_eq!(records.len(), 3);
-        assert!(batch.is_empty() && batch.deadline().is_none());
+        assert!(batch.records.is_empty() && batch.deadline().is_none());
     }
 
     #[test]
@@ -121,7 +113,7 @@ mod tests {
         batch.push(record(0, 0), now);
         batch.push(record(1, 0), now);
         batch.retain(|record| record.partition != 1);
-        assert_eq!(batch.len(), 1);
+        assert_eq!(batch.records.len(), 1);
         batch.retain(|_| false);
         assert_eq!(batch.deadline(), None, "an empty batch has no deadline");
     }

@@ -2,11 +2,11 @@
 //! model and the GeoIP databases, with command-line overrides. Any problem
 //! fails here, at start, naming the file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
-use crate::decode::{Decoder, Format};
+use crate::decode::Format;
 use crate::enrich::{GeoError, GeoIp};
 use crate::model::{Model, ModelError};
 
@@ -61,15 +61,14 @@ pub struct Overrides {
 }
 
 /// Everything loaded and validated.
-pub struct Runtime {
+pub struct Setup {
     pub config: Config,
     pub model: Arc<Model>,
     pub geo: Arc<GeoIp>,
-    pub decoder: Decoder,
 }
 
-impl Runtime {
-    pub fn load(overrides: &Overrides) -> Result<Runtime, SetupError> {
+impl Setup {
+    pub fn load(overrides: &Overrides) -> Result<Setup, SetupError> {
         let mut config = match &overrides.config {
             Some(path) => Config::load(path)?,
             None => Config::default(),
@@ -92,26 +91,15 @@ impl Runtime {
             None => Model::default_model(),
         };
         let geo = GeoIp::open(config.geoip.city.as_deref(), config.geoip.asn.as_deref())?;
-        let decoder = Decoder::new(
-            config.input.format.clone(),
-            config.input.mapping.clone(),
-            config.input.max_record_bytes,
-        );
-        Ok(Runtime {
+        Ok(Setup {
             config,
             model: Arc::new(model),
             geo: Arc::new(geo),
-            decoder,
         })
     }
 
-    /// A fresh engine for this runtime.
+    /// A fresh engine with this model and these GeoIP databases.
     pub fn engine(&self) -> crate::engine::Engine {
         crate::engine::Engine::new(Arc::clone(&self.model), Arc::clone(&self.geo))
     }
-}
-
-/// Whether a path names standard input.
-pub fn is_stdin(path: &Path) -> bool {
-    path.as_os_str() == "-"
 }

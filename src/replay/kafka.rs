@@ -25,20 +25,22 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
 
+use crate::checkpoint::{CheckpointError, PartitionId, read_snapshot_file};
 use crate::config::{Config, KafkaConfig};
-use crate::decode::{DecodeError, Decoder, Format};
+use crate::counts::Counts;
+use crate::decode::{Decoded, Decoder};
 use crate::engine::{Engine, Output};
 use crate::enrich::GeoIp;
 use crate::event::AccessEvent;
 use crate::model::Model;
 use crate::sink::Rejected;
 use crate::sink::file::{OutputFiles, SinkError};
-use crate::sink::kafka::base_client_config;
+use crate::sink::kafka::{QUEUE_FULL_BACKOFF, send_when_queue_has_room};
 use crate::source::SourceRef;
-use crate::source::kafka::{
-    KafkaSourceError, PartitionRange, RangeConsumer, RangeEnd, partition_count, range_consumer, read_ranges,
+use crate::source::kafka::KafkaSourceError;
+use crate::source::kafka::range::{
+    PartitionRange, RangeConsumer, RangeEnd, partition_count, range_consumer, read_ranges,
 };
-use crate::state::{PartitionId, StateError, read_snapshot_file};
 
 /// Message timestamps are set when a record is produced, which is after
 /// the event it logs happened, but clocks drift: start the lookup this much
@@ -74,18 +76,11 @@ pub struct ReplayKafkaOptions {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReplayKafkaSummary {
     pub partitions: usize,
-    /// Records read from the topics.
-    pub records: u64,
-    /// Events decoded, in the time range or not.
-    pub events: u64,
+    /// Records read from the topics; events decoded, in the time range or
+    /// not; rejections in the time range (written to `rejected.jsonl`).
+    pub counts: Counts,
     /// Events in the time range, given to the engine.
     pub events_in_range: u64,
-    pub alerts: u64,
-    pub revocations: u64,
-    /// Records rejected by the decoder (written to `rejected.jsonl`).
-    pub rejected: u64,
-    /// Events without an API key, skipped.
-    pub no_key: u64,
     /// Alerts produced to `to_topic`.
     pub produced: u64,
     /// Partitions where the offset of `start` could not be looked up by
@@ -107,7 +102,7 @@ pub enum ReplayKafkaError {
     #[error(transparent)]
     Files(#[from] SinkError),
     #[error(transparent)]
-    State(#[from] StateError),
+    Checkpoint(#[from] CheckpointError),
     #[error("cannot produce to {topic}: {detail}")]
     Produce { topic: String, detail: String },
 }
@@ -158,23 +153,15 @@ pub fn replay_from_kafka(
     if let Some(topic) = &options.to_topic {
         check_replay_topic(kafka, topic)?;
     }
-    let decoder = if kafka.input_keyed_by_key_id {
-        Decoder::new(
-            config.input.format.clone(),
-            config.input.mapping.clone(),
-            config.input.max_record_bytes,
-        )
-    } else {
-        Decoder::new(Format::Canonical, None, config.input.max_record_bytes)
-    };
+    let decoder = config.input.keyed_topics_decoder(kafka.input_keyed_by_key_id);
     let mut snapshots = match &options.snapshot {
         Some(path) => read_snapshot_file(path)?,
         None => BTreeMap::new(),
     };
     let producer: Option<ThreadedProducer<DeliveryCounter>> = match &options.to_topic {
         Some(topic) => Some(
-            base_client_config(kafka)
-                .set("enable.idempotence", "true")
+            kafka
+                .producer_config(None)
                 .create_with_context(DeliveryCounter::default())
                 .map_err(|error| ReplayKafkaError::Produce {
                     topic: topic.clone(),
@@ -361,23 +348,21 @@ impl PartitionReplay<'_> {
         }
         let pending = std::mem::take(&mut self.pending);
         let (start_ms, end_ms) = self.range;
+        let counts = &mut summary.counts;
         let mut events: Vec<AccessEvent<'_>> = Vec::with_capacity(pending.len());
-        let mut decoded = Vec::new();
+        let mut scratch = Vec::new();
         for (offset, timestamp_ms, payload) in &pending {
-            summary.records += 1;
-            decoded.clear();
-            self.decoder.decode(payload, &mut decoded);
-            let multi_event = decoded.len() > 1;
-            for (index, result) in decoded.drain(..).enumerate() {
-                match result {
-                    Ok(event) => {
-                        summary.events += 1;
+            counts.records += 1;
+            for item in self.decoder.decode_record(payload, &mut scratch) {
+                match item {
+                    Decoded::Event(event) => {
+                        counts.events += 1;
                         if (start_ms..end_ms).contains(&event.ts_ms) {
                             events.push(event);
                         }
                     }
-                    Err(DecodeError::NoKey) => summary.no_key += 1,
-                    Err(error) => {
+                    Decoded::NoKey => counts.no_key += 1,
+                    Decoded::Rejected(rejection) => {
                         // A rejected record has no event time; its message
                         // time says whether it belongs to the range.
                         if timestamp_ms
@@ -385,14 +370,14 @@ impl PartitionReplay<'_> {
                         {
                             continue;
                         }
-                        summary.rejected += 1;
+                        counts.count_rejected(&rejection.error);
                         let source = SourceRef::Kafka {
                             topic: self.id.topic.clone(),
                             partition: self.id.partition,
                             offset: *offset,
-                            index: multi_event.then_some(index as u32),
+                            index: rejection.index,
                         };
-                        files.write_rejected(&Rejected::new(&error, source, payload))?;
+                        files.write_rejected(&Rejected::new(&rejection.error, source, payload))?;
                     }
                 }
             }
@@ -402,15 +387,10 @@ impl PartitionReplay<'_> {
         self.engine.process(&events, &mut self.outputs);
         for output in &self.outputs {
             files.write_output(output)?;
-            match output {
-                Output::Alert(alert) => {
-                    summary.alerts += 1;
-                    if let (Some(producer), Some(topic)) = (producer, &options.to_topic) {
-                        produce_alert(producer, topic, alert)?;
-                        summary.produced += 1;
-                    }
-                }
-                Output::Revocation(_) => summary.revocations += 1,
+            summary.counts.count_output(output);
+            if let (Output::Alert(alert), Some(producer), Some(topic)) = (output, producer, &options.to_topic) {
+                produce_alert(producer, topic, alert)?;
+                summary.produced += 1;
             }
         }
         Ok(())
@@ -426,24 +406,18 @@ fn produce_alert(
         topic: topic.to_string(),
         detail: error.to_string(),
     })?;
-    let mut record = BaseRecord::to(topic)
+    let record = BaseRecord::to(topic)
         .key(alert.key_fingerprint.as_str())
         .payload(&payload);
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err((error, _)) => {
-                return Err(ReplayKafkaError::Produce {
-                    topic: topic.to_string(),
-                    detail: error.to_string(),
-                });
-            }
-        }
-    }
+    send_when_queue_has_room(
+        record,
+        |record| producer.send(record),
+        || std::thread::sleep(QUEUE_FULL_BACKOFF),
+    )
+    .map_err(|error| ReplayKafkaError::Produce {
+        topic: topic.to_string(),
+        detail: error.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,239 @@
+//! `keywatch replay`: analysts' replay of historical logs through the
+//! engine, from [`files`] or from a time range of [`kafka`], into
+//! `alerts.jsonl`, `revocations.jsonl` and `rejected.jsonl`, with a summary.
+
+pub mod files;
+pub mod kafka;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::ser::{Serialize, SerializeStruct, Serializer};
+
+use crate::counts::Counts;
+use crate::decode::Format;
+use crate::setup::{EngineArgs, Overrides, Setup, SetupError};
+use crate::sink::file::{OutputFiles, SinkError};
+use crate::source::file::SourceError;
+
+/// Command-line options of `keywatch replay`.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Input files (plain or gzip); `-` reads standard input.
+    #[arg(long, num_args = 1.., required_unless_present = "from_kafka")]
+    pub input: Vec<PathBuf>,
+    /// Input format (overrides the config; `auto` when neither says).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Folder for alerts.jsonl, revocations.jsonl and rejected.jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Configuration file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Events per micro-batch (the output does not depend on it).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Read the input topic of the config's `[kafka]` section instead of files.
+    #[arg(long)]
+    pub from_kafka: bool,
+    /// With --from-kafka: first event time to replay (RFC 3339).
+    #[arg(long, requires = "from_kafka")]
+    pub start: Option<String>,
+    /// With --from-kafka: end of the range, exclusive (RFC 3339).
+    #[arg(long, requires = "from_kafka")]
+    pub end: Option<String>,
+    /// With --from-kafka: start from this saved baseline snapshot instead of empty state.
+    #[arg(long, requires = "from_kafka")]
+    pub snapshot: Option<PathBuf>,
+    /// With --from-kafka: also produce alerts to this topic (never the live alert topic).
+    #[arg(long, requires = "from_kafka")]
+    pub to_topic: Option<String>,
+    /// Do not show a progress bar even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Why a replay could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Kafka(#[from] kafka::ReplayKafkaError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// What a file replay did: the summary printed at the end and written to
+/// `summary.json`. Holds counts only, so it is as deterministic as the outputs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReplaySummary {
+    pub counts: Counts,
+    /// Keys with state at the end.
+    pub keys: u64,
+    /// Alerts held back as repeats inside the suppression window.
+    pub suppressed: u64,
+    pub late_events: u64,
+}
+
+/// `summary.json` keeps the fields, names and order it always had, the
+/// engine's counts among the driver's.
+impl Serialize for ReplaySummary {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let counts = &self.counts;
+        let mut fields = serializer.serialize_struct("ReplaySummary", 12)?;
+        fields.serialize_field("records", &counts.records)?;
+        fields.serialize_field("events", &counts.events)?;
+        fields.serialize_field("keys", &self.keys)?;
+        fields.serialize_field("alerts", &counts.alerts)?;
+        fields.serialize_field("alerts_by_severity", &counts.alerts_by_severity)?;
+        fields.serialize_field("alerts_by_detector", &counts.alerts_by_detector)?;
+        fields.serialize_field("suppressed", &self.suppressed)?;
+        fields.serialize_field("revocations", &counts.revocations)?;
+        fields.serialize_field("rejected", &counts.rejected)?;
+        fields.serialize_field("rejected_by_reason", &counts.rejected_by_reason)?;
+        fields.serialize_field("skipped_no_key", &counts.no_key)?;
+        fields.serialize_field("late_events", &self.late_events)?;
+        fields.end()
+    }
+}
+
+impl ReplaySummary {
+    /// Human-readable summary.
+    pub fn render(&self) -> String {
+        let join = |map: &BTreeMap<String, u64>| {
+            if map.is_empty() {
+                return "none".to_string();
+            }
+            map.iter()
+                .map(|(name, count)| format!("{name} {count}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let counts = &self.counts;
+        format!(
+            "records       {}\nevents        {}\nkeys          {}\nalerts        {} ({})\n  detectors   {}\nsuppressed    {} (repeats inside the suppression window)\nrevocations   {}\nrejected      {} ({})\nno api key    {} (skipped)\nlate events   {}\n",
+            counts.records,
+            counts.events,
+            self.keys,
+            counts.alerts,
+            join(&counts.alerts_by_severity),
+            join(&counts.alerts_by_detector),
+            self.suppressed,
+            counts.revocations,
+            counts.rejected,
+            join(&counts.rejected_by_reason),
+            counts.no_key,
+            self.late_events,
+        )
+    }
+}
+
+/// Runs the command.
+pub fn run_cli(args: &ReplayArgs) -> Result<(), ReplayError> {
+    let overrides = Overrides {
+        format: args.format.clone(),
+        batch_size: args.batch_size,
+        ..args.engine.overrides(args.config.clone())
+    };
+    let setup = Setup::load(&overrides)?;
+    if args.from_kafka {
+        return replay_kafka_cli(args, &setup);
+    }
+    if args.input.is_empty() {
+        return Err(ReplayError::Usage("give at least one --input file".into()));
+    }
+    let mut engine = setup.engine();
+    let mut outputs = OutputFiles::create(&args.out)?;
+    let bar = files::progress_bar(&args.input, args.no_progress);
+    let started = std::time::Instant::now();
+    let summary = files::replay_files(
+        &args.input,
+        &setup.config.input.decoder(),
+        &mut engine,
+        setup.config.input.batch_size,
+        &mut outputs,
+        bar.as_ref(),
+    )?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    write_summary(&args.out, &summary)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    print!("{}", summary.render());
+    println!(
+        "took          {elapsed:.1}s ({:.0} events/s)\nwrote         {}/alerts.jsonl, revocations.jsonl, rejected.jsonl, summary.json",
+        summary.counts.events as f64 / elapsed.max(1e-9),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn parse_time(text: &Option<String>, flag: &str) -> Result<Option<i64>, ReplayError> {
+    match text {
+        None => Ok(None),
+        Some(text) => crate::event::parse_ts(text)
+            .map(Some)
+            .ok_or_else(|| ReplayError::Usage(format!("{flag} `{text}` is not an RFC 3339 time"))),
+    }
+}
+
+/// `keywatch replay --from-kafka`: a time range of the input topic through
+/// the same engine, into files (and a replay topic when asked).
+fn replay_kafka_cli(args: &ReplayArgs, setup: &Setup) -> Result<(), ReplayError> {
+    let options = kafka::ReplayKafkaOptions {
+        start_ms: parse_time(&args.start, "--start")?,
+        end_ms: parse_time(&args.end, "--end")?,
+        out_dir: args.out.clone(),
+        snapshot: args.snapshot.clone(),
+        to_topic: args.to_topic.clone(),
+        batch_size: setup.config.input.batch_size,
+    };
+    let summary = kafka::replay_from_kafka(
+        &setup.config,
+        Arc::clone(&setup.model),
+        Arc::clone(&setup.geo),
+        &options,
+    )?;
+    let counts = &summary.counts;
+    println!(
+        "partitions    {}\nrecords       {}\nevents        {} ({} in range)\nalerts        {}\nrevocations   {}\nrejected      {}\nno api key    {} (skipped)",
+        summary.partitions,
+        counts.records,
+        counts.events,
+        summary.events_in_range,
+        counts.alerts,
+        counts.revocations,
+        counts.rejected,
+        counts.no_key
+    );
+    if !summary.scanned_from_beginning.is_empty() {
+        println!(
+            "scanned from the first record (no offset lookup by time): {}",
+            summary.scanned_from_beginning.join(", ")
+        );
+    }
+    if let Some(topic) = &args.to_topic {
+        println!("produced      {} alerts to {topic}", summary.produced);
+    }
+    println!(
+        "wrote         {}/alerts.jsonl, revocations.jsonl, rejected.jsonl",
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Writes `summary.json` beside the outputs.
+pub fn write_summary(dir: &Path, summary: &ReplaySummary) -> Result<(), SinkError> {
+    let path = dir.join("summary.json");
+    let text = serde_json::to_string_pretty(summary).unwrap_or_default();
+    std::fs::write(&path, text + "\n").map_err(|source| SinkError { path, source })
+}
