@@ -409,11 +409,9 @@ fn produce_alert(
     let record = BaseRecord::to(topic)
         .key(alert.key_fingerprint.as_str())
         .payload(&payload);
-    send_when_queue_has_room(
-        record,
-        |record| producer.send(record),
-        || std::thread::sleep(QUEUE_FULL_BACKOFF),
-    )
+    send_when_queue_has_room(producer, record, ThreadedProducer::send, || {
+        std::thread::sleep(QUEUE_FULL_BACKOFF)
+    })
     .map_err(|error| ReplayKafkaError::Produce {
         topic: topic.to_string(),
         detail: error.to_string(),

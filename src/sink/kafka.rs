@@ -45,18 +45,20 @@ pub enum KafkaSinkError {
     Transaction { step: &'static str, error: KafkaError },
 }
 
-/// Offers `record` to librdkafka's local queue through `send` (a producer's
-/// send call) and, while the queue is full, calls `wait_for_room` and offers
-/// it again: the queue drains as the brokers acknowledge, so a full queue is
-/// backpressure, not an error. Blocks while it waits: call it where blocking
-/// is allowed.
-pub fn send_when_queue_has_room<R, T>(
+/// Offers `record` to librdkafka's local queue through `send`, the
+/// producer's send method (`BaseProducer::send`, `ThreadedProducer::send`,
+/// `FutureProducer::send_result`), and, while the queue is full, calls
+/// `wait_for_room` and offers it again: the queue drains as the brokers
+/// acknowledge, so a full queue is backpressure, not an error. Blocks while
+/// it waits: call it where blocking is allowed.
+pub fn send_when_queue_has_room<P, R, T>(
+    producer: &P,
     mut record: R,
-    mut send: impl FnMut(R) -> Result<T, (KafkaError, R)>,
+    send: impl Fn(&P, R) -> Result<T, (KafkaError, R)>,
     mut wait_for_room: impl FnMut(),
 ) -> Result<T, KafkaError> {
     loop {
-        match send(record) {
+        match send(producer, record) {
             Ok(queued) => return Ok(queued),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                 record = returned;
@@ -367,11 +369,9 @@ fn enqueue(producer: &FutureProducer, message: &OutgoingMessage) -> Result<Deliv
     if let Some(timestamp_ms) = message.timestamp_ms {
         record = record.timestamp(timestamp_ms);
     }
-    send_when_queue_has_room(
-        record,
-        |record| producer.send_result(record),
-        || std::thread::sleep(QUEUE_FULL_BACKOFF),
-    )
+    send_when_queue_has_room(producer, record, FutureProducer::send_result, || {
+        std::thread::sleep(QUEUE_FULL_BACKOFF)
+    })
     .map_err(|error| KafkaSinkError::Delivery {
         topic: message.topic.clone(),
         error,
@@ -474,13 +474,15 @@ mod tests {
 
     #[test]
     fn a_full_queue_is_waited_out_and_other_errors_are_not() {
-        let mut offers = 0;
+        // A stand-in producer whose queue has room from the third offer on.
+        let offers = std::cell::Cell::new(0);
         let mut waits = 0;
         let queued = send_when_queue_has_room(
+            &offers,
             "record",
-            |record| {
-                offers += 1;
-                if offers < 3 {
+            |offers, record| {
+                offers.set(offers.get() + 1);
+                if offers.get() < 3 {
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record))
                 } else {
                     Ok(record.len())
@@ -489,15 +491,12 @@ mod tests {
             || waits += 1,
         );
         assert_eq!(queued.ok(), Some(6));
-        assert_eq!((offers, waits), (3, 2));
+        assert_eq!((offers.get(), waits), (3, 2));
+        let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
         let refused = send_when_queue_has_room(
+            &(),
             "record",
-            |record| {
-                Err::<(), _>((
-                    KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
-                    record,
-                ))
-            },
+            |(), record| Err::<(), _>((too_large.clone(), record)),
             || panic!("only a full queue is waited out"),
         );
         assert!(refused.is_err());
