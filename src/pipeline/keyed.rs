@@ -21,7 +21,7 @@ use crate::engine::{Engine, Output};
 use crate::enrich::GeoIp;
 use crate::event::AccessEvent;
 use crate::model::Model;
-use crate::sink::kafka::{DeadLetter, KafkaSinkError, Outbox, OutputTopics};
+use crate::sink::kafka::{KafkaSinkError, Outbox, OutputTopics};
 use crate::source::kafka::group::{AssignedPartition, InputRecord};
 
 /// The stage's name in logs and progress.
@@ -126,15 +126,7 @@ impl KeyedStage {
                             continue;
                         }
                         counts.count_rejected(&rejection.error);
-                        outbox.push_dead_letter(
-                            &self.topics,
-                            &DeadLetter {
-                                record: payload,
-                                rejection: &rejection,
-                                source: id,
-                                offset: record.offset,
-                            },
-                        );
+                        outbox.push_dead_letter(&self.topics, record, &rejection);
                     }
                 }
             }

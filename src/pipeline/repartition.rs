@@ -12,7 +12,7 @@ use crate::checkpoint::PartitionId;
 use crate::counts::Counts;
 use crate::decode::{Decoded, Decoder};
 use crate::event::key_fingerprint;
-use crate::sink::kafka::{DeadLetter, KafkaSinkError, Outbox, OutputTopics};
+use crate::sink::kafka::{KafkaSinkError, Outbox, OutputTopics};
 use crate::source::kafka::group::{AssignedPartition, InputRecord};
 
 /// The stage's name in logs and progress.
@@ -94,15 +94,7 @@ impl Stage for RepartitionStage {
                     Decoded::NoKey => counts.no_key += 1,
                     Decoded::Rejected(rejection) => {
                         counts.count_rejected(&rejection.error);
-                        outbox.push_dead_letter(
-                            &self.topics,
-                            &DeadLetter {
-                                record: payload,
-                                rejection: &rejection,
-                                source: &id,
-                                offset: record.offset,
-                            },
-                        );
+                        outbox.push_dead_letter(&self.topics, record, &rejection);
                     }
                 }
             }

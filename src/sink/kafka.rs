@@ -15,10 +15,11 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::TopicPartitionList;
 
-use crate::checkpoint::{ChangelogMessage, Checkpoint, CheckpointError, PartitionId, encode_checkpoint};
+use crate::checkpoint::{ChangelogMessage, Checkpoint, CheckpointError, encode_checkpoint};
 use crate::config::KafkaConfig;
 use crate::decode::Rejection;
 use crate::engine::Output;
+use crate::source::kafka::group::InputRecord;
 
 /// How long a transaction step may take before the pipeline gives up.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -145,16 +146,17 @@ impl Outbox {
         Ok(())
     }
 
-    /// The original bytes of a record that could not be decoded.
-    pub fn push_dead_letter(&mut self, topics: &OutputTopics, letter: &DeadLetter<'_>) {
+    /// The original bytes of a record that could not be decoded, with
+    /// headers saying where it came from and why.
+    pub fn push_dead_letter(&mut self, topics: &OutputTopics, input: &InputRecord, rejection: &Rejection) {
         self.messages.push(OutgoingMessage {
             topic: topics.dead_letter.clone(),
             partition: None,
             // Never the input's key: producers that key by API key id would
             // otherwise leak it into a topic that is read more widely.
             key: None,
-            payload: letter.record.to_vec(),
-            headers: dead_letter_headers(letter),
+            payload: input.payload.clone().unwrap_or_default(),
+            headers: dead_letter_headers(input, rejection),
             timestamp_ms: None,
         });
     }
@@ -196,29 +198,20 @@ impl Outbox {
     }
 }
 
-/// A record rejected by the decoder, with where it came from.
-#[derive(Debug)]
-pub struct DeadLetter<'a> {
-    pub record: &'a [u8],
-    pub rejection: &'a Rejection,
-    pub source: &'a PartitionId,
-    pub offset: i64,
-}
-
 /// Headers of a dead letter: `reason` (a stable name such as
 /// `malformed_json`), `reason_detail` (in words), `source_topic`,
 /// `source_partition`, `source_offset` and, for multi-event records,
 /// `source_index`.
-pub fn dead_letter_headers(letter: &DeadLetter<'_>) -> Vec<(&'static str, Vec<u8>)> {
-    let error = &letter.rejection.error;
+fn dead_letter_headers(input: &InputRecord, rejection: &Rejection) -> Vec<(&'static str, Vec<u8>)> {
+    let error = &rejection.error;
     let mut headers = vec![
         ("reason", error.kind().as_bytes().to_vec()),
         ("reason_detail", error.to_string().into_bytes()),
-        ("source_topic", letter.source.topic.as_bytes().to_vec()),
-        ("source_partition", letter.source.partition.to_string().into_bytes()),
-        ("source_offset", letter.offset.to_string().into_bytes()),
+        ("source_topic", input.topic.as_bytes().to_vec()),
+        ("source_partition", input.partition.to_string().into_bytes()),
+        ("source_offset", input.offset.to_string().into_bytes()),
     ];
-    if let Some(index) = letter.rejection.index {
+    if let Some(index) = rejection.index {
         headers.push(("source_index", index.to_string().into_bytes()));
     }
     headers
@@ -396,6 +389,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::PartitionId;
     use crate::decode::DecodeError;
 
     fn topics() -> OutputTopics {
@@ -410,19 +404,19 @@ mod tests {
 
     #[test]
     fn dead_letters_keep_the_bytes_and_say_where_they_came_from() {
-        let source = PartitionId::new("access", 3);
+        let input = InputRecord {
+            topic: "access".into(),
+            partition: 3,
+            offset: 41,
+            timestamp_ms: None,
+            payload: Some(b"{\"ip\":\"nope\"}".to_vec()),
+        };
         let rejection = Rejection {
             error: DecodeError::BadIp("nope".into()),
             index: None,
         };
-        let letter = DeadLetter {
-            record: b"{\"ip\":\"nope\"}",
-            rejection: &rejection,
-            source: &source,
-            offset: 41,
-        };
         let mut outbox = Outbox::default();
-        outbox.push_dead_letter(&topics(), &letter);
+        outbox.push_dead_letter(&topics(), &input, &rejection);
         let message = &outbox.messages[0];
         assert_eq!(message.topic, "dlq");
         assert_eq!(message.payload, b"{\"ip\":\"nope\"}");
@@ -445,11 +439,7 @@ mod tests {
             index: Some(2),
             ..rejection.clone()
         };
-        let indexed = DeadLetter {
-            rejection: &in_a_document,
-            ..letter
-        };
-        assert!(dead_letter_headers(&indexed).contains(&("source_index", b"2".to_vec())));
+        assert!(dead_letter_headers(&input, &in_a_document).contains(&("source_index", b"2".to_vec())));
     }
 
     #[test]
