@@ -6,13 +6,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::decode::DecodeError;
 use crate::engine::Output;
 
 /// Counts of records, decoded items and engine outputs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
     /// Input records read (lines, documents, Kafka messages).
     pub records: u64,

@@ -84,7 +84,9 @@ pub enum Format {
     /// Sniff each record: CloudTrail if it is a `{"Records":[...]}` document
     /// or has `eventSource` or `eventTime`, canonical otherwise.
     Auto,
+    /// keywatch's own access event, one JSON object per line.
     Canonical,
+    /// AWS CloudTrail, one event per line or `{"Records":[...]}` documents.
     Cloudtrail,
     /// Another JSON gateway log, read through a field mapping.
     Mapped,
