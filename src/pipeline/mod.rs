@@ -445,8 +445,8 @@ async fn cancel_on_signal(cancel: CancellationToken) {
 
 /// Runs the command.
 pub fn run_cli(args: &RunArgs) -> Result<(), PipelineError> {
-    let loaded = Setup::load(&args.engine.overrides(Some(args.config.clone())))?;
-    let kafka = loaded.config.kafka.clone().ok_or(PipelineError::NoKafkaSection)?;
+    let setup = Setup::load(&args.engine.overrides(Some(args.config.clone())))?;
+    let kafka = setup.config.kafka.clone().ok_or(PipelineError::NoKafkaSection)?;
     if let Some(path) = &args.export_snapshot {
         let partitions = export_snapshot(&kafka, path)?;
         eprintln!(
@@ -463,7 +463,7 @@ pub fn run_cli(args: &RunArgs) -> Result<(), PipelineError> {
     runtime.block_on(async {
         let cancel = CancellationToken::new();
         let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
-        let mut pipeline = Pipeline::new(loaded.config, loaded.model, loaded.geo)?;
+        let mut pipeline = Pipeline::new(setup.config, setup.model, setup.geo)?;
         if let Some(dir) = &args.save_snapshot {
             pipeline = pipeline.save_snapshot_to(dir.clone());
         }
