@@ -4,13 +4,10 @@
 //! alerts to a side topic but never to a live one. The mock cluster cannot
 //! look offsets up by timestamp, which exercises the fallback scan.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
 use keywatch::alert::Alert;
 use keywatch::config::Config;
 use keywatch::pipeline::Pipeline;
@@ -19,7 +16,7 @@ use keywatch::state::read_snapshot_file;
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
-const PARTITIONS: i32 = 3;
+use crate::kafka_support::*;
 
 fn cluster_for(
     config: &mut Config,
