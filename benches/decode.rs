@@ -10,9 +10,9 @@ mod support;
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use support::BenchRng;
 use keywatch::decode::{Decoder, Format};
 use keywatch::event::{AccessEvent, format_ts};
+use support::BenchRng;
 
 const EVENTS: usize = 10_000;
 const KEYS: usize = 2_000;

@@ -57,8 +57,7 @@ fn events() -> Vec<AccessEvent<'static>> {
             ip: synthetic_host(key % NETWORKS, random.below(4) as u8 + 1),
             method: Cow::Borrowed("GET"),
             endpoint: Cow::Owned(
-                endpoints[random.below(endpoints.len())]
-                    .replace("{id}", &random.below(100_000).to_string()),
+                endpoints[random.below(endpoints.len())].replace("{id}", &random.below(100_000).to_string()),
             ),
             status: if random.below(100) == 0 { 404 } else { 200 },
             user_agent: Cow::Borrowed("acme-sdk/1.4.2 python/3.11"),

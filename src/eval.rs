@@ -534,11 +534,7 @@ pub fn render_brief(card: &Scorecard) -> String {
         "scorecard (keywatch eval, severity >= {})",
         card.min_severity.as_str()
     );
-    let _ = writeln!(
-        out,
-        "{:<26} {:<9} {:>9}  detectors",
-        "incident", "result", "detect in"
-    );
+    let _ = writeln!(out, "{:<26} {:<9} {:>9}  detectors", "incident", "result", "detect in");
     for outcome in &card.incident_outcomes {
         let result = if outcome.detected { "detected" } else { "MISSED" };
         let detectors: Vec<&str> = outcome.detectors.iter().take(3).map(String::as_str).collect();

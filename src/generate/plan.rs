@@ -7,14 +7,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::GenerateConfig;
-use super::catalog::{EndpointTemplate, Service, client_agent, key_id, services};
-use super::profile::{
-    DAY_MS, EndpointPhase, GenEvent, HOUR_MS, KeyProfile, LocationPhase, MINUTE_MS, Site, SitePicking,
-    Volume, business_hour_shape,
-};
-use super::random::{GenRng, WeightedTable, between, chance, index, log_normal, pick, shuffle, stream, uniform, unit};
 use super::attacks::{Attack, AttackContext, Scenario, attack};
 use super::benign::HardCase;
+use super::catalog::{EndpointTemplate, Service, client_agent, key_id, services};
+use super::profile::{
+    DAY_MS, EndpointPhase, GenEvent, HOUR_MS, KeyProfile, LocationPhase, MINUTE_MS, Site, SitePicking, Volume,
+    business_hour_shape,
+};
+use super::random::{GenRng, WeightedTable, between, chance, index, log_normal, pick, shuffle, stream, uniform, unit};
 use super::world::{NetworkKind, World};
 use crate::eval::{BenignCase, Label};
 use crate::event::{format_ts, key_fingerprint};
@@ -266,7 +266,13 @@ impl Builder<'_> {
         (endpoints, phase)
     }
 
-    pub(super) fn base_profile(&self, rng: &mut GenRng, key: String, archetype: Archetype, sites: Vec<Site>) -> KeyProfile {
+    pub(super) fn base_profile(
+        &self,
+        rng: &mut GenRng,
+        key: String,
+        archetype: Archetype,
+        sites: Vec<Site>,
+    ) -> KeyProfile {
         let service_index = index(rng, self.services.len());
         let service = &self.services[service_index];
         let (endpoints, phase) = self.endpoint_mix(rng, service);

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use keywatch::alert::RevocationRequest;
-use keywatch::replay_kafka::{ReplayKafkaOptions, replay_from_kafka};
+use keywatch::replay_kafka::ReplayKafkaOptions;
 
 use crate::kafka_support::*;
 
@@ -201,11 +201,7 @@ pub async fn repartition_and_replay(brokers: &Brokers) {
         to_topic: None,
         batch_size: 50,
     };
-    let replay_config = config.clone();
-    let replay = tokio::task::spawn_blocking(move || replay_from_kafka(&replay_config, model(), geo(), &options))
-        .await
-        .unwrap()
-        .expect("replay");
+    let replay = replay_kafka(&config, options, "replay").await;
     assert_eq!(replay.events_in_range as usize, valid);
     let replayed: BTreeSet<String> = std::fs::read_to_string(out.path().join("alerts.jsonl"))
         .unwrap()

@@ -17,6 +17,7 @@ use keywatch::enrich::GeoIp;
 use keywatch::enrich::test_world;
 use keywatch::model::Model;
 use keywatch::pipeline::{Pipeline, PipelineError, Progress, RunSummary};
+use keywatch::replay_kafka::{ReplayKafkaOptions, ReplayKafkaSummary, replay_from_kafka};
 use keywatch::state::PartitionId;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -37,7 +38,9 @@ pub const PARTITIONS: i32 = 3;
 
 /// An address in a place of the test world, as text.
 pub fn ip(place: &str, host: u8) -> String {
-    test_world::host(place, u32::from(host)).expect("a place of the test world").to_string()
+    test_world::host(place, u32::from(host))
+        .expect("a place of the test world")
+        .to_string()
 }
 
 /// GeoIP over the places of the test world.
@@ -639,7 +642,12 @@ impl Brokers {
     /// Produces records so that a consumer can resume at any of their
     /// offsets: tansu returns nothing to a fetch that starts inside a record
     /// batch, so on a real broker each record is a batch of its own.
-    pub async fn produce_resumable(&self, topic: &str, records: &[ScenarioRecord], placement: Placement) -> Vec<Landed> {
+    pub async fn produce_resumable(
+        &self,
+        topic: &str,
+        records: &[ScenarioRecord],
+        placement: Placement,
+    ) -> Vec<Landed> {
         match self {
             Brokers::Mock(cluster) => produce(&cluster.bootstrap_servers(), topic, records, placement).await,
             Brokers::Real(brokers) => produce_unbatched(brokers, topic, records, placement).await,
@@ -689,4 +697,15 @@ impl RunningPipeline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
+}
+
+/// Runs `keywatch replay --from-kafka` over the test world, on a blocking
+/// thread (it drives its own consumer), and expects it to succeed; `what`
+/// names the replay in the failure message.
+pub async fn replay_kafka(config: &Config, options: ReplayKafkaOptions, what: &str) -> ReplayKafkaSummary {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || replay_from_kafka(&config, model(), geo(), &options))
+        .await
+        .expect("the replay thread")
+        .unwrap_or_else(|error| panic!("{what}: {error}"))
 }
