@@ -5,8 +5,8 @@
 //! alerts, revocation and dead-letter topics back as the SOC would. At the
 //! end the scorecard of `keywatch eval` is printed.
 //!
-//! [`run`] is the run itself (cluster, producing, pipeline, watcher, the
-//! files written); [`display`] is what a person sees of it (the live view
+//! `run.rs` is the run itself (cluster, producing, pipeline, watcher, the
+//! files written); `display.rs` is what a person sees of it (the live view
 //! and the closing lines). The generator writes the run's labels, metadata
 //! and GeoIP databases, and eval renders the scorecard, as for any run.
 
