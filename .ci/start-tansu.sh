@@ -2,7 +2,7 @@
 # Starts a tansu broker (Apache Kafka compatible, in-memory storage) in the
 # background for keywatch's Kafka integration tests, installing tansu with
 # cargo first when it is missing. Exports nothing: point the tests at it with
-#   KEYWATCH_TEST_BROKERS=127.0.0.1:${TANSU_PORT:-19092} cargo test --test kafka_tansu
+#   KEYWATCH_TEST_BROKERS=127.0.0.1:${TANSU_PORT:-19092} cargo test --test it kafka_tansu
 # `bash .ci/start-tansu.sh stop` stops the broker this script started.
 set -euo pipefail
 

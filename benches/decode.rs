@@ -5,38 +5,18 @@
 //! size and key count are realistic: 10k events over 2k keys, with a
 //! power-law-ish key popularity as in real API traffic.
 
+mod support;
+
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use keywatch::decode::{Decoder, Format};
 use keywatch::event::{AccessEvent, format_ts};
+use support::BenchRng;
 
 const EVENTS: usize = 10_000;
 const KEYS: usize = 2_000;
 const START_MS: i64 = 1_772_323_200_000; // 2026-03-01T00:00:00Z
-
-/// A small deterministic generator (xorshift), so that every run decodes
-/// the same bytes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, bound: usize) -> usize {
-        (self.next() % bound as u64) as usize
-    }
-
-    /// Skewed towards small values: a few keys make most of the calls.
-    fn skewed_below(&mut self, bound: usize) -> usize {
-        let uniform = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        ((uniform * uniform * uniform) * bound as f64) as usize % bound
-    }
-}
 
 const ENDPOINTS: [&str; 8] = [
     "/v1/items",
@@ -58,10 +38,10 @@ const STATUSES: [u16; 8] = [200, 200, 200, 200, 201, 404, 403, 429];
 
 /// Canonical lines, serialised with the event's own `Serialize` impl.
 fn canonical_lines() -> Vec<Vec<u8>> {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = BenchRng::seeded(0x9E37_79B9_7F4A_7C15);
     (0..EVENTS)
         .map(|index| {
-            let key = rng.skewed_below(KEYS);
+            let key = rng.skewed_below(KEYS, 3);
             let event = AccessEvent {
                 ts_ms: START_MS + index as i64 * 37,
                 key_id: format!("key_live_{key:08x}{:016x}", key as u64 * 0x5851_F42D).into(),
@@ -71,7 +51,7 @@ fn canonical_lines() -> Vec<Vec<u8>> {
                 status: STATUSES[rng.below(STATUSES.len())],
                 user_agent: AGENTS[key % AGENTS.len()].into(),
                 bytes_out: rng.below(20_000) as u64,
-                request_id: Some(format!("req_{:016x}", rng.next()).into()),
+                request_id: Some(format!("req_{:016x}", rng.next_u64()).into()),
             };
             serde_json::to_vec(&event).expect("an event serialises")
         })
@@ -92,10 +72,10 @@ const CLOUDTRAIL_CALLS: [(&str, &str, bool); 8] = [
 /// CloudTrail events of the size real ones have (~1.2 KB, with request and
 /// response elements the decoder must skip).
 fn cloudtrail_lines() -> Vec<Vec<u8>> {
-    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let mut rng = BenchRng::seeded(0xD1B5_4A32_D192_ED03);
     (0..EVENTS)
         .map(|index| {
-            let key = rng.skewed_below(KEYS);
+            let key = rng.skewed_below(KEYS, 3);
             let (source, name, read_only) = CLOUDTRAIL_CALLS[rng.below(CLOUDTRAIL_CALLS.len())];
             let error = if rng.below(10) == 0 {
                 r#""errorCode":"AccessDenied","errorMessage":"User is not authorized to perform this action","#
@@ -128,8 +108,8 @@ fn cloudtrail_lines() -> Vec<Vec<u8>> {
                 error = error,
                 index = index,
                 bytes = rng.below(1 << 20),
-                request = rng.next(),
-                event = (u128::from(rng.next()) << 64) | u128::from(rng.next()),
+                request = rng.next_u64(),
+                event = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64()),
                 read_only = read_only,
             )
             .into_bytes()

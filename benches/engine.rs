@@ -2,6 +2,8 @@
 //! heavy-tailed volume, through the engine alone (events already decoded)
 //! and through decode + engine from canonical JSON lines.
 
+mod support;
+
 use std::borrow::Cow;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -10,9 +12,11 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use keywatch::decode::{Decoder, Format};
 use keywatch::engine::Engine;
 use keywatch::enrich::GeoIp;
-use keywatch::enrich::mmdb_build::{build_asn_db, build_city_db, synthetic_host, synthetic_world};
+use keywatch::enrich::mmdb_build::{build_asn_db, build_city_db};
+use keywatch::enrich::test_world::{synthetic_host, synthetic_world};
 use keywatch::event::AccessEvent;
 use keywatch::model::Model;
+use support::BenchRng;
 
 const KEYS: usize = 2_000;
 const EVENTS: usize = 200_000;
@@ -31,18 +35,6 @@ fn geo() -> Arc<GeoIp> {
     )
 }
 
-/// A small deterministic generator (xorshift) so the bench needs no RNG crate.
-struct Xorshift(u64);
-
-impl Xorshift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn events() -> Vec<AccessEvent<'static>> {
     let endpoints = [
         "/v1/orders",
@@ -53,23 +45,21 @@ fn events() -> Vec<AccessEvent<'static>> {
         "/v2/search",
     ];
     let keys: Vec<String> = (0..KEYS).map(|index| format!("AKIABENCH{index:011}")).collect();
-    let mut random = Xorshift(0x9e37_79b9_7f4a_7c15);
+    let mut random = BenchRng::seeded(0x9e37_79b9_7f4a_7c15);
     let mut events = Vec::with_capacity(EVENTS);
     for index in 0..EVENTS {
         // Heavy tail: squaring a uniform pick favours low key indexes.
-        let pick = (random.next() % 10_000) as f64 / 10_000.0;
-        let key = ((pick * pick) * KEYS as f64) as usize;
+        let key = random.skewed_below(KEYS, 2);
         let ts = T0 + (index as i64) * 86_400_000 / EVENTS as i64;
         events.push(AccessEvent {
             ts_ms: ts,
             key_id: Cow::Owned(keys[key].clone()),
-            ip: synthetic_host(key % NETWORKS, (random.next() % 4) as u8 + 1),
+            ip: synthetic_host(key % NETWORKS, random.below(4) as u8 + 1),
             method: Cow::Borrowed("GET"),
             endpoint: Cow::Owned(
-                endpoints[(random.next() % endpoints.len() as u64) as usize]
-                    .replace("{id}", &(random.next() % 100_000).to_string()),
+                endpoints[random.below(endpoints.len())].replace("{id}", &random.below(100_000).to_string()),
             ),
-            status: if random.next().is_multiple_of(100) { 404 } else { 200 },
+            status: if random.below(100) == 0 { 404 } else { 200 },
             user_agent: Cow::Borrowed("acme-sdk/1.4.2 python/3.11"),
             bytes_out: 1024,
             request_id: None,

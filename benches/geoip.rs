@@ -1,37 +1,21 @@
 //! GeoIP lookup throughput, uncached and through the per-engine cache, over
 //! address mixes shaped like API traffic, against ~2k-network City and ASN
-//! databases built with `mmdb_build`.
+//! databases of the test world's synthetic networks.
+
+mod support;
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use keywatch::enrich::mmdb_build::{
-    AsnRecord, CityRecord, build_asn_db, build_city_db, synthetic_host, synthetic_world,
-};
+use keywatch::enrich::mmdb_build::{AsnRecord, CityRecord, build_asn_db, build_city_db};
+use keywatch::enrich::test_world::{synthetic_host, synthetic_world};
 use keywatch::enrich::{GeoCache, GeoIp};
+use support::BenchRng;
 
 const IPV4_NETWORKS: usize = 1900;
 const IPV6_NETWORKS: usize = 100;
 const BATCH: usize = 50_000;
-
-/// SplitMix64: a fixed, dependency-free sequence so every run sees the
-/// same addresses.
-struct Sequence(u64);
-
-impl Sequence {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut mixed = self.0;
-        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        mixed ^ (mixed >> 31)
-    }
-
-    fn below(&mut self, bound: usize) -> usize {
-        (self.next() % bound as u64) as usize
-    }
-}
 
 fn ipv6_network_address(index: usize, host: u64) -> Ipv6Addr {
     // 2a0c::/16 and up, one /32 per index: ordinary global unicast space.
@@ -58,7 +42,7 @@ fn build_geo() -> GeoIp {
 
 /// Every address drawn independently from the whole database: the worst
 /// case for a cache, and the raw cost of a tree walk plus decode.
-fn spread_addresses(sequence: &mut Sequence) -> Vec<IpAddr> {
+fn spread_addresses(sequence: &mut BenchRng) -> Vec<IpAddr> {
     (0..BATCH)
         .map(|_| synthetic_host(sequence.below(IPV4_NETWORKS), sequence.below(256) as u8))
         .collect()
@@ -67,13 +51,13 @@ fn spread_addresses(sequence: &mut Sequence) -> Vec<IpAddr> {
 /// API traffic: most requests come from a few thousand clients, heavy ones
 /// far more often than light ones; some IPv6, some private (internal
 /// callers), some public addresses the database does not know.
-fn traffic_addresses(sequence: &mut Sequence) -> Vec<IpAddr> {
+fn traffic_addresses(sequence: &mut BenchRng) -> Vec<IpAddr> {
     let clients: Vec<IpAddr> = (0..3000)
         .map(|_| {
             if sequence.below(10) == 0 {
                 IpAddr::V6(ipv6_network_address(
                     sequence.below(IPV6_NETWORKS),
-                    sequence.next() & 0xffff_ffff,
+                    sequence.next_u64() & 0xffff_ffff,
                 ))
             } else {
                 synthetic_host(sequence.below(IPV4_NETWORKS), sequence.below(256) as u8)
@@ -97,8 +81,7 @@ fn traffic_addresses(sequence: &mut Sequence) -> Vec<IpAddr> {
             _ => {
                 // Squaring a uniform draw skews picks towards the front:
                 // a few heavy clients and a long tail of light ones.
-                let uniform = sequence.below(clients.len());
-                clients[uniform * uniform / clients.len()]
+                clients[sequence.skewed_below(clients.len(), 2)]
             }
         })
         .collect()
@@ -106,7 +89,7 @@ fn traffic_addresses(sequence: &mut Sequence) -> Vec<IpAddr> {
 
 fn bench_lookups(criterion: &mut Criterion) {
     let geo = build_geo();
-    let mut sequence = Sequence(7);
+    let mut sequence = BenchRng::seeded(7);
     let spread = spread_addresses(&mut sequence);
     let traffic = traffic_addresses(&mut sequence);
 

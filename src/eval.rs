@@ -8,7 +8,9 @@
 //! default: neither detections nor false alerts, only reported.
 //!
 //! The label, benign-case and run-metadata records are defined here and
-//! written by [`crate::generate`], so the two sides cannot drift apart.
+//! written by [`crate::generate`], so the two sides cannot drift apart. The
+//! scorecard is rendered here too, as the full table of `keywatch eval` and
+//! as the brief one the demo prints.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -515,6 +517,63 @@ pub fn render_table(card: &Scorecard) -> String {
         }
     }
     out
+}
+
+/// Width of the terminal the demo's live view and [`render_brief`] assume.
+pub const BRIEF_WIDTH: usize = 80;
+
+/// The scorecard as the demo prints it under its live view: each incident
+/// detected or missed with its time to detect and first detectors (one line
+/// each, cut to [`BRIEF_WIDTH`]), then the totals. [`render_table`] is the
+/// full table `keywatch eval` prints.
+pub fn render_brief(card: &Scorecard) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "scorecard (keywatch eval, severity >= {})",
+        card.min_severity.as_str()
+    );
+    let _ = writeln!(out, "{:<26} {:<9} {:>9}  detectors", "incident", "result", "detect in");
+    for outcome in &card.incident_outcomes {
+        let result = if outcome.detected { "detected" } else { "MISSED" };
+        let detectors: Vec<&str> = outcome.detectors.iter().take(3).map(String::as_str).collect();
+        let line = format!(
+            "{:<26} {:<9} {:>9}  {}",
+            outcome.scenario,
+            result,
+            human_duration(outcome.time_to_detect_s),
+            detectors.join(", ")
+        );
+        let _ = writeln!(out, "{}", fit_line(&line, BRIEF_WIDTH));
+    }
+    let _ = writeln!(
+        out,
+        "recall {} ({} of {}), precision {}, false alerts {:.2} per 1,000 benign key-days",
+        percent(card.recall),
+        card.detected,
+        card.incidents,
+        percent(card.precision),
+        card.false_alerts_per_1k_key_days.unwrap_or(0.0),
+    );
+    let alerted: usize = card.benign_cases.values().map(|case| case.cases_alerted).sum();
+    let cases: usize = card.benign_cases.values().map(|case| case.cases).sum();
+    let _ = writeln!(
+        out,
+        "benign hard cases alerted: {alerted} of {cases}; low alerts (informational): {}",
+        card.alerts_below_min_severity
+    );
+    out
+}
+
+/// Cuts `line` to `width` characters, the last one an ellipsis when cut.
+pub fn fit_line(line: &str, width: usize) -> String {
+    if line.chars().count() <= width {
+        return line.to_string();
+    }
+    let mut cut: String = line.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
 }
 
 /// Reads a JSON-lines file of `T`, skipping blank lines.

@@ -1,6 +1,6 @@
-//! Test fixtures for detector tests: a small world of places in a GeoIP
-//! database built with the project's MaxMind DB writer, and helpers that
-//! drive the real engine with a key's history and then one twist.
+//! Test fixtures for detector tests: addresses in the places of the test
+//! world ([`crate::enrich::test_world`]), and helpers that drive the real
+//! engine with a key's history and then one twist.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::alert::Alert;
 use crate::engine::{Engine, Output};
 use crate::enrich::GeoIp;
-use crate::enrich::mmdb_build::{PlaceRow, build_place_databases, place_host};
+use crate::enrich::test_world;
 use crate::event::AccessEvent;
 use crate::model::Model;
 
@@ -18,97 +18,14 @@ pub const DAY: i64 = 24 * HOUR;
 /// 2026-01-05T00:00:00Z, a Monday.
 pub const T0: i64 = 1_767_571_200_000;
 
-pub const PLACES: &[PlaceRow] = &[
-    (
-        "london",
-        "25.10.0.0/16",
-        "GB",
-        "London",
-        51.5074,
-        -0.1278,
-        2856,
-        "British Telecommunications PLC",
-    ),
-    (
-        "manchester",
-        "25.12.0.0/16",
-        "GB",
-        "Manchester",
-        53.4808,
-        -2.2426,
-        2856,
-        "British Telecommunications PLC",
-    ),
-    (
-        "dublin",
-        "25.11.0.0/16",
-        "IE",
-        "Dublin",
-        53.3498,
-        -6.2603,
-        5466,
-        "Eircom Limited",
-    ),
-    (
-        "frankfurt_aws",
-        "25.20.0.0/16",
-        "DE",
-        "Frankfurt am Main",
-        50.1109,
-        8.6821,
-        16509,
-        "Amazon.com, Inc.",
-    ),
-    (
-        "virginia_aws",
-        "25.21.0.0/16",
-        "US",
-        "Ashburn",
-        39.0438,
-        -77.4874,
-        16509,
-        "Amazon.com, Inc.",
-    ),
-    (
-        "saopaulo",
-        "25.30.0.0/16",
-        "BR",
-        "Sao Paulo",
-        -23.5505,
-        -46.6333,
-        28573,
-        "Claro NXT Telecomunicacoes Ltda",
-    ),
-    (
-        "sydney",
-        "25.31.0.0/16",
-        "AU",
-        "Sydney",
-        -33.8688,
-        151.2093,
-        1221,
-        "Telstra Limited",
-    ),
-    (
-        "paris",
-        "25.32.0.0/16",
-        "FR",
-        "Paris",
-        48.8566,
-        2.3522,
-        3215,
-        "Orange S.A.",
-    ),
-];
-
-/// An address in a place (`host` picks the host within its /16).
+/// An address in a place of the test world (`host` picks the host within
+/// its /16).
 pub fn ip(place: &str, host: u16) -> IpAddr {
-    place_host(PLACES, place, u32::from(host)).expect("known place")
+    test_world::host(place, u32::from(host)).expect("known place")
 }
 
 pub fn geo() -> Arc<GeoIp> {
-    let (city, asn) = build_place_databases(PLACES).expect("place databases");
-    Arc::new(GeoIp::from_bytes(Some(city), Some(asn)).expect("valid databases"))
+    Arc::new(test_world::geoip())
 }
 
 pub fn new_engine() -> Engine {

@@ -1,5 +1,6 @@
 //! Builds small MaxMind-format City and ASN databases, in the real GeoIP2
-//! record layout, for tests, the generator and the demo.
+//! record layout: the generator writes its world with them, and the test
+//! world ([`super::test_world`]) builds the databases tests and benches use.
 //!
 //! The records are written with the same keys and value types MaxMind uses
 //! (`country.iso_code` as a string, `location.accuracy_radius` as uint16,
@@ -7,7 +8,6 @@
 //! `geoip2::City` and `geoip2::Asn` decode them and the lookup code is exercised
 //! exactly as it is against a purchased file.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, UNIX_EPOCH};
 
 use ipnet::{IpNet, Ipv4Net};
@@ -305,146 +305,12 @@ fn continent_of(country_code: &str) -> Option<&'static str> {
         .map(|(continent, _)| *continent)
 }
 
-/// One network of a small hand-made world, for tests and examples: name,
-/// network (CIDR), country code, city, latitude, longitude, AS number, AS
-/// organisation.
-pub type PlaceRow = (
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static str,
-    f64,
-    f64,
-    u32,
-    &'static str,
-);
-
-/// City and ASN databases of hand-made places; the country code doubles as
-/// the country name and every place gets a 20 km accuracy radius.
-pub fn build_place_databases(places: &[PlaceRow]) -> Result<(Vec<u8>, Vec<u8>), BuildError> {
-    let mut cities = Vec::with_capacity(places.len());
-    let mut asns = Vec::with_capacity(places.len());
-    for (index, (_, network, country, city, latitude, longitude, asn, organization)) in places.iter().enumerate() {
-        let network: IpNet = network.parse().map_err(|_| BuildError::InvalidRecord {
-            network: IpNet::default(),
-            problem: format!("`{network}` is not a network"),
-        })?;
-        cities.push(CityRecord {
-            network,
-            country_code: country.to_string(),
-            country_name: country.to_string(),
-            city_name: city.to_string(),
-            latitude: *latitude,
-            longitude: *longitude,
-            accuracy_radius_km: 20,
-            geoname_id: 1000 + index as u32,
-        });
-        asns.push(AsnRecord {
-            network,
-            asn: *asn,
-            organization: organization.to_string(),
-        });
-    }
-    Ok((build_city_db(&cities)?, build_asn_db(&asns)?))
-}
-
-/// A host address of a hand-made place: `host` counts from the network's
-/// second /24 (or its first address + 1 for smaller networks).
-pub fn place_host(places: &[PlaceRow], name: &str, host: u32) -> Option<IpAddr> {
-    let (_, network, ..) = places.iter().find(|place| place.0 == name)?;
-    match network.parse::<IpNet>().ok()? {
-        IpNet::V4(net) => {
-            let base = u32::from(net.network());
-            let offset = if net.prefix_len() <= 23 { 256 } else { 1 };
-            Some(IpAddr::V4(Ipv4Addr::from(base + offset + host)))
-        }
-        IpNet::V6(net) => Some(IpAddr::V6(net.network())),
-    }
-}
-
-/// A deterministic set of City and ASN records covering `network_count`
-/// public IPv4 /24s spread over a few dozen real-world cities, for benches
-/// and tests that need a database of realistic size.
-pub fn synthetic_world(network_count: usize) -> (Vec<CityRecord>, Vec<AsnRecord>) {
-    const CITIES: [(&str, &str, &str, f64, f64); 24] = [
-        ("US", "United States", "New York", 40.7128, -74.0060),
-        ("US", "United States", "San Francisco", 37.7749, -122.4194),
-        ("US", "United States", "Chicago", 41.8781, -87.6298),
-        ("CA", "Canada", "Toronto", 43.6532, -79.3832),
-        ("BR", "Brazil", "Sao Paulo", -23.5505, -46.6333),
-        ("AR", "Argentina", "Buenos Aires", -34.6037, -58.3816),
-        ("GB", "United Kingdom", "London", 51.5074, -0.1278),
-        ("DE", "Germany", "Frankfurt am Main", 50.1109, 8.6821),
-        ("FR", "France", "Paris", 48.8566, 2.3522),
-        ("NL", "Netherlands", "Amsterdam", 52.3676, 4.9041),
-        ("SE", "Sweden", "Stockholm", 59.3293, 18.0686),
-        ("PL", "Poland", "Warsaw", 52.2297, 21.0122),
-        ("RU", "Russia", "Moscow", 55.7558, 37.6173),
-        ("TR", "Turkey", "Istanbul", 41.0082, 28.9784),
-        ("IN", "India", "Mumbai", 19.0760, 72.8777),
-        ("SG", "Singapore", "Singapore", 1.3521, 103.8198),
-        ("JP", "Japan", "Tokyo", 35.6762, 139.6503),
-        ("KR", "South Korea", "Seoul", 37.5665, 126.9780),
-        ("CN", "China", "Shanghai", 31.2304, 121.4737),
-        ("AU", "Australia", "Sydney", -33.8688, 151.2093),
-        ("NZ", "New Zealand", "Auckland", -36.8485, 174.7633),
-        ("ZA", "South Africa", "Johannesburg", -26.2041, 28.0473),
-        ("NG", "Nigeria", "Lagos", 6.5244, 3.3792),
-        ("EG", "Egypt", "Cairo", 30.0444, 31.2357),
-    ];
-    let mut city_records = Vec::with_capacity(network_count);
-    let mut asn_records = Vec::with_capacity(network_count);
-    for index in 0..network_count {
-        let network = synthetic_network(index);
-        // A multiplicative step spreads neighbouring networks over cities and
-        // providers instead of giving each city one contiguous block.
-        let city_index = (index * 7 + index / CITIES.len()) % CITIES.len();
-        let (country_code, country_name, city_name, latitude, longitude) = CITIES[city_index];
-        city_records.push(CityRecord {
-            network,
-            country_code: country_code.to_string(),
-            country_name: country_name.to_string(),
-            city_name: city_name.to_string(),
-            latitude,
-            longitude,
-            accuracy_radius_km: [5, 20, 50, 100, 500][index % 5],
-            geoname_id: 1_000_000 + city_index as u32,
-        });
-        let provider = (index * 13) % 97;
-        asn_records.push(AsnRecord {
-            network,
-            asn: 64_512 + provider as u32,
-            organization: format!("Synthetic Provider {provider}"),
-        });
-    }
-    (city_records, asn_records)
-}
-
-/// The `index`-th /24 of the synthetic world: walks upward from 11.0.0.0
-/// through ordinary public space and wraps before 100.0.0.0, so it never
-/// reaches carrier-grade NAT or any other special range.
-pub fn synthetic_network(index: usize) -> IpNet {
-    const FIRST: u32 = 11 << 24;
-    const NETWORKS_BELOW_100: usize = (100 - 11) << 16;
-    let offset = ((index % NETWORKS_BELOW_100) as u32) << 8;
-    let address = Ipv4Addr::from(FIRST + offset);
-    IpNet::V4(Ipv4Net::new(address, 24).unwrap_or_default())
-}
-
-/// A host address inside the `index`-th synthetic network.
-pub fn synthetic_host(index: usize, host: u8) -> IpAddr {
-    match synthetic_network(index) {
-        IpNet::V4(v4) => {
-            let network = u32::from(v4.network());
-            IpAddr::V4(Ipv4Addr::from(network | u32::from(host)))
-        }
-        IpNet::V6(v6) => IpAddr::V6(v6.network()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
+    use crate::enrich::test_world::synthetic_world;
     use maxminddb::{Reader, geoip2};
 
     fn london() -> CityRecord {
@@ -630,30 +496,5 @@ mod tests {
         assert_eq!(continent_of("AQ"), Some("AN"));
         assert_eq!(continent_of("ZZ"), None);
         assert_eq!(continent_of("U"), None);
-    }
-
-    #[test]
-    fn synthetic_networks_are_distinct_and_public() {
-        let networks: std::collections::HashSet<IpNet> = (0..5000).map(synthetic_network).collect();
-        assert_eq!(networks.len(), 5000);
-        for index in [0, 1, 255, 4999] {
-            let host = synthetic_host(index, 9);
-            assert!(synthetic_network(index).contains(&host));
-            assert_eq!(crate::enrich::netclass::classify(host), crate::enrich::NetClass::Public);
-        }
-    }
-
-    #[test]
-    fn hand_made_places_resolve_to_their_city_and_provider() {
-        use crate::detect::testkit::PLACES;
-        let (city, asn) = build_place_databases(PLACES).unwrap();
-        let geo = crate::enrich::GeoIp::from_bytes(Some(city), Some(asn)).unwrap();
-        let sydney = place_host(PLACES, "sydney", 7).unwrap();
-        assert_eq!(sydney.to_string(), "25.31.1.7");
-        let info = geo.lookup(sydney);
-        assert_eq!((info.country.as_str(), info.asn), ("AU", 1221));
-        assert!(place_host(PLACES, "atlantis", 1).is_none());
-        let bad: &[PlaceRow] = &[("x", "not a network", "GB", "X", 0.0, 0.0, 1, "X")];
-        assert!(build_place_databases(bad).is_err());
     }
 }

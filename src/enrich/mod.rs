@@ -3,6 +3,8 @@
 pub mod geoip;
 pub mod mmdb_build;
 pub mod netclass;
+#[doc(hidden)]
+pub mod test_world;
 
 pub use geoip::{DatabaseKind, GeoCache, GeoError, GeoIp};
 pub use netclass::NetClass;

@@ -13,11 +13,12 @@
 //! (incidents), `benign.jsonl` (benign hard cases), `meta.json`, and
 //! `geoip-city.mmdb` / `geoip-asn.mmdb` covering every address used.
 
+pub mod attacks;
+pub mod benign;
 pub mod catalog;
 pub mod plan;
 pub mod profile;
 pub mod random;
-pub mod scenario;
 pub mod world;
 
 use std::borrow::Cow;
@@ -307,15 +308,7 @@ impl Generation {
 
     /// Writes the whole run into `dir`.
     pub fn write_to(&self, dir: &Path) -> Result<GenerateSummary, GenerateError> {
-        std::fs::create_dir_all(dir).map_err(|source| GenerateError::Write {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let write_error = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| GenerateError::Write { path, source }
-        };
-
+        std::fs::create_dir_all(dir).map_err(write_error(dir))?;
         let events_path = dir.join("events.jsonl");
         let file = File::create(&events_path).map_err(write_error(&events_path))?;
         let mut writer = BufWriter::with_capacity(1 << 20, file);
@@ -328,8 +321,29 @@ impl Generation {
         })?;
         writer.flush().map_err(write_error(&events_path))?;
 
+        self.write_labels(dir)?;
+        self.write_meta(dir, events, benign_key_days)?;
+        self.write_geoip_databases(dir)?;
+
+        Ok(GenerateSummary {
+            events,
+            incidents: self.labels().len(),
+            benign_cases: self.benign_cases().len(),
+            benign_key_days,
+        })
+    }
+
+    /// Writes `labels.jsonl` (the incidents) and `benign.jsonl` (the benign
+    /// hard cases) into `dir`.
+    pub fn write_labels(&self, dir: &Path) -> Result<(), GenerateError> {
         write_json_lines(&dir.join("labels.jsonl"), self.labels())?;
-        write_json_lines(&dir.join("benign.jsonl"), self.benign_cases())?;
+        write_json_lines(&dir.join("benign.jsonl"), self.benign_cases())
+    }
+
+    /// Writes `meta.json` for a run of `events` events with `benign_key_days`
+    /// (as [`Generation::for_each_event`] counts them) into `dir`; returns
+    /// what it wrote.
+    pub fn write_meta(&self, dir: &Path, events: u64, benign_key_days: u64) -> Result<RunMeta, GenerateError> {
         let meta = RunMeta {
             keys: self.config.keys as u64,
             days: u64::from(self.config.days),
@@ -349,41 +363,42 @@ impl Generation {
         })?;
         meta_text.push('\n');
         std::fs::write(&meta_path, meta_text).map_err(write_error(&meta_path))?;
+        Ok(meta)
+    }
 
+    /// Writes `geoip-city.mmdb` and `geoip-asn.mmdb` into `dir`; returns
+    /// their bytes (City, ASN) for a reader in the same process.
+    pub fn write_geoip_databases(&self, dir: &Path) -> Result<(Vec<u8>, Vec<u8>), GenerateError> {
+        let city = self.city_database()?;
         let city_path = dir.join("geoip-city.mmdb");
-        std::fs::write(&city_path, self.city_database()?).map_err(write_error(&city_path))?;
+        std::fs::write(&city_path, &city).map_err(write_error(&city_path))?;
+        let asn = self.asn_database()?;
         let asn_path = dir.join("geoip-asn.mmdb");
-        std::fs::write(&asn_path, self.asn_database()?).map_err(write_error(&asn_path))?;
+        std::fs::write(&asn_path, &asn).map_err(write_error(&asn_path))?;
+        Ok((city, asn))
+    }
+}
 
-        Ok(GenerateSummary {
-            events,
-            incidents: self.labels().len(),
-            benign_cases: self.benign_cases().len(),
-            benign_key_days,
-        })
+/// Maps an I/O error on `path` to [`GenerateError::Write`].
+fn write_error(path: &Path) -> impl Fn(std::io::Error) -> GenerateError + use<> {
+    let path = path.to_path_buf();
+    move |source| GenerateError::Write {
+        path: path.clone(),
+        source,
     }
 }
 
 fn write_json_lines<T: serde::Serialize>(path: &Path, records: &[T]) -> Result<(), GenerateError> {
-    let file = File::create(path).map_err(|source| GenerateError::Write {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let file = File::create(path).map_err(write_error(path))?;
     let mut writer = BufWriter::new(file);
     for record in records {
         serde_json::to_writer(&mut writer, record).map_err(|source| GenerateError::Serialize {
             what: "a label",
             source,
         })?;
-        writer.write_all(b"\n").map_err(|source| GenerateError::Write {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        writer.write_all(b"\n").map_err(write_error(path))?;
     }
-    writer.flush().map_err(|source| GenerateError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+    writer.flush().map_err(write_error(path))
 }
 
 /// Runs the command.

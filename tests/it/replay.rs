@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use keywatch::enrich::mmdb_build::{PlaceRow, build_place_databases, place_host};
+use keywatch::enrich::test_world;
 use serde_json::Value;
 
 const HOUR: i64 = 3_600_000;
@@ -16,45 +16,15 @@ const DAY: i64 = 24 * HOUR;
 /// 2026-01-05T00:00:00Z.
 const T0: i64 = 1_767_571_200_000;
 
-const PLACES: &[PlaceRow] = &[
-    (
-        "london",
-        "31.10.0.0/16",
-        "GB",
-        "London",
-        51.5074,
-        -0.1278,
-        2856,
-        "British Telecommunications PLC",
-    ),
-    (
-        "saopaulo",
-        "31.11.0.0/16",
-        "BR",
-        "Sao Paulo",
-        -23.5505,
-        -46.6333,
-        28573,
-        "Claro S.A.",
-    ),
-    (
-        "ashburn",
-        "31.12.0.0/16",
-        "US",
-        "Ashburn",
-        39.0438,
-        -77.4874,
-        16509,
-        "Amazon.com, Inc.",
-    ),
-];
+/// The places the scenario uses, by their names in the test world.
+const PLACES: [&str; 3] = ["london", "saopaulo", "virginia_aws"];
 
 fn host(place: usize, index: u32) -> IpAddr {
-    place_host(PLACES, PLACES[place].0, index).unwrap()
+    test_world::host(PLACES[place], index).expect("a place of the test world")
 }
 
 fn write_geoip(dir: &Path) -> (PathBuf, PathBuf) {
-    let (city_db, asn_db) = build_place_databases(PLACES).unwrap();
+    let (city_db, asn_db) = test_world::place_databases(test_world::PLACES).unwrap();
     let city = dir.join("city.mmdb");
     let asn = dir.join("asn.mmdb");
     std::fs::write(&city, city_db).unwrap();
@@ -112,10 +82,10 @@ fn write_events(dir: &Path) -> (PathBuf, usize) {
     text.insert(10, "{not json".into());
     text.insert(
         20,
-        line(T0, keys[0], host(0, 1), "/v1/orders", 200).replace("31.10.1.1", "999.1.1.1"),
+        line(T0, keys[0], host(0, 1), "/v1/orders", 200).replace(&host(0, 1).to_string(), "999.1.1.1"),
     );
-    text.insert(30, r#"{"ts":"2026-13-45T00:00:00Z","key_id":"AKIAREPLAYTEST000000","ip":"31.10.1.1","method":"GET","endpoint":"/","status":200,"user_agent":"x","bytes_out":1}"#.into());
-    text.insert(40, r#"{"ts":"2026-01-05T10:00:00Z","ip":"31.10.1.1","method":"GET","endpoint":"/","status":200,"user_agent":"x","bytes_out":1}"#.into());
+    text.insert(30, r#"{"ts":"2026-13-45T00:00:00Z","key_id":"AKIAREPLAYTEST000000","ip":"25.10.1.1","method":"GET","endpoint":"/","status":200,"user_agent":"x","bytes_out":1}"#.into());
+    text.insert(40, r#"{"ts":"2026-01-05T10:00:00Z","ip":"25.10.1.1","method":"GET","endpoint":"/","status":200,"user_agent":"x","bytes_out":1}"#.into());
     text.insert(50, format!("{{\"pad\":\"{}\"}}", "x".repeat(2 << 20)));
     let path = dir.join("events.jsonl");
     std::fs::write(&path, text.join("\n") + "\n").unwrap();

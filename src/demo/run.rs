@@ -1,9 +1,7 @@
-//! `keywatch demo`: the whole system in one process. An in-process Kafka
-//! (librdkafka's mock cluster) gets the topics; generated traffic with
-//! labelled attacks is produced into the input topic in accelerated event
-//! time; the real `keywatch run` pipeline consumes it; a watcher reads the
-//! alerts, revocation and dead-letter topics back as the SOC would. At the
-//! end the scorecard of `keywatch eval` is printed.
+//! The demo's run: the mock cluster and its topics, the pipeline on a
+//! runtime of its own, a producer thread streaming generated traffic into
+//! the input topic, a watcher thread reading the output topics back, and
+//! the files written at the end.
 //!
 //! The mock cluster keeps only the last 5 MiB or 100,000 message sets of a
 //! partition and drops older data silently, so the producer never runs more
@@ -17,25 +15,26 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::alert::{Alert, RevocationRequest, Severity};
+use super::display::{Display, Status};
+use super::{DemoArgs, DemoError, DemoReport, Seen};
+use crate::alert::{Alert, RevocationRequest};
 use crate::config::Config;
 use crate::enrich::GeoIp;
-use crate::eval::{RunMeta, ScoreOptions, Scorecard, score};
-use crate::event::format_ts;
-use crate::generate::{GenerateConfig, GenerateError, Generation};
+use crate::eval::{ScoreOptions, score};
+use crate::generate::{GenerateConfig, Generation};
 use crate::model::Model;
-use crate::pipeline::{Pipeline, PipelineError, Progress};
-use crate::sink::file::{JsonlWriter, SinkError};
+use crate::pipeline::{Pipeline, Progress};
+use crate::sink::file::JsonlWriter;
+use crate::sink::kafka::send_when_queue_has_room;
 
 /// Most records the producer may be ahead of the pipeline's committed
 /// offsets: far below what the mock cluster keeps per partition.
@@ -47,65 +46,6 @@ const MALFORMED_EVERY: u64 = 25_000;
 const DEMO_START: &str = "2026-01-05T00:00:00Z";
 const INPUT_TOPIC: &str = "api-access-logs";
 const PARTITIONS: i32 = 4;
-
-/// Command-line options of `keywatch demo`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DemoArgs {
-    /// API keys in the generated traffic.
-    #[arg(long, default_value_t = 150)]
-    pub keys: usize,
-    /// Days of traffic.
-    #[arg(long, default_value_t = 7)]
-    pub days: u32,
-    /// Event-time seconds per wall-clock second (a week in about a minute).
-    #[arg(long, default_value_t = 10_000.0)]
-    pub speed: f64,
-    /// Seed of the generated traffic.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Folder for the alert, revocation and rejected files and the scorecard.
-    #[arg(long, default_value = "out/demo")]
-    pub out: PathBuf,
-    /// Plain lines even on a terminal.
-    #[arg(long)]
-    pub plain: bool,
-}
-
-/// Why the demo could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum DemoError {
-    #[error(transparent)]
-    Generate(#[from] GenerateError),
-    #[error("cannot start the in-process kafka: {0}")]
-    Kafka(#[from] KafkaError),
-    #[error(transparent)]
-    Pipeline(#[from] PipelineError),
-    #[error(transparent)]
-    Sink(#[from] SinkError),
-    #[error("cannot use {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{0}")]
-    Incomplete(String),
-}
-
-/// What the demo did.
-#[derive(Debug, Clone, Serialize)]
-pub struct DemoReport {
-    /// Records produced into the input topic (events and malformed ones).
-    pub produced: u64,
-    pub events: u64,
-    pub malformed: u64,
-    /// What the pipeline says it consumed.
-    pub processed_records: u64,
-    pub processed_events: u64,
-    pub dead_letters: u64,
-    /// Alerts and revocation requests read back from their topics.
-    pub alerts_on_topic: usize,
-    pub revocations_on_topic: usize,
-    pub dead_letters_on_topic: usize,
-    pub wall_seconds: f64,
-    pub scorecard: Scorecard,
-}
 
 /// Shared between the producer, the watcher and the display.
 #[derive(Default)]
@@ -124,31 +64,6 @@ struct Collected {
     dead_letters: Vec<serde_json::Value>,
 }
 
-enum Seen {
-    Alert(Box<Alert>),
-    Revocation(Box<RevocationRequest>),
-    DeadLetter(String),
-}
-
-/// Runs the demo and prints as it goes.
-pub fn run_cli(args: &DemoArgs) -> Result<(), DemoError> {
-    let report = run_demo(args)?;
-    println!();
-    print!("{}", render_scorecard(&report.scorecard));
-    println!(
-        "processed {} of {} records in {:.0}s ({} malformed: dead-letter topic)",
-        report.processed_records, report.produced, report.wall_seconds, report.dead_letters
-    );
-    println!(
-        "read back {} alerts, {} revocation requests, {} dead letters",
-        report.alerts_on_topic, report.revocations_on_topic, report.dead_letters_on_topic
-    );
-    let out = args.out.display();
-    println!("wrote {out}/alerts.jsonl, revocations.jsonl, rejected.jsonl, scorecard.json");
-    println!("full table: keywatch eval --alerts {out}/alerts.jsonl --labels {out}/labels.jsonl");
-    Ok(())
-}
-
 /// Runs the whole demo; returns what happened. Files go to `args.out`.
 pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let started = Instant::now();
@@ -157,17 +72,13 @@ pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         path: out.clone(),
         source,
     })?;
-    let generation = Generation::new(GenerateConfig::new(args.keys, args.days, args.seed, DEMO_START)?);
-    let city = generation.city_database()?;
-    let asn = generation.asn_database()?;
-    write_file(&out.join("geoip-city.mmdb"), &city)?;
-    write_file(&out.join("geoip-asn.mmdb"), &asn)?;
+    let generation = Arc::new(Generation::new(GenerateConfig::new(
+        args.keys, args.days, args.seed, DEMO_START,
+    )?));
+    let (city, asn) = generation.write_geoip_databases(&out)?;
     let geo = Arc::new(GeoIp::from_bytes(Some(city), Some(asn)).map_err(|err| DemoError::Incomplete(err.to_string()))?);
     let model = Arc::new(Model::default_model());
-    let labels = generation.labels().to_vec();
-    let benign = generation.benign_cases().to_vec();
-    write_lines(&out.join("labels.jsonl"), &labels)?;
-    write_lines(&out.join("benign.jsonl"), &benign)?;
+    generation.write_labels(&out)?;
     let run_start_ms = generation.config().start_ms;
     let run_end_ms = generation.config().end_ms();
 
@@ -218,6 +129,7 @@ pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         let progress = Arc::clone(&progress);
         let brokers = brokers.clone();
         let speed = args.speed.max(1.0);
+        let generation = Arc::clone(&generation);
         std::thread::spawn(move || produce(&generation, &brokers, speed, run_start_ms, &live, &progress))
     };
 
@@ -230,7 +142,7 @@ pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
             collected.add(item);
         }
         if last_tick.elapsed() >= Duration::from_millis(250) {
-            display.tick(&live, &progress, &collected);
+            display.tick(&status(&live, &progress, &collected));
             last_tick = Instant::now();
         }
         if live.producer_done.load(Ordering::Acquire) {
@@ -256,7 +168,7 @@ pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
             display.seen(&item);
             collected.add(item);
         }
-        display.tick(&live, &progress, &collected);
+        display.tick(&status(&live, &progress, &collected));
         std::thread::sleep(Duration::from_millis(50));
     }
     cancel.cancel();
@@ -307,24 +219,11 @@ pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     write_lines(&out.join("alerts.jsonl"), &collected.alerts)?;
     write_lines(&out.join("revocations.jsonl"), &collected.revocations)?;
     write_lines(&out.join("rejected.jsonl"), &collected.dead_letters)?;
-    let meta = RunMeta {
-        keys: args.keys as u64,
-        days: u64::from(args.days),
-        seed: args.seed,
-        start: format_ts(run_start_ms),
-        end: format_ts(run_end_ms),
-        events: produced_summary.events,
-        benign_key_days: produced_summary.benign_key_days,
-        incidents: labels.len() as u64,
-        benign_cases: benign.len() as u64,
-        generator: String::new(),
-    };
-    let meta_text = serde_json::to_string_pretty(&meta).unwrap_or_default();
-    write_file(&out.join("meta.json"), meta_text.as_bytes())?;
+    let meta = generation.write_meta(&out, produced_summary.events, produced_summary.benign_key_days)?;
     let scorecard = score(
         &collected.alerts,
-        &labels,
-        &benign,
+        generation.labels(),
+        generation.benign_cases(),
         Some(&meta),
         &ScoreOptions::default(),
     );
@@ -376,6 +275,19 @@ fn committed_total(progress: &Progress) -> u64 {
         .get("keyed")
         .map(|partitions| partitions.values().map(|offset| (*offset).max(0) as u64).sum())
         .unwrap_or(0)
+}
+
+/// What the status line shows now.
+fn status(live: &Live, progress: &Progress, collected: &Collected) -> Status {
+    let counts = progress.counts();
+    Status {
+        event_ts_ms: live.event_ts.load(Ordering::Relaxed),
+        events: counts.events,
+        keys: progress.keys.load(Ordering::Relaxed),
+        alerts: collected.alerts.len(),
+        revocations: collected.revocations.len(),
+        dead_letters: counts.rejected,
+    }
 }
 
 /// Counts of what was produced.
@@ -452,15 +364,11 @@ fn produce(
 }
 
 fn send(producer: &BaseProducer, key: &[u8], payload: &[u8]) -> Result<(), DemoError> {
-    loop {
-        match producer.send(BaseRecord::<[u8], [u8]>::to(INPUT_TOPIC).key(key).payload(payload)) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                producer.poll(Duration::from_millis(10));
-            }
-            Err((error, _)) => return Err(error.into()),
-        }
-    }
+    let record = BaseRecord::<[u8], [u8]>::to(INPUT_TOPIC).key(key).payload(payload);
+    send_when_queue_has_room(producer, record, BaseProducer::send, || {
+        producer.poll(Duration::from_millis(10));
+    })?;
+    Ok(())
 }
 
 /// Reads the alerts, revocation and dead-letter topics as their consumers
@@ -527,179 +435,6 @@ impl Collected {
     }
 }
 
-/// The live view: a status line and alerts as they fire, 80 columns wide;
-/// plain lines when the output is not a terminal.
-struct Display {
-    bar: Option<ProgressBar>,
-    run_start_ms: i64,
-    run_end_ms: i64,
-    last_events: u64,
-    last_time: Instant,
-    rate: f64,
-    low_alerts: u64,
-    last_plain_status: Instant,
-}
-
-impl Display {
-    fn new(terminal: bool, run_start_ms: i64, run_end_ms: i64) -> Display {
-        let bar = terminal.then(|| {
-            let bar = ProgressBar::new((run_end_ms - run_start_ms).max(1) as u64);
-            let style = ProgressStyle::with_template("{bar:12} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar());
-            bar.set_style(style);
-            bar.println(format!(
-                "{:<9} {:<8} {:<12} {:<18} {}",
-                "time", "severity", "key", "detector", "evidence"
-            ));
-            bar
-        });
-        if bar.is_none() {
-            println!("keywatch demo: streaming generated traffic through an in-process kafka");
-        }
-        Display {
-            bar,
-            run_start_ms,
-            run_end_ms,
-            last_events: 0,
-            last_time: Instant::now(),
-            rate: 0.0,
-            low_alerts: 0,
-            last_plain_status: Instant::now(),
-        }
-    }
-
-    fn seen(&mut self, item: &Seen) {
-        let line = match item {
-            Seen::Alert(alert) if alert.severity == Severity::Low => {
-                self.low_alerts += 1;
-                return;
-            }
-            Seen::Alert(alert) => alert_line(alert),
-            Seen::Revocation(request) => fit(&format!(
-                "{} REVOKE   {:<12} {}",
-                short_time(&request.ts),
-                request.key_hint,
-                request.reason
-            )),
-            Seen::DeadLetter(_) => return,
-        };
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None => println!("{line}"),
-        }
-    }
-
-    fn tick(&mut self, live: &Live, progress: &Progress, collected: &Collected) {
-        let events = progress.counts().events;
-        let elapsed = self.last_time.elapsed().as_secs_f64();
-        if elapsed >= 1.0 {
-            self.rate = (events - self.last_events) as f64 / elapsed;
-            self.last_events = events;
-            self.last_time = Instant::now();
-        }
-        let event_ts = live.event_ts.load(Ordering::Relaxed);
-        let status = format!(
-            "{} {:>7.0} ev/s keys {} alerts {} (+{} low) revoke {} dlq {}",
-            short_time(&format_ts(event_ts)),
-            self.rate,
-            progress.keys.load(Ordering::Relaxed),
-            collected.alerts.len() as u64 - self.low_alerts.min(collected.alerts.len() as u64),
-            self.low_alerts,
-            collected.revocations.len(),
-            progress.counts().rejected,
-        );
-        match &self.bar {
-            Some(bar) => {
-                bar.set_position((event_ts - self.run_start_ms).clamp(0, self.run_end_ms - self.run_start_ms) as u64);
-                bar.set_message(status);
-            }
-            None => {
-                if self.last_plain_status.elapsed() >= Duration::from_secs(5) {
-                    println!("status  {status}");
-                    self.last_plain_status = Instant::now();
-                }
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
-}
-
-/// The evaluation scorecard in 80 columns: each incident detected or
-/// missed with its time to detect and detectors, then the totals.
-/// `keywatch eval` on the written files prints the full table.
-pub fn render_scorecard(card: &Scorecard) -> String {
-    let mut text = String::from("scorecard (keywatch eval, severity >= medium)\n");
-    text.push_str(&format!(
-        "{:<26} {:<9} {:>9}  {}\n",
-        "incident", "result", "detect in", "detectors"
-    ));
-    for outcome in &card.incident_outcomes {
-        let result = if outcome.detected { "detected" } else { "MISSED" };
-        let time = outcome.time_to_detect_s.map_or("-".to_string(), |seconds| {
-            humantime::format_duration(Duration::from_secs(seconds.max(0.0) as u64)).to_string()
-        });
-        let detectors: Vec<&str> = outcome.detectors.iter().take(3).map(String::as_str).collect();
-        text.push_str(&fit(&format!(
-            "{:<26} {:<9} {:>9}  {}",
-            outcome.scenario,
-            result,
-            time,
-            detectors.join(", ")
-        )));
-        text.push('\n');
-    }
-    let percent = |value: Option<f64>| value.map_or("-".to_string(), |value| format!("{:.0}%", value * 100.0));
-    text.push_str(&format!(
-        "recall {} ({} of {}), precision {}, false alerts {:.2} per 1,000 benign key-days\n",
-        percent(card.recall),
-        card.detected,
-        card.incidents,
-        percent(card.precision),
-        card.false_alerts_per_1k_key_days.unwrap_or(0.0),
-    ));
-    let alerted: usize = card.benign_cases.values().map(|case| case.cases_alerted).sum();
-    let cases: usize = card.benign_cases.values().map(|case| case.cases).sum();
-    text.push_str(&format!(
-        "benign hard cases alerted: {alerted} of {cases}; low alerts (informational): {}\n",
-        card.alerts_below_min_severity
-    ));
-    text
-}
-
-/// `Mon 09:14` from an RFC 3339 time.
-fn short_time(ts: &str) -> String {
-    match chrono::DateTime::parse_from_rfc3339(ts) {
-        Ok(time) => time.format("%a %H:%M").to_string(),
-        Err(_) => ts.chars().take(9).collect(),
-    }
-}
-
-fn alert_line(alert: &Alert) -> String {
-    let detector: String = alert.detector.chars().take(18).collect();
-    fit(&format!(
-        "{} {:<8} {:<12} {:<18} {}",
-        short_time(&alert.ts),
-        alert.severity.as_str(),
-        alert.key_hint,
-        detector,
-        alert.summary
-    ))
-}
-
-/// Cuts a line to 80 columns.
-fn fit(line: &str) -> String {
-    if line.chars().count() <= 80 {
-        return line.to_string();
-    }
-    let mut cut: String = line.chars().take(79).collect();
-    cut.push('…');
-    cut
-}
-
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), DemoError> {
     std::fs::write(path, bytes).map_err(|source| DemoError::Io {
         path: path.to_path_buf(),
@@ -714,17 +449,4 @@ fn write_lines<T: Serialize>(path: &Path, items: &[T]) -> Result<(), DemoError> 
     }
     writer.sync()?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_fit_eighty_columns() {
-        let long = "x".repeat(200);
-        assert_eq!(fit(&long).chars().count(), 80);
-        assert_eq!(fit("short"), "short");
-        assert_eq!(short_time("2026-01-05T09:14:00.000Z"), "Mon 09:14");
-    }
 }

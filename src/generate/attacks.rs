@@ -3,7 +3,8 @@
 //!
 //! Each scenario is written from the attacker's side only (where they call
 //! from, how much, which endpoints, what the API answers); nothing here
-//! knows how any detector works.
+//! knows how any detector works. The benign hard cases, unusual traffic
+//! that is not an attack, live beside it in [`super::benign`].
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;

@@ -1,10 +1,9 @@
-//! Shared helpers of the Kafka tests: a small GeoIP world, canonical events
-//! built with serde_json, a scenario every sane detector flags (a key used
-//! for days from London, then minutes later from Sydney), producing and
-//! reading topics, an in-process reference run of the engine, and waiting
-//! for a pipeline to catch up.
-
-#![allow(dead_code)]
+//! What the Kafka tests share: where they run ([`Brokers`]: librdkafka's
+//! mock cluster or a real broker), canonical events in the places of the
+//! test world, a scenario every sane detector flags (a key used for days
+//! from London, then minutes later from Sydney), producing and reading
+//! topics, an in-process reference run of the engine, starting and stopping
+//! a pipeline, and waiting for it to catch up.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,66 +15,37 @@ use keywatch::config::{Config, KafkaConfig};
 use keywatch::decode::{Decoder, Format};
 use keywatch::engine::{Engine, Output};
 use keywatch::enrich::GeoIp;
-use keywatch::enrich::mmdb_build::{PlaceRow, build_place_databases};
+use keywatch::enrich::test_world;
 use keywatch::model::Model;
-use keywatch::pipeline::Progress;
+use keywatch::pipeline::{Pipeline, PipelineError, Progress, RunSummary};
+use keywatch::replay::kafka::{ReplayKafkaOptions, ReplayKafkaSummary, replay_from_kafka};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 pub const HOUR_MS: i64 = 3_600_000;
 pub const DAY_MS: i64 = 24 * HOUR_MS;
 /// 2026-03-02T00:00:00Z.
 pub const T0_MS: i64 = 1_772_409_600_000;
 
-/// name, network, country, city, latitude, longitude, asn, organisation
-const PLACES: &[PlaceRow] = &[
-    (
-        "london",
-        "81.2.69.0/24",
-        "GB",
-        "London",
-        51.5074,
-        -0.1278,
-        2856,
-        "British Telecommunications PLC",
-    ),
-    (
-        "sydney",
-        "1.128.0.0/16",
-        "AU",
-        "Sydney",
-        -33.8688,
-        151.2093,
-        1221,
-        "Telstra Limited",
-    ),
-    (
-        "paris",
-        "90.0.0.0/16",
-        "FR",
-        "Paris",
-        48.8566,
-        2.3522,
-        3215,
-        "Orange S.A.",
-    ),
-];
+/// Partitions of every topic a test makes.
+pub const PARTITIONS: i32 = 3;
 
-/// An address in a place.
+/// An address in a place of the test world, as text.
 pub fn ip(place: &str, host: u8) -> String {
-    let (_, network, ..) = PLACES.iter().find(|entry| entry.0 == place).expect("known place");
-    let net: ipnet::Ipv4Net = network.parse().expect("valid network");
-    let octets = net.network().octets();
-    format!("{}.{}.{}.{}", octets[0], octets[1], octets[2], host.max(1))
+    test_world::host(place, u32::from(host))
+        .expect("a place of the test world")
+        .to_string()
 }
 
-/// GeoIP City and ASN databases of the places, built in memory.
+/// GeoIP over the places of the test world.
 pub fn geo() -> Arc<GeoIp> {
-    let (city, asn) = build_place_databases(PLACES).expect("place databases");
-    Arc::new(GeoIp::from_bytes(Some(city), Some(asn)).expect("valid databases"))
+    Arc::new(test_world::geoip())
 }
 
 pub fn model() -> Arc<Model> {
@@ -454,14 +424,7 @@ pub async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() ->
     }
 }
 
-/// Whether a stage has committed every partition up to `ends`.
-pub fn caught_up(progress: &Progress, stage: &str, topic: &str, ends: &BTreeMap<i32, i64>) -> bool {
-    ends.iter().all(|(partition, end)| {
-        *end == 0 || progress.committed_offset(stage, &PartitionId::new(topic, *partition)) == Some(*end)
-    })
-}
-
-/// Sum of committed offsets over progress objects of several instances.
+/// The furthest committed offset of a partition over several instances.
 pub fn committed_anywhere(progresses: &[&Progress], stage: &str, topic: &str, partition: i32) -> Option<i64> {
     progresses
         .iter()
@@ -605,4 +568,144 @@ pub fn first_trip(records: &[ScenarioRecord]) -> usize {
         .iter()
         .position(|record| record.payload.contains(&sydney))
         .expect("the scenario travels")
+}
+
+/// The Kafka section of a test configuration.
+pub fn kafka_of(config: &Config) -> &KafkaConfig {
+    config.kafka.as_ref().expect("kafka section")
+}
+
+/// The Kafka section of a test configuration, to change it.
+pub fn kafka_of_mut(config: &mut Config) -> &mut KafkaConfig {
+    config.kafka.as_mut().expect("kafka section")
+}
+
+/// Where a broker scenario runs.
+pub enum Brokers {
+    /// librdkafka's in-process mock cluster, one per test; a test's topics
+    /// are made up front.
+    Mock(MockCluster<'static, DefaultProducerContext>),
+    /// A real Kafka-compatible broker (tansu in CI) at these addresses:
+    /// topic names are unique per run, the test makes the input topic and
+    /// the pipeline makes the others through the admin API, as in production.
+    Real(String),
+}
+
+impl Brokers {
+    pub fn mock() -> Brokers {
+        Brokers::Mock(MockCluster::new(1).expect("mock cluster"))
+    }
+
+    /// The broker named by `KEYWATCH_TEST_BROKERS`; `None`, after saying
+    /// why `test` skips, when it is unset.
+    pub fn real(test: &str) -> Option<Brokers> {
+        real_brokers(test).map(Brokers::Real)
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        match self {
+            Brokers::Mock(cluster) => cluster.bootstrap_servers(),
+            Brokers::Real(brokers) => brokers.clone(),
+        }
+    }
+
+    /// How long a stage may take to catch up; a real broker answers slower.
+    pub fn catch_up(&self) -> Duration {
+        match self {
+            Brokers::Mock(_) => Duration::from_secs(90),
+            Brokers::Real(_) => Duration::from_secs(120),
+        }
+    }
+
+    /// A test configuration called `name` on these brokers (see
+    /// [`test_config`]) with its input topic in place; returns it and the
+    /// input topic's name.
+    pub async fn prepare(&self, name: &str, keyed: bool) -> (Config, String) {
+        let config = match self {
+            Brokers::Mock(cluster) => {
+                let config = test_config(&cluster.bootstrap_servers(), name, keyed);
+                for topic in topics_of(&config) {
+                    cluster.create_topic(&topic, PARTITIONS, 1).expect("topic");
+                }
+                config
+            }
+            Brokers::Real(brokers) => {
+                let config = test_config(brokers, &unique_prefix(&format!("kw-{name}")), keyed);
+                create_topics(brokers, &[(kafka_of(&config).input_topics[0].as_str(), PARTITIONS)]).await;
+                config
+            }
+        };
+        let input = kafka_of(&config).input_topics[0].clone();
+        (config, input)
+    }
+
+    /// Produces records so that a consumer can resume at any of their
+    /// offsets: tansu returns nothing to a fetch that starts inside a record
+    /// batch, so on a real broker each record is a batch of its own.
+    pub async fn produce_resumable(
+        &self,
+        topic: &str,
+        records: &[ScenarioRecord],
+        placement: Placement,
+    ) -> Vec<Landed> {
+        match self {
+            Brokers::Mock(cluster) => produce(&cluster.bootstrap_servers(), topic, records, placement).await,
+            Brokers::Real(brokers) => produce_unbatched(brokers, topic, records, placement).await,
+        }
+    }
+}
+
+/// A pipeline running on the test's runtime.
+pub struct RunningPipeline {
+    pub progress: Arc<Progress>,
+    pub cancel: CancellationToken,
+    pub handle: JoinHandle<Result<RunSummary, PipelineError>>,
+}
+
+impl RunningPipeline {
+    /// Starts `keywatch run` with `config` over the test world.
+    pub fn start(config: &Config) -> RunningPipeline {
+        let pipeline = Pipeline::new(config.clone(), model(), geo()).expect("pipeline");
+        let progress = pipeline.progress();
+        let cancel = CancellationToken::new();
+        let handle = tokio::spawn(pipeline.run(cancel.clone()));
+        RunningPipeline {
+            progress,
+            cancel,
+            handle,
+        }
+    }
+
+    /// Shuts down cleanly and returns the run's summary.
+    pub async fn stop(self) -> RunSummary {
+        self.cancel.cancel();
+        self.handle.await.expect("task").expect("clean shutdown")
+    }
+
+    /// Stops without a clean shutdown: no final batch, no final checkpoint,
+    /// no final commit, as a crash would.
+    pub async fn kill(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
+    }
+
+    /// Waits, polling often, until it has processed at least `records`.
+    pub async fn wait_for_records(&self, records: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.progress.snapshot().counts.records < records {
+            assert!(Instant::now() < deadline, "the pipeline made no progress");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// Runs `keywatch replay --from-kafka` over the test world, on a blocking
+/// thread (it drives its own consumer), and expects it to succeed; `what`
+/// names the replay in the failure message.
+pub async fn replay_kafka(config: &Config, options: ReplayKafkaOptions, what: &str) -> ReplayKafkaSummary {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || replay_from_kafka(&config, model(), geo(), &options))
+        .await
+        .expect("the replay thread")
+        .unwrap_or_else(|error| panic!("{what}: {error}"))
 }

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keywatch::enrich::mmdb_build::{
-    ASN_DATABASE_TYPE, AsnRecord, CITY_DATABASE_TYPE, CityRecord, build_asn_db, build_city_db, synthetic_host,
-    synthetic_world,
+    ASN_DATABASE_TYPE, AsnRecord, CITY_DATABASE_TYPE, CityRecord, build_asn_db, build_city_db,
 };
+use keywatch::enrich::test_world::{synthetic_host, synthetic_world};
 use keywatch::enrich::{Country, GeoCache, GeoError, GeoInfo, GeoIp, NetClass};
 use maxminddb::{Reader, geoip2};
 

@@ -4,13 +4,10 @@
 //! alerts to a side topic but never to a live one. The mock cluster cannot
 //! look offsets up by timestamp, which exercises the fallback scan.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
 use keywatch::alert::Alert;
 use keywatch::checkpoint::read_snapshot_file;
 use keywatch::config::Config;
@@ -19,7 +16,7 @@ use keywatch::replay::kafka::{ReplayKafkaError, ReplayKafkaOptions, replay_from_
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
-const PARTITIONS: i32 = 3;
+use crate::kafka_support::*;
 
 fn cluster_for(
     config: &mut Config,
@@ -74,11 +71,7 @@ async fn replay_matches_a_reference_run_and_writes_the_three_files() {
     let whole = tempfile::tempdir().unwrap();
     let mut side = options(whole.path());
     side.to_topic = Some("replay-side".into());
-    let (config_for_replay, out) = (config.clone(), side.clone());
-    let summary = tokio::task::spawn_blocking(move || replay_from_kafka(&config_for_replay, model(), geo(), &out))
-        .await
-        .unwrap()
-        .expect("replay");
+    let summary = replay_kafka(&config, side, "replay").await;
     assert_eq!(alert_ids(whole.path()), expected);
     assert_eq!(
         summary.counts.alerts as usize,
@@ -132,11 +125,7 @@ async fn replay_matches_a_reference_run_and_writes_the_three_files() {
     let mut window = options(ranged.path());
     window.start_ms = Some(start_ms);
     window.end_ms = Some(end_ms);
-    let config_for_replay = config.clone();
-    let summary = tokio::task::spawn_blocking(move || replay_from_kafka(&config_for_replay, model(), geo(), &window))
-        .await
-        .unwrap()
-        .expect("replay of a range");
+    let summary = replay_kafka(&config, window, "replay of a range").await;
     assert_eq!(summary.events_in_range as usize, in_range);
     assert!(in_range > 0 && in_range < landed.len() - malformed);
 
@@ -204,11 +193,7 @@ async fn replay_continues_from_a_snapshot_saved_by_run() {
     let from_snapshot = tempfile::tempdir().unwrap();
     let mut resumed = options(from_snapshot.path());
     resumed.snapshot = Some(snapshot_path);
-    let config_for_replay = config.clone();
-    let summary = tokio::task::spawn_blocking(move || replay_from_kafka(&config_for_replay, model(), geo(), &resumed))
-        .await
-        .unwrap()
-        .expect("replay from a snapshot");
+    let summary = replay_kafka(&config, resumed, "replay from a snapshot").await;
     assert_eq!(
         alert_ids(from_snapshot.path()),
         expected,
@@ -223,11 +208,7 @@ async fn replay_continues_from_a_snapshot_saved_by_run() {
     let from_empty = tempfile::tempdir().unwrap();
     let mut cold = options(from_empty.path());
     cold.start_ms = Some(T0_MS + 2 * DAY_MS);
-    let config_for_replay = config.clone();
-    tokio::task::spawn_blocking(move || replay_from_kafka(&config_for_replay, model(), geo(), &cold))
-        .await
-        .unwrap()
-        .expect("replay from empty state");
+    replay_kafka(&config, cold, "replay from empty state").await;
     assert_ne!(
         alert_ids(from_empty.path()),
         expected,

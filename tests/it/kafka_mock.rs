@@ -1,0 +1,140 @@
+//! The Kafka pipeline against librdkafka's in-process mock cluster: the real
+//! protocol, no broker to install. Runs the broker scenarios of
+//! [`crate::kafka_scenarios`] (outputs and dead letters, the repartition
+//! stage and replay, a crash and restart), and the two that only the mock
+//! cluster can hold: a member dying while another takes over its
+//! partitions, and exactly-once mode.
+//!
+//! The mock cluster keeps only the last 5 MiB / 100,000 message sets of a
+//! partition, has no offset lookup by timestamp and drops offsets committed
+//! inside a transaction; the scenarios stay far below those limits and the
+//! pipeline does not depend on the other two.
+
+use std::collections::BTreeSet;
+
+use keywatch::pipeline::Progress;
+
+use crate::kafka_scenarios;
+use crate::kafka_support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_and_dead_letters_flow_through_the_keyed_pipeline() {
+    // The only test in this binary that serves metrics: the recorder is global.
+    kafka_scenarios::keyed_flow(&Brokers::mock(), Some(free_port())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unkeyed_input_is_repartitioned_by_fingerprint_and_replays_like_live() {
+    kafka_scenarios::repartition_and_replay(&Brokers::mock()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_and_restart_loses_no_alert() {
+    kafka_scenarios::crash_and_restart(&Brokers::mock()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_surviving_member_takes_over_partitions_with_their_state() {
+    let cluster = Brokers::mock();
+    let brokers = cluster.bootstrap_servers();
+    let catch_up = cluster.catch_up();
+    let (mut config, input) = cluster.prepare("takeover", true).await;
+    kafka_of_mut(&mut config).batch_max_events = 20;
+    // Three parts: shared by both members, then some for the member that
+    // dies, then the trips, which only the survivor sees.
+    let records = travel_scenario(12, 16, 0);
+    let trips = first_trip(&records);
+    let split = trips * 2 / 3;
+    let mut landed = produce(&brokers, &input, &records[..split], Placement::KeyedByKeyId).await;
+
+    let mut config_a = config.clone();
+    kafka_of_mut(&mut config_a).instance_id = Some("a".into());
+    let mut config_b = config.clone();
+    kafka_of_mut(&mut config_b).instance_id = Some("b".into());
+    let survivor = RunningPipeline::start(&config_a);
+    let victim = RunningPipeline::start(&config_b);
+
+    let first_ends = end_offsets(&brokers, &input);
+    wait_until("both members to share the first part", catch_up, || {
+        let owned = |progress: &Progress| {
+            progress
+                .snapshot()
+                .assigned
+                .get("keyed")
+                .is_some_and(|partitions| !partitions.is_empty())
+        };
+        owned(&survivor.progress)
+            && owned(&victim.progress)
+            && first_ends.iter().all(|(partition, end)| {
+                *end == 0
+                    || committed_anywhere(&[&survivor.progress, &victim.progress], "keyed", &input, *partition)
+                        == Some(*end)
+            })
+    })
+    .await;
+    let victim_partitions = victim.progress.snapshot().assigned["keyed"].clone();
+    let victim_records = victim.progress.snapshot().counts.records;
+    assert!(victim_records > 0, "the member to be stopped did work");
+
+    landed.extend(produce(&brokers, &input, &records[split..trips], Placement::KeyedByKeyId).await);
+    victim.wait_for_records(victim_records + 5, catch_up).await;
+    victim.kill().await;
+    landed.extend(produce(&brokers, &input, &records[trips..], Placement::KeyedByKeyId).await);
+
+    let ends = end_offsets(&brokers, &input);
+    wait_caught_up(&[&survivor.progress], "keyed", &input, &ends, catch_up).await;
+    let owned_at_end = survivor.progress.snapshot().assigned["keyed"].clone();
+    survivor.stop().await;
+    for partition in &victim_partitions {
+        assert!(owned_at_end.contains(partition), "{partition} moved to the survivor");
+    }
+
+    let expected = reference_alert_ids(&landed, true);
+    assert!(expected.len() >= 6);
+    let alerts = read_alerts(&brokers, &kafka_of(&config).alerts_topic);
+    let ids: BTreeSet<String> = alerts.iter().map(|alert| alert.id.clone()).collect();
+    assert_eq!(ids, expected, "no alert lost or invented across the takeover");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_mode_repeats_nothing_across_a_crash() {
+    let cluster = Brokers::mock();
+    let brokers = cluster.bootstrap_servers();
+    let catch_up = cluster.catch_up();
+    let (mut config, input) = cluster.prepare("eos", true).await;
+    {
+        let kafka = kafka_of_mut(&mut config);
+        kafka.batch_max_events = 20;
+        kafka.exactly_once = true;
+        kafka.instance_id = Some("eos-1".into());
+    }
+    let records = travel_scenario(10, 16, 30);
+    let split = first_trip(&records);
+    let mut landed = produce(&brokers, &input, &records[..split], Placement::KeyedByKeyId).await;
+
+    let first = RunningPipeline::start(&config);
+    first.wait_for_records(split as u64 / 2, catch_up).await;
+    first.kill().await;
+    landed.extend(produce(&brokers, &input, &records[split..], Placement::KeyedByKeyId).await);
+    let expected = reference_alert_ids(&landed, true);
+    assert!(expected.len() >= 5);
+
+    // The same instance id: the restart fences the dead producer and aborts
+    // its open transaction.
+    let second = RunningPipeline::start(&config);
+    let ends = end_offsets(&brokers, &input);
+    wait_caught_up(&[&second.progress], "keyed", &input, &ends, catch_up).await;
+    second.stop().await;
+
+    let alerts = read_alerts(&brokers, &kafka_of(&config).alerts_topic);
+    let ids: BTreeSet<String> = alerts.iter().map(|alert| alert.id.clone()).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(alerts.len(), ids.len(), "committed outputs hold no repeat");
+    let dead_letters = read_topic(&brokers, &kafka_of(&config).dead_letter_topic);
+    let malformed = landed.iter().filter(|record| record.record.malformed).count();
+    assert_eq!(
+        dead_letters.len(),
+        malformed,
+        "each malformed record dead-lettered exactly once"
+    );
+}
