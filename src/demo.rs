@@ -679,7 +679,7 @@ fn short_time(ts: &str) -> String {
 }
 
 fn alert_line(alert: &Alert) -> String {
-    let detector: String = alert.detector.chars().take(18).collect();
+    let detector: String = alert.detector.as_str().chars().take(18).collect();
     fit(&format!(
         "{} {:<8} {:<12} {:<18} {}",
         short_time(&alert.ts),

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use crate::alert::Output;
 use crate::decode::{DecodeError, Decoder, Format};
-use crate::engine::{Engine, Output};
+use crate::engine::Engine;
 use crate::runtime::{EngineArgs, Overrides, Runtime, SetupError};
 use crate::sink::Rejected;
 use crate::sink::file::{OutputFiles, SinkError};
@@ -109,7 +110,7 @@ impl ReplaySummary {
                     .alerts_by_severity
                     .entry(alert.severity.as_str().to_string())
                     .or_default() += 1;
-                *self.alerts_by_detector.entry(alert.detector.clone()).or_default() += 1;
+                *self.alerts_by_detector.entry(alert.detector.to_string()).or_default() += 1;
             }
             Output::Revocation(_) => self.revocations += 1,
         }

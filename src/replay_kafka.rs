@@ -25,9 +25,10 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
 
+use crate::alert::Output;
 use crate::config::{Config, KafkaConfig};
 use crate::decode::{DecodeError, Decoder, Format};
-use crate::engine::{Engine, Output};
+use crate::engine::Engine;
 use crate::enrich::GeoIp;
 use crate::event::AccessEvent;
 use crate::model::Model;

@@ -12,8 +12,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::alert::Output;
 use crate::decode::{DecodeError, Decoder};
-use crate::engine::{Engine, Output};
+use crate::engine::Engine;
 use crate::enrich::GeoIp;
 use crate::event::AccessEvent;
 use crate::model::Model;

@@ -16,9 +16,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::TopicPartitionList;
 
+use crate::alert::Output;
 use crate::config::KafkaConfig;
 use crate::decode::DecodeError;
-use crate::engine::Output;
 use crate::state::{ChangelogMessage, Checkpoint, PartitionId, StateError, encode_checkpoint};
 
 /// How long a transaction step may take before the pipeline gives up.

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keywatch::alert::Alert;
+use keywatch::alert::Output;
 use keywatch::config::{Config, KafkaConfig};
 use keywatch::decode::{Decoder, Format};
-use keywatch::engine::{Engine, Output};
+use keywatch::engine::Engine;
 use keywatch::enrich::GeoIp;
 use keywatch::enrich::mmdb_build::{PlaceRow, build_place_databases};
 use keywatch::model::Model;
