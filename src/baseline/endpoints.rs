@@ -3,11 +3,15 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::recent::RecentTimes;
 use super::topk::TopK;
 use crate::model::EndpointModel;
 
-/// First uses of endpoints within this span count together.
-pub const FIRST_USE_SPAN_MS: i64 = 3_600_000;
+/// First uses of endpoints within an hour of each other count together.
+const FIRST_USES: RecentTimes = RecentTimes {
+    span_ms: 3_600_000,
+    max_kept: usize::MAX,
+};
 
 /// Endpoint mix of one key.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -49,23 +53,15 @@ impl EndpointBaseline {
         }
     }
 
-    /// Records a judged first use of an endpoint at `ts_ms`, forgetting
-    /// those older than [`FIRST_USE_SPAN_MS`].
+    /// Records a judged first use of an endpoint at `ts_ms`.
     pub fn record_first_use(&mut self, ts_ms: i64) {
-        self.recent_new.retain(|ts| ts_ms - *ts <= FIRST_USE_SPAN_MS);
-        self.recent_new.push(ts_ms);
+        FIRST_USES.record(&mut self.recent_new, ts_ms);
     }
 
     /// The recent first uses as [`EndpointBaseline::record_first_use`] at
     /// `ts_ms` leaves them: the time of the earliest and how many.
     pub fn first_uses_with(&self, ts_ms: i64) -> (i64, usize) {
-        let mut earliest = None;
-        let mut count = 1;
-        for ts in self.recent_new.iter().filter(|ts| ts_ms - **ts <= FIRST_USE_SPAN_MS) {
-            earliest.get_or_insert(*ts);
-            count += 1;
-        }
-        (earliest.unwrap_or(ts_ms), count)
+        FIRST_USES.foresee(&self.recent_new, ts_ms)
     }
 
     /// Moves the mix window to the one holding `ts_ms`.
@@ -136,23 +132,6 @@ impl EndpointBaseline {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn first_uses_with_foresees_what_record_first_use_leaves() {
-        let mut mix = EndpointBaseline::default();
-        for ts in [
-            0,
-            1_000,
-            FIRST_USE_SPAN_MS,
-            FIRST_USE_SPAN_MS + 1_001,
-            5 * FIRST_USE_SPAN_MS,
-        ] {
-            let foreseen = mix.first_uses_with(ts);
-            mix.record_first_use(ts);
-            assert_eq!(foreseen, (mix.recent_new[0], mix.recent_new.len()), "at {ts}");
-        }
-        assert_eq!(mix.recent_new, [5 * FIRST_USE_SPAN_MS]);
-    }
 
     #[test]
     fn the_mix_is_due_each_time_the_window_count_doubles() {

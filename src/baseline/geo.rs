@@ -4,14 +4,17 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::recent::RecentTimes;
 use super::topk::TopK;
 use crate::enrich::{Country, GeoInfo, NetClass};
 use crate::model::GeoModel;
 
-/// Jumps within this much event time of each other make one episode.
-pub const JUMP_EPISODE_MS: i64 = 6 * 3_600_000;
-/// Jump times kept per key.
-const MAX_JUMPS_KEPT: usize = 64;
+/// Jumps within six hours of event time of each other make one episode; at
+/// most 64 are kept per key.
+const JUMPS: RecentTimes = RecentTimes {
+    span_ms: 6 * 3_600_000,
+    max_kept: 64,
+};
 
 /// A located use of the key.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -149,27 +152,15 @@ impl GeoBaseline {
         })
     }
 
-    /// Records a jump at `ts_ms`, forgetting those more than an episode
-    /// older.
+    /// Records a jump at `ts_ms`.
     pub fn record_jump(&mut self, ts_ms: i64) {
-        self.jumps.retain(|ts| ts_ms - *ts <= JUMP_EPISODE_MS);
-        self.jumps.push(ts_ms);
-        if self.jumps.len() > MAX_JUMPS_KEPT {
-            // The first jump dates the episode; the count only needs to be large.
-            self.jumps.remove(1);
-        }
+        JUMPS.record(&mut self.jumps, ts_ms);
     }
 
     /// The recent jumps as [`GeoBaseline::record_jump`] at `ts_ms` leaves
     /// them: the time of the episode's first jump and how many.
     pub fn jumps_with(&self, ts_ms: i64) -> (i64, usize) {
-        let mut first = None;
-        let mut count = 1;
-        for ts in self.jumps.iter().filter(|ts| ts_ms - **ts <= JUMP_EPISODE_MS) {
-            first.get_or_insert(*ts);
-            count += 1;
-        }
-        (first.unwrap_or(ts_ms), count.min(MAX_JUMPS_KEPT))
+        JUMPS.foresee(&self.jumps, ts_ms)
     }
 
     /// Whether a place (a network in a country) is an established part of
@@ -224,23 +215,6 @@ pub fn distance_km(lat1: f32, lon1: f32, lat2: f32, lon2: f32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jumps_with_foresees_what_record_jump_leaves() {
-        let mut geo = GeoBaseline::default();
-        // Bursts closer than an episode, past the number kept, then gaps.
-        let times = (0..100i64).map(|step| step * 60_000).chain([
-            JUMP_EPISODE_MS * 3,
-            JUMP_EPISODE_MS * 3 + 1,
-            JUMP_EPISODE_MS * 5,
-        ]);
-        for ts in times {
-            let foreseen = geo.jumps_with(ts);
-            geo.record_jump(ts);
-            assert_eq!(foreseen, (geo.jumps[0], geo.jumps.len()), "at {ts}");
-        }
-        assert_eq!(geo.jumps, [JUMP_EPISODE_MS * 5]);
-    }
 
     #[test]
     fn london_to_sydney_is_about_17000_km() {

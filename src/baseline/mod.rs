@@ -12,6 +12,7 @@ pub mod auth;
 pub mod endpoints;
 pub mod geo;
 pub mod rate;
+pub mod recent;
 pub mod topk;
 
 use serde::{Deserialize, Serialize};

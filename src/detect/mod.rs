@@ -5,6 +5,12 @@
 //! `endpoints.rs` new and sensitive endpoints and shifts of the mix;
 //! `client.rs` new client families; `auth.rs` spikes of authorization
 //! failures. [`CHECKS`] lists them all, once.
+//!
+//! Adding a detector: its entry in the registry (`src/detector.rs`, with its
+//! phase), its check in a file here with a line in [`CHECKS`], its section
+//! of the model (`src/model.rs` and `models/default.toml`), and, if it keeps
+//! state, a baseline in `src/baseline/` that `KeyState` advances and
+//! absorbs. Tests then ask for its name in the alert schema and the README.
 
 pub mod auth;
 pub mod client;
