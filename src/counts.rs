@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::alert::Output;
 use crate::decode::DecodeError;
-use crate::engine::Output;
 
 /// Counts of records, decoded items and engine outputs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

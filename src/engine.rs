@@ -1,6 +1,8 @@
 //! The detection engine: a plain synchronous struct with no I/O and no
 //! clock. File replay, Kafka, the demo, tests and benches all drive it the
 //! same way: `process` a micro-batch of events in order, collect outputs.
+//! Each event goes through the same phases: resolve, advance, judge
+//! (before), absorb, judge (after), dispose.
 //!
 //! Every decision depends only on one key's own sequence of events, in event
 //! time, so the outputs never depend on how the input was cut into batches,
@@ -12,12 +14,14 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::alert::Output;
 use crate::alert::policy::{Disposition, dispose};
-use crate::alert::{Alert, RevocationRequest};
 use crate::baseline::KeyState;
-use crate::batch::{BatchBuilder, ResolvedBatch};
-use crate::detect::{self, Context, EventView, Finding};
-use crate::enrich::{GeoCache, GeoIp};
+use crate::detect::{self, Context, Finding};
+use crate::detector::Phase;
+use crate::enrich::client::client_family;
+use crate::enrich::endpoint::{SensitiveMatcher, normalize_endpoint};
+use crate::enrich::{GeoCache, GeoInfo, GeoIp, ResolvedEvent};
 use crate::event::{AccessEvent, key_fingerprint, key_hint};
 use crate::model::Model;
 
@@ -25,13 +29,6 @@ use crate::model::Model;
 const LATE_AFTER_MS: i64 = 60_000;
 /// Snapshot layout version.
 const SNAPSHOT_VERSION: u32 = 1;
-
-/// What the engine emits, in the order of the events that caused it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Output {
-    Alert(Alert),
-    Revocation(RevocationRequest),
-}
 
 /// Counters of what the engine has seen.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -43,6 +40,20 @@ pub struct EngineStats {
     /// Events older than their key's newest event by more than a minute:
     /// judged at the key's newest time.
     pub late_events: u64,
+}
+
+impl EngineStats {
+    fn count(&mut self, disposition: Disposition) {
+        match disposition {
+            Disposition::Alerted { revocation } => {
+                self.alerts += 1;
+                if revocation {
+                    self.revocations += 1;
+                }
+            }
+            Disposition::Suppressed => self.suppressed += 1,
+        }
+    }
 }
 
 /// The engine's whole state. Keys are identified by fingerprint only: a
@@ -74,6 +85,16 @@ impl Interner {
         self.index.insert(text.into(), id);
         (id, true)
     }
+}
+
+/// What resolving one event finds before its key's state is touched: the
+/// key's state index, the interned endpoint and client, the GeoIP answer.
+#[derive(Clone, Copy)]
+struct Resolved {
+    key_index: usize,
+    endpoint_id: u32,
+    client_id: u32,
+    geo: GeoInfo,
 }
 
 /// The engine.
@@ -120,34 +141,62 @@ impl Engine {
         }
     }
 
-    pub fn model(&self) -> &Model {
-        &self.model
-    }
-
     /// Processes one micro-batch in order and appends outputs to `out`.
     /// The result never depends on how the input was cut into batches.
     pub fn process(&mut self, events: &[AccessEvent<'_>], out: &mut Vec<Output>) {
-        if events.is_empty() {
-            return;
-        }
-        let batch = self.resolve(events);
-        for (row, event) in events.iter().enumerate() {
-            self.process_row(&batch, row, event, out);
+        for event in events {
+            self.process_event(event, out);
         }
     }
 
-    /// Resolves a batch into columns: interned key, endpoint and client ids,
-    /// and GeoIP answers.
-    pub fn resolve(&mut self, events: &[AccessEvent<'_>]) -> ResolvedBatch {
-        let mut builder = BatchBuilder::with_capacity(events.len());
-        for event in events {
-            let key = self.intern_key(&event.key_id, event.ts_ms);
-            let endpoint = self.intern_endpoint(&event.endpoint);
-            let client = self.clients.intern(detect::client::client_family(&event.user_agent)).0;
-            let geo = self.geo_cache.lookup(&self.geo, event.ip);
-            builder.append(event.ts_ms, key, endpoint, client, event.status, &geo);
+    fn process_event(&mut self, event: &AccessEvent<'_>, out: &mut Vec<Output>) {
+        let resolved = self.resolve(event);
+        let model: &Model = &self.model;
+        let state = &mut self.keys[resolved.key_index];
+        if state.events > 0 && event.ts_ms < state.last_ts - LATE_AFTER_MS {
+            self.stats.late_events += 1;
         }
-        builder.finish()
+        let ts_ms = state.advance_to(event.ts_ms, model, self.rate_alpha);
+        let row = ResolvedEvent {
+            ts_ms,
+            ip: event.ip,
+            geo: resolved.geo,
+            endpoint_id: resolved.endpoint_id,
+            endpoint: &self.endpoints.names[resolved.endpoint_id as usize],
+            endpoint_sensitive: self.endpoint_sensitive[resolved.endpoint_id as usize],
+            client_id: resolved.client_id,
+            client: &self.clients.names[resolved.client_id as usize],
+            method: &event.method,
+            status: event.status,
+        };
+        let ctx = Context {
+            model,
+            geo: &self.geo,
+            endpoint_names: &self.endpoints.names,
+            client_names: &self.clients.names,
+        };
+        let findings = &mut self.findings;
+        findings.clear();
+        detect::judge(Phase::Before, state, &row, &ctx, findings);
+        state.absorb(&row, model);
+        detect::judge(Phase::After, state, &row, &ctx, findings);
+        for finding in findings.drain(..) {
+            let disposition = dispose(state, finding, ts_ms, model, &self.model_label, out);
+            self.stats.count(disposition);
+        }
+        state.count_event(ts_ms);
+        self.stats.events += 1;
+    }
+
+    /// Interns the event's key, endpoint template and client family, and
+    /// looks up its ip.
+    fn resolve(&mut self, event: &AccessEvent<'_>) -> Resolved {
+        Resolved {
+            key_index: self.intern_key(&event.key_id, event.ts_ms) as usize,
+            endpoint_id: self.intern_endpoint(&event.endpoint),
+            client_id: self.clients.intern(client_family(&event.user_agent)).0,
+            geo: self.geo_cache.lookup(&self.geo, event.ip),
+        }
     }
 
     fn intern_key(&mut self, key_id: &str, ts_ms: i64) -> u32 {
@@ -178,118 +227,6 @@ impl Engine {
             self.endpoint_sensitive.push(self.sensitive.matches(template));
         }
         id
-    }
-
-    fn process_row(&mut self, batch: &ResolvedBatch, row: usize, event: &AccessEvent<'_>, out: &mut Vec<Output>) {
-        let model: &Model = &self.model;
-        let key_index = batch.key.value(row) as usize;
-        let endpoint_id = batch.endpoint.value(row);
-        let client_id = batch.client.value(row);
-        let state = &mut self.keys[key_index];
-        let raw_ts = batch.ts_ms.value(row);
-        if state.events > 0 && raw_ts < state.last_ts - LATE_AFTER_MS {
-            self.stats.late_events += 1;
-        }
-        // Per key, time never runs backwards: a late event is judged at the
-        // key's newest time, which keeps every window monotonic.
-        let ts_ms = if state.events > 0 {
-            raw_ts.max(state.last_ts)
-        } else {
-            raw_ts
-        };
-        let view = EventView {
-            ts_ms,
-            ip: event.ip,
-            geo: batch.geo(row),
-            endpoint_id,
-            endpoint: &self.endpoints.names[endpoint_id as usize],
-            endpoint_sensitive: self.endpoint_sensitive[endpoint_id as usize],
-            client_id,
-            client: &self.clients.names[client_id as usize],
-            method: &event.method,
-            status: batch.status.value(row),
-        };
-        let ctx = Context {
-            model,
-            geo: &self.geo,
-            endpoint_names: &self.endpoints.names,
-            client_names: &self.clients.names,
-        };
-
-        // Windows move to this event's time first.
-        let rate_model = &model.rate;
-        let robust = state.has_learned(ts_ms, &rate_model.learning);
-        state.rate.advance(
-            ts_ms,
-            rate_model.window_ms(),
-            self.rate_alpha,
-            rate_model.window_floor(),
-            robust,
-        );
-        state.auth.advance(ts_ms, model.auth_failures.window.as_millis() as i64);
-        state.endpoints.advance(
-            ts_ms,
-            model.endpoints.mix_window.as_millis() as i64,
-            model.endpoints.mix_min_calls as u32,
-        );
-        state.geo.decay_to(ts_ms, model.geo.half_life.as_millis() as i64);
-        state
-            .endpoints
-            .endpoints
-            .decay_to(ts_ms, model.endpoints.half_life.as_millis() as i64);
-        state.clients.decay_to(ts_ms, model.geo.half_life.as_millis() as i64);
-
-        // Judged against the baseline before this event joins it.
-        let findings = &mut self.findings;
-        findings.clear();
-        detect::rate::check_dormant(state, &view, &ctx, findings);
-        detect::geo::check_travel(state, &view, &ctx, findings);
-        detect::geo::check_new_place(state, &view, &ctx, findings);
-        detect::endpoints::check_new_endpoint(state, &view, &ctx, findings);
-        detect::client::check_new_client(state, &view, &ctx, findings);
-
-        // The event joins the baseline.
-        state.rate.count += 1;
-        if view.is_auth_failure() {
-            state.auth.failures += 1;
-        }
-        state.auth.calls += 1;
-        state
-            .endpoints
-            .count_in_window(endpoint_id, model.endpoints.max_endpoints);
-        state
-            .endpoints
-            .endpoints
-            .add(endpoint_id, ts_ms, model.endpoints.max_endpoints);
-        state.clients.add(client_id, ts_ms, model.client.max_clients);
-        state.geo.update(
-            ts_ms,
-            view.ip,
-            &view.geo,
-            model.geo.half_life.as_millis() as i64,
-            model.geo.max_countries,
-            model.geo.max_asns,
-        );
-
-        // Judged on windows that now include this event.
-        detect::rate::check_rate(state, &view, &ctx, findings);
-        detect::auth::check_auth_failures(state, &view, &ctx, findings);
-        detect::endpoints::check_mix_shift(state, &view, &ctx, findings);
-
-        for finding in findings.drain(..) {
-            match dispose(state, finding, ts_ms, model, &self.model_label, out) {
-                Disposition::Alerted { revocation } => {
-                    self.stats.alerts += 1;
-                    if revocation {
-                        self.stats.revocations += 1;
-                    }
-                }
-                Disposition::Suppressed => self.stats.suppressed += 1,
-            }
-        }
-        state.events += 1;
-        state.last_ts = ts_ms;
-        self.stats.events += 1;
     }
 
     pub fn stats(&self) -> &EngineStats {
@@ -347,132 +284,9 @@ impl Engine {
     }
 }
 
-/// Replaces id-like path segments (numbers, UUIDs, long tokens with digits)
-/// with `{id}` and drops the query string, so `/v1/orders/8812?x=1` and
-/// `/v1/orders/9120` are one endpoint. Returns the input itself when nothing
-/// changes, so the common case copies nothing.
-pub fn normalize_endpoint<'a>(endpoint: &'a str, scratch: &'a mut String) -> &'a str {
-    let path = endpoint.split(['?', '#']).next().unwrap_or(endpoint);
-    let needs_template = path.split('/').any(is_id_segment);
-    if !needs_template {
-        return path;
-    }
-    scratch.clear();
-    for (index, segment) in path.split('/').enumerate() {
-        if index > 0 {
-            scratch.push('/');
-        }
-        scratch.push_str(if is_id_segment(segment) { "{id}" } else { segment });
-    }
-    scratch.as_str()
-}
-
-fn is_id_segment(segment: &str) -> bool {
-    if segment.is_empty() {
-        return false;
-    }
-    let bytes = segment.as_bytes();
-    if bytes.iter().all(u8::is_ascii_digit) {
-        return true;
-    }
-    let token_chars = bytes
-        .iter()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-    if !token_chars {
-        return false;
-    }
-    if bytes.len() >= 8 && bytes.iter().any(u8::is_ascii_digit) {
-        return true;
-    }
-    // Prefixed random ids without digits (`vol_KTTwLGYFdxSfHB`): a long
-    // tail after the last separator mixing upper and lower case, which
-    // words in paths (`payment-methods`, `getUser`) do not.
-    let tail = segment.rsplit(['_', '-']).next().unwrap_or(segment);
-    let upper = tail.bytes().filter(u8::is_ascii_uppercase).count();
-    let lower = tail.bytes().filter(u8::is_ascii_lowercase).count();
-    tail.len() >= 10
-        && upper >= 2
-        && lower >= 2
-        && upper + lower == tail.len()
-        && (tail.len() < segment.len() || upper >= 4)
-}
-
-/// Case-insensitive glob patterns (`*` matches any run of characters).
-pub struct SensitiveMatcher {
-    patterns: Vec<Vec<String>>,
-}
-
-impl SensitiveMatcher {
-    pub fn new(patterns: &[String]) -> SensitiveMatcher {
-        SensitiveMatcher {
-            patterns: patterns
-                .iter()
-                .map(|pattern| pattern.to_ascii_lowercase().split('*').map(str::to_string).collect())
-                .collect(),
-        }
-    }
-
-    pub fn matches(&self, endpoint: &str) -> bool {
-        let endpoint = endpoint.to_ascii_lowercase();
-        self.patterns.iter().any(|parts| glob_match(parts, &endpoint))
-    }
-}
-
-fn glob_match(parts: &[String], text: &str) -> bool {
-    let (first, rest) = match parts.split_first() {
-        Some(split) => split,
-        None => return text.is_empty(),
-    };
-    if !text.starts_with(first.as_str()) {
-        return false;
-    }
-    let mut position = first.len();
-    if rest.is_empty() {
-        return position == text.len();
-    }
-    for (index, part) in rest.iter().enumerate() {
-        let last = index == rest.len() - 1;
-        if last {
-            return part.is_empty()
-                || (text.len() >= position + part.len() && text[position..].ends_with(part.as_str()));
-        }
-        match text[position..].find(part.as_str()) {
-            Some(found) => position += found + part.len(),
-            None => return false,
-        }
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints_are_templated() {
-        let mut scratch = String::new();
-        assert_eq!(
-            normalize_endpoint("/v1/orders/8812?x=1", &mut scratch),
-            "/v1/orders/{id}"
-        );
-        assert_eq!(
-            normalize_endpoint("/v1/users/3f2a9c1e-0b6d-4c1e-9d7a-1b2c3d4e5f60/roles", &mut scratch),
-            "/v1/users/{id}/roles"
-        );
-        assert_eq!(normalize_endpoint("/v2/items", &mut scratch), "/v2/items");
-        assert_eq!(
-            normalize_endpoint("iam:CreateAccessKey", &mut scratch),
-            "iam:CreateAccessKey"
-        );
-        assert_eq!(
-            normalize_endpoint("/v1/volumes/vol_KTTwLGYFdxSfHB", &mut scratch),
-            "/v1/volumes/{id}"
-        );
-        assert_eq!(
-            normalize_endpoint("/v1/payment-methods/getUserProfile", &mut scratch),
-            "/v1/payment-methods/getUserProfile"
-        );
-    }
 
     /// A mixed workload: several keys with history, then each misbehaving.
     fn workload() -> Vec<AccessEvent<'static>> {
@@ -592,15 +406,5 @@ mod tests {
             assert!(!text.contains("AKIAWORKLOAD0000000"), "{text}");
         }
         assert!(revocations >= 1, "impossible travel asks for a revocation");
-    }
-
-    #[test]
-    fn sensitive_globs() {
-        let matcher = SensitiveMatcher::new(&["*admin*".into(), "iam:*".into(), "*/export".into()]);
-        assert!(matcher.matches("/v1/Admin/users"));
-        assert!(matcher.matches("iam:CreateAccessKey"));
-        assert!(matcher.matches("/v1/reports/export"));
-        assert!(!matcher.matches("/v1/reports/export/list"));
-        assert!(!matcher.matches("s3:GetObject"));
     }
 }

@@ -291,7 +291,7 @@ pub fn score(
         };
         let detectors: BTreeSet<String> = matching
             .iter()
-            .map(|&position| alerts[position].detector.clone())
+            .map(|&position| alerts[position].detector.to_string())
             .collect();
         outcomes.push(IncidentOutcome {
             id: label.id.clone(),
@@ -325,7 +325,10 @@ pub fn score(
         let window = window_ms(&label.start, &label.end, grace_ms);
         for position in alerts_in(&label.key_fingerprint, window) {
             if counted(position) {
-                *entry.detectors.entry(alerts[position].detector.clone()).or_default() += 1;
+                *entry
+                    .detectors
+                    .entry(alerts[position].detector.to_string())
+                    .or_default() += 1;
             }
         }
     }
@@ -354,7 +357,10 @@ pub fn score(
             if counted(position) {
                 entry.alerts += 1;
                 alerted = true;
-                *entry.detectors.entry(alerts[position].detector.clone()).or_default() += 1;
+                *entry
+                    .detectors
+                    .entry(alerts[position].detector.to_string())
+                    .or_default() += 1;
             } else {
                 entry.low_alerts += 1;
             }
@@ -710,7 +716,7 @@ mod tests {
             incident_id: String::new(),
             key_fingerprint: fingerprint.to_string(),
             key_hint: "****".to_string(),
-            detector: detector.to_string(),
+            detector: detector.parse().expect("a registered detector"),
             severity,
             score: 0.9,
             ts: ts.to_string(),
@@ -739,7 +745,7 @@ mod tests {
     #[test]
     fn grace_period_extends_the_window_and_severity_filters() {
         let labels = [label("i1", "s", "kf_a", "2026-01-08T10:00:00Z", "2026-01-08T10:30:00Z")];
-        let late = [alert("kf_a", "2026-01-08T11:20:00Z", Severity::High, "geo")];
+        let late = [alert("kf_a", "2026-01-08T11:20:00Z", Severity::High, "new_country")];
         let card = score(&late, &labels, &[], None, &ScoreOptions::default());
         assert_eq!(
             card.detected, 1,
@@ -747,7 +753,7 @@ mod tests {
         );
         assert_eq!(card.median_time_to_detect_s, Some(4800.0));
         let card = score(
-            &[alert("kf_a", "2026-01-08T11:40:00Z", Severity::High, "geo")],
+            &[alert("kf_a", "2026-01-08T11:40:00Z", Severity::High, "new_country")],
             &labels,
             &[],
             None,
@@ -755,7 +761,7 @@ mod tests {
         );
         assert_eq!(card.detected, 0);
         assert_eq!(card.alerts_unmatched, 1);
-        let low = [alert("kf_a", "2026-01-08T10:05:00Z", Severity::Low, "geo")];
+        let low = [alert("kf_a", "2026-01-08T10:05:00Z", Severity::Low, "new_country")];
         let card = score(&low, &labels, &[], None, &ScoreOptions::default());
         assert_eq!(
             (card.detected, card.alerts_counted, card.alerts_below_min_severity),
@@ -773,7 +779,7 @@ mod tests {
     #[test]
     fn alert_before_the_start_does_not_detect() {
         let labels = [label("i1", "s", "kf_a", "2026-01-08T10:00:00Z", "2026-01-08T10:30:00Z")];
-        let early = [alert("kf_a", "2026-01-08T09:59:59Z", Severity::Critical, "rate")];
+        let early = [alert("kf_a", "2026-01-08T09:59:59Z", Severity::Critical, "rate_spike")];
         let card = score(&early, &labels, &[], None, &ScoreOptions::default());
         assert_eq!(card.detected, 0);
         assert_eq!(card.precision, Some(0.0));

@@ -5,10 +5,11 @@
 //! - [`source`] reads records from files or Kafka (the only input I/O);
 //! - [`decode`] turns each record into canonical [`event::AccessEvent`]s,
 //!   or rejects it with a reason;
-//! - [`engine::Engine`], synchronous and free of I/O and clocks, enriches a
-//!   micro-batch with [`enrich`] (GeoIP), lays it out in Arrow columns
-//!   ([`batch`]), updates each key's [`baseline`] and asks the [`detect`]ors
-//!   for findings, which [`alert`] turns into alerts and revocation requests;
+//! - [`engine::Engine`], synchronous and free of I/O and clocks, resolves
+//!   each event with [`enrich`] (GeoIP, endpoint templates, client
+//!   families), updates its key's [`baseline`] and asks the [`detect`]ors
+//!   (named in the [`detector`] registry) for findings, which [`alert`]
+//!   turns into alerts and revocation requests;
 //! - [`sink`] writes outputs to files or Kafka (the only output I/O);
 //! - [`checkpoint`] lays out the engine state of a Kafka partition for the
 //!   changelog and snapshot files, [`counts`] tallies what went through.
@@ -25,13 +26,13 @@
 
 pub mod alert;
 pub mod baseline;
-pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod counts;
 pub mod decode;
 pub mod demo;
 pub mod detect;
+pub mod detector;
 pub mod engine;
 pub mod enrich;
 pub mod eval;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::alert::Severity;
+use crate::detector::{Detector, Severity};
 
 /// Why a model file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +33,7 @@ pub const DEFAULT_MODEL_TOML: &str = include_str!("../models/default.toml");
 #[serde(deny_unknown_fields)]
 pub struct Learning {
     /// Event time since the key was first seen.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub min_age: Duration,
     /// Events seen on the key.
     pub min_events: u64,
@@ -64,7 +64,7 @@ pub struct GeoModel {
     /// Networks (ASNs) remembered per key.
     pub max_asns: usize,
     /// Half-life of the weight of a country or network in the baseline.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub half_life: Duration,
     pub new_country: Learning,
     pub new_asn: Learning,
@@ -80,11 +80,11 @@ pub struct GeoModel {
     /// established: travel between established locations is not impossible.
     pub established_share: f64,
     /// ... and has been part of it for at least this long.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub established_after: Duration,
     /// Concurrent use of one provider's network (the same ASN) from two
     /// distant regions is a cutover until it lasts this long.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub same_network_overlap: Duration,
     /// A key whose baseline spreads over at least this many countries is
     /// global: new countries on it are low severity.
@@ -97,10 +97,10 @@ pub struct GeoModel {
 pub struct RateModel {
     pub learning: Learning,
     /// Length of the short window (spikes).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub spike_window: Duration,
     /// Length of the long window (sustained surges).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub surge_window: Duration,
     /// Tail probability below which a window's count is anomalous.
     pub spike_p_value: f64,
@@ -114,7 +114,7 @@ pub struct RateModel {
     /// every call an anomaly.
     pub min_hourly_rate: f64,
     /// A key silent for this long that is used again has woken up.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub dormant_after: Duration,
     pub dormant: Learning,
 }
@@ -125,7 +125,7 @@ pub struct RateModel {
 pub struct EndpointModel {
     /// Endpoints remembered per key.
     pub max_endpoints: usize,
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub half_life: Duration,
     pub new_endpoint: Learning,
     /// Glob patterns (`*` matches any run of characters, case-insensitive)
@@ -133,7 +133,7 @@ pub struct EndpointModel {
     pub sensitive_patterns: Vec<String>,
     pub mix_shift: Learning,
     /// Window over which the mix is compared with the baseline.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub mix_window: Duration,
     /// Calls needed in the window before the mix is judged.
     pub mix_min_calls: u64,
@@ -146,6 +146,9 @@ pub struct EndpointModel {
 #[serde(deny_unknown_fields)]
 pub struct ClientModel {
     pub max_clients: usize,
+    /// Half-life of the weight of a client family in the baseline.
+    #[serde(with = "humantime_serde")]
+    pub half_life: Duration,
     pub new_client: Learning,
 }
 
@@ -154,7 +157,7 @@ pub struct ClientModel {
 #[serde(deny_unknown_fields)]
 pub struct AuthFailureModel {
     pub learning: Learning,
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub window: Duration,
     pub min_failures: u64,
     pub p_value: f64,
@@ -166,11 +169,11 @@ pub struct AuthFailureModel {
 pub struct AlertModel {
     /// Alerts on one key within this event time of the incident's last alert
     /// join that incident.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub incident_gap: Duration,
     /// A detector that fired on a key stays quiet on it this long, unless
     /// its severity rises.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub suppress: Duration,
 }
 
@@ -183,7 +186,7 @@ pub struct PolicyModel {
     /// Lowest severity that asks for a revocation.
     pub min_severity: Severity,
     /// Detectors allowed to ask for a revocation (signs of a stolen key).
-    pub detectors: Vec<String>,
+    pub detectors: Vec<Detector>,
 }
 
 impl RateModel {
@@ -279,6 +282,7 @@ impl Model {
             ("auth_failures.window", self.auth_failures.window),
             ("geo.half_life", self.geo.half_life),
             ("endpoints.half_life", self.endpoints.half_life),
+            ("client.half_life", self.client.half_life),
         ] {
             if value.as_millis() < 1000 {
                 return Err(invalid(field, "must be at least 1s"));
@@ -307,28 +311,7 @@ impl Model {
                 ));
             }
         }
-        for detector in &self.policy.detectors {
-            if !crate::detect::DETECTORS.contains(&detector.as_str()) {
-                return Err(invalid("policy.detectors", &format!("unknown detector `{detector}`")));
-            }
-        }
         Ok(())
-    }
-}
-
-/// Durations in human form (`"15m"`, `"30d"`) through `humantime`.
-pub mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&humantime::format_duration(*value).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text).map_err(|err| D::Error::custom(format!("`{text}` is not a duration: {err}")))
     }
 }
 
@@ -350,5 +333,20 @@ mod tests {
         assert!(err.contains("bad.toml") && err.contains("rate.spike_p_value"), "{err}");
         let err = Model::parse("name = 1", "worse.toml").unwrap_err().to_string();
         assert!(err.contains("worse.toml"), "{err}");
+    }
+
+    #[test]
+    fn the_policy_names_only_registered_detectors() {
+        let text = DEFAULT_MODEL_TOML.replace(
+            r#"detectors = ["impossible_travel", "concurrent_use"]"#,
+            r#"detectors = ["impossible_travel", "teleport"]"#,
+        );
+        assert_ne!(text, DEFAULT_MODEL_TOML, "the policy line was found");
+        let err = Model::parse(&text, "policy.toml").unwrap_err().to_string();
+        assert!(err.contains("policy.toml") && err.contains("teleport"), "{err}");
+        assert_eq!(
+            Model::default_model().policy.detectors,
+            [Detector::ImpossibleTravel, Detector::ConcurrentUse]
+        );
     }
 }

@@ -7,35 +7,15 @@ pub mod policy;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// How bad an alert is. Ordered: `Low < Medium < High < Critical`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Low,
-    Medium,
-    High,
-    Critical,
-}
+use crate::detector::Detector;
+// Every alert carries a severity: readers of alerts find it here.
+pub use crate::detector::Severity;
 
-impl Severity {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Severity> {
-        match text {
-            "low" => Some(Severity::Low),
-            "medium" => Some(Severity::Medium),
-            "high" => Some(Severity::High),
-            "critical" => Some(Severity::Critical),
-            _ => None,
-        }
-    }
+/// What the engine emits, in the order of the events that caused it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Alert(Alert),
+    Revocation(RevocationRequest),
 }
 
 /// The event-time span an alert is about.
@@ -56,7 +36,7 @@ pub struct Alert {
     pub incident_id: String,
     pub key_fingerprint: String,
     pub key_hint: String,
-    pub detector: String,
+    pub detector: Detector,
     pub severity: Severity,
     /// Strength of the evidence in [0, 1].
     pub score: f64,

@@ -1,21 +1,16 @@
 //! Turns findings into alerts: suppression of repeats, grouping into
 //! incidents, escalation of correlated findings, and the revocation policy.
 
-use crate::alert::{Alert, RevocationRequest, Severity, Window, stable_id};
+use crate::alert::{Alert, Output, RevocationRequest, Window, stable_id};
 use crate::baseline::KeyState;
 use crate::detect::Finding;
-use crate::engine::Output;
+use crate::detector::Severity;
 use crate::event::format_ts;
 use crate::model::Model;
 
 /// Distinct detectors in one incident from which a low finding is raised to
 /// medium: several weak signs together are worth a look.
 const CORRELATED_DETECTORS: usize = 3;
-
-/// Weak behavioural signs that correlation may raise. Geographic findings
-/// are low only when the baseline explains them (a global key, a known
-/// network, a plausible journey): correlation must not undo that.
-const ESCALATABLE: &[&str] = &["new_endpoint", "new_client", "new_asn"];
 
 /// What became of a finding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,11 +36,11 @@ pub fn dispose(
     let incident_open = memory.incident_id.is_some() && trigger_ts_ms - memory.incident_last <= incident_gap_ms;
     if incident_open
         && finding.severity == Severity::Low
-        && ESCALATABLE.contains(&finding.detector)
+        && finding.detector.escalatable()
         && memory
             .incident_detectors
             .iter()
-            .filter(|name| name.as_str() != finding.detector)
+            .filter(|detector| **detector != finding.detector)
             .count()
             + 1
             >= CORRELATED_DETECTORS
@@ -53,7 +48,10 @@ pub fn dispose(
         finding.severity = Severity::Medium;
     }
 
-    if let Some((_, last_ts, last_severity)) = memory.last_fired.iter().find(|(name, _, _)| name == finding.detector)
+    if let Some((_, last_ts, last_severity)) = memory
+        .last_fired
+        .iter()
+        .find(|(detector, _, _)| *detector == finding.detector)
         && trigger_ts_ms - *last_ts < suppress_ms
         && finding.severity <= *last_severity
     {
@@ -62,7 +60,7 @@ pub fn dispose(
     match memory
         .last_fired
         .iter_mut()
-        .find(|(name, _, _)| name == finding.detector)
+        .find(|(detector, _, _)| *detector == finding.detector)
     {
         Some(slot) => {
             slot.1 = trigger_ts_ms;
@@ -70,14 +68,14 @@ pub fn dispose(
         }
         None => memory
             .last_fired
-            .push((finding.detector.to_string(), trigger_ts_ms, finding.severity)),
+            .push((finding.detector, trigger_ts_ms, finding.severity)),
     }
 
     let id = stable_id(
         "al",
         &[
             &state.fingerprint,
-            finding.detector,
+            finding.detector.as_str(),
             &trigger_ts_ms.to_string(),
             &state.events.to_string(),
         ],
@@ -90,8 +88,8 @@ pub fn dispose(
         memory.incident_revoked = false;
     }
     memory.incident_last = trigger_ts_ms;
-    if !memory.incident_detectors.iter().any(|name| name == finding.detector) {
-        memory.incident_detectors.push(finding.detector.to_string());
+    if !memory.incident_detectors.contains(&finding.detector) {
+        memory.incident_detectors.push(finding.detector);
     }
     memory.incident_alert_ids.push(id.clone());
     if memory.incident_alert_ids.len() > 64 {
@@ -104,7 +102,7 @@ pub fn dispose(
         incident_id: incident_id.clone(),
         key_fingerprint: state.fingerprint.clone(),
         key_hint: state.hint.clone(),
-        detector: finding.detector.to_string(),
+        detector: finding.detector,
         severity: finding.severity,
         score: finding.score,
         ts: format_ts(trigger_ts_ms),
@@ -120,7 +118,7 @@ pub fn dispose(
     let revoke = policy.revoke
         && !memory.incident_revoked
         && alert.severity >= policy.min_severity
-        && policy.detectors.iter().any(|name| name == &alert.detector);
+        && policy.detectors.contains(&alert.detector);
     let revocation = revoke.then(|| {
         memory.incident_revoked = true;
         RevocationRequest {

@@ -2,6 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::rate::tail_threshold;
+use crate::model::AuthFailureModel;
+
+/// Failures come in small bursts even on healthy keys: a fixed
+/// overdispersion keeps one retry loop from looking like an attack.
+pub const DISPERSION: f64 = 3.0;
+
 /// Failure counts of one key.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AuthBaseline {
@@ -11,7 +18,7 @@ pub struct AuthBaseline {
     /// EWMA of failures per window (bias-corrected by `level_weight`).
     pub level: f64,
     pub level_weight: f64,
-    /// Threshold of the current window, computed once when first needed.
+    /// Threshold of the current window, settled once when first needed.
     #[serde(skip)]
     pub threshold: Option<u64>,
 }
@@ -42,12 +49,33 @@ impl AuthBaseline {
         self.threshold = None;
     }
 
-    /// Usual failures per window.
-    pub fn expected(&self) -> f64 {
-        if self.level_weight <= 0.0 {
+    /// Counts one call of the current window.
+    pub fn count(&mut self, auth_failure: bool) {
+        if auth_failure {
+            self.failures += 1;
+        }
+        self.calls += 1;
+    }
+
+    /// Usual failures per window, at least 0.1 so a key that never failed
+    /// still has a finite tail.
+    pub fn usual_failures(&self) -> f64 {
+        let expected = if self.level_weight <= 0.0 {
             0.0
         } else {
             self.level / self.level_weight
+        };
+        expected.max(0.1)
+    }
+
+    /// Sets the window's threshold once its failures reach the model's
+    /// minimum. The usual level only moves between windows, so one
+    /// computation serves the whole window.
+    pub fn settle_threshold(&mut self, model: &AuthFailureModel) {
+        if self.threshold.is_some() || u64::from(self.failures) < model.min_failures {
+            return;
         }
+        let threshold = tail_threshold(self.usual_failures(), DISPERSION, model.p_value).max(model.min_failures);
+        self.threshold = Some(threshold);
     }
 }

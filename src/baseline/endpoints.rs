@@ -3,7 +3,15 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::recent::RecentTimes;
 use super::topk::TopK;
+use crate::model::EndpointModel;
+
+/// First uses of endpoints within an hour of each other count together.
+const FIRST_USES: RecentTimes = RecentTimes {
+    span_ms: 3_600_000,
+    max_kept: usize::MAX,
+};
 
 /// Endpoint mix of one key.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -18,13 +26,46 @@ pub struct EndpointBaseline {
     pub window_total: u32,
     /// Window total at which the mix is judged next.
     pub next_check: u32,
+    /// Whether the event just absorbed brought the window total to
+    /// `next_check`: the mix is judged on it.
+    #[serde(skip)]
+    pub mix_check_due: bool,
     /// Times of recent first uses of endpoints.
     pub recent_new: Vec<i64>,
 }
 
 impl EndpointBaseline {
+    /// Moves the mix window and the decay of the table to `ts_ms`.
+    pub fn advance_to(&mut self, ts_ms: i64, model: &EndpointModel) {
+        self.advance(ts_ms, model.mix_window.as_millis() as i64, model.mix_min_calls as u32);
+        self.endpoints.decay_to(ts_ms, model.half_life.as_millis() as i64);
+    }
+
+    /// Counts one call: in the mix window and in the table. The mix is due
+    /// to be judged each time the window's count doubles past the model's
+    /// minimum.
+    pub fn absorb(&mut self, endpoint_id: u32, ts_ms: i64, model: &EndpointModel) {
+        self.count_in_window(endpoint_id, model.max_endpoints);
+        self.endpoints.add(endpoint_id, ts_ms, model.max_endpoints);
+        self.mix_check_due = self.window_total >= self.next_check;
+        if self.mix_check_due {
+            self.next_check = self.next_check.saturating_mul(2);
+        }
+    }
+
+    /// Records a judged first use of an endpoint at `ts_ms`.
+    pub fn record_first_use(&mut self, ts_ms: i64) {
+        FIRST_USES.record(&mut self.recent_new, ts_ms);
+    }
+
+    /// The recent first uses as [`EndpointBaseline::record_first_use`] at
+    /// `ts_ms` leaves them: the time of the earliest and how many.
+    pub fn first_uses_with(&self, ts_ms: i64) -> (i64, usize) {
+        FIRST_USES.foresee(&self.recent_new, ts_ms)
+    }
+
     /// Moves the mix window to the one holding `ts_ms`.
-    pub fn advance(&mut self, ts_ms: i64, window_ms: i64, min_calls: u32) {
+    fn advance(&mut self, ts_ms: i64, window_ms: i64, min_calls: u32) {
         let window = ts_ms.div_euclid(window_ms);
         if window != self.window || self.next_check == 0 {
             self.window = window;
@@ -35,7 +76,7 @@ impl EndpointBaseline {
         }
     }
 
-    pub fn count_in_window(&mut self, id: u32, capacity: usize) {
+    fn count_in_window(&mut self, id: u32, capacity: usize) {
         self.window_total += 1;
         if let Some(slot) = self.window_counts.iter_mut().find(|(slot_id, _)| *slot_id == id) {
             slot.1 += 1;
@@ -91,6 +132,22 @@ impl EndpointBaseline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mix_is_due_each_time_the_window_count_doubles() {
+        let mut mix = EndpointBaseline::default();
+        let model = crate::model::Model::default_model().endpoints;
+        let mut due_at = Vec::new();
+        mix.advance_to(0, &model);
+        for call in 1..=1000u32 {
+            mix.absorb(1, 0, &model);
+            if mix.mix_check_due {
+                due_at.push(call);
+            }
+        }
+        let first = model.mix_min_calls as u32;
+        assert_eq!(due_at, [first, 2 * first, 4 * first, 8 * first]);
+    }
 
     #[test]
     fn divergence_is_zero_for_the_same_mix_and_high_for_a_new_one() {

@@ -1,10 +1,20 @@
 //! Where a key is used from: countries and networks (ASNs) as decaying top-K
-//! tables, and the last located use for impossible travel.
+//! tables, the last located use, and recent jumps between places faster
+//! than anyone travels.
 
 use serde::{Deserialize, Serialize};
 
+use super::recent::RecentTimes;
 use super::topk::TopK;
-use crate::enrich::{Country, GeoInfo};
+use crate::enrich::{Country, GeoInfo, NetClass};
+use crate::model::GeoModel;
+
+/// Jumps within six hours of event time of each other make one episode; at
+/// most 64 are kept per key.
+const JUMPS: RecentTimes = RecentTimes {
+    span_ms: 6 * 3_600_000,
+    max_kept: 64,
+};
 
 /// A located use of the key.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -36,6 +46,20 @@ pub struct GeoBaseline {
     pub jumps: Vec<i64>,
 }
 
+/// A move from the last located use to a new one, faster than travel
+/// between places not both established for the key.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Jump {
+    pub previous: Located,
+    pub distance_km: f64,
+    /// The distance less what GeoIP error may explain.
+    pub credible_distance_km: f64,
+    pub elapsed_ms: i64,
+    pub speed_kmh: f64,
+    pub from_established: bool,
+    pub to_established: bool,
+}
+
 pub fn country_id(country: Country) -> u32 {
     u32::from(u16::from_be_bytes(country.0))
 }
@@ -60,15 +84,9 @@ impl GeoBaseline {
     }
 
     /// Absorbs one use; [`GeoBaseline::decay_to`] must have run for `ts_ms`.
-    pub fn update(
-        &mut self,
-        ts_ms: i64,
-        ip: std::net::IpAddr,
-        geo: &GeoInfo,
-        half_life_ms: i64,
-        max_countries: usize,
-        max_asns: usize,
-    ) {
+    pub fn absorb(&mut self, ts_ms: i64, ip: std::net::IpAddr, geo: &GeoInfo, model: &GeoModel) {
+        let (max_countries, max_asns) = (model.max_countries, model.max_asns);
+        let half_life_ms = model.half_life.as_millis() as i64;
         if geo.country.is_known() {
             self.countries.add(country_id(geo.country), ts_ms, max_countries);
         }
@@ -91,6 +109,58 @@ impl GeoBaseline {
                 ip,
             });
         }
+    }
+
+    /// The move from the last located use to a public use at `ts_ms`
+    /// located by `geo`, when it is faster than the model allows over more
+    /// than its minimum distance (after GeoIP error) and not between two
+    /// established places.
+    pub fn jump_to(&self, ts_ms: i64, geo: &GeoInfo, model: &GeoModel) -> Option<Jump> {
+        if geo.class != NetClass::Public || !geo.has_location {
+            return None;
+        }
+        let previous = self.last?;
+        let distance_km = distance_km(previous.lat, previous.lon, geo.lat, geo.lon);
+        let error_km = f64::from(previous.accuracy_km) + f64::from(geo.accuracy_km) + 2.0 * model.location_error_km;
+        let credible_distance_km = distance_km - error_km;
+        if credible_distance_km <= model.min_distance_km {
+            return None;
+        }
+        let elapsed_ms = (ts_ms - previous.ts_ms).max(1000);
+        let speed_kmh = credible_distance_km / (elapsed_ms as f64 / 3_600_000.0);
+        if speed_kmh <= model.max_speed_kmh {
+            return None;
+        }
+        let min_age_ms = model.established_after.as_millis() as i64;
+        let established =
+            |country: Country, asn: u32| self.is_established(country, asn, model.established_share, ts_ms, min_age_ms);
+        let from_established = established(Country(previous.country), previous.asn);
+        let to_established = established(geo.country, geo.asn);
+        if from_established && to_established {
+            // Both places are habitual for this key (multi-region service,
+            // corporate VPN egress): not travel at all.
+            return None;
+        }
+        Some(Jump {
+            previous,
+            distance_km,
+            credible_distance_km,
+            elapsed_ms,
+            speed_kmh,
+            from_established,
+            to_established,
+        })
+    }
+
+    /// Records a jump at `ts_ms`.
+    pub fn record_jump(&mut self, ts_ms: i64) {
+        JUMPS.record(&mut self.jumps, ts_ms);
+    }
+
+    /// The recent jumps as [`GeoBaseline::record_jump`] at `ts_ms` leaves
+    /// them: the time of the episode's first jump and how many.
+    pub fn jumps_with(&self, ts_ms: i64) -> (i64, usize) {
+        JUMPS.foresee(&self.jumps, ts_ms)
     }
 
     /// Whether a place (a network in a country) is an established part of
@@ -125,6 +195,11 @@ impl GeoBaseline {
 /// Great-circle distance in km (haversine).
 pub fn distance_km(lat1: f32, lon1: f32, lat2: f32, lon2: f32) -> f64 {
     const EARTH_RADIUS_KM: f64 = 6371.0;
+    // Most uses repeat the last place: the formula gives exactly 0 there,
+    // without its trigonometry.
+    if lat1 == lat2 && lon1 == lon2 && lat1.is_finite() && lon1.is_finite() {
+        return 0.0;
+    }
     let (lat1, lon1, lat2, lon2) = (
         f64::from(lat1).to_radians(),
         f64::from(lon1).to_radians(),
@@ -145,6 +220,7 @@ mod tests {
     fn london_to_sydney_is_about_17000_km() {
         let km = distance_km(51.5074, -0.1278, -33.8688, 151.2093);
         assert!((km - 16_990.0).abs() < 60.0, "{km}");
-        assert!(distance_km(10.0, 10.0, 10.0, 10.0) < 1e-6);
+        assert_eq!(distance_km(10.0, 10.0, 10.0, 10.0), 0.0);
+        assert!(distance_km(f32::NAN, 10.0, f32::NAN, 10.0).is_nan());
     }
 }

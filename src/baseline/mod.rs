@@ -2,28 +2,36 @@
 //! (top-K plus an "other" bucket, fixed rings), so memory per key does not
 //! grow with traffic. State holds ids of interned strings; snapshots map them
 //! back to strings.
+//!
+//! Key state owns its updates: [`KeyState::advance_to`] moves every window
+//! and decay to an event's time, [`KeyState::absorb`] makes the event part of
+//! the baseline, and [`KeyState::count_event`] counts it once it has been
+//! judged. Detectors only read.
 
 pub mod auth;
 pub mod endpoints;
 pub mod geo;
 pub mod rate;
+pub mod recent;
 pub mod topk;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Learning;
+use crate::detector::{Detector, Severity};
+use crate::enrich::ResolvedEvent;
+use crate::model::{EndpointModel, GeoModel, Learning, Model};
 pub use topk::TopK;
 
 /// Alerting memory of one key: suppression and the open incident.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AlertMemory {
     /// Per detector: event time and severity of its last alert.
-    pub last_fired: Vec<(String, i64, crate::alert::Severity)>,
+    pub last_fired: Vec<(Detector, i64, Severity)>,
     pub incident_id: Option<String>,
     pub incident_start: i64,
     pub incident_last: i64,
     /// Detectors that fired in the open incident.
-    pub incident_detectors: Vec<String>,
+    pub incident_detectors: Vec<Detector>,
     pub incident_alert_ids: Vec<String>,
     /// Whether a revocation was requested in the open incident.
     pub incident_revoked: bool,
@@ -40,6 +48,7 @@ pub struct KeyState {
     pub geo: geo::GeoBaseline,
     pub rate: rate::RateBaseline,
     pub endpoints: endpoints::EndpointBaseline,
+    /// Client families by interned id.
     pub clients: TopK,
     pub auth: auth::AuthBaseline,
     pub alerts: AlertMemory,
@@ -66,6 +75,79 @@ impl KeyState {
     /// judged under `learning`.
     pub fn has_learned(&self, ts_ms: i64, learning: &Learning) -> bool {
         self.events >= learning.min_events && ts_ms - self.first_ts >= learning.min_age.as_millis() as i64
+    }
+
+    /// Moves every window and decay to an event at `event_ts_ms` and returns
+    /// the time the event is judged at. Per key, time never runs backwards:
+    /// a late event is judged at the key's newest time, which keeps every
+    /// window monotonic. `rate_alpha` is `model.rate.window_alpha()`, which
+    /// takes a power and so is computed once by the caller.
+    pub fn advance_to(&mut self, event_ts_ms: i64, model: &Model, rate_alpha: f64) -> i64 {
+        let ts_ms = if self.events > 0 {
+            event_ts_ms.max(self.last_ts)
+        } else {
+            event_ts_ms
+        };
+        let robust = self.has_learned(ts_ms, &model.rate.learning);
+        self.rate.advance_to(ts_ms, &model.rate, rate_alpha, robust);
+        self.auth.advance(ts_ms, model.auth_failures.window.as_millis() as i64);
+        self.endpoints.advance_to(ts_ms, &model.endpoints);
+        self.geo.decay_to(ts_ms, model.geo.half_life.as_millis() as i64);
+        self.clients.decay_to(ts_ms, model.client.half_life.as_millis() as i64);
+        ts_ms
+    }
+
+    /// The event joins the baseline: what was new about it is recorded
+    /// first, then every table and window counts it, then the thresholds of
+    /// the windows that now hold it are settled (once per window, when first
+    /// needed). [`KeyState::advance_to`] must have run for the event.
+    pub fn absorb(&mut self, event: &ResolvedEvent, model: &Model) {
+        let ts_ms = event.ts_ms;
+        if self.travel_jump(event, &model.geo).is_some() {
+            self.geo.record_jump(ts_ms);
+        }
+        if self.is_judged_first_use(event, &model.endpoints) {
+            self.endpoints.record_first_use(ts_ms);
+        }
+
+        self.rate.count += 1;
+        self.auth.count(event.is_auth_failure());
+        self.endpoints.absorb(event.endpoint_id, ts_ms, &model.endpoints);
+        self.clients.add(event.client_id, ts_ms, model.client.max_clients);
+        self.geo.absorb(ts_ms, event.ip, &event.geo, &model.geo);
+
+        if self.has_learned(ts_ms, &model.rate.learning) {
+            self.rate.settle_thresholds(&model.rate);
+        }
+        if event.is_auth_failure() && self.has_learned(ts_ms, &model.auth_failures.learning) {
+            self.auth.settle_threshold(&model.auth_failures);
+        }
+    }
+
+    /// Counts a judged event. Last of all, so detectors and their evidence
+    /// see the history before it.
+    pub fn count_event(&mut self, ts_ms: i64) {
+        self.events += 1;
+        self.last_ts = ts_ms;
+    }
+
+    /// The move from the key's last located use to this event, when it is
+    /// impossibly fast between places not both established and the key is
+    /// old enough to be judged on travel. Read by the travel detector before
+    /// the event is absorbed, and by [`KeyState::absorb`] to record it.
+    pub fn travel_jump(&self, event: &ResolvedEvent, model: &GeoModel) -> Option<geo::Jump> {
+        if !self.has_learned(event.ts_ms, &model.impossible_travel) {
+            return None;
+        }
+        self.geo.jump_to(event.ts_ms, &event.geo, model)
+    }
+
+    /// Whether the event is the key's first use of its endpoint and the key
+    /// is old enough to be judged on it. A saturated table cannot say "never
+    /// seen", so it judges nothing new.
+    pub fn is_judged_first_use(&self, event: &ResolvedEvent, model: &EndpointModel) -> bool {
+        let table = &self.endpoints.endpoints;
+        !table.contains(event.endpoint_id) && table.evicted == 0 && self.has_learned(event.ts_ms, &model.new_endpoint)
     }
 
     /// Remaps interned ids after a restore.

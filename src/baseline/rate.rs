@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{DiscreteCDF, NegativeBinomial, Poisson};
 
+use crate::model::RateModel;
+
 const HOUR_MS: i64 = 3_600_000;
 
 /// Longest run of empty windows replayed one by one after a silence; past
@@ -80,7 +82,7 @@ pub struct RateBaseline {
     /// nine every morning makes nine o'clock noisy, not the whole day.
     pub dispersion: [f64; 24],
     pub closed_windows: u64,
-    /// Thresholds for the current window, computed once when first needed.
+    /// Thresholds for the current window, settled once when first needed.
     #[serde(skip)]
     pub spike_threshold: Option<u64>,
     #[serde(skip)]
@@ -135,13 +137,54 @@ impl RateBaseline {
         if mean <= 0.0 { 1.0 } else { (variance / mean).max(1.0) }
     }
 
+    /// Moves to the window of `ts_ms` under the model's windows; `alpha` is
+    /// `model.window_alpha()`, computed once by the caller.
+    pub fn advance_to(&mut self, ts_ms: i64, model: &RateModel, alpha: f64, robust: bool) {
+        self.advance(ts_ms, model.window_ms(), alpha, model.window_floor(), robust);
+    }
+
+    /// Mean and overdispersion fitted for the current short window.
+    pub fn spike_fit(&self, model: &RateModel) -> (f64, f64) {
+        let window_ms = model.window_ms();
+        (
+            self.expected(self.window, window_ms, model.window_floor()),
+            self.dispersion_at(self.window, window_ms),
+        )
+    }
+
+    /// Mean and overdispersion fitted for the long window ending with the
+    /// current short window.
+    pub fn surge_fit(&self, model: &RateModel) -> (f64, f64) {
+        let (window_ms, floor) = (model.window_ms(), model.window_floor());
+        (
+            self.long_window_expected(window_ms, floor),
+            self.long_window_dispersion(window_ms, floor),
+        )
+    }
+
+    /// Sets the thresholds of the current windows once their counts reach
+    /// the model's minimums, so quiet keys cost no statistics at all. The
+    /// fit only moves between windows, so one computation serves a window.
+    pub fn settle_thresholds(&mut self, model: &RateModel) {
+        if self.spike_threshold.is_none() && u64::from(self.count) >= model.min_spike_count {
+            let (expected, dispersion) = self.spike_fit(model);
+            let threshold = tail_threshold(expected, dispersion, model.spike_p_value).max(model.min_spike_count);
+            self.spike_threshold = Some(threshold);
+        }
+        if self.surge_threshold.is_none() && self.long_window_count() >= model.min_surge_count {
+            let (expected, dispersion) = self.surge_fit(model);
+            let threshold = tail_threshold(expected, dispersion, model.surge_p_value).max(model.min_surge_count);
+            self.surge_threshold = Some(threshold);
+        }
+    }
+
     /// Moves to the window of `ts_ms`, closing the current and any empty ones.
     /// `alpha` is the per-window smoothing; `floor` the minimum expected count.
     ///
     /// With `robust`, a closed window counts for at most four standard
     /// deviations above what was expected, so a burst under way does not
     /// teach the baseline to expect it before it has been judged.
-    pub fn advance(&mut self, ts_ms: i64, window_ms: i64, alpha: f64, floor: f64, robust: bool) {
+    fn advance(&mut self, ts_ms: i64, window_ms: i64, alpha: f64, floor: f64, robust: bool) {
         let target = ts_ms.div_euclid(window_ms);
         if self.window == i64::MIN {
             self.window = target;

@@ -8,8 +8,6 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::model::humantime_serde_compat;
-
 /// librdkafka properties that keywatch sets itself, because the correctness
 /// of offsets, checkpoints and transactions depends on their values.
 pub const RESERVED_PROPERTIES: &[&str] = &[
@@ -70,13 +68,13 @@ pub struct KafkaConfig {
     #[serde(default = "default_batch_max_events")]
     pub batch_max_events: usize,
     /// Longest time a record waits in a micro-batch before it is processed.
-    #[serde(default = "default_batch_max_wait", with = "humantime_serde_compat")]
+    #[serde(default = "default_batch_max_wait", with = "humantime_serde")]
     pub batch_max_wait: Duration,
     /// How often the state of each partition is written to the changelog
     /// (at-least-once mode; exactly-once mode checkpoints every batch). A
     /// restart reprocesses at most this much input, emitting nothing for the
     /// part that was already committed.
-    #[serde(default = "default_checkpoint_interval", with = "humantime_serde_compat")]
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
     pub checkpoint_interval: Duration,
     /// Write outputs, checkpoints and consumer offsets in one Kafka
     /// transaction per batch, so a restart neither loses nor repeats an
@@ -99,7 +97,7 @@ pub struct KafkaConfig {
     pub topic_replication_factor: i32,
     /// Longest time to read a partition's checkpoint from the changelog when
     /// the partition is assigned.
-    #[serde(default = "default_restore_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_restore_timeout", with = "humantime_serde")]
     pub restore_timeout: Duration,
     /// Address to serve Prometheus metrics on (`0.0.0.0:9464`), under
     /// `/metrics`; no metrics endpoint when absent.

@@ -158,7 +158,7 @@ fn short_time(ts: &str) -> String {
 }
 
 fn alert_line(alert: &Alert) -> String {
-    let detector: String = alert.detector.chars().take(18).collect();
+    let detector: String = alert.detector.as_str().chars().take(18).collect();
     fit_line(
         &format!(
             "{} {:<8} {:<12} {:<18} {}",

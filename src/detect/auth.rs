@@ -3,49 +3,41 @@
 
 use serde_json::json;
 
-use super::{Context, EventView, Finding, score_from_p};
-use crate::alert::Severity;
+use super::{Context, Finding, score_from_p};
 use crate::baseline::KeyState;
-use crate::baseline::rate::{tail_probability, tail_threshold};
+use crate::baseline::auth::DISPERSION;
+use crate::baseline::rate::tail_probability;
+use crate::detector::{Detector, Severity};
+use crate::enrich::ResolvedEvent;
 
-/// Failures come in small bursts even on healthy keys: a fixed
-/// overdispersion keeps one retry loop from looking like an attack.
-const DISPERSION: f64 = 3.0;
-
-/// Judged after the event is counted.
-pub fn check_auth_failures(state: &mut KeyState, view: &EventView, ctx: &Context, out: &mut Vec<Finding>) {
+/// Judged after the event is counted, once the window's failures reach its
+/// threshold.
+pub fn check_auth_failures(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out: &mut Vec<Finding>) {
     let auth_model = &ctx.model.auth_failures;
-    if !view.is_auth_failure() || !state.has_learned(view.ts_ms, &auth_model.learning) {
+    if !event.is_auth_failure() || !state.has_learned(event.ts_ms, &auth_model.learning) {
         return;
     }
+    // The window's threshold was settled when the event was counted; the
+    // spike is reported once, when the failures reach it.
     let failures = u64::from(state.auth.failures);
-    if failures < auth_model.min_failures {
+    if state.auth.threshold != Some(failures) {
         return;
     }
-    // The usual level only moves between windows, so the threshold is
-    // computed once per window.
-    let expected = state.auth.expected().max(0.1);
-    let threshold = *state
-        .auth
-        .threshold
-        .get_or_insert_with(|| tail_threshold(expected, DISPERSION, auth_model.p_value).max(auth_model.min_failures));
-    if failures != threshold {
-        return;
-    }
+    let expected = state.auth.usual_failures();
     let p_value = tail_probability(failures, expected, DISPERSION);
     let window_ms = auth_model.window.as_millis() as i64;
     let window_text = humantime::format_duration(auth_model.window).to_string();
     out.push(Finding {
-        detector: "auth_failure_spike",
+        detector: Detector::AuthFailureSpike,
         severity: if failures >= 5 * auth_model.min_failures { Severity::High } else { Severity::Medium },
         score: score_from_p(p_value),
         window_start_ms: state.auth.window * window_ms,
         summary: format!(
             "{failures} authorization failures (401/403) of {} calls in {window_text} against {expected:.1} usual; last {} {} from {}",
-            state.auth.calls, view.method, view.endpoint, view.ip
+            state.auth.calls, event.method, event.endpoint, event.ip
         ),
         evidence: json!({
-            "observed": {"failures": failures, "calls": state.auth.calls, "window": window_text, "last_endpoint": view.endpoint, "last_status": view.status, "ip": view.ip.to_string()},
+            "observed": {"failures": failures, "calls": state.auth.calls, "window": window_text, "last_endpoint": event.endpoint, "last_status": event.status, "ip": event.ip.to_string()},
             "baseline": {"usual_failures_per_window": (expected * 100.0).round() / 100.0},
             "p_value": p_value,
         }),

@@ -2,28 +2,17 @@
 
 use serde_json::json;
 
-use super::{Context, EventView, Finding, percent};
-use crate::alert::Severity;
+use super::{Context, Finding, percent};
 use crate::baseline::KeyState;
-
-/// The family of a user agent: its first product token without version,
-/// lowercased (`aws-cli/2.15.0 Python/3.11` is `aws-cli`).
-pub fn client_family(user_agent: &str) -> &str {
-    let trimmed = user_agent.trim();
-    if trimmed.is_empty() {
-        return "(none)";
-    }
-    let end = trimmed.find(['/', ' ', '(', ';']).unwrap_or(trimmed.len());
-    let family = &trimmed[..end];
-    if family.is_empty() { "(none)" } else { family }
-}
+use crate::detector::{Detector, Severity};
+use crate::enrich::ResolvedEvent;
 
 /// Judged before the event is absorbed.
-pub fn check_new_client(state: &KeyState, view: &EventView, ctx: &Context, out: &mut Vec<Finding>) {
-    if state.clients.contains(view.client_id) || state.clients.evicted > 0 {
+pub fn check_new_client(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out: &mut Vec<Finding>) {
+    if state.clients.contains(event.client_id) || state.clients.evicted > 0 {
         return;
     }
-    if !state.has_learned(view.ts_ms, &ctx.model.client.new_client) {
+    if !state.has_learned(event.ts_ms, &ctx.model.client.new_client) {
         return;
     }
     let total = state.clients.total();
@@ -41,17 +30,17 @@ pub fn check_new_client(state: &KeyState, view: &EventView, ctx: &Context, out: 
         })
         .collect();
     out.push(Finding {
-        detector: "new_client",
+        detector: Detector::NewClient,
         severity: Severity::Low,
         score: 0.4,
-        window_start_ms: view.ts_ms,
+        window_start_ms: event.ts_ms,
         summary: format!(
             "first use of client family {} (known: {})",
-            view.client,
+            event.client,
             known.join(", ")
         ),
         evidence: json!({
-            "observed": {"client_family": view.client, "ip": view.ip.to_string()},
+            "observed": {"client_family": event.client, "ip": event.ip.to_string()},
             "baseline": {"client_families": known.join(", ")},
         }),
     });
@@ -59,20 +48,6 @@ pub fn check_new_client(state: &KeyState, view: &EventView, ctx: &Context, out: 
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn families_drop_versions() {
-        assert_eq!(client_family("aws-cli/2.15.0 Python/3.11"), "aws-cli");
-        assert_eq!(client_family("python-requests/2.31.0"), "python-requests");
-        assert_eq!(client_family("Mozilla/5.0 (X11)"), "Mozilla");
-        assert_eq!(client_family("curl"), "curl");
-        assert_eq!(client_family(""), "(none)");
-    }
-}
-
-#[cfg(test)]
-mod engine_tests {
     use crate::detect::testkit::*;
 
     #[test]

@@ -3,13 +3,13 @@
 
 use serde_json::json;
 
-use super::{Context, EventView, Finding, percent};
-use crate::alert::Severity;
+use super::{Context, Finding, percent};
 use crate::baseline::KeyState;
+use crate::detector::{Detector, Severity};
+use crate::enrich::ResolvedEvent;
 
-/// First uses within this span count together.
-const NEW_ENDPOINT_SPAN_MS: i64 = 3_600_000;
-/// First uses within the span that make a burst worth a medium alert.
+/// First uses within the baseline's span that make a burst worth a medium
+/// alert.
 const NEW_ENDPOINT_BURST: usize = 3;
 
 fn top_endpoints(state: &KeyState, ctx: &Context) -> String {
@@ -28,43 +28,35 @@ fn top_endpoints(state: &KeyState, ctx: &Context) -> String {
         .join(", ")
 }
 
-/// Never-seen and sensitive endpoints. Judged before the event is absorbed.
-pub fn check_new_endpoint(state: &mut KeyState, view: &EventView, ctx: &Context, out: &mut Vec<Finding>) {
-    let endpoint_model = &ctx.model.endpoints;
-    if state.endpoints.endpoints.contains(view.endpoint_id) || state.endpoints.endpoints.evicted > 0 {
+/// Never-seen and sensitive endpoints. Judged before the event is absorbed,
+/// counting it among the recent first uses it will join.
+pub fn check_new_endpoint(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out: &mut Vec<Finding>) {
+    if !state.is_judged_first_use(event, &ctx.model.endpoints) {
         return;
     }
-    if !state.has_learned(view.ts_ms, &endpoint_model.new_endpoint) {
-        return;
-    }
-    state
-        .endpoints
-        .recent_new
-        .retain(|ts| view.ts_ms - *ts <= NEW_ENDPOINT_SPAN_MS);
-    state.endpoints.recent_new.push(view.ts_ms);
-    let recent_new = state.endpoints.recent_new.len();
+    let (first_recent_ms, recent_new) = state.endpoints.first_uses_with(event.ts_ms);
     let baseline = json!({
         "top_endpoints": top_endpoints(state, ctx),
         "endpoints_known": state.endpoints.endpoints.entries.len(),
         "events": state.events,
     });
-    if view.endpoint_sensitive {
-        let denied = view.is_auth_failure();
+    if event.endpoint_sensitive {
+        let denied = event.is_auth_failure();
         out.push(Finding {
-            detector: "sensitive_endpoint",
+            detector: Detector::SensitiveEndpoint,
             severity: if denied { Severity::High } else { Severity::Medium },
             score: if denied { 0.9 } else { 0.75 },
-            window_start_ms: view.ts_ms,
+            window_start_ms: event.ts_ms,
             summary: format!(
                 "first call to sensitive endpoint {} {} (status {}) from {} ({})",
-                view.method,
-                view.endpoint,
-                view.status,
-                view.ip,
-                view.geo.country.as_str()
+                event.method,
+                event.endpoint,
+                event.status,
+                event.ip,
+                event.geo.country.as_str()
             ),
             evidence: json!({
-                "observed": {"endpoint": view.endpoint, "method": view.method, "status": view.status, "ip": view.ip.to_string(), "country": view.geo.country.as_str()},
+                "observed": {"endpoint": event.endpoint, "method": event.method, "status": event.status, "ip": event.ip.to_string(), "country": event.geo.country.as_str()},
                 "baseline": baseline,
             }),
         });
@@ -72,19 +64,19 @@ pub fn check_new_endpoint(state: &mut KeyState, view: &EventView, ctx: &Context,
     }
     let burst = recent_new >= NEW_ENDPOINT_BURST;
     out.push(Finding {
-        detector: "new_endpoint",
+        detector: Detector::NewEndpoint,
         severity: if burst { Severity::Medium } else { Severity::Low },
         score: if burst { 0.7 } else { 0.4 },
-        window_start_ms: state.endpoints.recent_new[0],
+        window_start_ms: first_recent_ms,
         summary: format!(
             "first call to {} {} ({} new endpoint{} in the last hour)",
-            view.method,
-            view.endpoint,
+            event.method,
+            event.endpoint,
             recent_new,
             if recent_new == 1 { "" } else { "s" }
         ),
         evidence: json!({
-            "observed": {"endpoint": view.endpoint, "method": view.method, "status": view.status, "new_endpoints_last_hour": recent_new},
+            "observed": {"endpoint": event.endpoint, "method": event.method, "status": event.status, "new_endpoints_last_hour": recent_new},
             "baseline": baseline,
         }),
     });
@@ -92,13 +84,12 @@ pub fn check_new_endpoint(state: &mut KeyState, view: &EventView, ctx: &Context,
 
 /// Shift of the mix: judged after the event is counted, each time the
 /// window's call count doubles past the model's minimum.
-pub fn check_mix_shift(state: &mut KeyState, view: &EventView, ctx: &Context, out: &mut Vec<Finding>) {
+pub fn check_mix_shift(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out: &mut Vec<Finding>) {
     let endpoint_model = &ctx.model.endpoints;
-    if state.endpoints.window_total < state.endpoints.next_check {
+    if !state.endpoints.mix_check_due {
         return;
     }
-    state.endpoints.next_check = state.endpoints.next_check.saturating_mul(2);
-    if !state.has_learned(view.ts_ms, &endpoint_model.mix_shift) {
+    if !state.has_learned(event.ts_ms, &endpoint_model.mix_shift) {
         return;
     }
     let divergence = state.endpoints.window_divergence();
@@ -115,7 +106,7 @@ pub fn check_mix_shift(state: &mut KeyState, view: &EventView, ctx: &Context, ou
         .map(|(id, count)| format!("{} {}", ctx.endpoint_name(*id), percent(f64::from(*count) / total)))
         .collect();
     out.push(Finding {
-        detector: "endpoint_mix_shift",
+        detector: Detector::EndpointMixShift,
         severity: Severity::Medium,
         score: divergence.clamp(0.0, 0.999),
         window_start_ms: state.endpoints.window * window_ms,
@@ -136,8 +127,8 @@ pub fn check_mix_shift(state: &mut KeyState, view: &EventView, ctx: &Context, ou
 
 #[cfg(test)]
 mod tests {
-    use crate::alert::Severity;
     use crate::detect::testkit::*;
+    use crate::detector::Severity;
 
     #[test]
     fn first_use_of_an_admin_endpoint_denied_is_high() {

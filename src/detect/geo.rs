@@ -3,19 +3,15 @@
 
 use serde_json::json;
 
-use super::{Context, EventView, Finding, percent};
-use crate::alert::Severity;
+use super::{Context, Finding, percent};
 use crate::baseline::KeyState;
-use crate::baseline::geo::{country_from_id, country_id, distance_km};
-use crate::enrich::{Country, NetClass};
+use crate::baseline::geo::{Jump, country_from_id, country_id, distance_km};
+use crate::detector::{Detector, Severity};
+use crate::enrich::{Country, NetClass, ResolvedEvent};
 use crate::event::format_ts;
 
-/// Jumps within this much event time count together as concurrent use.
-const CONCURRENT_WINDOW_MS: i64 = 6 * 3_600_000;
-/// Jumps that make concurrent use.
+/// Jumps in one episode that make concurrent use.
 const CONCURRENT_JUMPS: usize = 3;
-/// Jump times kept per key.
-const MAX_JUMPS_KEPT: usize = 64;
 
 fn baseline_countries(state: &KeyState) -> String {
     let total = state.geo.countries.total();
@@ -66,69 +62,69 @@ fn is_global(state: &KeyState, ctx: &Context) -> bool {
 /// Whether the key's previous located use was long enough ago to have
 /// travelled here at a plausible speed (a person on a journey rather than a
 /// second party using the key). `None` without a previous location.
-fn plausible_journey(state: &KeyState, view: &EventView, ctx: &Context) -> Option<bool> {
+fn plausible_journey(state: &KeyState, event: &ResolvedEvent, ctx: &Context) -> Option<bool> {
     let previous = state.geo.last?;
-    if !view.geo.has_location {
+    if !event.geo.has_location {
         return None;
     }
     let geo_model = &ctx.model.geo;
-    let distance = distance_km(previous.lat, previous.lon, view.geo.lat, view.geo.lon);
-    let hours = (view.ts_ms - previous.ts_ms).max(0) as f64 / 3_600_000.0;
+    let distance = distance_km(previous.lat, previous.lon, event.geo.lat, event.geo.lon);
+    let hours = (event.ts_ms - previous.ts_ms).max(0) as f64 / 3_600_000.0;
     Some(distance <= hours * geo_model.max_speed_kmh)
 }
 
 /// New country or network.
-pub fn check_new_place(state: &KeyState, view: &EventView, ctx: &Context, out: &mut Vec<Finding>) {
-    if view.geo.class != NetClass::Public || !view.geo.country.is_known() {
+pub fn check_new_place(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out: &mut Vec<Finding>) {
+    if event.geo.class != NetClass::Public || !event.geo.country.is_known() {
         return;
     }
     let geo_model = &ctx.model.geo;
-    let days = (view.ts_ms - state.first_ts) as f64 / 86_400_000.0;
-    let country_known = state.geo.countries.contains(country_id(view.geo.country));
-    let asn_known = view.geo.asn == 0 || state.geo.asns.contains(view.geo.asn);
+    let days = (event.ts_ms - state.first_ts) as f64 / 86_400_000.0;
+    let country_known = state.geo.countries.contains(country_id(event.geo.country));
+    let asn_known = event.geo.asn == 0 || state.geo.asns.contains(event.geo.asn);
     let asn_saturated = state.geo.asns.evicted > 0;
-    if !country_known && state.has_learned(view.ts_ms, &geo_model.new_country) {
+    if !country_known && state.has_learned(event.ts_ms, &geo_model.new_country) {
         let global = is_global(state, ctx);
         // The key's own provider in a new country: a new region of a
         // deployment, a VPN exit; not a second party by itself.
-        let asn_established = view.geo.asn != 0
-            && state.geo.asns.get(view.geo.asn).is_some_and(|entry| {
-                view.ts_ms - entry.first_ts >= geo_model.established_after.as_millis() as i64
-                    && state.geo.asns.share(view.geo.asn) >= geo_model.established_share
+        let asn_established = event.geo.asn != 0
+            && state.geo.asns.get(event.geo.asn).is_some_and(|entry| {
+                event.ts_ms - entry.first_ts >= geo_model.established_after.as_millis() as i64
+                    && state.geo.asns.share(event.geo.asn) >= geo_model.established_share
             });
-        let journey = plausible_journey(state, view, ctx);
+        let journey = plausible_journey(state, event, ctx);
         let severity = if global || asn_established || journey == Some(true) {
             Severity::Low
         } else {
             Severity::Medium
         };
-        let names = ctx.geo.names(view.ip);
+        let names = ctx.geo.names(event.ip);
         let place = names
             .city
             .clone()
-            .map_or(view.geo.country.as_str().to_string(), |city| {
-                format!("{city}, {}", view.geo.country.as_str())
+            .map_or(event.geo.country.as_str().to_string(), |city| {
+                format!("{city}, {}", event.geo.country.as_str())
             });
         let summary = format!(
             "first use from country {} ({place}, AS{}); baseline {} over {:.0} days",
-            view.geo.country.as_str(),
-            view.geo.asn,
+            event.geo.country.as_str(),
+            event.geo.asn,
             baseline_countries(state),
             days
         );
         out.push(Finding {
-            detector: "new_country",
+            detector: Detector::NewCountry,
             severity,
             score: if severity == Severity::Low { 0.5 } else { 0.8 },
-            window_start_ms: view.ts_ms,
+            window_start_ms: event.ts_ms,
             summary,
             evidence: json!({
                 "observed": {
-                    "ip": view.ip.to_string(),
-                    "country": view.geo.country.as_str(),
+                    "ip": event.ip.to_string(),
+                    "country": event.geo.country.as_str(),
                     "country_name": names.country,
                     "city": names.city,
-                    "asn": view.geo.asn,
+                    "asn": event.geo.asn,
                     "as_org": names.org,
                     "network_known_for_key": asn_known,
                     "reachable_since_last_use": journey,
@@ -144,22 +140,22 @@ pub fn check_new_place(state: &KeyState, view: &EventView, ctx: &Context, out: &
         });
         return;
     }
-    if country_known && !asn_known && !asn_saturated && state.has_learned(view.ts_ms, &geo_model.new_asn) {
-        let names = ctx.geo.names(view.ip);
+    if country_known && !asn_known && !asn_saturated && state.has_learned(event.ts_ms, &geo_model.new_asn) {
+        let names = ctx.geo.names(event.ip);
         out.push(Finding {
-            detector: "new_asn",
+            detector: Detector::NewAsn,
             severity: Severity::Low,
             score: 0.4,
-            window_start_ms: view.ts_ms,
+            window_start_ms: event.ts_ms,
             summary: format!(
                 "first use from network AS{} ({}) in known country {}; baseline {}",
-                view.geo.asn,
+                event.geo.asn,
                 names.org.clone().unwrap_or_else(|| "unknown org".into()),
-                view.geo.country.as_str(),
+                event.geo.country.as_str(),
                 baseline_asns(state)
             ),
             evidence: json!({
-                "observed": {"ip": view.ip.to_string(), "asn": view.geo.asn, "as_org": names.org, "country": view.geo.country.as_str()},
+                "observed": {"ip": event.ip.to_string(), "asn": event.geo.asn, "as_org": names.org, "country": event.geo.country.as_str()},
                 "baseline": {"networks": baseline_asns(state), "countries": baseline_countries(state)},
             }),
         });
@@ -167,68 +163,33 @@ pub fn check_new_place(state: &KeyState, view: &EventView, ctx: &Context, out: &
 }
 
 /// Impossible travel between the previous located use and this one; several
-/// jumps close together are concurrent use from two places.
-pub fn check_travel(state: &mut KeyState, view: &EventView, ctx: &Context, out: &mut Vec<Finding>) {
-    if view.geo.class != NetClass::Public || !view.geo.has_location {
-        return;
-    }
+/// jumps in one episode are concurrent use from two places. Judged before
+/// the event is absorbed, counting it among the jumps it will join.
+pub fn check_travel(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out: &mut Vec<Finding>) {
     let geo_model = &ctx.model.geo;
-    let Some(previous) = state.geo.last else {
+    let Some(Jump {
+        previous,
+        distance_km: distance,
+        credible_distance_km: credible_distance,
+        elapsed_ms,
+        speed_kmh: speed,
+        from_established,
+        to_established,
+    }) = state.travel_jump(event, geo_model)
+    else {
         return;
     };
-    if !state.has_learned(view.ts_ms, &geo_model.impossible_travel) {
-        return;
-    }
-    let distance = distance_km(previous.lat, previous.lon, view.geo.lat, view.geo.lon);
-    let error = f64::from(previous.accuracy_km) + f64::from(view.geo.accuracy_km) + 2.0 * geo_model.location_error_km;
-    let credible_distance = distance - error;
-    if credible_distance <= geo_model.min_distance_km {
-        return;
-    }
-    let elapsed_ms = (view.ts_ms - previous.ts_ms).max(1000);
-    let hours = elapsed_ms as f64 / 3_600_000.0;
-    let speed = credible_distance / hours;
-    if speed <= geo_model.max_speed_kmh {
-        return;
-    }
     let previous_country = Country(previous.country);
-    let established_share = geo_model.established_share;
-    let min_age_ms = geo_model.established_after.as_millis() as i64;
-    let from_established = state.geo.is_established(
-        previous_country,
-        previous.asn,
-        established_share,
-        view.ts_ms,
-        min_age_ms,
-    );
-    let to_established = state.geo.is_established(
-        view.geo.country,
-        view.geo.asn,
-        established_share,
-        view.ts_ms,
-        min_age_ms,
-    );
-    if from_established && to_established {
-        // Both places are habitual for this key (multi-region service,
-        // corporate VPN egress): not travel at all.
-        return;
-    }
-    state.geo.jumps.retain(|ts| view.ts_ms - *ts <= CONCURRENT_WINDOW_MS);
-    state.geo.jumps.push(view.ts_ms);
-    if state.geo.jumps.len() > MAX_JUMPS_KEPT {
-        // The first jump dates the episode; the count only needs to be large.
-        state.geo.jumps.remove(1);
-    }
+    let (episode_start_ms, recent_jumps) = state.geo.jumps_with(event.ts_ms);
     let global = is_global(state, ctx);
     // One provider's network in two regions at once is what a deployment
     // does while it moves between regions; only an overlap that lasts longer
     // than a cutover says the key was copied.
-    let same_network = previous.asn != 0 && previous.asn == view.geo.asn;
-    let episode_ms = view.ts_ms - state.geo.jumps[0];
+    let same_network = previous.asn != 0 && previous.asn == event.geo.asn;
+    let episode_ms = event.ts_ms - episode_start_ms;
     let overlap_ms = geo_model.same_network_overlap.as_millis() as i64;
-    let concurrent =
-        state.geo.jumps.len() >= CONCURRENT_JUMPS && !global && (!same_network || episode_ms >= overlap_ms);
-    let names_now = ctx.geo.names(view.ip);
+    let concurrent = recent_jumps >= CONCURRENT_JUMPS && !global && (!same_network || episode_ms >= overlap_ms);
+    let names_now = ctx.geo.names(event.ip);
     let names_before = ctx.geo.names(previous.ip);
     let place = |names: &crate::enrich::GeoNames, country: &str| {
         names
@@ -237,7 +198,7 @@ pub fn check_travel(state: &mut KeyState, view: &EventView, ctx: &Context, out: 
             .map_or(country.to_string(), |city| format!("{city}, {country}"))
     };
     let place_before = place(&names_before, previous_country.as_str());
-    let place_now = place(&names_now, view.geo.country.as_str());
+    let place_now = place(&names_now, event.geo.country.as_str());
     let evidence = json!({
         "previous": {
             "ts": format_ts(previous.ts_ms),
@@ -247,10 +208,10 @@ pub fn check_travel(state: &mut KeyState, view: &EventView, ctx: &Context, out: 
             "established": from_established,
         },
         "current": {
-            "ts": format_ts(view.ts_ms),
-            "ip": view.ip.to_string(),
+            "ts": format_ts(event.ts_ms),
+            "ip": event.ip.to_string(),
             "place": place_now,
-            "asn": view.geo.asn,
+            "asn": event.geo.asn,
             "as_org": names_now.org,
             "established": to_established,
         },
@@ -260,20 +221,20 @@ pub fn check_travel(state: &mut KeyState, view: &EventView, ctx: &Context, out: 
         "speed_kmh": speed.round(),
         "max_speed_kmh": geo_model.max_speed_kmh,
         "baseline": {"countries": baseline_countries(state), "networks": baseline_asns(state)},
-        "recent_jumps": state.geo.jumps.len(),
+        "recent_jumps": recent_jumps,
         "same_network": same_network,
         "episode_s": episode_ms / 1000,
     });
     if concurrent {
         out.push(Finding {
-            detector: "concurrent_use",
+            detector: Detector::ConcurrentUse,
             severity: Severity::Critical,
             score: 0.99,
-            window_start_ms: state.geo.jumps[0],
+            window_start_ms: episode_start_ms,
             summary: format!(
                 "key used alternately from {place_before} and {place_now}, {:.0} km apart, {} jumps in {}",
                 distance,
-                state.geo.jumps.len(),
+                recent_jumps,
                 humantime::format_duration(std::time::Duration::from_secs((episode_ms / 1000).max(0) as u64))
             ),
             evidence,
@@ -286,7 +247,7 @@ pub fn check_travel(state: &mut KeyState, view: &EventView, ctx: &Context, out: 
         Severity::High
     };
     out.push(Finding {
-        detector: "impossible_travel",
+        detector: Detector::ImpossibleTravel,
         severity,
         score: (1.0 - geo_model.max_speed_kmh / speed).clamp(0.0, 0.999),
         window_start_ms: previous.ts_ms,
@@ -302,8 +263,8 @@ pub fn check_travel(state: &mut KeyState, view: &EventView, ctx: &Context, out: 
 
 #[cfg(test)]
 mod tests {
-    use crate::alert::Severity;
     use crate::detect::testkit::*;
+    use crate::detector::Severity;
 
     #[test]
     fn london_then_sydney_ten_minutes_later_is_impossible_travel() {

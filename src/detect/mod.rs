@@ -1,9 +1,16 @@
-//! Detectors: a key's state plus one event in, findings out. No I/O, no
-//! clock: time is the event's. Each file decides one behaviour:
-//! `geo.rs` new countries, new networks and impossible travel; `rate.rs`
-//! spikes, surges and dormant keys; `endpoints.rs` new and sensitive
-//! endpoints and shifts of the mix; `client.rs` new client families;
-//! `auth.rs` spikes of authorization failures.
+//! Detectors: a key's state plus one resolved event in, findings out. They
+//! read state and never change it; no I/O, no clock: time is the event's.
+//! Each file decides one behaviour: `geo.rs` new countries, new networks
+//! and impossible travel; `rate.rs` spikes, surges and dormant keys;
+//! `endpoints.rs` new and sensitive endpoints and shifts of the mix;
+//! `client.rs` new client families; `auth.rs` spikes of authorization
+//! failures. [`CHECKS`] lists them all, once.
+//!
+//! Adding a detector: its entry in the registry (`src/detector.rs`, with its
+//! phase), its check in a file here with a line in [`CHECKS`], its section
+//! of the model (`src/model.rs` and `models/default.toml`), and, if it keeps
+//! state, a baseline in `src/baseline/` that `KeyState` advances and
+//! absorbs. Tests then ask for its name in the alert schema and the README.
 
 pub mod auth;
 pub mod client;
@@ -13,46 +20,72 @@ pub mod rate;
 #[cfg(test)]
 pub mod testkit;
 
-use std::net::IpAddr;
-
-use crate::alert::Severity;
-use crate::enrich::{GeoInfo, GeoIp};
+use crate::baseline::KeyState;
+use crate::detector::{Detector, Phase, Severity};
+use crate::enrich::{GeoIp, ResolvedEvent};
 use crate::model::Model;
 
-/// Every detector name, as used in alerts, model files and the policy.
-pub const DETECTORS: &[&str] = &[
-    "new_country",
-    "new_asn",
-    "impossible_travel",
-    "concurrent_use",
-    "rate_spike",
-    "rate_surge",
-    "dormant_key",
-    "new_endpoint",
-    "sensitive_endpoint",
-    "endpoint_mix_shift",
-    "new_client",
-    "auth_failure_spike",
-];
+/// A detector check: reads the key's state and the event, appends findings.
+pub type CheckFn = fn(&KeyState, &ResolvedEvent, &Context, &mut Vec<Finding>);
 
-/// One event as detectors see it: resolved, enriched and interned.
-#[derive(Debug, Clone, Copy)]
-pub struct EventView<'a> {
-    pub ts_ms: i64,
-    pub ip: IpAddr,
-    pub geo: GeoInfo,
-    pub endpoint_id: u32,
-    pub endpoint: &'a str,
-    pub endpoint_sensitive: bool,
-    pub client_id: u32,
-    pub client: &'a str,
-    pub method: &'a str,
-    pub status: u16,
+/// One check and the detectors it reports, which share its phase.
+pub struct Check {
+    pub detectors: &'static [Detector],
+    pub phase: Phase,
+    pub judge: CheckFn,
 }
 
-impl EventView<'_> {
-    pub fn is_auth_failure(&self) -> bool {
-        self.status == 401 || self.status == 403
+impl Check {
+    /// Fails the build when the detectors of one check disagree on their phase.
+    const fn new(detectors: &'static [Detector], judge: CheckFn) -> Check {
+        assert!(!detectors.is_empty(), "a check reports at least one detector");
+        let phase = detectors[0].phase();
+        let mut index = 1;
+        while index < detectors.len() {
+            assert!(
+                detectors[index].phase() as u8 == phase as u8,
+                "the detectors of one check are judged in one phase"
+            );
+            index += 1;
+        }
+        Check {
+            detectors,
+            phase,
+            judge,
+        }
+    }
+}
+
+/// Every check, in the order its findings are disposed of within a phase.
+pub const CHECKS: &[Check] = &[
+    Check::new(&[Detector::DormantKey], rate::check_dormant),
+    Check::new(
+        &[Detector::ImpossibleTravel, Detector::ConcurrentUse],
+        geo::check_travel,
+    ),
+    Check::new(&[Detector::NewCountry, Detector::NewAsn], geo::check_new_place),
+    Check::new(
+        &[Detector::NewEndpoint, Detector::SensitiveEndpoint],
+        endpoints::check_new_endpoint,
+    ),
+    Check::new(&[Detector::NewClient], client::check_new_client),
+    Check::new(&[Detector::RateSpike, Detector::RateSurge], rate::check_rate),
+    Check::new(&[Detector::AuthFailureSpike], auth::check_auth_failures),
+    Check::new(&[Detector::EndpointMixShift], endpoints::check_mix_shift),
+];
+
+/// Runs every check of `phase` on one event, in [`CHECKS`] order.
+pub fn judge(phase: Phase, state: &KeyState, event: &ResolvedEvent, ctx: &Context, out: &mut Vec<Finding>) {
+    for check in CHECKS.iter().filter(|check| check.phase == phase) {
+        let first_new = out.len();
+        (check.judge)(state, event, ctx, out);
+        debug_assert!(
+            out[first_new..]
+                .iter()
+                .all(|finding| check.detectors.contains(&finding.detector)),
+            "a check reports only its own detectors: {:?}",
+            check.detectors
+        );
     }
 }
 
@@ -77,7 +110,7 @@ impl Context<'_> {
 /// A detector's verdict on one event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
-    pub detector: &'static str,
+    pub detector: Detector,
     pub severity: Severity,
     /// Strength of the evidence in [0, 1].
     pub score: f64,
@@ -97,4 +130,17 @@ pub fn percent(share: f64) -> String {
 pub fn score_from_p(p_value: f64) -> f64 {
     let score = 1.0 - p_value.clamp(0.0, 1.0);
     (score * 1e6).round() / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_detector_is_reported_by_exactly_one_check() {
+        for detector in Detector::ALL {
+            let reporting = CHECKS.iter().filter(|check| check.detectors.contains(detector)).count();
+            assert_eq!(reporting, 1, "{detector}");
+        }
+    }
 }

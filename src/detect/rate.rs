@@ -4,17 +4,18 @@
 
 use serde_json::json;
 
-use super::{Context, EventView, Finding, score_from_p};
-use crate::alert::Severity;
+use super::{Context, Finding, score_from_p};
 use crate::baseline::KeyState;
-use crate::baseline::rate::{RateBaseline, tail_probability, tail_threshold};
+use crate::baseline::rate::tail_probability;
+use crate::detector::{Detector, Severity};
+use crate::enrich::ResolvedEvent;
 use crate::event::format_ts;
 
 /// A key silent for longer than the model's `dormant_after` is used again.
 /// Judged before the event is absorbed.
-pub fn check_dormant(state: &KeyState, view: &EventView, ctx: &Context, out: &mut Vec<Finding>) {
+pub fn check_dormant(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out: &mut Vec<Finding>) {
     let rate_model = &ctx.model.rate;
-    let silence_ms = view.ts_ms - state.last_ts;
+    let silence_ms = event.ts_ms - state.last_ts;
     if state.events == 0 || silence_ms < rate_model.dormant_after.as_millis() as i64 {
         return;
     }
@@ -25,18 +26,18 @@ pub fn check_dormant(state: &KeyState, view: &EventView, ctx: &Context, out: &mu
     }
     let days = silence_ms as f64 / 86_400_000.0;
     out.push(Finding {
-        detector: "dormant_key",
+        detector: Detector::DormantKey,
         severity: Severity::Medium,
         score: (1.0 - rate_model.dormant_after.as_millis() as f64 / silence_ms as f64 / 2.0).clamp(0.5, 0.99),
         window_start_ms: state.last_ts,
         summary: format!(
             "key silent for {days:.0} days used again from {} ({}), calling {}",
-            view.ip,
-            view.geo.country.as_str(),
-            view.endpoint
+            event.ip,
+            event.geo.country.as_str(),
+            event.endpoint
         ),
         evidence: json!({
-            "observed": {"ip": view.ip.to_string(), "country": view.geo.country.as_str(), "asn": view.geo.asn, "endpoint": view.endpoint},
+            "observed": {"ip": event.ip.to_string(), "country": event.geo.country.as_str(), "asn": event.geo.asn, "endpoint": event.endpoint},
             "baseline": {
                 "last_use": format_ts(state.last_ts),
                 "first_use": format_ts(state.first_ts),
@@ -49,95 +50,59 @@ pub fn check_dormant(state: &KeyState, view: &EventView, ctx: &Context, out: &mu
 }
 
 /// Spike (short window) and surge (long window). Judged after the event is
-/// counted. Thresholds are computed once per window, and only once the count
-/// reaches the model's minimum, so quiet keys cost no statistics at all.
-pub fn check_rate(state: &mut KeyState, view: &EventView, ctx: &Context, out: &mut Vec<Finding>) {
+/// counted, against the thresholds the baseline settled for its windows: a
+/// window alerts once, when its count reaches the threshold.
+pub fn check_rate(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out: &mut Vec<Finding>) {
     let rate_model = &ctx.model.rate;
-    if !state.has_learned(view.ts_ms, &rate_model.learning) {
+    if !state.has_learned(event.ts_ms, &rate_model.learning) {
         return;
     }
     let window_ms = rate_model.window_ms();
-    let floor = rate_model.window_floor();
-    // The fitted mean and dispersion are needed only to set a window's
-    // threshold (once) and to explain an alert, not on every call.
-    let spike_fit = |rate: &RateBaseline| {
-        (
-            rate.expected(rate.window, window_ms, floor),
-            rate.dispersion_at(rate.window, window_ms),
-        )
-    };
-    let surge_fit = |rate: &RateBaseline| {
-        (
-            rate.long_window_expected(window_ms, floor),
-            rate.long_window_dispersion(window_ms, floor),
-        )
-    };
     let count = u64::from(state.rate.count);
-    if count >= rate_model.min_spike_count {
-        let threshold = match state.rate.spike_threshold {
-            Some(threshold) => threshold,
-            None => {
-                let (expected, dispersion) = spike_fit(&state.rate);
-                let threshold =
-                    tail_threshold(expected, dispersion, rate_model.spike_p_value).max(rate_model.min_spike_count);
-                state.rate.spike_threshold = Some(threshold);
-                threshold
-            }
-        };
-        if count == threshold {
-            let (expected, dispersion) = spike_fit(&state.rate);
-            let p_value = tail_probability(count, expected, dispersion);
-            let start = state.rate.window * window_ms;
-            out.push(rate_finding(
-                "rate_spike",
-                state,
-                view,
-                count,
-                expected,
-                dispersion,
-                p_value,
-                rate_model.spike_window,
-                start,
-            ));
-        }
+    if state.rate.spike_threshold == Some(count) {
+        // The fitted mean and dispersion only explain the alert.
+        let (expected, dispersion) = state.rate.spike_fit(rate_model);
+        let p_value = tail_probability(count, expected, dispersion);
+        let start = state.rate.window * window_ms;
+        out.push(rate_finding(
+            Detector::RateSpike,
+            state,
+            event,
+            count,
+            expected,
+            dispersion,
+            p_value,
+            rate_model.spike_window,
+            start,
+        ));
     }
     let long_count = state.rate.long_window_count();
-    if long_count >= rate_model.min_surge_count {
-        let threshold = match state.rate.surge_threshold {
-            Some(threshold) => threshold,
-            None => {
-                let (expected, dispersion) = surge_fit(&state.rate);
-                let threshold =
-                    tail_threshold(expected, dispersion, rate_model.surge_p_value).max(rate_model.min_surge_count);
-                state.rate.surge_threshold = Some(threshold);
-                threshold
-            }
-        };
-        if long_count >= threshold && state.rate.count == 1 || long_count == threshold {
-            let (expected, dispersion) = surge_fit(&state.rate);
-            let windows = state.rate.recent.len() as i64 + 1;
-            let p_value = tail_probability(long_count, expected, dispersion);
-            let start = (state.rate.window + 1 - windows) * window_ms;
-            out.push(rate_finding(
-                "rate_surge",
-                state,
-                view,
-                long_count,
-                expected,
-                dispersion,
-                p_value,
-                rate_model.surge_window,
-                start,
-            ));
-        }
+    if let Some(threshold) = state.rate.surge_threshold
+        && (long_count >= threshold && state.rate.count == 1 || long_count == threshold)
+    {
+        let (expected, dispersion) = state.rate.surge_fit(rate_model);
+        let windows = state.rate.recent.len() as i64 + 1;
+        let p_value = tail_probability(long_count, expected, dispersion);
+        let start = (state.rate.window + 1 - windows) * window_ms;
+        out.push(rate_finding(
+            Detector::RateSurge,
+            state,
+            event,
+            long_count,
+            expected,
+            dispersion,
+            p_value,
+            rate_model.surge_window,
+            start,
+        ));
     }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn rate_finding(
-    detector: &'static str,
+    detector: Detector,
     state: &KeyState,
-    view: &EventView,
+    event: &ResolvedEvent,
     count: u64,
     expected: f64,
     dispersion: f64,
@@ -160,11 +125,11 @@ fn rate_finding(
             "{count} calls in {window_text} against {expected:.1} expected at this hour ({ratio:.0}x, p={p_value:.1e})"
         ),
         evidence: json!({
-            "observed": {"calls": count, "window": window_text, "last_ip": view.ip.to_string(), "last_endpoint": view.endpoint},
+            "observed": {"calls": count, "window": window_text, "last_ip": event.ip.to_string(), "last_endpoint": event.endpoint},
             "baseline": {
                 "expected_calls": (expected * 100.0).round() / 100.0,
                 "dispersion": (dispersion * 100.0).round() / 100.0,
-                "hour_utc": (view.ts_ms / 3_600_000).rem_euclid(24),
+                "hour_utc": (event.ts_ms / 3_600_000).rem_euclid(24),
                 "events": state.events,
             },
             "ratio": (ratio * 10.0).round() / 10.0,

@@ -6,8 +6,8 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::alert::Alert;
-use crate::engine::{Engine, Output};
+use crate::alert::{Alert, Output};
+use crate::engine::Engine;
 use crate::enrich::GeoIp;
 use crate::enrich::test_world;
 use crate::event::AccessEvent;
@@ -30,10 +30,6 @@ pub fn geo() -> Arc<GeoIp> {
 
 pub fn new_engine() -> Engine {
     Engine::new(Arc::new(Model::default_model()), geo())
-}
-
-pub fn engine_with(model: Model) -> Engine {
-    Engine::new(Arc::new(model), geo())
 }
 
 pub fn event(ts_ms: i64, key: &str, ip: IpAddr, endpoint: &str, status: u16) -> AccessEvent<'static> {
@@ -82,7 +78,10 @@ pub fn alerts(engine: &mut Engine, events: &[AccessEvent<'_>]) -> Vec<Alert> {
 
 /// Alerts of one detector.
 pub fn of<'a>(alerts: &'a [Alert], detector: &str) -> Vec<&'a Alert> {
-    alerts.iter().filter(|alert| alert.detector == detector).collect()
+    alerts
+        .iter()
+        .filter(|alert| alert.detector.as_str() == detector)
+        .collect()
 }
 
 pub const ENDPOINTS: &[&str] = &["/v1/orders", "/v1/orders/{id}", "/v1/customers/{id}", "/v1/invoices"];

@@ -1,13 +1,20 @@
-//! Lookups that turn an event's ip into where and whose network it is.
+//! Resolving an event into what the engine judges: where and whose network
+//! its ip is (GeoIP, address classes), its endpoint as a template and
+//! whether that is sensitive, and its client family. [`ResolvedEvent`] is the
+//! row that comes out.
 
+pub mod client;
+pub mod endpoint;
 pub mod geoip;
 pub mod mmdb_build;
 pub mod netclass;
+pub mod resolved;
 #[doc(hidden)]
 pub mod test_world;
 
 pub use geoip::{DatabaseKind, GeoCache, GeoError, GeoIp};
 pub use netclass::NetClass;
+pub use resolved::ResolvedEvent;
 
 /// ISO 3166 two-letter country code, or `--` when unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]

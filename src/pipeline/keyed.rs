@@ -14,10 +14,11 @@ use std::sync::Arc;
 
 use super::partitions::PartitionBook;
 use super::stage::{Progress, Stage};
+use crate::alert::Output;
 use crate::checkpoint::{Checkpoint, PartitionId, PartitionSnapshot, SnapshotFile};
 use crate::counts::Counts;
 use crate::decode::{Decoded, Decoder};
-use crate::engine::{Engine, Output};
+use crate::engine::Engine;
 use crate::enrich::GeoIp;
 use crate::event::AccessEvent;
 use crate::model::Model;

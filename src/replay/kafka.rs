@@ -25,11 +25,12 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
 
+use crate::alert::Output;
 use crate::checkpoint::{CheckpointError, PartitionId, read_snapshot_file};
 use crate::config::{Config, KafkaConfig};
 use crate::counts::Counts;
 use crate::decode::{Decoded, Decoder};
-use crate::engine::{Engine, Output};
+use crate::engine::Engine;
 use crate::enrich::GeoIp;
 use crate::event::AccessEvent;
 use crate::model::Model;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::Rejected;
-use crate::engine::Output;
+use crate::alert::Output;
 
 /// Why an output file could not be written.
 #[derive(Debug, thiserror::Error)]

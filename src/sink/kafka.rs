@@ -15,10 +15,10 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::TopicPartitionList;
 
+use crate::alert::Output;
 use crate::checkpoint::{ChangelogMessage, Checkpoint, CheckpointError, encode_checkpoint};
 use crate::config::KafkaConfig;
 use crate::decode::Rejection;
-use crate::engine::Output;
 use crate::source::kafka::group::InputRecord;
 
 /// How long a transaction step may take before the pipeline gives up.

@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use keywatch::engine::{Engine, Output};
+use keywatch::alert::Output;
+use keywatch::engine::Engine;
 use keywatch::enrich::GeoIp;
 use keywatch::eval::{RunMeta, ScoreOptions, score};
 use keywatch::generate::{GenerateConfig, Generation};

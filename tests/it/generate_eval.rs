@@ -200,7 +200,7 @@ fn alert(id: &str, fingerprint: &str, ts: &str, severity: Severity, detector: &s
         incident_id: id.to_string(),
         key_fingerprint: fingerprint.to_string(),
         key_hint: "****".to_string(),
-        detector: detector.to_string(),
+        detector: detector.parse().expect("a registered detector"),
         severity,
         score: 0.8,
         ts: ts.to_string(),
@@ -290,14 +290,14 @@ fn hand_written_run(dir: &Path) -> Vec<Alert> {
             &kf("AKIAAAAAAAAAAAAAAAA1"),
             "2026-01-08T10:10:00Z",
             Severity::High,
-            "rate",
+            "rate_spike",
         ),
         alert(
             "a2",
             &kf("AKIAAAAAAAAAAAAAAAA1"),
             "2026-01-08T10:40:00Z",
             Severity::Medium,
-            "endpoints",
+            "new_endpoint",
         ),
         // inc-2: only inside the grace hour after its end (30 + 50 = 80 minutes in).
         alert(
@@ -305,7 +305,7 @@ fn hand_written_run(dir: &Path) -> Vec<Alert> {
             &kf("AKIAAAAAAAAAAAAAAAA2"),
             "2026-01-09T11:20:00Z",
             Severity::Medium,
-            "rate",
+            "rate_spike",
         ),
         // inc-3: a low alert is informational and does not detect it...
         alert(
@@ -313,7 +313,7 @@ fn hand_written_run(dir: &Path) -> Vec<Alert> {
             &kf("AKIAAAAAAAAAAAAAAAA3"),
             "2026-01-10T08:05:00Z",
             Severity::Low,
-            "geo",
+            "new_country",
         ),
         // ...and a critical one 2h after the end is outside the grace: false.
         alert(
@@ -321,7 +321,7 @@ fn hand_written_run(dir: &Path) -> Vec<Alert> {
             &kf("AKIAAAAAAAAAAAAAAAA3"),
             "2026-01-10T10:20:01Z",
             Severity::Critical,
-            "geo",
+            "new_country",
         ),
         // On the VPN hard case: one counted false alert, one low.
         alert(
@@ -329,14 +329,14 @@ fn hand_written_run(dir: &Path) -> Vec<Alert> {
             &kf("AKIAAAAAAAAAAAAAAAB1"),
             "2026-01-06T09:00:00Z",
             Severity::Medium,
-            "geo",
+            "new_country",
         ),
         alert(
             "a7",
             &kf("AKIAAAAAAAAAAAAAAAB1"),
             "2026-01-07T09:00:00Z",
             Severity::Low,
-            "geo",
+            "new_country",
         ),
         // A key with no label at all: false.
         alert(
@@ -344,7 +344,7 @@ fn hand_written_run(dir: &Path) -> Vec<Alert> {
             &kf("AKIAAAAAAAAAAAAAAAC1"),
             "2026-01-11T09:00:00Z",
             Severity::High,
-            "auth",
+            "auth_failure_spike",
         ),
     ];
     write_lines(&dir.join("alerts.jsonl"), &alerts);
@@ -380,8 +380,8 @@ fn scoring_a_hand_written_run_gives_the_expected_numbers() {
     let scraping = &card.scenarios["scraping_burst"];
     assert_eq!((scraping.incidents, scraping.detected), (2, 2));
     assert_eq!(scraping.median_time_to_detect_s, Some(600.0));
-    assert_eq!(scraping.detectors.get("rate"), Some(&2));
-    assert_eq!(scraping.detectors.get("endpoints"), Some(&1));
+    assert_eq!(scraping.detectors.get("rate_spike"), Some(&2));
+    assert_eq!(scraping.detectors.get("new_endpoint"), Some(&1));
     let travel = &card.scenarios["impossible_travel"];
     assert_eq!((travel.incidents, travel.detected), (1, 0));
     assert_eq!(travel.recall, Some(0.0));

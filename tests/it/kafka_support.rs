@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keywatch::alert::Alert;
+use keywatch::alert::Output;
 use keywatch::checkpoint::PartitionId;
 use keywatch::config::{Config, KafkaConfig};
 use keywatch::decode::{Decoder, Format};
-use keywatch::engine::{Engine, Output};
+use keywatch::engine::Engine;
 use keywatch::enrich::GeoIp;
 use keywatch::enrich::test_world;
 use keywatch::model::Model;

@@ -21,4 +21,5 @@ mod kafka_replay;
 mod kafka_scenarios;
 mod kafka_support;
 mod kafka_tansu;
+mod module_layers;
 mod replay;

@@ -1,0 +1,141 @@
+//! Endpoints as keys see them: ids in paths templated away, so
+//! `/v1/orders/8812` and `/v1/orders/9120` are one endpoint, and the
+//! model's sensitive-endpoint patterns matched against the templates.
+
+/// Replaces id-like path segments (numbers, UUIDs, long tokens with digits)
+/// with `{id}` and drops the query string, so `/v1/orders/8812?x=1` and
+/// `/v1/orders/9120` are one endpoint. Returns the input itself when nothing
+/// changes, so the common case copies nothing.
+pub fn normalize_endpoint<'a>(endpoint: &'a str, scratch: &'a mut String) -> &'a str {
+    let path = endpoint.split(['?', '#']).next().unwrap_or(endpoint);
+    let needs_template = path.split('/').any(is_id_segment);
+    if !needs_template {
+        return path;
+    }
+    scratch.clear();
+    for (index, segment) in path.split('/').enumerate() {
+        if index > 0 {
+            scratch.push('/');
+        }
+        scratch.push_str(if is_id_segment(segment) { "{id}" } else { segment });
+    }
+    scratch.as_str()
+}
+
+fn is_id_segment(segment: &str) -> bool {
+    if segment.is_empty() {
+        return false;
+    }
+    let bytes = segment.as_bytes();
+    if bytes.iter().all(u8::is_ascii_digit) {
+        return true;
+    }
+    let token_chars = bytes
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if !token_chars {
+        return false;
+    }
+    if bytes.len() >= 8 && bytes.iter().any(u8::is_ascii_digit) {
+        return true;
+    }
+    // Prefixed random ids without digits (`vol_KTTwLGYFdxSfHB`): a long
+    // tail after the last separator mixing upper and lower case, which
+    // words in paths (`payment-methods`, `getUser`) do not.
+    let tail = segment.rsplit(['_', '-']).next().unwrap_or(segment);
+    let upper = tail.bytes().filter(u8::is_ascii_uppercase).count();
+    let lower = tail.bytes().filter(u8::is_ascii_lowercase).count();
+    tail.len() >= 10
+        && upper >= 2
+        && lower >= 2
+        && upper + lower == tail.len()
+        && (tail.len() < segment.len() || upper >= 4)
+}
+
+/// Case-insensitive glob patterns (`*` matches any run of characters).
+pub struct SensitiveMatcher {
+    patterns: Vec<Vec<String>>,
+}
+
+impl SensitiveMatcher {
+    pub fn new(patterns: &[String]) -> SensitiveMatcher {
+        SensitiveMatcher {
+            patterns: patterns
+                .iter()
+                .map(|pattern| pattern.to_ascii_lowercase().split('*').map(str::to_string).collect())
+                .collect(),
+        }
+    }
+
+    pub fn matches(&self, endpoint: &str) -> bool {
+        let endpoint = endpoint.to_ascii_lowercase();
+        self.patterns.iter().any(|parts| glob_match(parts, &endpoint))
+    }
+}
+
+fn glob_match(parts: &[String], text: &str) -> bool {
+    let (first, rest) = match parts.split_first() {
+        Some(split) => split,
+        None => return text.is_empty(),
+    };
+    if !text.starts_with(first.as_str()) {
+        return false;
+    }
+    let mut position = first.len();
+    if rest.is_empty() {
+        return position == text.len();
+    }
+    for (index, part) in rest.iter().enumerate() {
+        let last = index == rest.len() - 1;
+        if last {
+            return part.is_empty()
+                || (text.len() >= position + part.len() && text[position..].ends_with(part.as_str()));
+        }
+        match text[position..].find(part.as_str()) {
+            Some(found) => position += found + part.len(),
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_templated() {
+        let mut scratch = String::new();
+        assert_eq!(
+            normalize_endpoint("/v1/orders/8812?x=1", &mut scratch),
+            "/v1/orders/{id}"
+        );
+        assert_eq!(
+            normalize_endpoint("/v1/users/3f2a9c1e-0b6d-4c1e-9d7a-1b2c3d4e5f60/roles", &mut scratch),
+            "/v1/users/{id}/roles"
+        );
+        assert_eq!(normalize_endpoint("/v2/items", &mut scratch), "/v2/items");
+        assert_eq!(
+            normalize_endpoint("iam:CreateAccessKey", &mut scratch),
+            "iam:CreateAccessKey"
+        );
+        assert_eq!(
+            normalize_endpoint("/v1/volumes/vol_KTTwLGYFdxSfHB", &mut scratch),
+            "/v1/volumes/{id}"
+        );
+        assert_eq!(
+            normalize_endpoint("/v1/payment-methods/getUserProfile", &mut scratch),
+            "/v1/payment-methods/getUserProfile"
+        );
+    }
+
+    #[test]
+    fn sensitive_globs() {
+        let matcher = SensitiveMatcher::new(&["*admin*".into(), "iam:*".into(), "*/export".into()]);
+        assert!(matcher.matches("/v1/Admin/users"));
+        assert!(matcher.matches("iam:CreateAccessKey"));
+        assert!(matcher.matches("/v1/reports/export"));
+        assert!(!matcher.matches("/v1/reports/export/list"));
+        assert!(!matcher.matches("s3:GetObject"));
+    }
+}
