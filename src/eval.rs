@@ -1,11 +1,16 @@
 //! Scores an alert file against labelled incidents.
 //!
 //! An incident counts as detected when an alert of at least the minimum
-//! severity names its key and falls, in event time, inside the incident or
-//! within a grace period after it. Every other counted alert is a false
-//! alert; false alerts are normalised by the benign key-days of the run so
-//! runs of different sizes compare. Low-severity alerts are informational by
-//! default: neither detections nor false alerts, only reported.
+//! severity names its key, comes from one of the detectors its label lists
+//! (any detector for labels that list none), and falls, in event time, inside
+//! the incident or within a grace period after it. An alert inside no
+//! incident's window on its key is a false alert; false alerts are normalised
+//! by the run's *judged* key-days (benign key-days after each key's learning
+//! period, see [`RunMeta::judged_key_days`]) so runs of different sizes
+//! compare and learning days, on which most detectors cannot fire, do not
+//! dilute the rate. Every severity is reported: alerts and false alerts per
+//! severity, the false-alert rate at the minimum severity and at all, and the
+//! incidents reached only below the minimum severity.
 //!
 //! The label, benign-case and run-metadata records are defined here and
 //! written by [`crate::generate`], so the two sides cannot drift apart. The
@@ -22,6 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, Severity};
+use crate::detector::Detector;
 use crate::event::parse_ts;
 
 /// Command-line options of `keywatch eval`.
@@ -45,7 +51,7 @@ pub struct EvalArgs {
     /// detections nor as false alerts.
     #[arg(long, default_value = "medium", value_parser = parse_severity)]
     pub min_severity: Severity,
-    /// Benign key-days to normalise false alerts by (overrides meta.json).
+    /// Judged key-days to normalise false alerts by (overrides meta.json).
     #[arg(long)]
     pub key_days: Option<u64>,
 }
@@ -97,6 +103,17 @@ pub struct Label {
     /// What the incident was, for a person reading the file.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub notes: String,
+    /// The detectors whose alerts count as detecting the incident; empty
+    /// (as in label files written before the list existed) means any.
+    #[serde(default)]
+    pub detectors: Vec<Detector>,
+}
+
+impl Label {
+    /// Whether an alert of `detector` may count as detecting the incident.
+    pub fn detected_by(&self, detector: Detector) -> bool {
+        self.detectors.is_empty() || self.detectors.contains(&detector)
+    }
 }
 
 /// One benign hard case (a line of benign.jsonl): traffic that is unusual
@@ -123,9 +140,14 @@ pub struct RunMeta {
     pub start: String,
     pub end: String,
     pub events: u64,
-    /// Key-days with traffic outside incident windows: the denominator of
-    /// the false-alert rate.
+    /// Key-days with traffic outside incident windows.
     pub benign_key_days: u64,
+    /// Benign key-days with traffic at least the learning period (3 days,
+    /// the longest `min_age` in models/default.toml) after the key's first
+    /// call: the denominator of the false-alert rates. Absent in runs
+    /// generated before it was counted.
+    #[serde(default)]
+    pub judged_key_days: Option<u64>,
     #[serde(default)]
     pub incidents: u64,
     #[serde(default)]
@@ -139,7 +161,7 @@ pub struct RunMeta {
 pub struct ScoreOptions {
     pub grace: Duration,
     pub min_severity: Severity,
-    /// Overrides the meta's benign key-days.
+    /// Overrides the meta's judged key-days.
     pub key_days: Option<u64>,
 }
 
@@ -157,25 +179,41 @@ impl Default for ScoreOptions {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Scorecard {
     pub incidents: usize,
+    /// Incidents with a counted alert of one of their detectors.
     pub detected: usize,
     /// Detected / incidents; null without incidents.
     pub recall: Option<f64>,
+    /// Incidents one of their detectors reached only below the minimum
+    /// severity (at the default minimum: only at low).
+    pub incidents_only_below_min_severity: usize,
     /// Event time from an incident's start to its first matching alert.
     pub median_time_to_detect_s: Option<f64>,
     pub p95_time_to_detect_s: Option<f64>,
     pub alerts_total: usize,
+    /// Alerts and false alerts of each severity, lowest first.
+    pub alerts_by_severity: Vec<SeverityCount>,
     /// Alerts at or above the minimum severity.
     pub alerts_counted: usize,
     /// Alerts below the minimum severity: reported, not scored.
     pub alerts_below_min_severity: usize,
-    /// Counted alerts inside some incident's window.
+    /// Counted alerts of an incident's detectors inside its window.
     pub alerts_matched: usize,
+    /// Counted alerts inside an incident's window from a detector it does
+    /// not list: neither detections nor false alerts.
+    pub alerts_in_incident_other_detector: usize,
     /// Counted alerts inside no incident's window: the false alerts.
     pub alerts_unmatched: usize,
-    /// Matched / counted; null without counted alerts.
+    /// Counted alerts that are not false / counted; null without counted
+    /// alerts.
     pub precision: Option<f64>,
     pub benign_key_days: Option<u64>,
-    pub false_alerts_per_1k_key_days: Option<f64>,
+    /// The denominator of the false-alert rates (meta.json or --key-days).
+    pub judged_key_days: Option<u64>,
+    /// Counted false alerts per 1,000 judged key-days.
+    pub false_alerts_per_1k_judged_key_days: Option<f64>,
+    /// False alerts of every severity.
+    pub false_alerts_all_severities: usize,
+    pub false_alerts_all_severities_per_1k_judged_key_days: Option<f64>,
     pub min_severity: Severity,
     pub grace_s: u64,
     pub scenarios: BTreeMap<String, ScenarioScore>,
@@ -188,10 +226,25 @@ pub struct Scorecard {
 pub struct ScenarioScore {
     pub incidents: usize,
     pub detected: usize,
+    /// Incidents reached by their detectors only below the minimum severity.
+    pub only_below_min_severity: usize,
     pub recall: Option<f64>,
     pub median_time_to_detect_s: Option<f64>,
-    /// Detector name -> matching alerts it raised.
+    /// The detectors that may detect the scenario (from its first label);
+    /// empty means any.
+    pub counting_detectors: Vec<String>,
+    /// Detector name -> counted alerts it raised inside the incidents'
+    /// windows, whether or not it may detect the scenario.
     pub detectors: BTreeMap<String, usize>,
+}
+
+/// Alerts of one severity.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeverityCount {
+    pub severity: Severity,
+    pub alerts: usize,
+    /// Alerts inside no incident's window on their key.
+    pub false_alerts: usize,
 }
 
 /// Alerts on one kind of benign hard case.
@@ -214,6 +267,9 @@ pub struct IncidentOutcome {
     pub scenario: String,
     pub key_fingerprint: String,
     pub detected: bool,
+    /// Not detected, but one of its detectors alerted below the minimum
+    /// severity.
+    pub only_below_min_severity: bool,
     pub time_to_detect_s: Option<f64>,
     pub detectors: Vec<String>,
 }
@@ -237,8 +293,18 @@ fn ratio(numerator: usize, denominator: usize) -> Option<f64> {
     (denominator > 0).then(|| numerator as f64 / denominator as f64)
 }
 
+/// Every severity, lowest first.
+const SEVERITIES: [Severity; 4] = [Severity::Low, Severity::Medium, Severity::High, Severity::Critical];
+
+/// Per 1,000 of `key_days`; `None` without key-days.
+fn per_1k(count: usize, key_days: Option<u64>) -> Option<f64> {
+    key_days
+        .filter(|&days| days > 0)
+        .map(|days| count as f64 * 1000.0 / days as f64)
+}
+
 /// Scores `alerts` against `labels`; `benign_cases` and `meta` add the
-/// hard-case table and the false-alert rate.
+/// hard-case table and the false-alert rates.
 pub fn score(
     alerts: &[Alert],
     labels: &[Label],
@@ -273,16 +339,27 @@ pub fn score(
             .unwrap_or_default()
     };
 
-    let mut matched = vec![false; alerts.len()];
+    // An alert inside an incident's window is no false alert whatever its
+    // detector; it detects the incident only when its detector is one the
+    // scenario names.
+    let mut in_incident = vec![false; alerts.len()];
+    let mut detecting = vec![false; alerts.len()];
     let mut outcomes = Vec::with_capacity(labels.len());
     for label in labels {
         let window = window_ms(&label.start, &label.end, grace_ms);
-        let matching: Vec<usize> = alerts_in(&label.key_fingerprint, window)
-            .into_iter()
-            .filter(|&position| counted(position))
-            .collect();
-        for &position in &matching {
-            matched[position] = true;
+        let in_window = alerts_in(&label.key_fingerprint, window);
+        let mut matching = Vec::new();
+        let mut detected_at_any_severity = false;
+        for position in in_window {
+            in_incident[position] = true;
+            if !label.detected_by(alerts[position].detector) {
+                continue;
+            }
+            detecting[position] = true;
+            detected_at_any_severity = true;
+            if counted(position) {
+                matching.push(position);
+            }
         }
         let first_alert_ms = matching.iter().filter_map(|&position| alert_times[position]).min();
         let time_to_detect_s = match (first_alert_ms, window) {
@@ -298,6 +375,7 @@ pub fn score(
             scenario: label.scenario.clone(),
             key_fingerprint: label.key_fingerprint.clone(),
             detected: !matching.is_empty(),
+            only_below_min_severity: matching.is_empty() && detected_at_any_severity,
             time_to_detect_s,
             detectors: detectors.into_iter().collect(),
         });
@@ -311,13 +389,18 @@ pub fn score(
             .or_insert_with(|| ScenarioScore {
                 incidents: 0,
                 detected: 0,
+                only_below_min_severity: 0,
                 recall: None,
                 median_time_to_detect_s: None,
+                counting_detectors: label.detectors.iter().map(|detector| detector.to_string()).collect(),
                 detectors: BTreeMap::new(),
             });
         entry.incidents += 1;
         if outcome.detected {
             entry.detected += 1;
+        }
+        if outcome.only_below_min_severity {
+            entry.only_below_min_severity += 1;
         }
         if let Some(ttd) = outcome.time_to_detect_s {
             scenario_ttd.entry(label.scenario.clone()).or_default().push(ttd);
@@ -370,13 +453,26 @@ pub fn score(
         }
     }
 
-    let alerts_counted = (0..alerts.len()).filter(|&position| counted(position)).count();
-    let alerts_matched = matched.iter().filter(|&&is_matched| is_matched).count();
-    let alerts_unmatched = alerts_counted - alerts_matched;
-    let benign_key_days = options.key_days.or(meta.map(|meta| meta.benign_key_days));
-    let false_alerts_per_1k_key_days = benign_key_days
-        .filter(|&days| days > 0)
-        .map(|days| alerts_unmatched as f64 * 1000.0 / days as f64);
+    let alerts_by_severity: Vec<SeverityCount> = SEVERITIES
+        .iter()
+        .map(|&severity| {
+            let of_severity = || (0..alerts.len()).filter(move |&position| alerts[position].severity == severity);
+            SeverityCount {
+                severity,
+                alerts: of_severity().count(),
+                false_alerts: of_severity().filter(|&position| !in_incident[position]).count(),
+            }
+        })
+        .collect();
+    let count_where = |keep: &dyn Fn(usize) -> bool| (0..alerts.len()).filter(|&position| keep(position)).count();
+    let alerts_counted = count_where(&counted);
+    let alerts_matched = count_where(&|position| counted(position) && detecting[position]);
+    let alerts_in_incident_other_detector =
+        count_where(&|position| counted(position) && in_incident[position] && !detecting[position]);
+    let alerts_unmatched = count_where(&|position| counted(position) && !in_incident[position]);
+    let false_alerts_all_severities = count_where(&|position| !in_incident[position]);
+    let benign_key_days = meta.map(|meta| meta.benign_key_days);
+    let judged_key_days = options.key_days.or(meta.and_then(|meta| meta.judged_key_days));
     let mut times: Vec<f64> = outcomes.iter().filter_map(|outcome| outcome.time_to_detect_s).collect();
     times.sort_by(f64::total_cmp);
     let detected = outcomes.iter().filter(|outcome| outcome.detected).count();
@@ -385,16 +481,25 @@ pub fn score(
         incidents: labels.len(),
         detected,
         recall: ratio(detected, labels.len()),
+        incidents_only_below_min_severity: outcomes
+            .iter()
+            .filter(|outcome| outcome.only_below_min_severity)
+            .count(),
         median_time_to_detect_s: percentile(&times, 0.5),
         p95_time_to_detect_s: percentile(&times, 0.95),
         alerts_total: alerts.len(),
+        alerts_by_severity,
         alerts_counted,
         alerts_below_min_severity: alerts.len() - alerts_counted,
         alerts_matched,
+        alerts_in_incident_other_detector,
         alerts_unmatched,
-        precision: ratio(alerts_matched, alerts_counted),
+        precision: ratio(alerts_counted - alerts_unmatched, alerts_counted),
         benign_key_days,
-        false_alerts_per_1k_key_days,
+        judged_key_days,
+        false_alerts_per_1k_judged_key_days: per_1k(alerts_unmatched, judged_key_days),
+        false_alerts_all_severities,
+        false_alerts_all_severities_per_1k_judged_key_days: per_1k(false_alerts_all_severities, judged_key_days),
         min_severity: options.min_severity,
         grace_s: options.grace.as_secs(),
         scenarios,
@@ -439,10 +544,17 @@ pub fn render_table(card: &Scorecard) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Incidents        {} detected of {}  recall {}",
+        "Incidents        {} detected of {}  recall {}  (by their scenario's detectors, severity >= {})",
         card.detected,
         card.incidents,
-        percent(card.recall)
+        percent(card.recall),
+        card.min_severity.as_str()
+    );
+    let _ = writeln!(
+        out,
+        "                 {} more reached only below {}",
+        card.incidents_only_below_min_severity,
+        card.min_severity.as_str()
     );
     let _ = writeln!(
         out,
@@ -452,11 +564,12 @@ pub fn render_table(card: &Scorecard) -> String {
     );
     let _ = writeln!(
         out,
-        "Alerts           {} counted (severity >= {}, grace {}), {} matched an incident, {} matched none",
+        "Alerts           {} counted (severity >= {}, grace {}), {} detected an incident, {} in an incident from another detector, {} in none",
         card.alerts_counted,
         card.min_severity.as_str(),
         human_duration(Some(card.grace_s as f64)),
         card.alerts_matched,
+        card.alerts_in_incident_other_detector,
         card.alerts_unmatched
     );
     let _ = writeln!(
@@ -466,37 +579,57 @@ pub fn render_table(card: &Scorecard) -> String {
         card.min_severity.as_str()
     );
     let _ = writeln!(out, "Precision        {}", percent(card.precision));
-    match (card.false_alerts_per_1k_key_days, card.benign_key_days) {
-        (Some(rate), Some(days)) => {
+    let rate = |rate: Option<f64>| rate.map_or_else(|| "-".to_string(), |rate| format!("{rate:.2}"));
+    let _ = writeln!(
+        out,
+        "False alerts     {} per 1,000 judged key-days at severity >= {} ({}), {} at all severities ({})",
+        rate(card.false_alerts_per_1k_judged_key_days),
+        card.min_severity.as_str(),
+        card.alerts_unmatched,
+        rate(card.false_alerts_all_severities_per_1k_judged_key_days),
+        card.false_alerts_all_severities
+    );
+    match card.judged_key_days {
+        Some(days) => {
             let _ = writeln!(
                 out,
-                "False alerts     {:.2} per 1,000 benign key-days ({} over {} key-days)",
-                rate, card.alerts_unmatched, days
+                "                 over {days} judged key-days (benign key-days after each key's learning period)"
             );
         }
-        _ => {
+        None => {
             let _ = writeln!(
                 out,
-                "False alerts     {} (no benign key-days known: pass --key-days or keep meta.json beside the labels)",
-                card.alerts_unmatched
+                "                 no judged key-days known: pass --key-days or keep a current meta.json beside the labels"
             );
         }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:<28} {:>9} {:>12}", "severity", "alerts", "false alerts");
+    for row in &card.alerts_by_severity {
+        let _ = writeln!(
+            out,
+            "{:<28} {:>9} {:>12}",
+            row.severity.as_str(),
+            row.alerts,
+            row.false_alerts
+        );
     }
 
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<28} {:>9} {:>9} {:>7} {:>11}  detectors",
-        "scenario", "incidents", "detected", "recall", "median ttd"
+        "{:<28} {:>9} {:>9} {:>7} {:>10} {:>11}  alerts in window by detector",
+        "scenario", "incidents", "detected", "recall", "only below", "median ttd"
     );
     for (name, scenario) in &card.scenarios {
         let _ = writeln!(
             out,
-            "{:<28} {:>9} {:>9} {:>7} {:>11}  {}",
+            "{:<28} {:>9} {:>9} {:>7} {:>10} {:>11}  {}",
             name,
             scenario.incidents,
             scenario.detected,
             percent(scenario.recall),
+            scenario.only_below_min_severity,
             human_duration(scenario.median_time_to_detect_s),
             detector_list(&scenario.detectors)
         );
@@ -555,19 +688,27 @@ pub fn render_brief(card: &Scorecard) -> String {
     }
     let _ = writeln!(
         out,
-        "recall {} ({} of {}), precision {}, false alerts {:.2} per 1,000 benign key-days",
+        "recall {} ({} of {}), precision {}, false alerts {:.2} per 1,000 judged key-days",
         percent(card.recall),
         card.detected,
         card.incidents,
         percent(card.precision),
-        card.false_alerts_per_1k_key_days.unwrap_or(0.0),
+        card.false_alerts_per_1k_judged_key_days.unwrap_or(0.0),
     );
     let alerted: usize = card.benign_cases.values().map(|case| case.cases_alerted).sum();
     let cases: usize = card.benign_cases.values().map(|case| case.cases).sum();
     let _ = writeln!(
         out,
-        "benign hard cases alerted: {alerted} of {cases}; low alerts (informational): {}",
+        "benign hard cases alerted: {alerted} of {cases}; alerts below {}: {}",
+        card.min_severity.as_str(),
         card.alerts_below_min_severity
+    );
+    let _ = writeln!(
+        out,
+        "all severities: {:.2} false alerts per 1,000 judged key-days; {} incidents only below {}",
+        card.false_alerts_all_severities_per_1k_judged_key_days.unwrap_or(0.0),
+        card.incidents_only_below_min_severity,
+        card.min_severity.as_str()
     );
     out
 }
@@ -739,6 +880,7 @@ mod tests {
             start: start.to_string(),
             end: end.to_string(),
             notes: String::new(),
+            detectors: Vec::new(),
         }
     }
 
@@ -783,6 +925,116 @@ mod tests {
         let card = score(&early, &labels, &[], None, &ScoreOptions::default());
         assert_eq!(card.detected, 0);
         assert_eq!(card.precision, Some(0.0));
+    }
+
+    fn meta(benign_key_days: u64, judged_key_days: Option<u64>) -> RunMeta {
+        RunMeta {
+            keys: 10,
+            days: 10,
+            seed: 1,
+            start: "2026-01-05T00:00:00Z".to_string(),
+            end: "2026-01-15T00:00:00Z".to_string(),
+            events: 0,
+            benign_key_days,
+            judged_key_days,
+            incidents: 0,
+            benign_cases: 0,
+            generator: String::new(),
+        }
+    }
+
+    #[test]
+    fn false_alerts_are_per_judged_key_day_at_the_minimum_and_at_all_severities() {
+        let alerts = [
+            alert("kf_a", "2026-01-08T10:00:00Z", Severity::High, "new_country"),
+            alert("kf_b", "2026-01-08T10:00:00Z", Severity::Low, "new_asn"),
+            alert("kf_b", "2026-01-09T10:00:00Z", Severity::Low, "new_client"),
+        ];
+        let card = score(&alerts, &[], &[], Some(&meta(800, Some(500))), &ScoreOptions::default());
+        assert_eq!(card.benign_key_days, Some(800));
+        assert_eq!(card.judged_key_days, Some(500), "learning days are not the denominator");
+        assert_eq!(card.false_alerts_per_1k_judged_key_days, Some(2.0));
+        assert_eq!(card.false_alerts_all_severities, 3);
+        assert_eq!(card.false_alerts_all_severities_per_1k_judged_key_days, Some(6.0));
+        let low = &card.alerts_by_severity[0];
+        assert_eq!((low.severity, low.alerts, low.false_alerts), (Severity::Low, 2, 2));
+        assert_eq!(card.alerts_by_severity.len(), 4);
+
+        let card = score(&alerts, &[], &[], Some(&meta(800, None)), &ScoreOptions::default());
+        assert_eq!(
+            card.false_alerts_per_1k_judged_key_days, None,
+            "an old meta without judged key-days gives no rate rather than a diluted one"
+        );
+        let overridden = ScoreOptions {
+            key_days: Some(1000),
+            ..ScoreOptions::default()
+        };
+        let card = score(&alerts, &[], &[], Some(&meta(800, None)), &overridden);
+        assert_eq!(card.false_alerts_all_severities_per_1k_judged_key_days, Some(3.0));
+    }
+
+    #[test]
+    fn only_the_scenarios_detectors_detect_it() {
+        let mut travel = label("i1", "impossible_travel", "kf_a", "2026-01-08T10:00:00Z", "2026-01-08T10:30:00Z");
+        travel.detectors = vec![Detector::ImpossibleTravel, Detector::NewCountry];
+        let labels = [travel];
+        let unrelated = [alert("kf_a", "2026-01-08T10:05:00Z", Severity::High, "new_client")];
+        let card = score(&unrelated, &labels, &[], None, &ScoreOptions::default());
+        assert_eq!(card.detected, 0, "an unrelated detector does not detect");
+        assert_eq!(card.alerts_in_incident_other_detector, 1);
+        assert_eq!(card.alerts_unmatched, 0, "nor is its alert false: the key was misused");
+        assert_eq!(card.precision, Some(1.0));
+
+        let both = [
+            unrelated[0].clone(),
+            alert("kf_a", "2026-01-08T10:12:00Z", Severity::Medium, "new_country"),
+        ];
+        let card = score(&both, &labels, &[], None, &ScoreOptions::default());
+        assert_eq!(card.detected, 1);
+        assert_eq!(card.median_time_to_detect_s, Some(720.0), "timed from its own detector's alert");
+        assert_eq!(card.incident_outcomes[0].detectors, ["new_country"]);
+
+        let mut any = labels[0].clone();
+        any.detectors.clear();
+        let card = score(&unrelated, &[any], &[], None, &ScoreOptions::default());
+        assert_eq!(card.detected, 1, "a label without detectors takes any");
+    }
+
+    #[test]
+    fn incidents_reached_only_at_low_are_counted() {
+        let mut labels = [
+            label("i1", "s", "kf_a", "2026-01-08T10:00:00Z", "2026-01-08T10:30:00Z"),
+            label("i2", "s", "kf_b", "2026-01-08T10:00:00Z", "2026-01-08T10:30:00Z"),
+            label("i3", "s", "kf_c", "2026-01-08T10:00:00Z", "2026-01-08T10:30:00Z"),
+        ];
+        for label in &mut labels {
+            label.detectors = vec![Detector::NewCountry];
+        }
+        let alerts = [
+            // i1: low only.
+            alert("kf_a", "2026-01-08T10:05:00Z", Severity::Low, "new_country"),
+            // i2: low and medium: detected, not "only low".
+            alert("kf_b", "2026-01-08T10:05:00Z", Severity::Low, "new_country"),
+            alert("kf_b", "2026-01-08T10:06:00Z", Severity::Medium, "new_country"),
+            // i3: low from a detector it does not list: reached by nothing.
+            alert("kf_c", "2026-01-08T10:05:00Z", Severity::Low, "new_client"),
+        ];
+        let card = score(&alerts, &labels, &[], None, &ScoreOptions::default());
+        assert_eq!(card.detected, 1);
+        assert_eq!(card.incidents_only_below_min_severity, 1);
+        assert_eq!(card.scenarios["s"].only_below_min_severity, 1);
+        assert!(card.incident_outcomes[0].only_below_min_severity);
+        assert_eq!(card.false_alerts_all_severities, 0);
+    }
+
+    #[test]
+    fn old_label_and_meta_files_still_load() {
+        let old_label = r#"{"id":"i1","scenario":"s","key":"k","key_fingerprint":"kf_a","start":"2026-01-08T10:00:00Z","end":"2026-01-08T10:30:00Z"}"#;
+        let label: Label = serde_json::from_str(old_label).expect("a label without detectors loads");
+        assert!(label.detectors.is_empty() && label.detected_by(Detector::NewClient));
+        let old_meta = r#"{"keys":1,"days":10,"seed":1,"start":"2026-01-05T00:00:00Z","end":"2026-01-15T00:00:00Z","events":5,"benign_key_days":7}"#;
+        let meta: RunMeta = serde_json::from_str(old_meta).expect("a meta without judged key-days loads");
+        assert_eq!(meta.judged_key_days, None);
     }
 
     #[test]

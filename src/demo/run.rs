@@ -30,7 +30,7 @@ use crate::alert::{Alert, RevocationRequest};
 use crate::config::Config;
 use crate::enrich::GeoIp;
 use crate::eval::{ScoreOptions, score};
-use crate::generate::{GenerateConfig, Generation};
+use crate::generate::{EventCounts, GenerateConfig, Generation};
 use crate::model::Model;
 use crate::pipeline::{Pipeline, Progress};
 use crate::sink::file::JsonlWriter;
@@ -219,7 +219,7 @@ pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     write_lines(&out.join("alerts.jsonl"), &collected.alerts)?;
     write_lines(&out.join("revocations.jsonl"), &collected.revocations)?;
     write_lines(&out.join("rejected.jsonl"), &collected.dead_letters)?;
-    let meta = generation.write_meta(&out, produced_summary.events, produced_summary.benign_key_days)?;
+    let meta = generation.write_meta(&out, &produced_summary.counts)?;
     let scorecard = score(
         &collected.alerts,
         generation.labels(),
@@ -238,7 +238,7 @@ pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     }
     Ok(DemoReport {
         produced: produced_summary.produced,
-        events: produced_summary.events,
+        events: produced_summary.counts.events,
         malformed: produced_summary.malformed,
         processed_records: summary.counts.records,
         processed_events: summary.counts.events,
@@ -293,9 +293,8 @@ fn status(live: &Live, progress: &Progress, collected: &Collected) -> Status {
 /// Counts of what was produced.
 struct Produced {
     produced: u64,
-    events: u64,
+    counts: EventCounts,
     malformed: u64,
-    benign_key_days: u64,
 }
 
 /// Streams the generated events into the input topic, keyed by key id, in
@@ -353,13 +352,12 @@ fn produce(
     let flushed = producer.flush(Duration::from_secs(60));
     live.produced.store(produced, Ordering::Relaxed);
     live.producer_done.store(true, Ordering::Release);
-    let (events, benign_key_days) = result?;
+    let counts = result?;
     flushed?;
     Ok(Produced {
         produced,
-        events,
+        counts,
         malformed,
-        benign_key_days,
     })
 }
 

@@ -15,6 +15,7 @@ use super::catalog::{
 use super::profile::{GenEvent, HOUR_MS, KeyProfile, MINUTE_MS, ordinary_status, response_bytes};
 use super::random::{GenRng, between, chance, index, pick, shuffle, uniform, unit};
 use super::world::{NetworkKind, World};
+use crate::detector::Detector;
 
 /// The kinds of misuse the generator injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,6 +52,56 @@ impl Scenario {
             Scenario::CredentialStuffing => "credential_stuffing",
             Scenario::DormantReactivated => "dormant_reactivated",
             Scenario::KeyCopied => "key_copied",
+        }
+    }
+
+    /// The detectors whose alert counts as detecting this scenario: the
+    /// signs of what the attacker does, not whatever else happens to fire on
+    /// the key in the window (a new client alone says nothing about
+    /// scraping). Written into every label, so the evaluation cannot credit
+    /// an unrelated alert with a detection.
+    pub fn detectors(self) -> &'static [Detector] {
+        match self {
+            // Calls from a far, never-used place while the owner goes on
+            // calling from home.
+            Scenario::StolenKeyNewCountry | Scenario::ImpossibleTravel | Scenario::KeyCopied => &[
+                Detector::ImpossibleTravel,
+                Detector::ConcurrentUse,
+                Detector::NewCountry,
+                Detector::NewAsn,
+            ],
+            // Many reads, far above the key's rate, over its own endpoints.
+            Scenario::ScrapingBurst => &[
+                Detector::RateSpike,
+                Detector::RateSurge,
+                Detector::EndpointMixShift,
+                Detector::NewEndpoint,
+            ],
+            // A modest extra rate for hours, much of it on bulk exports.
+            Scenario::LowAndSlowExfiltration => &[
+                Detector::RateSurge,
+                Detector::RateSpike,
+                Detector::EndpointMixShift,
+                Detector::NewEndpoint,
+                Detector::SensitiveEndpoint,
+            ],
+            // Admin, IAM and secret endpoints, mostly refused.
+            Scenario::PrivilegeProbing => &[
+                Detector::SensitiveEndpoint,
+                Detector::NewEndpoint,
+                Detector::AuthFailureSpike,
+                Detector::EndpointMixShift,
+            ],
+            // Fast enumeration answered mostly 401/403.
+            Scenario::CredentialStuffing => &[
+                Detector::AuthFailureSpike,
+                Detector::RateSpike,
+                Detector::RateSurge,
+                Detector::NewEndpoint,
+                Detector::EndpointMixShift,
+            ],
+            // A long-silent key used again, from somewhere it never was.
+            Scenario::DormantReactivated => &[Detector::DormantKey, Detector::NewCountry, Detector::NewAsn],
         }
     }
 }

@@ -137,6 +137,26 @@ pub struct GenerateSummary {
     pub incidents: usize,
     pub benign_cases: usize,
     pub benign_key_days: u64,
+    pub judged_key_days: u64,
+}
+
+/// How long after its first call a key is still learning: the longest
+/// `min_age` of any detector in models/default.toml (`learning`,
+/// `new_endpoint`, `mix_shift` and `new_client` wait 3 days). Key-days
+/// before it are not judged: most detectors cannot fire on them, so counting
+/// them would dilute the false-alert rate.
+pub const LEARNING_PERIOD_MS: i64 = 3 * DAY_MS;
+
+/// What [`Generation::for_each_event`] streamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EventCounts {
+    pub events: u64,
+    /// Key-days with traffic outside incident windows.
+    pub benign_key_days: u64,
+    /// Benign key-days with traffic after the key's learning period
+    /// ([`LEARNING_PERIOD_MS`] from its first call): the days on which every
+    /// detector may judge the key.
+    pub judged_key_days: u64,
 }
 
 /// One key's events in time order, produced an hour at a time.
@@ -242,8 +262,8 @@ impl Generation {
 
     /// Calls `visit` with every event in non-decreasing time order (ties
     /// broken by key), and returns how many there were and how many
-    /// key-days had traffic outside incident windows.
-    pub fn for_each_event<E>(&self, mut visit: impl FnMut(&AccessEvent<'_>) -> Result<(), E>) -> Result<(u64, u64), E> {
+    /// key-days had traffic outside incident windows, all and judged.
+    pub fn for_each_event<E>(&self, mut visit: impl FnMut(&AccessEvent<'_>) -> Result<(), E>) -> Result<EventCounts, E> {
         let profiles = &self.plan.profiles;
         let mut streams: Vec<KeyStream> = profiles
             .iter()
@@ -264,9 +284,10 @@ impl Generation {
             heads.push(head);
         }
 
-        let mut events = 0u64;
-        let mut benign_key_days = 0u64;
+        let mut counts = EventCounts::default();
         let mut last_benign_day: Vec<Option<i64>> = vec![None; profiles.len()];
+        let mut last_judged_day: Vec<Option<i64>> = vec![None; profiles.len()];
+        let mut first_call_ms: Vec<Option<i64>> = vec![None; profiles.len()];
         while let Some(Reverse((_, position))) = heap.pop() {
             let Some(event) = heads[position].take() else {
                 continue;
@@ -284,7 +305,8 @@ impl Generation {
                 request_id: None,
             };
             visit(&access)?;
-            events += 1;
+            counts.events += 1;
+            let first_call = *first_call_ms[position].get_or_insert(event.ts_ms);
             let in_incident = self.plan.incident_windows[position]
                 .iter()
                 .any(|&(start, end)| (start..=end).contains(&event.ts_ms));
@@ -294,7 +316,12 @@ impl Generation {
                 // day not counted yet.
                 if last_benign_day[position] != Some(day) {
                     last_benign_day[position] = Some(day);
-                    benign_key_days += 1;
+                    counts.benign_key_days += 1;
+                }
+                let learned = event.ts_ms >= first_call.saturating_add(LEARNING_PERIOD_MS);
+                if learned && last_judged_day[position] != Some(day) {
+                    last_judged_day[position] = Some(day);
+                    counts.judged_key_days += 1;
                 }
             }
             let next = streams[position].next(profile, self.config.start_ms);
@@ -303,7 +330,7 @@ impl Generation {
             }
             heads[position] = next;
         }
-        Ok((events, benign_key_days))
+        Ok(counts)
     }
 
     /// Writes the whole run into `dir`.
@@ -312,7 +339,7 @@ impl Generation {
         let events_path = dir.join("events.jsonl");
         let file = File::create(&events_path).map_err(write_error(&events_path))?;
         let mut writer = BufWriter::with_capacity(1 << 20, file);
-        let (events, benign_key_days) = self.for_each_event(|event| {
+        let counts = self.for_each_event(|event| {
             serde_json::to_writer(&mut writer, event).map_err(|source| GenerateError::Serialize {
                 what: "an event",
                 source,
@@ -322,14 +349,15 @@ impl Generation {
         writer.flush().map_err(write_error(&events_path))?;
 
         self.write_labels(dir)?;
-        self.write_meta(dir, events, benign_key_days)?;
+        self.write_meta(dir, &counts)?;
         self.write_geoip_databases(dir)?;
 
         Ok(GenerateSummary {
-            events,
+            events: counts.events,
             incidents: self.labels().len(),
             benign_cases: self.benign_cases().len(),
-            benign_key_days,
+            benign_key_days: counts.benign_key_days,
+            judged_key_days: counts.judged_key_days,
         })
     }
 
@@ -340,18 +368,19 @@ impl Generation {
         write_json_lines(&dir.join("benign.jsonl"), self.benign_cases())
     }
 
-    /// Writes `meta.json` for a run of `events` events with `benign_key_days`
-    /// (as [`Generation::for_each_event`] counts them) into `dir`; returns
-    /// what it wrote.
-    pub fn write_meta(&self, dir: &Path, events: u64, benign_key_days: u64) -> Result<RunMeta, GenerateError> {
+    /// Writes `meta.json` for a run with `counts` (as
+    /// [`Generation::for_each_event`] returns them) into `dir`; returns what
+    /// it wrote.
+    pub fn write_meta(&self, dir: &Path, counts: &EventCounts) -> Result<RunMeta, GenerateError> {
         let meta = RunMeta {
             keys: self.config.keys as u64,
             days: u64::from(self.config.days),
             seed: self.config.seed,
             start: format_ts(self.config.start_ms),
             end: format_ts(self.config.end_ms()),
-            events,
-            benign_key_days,
+            events: counts.events,
+            benign_key_days: counts.benign_key_days,
+            judged_key_days: Some(counts.judged_key_days),
             incidents: self.labels().len() as u64,
             benign_cases: self.benign_cases().len() as u64,
             generator: concat!("keywatch-generate/", env!("CARGO_PKG_VERSION")).to_string(),
@@ -415,11 +444,12 @@ pub fn run_cli(args: &GenerateArgs) -> Result<(), GenerateError> {
         "generated run"
     );
     println!(
-        "wrote {} events, {} incidents, {} benign hard cases ({} benign key-days) to {} in {:.1}s",
+        "wrote {} events, {} incidents, {} benign hard cases ({} benign key-days, {} judged) to {} in {:.1}s",
         summary.events,
         summary.incidents,
         summary.benign_cases,
         summary.benign_key_days,
+        summary.judged_key_days,
         args.out.display(),
         started.elapsed().as_secs_f64()
     );
@@ -455,7 +485,7 @@ mod tests {
         let generation = Generation::new(small());
         let mut last = i64::MIN;
         let mut out_of_order = 0;
-        let (events, benign_key_days) = generation
+        let counts = generation
             .for_each_event(|event| {
                 if event.ts_ms < last {
                     out_of_order += 1;
@@ -465,9 +495,13 @@ mod tests {
             })
             .unwrap();
         assert_eq!(out_of_order, 0);
-        assert!(events > 1000, "{events}");
-        assert!(benign_key_days > 0);
+        assert!(counts.events > 1000, "{counts:?}");
+        assert!(counts.benign_key_days > 0);
+        assert!(
+            counts.judged_key_days > 0 && counts.judged_key_days < counts.benign_key_days,
+            "the learning days are not judged: {counts:?}"
+        );
         let injected: usize = generation.plan.injected.iter().map(Vec::len).sum();
-        assert!(injected > 0 && (injected as u64) < events);
+        assert!(injected > 0 && (injected as u64) < counts.events);
     }
 }

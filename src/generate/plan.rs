@@ -455,6 +455,7 @@ pub fn plan(config: &GenerateConfig) -> Plan {
                     start: format_ts(attack_start),
                     end: format_ts(attack_end),
                     notes,
+                    detectors: scenario.detectors().to_vec(),
                 });
                 profile
             }

@@ -49,7 +49,7 @@ fn a_short_demo_runs_end_to_end_and_scores_like_eval() {
     for field in [
         "recall",
         "precision",
-        "false_alerts_per_1k_key_days",
+        "false_alerts_per_1k_judged_key_days",
         "median_time_to_detect_s",
         "p95_time_to_detect_s",
         "scenarios",

@@ -11,6 +11,7 @@ use std::process::Command;
 use keywatch::alert::{Alert, Severity, Window};
 use keywatch::eval::{self, BenignCase, Label, RunMeta, ScoreOptions};
 use keywatch::event::{AccessEvent, key_fingerprint, parse_ts};
+use keywatch::generate::attacks::Scenario;
 use keywatch::generate::{GenerateConfig, Generation};
 use maxminddb::{Reader, geoip2};
 
@@ -131,6 +132,13 @@ fn generated_run_is_well_formed() {
     let run_end = parse_ts(&meta.end).unwrap();
     assert!(last_ts < run_end);
     assert!(meta.benign_key_days > 1000 && meta.benign_key_days <= 120 * 10 + 8 * 30);
+    // Each key's first three days are learning days and not judged.
+    let judged = meta.judged_key_days.expect("the generator counts judged key-days");
+    assert!(
+        judged > 0 && judged < meta.benign_key_days,
+        "{judged} of {}",
+        meta.benign_key_days
+    );
 
     // Every scenario and hard case appears; each incident has attacker calls
     // in its window, after the baseline days.
@@ -222,36 +230,37 @@ fn write_lines<T: serde::Serialize>(path: &Path, records: &[T]) {
     std::fs::write(path, text).unwrap();
 }
 
-/// Three incidents, two benign cases, 2,000 benign key-days and eight alerts
+/// Three incidents, two benign cases, 2,000 judged key-days and nine alerts
 /// whose fate is worked out by hand in the comments.
 fn hand_written_run(dir: &Path) -> Vec<Alert> {
-    let label = |id: &str, scenario: &str, key: &str, start: &str, end: &str| Label {
+    let label = |id: &str, scenario: Scenario, key: &str, start: &str, end: &str| Label {
         id: id.to_string(),
-        scenario: scenario.to_string(),
+        scenario: scenario.as_str().to_string(),
         key: key.to_string(),
         key_fingerprint: key_fingerprint(key),
         start: start.to_string(),
         end: end.to_string(),
         notes: String::new(),
+        detectors: scenario.detectors().to_vec(),
     };
     let labels = [
         label(
             "inc-1",
-            "scraping_burst",
+            Scenario::ScrapingBurst,
             "AKIAAAAAAAAAAAAAAAA1",
             "2026-01-08T10:00:00Z",
             "2026-01-08T11:00:00Z",
         ),
         label(
             "inc-2",
-            "scraping_burst",
+            Scenario::ScrapingBurst,
             "AKIAAAAAAAAAAAAAAAA2",
             "2026-01-09T10:00:00Z",
             "2026-01-09T10:30:00Z",
         ),
         label(
             "inc-3",
-            "impossible_travel",
+            Scenario::ImpossibleTravel,
             "AKIAAAAAAAAAAAAAAAA3",
             "2026-01-10T08:00:00Z",
             "2026-01-10T08:20:00Z",
@@ -273,7 +282,8 @@ fn hand_written_run(dir: &Path) -> Vec<Alert> {
         start: "2026-01-05T00:00:00Z".to_string(),
         end: "2026-01-15T00:00:00Z".to_string(),
         events: 0,
-        benign_key_days: 2000,
+        benign_key_days: 2400,
+        judged_key_days: Some(2000),
         incidents: 3,
         benign_cases: 1,
         generator: "hand".to_string(),
@@ -307,7 +317,16 @@ fn hand_written_run(dir: &Path) -> Vec<Alert> {
             Severity::Medium,
             "rate_spike",
         ),
-        // inc-3: a low alert is informational and does not detect it...
+        // inc-3: a rate alert inside it is not one of impossible travel's
+        // detectors: no detection, and no false alert either...
+        alert(
+            "a9",
+            &kf("AKIAAAAAAAAAAAAAAAA3"),
+            "2026-01-10T08:10:00Z",
+            Severity::High,
+            "rate_spike",
+        ),
+        // ...a low alert of its detectors reaches it only below medium...
         alert(
             "a4",
             &kf("AKIAAAAAAAAAAAAAAAA3"),
@@ -369,14 +388,34 @@ fn scoring_a_hand_written_run_gives_the_expected_numbers() {
     // Detection times 600 s and 4800 s; nearest-rank median and p95.
     assert_eq!(card.median_time_to_detect_s, Some(600.0));
     assert_eq!(card.p95_time_to_detect_s, Some(4800.0));
-    assert_eq!(card.alerts_total, 8);
+    assert_eq!(card.alerts_total, 9);
     assert_eq!(card.alerts_below_min_severity, 2);
-    assert_eq!(card.alerts_counted, 6);
+    assert_eq!(card.alerts_counted, 7);
     assert_eq!(card.alerts_matched, 3);
+    assert_eq!(card.alerts_in_incident_other_detector, 1);
     assert_eq!(card.alerts_unmatched, 3);
-    assert_eq!(card.precision, Some(0.5));
-    assert_eq!(card.benign_key_days, Some(2000));
-    assert_eq!(card.false_alerts_per_1k_key_days, Some(1.5));
+    assert_eq!(card.precision, Some(4.0 / 7.0));
+    assert_eq!(card.benign_key_days, Some(2400));
+    assert_eq!(card.judged_key_days, Some(2000));
+    assert_eq!(card.false_alerts_per_1k_judged_key_days, Some(1.5));
+    // a5, a6, a7 and a8 lie in no incident.
+    assert_eq!(card.false_alerts_all_severities, 4);
+    assert_eq!(card.false_alerts_all_severities_per_1k_judged_key_days, Some(2.0));
+    assert_eq!(card.incidents_only_below_min_severity, 1);
+    let by_severity: Vec<(Severity, usize, usize)> = card
+        .alerts_by_severity
+        .iter()
+        .map(|row| (row.severity, row.alerts, row.false_alerts))
+        .collect();
+    assert_eq!(
+        by_severity,
+        [
+            (Severity::Low, 2, 1),
+            (Severity::Medium, 3, 1),
+            (Severity::High, 3, 1),
+            (Severity::Critical, 1, 1)
+        ]
+    );
     let scraping = &card.scenarios["scraping_burst"];
     assert_eq!((scraping.incidents, scraping.detected), (2, 2));
     assert_eq!(scraping.median_time_to_detect_s, Some(600.0));
@@ -385,6 +424,8 @@ fn scoring_a_hand_written_run_gives_the_expected_numbers() {
     let travel = &card.scenarios["impossible_travel"];
     assert_eq!((travel.incidents, travel.detected), (1, 0));
     assert_eq!(travel.recall, Some(0.0));
+    assert_eq!(travel.only_below_min_severity, 1);
+    assert_eq!(travel.detectors.get("rate_spike"), Some(&1));
     let vpn = &card.benign_cases["vpn_egress"];
     assert_eq!((vpn.cases, vpn.alerts, vpn.cases_alerted, vpn.low_alerts), (1, 1, 1, 1));
 
@@ -401,8 +442,9 @@ fn scoring_a_hand_written_run_gives_the_expected_numbers() {
         },
     );
     assert_eq!(with_low.detected, 3);
+    assert_eq!(with_low.incidents_only_below_min_severity, 0);
     assert_eq!(with_low.alerts_unmatched, 4);
-    assert_eq!(with_low.false_alerts_per_1k_key_days, Some(2.0));
+    assert_eq!(with_low.false_alerts_per_1k_judged_key_days, Some(2.0));
 
     // Without grace inc-2 is missed, and its alert turns false.
     let no_grace = eval::score(
@@ -418,7 +460,7 @@ fn scoring_a_hand_written_run_gives_the_expected_numbers() {
     );
     assert_eq!(no_grace.detected, 1);
     assert_eq!(no_grace.alerts_unmatched, 4);
-    assert_eq!(no_grace.false_alerts_per_1k_key_days, Some(1.0));
+    assert_eq!(no_grace.false_alerts_per_1k_judged_key_days, Some(1.0));
 
     let table = eval::render_table(&card);
     assert!(
@@ -442,8 +484,11 @@ fn eval_command_prints_the_scorecard_as_json() {
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let card: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(card["precision"], 0.5);
-    assert_eq!(card["false_alerts_per_1k_key_days"], 1.5);
+    assert_eq!(card["precision"], 4.0 / 7.0);
+    assert_eq!(card["false_alerts_per_1k_judged_key_days"], 1.5);
+    assert_eq!(card["false_alerts_all_severities_per_1k_judged_key_days"], 2.0);
+    assert_eq!(card["incidents_only_below_min_severity"], 1);
+    assert_eq!(card["alerts_by_severity"][0]["severity"], "low");
     assert_eq!(card["median_time_to_detect_s"], 600.0);
     assert_eq!(card["p95_time_to_detect_s"], 4800.0);
     assert_eq!(card["scenarios"]["scraping_burst"]["incidents"], 2);
@@ -460,6 +505,9 @@ fn eval_command_prints_the_scorecard_as_json() {
         .output()
         .unwrap();
     let text = String::from_utf8(table.stdout).unwrap();
-    assert!(text.contains("1.00 per 1,000 benign key-days"), "{text}");
+    assert!(
+        text.contains("1.00 per 1,000 judged key-days at severity >= medium (3), 1.33 at all severities (4)"),
+        "{text}"
+    );
     assert!(text.contains("2 below medium not counted"), "{text}");
 }
