@@ -975,7 +975,13 @@ mod tests {
 
     #[test]
     fn only_the_scenarios_detectors_detect_it() {
-        let mut travel = label("i1", "impossible_travel", "kf_a", "2026-01-08T10:00:00Z", "2026-01-08T10:30:00Z");
+        let mut travel = label(
+            "i1",
+            "impossible_travel",
+            "kf_a",
+            "2026-01-08T10:00:00Z",
+            "2026-01-08T10:30:00Z",
+        );
         travel.detectors = vec![Detector::ImpossibleTravel, Detector::NewCountry];
         let labels = [travel];
         let unrelated = [alert("kf_a", "2026-01-08T10:05:00Z", Severity::High, "new_client")];
@@ -991,7 +997,11 @@ mod tests {
         ];
         let card = score(&both, &labels, &[], None, &ScoreOptions::default());
         assert_eq!(card.detected, 1);
-        assert_eq!(card.median_time_to_detect_s, Some(720.0), "timed from its own detector's alert");
+        assert_eq!(
+            card.median_time_to_detect_s,
+            Some(720.0),
+            "timed from its own detector's alert"
+        );
         assert_eq!(card.incident_outcomes[0].detectors, ["new_country"]);
 
         let mut any = labels[0].clone();

@@ -263,7 +263,10 @@ impl Generation {
     /// Calls `visit` with every event in non-decreasing time order (ties
     /// broken by key), and returns how many there were and how many
     /// key-days had traffic outside incident windows, all and judged.
-    pub fn for_each_event<E>(&self, mut visit: impl FnMut(&AccessEvent<'_>) -> Result<(), E>) -> Result<EventCounts, E> {
+    pub fn for_each_event<E>(
+        &self,
+        mut visit: impl FnMut(&AccessEvent<'_>) -> Result<(), E>,
+    ) -> Result<EventCounts, E> {
         let profiles = &self.plan.profiles;
         let mut streams: Vec<KeyStream> = profiles
             .iter()
