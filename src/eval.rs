@@ -705,7 +705,7 @@ pub fn render_brief(card: &Scorecard) -> String {
     );
     let _ = writeln!(
         out,
-        "all severities: {:.2} false alerts per 1k judged key-days; {} incidents only below {}",
+        "all severities: {:.2} false/1k judged key-days; {} incidents only below {}",
         card.false_alerts_all_severities_per_1k_judged_key_days.unwrap_or(0.0),
         card.incidents_only_below_min_severity,
         card.min_severity.as_str()
