@@ -245,6 +245,28 @@ impl Model {
             field: field.to_string(),
             problem: problem.to_string(),
         };
+        // Every number read from the file is checked here first, so a NaN
+        // (which fails no `<` or `>` comparison) or a negative value is
+        // named before any range check could let it through.
+        for (field, value) in [
+            ("geo.max_speed_kmh", self.geo.max_speed_kmh),
+            ("geo.min_distance_km", self.geo.min_distance_km),
+            ("geo.location_error_km", self.geo.location_error_km),
+            ("geo.established_share", self.geo.established_share),
+            ("rate.spike_p_value", self.rate.spike_p_value),
+            ("rate.surge_p_value", self.rate.surge_p_value),
+            ("rate.profile_alpha", self.rate.profile_alpha),
+            ("rate.min_hourly_rate", self.rate.min_hourly_rate),
+            ("endpoints.mix_max_divergence", self.endpoints.mix_max_divergence),
+            ("auth_failures.p_value", self.auth_failures.p_value),
+        ] {
+            if !value.is_finite() {
+                return Err(invalid(field, "must be a finite number"));
+            }
+            if value < 0.0 {
+                return Err(invalid(field, "must not be negative"));
+            }
+        }
         let probability = |value: f64, field: &str| {
             if value > 0.0 && value < 1.0 {
                 Ok(())
@@ -333,6 +355,35 @@ mod tests {
         assert!(err.contains("bad.toml") && err.contains("rate.spike_p_value"), "{err}");
         let err = Model::parse("name = 1", "worse.toml").unwrap_err().to_string();
         assert!(err.contains("worse.toml"), "{err}");
+    }
+
+    #[test]
+    fn every_number_rejects_nan_infinity_and_negatives() {
+        for (line, field) in [
+            ("max_speed_kmh = 900.0", "geo.max_speed_kmh"),
+            ("min_distance_km = 500.0", "geo.min_distance_km"),
+            ("location_error_km = 50.0", "geo.location_error_km"),
+            ("min_hourly_rate = 2.0", "rate.min_hourly_rate"),
+        ] {
+            let key = line.split(" = ").next().unwrap_or(line);
+            for (value, problem) in [("nan", "finite"), ("inf", "finite"), ("-1.0", "negative")] {
+                let text = DEFAULT_MODEL_TOML.replace(line, &format!("{key} = {value}"));
+                assert_ne!(text, DEFAULT_MODEL_TOML, "{line} was found");
+                let err = Model::parse(&text, "n.toml").unwrap_err().to_string();
+                assert!(err.contains(field) && err.contains(problem), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn nested_unknown_fields_are_rejected() {
+        let text = DEFAULT_MODEL_TOML.replace(
+            r#"new_country = { min_age = "2d", min_events = 20 }"#,
+            r#"new_country = { min_age = "2d", min_events = 20, bogus = 1 }"#,
+        );
+        assert_ne!(text, DEFAULT_MODEL_TOML, "the section was found");
+        let err = Model::parse(&text, "u.toml").unwrap_err().to_string();
+        assert!(err.contains("u.toml") && err.contains("bogus"), "{err}");
     }
 
     #[test]

@@ -212,4 +212,15 @@ mod tests {
         let err = Config::parse("[input]\nbogus = 1\n", "d.toml").unwrap_err().to_string();
         assert!(err.contains("d.toml") && err.contains("bogus"), "{err}");
     }
+
+    #[test]
+    fn nested_unknown_fields_and_negative_numbers_are_rejected() {
+        let nested = "[kafka]\nbrokers = \"b:9092\"\ninput_topics = [\"in\"]\nbogus = 1\n";
+        let err = Config::parse(nested, "k.toml").unwrap_err().to_string();
+        assert!(err.contains("k.toml") && err.contains("bogus"), "{err}");
+        let err = Config::parse("[geoip]\ncache_entries = -5\n", "g.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("g.toml") && err.contains("cache_entries"), "{err}");
+    }
 }
