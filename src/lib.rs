@@ -26,6 +26,7 @@
 
 pub mod alert;
 pub mod baseline;
+pub mod check_config;
 pub mod checkpoint;
 pub mod config;
 pub mod counts;

@@ -10,6 +10,7 @@
 //! unless `KEYWATCH_TEST_BROKERS` is set). Fixtures are files in
 //! `tests/data/`.
 
+mod check_config;
 mod decode;
 mod demo;
 mod detection_quality;
