@@ -49,6 +49,16 @@ fn check_config(args: &[&std::ffi::OsStr]) -> Output {
         .expect("run keywatch check-config")
 }
 
+/// Writes the files into a fresh folder and checks them with `--config`
+/// and `more_args`; the folder lives as long as the returned guard.
+fn check_written(extra_config: &str, model: &str, more_args: &[&std::ffi::OsStr]) -> (Output, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, _) = write_files(dir.path(), extra_config, model);
+    let mut args = vec!["--config".as_ref(), config.as_os_str()];
+    args.extend_from_slice(more_args);
+    (check_config(&args), dir)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -64,10 +74,8 @@ fn assert_fails_naming(output: &Output, expected: &[&str]) {
 
 #[test]
 fn valid_config_and_model_pass_and_print_the_model_label() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let model = DEFAULT_MODEL_TOML.replace("version = \"1\"", "version = \"checked-7\"");
-    let (config, _) = write_files(dir.path(), "", &model);
-    let output = check_config(&["--config".as_ref(), config.as_os_str()]);
+    let (output, _dir) = check_written("", &model, &[]);
     let stdout = text(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "stderr: {}", text(&output.stderr));
     assert!(stdout.contains("default@checked-7"), "{stdout}");
@@ -79,9 +87,7 @@ fn valid_config_and_model_pass_and_print_the_model_label() {
 
 #[test]
 fn sasl_password_is_never_printed() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (config, _) = write_files(dir.path(), "", DEFAULT_MODEL_TOML);
-    let output = check_config(&["--config".as_ref(), config.as_os_str()]);
+    let (output, _dir) = check_written("", DEFAULT_MODEL_TOML, &[]);
     assert_eq!(output.status.code(), Some(0), "stderr: {}", text(&output.stderr));
     let all = text(&output.stdout) + &text(&output.stderr);
     assert!(!all.contains("hunter2"), "{all}");
@@ -90,29 +96,23 @@ fn sasl_password_is_never_printed() {
 
 #[test]
 fn unknown_model_field_names_file_and_field() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let model = DEFAULT_MODEL_TOML.replace("[client]", "[client]\nmax_clientz = 3");
     assert_ne!(model, DEFAULT_MODEL_TOML, "the section was found");
-    let (config, _) = write_files(dir.path(), "", &model);
-    let output = check_config(&["--config".as_ref(), config.as_os_str()]);
+    let (output, _dir) = check_written("", &model, &[]);
     assert_fails_naming(&output, &["model.toml", "max_clientz"]);
 }
 
 #[test]
 fn unknown_config_field_names_file_and_field() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (config, _) = write_files(dir.path(), "[input]\nbatch_sise = 10\n", DEFAULT_MODEL_TOML);
-    let output = check_config(&["--config".as_ref(), config.as_os_str()]);
+    let (output, _dir) = check_written("[input]\nbatch_sise = 10\n", DEFAULT_MODEL_TOML, &[]);
     assert_fails_naming(&output, &["keywatch.toml", "batch_sise"]);
 }
 
 #[test]
 fn nan_in_the_model_names_file_and_field() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let model = DEFAULT_MODEL_TOML.replace("min_distance_km = 500.0", "min_distance_km = nan");
     assert_ne!(model, DEFAULT_MODEL_TOML, "the line was found");
-    let (config, _) = write_files(dir.path(), "", &model);
-    let output = check_config(&["--config".as_ref(), config.as_os_str()]);
+    let (output, _dir) = check_written("", &model, &[]);
     assert_fails_naming(&output, &["model.toml", "geo.min_distance_km", "finite"]);
 }
 
@@ -126,21 +126,13 @@ fn negative_numbers_name_file_and_field() {
     let output = check_config(&["--model".as_ref(), model_path.as_os_str()]);
     assert_fails_naming(&output, &["model.toml", "rate.min_hourly_rate", "negative"]);
 
-    let (config, _) = write_files(dir.path(), "[input]\nbatch_size = -1\n", DEFAULT_MODEL_TOML);
-    let output = check_config(&["--config".as_ref(), config.as_os_str()]);
+    let (output, _dir) = check_written("[input]\nbatch_size = -1\n", DEFAULT_MODEL_TOML, &[]);
     assert_fails_naming(&output, &["keywatch.toml", "batch_size"]);
 }
 
 #[test]
 fn missing_geoip_file_names_the_path() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (config, _) = write_files(dir.path(), "", DEFAULT_MODEL_TOML);
-    let missing = dir.path().join("no-such-city.mmdb");
-    let output = check_config(&[
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--geoip-city".as_ref(),
-        missing.as_os_str(),
-    ]);
+    let missing = std::env::temp_dir().join("keywatch-check-config-no-such-city.mmdb");
+    let (output, _dir) = check_written("", DEFAULT_MODEL_TOML, &["--geoip-city".as_ref(), missing.as_os_str()]);
     assert_fails_naming(&output, &[&missing.display().to_string()]);
 }
