@@ -57,7 +57,10 @@ pub fn summary(config_path: Option<&Path>, model_path: Option<&Path>, setup: &Se
     );
     let _ = writeln!(out, "geoip city: {}", shown(config.geoip.city.as_deref(), "none"));
     let _ = writeln!(out, "geoip asn: {}", shown(config.geoip.asn.as_deref(), "none"));
-    let _ = writeln!(out, "input format: {:?}", config.input.format);
+    let format = clap::ValueEnum::to_possible_value(&config.input.format)
+        .map(|value| value.get_name().to_string())
+        .unwrap_or_default();
+    let _ = writeln!(out, "input format: {format}");
     match &config.kafka {
         None => {
             let _ = writeln!(out, "kafka: no [kafka] section");

@@ -22,7 +22,8 @@
 //!   both drive the very same engine, in event time, so replay equals live;
 //! - [`generate`] makes labelled synthetic traffic and [`eval`] scores alerts
 //!   against its labels;
-//! - [`demo`] runs the whole system in one process.
+//! - [`demo`] runs the whole system in one process;
+//! - [`check_config`] validates everything a run would load, without running.
 
 pub mod alert;
 pub mod baseline;
