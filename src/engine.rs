@@ -174,11 +174,12 @@ impl Engine {
             geo: &self.geo,
             endpoint_names: &self.endpoints.names,
             client_names: &self.clients.names,
+            novelty: state.novelty(&row, model),
         };
         let findings = &mut self.findings;
         findings.clear();
         detect::judge(Phase::Before, state, &row, &ctx, findings);
-        state.absorb(&row, model);
+        state.absorb(&row, &ctx.novelty, model);
         detect::judge(Phase::After, state, &row, &ctx, findings);
         for finding in findings.drain(..) {
             let disposition = dispose(state, finding, ts_ms, model, &self.model_label, out);

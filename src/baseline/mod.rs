@@ -37,6 +37,19 @@ pub struct AlertMemory {
     pub incident_revoked: bool,
 }
 
+/// What is new about one event for its key, worked out once, after the
+/// key's windows have moved to the event and before it is judged. The
+/// detectors of novelty read it, and [`KeyState::absorb`] records it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Novelty {
+    /// The impossibly fast move from the key's last located use to this
+    /// event, when the key is old enough to be judged on travel.
+    pub travel: Option<geo::Jump>,
+    /// The key's first use of the event's endpoint, when the key is old
+    /// enough to be judged on it.
+    pub first_endpoint_use: bool,
+}
+
 /// Everything keywatch knows about one key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyState {
@@ -101,12 +114,12 @@ impl KeyState {
     /// first, then every table and window counts it, then the thresholds of
     /// the windows that now hold it are settled (once per window, when first
     /// needed). [`KeyState::advance_to`] must have run for the event.
-    pub fn absorb(&mut self, event: &ResolvedEvent, model: &Model) {
+    pub fn absorb(&mut self, event: &ResolvedEvent, novelty: &Novelty, model: &Model) {
         let ts_ms = event.ts_ms;
-        if self.travel_jump(event, &model.geo).is_some() {
+        if novelty.travel.is_some() {
             self.geo.record_jump(ts_ms);
         }
-        if self.is_judged_first_use(event, &model.endpoints) {
+        if novelty.first_endpoint_use {
             self.endpoints.record_first_use(ts_ms);
         }
 
@@ -131,11 +144,18 @@ impl KeyState {
         self.last_ts = ts_ms;
     }
 
+    /// What is new about `event` for this key; see [`Novelty`].
+    pub fn novelty(&self, event: &ResolvedEvent, model: &Model) -> Novelty {
+        Novelty {
+            travel: self.travel_jump(event, &model.geo),
+            first_endpoint_use: self.is_judged_first_use(event, &model.endpoints),
+        }
+    }
+
     /// The move from the key's last located use to this event, when it is
     /// impossibly fast between places not both established and the key is
-    /// old enough to be judged on travel. Read by the travel detector before
-    /// the event is absorbed, and by [`KeyState::absorb`] to record it.
-    pub fn travel_jump(&self, event: &ResolvedEvent, model: &GeoModel) -> Option<geo::Jump> {
+    /// old enough to be judged on travel.
+    fn travel_jump(&self, event: &ResolvedEvent, model: &GeoModel) -> Option<geo::Jump> {
         if !self.has_learned(event.ts_ms, &model.impossible_travel) {
             return None;
         }
@@ -145,7 +165,7 @@ impl KeyState {
     /// Whether the event is the key's first use of its endpoint and the key
     /// is old enough to be judged on it. A saturated table cannot say "never
     /// seen", so it judges nothing new.
-    pub fn is_judged_first_use(&self, event: &ResolvedEvent, model: &EndpointModel) -> bool {
+    fn is_judged_first_use(&self, event: &ResolvedEvent, model: &EndpointModel) -> bool {
         let table = &self.endpoints.endpoints;
         !table.contains(event.endpoint_id) && table.evicted == 0 && self.has_learned(event.ts_ms, &model.new_endpoint)
     }

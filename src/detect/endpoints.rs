@@ -31,7 +31,7 @@ fn top_endpoints(state: &KeyState, ctx: &Context) -> String {
 /// Never-seen and sensitive endpoints. Judged before the event is absorbed,
 /// counting it among the recent first uses it will join.
 pub fn check_new_endpoint(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out: &mut Vec<Finding>) {
-    if !state.is_judged_first_use(event, &ctx.model.endpoints) {
+    if !ctx.novelty.first_endpoint_use {
         return;
     }
     let (first_recent_ms, recent_new) = state.endpoints.first_uses_with(event.ts_ms);

@@ -175,7 +175,7 @@ pub fn check_travel(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out:
         speed_kmh: speed,
         from_established,
         to_established,
-    }) = state.travel_jump(event, geo_model)
+    }) = ctx.novelty.travel
     else {
         return;
     };

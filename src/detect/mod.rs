@@ -20,7 +20,7 @@ pub mod rate;
 #[cfg(test)]
 pub mod testkit;
 
-use crate::baseline::KeyState;
+use crate::baseline::{KeyState, Novelty};
 use crate::detector::{Detector, Phase, Severity};
 use crate::enrich::{GeoIp, ResolvedEvent};
 use crate::model::Model;
@@ -95,6 +95,8 @@ pub struct Context<'a> {
     pub geo: &'a GeoIp,
     pub endpoint_names: &'a [Box<str>],
     pub client_names: &'a [Box<str>],
+    /// What is new about the event for its key, worked out once per event.
+    pub novelty: Novelty,
 }
 
 impl Context<'_> {
