@@ -45,6 +45,9 @@ pub enum Phase {
     Before,
     /// On windows that now count the event: has a count become anomalous?
     After,
+    /// Not per key: judged by the view across keys, on state kept per
+    /// source or for the whole organisation.
+    AcrossKeys,
 }
 
 /// A name that is not in the registry.
@@ -108,6 +111,9 @@ detector_registry! {
     NewCountry => "new_country", Before, escalatable: false;
     /// First use from a network (ASN) in a known country.
     NewAsn => "new_asn", Before, escalatable: true;
+    /// A known network (ASN) used from a region (city, or cloud region) the
+    /// key never used it from.
+    NewRegion => "new_region", Before, escalatable: true;
     /// Two uses farther apart than anyone can travel in the time between.
     ImpossibleTravel => "impossible_travel", Before, escalatable: false;
     /// Repeated impossible jumps: the key is in use in two places.
@@ -118,6 +124,10 @@ detector_registry! {
     RateSurge => "rate_surge", After, escalatable: false;
     /// A key silent for long used again.
     DormantKey => "dormant_key", Before, escalatable: false;
+    /// A busy key fell silent for hours it is usually active in.
+    RateDrop => "rate_drop", Before, escalatable: false;
+    /// Response bytes far above the key's usual volume.
+    ResponseVolume => "response_volume", After, escalatable: false;
     /// First call to an endpoint.
     NewEndpoint => "new_endpoint", Before, escalatable: true;
     /// First call to an endpoint matching the model's sensitive patterns.
@@ -128,6 +138,11 @@ detector_registry! {
     NewClient => "new_client", Before, escalatable: true;
     /// A spike of 401/403 answers.
     AuthFailureSpike => "auth_failure_spike", After, escalatable: false;
+    /// One source (address or network) calling with many keys in a short time.
+    SourceSpray => "source_spray", AcrossKeys, escalatable: false;
+    /// A new or still-learning key used from a network no key of the
+    /// organisation ever used, far from all of them.
+    UnfamiliarNetwork => "unfamiliar_network", AcrossKeys, escalatable: false;
 }
 
 impl std::fmt::Display for Detector {

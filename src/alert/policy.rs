@@ -2,7 +2,7 @@
 //! incidents, escalation of correlated findings, and the revocation policy.
 
 use crate::alert::{Alert, Output, RevocationRequest, Window, stable_id};
-use crate::baseline::KeyState;
+use crate::baseline::{Fired, KeyState};
 use crate::detect::Finding;
 use crate::detector::Severity;
 use crate::event::format_ts;
@@ -48,27 +48,25 @@ pub fn dispose(
         finding.severity = Severity::Medium;
     }
 
-    if let Some((_, last_ts, last_severity)) = memory
-        .last_fired
-        .iter()
-        .find(|(detector, _, _)| *detector == finding.detector)
-        && trigger_ts_ms - *last_ts < suppress_ms
-        && finding.severity <= *last_severity
-    {
-        return Disposition::Suppressed;
-    }
+    // Suppression is per detector and subject: a repeat of the same finding
+    // is quiet for a while, a new country after a suppressed one is not.
+    memory.last_fired.retain(|fired| trigger_ts_ms - fired.ts_ms < suppress_ms);
     match memory
         .last_fired
         .iter_mut()
-        .find(|(detector, _, _)| *detector == finding.detector)
+        .find(|fired| fired.detector == finding.detector && fired.subject == finding.subject)
     {
-        Some(slot) => {
-            slot.1 = trigger_ts_ms;
-            slot.2 = finding.severity;
+        Some(fired) if finding.severity <= fired.severity => return Disposition::Suppressed,
+        Some(fired) => {
+            fired.ts_ms = trigger_ts_ms;
+            fired.severity = finding.severity;
         }
-        None => memory
-            .last_fired
-            .push((finding.detector, trigger_ts_ms, finding.severity)),
+        None => memory.last_fired.push(Fired {
+            detector: finding.detector,
+            subject: finding.subject.clone(),
+            ts_ms: trigger_ts_ms,
+            severity: finding.severity,
+        }),
     }
 
     let id = stable_id(

@@ -25,8 +25,9 @@ pub use topk::TopK;
 /// Alerting memory of one key: suppression and the open incident.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AlertMemory {
-    /// Per detector: event time and severity of its last alert.
-    pub last_fired: Vec<(Detector, i64, Severity)>,
+    /// Per detector and subject: the last alert, while it still suppresses
+    /// repeats.
+    pub last_fired: Vec<Fired>,
     pub incident_id: Option<String>,
     pub incident_start: i64,
     pub incident_last: i64,
@@ -35,6 +36,16 @@ pub struct AlertMemory {
     pub incident_alert_ids: Vec<String>,
     /// Whether a revocation was requested in the open incident.
     pub incident_revoked: bool,
+}
+
+/// The last alert of one detector on one subject (a country, a network,
+/// an endpoint) of a key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fired {
+    pub detector: Detector,
+    pub subject: String,
+    pub ts_ms: i64,
+    pub severity: Severity,
 }
 
 /// What is new about one event for its key, worked out once, after the

@@ -32,6 +32,7 @@ pub fn check_auth_failures(state: &KeyState, event: &ResolvedEvent, ctx: &Contex
         severity: if failures >= 5 * auth_model.min_failures { Severity::High } else { Severity::Medium },
         score: score_from_p(p_value),
         window_start_ms: state.auth.window * window_ms,
+        subject: String::new(),
         summary: format!(
             "{failures} authorization failures (401/403) of {} calls in {window_text} against {expected:.1} usual; last {} {} from {}",
             state.auth.calls, event.method, event.endpoint, event.ip

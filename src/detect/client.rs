@@ -34,6 +34,7 @@ pub fn check_new_client(state: &KeyState, event: &ResolvedEvent, ctx: &Context, 
         severity: Severity::Low,
         score: 0.4,
         window_start_ms: event.ts_ms,
+        subject: event.client.to_string(),
         summary: format!(
             "first use of client family {} (known: {})",
             event.client,

@@ -47,6 +47,7 @@ pub fn check_new_endpoint(state: &KeyState, event: &ResolvedEvent, ctx: &Context
             severity: if denied { Severity::High } else { Severity::Medium },
             score: if denied { 0.9 } else { 0.75 },
             window_start_ms: event.ts_ms,
+            subject: event.endpoint.to_string(),
             summary: format!(
                 "first call to sensitive endpoint {} {} (status {}) from {} ({})",
                 event.method,
@@ -68,6 +69,7 @@ pub fn check_new_endpoint(state: &KeyState, event: &ResolvedEvent, ctx: &Context
         severity: if burst { Severity::Medium } else { Severity::Low },
         score: if burst { 0.7 } else { 0.4 },
         window_start_ms: first_recent_ms,
+        subject: event.endpoint.to_string(),
         summary: format!(
             "first call to {} {} ({} new endpoint{} in the last hour)",
             event.method,
@@ -110,6 +112,7 @@ pub fn check_mix_shift(state: &KeyState, event: &ResolvedEvent, ctx: &Context, o
         severity: Severity::Medium,
         score: divergence.clamp(0.0, 0.999),
         window_start_ms: state.endpoints.window * window_ms,
+        subject: String::new(),
         summary: format!(
             "endpoint mix shifted (Jensen-Shannon {:.2} > {:.2}) over {} calls: now {}",
             divergence,

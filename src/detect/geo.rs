@@ -117,6 +117,7 @@ pub fn check_new_place(state: &KeyState, event: &ResolvedEvent, ctx: &Context, o
             severity,
             score: if severity == Severity::Low { 0.5 } else { 0.8 },
             window_start_ms: event.ts_ms,
+            subject: event.geo.country.as_str().to_string(),
             summary,
             evidence: json!({
                 "observed": {
@@ -147,6 +148,7 @@ pub fn check_new_place(state: &KeyState, event: &ResolvedEvent, ctx: &Context, o
             severity: Severity::Low,
             score: 0.4,
             window_start_ms: event.ts_ms,
+            subject: format!("AS{}", event.geo.asn),
             summary: format!(
                 "first use from network AS{} ({}) in known country {}; baseline {}",
                 event.geo.asn,
@@ -231,6 +233,7 @@ pub fn check_travel(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out:
             severity: Severity::Critical,
             score: 0.99,
             window_start_ms: episode_start_ms,
+            subject: String::new(),
             summary: format!(
                 "key used alternately from {place_before} and {place_now}, {:.0} km apart, {} jumps in {}",
                 distance,
@@ -251,6 +254,7 @@ pub fn check_travel(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out:
         severity,
         score: (1.0 - geo_model.max_speed_kmh / speed).clamp(0.0, 0.999),
         window_start_ms: previous.ts_ms,
+        subject: String::new(),
         summary: format!(
             "{place_before} to {place_now}: {:.0} km in {} at {:.0} km/h",
             distance,

@@ -30,6 +30,7 @@ pub fn check_dormant(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out
         severity: Severity::Medium,
         score: (1.0 - rate_model.dormant_after.as_millis() as f64 / silence_ms as f64 / 2.0).clamp(0.5, 0.99),
         window_start_ms: state.last_ts,
+        subject: String::new(),
         summary: format!(
             "key silent for {days:.0} days used again from {} ({}), calling {}",
             event.ip,
@@ -121,6 +122,7 @@ fn rate_finding(
         },
         score: score_from_p(p_value),
         window_start_ms,
+        subject: String::new(),
         summary: format!(
             "{count} calls in {window_text} against {expected:.1} expected at this hour ({ratio:.0}x, p={p_value:.1e})"
         ),
