@@ -28,6 +28,9 @@ pub struct Counts {
     pub alerts: u64,
     pub alerts_by_severity: BTreeMap<String, u64>,
     pub alerts_by_detector: BTreeMap<String, u64>,
+    /// Daily digests of low findings, and the findings they fold.
+    pub digests: u64,
+    pub digest_findings: u64,
     /// Revocation requests.
     pub revocations: u64,
 }
@@ -51,6 +54,10 @@ impl Counts {
                 *self.alerts_by_detector.entry(alert.detector.to_string()).or_default() += 1;
             }
             Output::Revocation(_) => self.revocations += 1,
+            Output::Digest(digest) => {
+                self.digests += 1;
+                self.digest_findings += digest.findings;
+            }
         }
     }
 
@@ -70,6 +77,8 @@ impl Counts {
         add_map(&mut self.alerts_by_severity, &other.alerts_by_severity);
         add_map(&mut self.alerts_by_detector, &other.alerts_by_detector);
         self.revocations += other.revocations;
+        self.digests += other.digests;
+        self.digest_findings += other.digest_findings;
     }
 }
 

@@ -195,16 +195,32 @@ mod tests {
         assert!(serde_json::from_str::<Detector>("\"rate\"").is_err());
     }
 
-    #[test]
-    fn the_alert_schema_lists_exactly_the_registry() {
-        let schema: serde_json::Value = serde_json::from_str(&read("schemas/alert.schema.json")).unwrap();
-        let listed: BTreeSet<String> = schema["properties"]["detector"]["enum"]
-            .as_array()
-            .expect("the schema's detector enum")
+    fn schema_enum(file: &str, pointer: &str) -> BTreeSet<String> {
+        let schema: serde_json::Value = serde_json::from_str(&read(file)).unwrap();
+        schema
+            .pointer(pointer)
+            .and_then(|value| value.as_array())
+            .unwrap_or_else(|| panic!("{file} has {pointer}"))
             .iter()
             .map(|name| name.as_str().expect("a name").to_string())
-            .collect();
-        assert_eq!(listed, registry_names(), "schemas/alert.schema.json `detector` enum");
+            .collect()
+    }
+
+    #[test]
+    fn the_alert_and_digest_schemas_list_exactly_the_registry() {
+        assert_eq!(
+            schema_enum("schemas/alert.schema.json", "/properties/detector/enum"),
+            registry_names(),
+            "schemas/alert.schema.json `detector` enum"
+        );
+        assert_eq!(
+            schema_enum(
+                "schemas/digest.schema.json",
+                "/properties/entries/items/properties/detector/enum"
+            ),
+            registry_names(),
+            "schemas/digest.schema.json `detector` enum"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::alert::Output;
-use crate::alert::policy::{Disposition, dispose};
+use crate::alert::policy::{Disposition, dispose, flush_digest, flush_digest_before};
 use crate::baseline::KeyState;
 use crate::detect::{self, Context, Finding};
 use crate::detector::Phase;
@@ -40,6 +40,9 @@ pub struct EngineStats {
     /// Events older than their key's newest event by more than a minute:
     /// judged at the key's newest time.
     pub late_events: u64,
+    /// Low findings folded into daily digests.
+    #[serde(default)]
+    pub digested: u64,
 }
 
 impl EngineStats {
@@ -52,6 +55,7 @@ impl EngineStats {
                 }
             }
             Disposition::Suppressed => self.suppressed += 1,
+            Disposition::Digested => self.digested += 1,
         }
     }
 }
@@ -157,6 +161,7 @@ impl Engine {
             self.stats.late_events += 1;
         }
         let ts_ms = state.advance_to(event.ts_ms, model, self.rate_alpha);
+        flush_digest_before(state, ts_ms, &self.model_label, out);
         let row = ResolvedEvent {
             ts_ms,
             ip: event.ip,
@@ -230,6 +235,14 @@ impl Engine {
         id
     }
 
+    /// Sends every pending daily digest, in key order: the input is over
+    /// (the end of a replay), so no day of it can gain another finding.
+    pub fn finish(&mut self, out: &mut Vec<Output>) {
+        for state in &mut self.keys {
+            flush_digest(state, &self.model_label, out);
+        }
+    }
+
     pub fn stats(&self) -> &EngineStats {
         &self.stats
     }
@@ -282,12 +295,14 @@ impl Engine {
         self.stats.suppressed += snapshot.stats.suppressed;
         self.stats.revocations += snapshot.stats.revocations;
         self.stats.late_events += snapshot.stats.late_events;
+        self.stats.digested += snapshot.stats.digested;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detector::Severity;
 
     /// A mixed workload: several keys with history, then each misbehaving.
     fn workload() -> Vec<AccessEvent<'static>> {
@@ -403,9 +418,67 @@ mod tests {
                     revocations += 1;
                     serde_json::to_string(request).unwrap()
                 }
+                Output::Digest(digest) => serde_json::to_string(digest).unwrap(),
             };
             assert!(!text.contains("AKIAWORKLOAD0000000"), "{text}");
         }
         assert!(revocations >= 1, "impossible travel asks for a revocation");
+    }
+
+    #[test]
+    fn low_findings_go_into_a_daily_digest_sent_when_the_day_is_over() {
+        use crate::detect::testkit::*;
+        let key = "AKIADIGESTTEST000001";
+        let mut engine = Engine::new(Arc::new(Model::default_model()), geo());
+        let mut out = Vec::new();
+        engine.process(&history(key, "london", 5, 6, ENDPOINTS), &mut out);
+        out.clear();
+        let day5 = T0 + 5 * DAY + 10 * HOUR;
+        engine.process(
+            &[
+                event(day5, key, ip("london", 1), "/v1/reports", 200),
+                event(day5 + HOUR, key, ip("london", 2), "/v1/shipments", 200),
+            ],
+            &mut out,
+        );
+        assert!(
+            out.iter()
+                .all(|output| !matches!(output, Output::Alert(alert) if alert.severity == Severity::Low)),
+            "no low alert goes out by itself: {out:?}"
+        );
+        assert!(
+            out.iter().all(|output| !matches!(output, Output::Digest(_))),
+            "the day is not over"
+        );
+        assert_eq!(engine.stats().digested, 2);
+
+        engine.process(&[event(day5 + DAY, key, ip("london", 1), "/v1/orders", 200)], &mut out);
+        let digests: Vec<&crate::alert::Digest> = out
+            .iter()
+            .filter_map(|output| match output {
+                Output::Digest(digest) => Some(digest),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(digests.len(), 1, "{out:?}");
+        assert_eq!(digests[0].findings, 2);
+        assert_eq!(digests[0].day, "2026-01-10");
+        let subjects: Vec<&str> = digests[0].entries.iter().map(|entry| entry.subject.as_str()).collect();
+        assert_eq!(subjects, ["/v1/reports", "/v1/shipments"]);
+
+        out.clear();
+        engine.process(
+            &[event(day5 + DAY + HOUR, key, ip("london", 1), "/v1/refunds", 200)],
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        engine.finish(&mut out);
+        assert!(
+            matches!(&out[..], [Output::Digest(digest)] if digest.day == "2026-01-11"),
+            "{out:?}"
+        );
+        out.clear();
+        engine.finish(&mut out);
+        assert!(out.is_empty(), "a digest goes out once");
     }
 }

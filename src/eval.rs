@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::alert::{Alert, Severity};
+use crate::alert::{Alert, Digest, Severity};
 use crate::detector::Detector;
 use crate::event::parse_ts;
 
@@ -54,6 +54,10 @@ pub struct EvalArgs {
     /// Judged key-days to normalise false alerts by (overrides meta.json).
     #[arg(long)]
     pub key_days: Option<u64>,
+    /// Daily digests of low findings to count beside the alerts; by default
+    /// digests.jsonl beside the alerts file, when present.
+    #[arg(long)]
+    pub digests: Option<PathBuf>,
 }
 
 fn parse_severity(text: &str) -> Result<Severity, String> {
@@ -214,6 +218,13 @@ pub struct Scorecard {
     /// False alerts of every severity.
     pub false_alerts_all_severities: usize,
     pub false_alerts_all_severities_per_1k_judged_key_days: Option<f64>,
+    /// Every alert, true or false, of every severity: what a SOC receives.
+    pub alerts_all_severities_per_1k_judged_key_days: Option<f64>,
+    /// Daily digests of low findings (a report read once a day, not alerts),
+    /// and the low findings they fold.
+    pub digests: usize,
+    pub digest_findings: u64,
+    pub digests_per_1k_judged_key_days: Option<f64>,
     pub min_severity: Severity,
     pub grace_s: u64,
     pub scenarios: BTreeMap<String, ScenarioScore>,
@@ -312,16 +323,61 @@ pub fn score(
     meta: Option<&RunMeta>,
     options: &ScoreOptions,
 ) -> Scorecard {
+    score_with_digests(alerts, &[], labels, benign_cases, meta, options)
+}
+
+/// [`score`], also counting the daily digests of low findings: an incident
+/// whose detectors appear only in a digest was reached only at low, and
+/// digest findings in a benign case's span are its low findings.
+pub fn score_with_digests(
+    alerts: &[Alert],
+    digests: &[Digest],
+    labels: &[Label],
+    benign_cases: &[BenignCase],
+    meta: Option<&RunMeta>,
+    options: &ScoreOptions,
+) -> Scorecard {
+    // Per key: (detector, first, last, count) of every digest entry.
+    let mut digest_entries: BTreeMap<&str, Vec<(Detector, i64, i64, u64)>> = BTreeMap::new();
+    for digest in digests {
+        for entry in &digest.entries {
+            if let (Some(first), Some(last)) = (parse_ts(&entry.first), parse_ts(&entry.last)) {
+                digest_entries
+                    .entry(digest.key_fingerprint.as_str())
+                    .or_default()
+                    .push((entry.detector, first, last, entry.count));
+            }
+        }
+    }
+    let digest_entries_in = |fingerprint: &str, window: Option<(i64, i64)>| -> Vec<(Detector, u64)> {
+        let Some((from, until)) = window else {
+            return Vec::new();
+        };
+        digest_entries
+            .get(fingerprint)
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter(|(_, first, last, _)| *last >= from && *first <= until)
+                    .map(|(detector, _, _, count)| (*detector, *count))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     let grace_ms = i64::try_from(options.grace.as_millis()).unwrap_or(i64::MAX);
     let alert_times: Vec<Option<i64>> = alerts.iter().map(|alert| parse_ts(&alert.ts)).collect();
     let counted = |position: usize| alerts[position].severity >= options.min_severity;
 
+    // An alert of the view across keys is about every key it lists.
     let mut alerts_by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (position, alert) in alerts.iter().enumerate() {
-        alerts_by_key
-            .entry(alert.key_fingerprint.as_str())
-            .or_default()
-            .push(position);
+        let listed = alert.keys.iter().filter(|key| **key != alert.key_fingerprint);
+        for fingerprint in std::iter::once(&alert.key_fingerprint).chain(listed) {
+            let positions = alerts_by_key.entry(fingerprint.as_str()).or_default();
+            if positions.last() != Some(&position) {
+                positions.push(position);
+            }
+        }
     }
     let alerts_in = |fingerprint: &str, window: Option<(i64, i64)>| -> Vec<usize> {
         let Some((from, until)) = window else {
@@ -360,6 +416,12 @@ pub fn score(
             if counted(position) {
                 matching.push(position);
             }
+        }
+        if digest_entries_in(&label.key_fingerprint, window)
+            .iter()
+            .any(|(detector, _)| label.detected_by(*detector))
+        {
+            detected_at_any_severity = true;
         }
         let first_alert_ms = matching.iter().filter_map(|&position| alert_times[position]).min();
         let time_to_detect_s = match (first_alert_ms, window) {
@@ -448,6 +510,10 @@ pub fn score(
                 entry.low_alerts += 1;
             }
         }
+        entry.low_alerts += digest_entries_in(&case.key_fingerprint, window)
+            .iter()
+            .map(|(_, count)| *count as usize)
+            .sum::<usize>();
         if alerted {
             entry.cases_alerted += 1;
         }
@@ -500,6 +566,10 @@ pub fn score(
         false_alerts_per_1k_judged_key_days: per_1k(alerts_unmatched, judged_key_days),
         false_alerts_all_severities,
         false_alerts_all_severities_per_1k_judged_key_days: per_1k(false_alerts_all_severities, judged_key_days),
+        alerts_all_severities_per_1k_judged_key_days: per_1k(alerts.len(), judged_key_days),
+        digests: digests.len(),
+        digest_findings: digests.iter().map(|digest| digest.findings).sum(),
+        digests_per_1k_judged_key_days: per_1k(digests.len(), judged_key_days),
         min_severity: options.min_severity,
         grace_s: options.grace.as_secs(),
         scenarios,
@@ -588,6 +658,19 @@ pub fn render_table(card: &Scorecard) -> String {
         card.alerts_unmatched,
         rate(card.false_alerts_all_severities_per_1k_judged_key_days),
         card.false_alerts_all_severities
+    );
+    let _ = writeln!(
+        out,
+        "All alerts       {} per 1,000 judged key-days, every severity, true or false ({})",
+        rate(card.alerts_all_severities_per_1k_judged_key_days),
+        card.alerts_total
+    );
+    let _ = writeln!(
+        out,
+        "Digests          {} per 1,000 judged key-days ({} daily digests folding {} low findings)",
+        rate(card.digests_per_1k_judged_key_days),
+        card.digests,
+        card.digest_findings
     );
     match card.judged_key_days {
         Some(days) => {
@@ -830,13 +913,26 @@ pub fn load_labelled_run(labels_path: &Path) -> Result<LabelledRun, EvalError> {
 /// Runs the command.
 pub fn run_cli(args: &EvalArgs) -> Result<(), EvalError> {
     let alerts: Vec<Alert> = read_json_lines(&args.alerts)?;
+    let beside_alerts = args.alerts.with_file_name("digests.jsonl");
+    let digests: Vec<Digest> = match &args.digests {
+        Some(path) => read_json_lines(path)?,
+        None if beside_alerts.is_file() => read_json_lines(&beside_alerts)?,
+        None => Vec::new(),
+    };
     let run = load_labelled_run(&args.labels)?;
     let options = ScoreOptions {
         grace: args.grace,
         min_severity: args.min_severity,
         key_days: args.key_days,
     };
-    let card = score(&alerts, &run.labels, &run.benign_cases, run.meta.as_ref(), &options);
+    let card = score_with_digests(
+        &alerts,
+        &digests,
+        &run.labels,
+        &run.benign_cases,
+        run.meta.as_ref(),
+        &options,
+    );
     if args.json {
         let text = serde_json::to_string_pretty(&card).map_err(EvalError::Write)?;
         println!("{text}");
@@ -857,6 +953,7 @@ mod tests {
             incident_id: String::new(),
             key_fingerprint: fingerprint.to_string(),
             key_hint: "****".to_string(),
+            keys: Vec::new(),
             detector: detector.parse().expect("a registered detector"),
             severity,
             score: 0.9,
@@ -1055,5 +1152,82 @@ mod tests {
         assert_eq!(percentile(&[], 0.5), None);
         assert_eq!(human_duration(Some(252.0)), "4m 12s");
         assert_eq!(human_duration(Some(3780.0)), "1h 03m");
+    }
+
+    #[test]
+    fn an_alert_about_many_keys_detects_the_incident_of_each() {
+        let mut spray = label(
+            "i1",
+            "key_spray",
+            "kf_b",
+            "2026-01-08T10:00:00Z",
+            "2026-01-08T10:30:00Z",
+        );
+        spray.detectors = vec![Detector::SourceSpray];
+        let mut across = alert("kf_a", "2026-01-08T10:05:00Z", Severity::High, "source_spray");
+        across.keys = vec!["kf_a".into(), "kf_b".into(), "kf_c".into()];
+        let card = score(&[across], &[spray], &[], None, &ScoreOptions::default());
+        assert_eq!(card.detected, 1);
+        assert_eq!(card.alerts_matched, 1, "the alert is counted once");
+        assert_eq!(card.alerts_total, 1);
+    }
+
+    fn digest(fingerprint: &str, detector: Detector, first: &str, count: u64) -> Digest {
+        Digest {
+            id: "dg_x".into(),
+            key_fingerprint: fingerprint.into(),
+            key_hint: "****".into(),
+            day: first[..10].to_string(),
+            findings: count,
+            entries: vec![crate::alert::DigestEntry {
+                detector,
+                subject: String::new(),
+                count,
+                first: first.into(),
+                last: first.into(),
+                score: 0.3,
+                summary: String::new(),
+                evidence: serde_json::json!({}),
+            }],
+            model: "m".into(),
+        }
+    }
+
+    #[test]
+    fn digests_count_as_low_findings_and_are_reported_apart() {
+        let mut travel = label("i1", "s", "kf_a", "2026-01-08T10:00:00Z", "2026-01-08T10:30:00Z");
+        travel.detectors = vec![Detector::NewCountry];
+        let case = BenignCase {
+            id: "b1".into(),
+            case: "c".into(),
+            key: "k".into(),
+            key_fingerprint: "kf_b".into(),
+            start: "2026-01-08T00:00:00Z".into(),
+            end: "2026-01-09T00:00:00Z".into(),
+            notes: String::new(),
+        };
+        let digests = [
+            digest("kf_a", Detector::NewCountry, "2026-01-08T10:10:00Z", 1),
+            digest("kf_b", Detector::NewEndpoint, "2026-01-08T12:00:00Z", 3),
+        ];
+        let card = score_with_digests(
+            &[],
+            &digests,
+            &[travel],
+            &[case],
+            Some(&meta(1000, Some(500))),
+            &ScoreOptions::default(),
+        );
+        assert_eq!(card.detected, 0);
+        assert_eq!(
+            card.incidents_only_below_min_severity, 1,
+            "seen only in a digest: only at low"
+        );
+        assert_eq!(card.benign_cases["c"].low_alerts, 3);
+        assert_eq!(card.benign_cases["c"].cases_alerted, 0);
+        assert_eq!(card.digests, 2);
+        assert_eq!(card.digest_findings, 4);
+        assert_eq!(card.digests_per_1k_judged_key_days, Some(4.0));
+        assert_eq!(card.alerts_all_severities_per_1k_judged_key_days, Some(0.0));
     }
 }

@@ -175,6 +175,15 @@ pub struct AlertModel {
     /// its severity rises.
     #[serde(with = "humantime_serde")]
     pub suppress: Duration,
+    /// Low findings are folded into one daily digest per key instead of
+    /// going out one by one as alerts. A low adds little alone; lows still
+    /// count towards correlation, which raises them to medium.
+    #[serde(default = "default_true")]
+    pub digest_lows: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Which alerts ask for a revocation.

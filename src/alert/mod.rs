@@ -2,10 +2,11 @@
 //! receive, with deterministic ids, grouping into incidents and the policy
 //! that decides which alerts ask for a revocation.
 
+pub mod digest;
 pub mod policy;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
 use crate::detector::Detector;
 // Every alert carries a severity: readers of alerts find it here.
@@ -16,6 +17,7 @@ pub use crate::detector::Severity;
 pub enum Output {
     Alert(Alert),
     Revocation(RevocationRequest),
+    Digest(Digest),
 }
 
 /// The event-time span an alert is about.
@@ -36,6 +38,10 @@ pub struct Alert {
     pub incident_id: String,
     pub key_fingerprint: String,
     pub key_hint: String,
+    /// Every key an alert of the view across keys is about (one source
+    /// calling with many keys), by fingerprint; empty for one key's alerts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
     pub detector: Detector,
     pub severity: Severity,
     /// Strength of the evidence in [0, 1].
@@ -64,6 +70,41 @@ pub struct RevocationRequest {
     pub incident_id: String,
     pub alert_ids: Vec<String>,
     pub model: String,
+}
+
+/// One key's low findings of one UTC day (schemas/digest.schema.json):
+/// what a person may want to read once a day, not be paged for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Digest {
+    /// Deterministic, like an alert's.
+    pub id: String,
+    pub key_fingerprint: String,
+    pub key_hint: String,
+    /// The UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    /// Low findings folded in, including those beyond the listed entries.
+    pub findings: u64,
+    /// One entry per detector and subject, in order of first appearance.
+    pub entries: Vec<DigestEntry>,
+    pub model: String,
+}
+
+/// Low findings of one detector about one subject within a digest's day.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DigestEntry {
+    pub detector: Detector,
+    /// What the findings are about (a country, a network, an endpoint);
+    /// empty when the detector has one subject only.
+    pub subject: String,
+    pub count: u64,
+    /// Event times of the first and the last finding.
+    pub first: String,
+    pub last: String,
+    /// Highest score among the findings.
+    pub score: f64,
+    /// The first finding's summary and evidence.
+    pub summary: String,
+    pub evidence: serde_json::Value,
 }
 
 /// Hex SHA-256 of the parts joined by `|`, truncated to 128 bits, prefixed.

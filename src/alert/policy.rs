@@ -1,6 +1,7 @@
 //! Turns findings into alerts: suppression of repeats, grouping into
 //! incidents, escalation of correlated findings, and the revocation policy.
 
+use crate::alert::digest::{PendingDigest, day_of};
 use crate::alert::{Alert, Output, RevocationRequest, Window, stable_id};
 use crate::baseline::{Fired, KeyState};
 use crate::detect::Finding;
@@ -15,8 +16,12 @@ const CORRELATED_DETECTORS: usize = 3;
 /// What became of a finding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
-    Alerted { revocation: bool },
+    Alerted {
+        revocation: bool,
+    },
     Suppressed,
+    /// Folded into the key's daily digest.
+    Digested,
 }
 
 /// Applies suppression, incident grouping and the revocation policy to one
@@ -50,7 +55,9 @@ pub fn dispose(
 
     // Suppression is per detector and subject: a repeat of the same finding
     // is quiet for a while, a new country after a suppressed one is not.
-    memory.last_fired.retain(|fired| trigger_ts_ms - fired.ts_ms < suppress_ms);
+    memory
+        .last_fired
+        .retain(|fired| trigger_ts_ms - fired.ts_ms < suppress_ms);
     match memory
         .last_fired
         .iter_mut()
@@ -67,6 +74,11 @@ pub fn dispose(
             ts_ms: trigger_ts_ms,
             severity: finding.severity,
         }),
+    }
+
+    if finding.severity == Severity::Low && model.alerts.digest_lows {
+        fold_into_digest(state, finding, trigger_ts_ms, incident_open, model_label, out);
+        return Disposition::Digested;
     }
 
     let id = stable_id(
@@ -100,6 +112,7 @@ pub fn dispose(
         incident_id: incident_id.clone(),
         key_fingerprint: state.fingerprint.clone(),
         key_hint: state.hint.clone(),
+        keys: Vec::new(),
         detector: finding.detector,
         severity: finding.severity,
         score: finding.score,
@@ -137,4 +150,64 @@ pub fn dispose(
         return Disposition::Alerted { revocation: true };
     }
     Disposition::Alerted { revocation: false }
+}
+
+/// Adds a low finding to the key's digest of the day. It still joins the
+/// key's incident, so that later findings can be correlated with it.
+fn fold_into_digest(
+    state: &mut KeyState,
+    finding: Finding,
+    trigger_ts_ms: i64,
+    incident_open: bool,
+    model_label: &str,
+    out: &mut Vec<Output>,
+) {
+    flush_digest_before(state, trigger_ts_ms, model_label, out);
+    let memory = &mut state.alerts;
+    if !incident_open {
+        memory.incident_id = Some(stable_id(
+            "in",
+            &[
+                &state.fingerprint,
+                finding.detector.as_str(),
+                &trigger_ts_ms.to_string(),
+                &state.events.to_string(),
+            ],
+        ));
+        memory.incident_start = trigger_ts_ms;
+        memory.incident_detectors.clear();
+        memory.incident_alert_ids.clear();
+        memory.incident_revoked = false;
+    }
+    memory.incident_last = trigger_ts_ms;
+    if !memory.incident_detectors.contains(&finding.detector) {
+        memory.incident_detectors.push(finding.detector);
+    }
+    memory
+        .digest
+        .get_or_insert_with(|| PendingDigest::new(day_of(trigger_ts_ms)))
+        .add(finding, trigger_ts_ms);
+}
+
+/// Sends the key's digest when its day is over at `ts_ms`.
+pub fn flush_digest_before(state: &mut KeyState, ts_ms: i64, model_label: &str, out: &mut Vec<Output>) {
+    if state
+        .alerts
+        .digest
+        .as_ref()
+        .is_some_and(|pending| pending.day < day_of(ts_ms))
+    {
+        flush_digest(state, model_label, out);
+    }
+}
+
+/// Sends the key's pending digest, whatever its day (the end of a replay).
+pub fn flush_digest(state: &mut KeyState, model_label: &str, out: &mut Vec<Output>) {
+    if let Some(pending) = state.alerts.digest.take() {
+        out.push(Output::Digest(pending.finish(
+            &state.fingerprint,
+            &state.hint,
+            model_label,
+        )));
+    }
 }

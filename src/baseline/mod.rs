@@ -36,6 +36,9 @@ pub struct AlertMemory {
     pub incident_alert_ids: Vec<String>,
     /// Whether a revocation was requested in the open incident.
     pub incident_revoked: bool,
+    /// Low findings of the key's current UTC day, not yet sent as a digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<crate::alert::digest::PendingDigest>,
 }
 
 /// The last alert of one detector on one subject (a country, a network,

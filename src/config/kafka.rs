@@ -51,6 +51,10 @@ pub struct KafkaConfig {
     /// Revocation requests, as JSON, keyed by key fingerprint.
     #[serde(default = "default_revocations_topic")]
     pub revocations_topic: String,
+    /// Daily digests of each key's low findings, as JSON, keyed by key
+    /// fingerprint.
+    #[serde(default = "default_digests_topic")]
+    pub digests_topic: String,
     /// Input records that could not be decoded, byte for byte, with the
     /// headers `reason`, `reason_detail`, `source_topic`, `source_partition`,
     /// `source_offset` and, for multi-event records, `source_index`.
@@ -126,6 +130,10 @@ fn default_revocations_topic() -> String {
     "keywatch-revocations".to_string()
 }
 
+fn default_digests_topic() -> String {
+    "keywatch-digests".to_string()
+}
+
 fn default_dead_letter_topic() -> String {
     "keywatch-dead-letter".to_string()
 }
@@ -197,6 +205,7 @@ impl KafkaConfig {
             repartition_topic: default_repartition_topic(),
             alerts_topic: default_alerts_topic(),
             revocations_topic: default_revocations_topic(),
+            digests_topic: default_digests_topic(),
             dead_letter_topic: default_dead_letter_topic(),
             changelog_topic: default_changelog_topic(),
             replay_topic: None,
@@ -314,6 +323,7 @@ impl KafkaConfig {
         let mut outputs: Vec<(&str, &str)> = vec![
             ("alerts_topic", &self.alerts_topic),
             ("revocations_topic", &self.revocations_topic),
+            ("digests_topic", &self.digests_topic),
             ("dead_letter_topic", &self.dead_letter_topic),
             ("changelog_topic", &self.changelog_topic),
         ];

@@ -28,8 +28,12 @@ pub fn geo() -> Arc<GeoIp> {
     Arc::new(test_world::geoip())
 }
 
+/// An engine on the default model, except that low findings go out as
+/// alerts rather than into daily digests: detector tests see every finding.
 pub fn new_engine() -> Engine {
-    Engine::new(Arc::new(Model::default_model()), geo())
+    let mut model = Model::default_model();
+    model.alerts.digest_lows = false;
+    Engine::new(Arc::new(model), geo())
 }
 
 pub fn event(ts_ms: i64, key: &str, ip: IpAddr, endpoint: &str, status: u16) -> AccessEvent<'static> {
@@ -71,7 +75,7 @@ pub fn alerts(engine: &mut Engine, events: &[AccessEvent<'_>]) -> Vec<Alert> {
     out.into_iter()
         .filter_map(|output| match output {
             Output::Alert(alert) => Some(alert),
-            Output::Revocation(_) => None,
+            Output::Revocation(_) | Output::Digest(_) => None,
         })
         .collect()
 }

@@ -289,6 +289,7 @@ mod tests {
         OutputTopics {
             alerts: "alerts".into(),
             revocations: "revocations".into(),
+            digests: "digests".into(),
             dead_letter: "dlq".into(),
             changelog: "changelog".into(),
             changelog_partitions: 1,

@@ -194,6 +194,7 @@ impl Pipeline {
         OutputTopics {
             alerts: self.kafka.alerts_topic.clone(),
             revocations: self.kafka.revocations_topic.clone(),
+            digests: self.kafka.digests_topic.clone(),
             dead_letter: self.kafka.dead_letter_topic.clone(),
             changelog: self.kafka.changelog_topic.clone(),
             changelog_partitions: layout.changelog_partitions,
@@ -312,6 +313,7 @@ async fn prepare_topics(kafka: &KafkaConfig) -> Result<TopicLayout, PipelineErro
     let mut wanted: Vec<(String, bool)> = vec![
         (kafka.alerts_topic.clone(), false),
         (kafka.revocations_topic.clone(), false),
+        (kafka.digests_topic.clone(), false),
         (kafka.dead_letter_topic.clone(), false),
         (kafka.changelog_topic.clone(), true),
     ];

@@ -126,6 +126,7 @@ mod tests {
         let topics = OutputTopics {
             alerts: "alerts".into(),
             revocations: "revocations".into(),
+            digests: "digests".into(),
             dead_letter: "dlq".into(),
             changelog: "changelog".into(),
             changelog_partitions: 1,

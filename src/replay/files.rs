@@ -91,6 +91,13 @@ pub fn replay_files(
             }
         }
     }
+    // The input is over: every key's digest of its last day goes out.
+    emitted.clear();
+    engine.finish(&mut emitted);
+    for output in &emitted {
+        counts.count_output(output);
+        outputs.write_output(output)?;
+    }
     outputs.sync()?;
     let stats = engine.stats();
     summary.keys = engine.keys_tracked() as u64;

@@ -239,6 +239,7 @@ pub fn replay_from_kafka(
             })
             .map_err(|error| failure.take().unwrap_or(ReplayKafkaError::Source(error)))?;
             replay.flush(&mut files, &mut summary, producer.as_ref(), options)?;
+            replay.finish(&mut files, &mut summary)?;
             tracing::info!(partition = %id, from = start, to = high, "partition replayed");
         }
     }
@@ -393,6 +394,20 @@ impl PartitionReplay<'_> {
                 produce_alert(producer, topic, alert)?;
                 summary.produced += 1;
             }
+        }
+        Ok(())
+    }
+}
+
+impl PartitionReplay<'_> {
+    /// The partition's range is over: every key's digest of its last day
+    /// goes out.
+    fn finish(&mut self, files: &mut OutputFiles, summary: &mut ReplayKafkaSummary) -> Result<(), ReplayKafkaError> {
+        self.outputs.clear();
+        self.engine.finish(&mut self.outputs);
+        for output in &self.outputs {
+            files.write_output(output)?;
+            summary.counts.count_output(output);
         }
         Ok(())
     }

@@ -63,11 +63,12 @@ impl JsonlWriter {
     }
 }
 
-/// The three files of a replay: `alerts.jsonl`, `revocations.jsonl`,
-/// `rejected.jsonl`.
+/// The files of a replay: `alerts.jsonl`, `revocations.jsonl`,
+/// `digests.jsonl`, `rejected.jsonl`.
 pub struct OutputFiles {
     pub alerts: JsonlWriter,
     pub revocations: JsonlWriter,
+    pub digests: JsonlWriter,
     pub rejected: JsonlWriter,
 }
 
@@ -80,6 +81,7 @@ impl OutputFiles {
         Ok(OutputFiles {
             alerts: JsonlWriter::create(&dir.join("alerts.jsonl"))?,
             revocations: JsonlWriter::create(&dir.join("revocations.jsonl"))?,
+            digests: JsonlWriter::create(&dir.join("digests.jsonl"))?,
             rejected: JsonlWriter::create(&dir.join("rejected.jsonl"))?,
         })
     }
@@ -88,6 +90,7 @@ impl OutputFiles {
         match output {
             Output::Alert(alert) => self.alerts.write(alert),
             Output::Revocation(request) => self.revocations.write(request),
+            Output::Digest(digest) => self.digests.write(digest),
         }
     }
 
@@ -98,6 +101,7 @@ impl OutputFiles {
     pub fn sync(&mut self) -> Result<(), SinkError> {
         self.alerts.sync()?;
         self.revocations.sync()?;
+        self.digests.sync()?;
         self.rejected.sync()
     }
 }

@@ -95,6 +95,7 @@ pub struct Outbox {
 pub struct OutputTopics {
     pub alerts: String,
     pub revocations: String,
+    pub digests: String,
     pub dead_letter: String,
     pub changelog: String,
     /// Partitions of the changelog topic, to place each checkpoint.
@@ -114,7 +115,7 @@ impl Outbox {
         self.messages.clear();
     }
 
-    /// An alert or revocation request, as JSON, keyed by key fingerprint so
+    /// An alert, revocation request or digest, as JSON, keyed by key fingerprint so
     /// every output about a key lands in one partition in order.
     pub fn push_output(&mut self, topics: &OutputTopics, output: &Output) -> Result<(), KafkaSinkError> {
         let (topic, key, id, payload) = match output {
@@ -129,6 +130,12 @@ impl Outbox {
                 &request.key_fingerprint,
                 &request.idempotency_key,
                 serde_json::to_vec(request),
+            ),
+            Output::Digest(digest) => (
+                &topics.digests,
+                &digest.key_fingerprint,
+                &digest.id,
+                serde_json::to_vec(digest),
             ),
         };
         let payload = payload.map_err(|err| KafkaSinkError::Encode {
@@ -396,6 +403,7 @@ mod tests {
         OutputTopics {
             alerts: "alerts".into(),
             revocations: "revocations".into(),
+            digests: "digests".into(),
             dead_letter: "dlq".into(),
             changelog: "changelog".into(),
             changelog_partitions: 4,

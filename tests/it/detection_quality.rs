@@ -41,7 +41,7 @@ fn default_model_on_generated_traffic_meets_the_targets() {
         .into_iter()
         .filter_map(|output| match output {
             Output::Alert(alert) => Some(alert),
-            Output::Revocation(_) => None,
+            Output::Revocation(_) | Output::Digest(_) => None,
         })
         .collect();
     let meta = RunMeta {

@@ -208,6 +208,7 @@ fn alert(id: &str, fingerprint: &str, ts: &str, severity: Severity, detector: &s
         incident_id: id.to_string(),
         key_fingerprint: fingerprint.to_string(),
         key_hint: "****".to_string(),
+        keys: Vec::new(),
         detector: detector.parse().expect("a registered detector"),
         severity,
         score: 0.8,

@@ -187,15 +187,27 @@ fn replay_detects_rejects_and_is_deterministic() {
             .collect();
         assert!(errors.is_empty(), "{errors:?} in {request}");
     }
+    let digest_schema = validator("digest.schema.json");
+    for digest in &read_lines(&first.join("digests.jsonl")) {
+        let errors: Vec<String> = digest_schema.iter_errors(digest).map(|err| err.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?} in {digest}");
+    }
     let everything = std::fs::read_to_string(first.join("alerts.jsonl")).unwrap()
-        + &std::fs::read_to_string(first.join("revocations.jsonl")).unwrap();
+        + &std::fs::read_to_string(first.join("revocations.jsonl")).unwrap()
+        + &std::fs::read_to_string(first.join("digests.jsonl")).unwrap();
     assert!(!everything.contains("AKIAREPLAYTEST"), "no raw key in outputs");
 
     for (name, batch_size) in [("again", "4096"), ("one", "1"), ("large", "10000")] {
         let out = dir.path().join(name);
         let run = replay(&events, &geo, &out, batch_size);
         assert!(run.status.success());
-        for file in ["alerts.jsonl", "revocations.jsonl", "rejected.jsonl", "summary.json"] {
+        for file in [
+            "alerts.jsonl",
+            "revocations.jsonl",
+            "digests.jsonl",
+            "rejected.jsonl",
+            "summary.json",
+        ] {
             assert_eq!(
                 std::fs::read(first.join(file)).unwrap(),
                 std::fs::read(out.join(file)).unwrap(),
