@@ -387,6 +387,7 @@ pub fn test_config(brokers: &str, prefix: &str, keyed: bool) -> Config {
     kafka.repartition_topic = format!("{prefix}-repartition");
     kafka.alerts_topic = format!("{prefix}-alerts");
     kafka.revocations_topic = format!("{prefix}-revocations");
+    kafka.digests_topic = format!("{prefix}-digests");
     kafka.dead_letter_topic = format!("{prefix}-dlq");
     kafka.changelog_topic = format!("{prefix}-changelog");
     kafka.batch_max_events = 100;
@@ -409,6 +410,7 @@ pub fn topics_of(config: &Config) -> Vec<String> {
     topics.extend([
         kafka.alerts_topic.clone(),
         kafka.revocations_topic.clone(),
+        kafka.digests_topic.clone(),
         kafka.dead_letter_topic.clone(),
         kafka.changelog_topic.clone(),
         kafka.repartition_topic.clone(),
