@@ -211,3 +211,96 @@ pub fn flush_digest(state: &mut KeyState, model_label: &str, out: &mut Vec<Outpu
         )));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detector::Detector;
+
+    fn finding(detector: Detector, subject: &str, severity: Severity) -> Finding {
+        Finding {
+            detector,
+            severity,
+            score: 0.8,
+            window_start_ms: 0,
+            subject: subject.to_string(),
+            summary: format!("{detector} {subject}"),
+            evidence: serde_json::json!({}),
+        }
+    }
+
+    fn model() -> Model {
+        let mut model = Model::default_model();
+        model.policy.revoke = false;
+        model
+    }
+
+    #[test]
+    fn repeats_are_suppressed_per_detector_and_subject() {
+        let model = model();
+        let mut state = KeyState::new("kf_a".into(), "****".into(), 0, 12);
+        let mut out = Vec::new();
+        let hour = 3_600_000;
+        let mut judge = |subject: &str, severity: Severity, ts: i64, out: &mut Vec<Output>| {
+            dispose(
+                &mut state,
+                finding(Detector::NewCountry, subject, severity),
+                ts,
+                &model,
+                "m",
+                out,
+            )
+        };
+        let alerted = Disposition::Alerted { revocation: false };
+        assert_eq!(judge("FR", Severity::Medium, hour, &mut out), alerted);
+        assert_eq!(
+            judge("FR", Severity::Medium, 2 * hour, &mut out),
+            Disposition::Suppressed
+        );
+        assert_eq!(
+            judge("BR", Severity::Medium, 3 * hour, &mut out),
+            alerted,
+            "a new country after a suppressed one still alerts"
+        );
+        assert_eq!(
+            judge("FR", Severity::High, 3 * hour, &mut out),
+            alerted,
+            "a higher severity breaks through"
+        );
+        assert_eq!(
+            judge("FR", Severity::High, 10 * hour, &mut out),
+            alerted,
+            "suppression ends after its time"
+        );
+        assert_eq!(out.len(), 4);
+    }
+
+    #[test]
+    fn lows_join_the_incident_and_correlation_raises_a_later_low_to_medium() {
+        let model = model();
+        let mut state = KeyState::new("kf_a".into(), "****".into(), 0, 12);
+        let mut out = Vec::new();
+        for (detector, subject) in [(Detector::NewAsn, "AS1"), (Detector::NewClient, "curl")] {
+            let disposition = dispose(
+                &mut state,
+                finding(detector, subject, Severity::Low),
+                1000,
+                &model,
+                "m",
+                &mut out,
+            );
+            assert_eq!(disposition, Disposition::Digested);
+        }
+        assert!(out.is_empty(), "lows wait for the day's digest: {out:?}");
+        let third = dispose(
+            &mut state,
+            finding(Detector::NewEndpoint, "/v1/x", Severity::Low),
+            2000,
+            &model,
+            "m",
+            &mut out,
+        );
+        assert_eq!(third, Disposition::Alerted { revocation: false });
+        assert!(matches!(&out[..], [Output::Alert(alert)] if alert.severity == Severity::Medium));
+    }
+}
