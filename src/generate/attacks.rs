@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use super::catalog::{
-    ATTACKER_AGENTS, EndpointTemplate, enumeration_endpoints, export_endpoints, fill_path, sensitive_endpoints,
+    ATTACKER_AGENTS, EndpointTemplate, enumeration_endpoints, export_endpoints, fill_path, key_id, sensitive_endpoints,
 };
 use super::profile::{GenEvent, HOUR_MS, KeyProfile, MINUTE_MS, ordinary_status, response_bytes};
 use super::random::{GenRng, between, chance, index, pick, shuffle, uniform, unit};
@@ -28,10 +28,56 @@ pub enum Scenario {
     CredentialStuffing,
     DormantReactivated,
     KeyCopied,
+    SameProviderOtherRegion,
+    DomesticHosting,
+    GlobalKeyNewCountry,
+    NewKeyLeaked,
+    VolumeExfiltration,
+    KeySpray,
+}
+
+/// The kind of key an attack lands on. Thieves do not pick ordinary keys
+/// only: CI keys, VPN-egress keys and keys used worldwide leak too, and they
+/// are the ones whose own traffic already looks unusual.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostRole {
+    Ordinary,
+    /// Used from many countries from day one.
+    Global,
+    /// Bursty scheduled runs from many cloud runner addresses.
+    Ci,
+    /// Egress alternating between VPN exits in nearby countries.
+    Vpn,
+    /// A developer who flies abroad for a few days during the run.
+    Traveller,
+    /// Around 100,000 calls a day.
+    Heavy,
+    /// First used inside the run, shortly before the attack.
+    New,
+}
+
+impl HostRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostRole::Ordinary => "ordinary",
+            HostRole::Global => "global",
+            HostRole::Ci => "ci",
+            HostRole::Vpn => "vpn",
+            HostRole::Traveller => "traveller",
+            HostRole::Heavy => "heavy",
+            HostRole::New => "new",
+        }
+    }
+
+    /// "on a ci key" / "on an ordinary key", the start of a label's notes.
+    pub fn on_key(self) -> String {
+        let article = if self == HostRole::Ordinary { "an" } else { "a" };
+        format!("on {article} {} key", self.as_str())
+    }
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::StolenKeyNewCountry,
         Scenario::ImpossibleTravel,
         Scenario::ScrapingBurst,
@@ -40,6 +86,12 @@ impl Scenario {
         Scenario::CredentialStuffing,
         Scenario::DormantReactivated,
         Scenario::KeyCopied,
+        Scenario::SameProviderOtherRegion,
+        Scenario::DomesticHosting,
+        Scenario::GlobalKeyNewCountry,
+        Scenario::NewKeyLeaked,
+        Scenario::VolumeExfiltration,
+        Scenario::KeySpray,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +104,40 @@ impl Scenario {
             Scenario::CredentialStuffing => "credential_stuffing",
             Scenario::DormantReactivated => "dormant_reactivated",
             Scenario::KeyCopied => "key_copied",
+            Scenario::SameProviderOtherRegion => "same_provider_other_region",
+            Scenario::DomesticHosting => "domestic_hosting",
+            Scenario::GlobalKeyNewCountry => "global_key_new_country",
+            Scenario::NewKeyLeaked => "new_key_leaked",
+            Scenario::VolumeExfiltration => "volume_exfiltration",
+            Scenario::KeySpray => "key_spray",
+        }
+    }
+
+    /// The kinds of key the scenario may land on: those on which it stays
+    /// what it claims to be (a "global key used from a new country" needs a
+    /// global key; "the owner's cloud provider in another region" needs an
+    /// owner in a cloud).
+    pub fn host_roles(self) -> &'static [HostRole] {
+        use HostRole::{Ci, Global, Heavy, New, Ordinary, Traveller, Vpn};
+        match self {
+            Scenario::StolenKeyNewCountry | Scenario::KeyCopied | Scenario::DomesticHosting => {
+                &[Ordinary, Ci, Vpn, Traveller, Heavy, New]
+            }
+            Scenario::ImpossibleTravel => &[Ordinary, Ci, Traveller, Heavy, New],
+            Scenario::ScrapingBurst => &[Ordinary, Global, Ci, Vpn, Heavy],
+            Scenario::LowAndSlowExfiltration | Scenario::VolumeExfiltration => {
+                &[Ordinary, Global, Vpn, Traveller, Heavy]
+            }
+            Scenario::PrivilegeProbing | Scenario::CredentialStuffing => {
+                &[Ordinary, Global, Ci, Vpn, Traveller, Heavy, New]
+            }
+            Scenario::DormantReactivated => &[Ordinary, Global, Ci, Vpn],
+            Scenario::SameProviderOtherRegion => &[Ordinary, Ci, Heavy, New],
+            Scenario::GlobalKeyNewCountry => &[Global],
+            Scenario::NewKeyLeaked => &[New],
+            // The spray is not on the key: it tries key ids that mostly do
+            // not exist.
+            Scenario::KeySpray => &[Ordinary],
         }
     }
 
@@ -102,6 +188,35 @@ impl Scenario {
             ],
             // A long-silent key used again, from somewhere it never was.
             Scenario::DormantReactivated => &[Detector::DormantKey, Detector::NewCountry, Detector::NewAsn],
+            // The owner's own provider in a region the key never used, while
+            // the owner goes on calling from home.
+            Scenario::SameProviderOtherRegion => &[
+                Detector::NewRegion,
+                Detector::ImpossibleTravel,
+                Detector::ConcurrentUse,
+                Detector::NewCountry,
+            ],
+            // A hosting network at home the key never used.
+            Scenario::DomesticHosting => &[Detector::NewAsn, Detector::NewRegion, Detector::UnfamiliarNetwork],
+            // A country a worldwide key never used.
+            Scenario::GlobalKeyNewCountry => &[
+                Detector::NewCountry,
+                Detector::NewAsn,
+                Detector::ImpossibleTravel,
+                Detector::ConcurrentUse,
+            ],
+            // No history of its own: only the organisation's places tell.
+            Scenario::NewKeyLeaked => &[
+                Detector::UnfamiliarNetwork,
+                Detector::ImpossibleTravel,
+                Detector::ConcurrentUse,
+                Detector::NewCountry,
+                Detector::NewAsn,
+            ],
+            // Usual calls from usual places with far larger responses.
+            Scenario::VolumeExfiltration => &[Detector::ResponseVolume, Detector::RateSurge, Detector::RateSpike],
+            // One source trying many key ids.
+            Scenario::KeySpray => &[Detector::SourceSpray, Detector::AuthFailureSpike],
         }
     }
 }
@@ -115,6 +230,9 @@ pub struct Attack {
     pub start_ms: i64,
     pub end_ms: i64,
     pub notes: String,
+    /// The key id the label names when it is not the attacked key's own (a
+    /// spray names the first key id it tried).
+    pub label_key: Option<String>,
 }
 
 /// Everything a scenario needs to know about the run and the key.
@@ -126,11 +244,21 @@ pub struct AttackContext<'a> {
     pub start_ms: i64,
     pub run_start_ms: i64,
     pub run_end_ms: i64,
+    /// Per network of the world, whether any key of the organisation calls
+    /// from it.
+    pub organisation_networks: &'a [bool],
 }
 
 impl AttackContext<'_> {
     fn home_network(&self) -> usize {
         self.own_networks[0]
+    }
+
+    fn home_countries_count(&self) -> usize {
+        let mut countries = self.home_countries();
+        countries.sort_unstable();
+        countries.dedup();
+        countries.len()
     }
 
     fn home_countries(&self) -> Vec<&'static str> {
@@ -191,6 +319,41 @@ impl AttackContext<'_> {
             return self.foreign_network(rng, kinds, 0.0);
         }
         *pick(rng, &candidates)
+    }
+
+    /// A network of one of `kinds` no key of the organisation uses, as far
+    /// from every network it uses as the world allows.
+    fn far_from_organisation(&self, rng: &mut GenRng, kinds: &[NetworkKind]) -> usize {
+        let used: Vec<usize> = (0..self.organisation_networks.len())
+            .filter(|&network| self.organisation_networks[network])
+            .collect();
+        let mut candidates: Vec<(f64, usize)> = self
+            .world
+            .networks_of(kinds)
+            .into_iter()
+            .filter(|&network| !self.organisation_networks.get(network).copied().unwrap_or(false))
+            .map(|network| {
+                let nearest = used
+                    .iter()
+                    .map(|&own| self.world.distance_km(own, network))
+                    .fold(f64::INFINITY, f64::min);
+                (nearest, network)
+            })
+            .collect();
+        if candidates.is_empty() {
+            return self.foreign_network(rng, kinds, 3000.0);
+        }
+        candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        candidates.truncate(5);
+        pick(rng, &candidates).1
+    }
+
+    /// Distance from `network` to the nearest network the organisation uses.
+    fn organisation_distance_km(&self, network: usize) -> f64 {
+        (0..self.organisation_networks.len())
+            .filter(|&own| self.organisation_networks[own])
+            .map(|own| self.world.distance_km(own, network))
+            .fold(f64::INFINITY, f64::min)
     }
 
     /// Between `counts.0` and `counts.1` addresses on `network`.
@@ -268,6 +431,7 @@ fn call(
         status,
         user_agent: Arc::clone(user_agent),
         bytes_out: response_bytes(rng, template, status),
+        key_id: None,
     }
 }
 
@@ -293,6 +457,7 @@ pub fn attack(context: &AttackContext<'_>, scenario: Scenario, rng: &mut GenRng)
     let t0 = context.start_ms;
     let profile = context.profile;
     let mut owner_events = Vec::new();
+    let mut label_key = None;
     let (attacker_events, notes) = match scenario {
         Scenario::StolenKeyNewCountry => {
             let kinds: &[NetworkKind] = match index(rng, 20) {
@@ -536,6 +701,193 @@ pub fn attack(context: &AttackContext<'_>, scenario: Scenario, rng: &mut GenRng)
                 ),
             )
         }
+        Scenario::SameProviderOtherRegion => {
+            let home = context.home_network();
+            let regions: Vec<usize> = context
+                .world
+                .same_provider(home)
+                .into_iter()
+                .filter(|network| !context.own_networks.contains(network))
+                .collect();
+            let network = if regions.is_empty() {
+                context.domestic_network(rng, &[NetworkKind::Cloud])
+            } else {
+                *pick(rng, &regions)
+            };
+            let ips = context.hosts(rng, network, (1, 3));
+            let duration = between(rng, 2, 6) as i64 * HOUR_MS;
+            let rate = context.baseline_hourly().max(2.0) * uniform(rng, 0.5, 1.2);
+            let count = ((rate * duration as f64 / HOUR_MS as f64) as usize).clamp(10, 50_000);
+            let agent = Arc::clone(&profile.user_agents[0]);
+            let times = spread(rng, t0, duration, count);
+            let events = own_endpoint_calls(context, rng, &times, &ips, &agent);
+            let distance = context.world.distance_km(home, network);
+            (
+                events,
+                format!(
+                    "{count} calls over {} h from {}, {distance:.0} km from the owner's {} region, \
+                     with the owner's client, endpoints and rate while the owner keeps calling",
+                    duration / HOUR_MS,
+                    context.describe(network),
+                    context.world.city(home).name
+                ),
+            )
+        }
+        Scenario::DomesticHosting => {
+            let network = context.domestic_network(rng, &[NetworkKind::Hosting]);
+            let ips = context.hosts(rng, network, (1, 2));
+            let duration = between(rng, 1, 5) as i64 * HOUR_MS;
+            let rate = context.baseline_hourly().max(2.0) * uniform(rng, 0.3, 1.0);
+            let count = ((rate * duration as f64 / HOUR_MS as f64) as usize).clamp(10, 20_000);
+            let agent = Arc::clone(&profile.user_agents[0]);
+            let times = spread(rng, t0, duration, count);
+            let events = own_endpoint_calls(context, rng, &times, &ips, &agent);
+            (
+                events,
+                format!(
+                    "{count} calls over {} h from {} in the owner's country, with the owner's client and endpoints",
+                    duration / HOUR_MS,
+                    context.describe(network)
+                ),
+            )
+        }
+        Scenario::GlobalKeyNewCountry => {
+            let network = context.foreign_network(
+                rng,
+                &[
+                    NetworkKind::Hosting,
+                    NetworkKind::Isp,
+                    NetworkKind::Vpn,
+                    NetworkKind::Mobile,
+                ],
+                0.0,
+            );
+            let ips = context.hosts(rng, network, (1, 2));
+            let count = between(rng, 20, 200) as usize;
+            let duration = between(rng, 60, 240) as i64 * MINUTE_MS;
+            let agent = attacker_agent(rng, profile, 0.6);
+            let times = spread(rng, t0, duration, count);
+            let events = own_endpoint_calls(context, rng, &times, &ips, &agent);
+            (
+                events,
+                format!(
+                    "{count} calls from {}, a country none of the key's {} countries",
+                    context.describe(network),
+                    context.home_countries_count()
+                ),
+            )
+        }
+        Scenario::NewKeyLeaked => {
+            let network =
+                context.far_from_organisation(rng, &[NetworkKind::Hosting, NetworkKind::Vpn, NetworkKind::Isp]);
+            let ips = context.hosts(rng, network, (1, 2));
+            let count = between(rng, 20, 300) as usize;
+            let duration = between(rng, 60, 240) as i64 * MINUTE_MS;
+            let agent = attacker_agent(rng, profile, 0.4);
+            let times = spread(rng, t0, duration, count);
+            let events = own_endpoint_calls(context, rng, &times, &ips, &agent);
+            let first_use = profile.active_periods.iter().map(|&(from, _)| from).min().unwrap_or(t0);
+            (
+                events,
+                format!(
+                    "key first used {:.1} h before; {count} calls from {}, {:.0} km from the nearest network \
+                     of the organisation",
+                    (t0 - first_use) as f64 / HOUR_MS as f64,
+                    context.describe(network),
+                    context.organisation_distance_km(network)
+                ),
+            )
+        }
+        Scenario::VolumeExfiltration => {
+            let duration = between(rng, 2, 6) as i64 * HOUR_MS;
+            let extra = uniform(rng, 0.8, 1.3);
+            let rate = context.baseline_hourly().max(4.0) * extra;
+            let count = ((rate * duration as f64 / HOUR_MS as f64) as usize).clamp(20, 50_000);
+            let size_factor = uniform(rng, 40.0, 120.0);
+            let agent = Arc::clone(&profile.user_agents[0]);
+            // Reads of the key's own endpoints, asking for far bigger pages.
+            let readable: Vec<&EndpointTemplate> = profile
+                .endpoints
+                .iter()
+                .filter(|endpoint| endpoint.method == "GET" && endpoint.typical_bytes > 0)
+                .collect();
+            let times = spread(rng, t0, duration, count);
+            let events = times
+                .iter()
+                .map(|&ts_ms| {
+                    let ip = context.owner_like_ip(rng, ts_ms);
+                    let mut event = if readable.is_empty() {
+                        profile.ordinary_call(rng, ts_ms, ip, Arc::clone(&agent))
+                    } else {
+                        let template = readable[index(rng, readable.len())];
+                        call(rng, ts_ms, ip, template, 200, &agent, Ids::Pool(profile.id_space))
+                    };
+                    event.status = 200;
+                    event.bytes_out = ((event.bytes_out.max(500) as f64) * size_factor) as u64;
+                    event
+                })
+                .collect();
+            (
+                events,
+                format!(
+                    "{count} extra calls over {} h (about {:.1}x the key's calls) from the owner's places with \
+                     the owner's client and endpoints, responses about {size_factor:.0}x their usual size",
+                    duration / HOUR_MS,
+                    1.0 + extra
+                ),
+            )
+        }
+        Scenario::KeySpray => {
+            let network = context.foreign_network(rng, &[NetworkKind::Hosting, NetworkKind::Vpn], 0.0);
+            let ip = context.world.host(network, between(rng, 2, 250) as u8);
+            let key_count = between(rng, 100, 300) as usize;
+            let mut sprayed: Vec<Arc<str>> = Vec::with_capacity(key_count);
+            while sprayed.len() < key_count {
+                let candidate = key_id(rng);
+                if candidate != profile.key_id && !sprayed.iter().any(|known| **known == *candidate) {
+                    sprayed.push(Arc::from(candidate));
+                }
+            }
+            let calls_per_key: Vec<usize> = (0..key_count).map(|_| between(rng, 1, 4) as usize).collect();
+            let count: usize = calls_per_key.iter().sum();
+            let duration = between(rng, 5, 30) as i64 * MINUTE_MS;
+            let agent = attacker_agent(rng, profile, 0.0);
+            // One cheap read is enough to tell whether a key id works.
+            let probe = profile
+                .endpoints
+                .iter()
+                .find(|endpoint| endpoint.method == "GET")
+                .cloned()
+                .unwrap_or_else(|| enumeration_endpoints()[0].clone());
+            let times = spread(rng, t0, duration, count);
+            let mut next_time = times.iter();
+            let mut events = Vec::with_capacity(count);
+            for (sprayed_key, &calls) in sprayed.iter().zip(&calls_per_key) {
+                for _ in 0..calls {
+                    let Some(&ts_ms) = next_time.next() else {
+                        break;
+                    };
+                    let status = match index(rng, 20) {
+                        0..=17 => 401,
+                        18 => 403,
+                        _ => 429,
+                    };
+                    let mut event = call(rng, ts_ms, ip, &probe, status, &agent, Ids::Pool(profile.id_space));
+                    event.key_id = Some(Arc::clone(sprayed_key));
+                    events.push(event);
+                }
+            }
+            label_key = sprayed.first().map(|first| first.to_string());
+            (
+                events,
+                format!(
+                    "{key_count} key ids sprayed ({count} calls, mostly 401) in {} min from {ip} of {}; \
+                     the label names the first",
+                    duration / MINUTE_MS,
+                    context.describe(network)
+                ),
+            )
+        }
     };
     let attacker_events: Vec<GenEvent> = attacker_events
         .into_iter()
@@ -555,5 +907,6 @@ pub fn attack(context: &AttackContext<'_>, scenario: Scenario, rng: &mut GenRng)
         start_ms,
         end_ms,
         notes,
+        label_key,
     }
 }
