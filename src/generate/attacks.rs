@@ -816,12 +816,14 @@ pub fn attack(context: &AttackContext<'_>, scenario: Scenario, rng: &mut GenRng)
                 .iter()
                 .map(|&ts_ms| {
                     let ip = context.owner_like_ip(rng, ts_ms);
-                    let mut event = if readable.is_empty() {
-                        profile.ordinary_call(rng, ts_ms, ip, Arc::clone(&agent))
+                    // The owner's own mix of reads.
+                    let owner_choice = &profile.endpoints[profile.owner_endpoint(rng, ts_ms)];
+                    let template = if owner_choice.method == "GET" || readable.is_empty() {
+                        owner_choice
                     } else {
-                        let template = readable[index(rng, readable.len())];
-                        call(rng, ts_ms, ip, template, 200, &agent, Ids::Pool(profile.id_space))
+                        readable[index(rng, readable.len())]
                     };
+                    let mut event = call(rng, ts_ms, ip, template, 200, &agent, Ids::Pool(profile.id_space));
                     event.status = 200;
                     event.bytes_out = ((event.bytes_out.max(500) as f64) * size_factor) as u64;
                     event
@@ -908,5 +910,296 @@ pub fn attack(context: &AttackContext<'_>, scenario: Scenario, rng: &mut GenRng)
         end_ms,
         notes,
         label_key,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashSet};
+    use std::sync::OnceLock;
+
+    use super::*;
+    use crate::event::parse_ts;
+    use crate::generate::GenerateConfig;
+    use crate::generate::plan::{Plan, organisation_networks, own_networks, plan};
+    use crate::generate::random::stream;
+
+    const RUN_START: &str = "2026-01-05T00:00:00Z";
+
+    fn planned(keys: usize, seed: u64) -> Plan {
+        plan(&GenerateConfig {
+            keys,
+            days: 10,
+            seed,
+            start_ms: parse_ts(RUN_START).unwrap(),
+        })
+    }
+
+    fn network_of(world: &World, ip: Ipv4Addr) -> usize {
+        world
+            .networks
+            .iter()
+            .position(|network| network.block.contains(&ip))
+            .expect("every generated address is in the world")
+    }
+
+    /// One incident of a scenario: its plan, the attacked key's position
+    /// and the label's start and end.
+    struct Incident<'a> {
+        plan: &'a Plan,
+        position: usize,
+        start_ms: i64,
+        end_ms: i64,
+        notes: &'a str,
+    }
+
+    impl Incident<'_> {
+        fn profile(&self) -> &KeyProfile {
+            &self.plan.profiles[self.position]
+        }
+
+        /// The injected calls inside the label's window that come from
+        /// networks the key never used, or carry another key id: the
+        /// attacker's.
+        fn attacker_calls(&self) -> Vec<&GenEvent> {
+            let own = own_networks(self.profile());
+            self.plan.injected[self.position]
+                .iter()
+                .filter(|event| (self.start_ms..=self.end_ms).contains(&event.ts_ms))
+                .filter(|event| event.key_id.is_some() || !own.contains(&network_of(&self.plan.world, event.ip)))
+                .collect()
+        }
+    }
+
+    /// Every incident of `scenario` in 1,000-key runs of seeds 1-3.
+    fn for_each_incident(plans: &[Plan], scenario: Scenario, mut check: impl FnMut(&Incident<'_>)) -> usize {
+        let mut seen = 0;
+        for plan in plans {
+            for label in plan.labels.iter().filter(|label| label.scenario == scenario.as_str()) {
+                let position = plan
+                    .profiles
+                    .iter()
+                    .position(|profile| profile.key_id == label.key)
+                    .or_else(|| {
+                        plan.injected.iter().position(|events| {
+                            events
+                                .iter()
+                                .any(|event| event.key_id.as_deref() == Some(label.key.as_str()))
+                        })
+                    })
+                    .expect("a label names a planned or sprayed key");
+                check(&Incident {
+                    plan,
+                    position,
+                    start_ms: parse_ts(&label.start).unwrap(),
+                    end_ms: parse_ts(&label.end).unwrap(),
+                    notes: &label.notes,
+                });
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "{scenario:?} is injected in every run");
+        seen
+    }
+
+    /// 1,000-key plans of seeds 1-3, planned once for all the checks.
+    fn three_seeds() -> &'static [Plan] {
+        static PLANS: OnceLock<Vec<Plan>> = OnceLock::new();
+        PLANS.get_or_init(|| (1..=3).map(|seed| planned(1000, seed)).collect())
+    }
+
+    #[test]
+    fn attacks_land_on_every_key_role_and_only_where_their_scenario_allows() {
+        let plans = three_seeds();
+        let mut roles_seen = BTreeSet::new();
+        for scenario in Scenario::ALL {
+            for_each_incident(plans, scenario, |incident| {
+                if scenario == Scenario::KeySpray {
+                    return;
+                }
+                let role = scenario
+                    .host_roles()
+                    .iter()
+                    .find(|role| incident.notes.starts_with(&format!("{}: ", role.on_key())))
+                    .unwrap_or_else(|| panic!("{scenario:?} notes name an allowed role: {}", incident.notes));
+                roles_seen.insert(*role);
+            });
+        }
+        let every_role = [
+            HostRole::Ordinary,
+            HostRole::Global,
+            HostRole::Ci,
+            HostRole::Vpn,
+            HostRole::Traveller,
+            HostRole::Heavy,
+            HostRole::New,
+        ];
+        assert_eq!(roles_seen, every_role.into_iter().collect());
+    }
+
+    #[test]
+    fn new_country_attacks_never_come_from_a_country_the_key_uses() {
+        let plans = three_seeds();
+        for scenario in [
+            Scenario::StolenKeyNewCountry,
+            Scenario::ImpossibleTravel,
+            Scenario::KeyCopied,
+            Scenario::GlobalKeyNewCountry,
+        ] {
+            for_each_incident(plans, scenario, |incident| {
+                let world = &incident.plan.world;
+                let own_countries: HashSet<&str> = own_networks(incident.profile())
+                    .into_iter()
+                    .map(|network| world.city(network).country_code)
+                    .collect();
+                let calls = incident.attacker_calls();
+                assert!(!calls.is_empty(), "{scenario:?}: {}", incident.notes);
+                for call in calls {
+                    let country = world.city(network_of(world, call.ip)).country_code;
+                    assert!(
+                        !own_countries.contains(country),
+                        "{scenario:?} from {country}: {}",
+                        incident.notes
+                    );
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn same_provider_other_region_uses_the_owners_provider_client_and_endpoints_elsewhere() {
+        let plans = three_seeds();
+        for_each_incident(plans, Scenario::SameProviderOtherRegion, |incident| {
+            let world = &incident.plan.world;
+            let profile = incident.profile();
+            let own = own_networks(profile);
+            let home_asn = world.provider(own[0]).asn;
+            let calls = incident.attacker_calls();
+            assert!(calls.len() >= 10, "{}", incident.notes);
+            for call in &calls {
+                let network = network_of(world, call.ip);
+                assert_eq!(world.provider(network).asn, home_asn, "{}", incident.notes);
+                assert!(!own.contains(&network));
+                assert_eq!(call.user_agent, profile.user_agents[0]);
+            }
+            // Its owner keeps calling from home meanwhile.
+            assert!(profile.is_active(incident.start_ms));
+        });
+    }
+
+    #[test]
+    fn domestic_hosting_comes_from_a_hosting_network_in_the_owners_country_with_its_client() {
+        let plans = three_seeds();
+        for_each_incident(plans, Scenario::DomesticHosting, |incident| {
+            let world = &incident.plan.world;
+            let profile = incident.profile();
+            let home_country = world.city(own_networks(profile)[0]).country_code;
+            let calls = incident.attacker_calls();
+            assert!(!calls.is_empty(), "{}", incident.notes);
+            for call in calls {
+                let network = network_of(world, call.ip);
+                assert_eq!(world.kind(network), NetworkKind::Hosting, "{}", incident.notes);
+                assert_eq!(world.city(network).country_code, home_country, "{}", incident.notes);
+                assert_eq!(call.user_agent, profile.user_agents[0]);
+            }
+        });
+    }
+
+    #[test]
+    fn global_key_new_country_lands_on_keys_used_from_many_countries() {
+        let plans = three_seeds();
+        for_each_incident(plans, Scenario::GlobalKeyNewCountry, |incident| {
+            let world = &incident.plan.world;
+            let countries: HashSet<&str> = own_networks(incident.profile())
+                .into_iter()
+                .map(|network| world.city(network).country_code)
+                .collect();
+            assert!(countries.len() >= 8, "{}", incident.notes);
+        });
+    }
+
+    #[test]
+    fn leaked_new_key_is_first_used_hours_before_and_attacked_from_outside_the_organisation() {
+        let plans = three_seeds();
+        for_each_incident(plans, Scenario::NewKeyLeaked, |incident| {
+            let profile = incident.profile();
+            let first_use = profile.active_periods.iter().map(|&(from, _)| from).min().unwrap();
+            let lead = incident.start_ms - first_use;
+            assert!(
+                (HOUR_MS..=12 * HOUR_MS).contains(&lead),
+                "first used {} h before: {}",
+                lead / HOUR_MS,
+                incident.notes
+            );
+            let organisation = organisation_networks(&incident.plan.world, &incident.plan.profiles);
+            let calls = incident.attacker_calls();
+            assert!(!calls.is_empty());
+            for call in calls {
+                assert!(
+                    !organisation[network_of(&incident.plan.world, call.ip)],
+                    "{}",
+                    incident.notes
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn volume_exfiltration_returns_twenty_times_the_keys_median_bytes_from_its_own_places_and_client() {
+        let plans = three_seeds();
+        for_each_incident(plans, Scenario::VolumeExfiltration, |incident| {
+            let profile = incident.profile();
+            let run_start = parse_ts(RUN_START).unwrap();
+            let mut rng = stream(9, 9, incident.position as u64);
+            let day_before = incident.start_ms - 24 * HOUR_MS;
+            let mut owner_bytes: Vec<u64> = profile
+                .owner_calls(&mut rng, day_before, incident.start_ms, run_start)
+                .iter()
+                .map(|event| event.bytes_out)
+                .collect();
+            owner_bytes.sort_unstable();
+            let median = owner_bytes[owner_bytes.len() / 2].max(1);
+            let attack = &incident.plan.injected[incident.position];
+            assert!(attack.len() >= 20);
+            let mean = attack.iter().map(|event| event.bytes_out).sum::<u64>() / attack.len() as u64;
+            assert!(
+                mean >= 20 * median,
+                "mean {mean} vs median {median}: {}",
+                incident.notes
+            );
+            let own = own_networks(profile);
+            for event in attack {
+                assert!(
+                    own.contains(&network_of(&incident.plan.world, event.ip)),
+                    "{}",
+                    incident.notes
+                );
+                assert_eq!(event.user_agent, profile.user_agents[0]);
+                assert!(profile.endpoints.iter().any(|endpoint| endpoint.method == event.method));
+                assert_eq!(event.status, 200);
+            }
+        });
+    }
+
+    #[test]
+    fn key_spray_tries_at_least_a_hundred_key_ids_from_one_address_mostly_refused() {
+        let plans = three_seeds();
+        for_each_incident(plans, Scenario::KeySpray, |incident| {
+            let calls = incident.attacker_calls();
+            let keys: HashSet<&str> = calls.iter().filter_map(|event| event.key_id.as_deref()).collect();
+            assert!(keys.len() >= 100, "{} keys: {}", keys.len(), incident.notes);
+            let sources: HashSet<Ipv4Addr> = calls.iter().map(|event| event.ip).collect();
+            assert_eq!(sources.len(), 1);
+            let refused = calls.iter().filter(|event| event.status == 401).count();
+            assert!(refused * 10 >= calls.len() * 8, "{refused} of {} refused", calls.len());
+            assert!(calls.len() <= 4 * keys.len(), "a few calls each");
+            let organisation_keys: HashSet<&str> = incident
+                .plan
+                .profiles
+                .iter()
+                .map(|profile| profile.key_id.as_str())
+                .collect();
+            assert!(keys.iter().all(|key| !organisation_keys.contains(key)), "guessed ids");
+        });
     }
 }

@@ -362,13 +362,13 @@ impl Builder<'_> {
             }
             HardCase::ReleaseExportEndpoints => {
                 let mut profile = self.ordinary(rng, key);
-                Self::ensure_volume(&mut profile, 60.0, 20_000.0);
+                Self::ensure_volume(&mut profile, 150.0, 20_000.0);
                 // The usual export flow: start an export, poll it, download it.
                 let added: Vec<EndpointTemplate> = export_endpoints()
                     .into_iter()
                     .filter(|endpoint| endpoint.path.starts_with("/v1/exports"))
                     .collect();
-                let share = uniform(rng, 0.01, 0.05);
+                let share = uniform(rng, 0.03, 0.08);
                 let day = between(rng, FIRST_INCIDENT_DAY, last_day);
                 let release = self.local_time(&profile, day, uniform(rng, 10.0, 16.0));
                 let notes = format!(
@@ -403,9 +403,7 @@ impl Builder<'_> {
                     minute_of_hour,
                     template,
                 });
-                // The span starts at the first refresh.
-                let first_refresh = (from.div_euclid(HOUR_MS) + 1) * HOUR_MS + minute_of_hour * MINUTE_MS;
-                CaseBuild::new(profile, from.min(first_refresh), run_end, notes)
+                CaseBuild::new(profile, from, run_end, notes)
             }
             HardCase::DaylightSavingShift => {
                 let sites = self.sites_for(rng, Archetype::Office);
@@ -492,7 +490,8 @@ impl Builder<'_> {
             }
             HardCase::BurstyHeavyTailed => {
                 let mut profile = self.ordinary(rng, key);
-                Self::ensure_volume(&mut profile, 40.0, 5_000.0);
+                // Busy enough that a burst is many calls, not a stray one.
+                Self::ensure_volume(&mut profile, 500.0, 5_000.0);
                 let bursts = Bursts {
                     per_day: uniform(rng, 3.0, 10.0),
                     minutes: (2, 15),
@@ -516,4 +515,223 @@ fn format_offset(minutes: i32) -> String {
     let sign = if minutes < 0 { '-' } else { '+' };
     let minutes = minutes.abs();
     format!("{sign}{:02}:{:02}", minutes / 60, minutes % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashSet};
+    use std::net::Ipv4Addr;
+    use std::sync::OnceLock;
+
+    use super::*;
+    use crate::eval::BenignCase;
+    use crate::event::parse_ts;
+    use crate::generate::GenerateConfig;
+    use crate::generate::plan::{Plan, plan, role_counts};
+    use crate::generate::random::stream;
+
+    const RUN_START: &str = "2026-01-05T00:00:00Z";
+    const DAYS: u32 = 10;
+
+    /// A 1,000-key plan, planned once for all the checks.
+    fn planned() -> &'static Plan {
+        static PLAN: OnceLock<Plan> = OnceLock::new();
+        PLAN.get_or_init(|| {
+            plan(&GenerateConfig {
+                keys: 1000,
+                days: DAYS,
+                seed: 2,
+                start_ms: parse_ts(RUN_START).unwrap(),
+            })
+        })
+    }
+
+    fn run_start() -> i64 {
+        parse_ts(RUN_START).unwrap()
+    }
+
+    fn run_end() -> i64 {
+        run_start() + i64::from(DAYS) * DAY_MS
+    }
+
+    /// Each occurrence of `case`: its record, the key's position, its start.
+    fn occurrences(case: HardCase) -> Vec<(&'static BenignCase, usize, i64)> {
+        let plan = planned();
+        let found: Vec<_> = plan
+            .benign_cases
+            .iter()
+            .filter(|record| record.case == case.as_str())
+            .map(|record| {
+                let position = plan
+                    .profiles
+                    .iter()
+                    .position(|profile| profile.key_id == record.key)
+                    .expect("a case names a planned key");
+                (record, position, parse_ts(&record.start).unwrap())
+            })
+            .collect();
+        assert!(!found.is_empty(), "{case:?} occurs");
+        found
+    }
+
+    fn owner_ips(profile: &KeyProfile) -> HashSet<Ipv4Addr> {
+        profile
+            .location_phases
+            .iter()
+            .flat_map(|phase| phase.sites.iter().flat_map(|site| site.ips.iter().copied()))
+            .collect()
+    }
+
+    fn calls(position: usize, from_ms: i64, to_ms: i64) -> Vec<GenEvent> {
+        let mut rng = stream(7, 7, position as u64);
+        planned().profiles[position].owner_calls(&mut rng, from_ms, to_ms, run_start())
+    }
+
+    #[test]
+    fn every_case_occurs_at_least_four_times_per_thousand_keys() {
+        assert!(role_counts(1000).1 >= 4);
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for record in &planned().benign_cases {
+            *counts.entry(record.case.as_str()).or_default() += 1;
+        }
+        for case in HardCase::ALL {
+            let wanted = if case == HardCase::KeyRotation { 8 } else { 4 };
+            assert!(
+                counts.get(case.as_str()).copied().unwrap_or(0) >= wanted,
+                "{case:?}: {counts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn export_release_adds_downloads_from_the_owners_places_and_client_answered_200() {
+        for (record, position, release) in occurrences(HardCase::ReleaseExportEndpoints) {
+            let profile = &planned().profiles[position];
+            let before = calls(position, run_start(), release);
+            assert!(before.iter().all(|event| !event.endpoint.starts_with("/v1/exports")));
+            let after = calls(position, release, run_end());
+            let exports: Vec<&GenEvent> = after
+                .iter()
+                .filter(|event| event.endpoint.starts_with("/v1/exports"))
+                .collect();
+            assert!(
+                exports.iter().any(|event| event.endpoint.ends_with("/download")),
+                "{}",
+                record.notes
+            );
+            let ips = owner_ips(profile);
+            for event in &exports {
+                assert!(ips.contains(&event.ip) && profile.user_agents.contains(&event.user_agent));
+            }
+            let answered = exports.iter().filter(|event| event.status < 300).count();
+            assert!(answered * 10 >= exports.len() * 9, "{answered} of {}", exports.len());
+        }
+    }
+
+    #[test]
+    fn token_refresh_calls_the_token_endpoint_once_an_hour_from_its_start() {
+        for (_, position, from) in occurrences(HardCase::HourlyTokenRefresh) {
+            let is_token = |event: &GenEvent| event.endpoint == "/oauth/token";
+            assert!(!calls(position, run_start(), from).iter().any(is_token));
+            let first_hour = (from.div_euclid(HOUR_MS) + 1) * HOUR_MS;
+            let day = calls(position, first_hour, first_hour + 24 * HOUR_MS);
+            let mut per_hour = [0usize; 24];
+            for event in day.iter().filter(|event| is_token(event)) {
+                assert_eq!((event.method, event.status), ("POST", 200));
+                per_hour[((event.ts_ms - first_hour) / HOUR_MS) as usize] += 1;
+            }
+            assert_eq!(per_hour, [1; 24]);
+        }
+    }
+
+    #[test]
+    fn daylight_saving_moves_the_busiest_utc_hour_by_one_and_keeps_the_local_one() {
+        for (record, position, change) in occurrences(HardCase::DaylightSavingShift) {
+            let profile = &planned().profiles[position];
+            let shift =
+                profile.offset_change.expect("the offset changes").utc_offset_minutes - profile.utc_offset_minutes;
+            assert_eq!(shift.abs(), 60, "{}", record.notes);
+            // The busiest UTC hour of a weekday before and after the change.
+            let busiest = |day_start: i64| {
+                (0..24)
+                    .max_by(|&a, &b| {
+                        let calls = |hour: i64| profile.expected_hourly_calls(day_start + hour * HOUR_MS, run_start());
+                        calls(a).total_cmp(&calls(b))
+                    })
+                    .unwrap()
+            };
+            let friday_before = (change - 2 * DAY_MS).div_euclid(DAY_MS) * DAY_MS;
+            let tuesday_after = (change + 2 * DAY_MS).div_euclid(DAY_MS) * DAY_MS;
+            let moved = (busiest(tuesday_after) - busiest(friday_before)).rem_euclid(24);
+            let expected = (-i64::from(shift) / 60).rem_euclid(24);
+            assert_eq!(moved, expected, "{}", record.notes);
+        }
+    }
+
+    #[test]
+    fn retry_storm_is_dozens_of_401s_in_minutes_from_the_owners_address_and_client() {
+        for (record, position, rotation) in occurrences(HardCase::AuthRetryStorm) {
+            let profile = &planned().profiles[position];
+            let storm = &planned().injected[position];
+            assert!(storm.len() >= 30, "{}", record.notes);
+            assert!(storm.iter().all(|event| event.status == 401));
+            let first = storm.first().unwrap().ts_ms;
+            let last = storm.last().unwrap().ts_ms;
+            assert!(first >= rotation && last - first <= 10 * MINUTE_MS);
+            let sources: HashSet<Ipv4Addr> = storm.iter().map(|event| event.ip).collect();
+            assert_eq!(sources.len(), 1);
+            assert!(owner_ips(profile).is_superset(&sources));
+            assert!(storm.iter().all(|event| event.user_agent == profile.user_agents[0]));
+            // Then ordinary calls again.
+            let after = calls(position, last, last + 6 * HOUR_MS);
+            assert!(after.iter().any(|event| event.status < 300));
+        }
+    }
+
+    #[test]
+    fn rotation_successor_has_no_calls_before_the_cutover_and_the_old_key_none_after() {
+        let plan = planned();
+        let occurrences = occurrences(HardCase::KeyRotation);
+        for (record, position, cutover) in &occurrences {
+            let profile = &plan.profiles[*position];
+            let all = calls(*position, run_start(), run_end());
+            assert!(!all.is_empty(), "{}", record.notes);
+            if record.notes.starts_with("successor") {
+                assert!(all.iter().all(|event| event.ts_ms >= *cutover));
+                let (_, old_position, _) = occurrences
+                    .iter()
+                    .find(|(other, _, start)| other.key != record.key && start == cutover)
+                    .expect("the retired key is in the case");
+                let old = &plan.profiles[*old_position];
+                assert_ne!(old.key_id, profile.key_id);
+                assert_eq!(owner_ips(old), owner_ips(profile));
+                assert_eq!(old.user_agents, profile.user_agents);
+                assert_eq!(old.endpoints, profile.endpoints);
+                assert_eq!(old.volume, profile.volume);
+            } else {
+                assert!(all.iter().all(|event| event.ts_ms < *cutover));
+            }
+        }
+    }
+
+    #[test]
+    fn bursty_key_has_minutes_at_ten_times_its_usual_rate_from_day_one() {
+        for (record, position, start) in occurrences(HardCase::BurstyHeavyTailed) {
+            assert_eq!(start, run_start());
+            let first_days = calls(position, run_start(), run_start() + 2 * DAY_MS);
+            let mut per_five_minutes = vec![0usize; 2 * 24 * 12];
+            for event in &first_days {
+                per_five_minutes[((event.ts_ms - run_start()) / (5 * MINUTE_MS)) as usize] += 1;
+            }
+            let mut sorted = per_five_minutes.clone();
+            sorted.sort_unstable();
+            let median = sorted[sorted.len() / 2].max(1);
+            let busiest = *sorted.last().unwrap();
+            assert!(
+                busiest >= 10 * median,
+                "busiest {busiest} vs median {median}: {}",
+                record.notes
+            );
+        }
+    }
 }

@@ -395,7 +395,7 @@ impl Builder<'_> {
 }
 
 /// All networks a profile ever calls from.
-fn own_networks(profile: &KeyProfile) -> Vec<usize> {
+pub(super) fn own_networks(profile: &KeyProfile) -> Vec<usize> {
     let mut networks = Vec::new();
     for phase in &profile.location_phases {
         for site in &phase.sites {
@@ -408,7 +408,7 @@ fn own_networks(profile: &KeyProfile) -> Vec<usize> {
 }
 
 /// Networks the organisation's keys call from, as a flag per network.
-fn organisation_networks(world: &World, profiles: &[KeyProfile]) -> Vec<bool> {
+pub(super) fn organisation_networks(world: &World, profiles: &[KeyProfile]) -> Vec<bool> {
     let mut used = vec![false; world.networks.len()];
     for profile in profiles {
         for network in own_networks(profile) {

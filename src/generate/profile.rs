@@ -400,6 +400,20 @@ impl KeyProfile {
         }
     }
 
+    /// Every owner call in `[from_ms, to_ms)`, for checks on a profile.
+    #[cfg(test)]
+    pub fn owner_calls(&self, rng: &mut GenRng, from_ms: i64, to_ms: i64, run_start_ms: i64) -> Vec<GenEvent> {
+        let mut calls = Vec::new();
+        let mut hour = from_ms.div_euclid(HOUR_MS) * HOUR_MS;
+        while hour < to_ms {
+            self.owner_hour(rng, hour, run_start_ms, &mut calls);
+            hour += HOUR_MS;
+        }
+        calls.retain(|event| (from_ms..to_ms).contains(&event.ts_ms));
+        calls.sort_by_key(|event| event.ts_ms);
+        calls
+    }
+
     fn push_owner_call(&self, rng: &mut GenRng, ts_ms: i64, out: &mut Vec<GenEvent>) {
         if !self.is_active(ts_ms) {
             return;
