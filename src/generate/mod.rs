@@ -298,7 +298,7 @@ impl Generation {
             let profile = &profiles[position];
             let access = AccessEvent {
                 ts_ms: event.ts_ms,
-                key_id: Cow::Borrowed(&profile.key_id),
+                key_id: Cow::Borrowed(event.key_id.as_deref().unwrap_or(&profile.key_id)),
                 ip: IpAddr::V4(event.ip),
                 method: Cow::Borrowed(event.method),
                 endpoint: Cow::Borrowed(&event.endpoint),

@@ -3,11 +3,11 @@
 //! and builds each incident's attacker calls ([`super::attacks`]) and each
 //! hard case's profile ([`super::benign`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::GenerateConfig;
-use super::attacks::{Attack, AttackContext, Scenario, attack};
+use super::attacks::{Attack, AttackContext, HostRole, Scenario, attack};
 use super::benign::HardCase;
 use super::catalog::{EndpointTemplate, Service, client_agent, key_id, services};
 use super::profile::{
@@ -33,7 +33,9 @@ enum Role {
     Ordinary,
     Heavy,
     Case(HardCase),
-    Incident(Scenario),
+    /// The key that takes over from a rotated one; planned with it.
+    Successor,
+    Incident(Scenario, HostRole),
 }
 
 /// Everything decided before the first event.
@@ -49,17 +51,20 @@ pub struct Plan {
     pub benign_cases: Vec<BenignCase>,
 }
 
-/// How many keys play each role at this size.
+/// How many keys play each role at this size: incidents per scenario,
+/// occurrences per benign hard case (at least 4 per 1,000 keys, so three
+/// seeds give a dozen of each), heavy keys.
 pub fn role_counts(keys: usize) -> (usize, usize, usize) {
-    let per_scenario = keys.div_ceil(300).max(1);
+    let per_scenario = keys.div_ceil(200).max(1);
     let per_case = keys.div_ceil(250).max(1);
     let heavy = keys / 400;
     (per_scenario, per_case, heavy)
 }
 
-/// Fewest keys a run can have: every role once, and as many ordinary keys.
+/// Fewest keys a run can have: every role once (a key rotation takes two
+/// keys), and as many ordinary keys.
 pub fn minimum_keys() -> usize {
-    2 * (Scenario::ALL.len() + HardCase::ALL.len())
+    2 * (Scenario::ALL.len() + HardCase::ALL.len() + 1)
 }
 
 /// Relative popularity of a country as the home of an API client.
@@ -297,6 +302,9 @@ impl Builder<'_> {
             active_periods: vec![(self.run_start(), self.run_end())],
             id_space: log_normal(rng, 400.0, 1.0).clamp(30.0, 20_000.0) as u64,
             client_error_rate: uniform(rng, 0.005, 0.03),
+            hourly_calls: Vec::new(),
+            offset_change: None,
+            bursts: None,
         }
     }
 
@@ -308,6 +316,62 @@ impl Builder<'_> {
         };
         let sites = self.sites_for(rng, archetype);
         self.base_profile(rng, key, archetype, sites)
+    }
+
+    /// The key an incident of `scenario` lands on, of kind `host`. Drawn
+    /// again (a few times at most) until the scenario can happen on it: the
+    /// owner's provider must have another region, the owner's country a
+    /// hosting network.
+    pub(super) fn host_profile(&self, rng: &mut GenRng, key: String, host: HostRole, scenario: Scenario) -> KeyProfile {
+        const ATTEMPTS: usize = 30;
+        let last_trip_day = u64::from(self.config.days).saturating_sub(2).max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let key = key.clone();
+            let mut profile = match host {
+                HostRole::Ordinary | HostRole::New if scenario == Scenario::SameProviderOtherRegion => {
+                    let sites = self.sites_for(rng, Archetype::Service);
+                    self.base_profile(rng, key, Archetype::Service, sites)
+                }
+                HostRole::Ordinary | HostRole::New => self.ordinary(rng, key),
+                HostRole::Global => self.global_profile(rng, key).0,
+                HostRole::Ci => self.ci_profile(rng, key).0,
+                HostRole::Vpn => self.vpn_profile(rng, key).0,
+                HostRole::Traveller => self.traveller_profile(rng, key, (1, last_trip_day)).0,
+                HostRole::Heavy => self.heavy(rng, key),
+            };
+            if host != HostRole::Heavy {
+                // Busy enough to have a baseline worth departing from.
+                Self::ensure_volume(&mut profile, 40.0, 20_000.0);
+            }
+            if attempt >= ATTEMPTS || self.suits(&profile, scenario) {
+                return profile;
+            }
+        }
+    }
+
+    /// Whether `scenario` can happen as described on the key of `profile`.
+    fn suits(&self, profile: &KeyProfile, scenario: Scenario) -> bool {
+        let world = self.world;
+        let own = own_networks(profile);
+        let Some(&home) = own.first() else {
+            return false;
+        };
+        match scenario {
+            Scenario::SameProviderOtherRegion => {
+                world.kind(home) == NetworkKind::Cloud
+                    && world.same_provider(home).iter().any(|other| !own.contains(other))
+            }
+            Scenario::DomesticHosting => {
+                let country = world.city(home).country_code;
+                world
+                    .networks_of(&[NetworkKind::Hosting])
+                    .into_iter()
+                    .any(|network| world.city(network).country_code == country)
+            }
+            _ => true,
+        }
     }
 
     fn heavy(&self, rng: &mut GenRng, key: String) -> KeyProfile {
@@ -331,7 +395,7 @@ impl Builder<'_> {
 }
 
 /// All networks a profile ever calls from.
-fn own_networks(profile: &KeyProfile) -> Vec<usize> {
+pub(super) fn own_networks(profile: &KeyProfile) -> Vec<usize> {
     let mut networks = Vec::new();
     for phase in &profile.location_phases {
         for site in &phase.sites {
@@ -341,6 +405,31 @@ fn own_networks(profile: &KeyProfile) -> Vec<usize> {
         }
     }
     networks
+}
+
+/// Networks the organisation's keys call from, as a flag per network.
+pub(super) fn organisation_networks(world: &World, profiles: &[KeyProfile]) -> Vec<bool> {
+    let mut used = vec![false; world.networks.len()];
+    for profile in profiles {
+        for network in own_networks(profile) {
+            if let Some(flag) = used.get_mut(network) {
+                *flag = true;
+            }
+        }
+    }
+    used
+}
+
+fn benign_record(case: HardCase, profile: &KeyProfile, start_ms: i64, end_ms: i64, notes: String) -> BenignCase {
+    BenignCase {
+        id: String::new(),
+        case: case.as_str().to_string(),
+        key: profile.key_id.clone(),
+        key_fingerprint: key_fingerprint(&profile.key_id),
+        start: format_ts(start_ms),
+        end: format_ts(end_ms),
+        notes,
+    }
 }
 
 /// Plans the run.
@@ -368,6 +457,8 @@ pub fn plan(config: &GenerateConfig) -> Plan {
         .collect();
     let (per_scenario, per_case, heavy) = role_counts(config.keys);
     let mut roles = vec![Role::Ordinary; config.keys];
+    // The position of each rotated key's successor.
+    let mut successor_of: HashMap<usize, usize> = HashMap::new();
     let mut order: Vec<usize> = (0..config.keys).collect();
     shuffle(&mut role_rng, &mut order);
     let mut assign = order.into_iter();
@@ -378,89 +469,141 @@ pub fn plan(config: &GenerateConfig) -> Plan {
     }
     for case in HardCase::ALL {
         for _ in 0..per_case {
-            if let Some(position) = assign.next() {
-                roles[position] = Role::Case(case);
+            let Some(position) = assign.next() else {
+                break;
+            };
+            roles[position] = Role::Case(case);
+            if case == HardCase::KeyRotation
+                && let Some(other) = assign.next()
+            {
+                // The successor is planned with its predecessor, so it
+                // comes later in key order.
+                let (first, second) = (position.min(other), position.max(other));
+                roles[first] = Role::Case(case);
+                roles[second] = Role::Successor;
+                successor_of.insert(first, second);
             }
         }
     }
     for scenario in Scenario::ALL {
-        for _ in 0..per_scenario {
+        // Round the scenario's host kinds from a random start, so every
+        // kind is hit across seeds and no seed favours one.
+        let hosts = scenario.host_roles();
+        let offset = index(&mut role_rng, hosts.len());
+        for count in 0..per_scenario {
             if let Some(position) = assign.next() {
-                roles[position] = Role::Incident(scenario);
+                roles[position] = Role::Incident(scenario, hosts[(offset + count) % hosts.len()]);
             }
         }
     }
 
+    // First every key's own behaviour, then the attacks, which need to know
+    // where the whole organisation calls from.
     let mut profiles = Vec::with_capacity(config.keys);
     let mut injected = vec![Vec::new(); config.keys];
     let mut incident_windows = vec![Vec::new(); config.keys];
     let mut labels = Vec::new();
     let mut benign_cases = Vec::new();
-    for (position, key) in key_ids.into_iter().enumerate() {
+    let mut successors: HashMap<usize, KeyProfile> = HashMap::new();
+    for (position, key) in key_ids.iter().enumerate() {
+        let key = key.clone();
         let mut rng = stream(config.seed, PURPOSE_PROFILE, position as u64);
         let profile = match roles[position] {
             Role::Ordinary => builder.ordinary(&mut rng, key),
             Role::Heavy => builder.heavy(&mut rng, key),
+            Role::Successor => successors
+                .remove(&position)
+                .unwrap_or_else(|| builder.ordinary(&mut rng, key)),
             Role::Case(case) => {
-                let (profile, start, end, notes) = builder.hard_case(&mut rng, key, case);
-                benign_cases.push(BenignCase {
-                    id: String::new(),
-                    case: case.as_str().to_string(),
-                    key: profile.key_id.clone(),
-                    key_fingerprint: key_fingerprint(&profile.key_id),
-                    start: format_ts(start),
-                    end: format_ts(end),
-                    notes,
-                });
-                profile
-            }
-            Role::Incident(scenario) => {
-                let mut profile = builder.ordinary(&mut rng, key);
-                Builder::ensure_volume(&mut profile, 40.0, 20_000.0);
-                let mut attack_rng = stream(config.seed, PURPOSE_ATTACK, position as u64);
-                let day = between(&mut attack_rng, FIRST_INCIDENT_DAY, u64::from(config.days) - 2);
-                let local_hour = uniform(&mut attack_rng, 9.0, 17.0);
-                let start_ms = builder
-                    .local_time(&profile, day, local_hour)
-                    .max(run_start + FIRST_INCIDENT_DAY as i64 * DAY_MS);
-                if scenario == Scenario::DormantReactivated {
-                    // The owner stopped using the key weeks before: its
-                    // history lies before the run.
-                    let silent_days = between(&mut attack_rng, 31, 45) as i64;
-                    let last_use = start_ms - silent_days * DAY_MS;
-                    let history_days = between(&mut attack_rng, 10, 21) as i64;
-                    profile.active_periods = vec![(last_use - history_days * DAY_MS, last_use)];
+                let successor_key = successor_of.get(&position).map(|&other| key_ids[other].clone());
+                let build = builder.hard_case(&mut rng, key, case, successor_key);
+                benign_cases.push(benign_record(
+                    case,
+                    &build.profile,
+                    build.start_ms,
+                    build.end_ms,
+                    build.notes,
+                ));
+                if let Some((successor, notes)) = build.successor {
+                    benign_cases.push(benign_record(case, &successor, build.start_ms, build.end_ms, notes));
+                    if let Some(&other) = successor_of.get(&position) {
+                        successors.insert(other, successor);
+                    }
                 }
-                let context = AttackContext {
-                    world: &world,
-                    profile: &profile,
-                    own_networks: own_networks(&profile),
-                    start_ms,
-                    run_start_ms: run_start,
-                    run_end_ms: run_end,
-                };
-                let Attack {
-                    events,
-                    start_ms: attack_start,
-                    end_ms: attack_end,
-                    notes,
-                } = attack(&context, scenario, &mut attack_rng);
-                injected[position] = events;
-                incident_windows[position].push((attack_start, attack_end));
-                labels.push(Label {
-                    id: String::new(),
-                    scenario: scenario.as_str().to_string(),
-                    key: profile.key_id.clone(),
-                    key_fingerprint: key_fingerprint(&profile.key_id),
-                    start: format_ts(attack_start),
-                    end: format_ts(attack_end),
-                    notes,
-                    detectors: scenario.detectors().to_vec(),
-                });
-                profile
+                injected[position] = build.injected;
+                build.profile
             }
+            Role::Incident(scenario, host) => builder.host_profile(&mut rng, key, host, scenario),
         };
         profiles.push(profile);
+    }
+
+    let organisation = organisation_networks(&world, &profiles);
+    let earliest_incident = run_start + FIRST_INCIDENT_DAY as i64 * DAY_MS;
+    for position in 0..profiles.len() {
+        let Role::Incident(scenario, host) = roles[position] else {
+            continue;
+        };
+        let profile = &mut profiles[position];
+        let mut attack_rng = stream(config.seed, PURPOSE_ATTACK, position as u64);
+        let day = between(&mut attack_rng, FIRST_INCIDENT_DAY, u64::from(config.days) - 2);
+        let local_hour = uniform(&mut attack_rng, 9.0, 17.0);
+        let mut start_ms = builder.local_time(profile, day, local_hour).max(earliest_incident);
+        if scenario == Scenario::DormantReactivated {
+            // The owner stopped using the key weeks before: its history
+            // lies before the run.
+            let silent_days = between(&mut attack_rng, 31, 45) as i64;
+            let last_use = start_ms - silent_days * DAY_MS;
+            let history_days = between(&mut attack_rng, 10, 21) as i64;
+            profile.active_periods = vec![(last_use - history_days * DAY_MS, last_use)];
+        } else if host == HostRole::New {
+            let first_use = if scenario == Scenario::NewKeyLeaked {
+                // Issued in the morning, leaked (a public repository, a
+                // pasted log) and used by someone else hours later.
+                let issued = builder.local_time(profile, day, uniform(&mut attack_rng, 7.0, 10.0));
+                let hours_later = uniform(&mut attack_rng, 2.0, 8.0);
+                start_ms = (issued + (hours_later * HOUR_MS as f64) as i64).max(earliest_incident);
+                issued.min(start_ms - HOUR_MS)
+            } else {
+                start_ms - (uniform(&mut attack_rng, 6.0, 48.0) * HOUR_MS as f64) as i64
+            };
+            profile.active_periods = vec![(first_use.max(run_start), run_end)];
+        }
+        let profile = &profiles[position];
+        let context = AttackContext {
+            world: &world,
+            profile,
+            own_networks: own_networks(profile),
+            start_ms,
+            run_start_ms: run_start,
+            run_end_ms: run_end,
+            organisation_networks: &organisation,
+        };
+        let Attack {
+            events,
+            start_ms: attack_start,
+            end_ms: attack_end,
+            notes,
+            label_key,
+        } = attack(&context, scenario, &mut attack_rng);
+        injected[position] = events;
+        incident_windows[position].push((attack_start, attack_end));
+        let notes = if scenario == Scenario::KeySpray {
+            notes
+        } else {
+            format!("{}: {notes}", host.on_key())
+        };
+        let label_key = label_key.unwrap_or_else(|| profile.key_id.clone());
+        labels.push(Label {
+            id: String::new(),
+            scenario: scenario.as_str().to_string(),
+            key_fingerprint: key_fingerprint(&label_key),
+            key: label_key,
+            start: format_ts(attack_start),
+            end: format_ts(attack_end),
+            notes,
+            detectors: scenario.detectors().to_vec(),
+        });
     }
 
     // Number incidents and cases in time order, so ids read chronologically.

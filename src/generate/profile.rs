@@ -22,6 +22,9 @@ pub struct GenEvent {
     pub status: u16,
     pub user_agent: Arc<str>,
     pub bytes_out: u64,
+    /// The key id the call presents when it is not the stream's own key (a
+    /// source spraying guessed key ids); `None` for the key's own calls.
+    pub key_id: Option<Arc<str>>,
 }
 
 /// A network a key calls from, with the few addresses it uses there.
@@ -118,6 +121,42 @@ pub struct KeyProfile {
     pub id_space: u64,
     /// Share of ordinary calls that fail with a client error.
     pub client_error_rate: f64,
+    /// Calls made once an hour on top of the volume (a token refresh).
+    pub hourly_calls: Vec<HourlyCall>,
+    /// A change of the key's UTC offset (a daylight-saving change): the
+    /// local clock keeps its rhythm, the UTC hours move.
+    pub offset_change: Option<OffsetChange>,
+    /// Heavy-tailed bursts on top of the volume, for keys whose traffic
+    /// comes in bursts as a matter of course.
+    pub bursts: Option<Bursts>,
+}
+
+/// One call every hour from `from_ms` on, at a fixed minute of the hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HourlyCall {
+    pub from_ms: i64,
+    pub minute_of_hour: i64,
+    pub template: EndpointTemplate,
+}
+
+/// The key's UTC offset becomes `utc_offset_minutes` at `from_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetChange {
+    pub from_ms: i64,
+    pub utc_offset_minutes: i32,
+}
+
+/// Bursts that start at random (Poisson, `per_day` a day), each lasting
+/// `minutes` and running at a Pareto-distributed multiple of the key's
+/// ordinary rate: `min_multiplier` and up with tail index `tail_index`,
+/// capped at `max_multiplier`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bursts {
+    pub per_day: f64,
+    pub minutes: (i64, i64),
+    pub min_multiplier: f64,
+    pub max_multiplier: f64,
+    pub tail_index: f64,
 }
 
 /// A business-hours curve with the given strength (0 flat, 1 strongly
@@ -143,8 +182,16 @@ fn local_weekday(local_ms: i64) -> i64 {
 }
 
 impl KeyProfile {
+    /// The key's offset from UTC at `ts_ms`, in minutes.
+    pub fn offset_minutes_at(&self, ts_ms: i64) -> i32 {
+        match self.offset_change {
+            Some(change) if ts_ms >= change.from_ms => change.utc_offset_minutes,
+            _ => self.utc_offset_minutes,
+        }
+    }
+
     fn local_ms(&self, ts_ms: i64) -> i64 {
-        ts_ms + i64::from(self.utc_offset_minutes) * MINUTE_MS
+        ts_ms + i64::from(self.offset_minutes_at(ts_ms)) * MINUTE_MS
     }
 
     pub fn is_active(&self, ts_ms: i64) -> bool {
@@ -258,6 +305,7 @@ impl KeyProfile {
             status,
             user_agent,
             bytes_out: response_bytes(rng, template, status),
+            key_id: None,
         }
     }
 
@@ -287,6 +335,29 @@ impl KeyProfile {
                 }
             }
         }
+        if let Some(bursts) = &self.bursts {
+            self.burst_calls(rng, bursts, hour_start_ms, run_start_ms, out);
+        }
+        for hourly in &self.hourly_calls {
+            let ts_ms = hour_start_ms + hourly.minute_of_hour * MINUTE_MS + (unit(rng) * 20_000.0) as i64;
+            if ts_ms < hourly.from_ms || !self.is_active(ts_ms) {
+                continue;
+            }
+            let Some(ip) = self.owner_ip(rng, ts_ms) else {
+                continue;
+            };
+            let user_agent = self.owner_agent(rng);
+            out.push(GenEvent {
+                ts_ms,
+                ip,
+                method: hourly.template.method,
+                endpoint: hourly.template.path.clone(),
+                status: 200,
+                user_agent,
+                bytes_out: response_bytes(rng, &hourly.template, 200),
+                key_id: None,
+            });
+        }
         // Now and then a handful of calls fail authorisation together: an
         // expired token refresh, a permissions change rolled back. Ordinary,
         // and a baseline has to tolerate it.
@@ -300,6 +371,47 @@ impl KeyProfile {
                 event.bytes_out = 90 + (unit(rng) * 200.0) as u64;
             }
         }
+    }
+
+    /// The bursts starting in this hour, kept inside it so a key's calls
+    /// stay in hour order.
+    fn burst_calls(
+        &self,
+        rng: &mut GenRng,
+        bursts: &Bursts,
+        hour_start_ms: i64,
+        run_start_ms: i64,
+        out: &mut Vec<GenEvent>,
+    ) {
+        let base_hourly = self.expected_hourly_calls(hour_start_ms, run_start_ms).max(1.0);
+        for _ in 0..poisson(rng, bursts.per_day / 24.0) {
+            let minutes =
+                bursts.minutes.0 + index(rng, (bursts.minutes.1 - bursts.minutes.0 + 1).max(1) as usize) as i64;
+            let minutes = minutes.clamp(1, 59);
+            // Pareto by inversion: heavy-tailed sizes, most bursts small.
+            let multiplier =
+                (bursts.min_multiplier * (1.0 - unit(rng)).powf(-1.0 / bursts.tail_index)).min(bursts.max_multiplier);
+            let start = hour_start_ms + (unit(rng) * ((60 - minutes) * MINUTE_MS) as f64) as i64;
+            let count = poisson(rng, base_hourly * multiplier * minutes as f64 / 60.0);
+            for _ in 0..count {
+                let ts_ms = start + (unit(rng) * (minutes * MINUTE_MS) as f64) as i64;
+                self.push_owner_call(rng, ts_ms, out);
+            }
+        }
+    }
+
+    /// Every owner call in `[from_ms, to_ms)`, for checks on a profile.
+    #[cfg(test)]
+    pub fn owner_calls(&self, rng: &mut GenRng, from_ms: i64, to_ms: i64, run_start_ms: i64) -> Vec<GenEvent> {
+        let mut calls = Vec::new();
+        let mut hour = from_ms.div_euclid(HOUR_MS) * HOUR_MS;
+        while hour < to_ms {
+            self.owner_hour(rng, hour, run_start_ms, &mut calls);
+            hour += HOUR_MS;
+        }
+        calls.retain(|event| (from_ms..to_ms).contains(&event.ts_ms));
+        calls.sort_by_key(|event| event.ts_ms);
+        calls
     }
 
     fn push_owner_call(&self, rng: &mut GenRng, ts_ms: i64, out: &mut Vec<GenEvent>) {
@@ -321,7 +433,7 @@ impl KeyProfile {
         hour_start_ms: i64,
         out: &mut Vec<GenEvent>,
     ) {
-        let offset_ms = i64::from(self.utc_offset_minutes) * MINUTE_MS;
+        let offset_ms = i64::from(self.offset_minutes_at(hour_start_ms)) * MINUTE_MS;
         let hour_end_ms = hour_start_ms + HOUR_MS;
         // A run may start the local day before and spill into this hour.
         let local_day = (hour_start_ms + offset_ms).div_euclid(DAY_MS);
@@ -419,6 +531,9 @@ mod tests {
             active_periods: vec![(0, i64::MAX)],
             id_space: 100,
             client_error_rate: 0.01,
+            hourly_calls: Vec::new(),
+            offset_change: None,
+            bursts: None,
         }
     }
 

@@ -13,7 +13,7 @@ fn a_short_demo_runs_end_to_end_and_scores_like_eval() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
     let args = DemoArgs {
-        keys: 40,
+        keys: 60,
         days: 6,
         speed: 1e9,
         seed: 3,

@@ -15,7 +15,7 @@ use keywatch::generate::attacks::Scenario;
 use keywatch::generate::{GenerateConfig, Generation};
 use maxminddb::{Reader, geoip2};
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 14] = [
     "stolen_key_new_country",
     "impossible_travel",
     "scraping_burst",
@@ -24,15 +24,27 @@ const SCENARIOS: [&str; 8] = [
     "credential_stuffing",
     "dormant_reactivated",
     "key_copied",
+    "same_provider_other_region",
+    "domestic_hosting",
+    "global_key_new_country",
+    "new_key_leaked",
+    "volume_exfiltration",
+    "key_spray",
 ];
 
-const HARD_CASES: [&str; 6] = [
+const HARD_CASES: [&str; 12] = [
     "cloud_region_migration",
     "release_new_endpoint",
     "ci_bursty",
     "vpn_egress",
     "developer_travel",
     "global_traffic",
+    "release_export_endpoints",
+    "hourly_token_refresh",
+    "daylight_saving_shift",
+    "auth_retry_storm",
+    "key_rotation",
+    "bursty_heavy_tailed",
 ];
 
 const RUN_FILES: [&str; 6] = [
@@ -58,9 +70,9 @@ fn same_seed_gives_identical_bytes_and_another_seed_does_not() {
     let first = tempfile::tempdir().unwrap();
     let second = tempfile::tempdir().unwrap();
     let other = tempfile::tempdir().unwrap();
-    generate(first.path(), 40, 6, 7);
-    generate(second.path(), 40, 6, 7);
-    generate(other.path(), 40, 6, 8);
+    generate(first.path(), 60, 6, 7);
+    generate(second.path(), 60, 6, 7);
+    generate(other.path(), 60, 6, 8);
     for name in RUN_FILES {
         assert_eq!(read(first.path(), name), read(second.path(), name), "{name} differs");
     }
@@ -72,9 +84,9 @@ fn same_seed_gives_identical_bytes_and_another_seed_does_not() {
 fn command_line_writes_the_same_files_as_the_library() {
     let by_library = tempfile::tempdir().unwrap();
     let by_command = tempfile::tempdir().unwrap();
-    generate(by_library.path(), 30, 5, 11);
+    generate(by_library.path(), 60, 5, 11);
     let status = Command::new(env!("CARGO_BIN_EXE_keywatch"))
-        .args(["generate", "--keys", "30", "--days", "5", "--seed", "11", "--out"])
+        .args(["generate", "--keys", "60", "--days", "5", "--seed", "11", "--out"])
         .arg(by_command.path())
         .status()
         .unwrap();
@@ -114,7 +126,7 @@ fn generated_run_is_well_formed() {
         assert!(event.ts_ms >= last_ts, "out of order at line {}", lines + 1);
         last_ts = event.ts_ms;
         assert!(
-            event.endpoint.starts_with("/v1/") && !event.endpoint.contains('{'),
+            (event.endpoint.starts_with("/v1/") || event.endpoint == "/oauth/token") && !event.endpoint.contains('{'),
             "{line}"
         );
         assert!((100..600).contains(&event.status));
@@ -127,7 +139,15 @@ fn generated_run_is_well_formed() {
     }
     assert_eq!(meta.events, lines);
     assert_eq!(meta.keys, 120);
-    assert_eq!(events_by_key.len(), 120, "every key calls at least once");
+    // The run's own keys, and the key ids a spray guessed.
+    let spray_labels = labels.iter().filter(|label| label.scenario == "key_spray").count();
+    assert!(spray_labels > 0);
+    let sprayed = events_by_key.values().filter(|times| times.len() <= 4).count();
+    assert!(
+        events_by_key.len() >= 120 + 100 * spray_labels && sprayed >= 100 * spray_labels,
+        "every key calls at least once, and each spray tries at least 100 key ids: {} keys",
+        events_by_key.len()
+    );
     let run_start = parse_ts(&meta.start).unwrap();
     let run_end = parse_ts(&meta.end).unwrap();
     assert!(last_ts < run_end);
@@ -156,7 +176,13 @@ fn generated_run_is_well_formed() {
         );
         let key_events = &events_by_key[&label.key];
         assert!(key_events.contains(&start), "{}: no event at start", label.id);
-        assert!(key_events.contains(&end), "{}: no event at end", label.id);
+        // A spray's last call goes to the last key id it tried.
+        let end_key_events: Vec<i64> = if label.scenario == "key_spray" {
+            events_by_key.values().flatten().copied().collect()
+        } else {
+            key_events.clone()
+        };
+        assert!(end_key_events.contains(&end), "{}: no event at end", label.id);
         if label.scenario == "dormant_reactivated" {
             let before: Vec<i64> = key_events.iter().copied().filter(|&ts| ts < start).collect();
             let last_before = before.iter().max().copied().expect("a dormant key has history");
