@@ -1,5 +1,6 @@
 //! Endpoint mix: never-seen endpoints, first use of sensitive endpoints
-//! (patterns from the model), and a shift of the whole mix over a window.
+//! (patterns from the model) judged by where and how it happened, and a
+//! shift of the whole mix over a window.
 
 use serde_json::json;
 
@@ -41,26 +42,7 @@ pub fn check_new_endpoint(state: &KeyState, event: &ResolvedEvent, ctx: &Context
         "events": state.events,
     });
     if event.endpoint_sensitive {
-        let denied = event.is_auth_failure();
-        out.push(Finding {
-            detector: Detector::SensitiveEndpoint,
-            severity: if denied { Severity::High } else { Severity::Medium },
-            score: if denied { 0.9 } else { 0.75 },
-            window_start_ms: event.ts_ms,
-            subject: event.endpoint.to_string(),
-            summary: format!(
-                "first call to sensitive endpoint {} {} (status {}) from {} ({})",
-                event.method,
-                event.endpoint,
-                event.status,
-                event.ip,
-                event.geo.country.as_str()
-            ),
-            evidence: json!({
-                "observed": {"endpoint": event.endpoint, "method": event.method, "status": event.status, "ip": event.ip.to_string(), "country": event.geo.country.as_str()},
-                "baseline": baseline,
-            }),
-        });
+        out.push(sensitive_first_use(state, event, ctx, baseline));
         return;
     }
     let burst = recent_new >= NEW_ENDPOINT_BURST;
@@ -82,6 +64,61 @@ pub fn check_new_endpoint(state: &KeyState, event: &ResolvedEvent, ctx: &Context
             "baseline": baseline,
         }),
     });
+}
+
+/// The first call to a sensitive endpoint, judged in context. From the
+/// key's established place with its established client and not refused, it
+/// is what a release adding an export or an hourly token refresh looks like:
+/// low. Refused (401/403), or from a place or client the key does not hold,
+/// it is medium; refused from a place the key does not hold, high.
+fn sensitive_first_use(state: &KeyState, event: &ResolvedEvent, ctx: &Context, baseline: serde_json::Value) -> Finding {
+    let geo_model = &ctx.model.geo;
+    let denied = event.is_auth_failure();
+    let place_established = state.geo.is_established_at(&event.geo, event.ts_ms, geo_model);
+    let client_established = state.is_established_client(event.client_id, event.ts_ms, geo_model);
+    let (severity, score, context) = if denied && !place_established {
+        (Severity::High, 0.9, "refused, from a place the key does not hold")
+    } else if denied {
+        (Severity::Medium, 0.75, "refused")
+    } else if !place_established {
+        (Severity::Medium, 0.75, "from a place the key does not hold")
+    } else if !client_established {
+        (Severity::Medium, 0.7, "with a client the key does not hold")
+    } else {
+        (Severity::Low, 0.4, "from the key's established place and client")
+    };
+    Finding {
+        detector: Detector::SensitiveEndpoint,
+        severity,
+        score,
+        window_start_ms: event.ts_ms,
+        subject: event.endpoint.to_string(),
+        summary: format!(
+            "first call to sensitive endpoint {} {} (status {}) {context}: {} ({}, AS{} {})",
+            event.method,
+            event.endpoint,
+            event.status,
+            event.ip,
+            event.geo.country.as_str(),
+            event.geo.asn,
+            event.geo.kind.as_str()
+        ),
+        evidence: json!({
+            "observed": {
+                "endpoint": event.endpoint,
+                "method": event.method,
+                "status": event.status,
+                "ip": event.ip.to_string(),
+                "country": event.geo.country.as_str(),
+                "asn": event.geo.asn,
+                "network_kind": event.geo.kind.as_str(),
+                "client": event.client,
+                "place_established": place_established,
+                "client_established": client_established,
+            },
+            "baseline": baseline,
+        }),
+    }
 }
 
 /// Shift of the mix: judged after the event is counted, each time the

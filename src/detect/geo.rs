@@ -1,11 +1,15 @@
-//! Geography: first use from a new country or network after learning, and
-//! impossible travel (with repeated jumps as concurrent use from two places).
+//! Geography: first use from a new country, network or region after
+//! learning, weighed by the kind of network (a cloud, hosting or anonymising
+//! network the key never used is worth a look even at home; a residential
+//! or mobile one in the key's home region is not), a data-centre network in
+//! two regions at once for longer than a cutover, and impossible travel
+//! (with repeated jumps as concurrent use from two places).
 
 use serde_json::json;
 
 use super::{Context, Finding, percent};
 use crate::baseline::KeyState;
-use crate::baseline::geo::{Jump, country_from_id, country_id, distance_km};
+use crate::baseline::geo::{Jump, country_from_id, country_id, distance_km, place_of, region_key, region_label};
 use crate::detector::{Detector, Severity};
 use crate::enrich::{Country, NetClass, ResolvedEvent};
 use crate::event::format_ts;
@@ -93,7 +97,10 @@ pub fn check_new_place(state: &KeyState, event: &ResolvedEvent, ctx: &Context, o
                     && state.geo.asns.share(event.geo.asn) >= geo_model.established_share
             });
         let journey = plausible_journey(state, event, ctx);
-        let severity = if global || asn_established || journey == Some(true) {
+        // A rented or anonymising network the key never used: a journey or
+        // a global key does not explain it.
+        let rentable_new = event.geo.kind.is_rentable() && !asn_known;
+        let severity = if !rentable_new && (global || asn_established || journey == Some(true)) {
             Severity::Low
         } else {
             Severity::Medium
@@ -128,6 +135,7 @@ pub fn check_new_place(state: &KeyState, event: &ResolvedEvent, ctx: &Context, o
                     "asn": event.geo.asn,
                     "as_org": names.org,
                     "network_known_for_key": asn_known,
+                    "network_kind": event.geo.kind.as_str(),
                     "reachable_since_last_use": journey,
                 },
                 "baseline": {
@@ -142,26 +150,176 @@ pub fn check_new_place(state: &KeyState, event: &ResolvedEvent, ctx: &Context, o
         return;
     }
     if country_known && !asn_known && !asn_saturated && state.has_learned(event.ts_ms, &geo_model.new_asn) {
+        let kind = event.geo.kind;
+        // A second carrier at home (a phone, a new broadband line) is the
+        // owner; a rented server or a VPN in the home country may not be.
+        let home_region = state
+            .geo
+            .is_established_region(region_key(&event.geo), event.ts_ms, geo_model);
+        if kind.is_consumer() && home_region {
+            return;
+        }
+        let severity = if kind.is_rentable() {
+            Severity::Medium
+        } else {
+            Severity::Low
+        };
         let names = ctx.geo.names(event.ip);
         out.push(Finding {
             detector: Detector::NewAsn,
-            severity: Severity::Low,
-            score: 0.4,
+            severity,
+            score: if severity == Severity::Low { 0.4 } else { 0.7 },
             window_start_ms: event.ts_ms,
             subject: format!("AS{}", event.geo.asn),
             summary: format!(
-                "first use from network AS{} ({}) in known country {}; baseline {}",
+                "first use from {} network AS{} ({}) in known country {}; baseline {}",
+                kind.as_str(),
                 event.geo.asn,
                 names.org.clone().unwrap_or_else(|| "unknown org".into()),
                 event.geo.country.as_str(),
                 baseline_asns(state)
             ),
             evidence: json!({
-                "observed": {"ip": event.ip.to_string(), "asn": event.geo.asn, "as_org": names.org, "country": event.geo.country.as_str()},
+                "observed": {
+                    "ip": event.ip.to_string(),
+                    "asn": event.geo.asn,
+                    "as_org": names.org,
+                    "network_kind": kind.as_str(),
+                    "country": event.geo.country.as_str(),
+                    "city": names.city,
+                    "home_region": home_region,
+                },
                 "baseline": {"networks": baseline_asns(state), "countries": baseline_countries(state)},
             }),
         });
     }
+}
+
+/// The key's places for evidence: `AS16509/2925533 80%`.
+fn baseline_places(state: &KeyState) -> String {
+    let places = &state.geo.network_places;
+    let total = places.total();
+    if total <= 0.0 {
+        return "none".into();
+    }
+    places
+        .ranked()
+        .iter()
+        .take(5)
+        .map(|place| {
+            format!(
+                "AS{}/{} {}",
+                place.asn,
+                region_label(place.region),
+                percent(place.weight / total)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A known network in a region the key never used it from, and a
+/// data-centre network in two regions at once for longer than a cutover.
+///
+/// The first use is low: it is how a deployment grows into a region, and a
+/// new country is [`check_new_place`]'s to judge. Residential and mobile
+/// networks move their addresses between cities of one country, so a new
+/// city of one in a known country says nothing. The overlap is medium: a
+/// cutover runs both regions for a couple of hours and then only the new
+/// one, while a copy of the key runs beside the owner.
+pub fn check_new_region(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out: &mut Vec<Finding>) {
+    if event.geo.class != NetClass::Public || event.geo.asn == 0 {
+        return;
+    }
+    let geo_model = &ctx.model.geo;
+    let Some((asn, region)) = place_of(&event.geo) else {
+        return;
+    };
+    let subject = format!("AS{asn}/{}", region_label(region));
+    if let Some(overlap) = ctx.novelty.region_overlap {
+        let names_now = ctx.geo.names(event.ip);
+        let names_before = ctx.geo.names(overlap.established.ip);
+        let place_now = names_now.city.clone().unwrap_or_else(|| region_label(region));
+        let place_before = names_before
+            .city
+            .clone()
+            .unwrap_or_else(|| region_label(overlap.established.region));
+        let overlap_text =
+            humantime::format_duration(std::time::Duration::from_secs((overlap.overlap_ms / 1000).max(0) as u64));
+        out.push(Finding {
+            detector: Detector::NewRegion,
+            severity: Severity::Medium,
+            score: 0.8,
+            window_start_ms: overlap.new_since_ms,
+            subject,
+            summary: format!(
+                "AS{asn} ({}) used from {place_now} alongside the key's established {place_before} for {overlap_text}, longer than a cutover ({})",
+                event.geo.kind.as_str(),
+                humantime::format_duration(geo_model.same_network_overlap)
+            ),
+            evidence: json!({
+                "observed": {
+                    "ip": event.ip.to_string(),
+                    "asn": asn,
+                    "as_org": names_now.org,
+                    "network_kind": event.geo.kind.as_str(),
+                    "country": event.geo.country.as_str(),
+                    "city": names_now.city,
+                    "region": region_label(region),
+                    "first_use": format_ts(overlap.new_since_ms),
+                },
+                "established": {
+                    "ip": overlap.established.ip.to_string(),
+                    "city": names_before.city,
+                    "region": region_label(overlap.established.region),
+                    "first_use": format_ts(overlap.established.first_ts),
+                    "last_use": format_ts(overlap.established.last_ts),
+                },
+                "overlap_s": overlap.overlap_ms / 1000,
+                "cutover_allowance_s": geo_model.same_network_overlap.as_secs(),
+                "baseline": {"places": baseline_places(state)},
+            }),
+        });
+        return;
+    }
+    let places = &state.geo.network_places;
+    if places.get(asn, region).is_some()
+        || places.evicted > 0
+        || !state.geo.asns.contains(asn)
+        || !state.geo.countries.contains(country_id(event.geo.country))
+        || event.geo.kind.is_consumer()
+        || !state.has_learned(event.ts_ms, &geo_model.new_region)
+    {
+        return;
+    }
+    let names = ctx.geo.names(event.ip);
+    let place_now = names.city.clone().unwrap_or_else(|| region_label(region));
+    out.push(Finding {
+        detector: Detector::NewRegion,
+        severity: Severity::Low,
+        score: 0.4,
+        window_start_ms: event.ts_ms,
+        subject,
+        summary: format!(
+            "first use of known network AS{asn} ({}, {}) from {place_now}, {}; baseline {}",
+            names.org.clone().unwrap_or_else(|| "unknown org".into()),
+            event.geo.kind.as_str(),
+            event.geo.country.as_str(),
+            baseline_places(state)
+        ),
+        evidence: json!({
+            "observed": {
+                "ip": event.ip.to_string(),
+                "asn": asn,
+                "as_org": names.org,
+                "network_kind": event.geo.kind.as_str(),
+                "country": event.geo.country.as_str(),
+                "city": names.city,
+                "region": region_label(region),
+            },
+            "baseline": {"places": baseline_places(state), "networks": baseline_asns(state)},
+        }),
+    });
 }
 
 /// Impossible travel between the previous located use and this one; several

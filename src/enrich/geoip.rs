@@ -102,6 +102,14 @@ struct CityFields<'a> {
     registered_country: IsoCode<'a>,
     #[serde(default)]
     location: LocationFields,
+    #[serde(default)]
+    city: CityId,
+}
+
+#[derive(Deserialize, Default)]
+struct CityId {
+    #[serde(default)]
+    geoname_id: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -206,6 +214,7 @@ impl GeoIp {
             .and_then(|reader| self.decode::<CityFields>(reader, ip))
         {
             let code = city.country.iso_code.or(city.registered_country.iso_code);
+            info.region = city.city.geoname_id.unwrap_or(0);
             info.country = code.map_or(Country::UNKNOWN, Country::from_code);
             if let (Some(lat), Some(lon)) = (city.location.latitude, city.location.longitude) {
                 info.lat = lat as f32;
@@ -253,6 +262,19 @@ impl GeoIp {
             names.org = asn.autonomous_system_organization.map(str::to_string);
         }
         names
+    }
+
+    /// The AS organisation of `ip` alone, for classifying its network once
+    /// per network. Allocates; not for the per-event path.
+    pub fn asn_org(&self, ip: IpAddr) -> Option<String> {
+        let ip = ip.to_canonical();
+        if !netclass::classify(ip).is_public() {
+            return None;
+        }
+        self.asn
+            .as_ref()
+            .and_then(|reader| self.decode::<geoip2::Asn>(reader, ip))
+            .and_then(|asn| asn.autonomous_system_organization.map(str::to_string))
     }
 
     /// The record for `ip`, or `None` when there is none or it cannot be

@@ -115,6 +115,58 @@ pub const PLACES: &[Place] = &[
         asn: 3215,
         organization: "Orange S.A.",
     },
+    // Other kinds of network in the cities above, for the risk of a
+    // network's kind and for places (a network in a region).
+    Place {
+        name: "london_hosting",
+        network: "25.40.0.0/16",
+        country: "GB",
+        city: "London",
+        latitude: 51.5074,
+        longitude: -0.1278,
+        asn: 215_999,
+        organization: "Thames VPS Hosting Ltd",
+    },
+    Place {
+        name: "london_digitalocean",
+        network: "25.41.0.0/16",
+        country: "GB",
+        city: "London",
+        latitude: 51.5074,
+        longitude: -0.1278,
+        asn: 14061,
+        organization: "DIGITALOCEAN-ASN",
+    },
+    Place {
+        name: "london_cable",
+        network: "25.42.0.0/16",
+        country: "GB",
+        city: "London",
+        latitude: 51.5074,
+        longitude: -0.1278,
+        asn: 5089,
+        organization: "Virgin Media Limited",
+    },
+    Place {
+        name: "london_mobile",
+        network: "25.43.0.0/16",
+        country: "GB",
+        city: "London",
+        latitude: 51.5074,
+        longitude: -0.1278,
+        asn: 25135,
+        organization: "Vodafone Limited",
+    },
+    Place {
+        name: "ohio_aws",
+        network: "25.22.0.0/16",
+        country: "US",
+        city: "Columbus",
+        latitude: 39.9612,
+        longitude: -82.9988,
+        asn: 16509,
+        organization: "Amazon.com, Inc.",
+    },
 ];
 
 /// A host address of the named place of [`PLACES`]; `None` for a name the
