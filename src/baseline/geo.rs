@@ -504,6 +504,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_region_is_the_city_else_the_country_else_the_address_class() {
+        let mut geo = GeoInfo {
+            country: Country::from_code("DE"),
+            asn: 16509,
+            region: 2_925_533,
+            ..GeoInfo::default()
+        };
+        assert_eq!(region_key(&geo), 2_925_533);
+        assert_eq!(region_label(region_key(&geo)), "2925533");
+        geo.region = 0;
+        assert_eq!(region_label(region_key(&geo)), "DE");
+        assert_eq!(place_of(&geo), Some((16509, region_key(&geo))));
+        geo.class = NetClass::Private;
+        assert_eq!(region_label(region_key(&geo)), "internal");
+        let unknown = GeoInfo {
+            country: Country::UNKNOWN,
+            ..GeoInfo::default()
+        };
+        assert_eq!(place_of(&unknown), None, "nothing known: no place");
+    }
+
+    #[test]
+    fn places_of_one_network_in_two_regions_are_two_places_and_the_lightest_goes() {
+        let ip: std::net::IpAddr = "25.20.1.1".parse().unwrap();
+        let mut table = PlaceTable::default();
+        for _ in 0..5 {
+            table.add(16509, 1, ip, 0, 2);
+        }
+        table.add(16509, 2, ip, 10, 2);
+        assert_eq!(table.entries.len(), 2);
+        table.add(14061, 1, ip, 20, 2);
+        assert!(table.get(16509, 1).is_some() && table.get(14061, 1).is_some());
+        assert!(table.get(16509, 2).is_none(), "the lightest place was evicted");
+        assert_eq!((table.evicted, table.other), (1, 1.0));
+    }
+
+    #[test]
     fn london_to_sydney_is_about_17000_km() {
         let km = distance_km(51.5074, -0.1278, -33.8688, 151.2093);
         assert!((km - 16_990.0).abs() < 60.0, "{km}");

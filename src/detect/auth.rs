@@ -93,6 +93,47 @@ pub fn check_auth_failures(state: &KeyState, event: &ResolvedEvent, ctx: &Contex
 #[cfg(test)]
 mod tests {
     use crate::detect::testkit::*;
+    use crate::detector::Severity;
+
+    /// Five days of ordinary use from London, then 40 refusals in under
+    /// seven minutes from `place`, with the key's own client unless
+    /// `user_agent` is given.
+    fn storm(key: &str, place: &str, user_agent: Option<&'static str>) -> Vec<crate::alert::Alert> {
+        let mut engine = new_engine();
+        let mut events = history(key, "london", 5, 12, ENDPOINTS);
+        let start = T0 + 5 * DAY + 10 * HOUR;
+        for call in 0..40 {
+            let mut refused = event(start + call * 10_000, key, ip(place, 1), "/v1/orders", 401);
+            if let Some(agent) = user_agent {
+                refused.user_agent = agent.into();
+            }
+            events.push(refused);
+        }
+        alerts(&mut engine, &events)
+    }
+
+    #[test]
+    fn a_retry_storm_from_the_keys_own_address_and_client_is_low() {
+        let found = storm("AKIAAUTHTEST00000003", "london", None);
+        let spikes = of(&found, "auth_failure_spike");
+        assert_eq!(spikes.len(), 1, "{found:#?}");
+        assert_eq!(spikes[0].severity, Severity::Low);
+        assert_eq!(spikes[0].evidence["observed"]["asn"], 2856);
+    }
+
+    #[test]
+    fn a_storm_from_a_new_network_or_client_is_medium_or_more() {
+        let found = storm("AKIAAUTHTEST00000004", "london_hosting", None);
+        let spikes = of(&found, "auth_failure_spike");
+        assert_eq!(spikes.len(), 1, "{found:#?}");
+        assert!(spikes[0].severity >= Severity::Medium, "{:?}", spikes[0].severity);
+        assert_eq!(spikes[0].evidence["observed"]["network_kind"], "hosting");
+
+        let found = storm("AKIAAUTHTEST00000005", "london", Some("curl/8.4.0"));
+        let spikes = of(&found, "auth_failure_spike");
+        assert_eq!(spikes.len(), 1, "{found:#?}");
+        assert!(spikes[0].severity >= Severity::Medium, "{:?}", spikes[0].severity);
+    }
 
     #[test]
     fn forty_denials_in_ten_minutes_are_a_spike_and_two_are_not() {

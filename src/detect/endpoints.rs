@@ -170,18 +170,72 @@ mod tests {
     use crate::detect::testkit::*;
     use crate::detector::Severity;
 
+    // Was `first_use_of_an_admin_endpoint_denied_is_high`, from the key's
+    // own place and client: issue 9 judges sensitive first uses in context,
+    // so a refusal at home is medium and high needs a place the key does
+    // not hold.
     #[test]
-    fn first_use_of_an_admin_endpoint_denied_is_high() {
+    fn an_admin_endpoint_refused_is_high_from_a_new_place_and_medium_from_home() {
         let mut engine = new_engine();
         let key = "AKIAENDPTEST00000001";
+        let mut events = history(key, "london", 5, 12, ENDPOINTS);
+        let last = events.last().unwrap().ts_ms;
+        events.push(event(last + 60_000, key, ip("london_hosting", 2), "/v1/admin/users", 403));
+        let found = alerts(&mut engine, &events);
+        let sensitive = of(&found, "sensitive_endpoint");
+        assert_eq!(sensitive.len(), 1, "{found:#?}");
+        assert_eq!(sensitive[0].severity, Severity::High);
+        assert_eq!(sensitive[0].evidence["observed"]["place_established"], false);
+        assert!(of(&found, "new_endpoint").is_empty());
+
+        let mut engine = new_engine();
+        let key = "AKIAENDPTEST00000011";
         let mut events = history(key, "london", 5, 12, ENDPOINTS);
         let last = events.last().unwrap().ts_ms;
         events.push(event(last + 60_000, key, ip("london", 2), "/v1/admin/users", 403));
         let found = alerts(&mut engine, &events);
         let sensitive = of(&found, "sensitive_endpoint");
         assert_eq!(sensitive.len(), 1, "{found:#?}");
-        assert_eq!(sensitive[0].severity, Severity::High);
-        assert!(of(&found, "new_endpoint").is_empty());
+        assert_eq!(sensitive[0].severity, Severity::Medium);
+    }
+
+    #[test]
+    fn a_release_adding_an_export_and_a_token_refresh_from_home_is_low() {
+        let mut engine = new_engine();
+        let key = "AKIAENDPTEST00000006";
+        let mut events = history(key, "london", 5, 12, ENDPOINTS);
+        let last = events.last().unwrap().ts_ms;
+        events.push(event(last + 60_000, key, ip("london", 7), "/v1/reports/export", 200));
+        events.push(event(last + 3 * 60_000, key, ip("london", 8), "/oauth/token", 200));
+        let found = alerts(&mut engine, &events);
+        let sensitive = of(&found, "sensitive_endpoint");
+        assert_eq!(sensitive.len(), 2, "{found:#?}");
+        assert!(
+            sensitive.iter().all(|alert| alert.severity == Severity::Low),
+            "{sensitive:#?}"
+        );
+        assert_eq!(sensitive[0].evidence["observed"]["place_established"], true);
+        assert_eq!(sensitive[0].evidence["observed"]["client_established"], true);
+    }
+
+    #[test]
+    fn an_export_answered_from_a_new_place_or_with_a_new_client_is_medium() {
+        let mut engine = new_engine();
+        let key = "AKIAENDPTEST00000007";
+        let mut events = history(key, "london", 5, 12, ENDPOINTS);
+        let last = events.last().unwrap().ts_ms;
+        events.push(event(last + 60_000, key, ip("london_cable", 7), "/v1/reports/export", 200));
+        let mut foreign_client = event(last + 2 * 60_000, key, ip("london", 7), "/v1/keys", 200);
+        foreign_client.user_agent = "python-requests/2.31".into();
+        events.push(foreign_client);
+        let found = alerts(&mut engine, &events);
+        let sensitive = of(&found, "sensitive_endpoint");
+        assert_eq!(sensitive.len(), 2, "{found:#?}");
+        assert!(
+            sensitive.iter().all(|alert| alert.severity == Severity::Medium),
+            "{sensitive:#?}"
+        );
+        assert_eq!(sensitive[1].evidence["observed"]["client_established"], false);
     }
 
     #[test]

@@ -594,4 +594,105 @@ mod tests {
         let found = alerts(&mut engine, &events);
         assert!(of(&found, "new_country").is_empty(), "{found:#?}");
     }
+
+    /// Alerts of any detector at medium or above.
+    fn serious(found: &[crate::alert::Alert]) -> Vec<&crate::alert::Alert> {
+        found.iter().filter(|alert| alert.severity >= Severity::Medium).collect()
+    }
+
+    #[test]
+    fn a_hosting_network_never_used_is_medium_even_in_the_home_city() {
+        for (index, place) in ["london_hosting", "london_digitalocean"].iter().enumerate() {
+            let mut engine = new_engine();
+            let key = format!("AKIAGEOKIND0000000{index}");
+            let mut events = history(&key, "london", 5, 12, ENDPOINTS);
+            let last = events.last().unwrap().ts_ms;
+            events.push(event(last + 10 * 60_000, &key, ip(place, 3), "/v1/orders", 200));
+            let found = alerts(&mut engine, &events);
+            let new_asn = of(&found, "new_asn");
+            assert_eq!(new_asn.len(), 1, "{place}: {found:#?}");
+            assert_eq!(new_asn[0].severity, Severity::Medium, "{place}");
+            assert_eq!(new_asn[0].evidence["observed"]["network_kind"], "hosting", "{place}");
+        }
+    }
+
+    #[test]
+    fn a_residential_or_mobile_network_in_the_home_city_is_not_news() {
+        for (index, place) in ["london_cable", "london_mobile"].iter().enumerate() {
+            let mut engine = new_engine();
+            let key = format!("AKIAGEOKIND0000001{index}");
+            let mut events = history(&key, "london", 5, 12, ENDPOINTS);
+            let last = events.last().unwrap().ts_ms;
+            events.push(event(last + 10 * 60_000, &key, ip(place, 3), "/v1/orders", 200));
+            let found = alerts(&mut engine, &events);
+            assert!(of(&found, "new_asn").is_empty(), "{place}: {found:#?}");
+            assert!(serious(&found).is_empty(), "{place}: {found:#?}");
+        }
+    }
+
+    #[test]
+    fn a_new_country_on_a_never_used_cloud_is_medium_even_as_a_plausible_journey() {
+        let mut engine = new_engine();
+        let key = "AKIAGEOKIND00000020";
+        let mut events = history(key, "london", 5, 12, ENDPOINTS);
+        let last = events.last().unwrap().ts_ms;
+        // Frankfurt a day later is a plausible journey, but from AWS.
+        events.push(event(last + 24 * HOUR, key, ip("frankfurt_aws", 3), "/v1/orders", 200));
+        let found = alerts(&mut engine, &events);
+        let new_country = of(&found, "new_country");
+        assert_eq!(new_country.len(), 1, "{found:#?}");
+        assert_eq!(new_country[0].severity, Severity::Medium);
+        assert_eq!(new_country[0].evidence["observed"]["network_kind"], "cloud");
+    }
+
+    /// Five days in Virginia (AWS), then from 08:00 a call every five
+    /// minutes (the key's usual rate) alternating between Virginia and Ohio
+    /// (AWS, 400 km away: no travel) for `both_hours`, then Ohio alone
+    /// until 20:00.
+    fn second_region(key: &str, both_hours: i64) -> Vec<crate::alert::Alert> {
+        let mut engine = new_engine();
+        let mut events = history(key, "virginia_aws", 5, 12, ENDPOINTS);
+        let start = T0 + 5 * DAY + 8 * HOUR;
+        for call in 0..(12 * 12) {
+            let place = if call < both_hours * 12 && call % 2 == 0 {
+                "virginia_aws"
+            } else {
+                "ohio_aws"
+            };
+            events.push(event(
+                start + call * 5 * 60_000,
+                key,
+                ip(place, (call % 20) as u16),
+                ENDPOINTS[(call % 4) as usize],
+                200,
+            ));
+        }
+        alerts(&mut engine, &events)
+    }
+
+    #[test]
+    fn a_cloud_region_used_alongside_the_owner_past_the_cutover_is_medium() {
+        let found = second_region("AKIAGEOREGION000001", 5);
+        let regions = of(&found, "new_region");
+        assert_eq!(regions.len(), 2, "first use, then the overlap: {found:#?}");
+        assert_eq!(regions[0].severity, Severity::Low);
+        assert_eq!(regions[1].severity, Severity::Medium);
+        assert_eq!(regions[1].evidence["observed"]["asn"], 16509);
+        assert!(
+            regions[1].summary.contains("Columbus") && regions[1].summary.contains("Ashburn"),
+            "{}",
+            regions[1].summary
+        );
+        let overlap_s = regions[1].evidence["overlap_s"].as_i64().unwrap();
+        assert!((3 * 3600..4 * 3600).contains(&overlap_s), "{overlap_s}");
+    }
+
+    #[test]
+    fn a_cloud_region_migration_within_the_cutover_is_at_most_low() {
+        let found = second_region("AKIAGEOREGION000002", 2);
+        assert!(serious(&found).is_empty(), "{found:#?}");
+        let regions = of(&found, "new_region");
+        assert_eq!(regions.len(), 1, "the first use only: {found:#?}");
+        assert_eq!(regions[0].severity, Severity::Low);
+    }
 }

@@ -465,6 +465,22 @@ mod tests {
         assert!(info.has_location);
         assert_eq!((info.lat, info.lon, info.accuracy_km), (51.5, -0.125, 20));
         assert_eq!(info.asn, 20_712);
+        assert_eq!(info.region, 2_643_743, "the region is the city's GeoNames id");
+        assert_eq!(
+            sample_geo().lookup("2a02:c7f::1".parse().unwrap()).region,
+            0,
+            "no city, no region"
+        );
+    }
+
+    #[test]
+    fn the_organisation_alone_is_read_for_classifying_a_network() {
+        let geo = sample_geo();
+        assert_eq!(
+            geo.asn_org("81.2.69.10".parse().unwrap()).as_deref(),
+            Some("Andrews & Arnold Ltd")
+        );
+        assert_eq!(geo.asn_org("10.0.0.1".parse().unwrap()), None);
     }
 
     #[test]

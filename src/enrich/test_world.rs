@@ -191,11 +191,18 @@ fn place_host(places: &[Place], name: &str, host: u32) -> Option<IpAddr> {
 }
 
 /// City and ASN databases of `places`; every place gets a 20 km accuracy
-/// radius and a GeoNames id from its position in the table.
+/// radius and a GeoNames id from the position of its city's first place in
+/// the table.
 pub fn place_databases(places: &[Place]) -> Result<(Vec<u8>, Vec<u8>), BuildError> {
     let mut cities = Vec::with_capacity(places.len());
     let mut asns = Vec::with_capacity(places.len());
     for (index, place) in places.iter().enumerate() {
+        // Places in one city share its id, as networks of one city do in a
+        // real City database.
+        let first_of_city = places
+            .iter()
+            .position(|other| other.city == place.city && other.country == place.country)
+            .unwrap_or(index);
         let network: IpNet = place.network.parse().map_err(|_| BuildError::InvalidRecord {
             network: IpNet::default(),
             problem: format!("`{}` is not a network", place.network),
@@ -208,7 +215,7 @@ pub fn place_databases(places: &[Place]) -> Result<(Vec<u8>, Vec<u8>), BuildErro
             latitude: place.latitude,
             longitude: place.longitude,
             accuracy_radius_km: 20,
-            geoname_id: 1000 + index as u32,
+            geoname_id: 1000 + first_of_city as u32,
         });
         asns.push(AsnRecord {
             network,
