@@ -307,7 +307,10 @@ impl Model {
         probability(self.auth_failures.p_value, "auth_failures.p_value")?;
         probability(self.geo.established_share, "geo.established_share")?;
         if self.auth_failures.familiar_share > 1.0 {
-            return Err(invalid("auth_failures.familiar_share", "must be a share between 0 and 1"));
+            return Err(invalid(
+                "auth_failures.familiar_share",
+                "must be a share between 0 and 1",
+            ));
         }
         if !(self.rate.profile_alpha > 0.0 && self.rate.profile_alpha <= 1.0) {
             return Err(invalid("rate.profile_alpha", "must be in (0, 1]"));

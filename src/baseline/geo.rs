@@ -323,7 +323,8 @@ impl GeoBaseline {
         if speed_kmh <= model.max_speed_kmh {
             return None;
         }
-        let from_established = self.is_established(Country(previous.country), previous.asn, previous.region, ts_ms, model);
+        let from_established =
+            self.is_established(Country(previous.country), previous.asn, previous.region, ts_ms, model);
         let to_established = self.is_established(geo.country, geo.asn, region_key(geo), ts_ms, model);
         if from_established && to_established {
             // Both places are habitual for this key (multi-region service,

@@ -141,7 +141,8 @@ impl KeyState {
         // Whether a failure is the key's own (its established place and
         // client) is asked of the baseline before the event joins it.
         let failure = event.is_auth_failure();
-        self.auth.count(failure, failure && self.is_familiar_source(event, model));
+        self.auth
+            .count(failure, failure && self.is_familiar_source(event, model));
         self.endpoints.absorb(event.endpoint_id, ts_ms, &model.endpoints);
         self.clients.add(event.client_id, ts_ms, model.client.max_clients);
         self.geo

@@ -180,7 +180,13 @@ mod tests {
         let key = "AKIAENDPTEST00000001";
         let mut events = history(key, "london", 5, 12, ENDPOINTS);
         let last = events.last().unwrap().ts_ms;
-        events.push(event(last + 60_000, key, ip("london_hosting", 2), "/v1/admin/users", 403));
+        events.push(event(
+            last + 60_000,
+            key,
+            ip("london_hosting", 2),
+            "/v1/admin/users",
+            403,
+        ));
         let found = alerts(&mut engine, &events);
         let sensitive = of(&found, "sensitive_endpoint");
         assert_eq!(sensitive.len(), 1, "{found:#?}");
@@ -224,7 +230,13 @@ mod tests {
         let key = "AKIAENDPTEST00000007";
         let mut events = history(key, "london", 5, 12, ENDPOINTS);
         let last = events.last().unwrap().ts_ms;
-        events.push(event(last + 60_000, key, ip("london_cable", 7), "/v1/reports/export", 200));
+        events.push(event(
+            last + 60_000,
+            key,
+            ip("london_cable", 7),
+            "/v1/reports/export",
+            200,
+        ));
         let mut foreign_client = event(last + 2 * 60_000, key, ip("london", 7), "/v1/keys", 200);
         foreign_client.user_agent = "python-requests/2.31".into();
         events.push(foreign_client);

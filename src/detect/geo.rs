@@ -597,7 +597,10 @@ mod tests {
 
     /// Alerts of any detector at medium or above.
     fn serious(found: &[crate::alert::Alert]) -> Vec<&crate::alert::Alert> {
-        found.iter().filter(|alert| alert.severity >= Severity::Medium).collect()
+        found
+            .iter()
+            .filter(|alert| alert.severity >= Severity::Medium)
+            .collect()
     }
 
     #[test]
