@@ -235,7 +235,8 @@ pub fn check_new_region(state: &KeyState, event: &ResolvedEvent, ctx: &Context, 
     let Some((asn, region)) = place_of(&event.geo) else {
         return;
     };
-    let subject = format!("AS{asn}/{}", region_label(region));
+    // Named only when a finding is made: this runs on every event.
+    let subject = || format!("AS{asn}/{}", region_label(region));
     if let Some(overlap) = ctx.novelty.region_overlap {
         let names_now = ctx.geo.names(event.ip);
         let names_before = ctx.geo.names(overlap.established.ip);
@@ -251,7 +252,7 @@ pub fn check_new_region(state: &KeyState, event: &ResolvedEvent, ctx: &Context, 
             severity: Severity::Medium,
             score: 0.8,
             window_start_ms: overlap.new_since_ms,
-            subject,
+            subject: subject(),
             summary: format!(
                 "AS{asn} ({}) used from {place_now} alongside the key's established {place_before} for {overlap_text}, longer than a cutover ({})",
                 event.geo.kind.as_str(),
@@ -299,7 +300,7 @@ pub fn check_new_region(state: &KeyState, event: &ResolvedEvent, ctx: &Context, 
         severity: Severity::Low,
         score: 0.4,
         window_start_ms: event.ts_ms,
-        subject,
+        subject: subject(),
         summary: format!(
             "first use of known network AS{asn} ({}, {}) from {place_now}, {}; baseline {}",
             names.org.clone().unwrap_or_else(|| "unknown org".into()),
