@@ -411,14 +411,22 @@ impl GeoBaseline {
     /// appeared; once per place. A cutover (both regions for a couple of
     /// hours, then only the new one) never gets here. Cheap when nothing is
     /// new: one scan of the places, and a second only for a young place.
-    pub fn region_overlap(&self, now_ms: i64, geo: &GeoInfo, model: &GeoModel) -> Option<RegionOverlap> {
+    /// Places that appeared before `judged_from_ms` (while the key was
+    /// learning) are part of its footprint, not new.
+    pub fn region_overlap(
+        &self,
+        now_ms: i64,
+        judged_from_ms: i64,
+        geo: &GeoInfo,
+        model: &GeoModel,
+    ) -> Option<RegionOverlap> {
         if !geo.kind.is_datacentre() || geo.class != NetClass::Public || geo.asn == 0 {
             return None;
         }
         let overlap_ms = model.same_network_overlap.as_millis() as i64;
         let region = region_key(geo);
         let place = self.network_places.get(geo.asn, region)?;
-        if place.overlap_reported || now_ms - place.first_ts < overlap_ms {
+        if place.overlap_reported || now_ms - place.first_ts < overlap_ms || place.first_ts < judged_from_ms {
             return None;
         }
         if self.is_established(geo.country, geo.asn, region, now_ms, model) {

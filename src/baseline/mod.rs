@@ -189,7 +189,8 @@ impl KeyState {
         if !self.has_learned(event.ts_ms, &model.new_region) {
             return None;
         }
-        self.geo.region_overlap(event.ts_ms, &event.geo, model)
+        let judged_from_ms = self.first_ts + model.new_region.min_age.as_millis() as i64;
+        self.geo.region_overlap(event.ts_ms, judged_from_ms, &event.geo, model)
     }
 
     /// Whether the event is the key's first use of its endpoint and the key

@@ -89,6 +89,12 @@ pub fn check_new_place(state: &KeyState, event: &ResolvedEvent, ctx: &Context, o
     let asn_saturated = state.geo.asns.evicted > 0;
     if !country_known && state.has_learned(event.ts_ms, &geo_model.new_country) {
         let global = is_global(state, ctx);
+        let rentable_new = event.geo.kind.is_rentable() && !asn_known;
+        // A full country table cannot say "never seen": only a rented or
+        // anonymising network new to the key is still worth reporting.
+        if state.geo.countries.evicted > 0 && !rentable_new {
+            return;
+        }
         // The key's own provider in a new country: a new region of a
         // deployment, a VPN exit; not a second party by itself.
         let asn_established = event.geo.asn != 0
@@ -99,7 +105,6 @@ pub fn check_new_place(state: &KeyState, event: &ResolvedEvent, ctx: &Context, o
         let journey = plausible_journey(state, event, ctx);
         // A rented or anonymising network the key never used: a journey or
         // a global key does not explain it.
-        let rentable_new = event.geo.kind.is_rentable() && !asn_known;
         let severity = if !rentable_new && (global || asn_established || journey == Some(true)) {
             Severity::Low
         } else {
@@ -349,7 +354,11 @@ pub fn check_travel(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out:
     let same_network = previous.asn != 0 && previous.asn == event.geo.asn;
     let episode_ms = event.ts_ms - episode_start_ms;
     let overlap_ms = geo_model.same_network_overlap.as_millis() as i64;
-    let concurrent = recent_jumps >= CONCURRENT_JUMPS && !global && (!same_network || episode_ms >= overlap_ms);
+    // Both regions were in use from the episode's first jump until the
+    // previous place's last use; a quiet key's first call after a cutover
+    // still jumps from the old region, hours later, without any overlap.
+    let both_in_use_ms = previous.ts_ms - episode_start_ms;
+    let concurrent = recent_jumps >= CONCURRENT_JUMPS && !global && (!same_network || both_in_use_ms >= overlap_ms);
     let names_now = ctx.geo.names(event.ip);
     let names_before = ctx.geo.names(previous.ip);
     let place = |names: &crate::enrich::GeoNames, country: &str| {
@@ -385,6 +394,7 @@ pub fn check_travel(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out:
         "recent_jumps": recent_jumps,
         "same_network": same_network,
         "episode_s": episode_ms / 1000,
+        "both_in_use_s": both_in_use_ms / 1000,
     });
     if concurrent {
         out.push(Finding {
@@ -698,5 +708,28 @@ mod tests {
         let regions = of(&found, "new_region");
         assert_eq!(regions.len(), 1, "the first use only: {found:#?}");
         assert_eq!(regions[0].severity, Severity::Low);
+    }
+
+    #[test]
+    fn a_quiet_key_after_a_cutover_is_not_concurrent_use() {
+        let mut engine = new_engine();
+        let key = "AKIAGEOREGION000003";
+        let mut events = history(key, "frankfurt_aws", 5, 12, ENDPOINTS);
+        let start = T0 + 5 * DAY + 9 * HOUR;
+        // Two hours of cutover, a call every 20 minutes alternating, the
+        // last from Frankfurt; then the key's next call, from Virginia, four
+        // hours later: a jump, but the two regions were not in use together
+        // for longer than the cutover.
+        for call in 0..7 {
+            let place = if call % 2 == 0 { "frankfurt_aws" } else { "virginia_aws" };
+            events.push(event(start + call * 20 * 60_000, key, ip(place, 1), "/v1/orders", 200));
+        }
+        events.push(event(start + 6 * HOUR, key, ip("virginia_aws", 1), "/v1/orders", 200));
+        let found = alerts(&mut engine, &events);
+        assert!(of(&found, "concurrent_use").is_empty(), "{found:#?}");
+        assert!(
+            !of(&found, "impossible_travel").is_empty(),
+            "the jumps themselves are seen: {found:#?}"
+        );
     }
 }
