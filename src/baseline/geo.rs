@@ -426,13 +426,23 @@ impl GeoBaseline {
         let overlap_ms = model.same_network_overlap.as_millis() as i64;
         let region = region_key(geo);
         let place = self.network_places.get(geo.asn, region)?;
-        if place.overlap_reported || now_ms - place.first_ts < overlap_ms || place.first_ts < judged_from_ms {
+        // Judged while the new place is young (its first day), and only
+        // while it is in continuous use: its previous call within the
+        // cutover allowance. A place the key calls once a day is a rare
+        // site, not a second deployment.
+        let min_age_ms = model.established_after.as_millis() as i64;
+        let age_ms = now_ms - place.first_ts;
+        if place.overlap_reported
+            || age_ms < overlap_ms
+            || age_ms > min_age_ms
+            || now_ms - place.last_ts > overlap_ms
+            || place.first_ts < judged_from_ms
+        {
             return None;
         }
         if self.is_established(geo.country, geo.asn, region, now_ms, model) {
             return None;
         }
-        let min_age_ms = model.established_after.as_millis() as i64;
         let total = self.network_places.total();
         let established = self
             .network_places

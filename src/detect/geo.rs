@@ -348,6 +348,12 @@ pub fn check_travel(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out:
     let previous_country = Country(previous.country);
     let (episode_start_ms, recent_jumps) = state.geo.jumps_with(event.ts_ms);
     let global = is_global(state, ctx);
+    if global {
+        // A key used around the world jumps between its countries all day:
+        // a low alert every few hours would say only that. A new country
+        // on it is still reported.
+        return;
+    }
     // One provider's network in two regions at once is what a deployment
     // does while it moves between regions; only an overlap that lasts longer
     // than a cutover says the key was copied.
@@ -358,7 +364,7 @@ pub fn check_travel(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out:
     // previous place's last use; a quiet key's first call after a cutover
     // still jumps from the old region, hours later, without any overlap.
     let both_in_use_ms = previous.ts_ms - episode_start_ms;
-    let concurrent = recent_jumps >= CONCURRENT_JUMPS && !global && (!same_network || both_in_use_ms >= overlap_ms);
+    let concurrent = recent_jumps >= CONCURRENT_JUMPS && (!same_network || both_in_use_ms >= overlap_ms);
     let names_now = ctx.geo.names(event.ip);
     let names_before = ctx.geo.names(previous.ip);
     let place = |names: &crate::enrich::GeoNames, country: &str| {
@@ -413,7 +419,7 @@ pub fn check_travel(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out:
         });
         return;
     }
-    let severity = if global || same_network {
+    let severity = if same_network {
         Severity::Low
     } else {
         Severity::High
@@ -731,5 +737,24 @@ mod tests {
             !of(&found, "impossible_travel").is_empty(),
             "the jumps themselves are seen: {found:#?}"
         );
+    }
+
+    #[test]
+    fn a_rare_second_region_called_now_and_then_is_not_a_copy() {
+        let mut engine = new_engine();
+        let key = "AKIAGEOREGION000004";
+        let mut events = history(key, "virginia_aws", 6, 12, ENDPOINTS);
+        // Ohio a few times a day from day 3 on, hours apart, while Virginia
+        // goes on: a minor site of the service, never in continuous use.
+        for day in 3..6 {
+            for hour in [9, 13, 17] {
+                events.push(event(T0 + day * DAY + hour * HOUR + 60_000, key, ip("ohio_aws", 1), "/v1/orders", 200));
+            }
+        }
+        events.sort_by_key(|event| event.ts_ms);
+        let found = alerts(&mut engine, &events);
+        let regions = of(&found, "new_region");
+        assert_eq!(regions.len(), 1, "{found:#?}");
+        assert_eq!(regions[0].severity, Severity::Low);
     }
 }
