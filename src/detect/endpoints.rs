@@ -42,7 +42,7 @@ pub fn check_new_endpoint(state: &KeyState, event: &ResolvedEvent, ctx: &Context
         "events": state.events,
     });
     if event.endpoint_sensitive {
-        out.push(sensitive_first_use(state, event, ctx, baseline));
+        out.push(sensitive_first_use(state, event, ctx, recent_new, baseline));
         return;
     }
     let burst = recent_new >= NEW_ENDPOINT_BURST;
@@ -70,8 +70,15 @@ pub fn check_new_endpoint(state: &KeyState, event: &ResolvedEvent, ctx: &Context
 /// key's established place with its established client and not refused, it
 /// is what a release adding an export or an hourly token refresh looks like:
 /// low. Refused (401/403), or from a place or client the key does not hold,
-/// it is medium; refused from a place the key does not hold, high.
-fn sensitive_first_use(state: &KeyState, event: &ResolvedEvent, ctx: &Context, baseline: serde_json::Value) -> Finding {
+/// or as one of a burst of first uses (as for any new endpoint), it is
+/// medium; refused from a place the key does not hold, high.
+fn sensitive_first_use(
+    state: &KeyState,
+    event: &ResolvedEvent,
+    ctx: &Context,
+    recent_new: usize,
+    baseline: serde_json::Value,
+) -> Finding {
     let geo_model = &ctx.model.geo;
     let denied = event.is_auth_failure();
     let place_established = state.geo.is_established_at(&event.geo, event.ts_ms, geo_model);
@@ -84,6 +91,8 @@ fn sensitive_first_use(state: &KeyState, event: &ResolvedEvent, ctx: &Context, b
         (Severity::Medium, 0.75, "from a place the key does not hold")
     } else if !client_established {
         (Severity::Medium, 0.7, "with a client the key does not hold")
+    } else if recent_new >= NEW_ENDPOINT_BURST {
+        (Severity::Medium, 0.7, "among several new endpoints within the hour")
     } else {
         (Severity::Low, 0.4, "from the key's established place and client")
     };
@@ -115,6 +124,7 @@ fn sensitive_first_use(state: &KeyState, event: &ResolvedEvent, ctx: &Context, b
                 "client": event.client,
                 "place_established": place_established,
                 "client_established": client_established,
+                "new_endpoints_last_hour": recent_new,
             },
             "baseline": baseline,
         }),
@@ -222,6 +232,26 @@ mod tests {
         );
         assert_eq!(sensitive[0].evidence["observed"]["place_established"], true);
         assert_eq!(sensitive[0].evidence["observed"]["client_established"], true);
+    }
+
+    #[test]
+    fn three_sensitive_first_uses_within_the_hour_from_home_are_medium() {
+        let mut engine = new_engine();
+        let key = "AKIAENDPTEST00000008";
+        let mut events = history(key, "london", 5, 12, ENDPOINTS);
+        let last = events.last().unwrap().ts_ms;
+        for (step, endpoint) in ["/v1/customers/export", "/v1/exports/{id}", "/v1/exports/{id}/download"]
+            .iter()
+            .enumerate()
+        {
+            events.push(event(last + (step as i64 + 1) * 60_000, key, ip("london", 7), endpoint, 200));
+        }
+        let found = alerts(&mut engine, &events);
+        let severities: Vec<Severity> = of(&found, "sensitive_endpoint")
+            .iter()
+            .map(|alert| alert.severity)
+            .collect();
+        assert_eq!(severities, [Severity::Low, Severity::Low, Severity::Medium], "{found:#?}");
     }
 
     #[test]
