@@ -244,14 +244,24 @@ mod tests {
             .iter()
             .enumerate()
         {
-            events.push(event(last + (step as i64 + 1) * 60_000, key, ip("london", 7), endpoint, 200));
+            events.push(event(
+                last + (step as i64 + 1) * 60_000,
+                key,
+                ip("london", 7),
+                endpoint,
+                200,
+            ));
         }
         let found = alerts(&mut engine, &events);
         let severities: Vec<Severity> = of(&found, "sensitive_endpoint")
             .iter()
             .map(|alert| alert.severity)
             .collect();
-        assert_eq!(severities, [Severity::Low, Severity::Low, Severity::Medium], "{found:#?}");
+        assert_eq!(
+            severities,
+            [Severity::Low, Severity::Low, Severity::Medium],
+            "{found:#?}"
+        );
     }
 
     #[test]

@@ -419,11 +419,7 @@ pub fn check_travel(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out:
         });
         return;
     }
-    let severity = if same_network {
-        Severity::Low
-    } else {
-        Severity::High
-    };
+    let severity = if same_network { Severity::Low } else { Severity::High };
     out.push(Finding {
         detector: Detector::ImpossibleTravel,
         severity,
@@ -748,7 +744,13 @@ mod tests {
         // goes on: a minor site of the service, never in continuous use.
         for day in 3..6 {
             for hour in [9, 13, 17] {
-                events.push(event(T0 + day * DAY + hour * HOUR + 60_000, key, ip("ohio_aws", 1), "/v1/orders", 200));
+                events.push(event(
+                    T0 + day * DAY + hour * HOUR + 60_000,
+                    key,
+                    ip("ohio_aws", 1),
+                    "/v1/orders",
+                    200,
+                ));
             }
         }
         events.sort_by_key(|event| event.ts_ms);
