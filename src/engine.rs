@@ -21,7 +21,7 @@ use crate::detect::{self, Context, Finding};
 use crate::detector::Phase;
 use crate::enrich::client::client_family;
 use crate::enrich::endpoint::{SensitiveMatcher, normalize_endpoint};
-use crate::enrich::{GeoCache, GeoInfo, GeoIp, ResolvedEvent};
+use crate::enrich::{GeoCache, GeoInfo, GeoIp, NetworkKinds, ResolvedEvent};
 use crate::event::{AccessEvent, key_fingerprint, key_hint};
 use crate::model::Model;
 
@@ -109,6 +109,8 @@ pub struct Engine {
     rate_alpha: f64,
     geo: Arc<GeoIp>,
     geo_cache: GeoCache,
+    /// The kind of each network seen, classified once per ASN.
+    network_kinds: NetworkKinds,
     sensitive: SensitiveMatcher,
     /// Raw key id to state index; lives only in memory. Key ids come from
     /// outside, so this map's hasher is randomly seeded: crafted ids cannot
@@ -130,6 +132,7 @@ impl Engine {
             model_label: model.label(),
             rate_alpha: model.rate.window_alpha(),
             sensitive: SensitiveMatcher::new(&model.endpoints.sensitive_patterns),
+            network_kinds: NetworkKinds::new(&model.networks),
             model,
             geo,
             geo_cache: GeoCache::new(1 << 16),
@@ -195,13 +198,15 @@ impl Engine {
     }
 
     /// Interns the event's key, endpoint template and client family, and
-    /// looks up its ip.
+    /// looks up its ip and the kind of its network.
     fn resolve(&mut self, event: &AccessEvent<'_>) -> Resolved {
+        let mut geo = self.geo_cache.lookup(&self.geo, event.ip);
+        geo.kind = self.network_kinds.kind_of(&self.geo, event.ip, geo.asn);
         Resolved {
             key_index: self.intern_key(&event.key_id, event.ts_ms) as usize,
             endpoint_id: self.intern_endpoint(&event.endpoint),
             client_id: self.clients.intern(client_family(&event.user_agent)).0,
-            geo: self.geo_cache.lookup(&self.geo, event.ip),
+            geo,
         }
     }
 

@@ -53,6 +53,7 @@ pub struct Model {
     pub auth_failures: AuthFailureModel,
     pub alerts: AlertModel,
     pub policy: PolicyModel,
+    pub networks: NetworkModel,
 }
 
 /// Geography: new countries and networks, impossible travel.
@@ -63,11 +64,14 @@ pub struct GeoModel {
     pub max_countries: usize,
     /// Networks (ASNs) remembered per key.
     pub max_asns: usize,
+    /// Places (a network in a region) remembered per key.
+    pub max_places: usize,
     /// Half-life of the weight of a country or network in the baseline.
     #[serde(with = "humantime_serde")]
     pub half_life: Duration,
     pub new_country: Learning,
     pub new_asn: Learning,
+    pub new_region: Learning,
     pub impossible_travel: Learning,
     /// Speed above which travel between two uses is impossible.
     pub max_speed_kmh: f64,
@@ -161,6 +165,29 @@ pub struct AuthFailureModel {
     pub window: Duration,
     pub min_failures: u64,
     pub p_value: f64,
+    /// A spike whose failures come at least this share from the key's
+    /// established places with its established clients (a retry loop of
+    /// its own service) is low.
+    pub familiar_share: f64,
+}
+
+/// Kinds of network: lists of well-known ASNs per kind, then patterns on
+/// the ASN database's organisation name for the rest (`*` matches any run of
+/// characters, case-insensitive). Anonymising patterns are tried first, then
+/// hosting, cloud, mobile and residential ones.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkModel {
+    pub cloud: Vec<u32>,
+    pub hosting: Vec<u32>,
+    pub anonymising: Vec<u32>,
+    pub residential: Vec<u32>,
+    pub mobile: Vec<u32>,
+    pub anonymising_patterns: Vec<String>,
+    pub hosting_patterns: Vec<String>,
+    pub cloud_patterns: Vec<String>,
+    pub mobile_patterns: Vec<String>,
+    pub residential_patterns: Vec<String>,
 }
 
 /// Grouping and suppression of alerts.
@@ -268,6 +295,7 @@ impl Model {
             ("rate.min_hourly_rate", self.rate.min_hourly_rate),
             ("endpoints.mix_max_divergence", self.endpoints.mix_max_divergence),
             ("auth_failures.p_value", self.auth_failures.p_value),
+            ("auth_failures.familiar_share", self.auth_failures.familiar_share),
         ] {
             if !value.is_finite() {
                 return Err(invalid(field, "must be a finite number"));
@@ -287,6 +315,12 @@ impl Model {
         probability(self.rate.surge_p_value, "rate.surge_p_value")?;
         probability(self.auth_failures.p_value, "auth_failures.p_value")?;
         probability(self.geo.established_share, "geo.established_share")?;
+        if self.auth_failures.familiar_share > 1.0 {
+            return Err(invalid(
+                "auth_failures.familiar_share",
+                "must be a share between 0 and 1",
+            ));
+        }
         if !(self.rate.profile_alpha > 0.0 && self.rate.profile_alpha <= 1.0) {
             return Err(invalid("rate.profile_alpha", "must be in (0, 1]"));
         }
@@ -296,6 +330,7 @@ impl Model {
         for (field, value) in [
             ("geo.max_countries", self.geo.max_countries),
             ("geo.max_asns", self.geo.max_asns),
+            ("geo.max_places", self.geo.max_places),
             ("endpoints.max_endpoints", self.endpoints.max_endpoints),
             ("client.max_clients", self.client.max_clients),
         ] {
@@ -334,12 +369,56 @@ impl Model {
         if self.rate.surge_window.as_millis() / self.rate.spike_window.as_millis() > 64 {
             return Err(invalid("rate.surge_window", "may hold at most 64 spike windows"));
         }
+        self.validate_networks(origin)?;
         for pattern in &self.endpoints.sensitive_patterns {
             if pattern.is_empty() {
                 return Err(invalid(
                     "endpoints.sensitive_patterns",
                     "an empty pattern matches nothing",
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// An ASN listed under two kinds, ASN 0 (no network) in a list, or an
+    /// empty pattern is a mistake in the file.
+    fn validate_networks(&self, origin: &str) -> Result<(), ModelError> {
+        let invalid = |field: &str, problem: String| ModelError::Invalid {
+            path: origin.to_string(),
+            field: field.to_string(),
+            problem,
+        };
+        let networks = &self.networks;
+        let lists = [
+            ("networks.cloud", &networks.cloud),
+            ("networks.hosting", &networks.hosting),
+            ("networks.anonymising", &networks.anonymising),
+            ("networks.residential", &networks.residential),
+            ("networks.mobile", &networks.mobile),
+        ];
+        let mut seen: std::collections::HashMap<u32, &str> = std::collections::HashMap::new();
+        for (field, asns) in lists {
+            for asn in asns.iter() {
+                if *asn == 0 {
+                    return Err(invalid(field, "ASN 0 is no network".to_string()));
+                }
+                if let Some(other) = seen.insert(*asn, field)
+                    && other != field
+                {
+                    return Err(invalid(field, format!("AS{asn} is also listed in {other}")));
+                }
+            }
+        }
+        for (field, patterns) in [
+            ("networks.anonymising_patterns", &networks.anonymising_patterns),
+            ("networks.hosting_patterns", &networks.hosting_patterns),
+            ("networks.cloud_patterns", &networks.cloud_patterns),
+            ("networks.mobile_patterns", &networks.mobile_patterns),
+            ("networks.residential_patterns", &networks.residential_patterns),
+        ] {
+            if patterns.iter().any(String::is_empty) {
+                return Err(invalid(field, "an empty pattern matches nothing".to_string()));
             }
         }
         Ok(())
@@ -393,6 +472,14 @@ mod tests {
         assert_ne!(text, DEFAULT_MODEL_TOML, "the section was found");
         let err = Model::parse(&text, "u.toml").unwrap_err().to_string();
         assert!(err.contains("u.toml") && err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn a_network_listed_under_two_kinds_is_rejected() {
+        let text = DEFAULT_MODEL_TOML.replace("hosting = [14061,", "hosting = [16509, 14061,");
+        assert_ne!(text, DEFAULT_MODEL_TOML, "the hosting list was found");
+        let err = Model::parse(&text, "kinds.toml").unwrap_err().to_string();
+        assert!(err.contains("networks.") && err.contains("AS16509"), "{err}");
     }
 
     #[test]

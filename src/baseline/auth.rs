@@ -14,6 +14,10 @@ pub const DISPERSION: f64 = 3.0;
 pub struct AuthBaseline {
     pub window: i64,
     pub failures: u32,
+    /// Failures of the window from the key's established places with its
+    /// established clients: its own service retrying.
+    #[serde(default)]
+    pub familiar_failures: u32,
     pub calls: u32,
     /// EWMA of failures per window (bias-corrected by `level_weight`).
     pub level: f64,
@@ -45,16 +49,31 @@ impl AuthBaseline {
         self.level_weight = self.level_weight * keep + (1.0 - keep);
         self.window = window;
         self.failures = 0;
+        self.familiar_failures = 0;
         self.calls = 0;
         self.threshold = None;
     }
 
-    /// Counts one call of the current window.
-    pub fn count(&mut self, auth_failure: bool) {
+    /// Counts one call of the current window; `familiar` says a failure came
+    /// from the key's established place and client.
+    pub fn count(&mut self, auth_failure: bool, familiar: bool) {
         if auth_failure {
             self.failures += 1;
+            if familiar {
+                self.familiar_failures += 1;
+            }
         }
         self.calls += 1;
+    }
+
+    /// Share of the window's failures that came from the key's established
+    /// places and clients (0 without failures).
+    pub fn familiar_share(&self) -> f64 {
+        if self.failures == 0 {
+            0.0
+        } else {
+            f64::from(self.familiar_failures) / f64::from(self.failures)
+        }
     }
 
     /// Usual failures per window, at least 0.1 so a key that never failed

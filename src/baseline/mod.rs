@@ -62,6 +62,9 @@ pub struct Novelty {
     /// The key's first use of the event's endpoint, when the key is old
     /// enough to be judged on it.
     pub first_endpoint_use: bool,
+    /// A data-centre network used from a new region alongside the key's
+    /// established region of it for longer than a cutover, not yet reported.
+    pub region_overlap: Option<geo::RegionOverlap>,
 }
 
 /// Everything keywatch knows about one key.
@@ -138,10 +141,15 @@ impl KeyState {
         }
 
         self.rate.count += 1;
-        self.auth.count(event.is_auth_failure());
+        // Whether a failure is the key's own (its established place and
+        // client) is asked of the baseline before the event joins it.
+        let failure = event.is_auth_failure();
+        self.auth
+            .count(failure, failure && self.is_familiar_source(event, model));
         self.endpoints.absorb(event.endpoint_id, ts_ms, &model.endpoints);
         self.clients.add(event.client_id, ts_ms, model.client.max_clients);
-        self.geo.absorb(ts_ms, event.ip, &event.geo, &model.geo);
+        self.geo
+            .absorb(ts_ms, event.ip, &event.geo, novelty.region_overlap.as_ref(), &model.geo);
 
         if self.has_learned(ts_ms, &model.rate.learning) {
             self.rate.settle_thresholds(&model.rate);
@@ -163,6 +171,7 @@ impl KeyState {
         Novelty {
             travel: self.travel_jump(event, &model.geo),
             first_endpoint_use: self.is_judged_first_use(event, &model.endpoints),
+            region_overlap: self.judged_region_overlap(event, &model.geo),
         }
     }
 
@@ -174,6 +183,17 @@ impl KeyState {
             return None;
         }
         self.geo.jump_to(event.ts_ms, &event.geo, model)
+    }
+
+    /// The event's use of a new region alongside the key's established
+    /// region of its network, when the key is old enough to be judged on
+    /// new regions.
+    fn judged_region_overlap(&self, event: &ResolvedEvent, model: &GeoModel) -> Option<geo::RegionOverlap> {
+        if !self.has_learned(event.ts_ms, &model.new_region) {
+            return None;
+        }
+        let judged_from_ms = self.first_ts + model.new_region.min_age.as_millis() as i64;
+        self.geo.region_overlap(event.ts_ms, judged_from_ms, &event.geo, model)
     }
 
     /// Whether the event is the key's first use of its endpoint and the key

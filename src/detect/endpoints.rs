@@ -1,5 +1,6 @@
 //! Endpoint mix: never-seen endpoints, first use of sensitive endpoints
-//! (patterns from the model), and a shift of the whole mix over a window.
+//! (patterns from the model) judged by where and how it happened, and a
+//! shift of the whole mix over a window.
 
 use serde_json::json;
 
@@ -41,26 +42,7 @@ pub fn check_new_endpoint(state: &KeyState, event: &ResolvedEvent, ctx: &Context
         "events": state.events,
     });
     if event.endpoint_sensitive {
-        let denied = event.is_auth_failure();
-        out.push(Finding {
-            detector: Detector::SensitiveEndpoint,
-            severity: if denied { Severity::High } else { Severity::Medium },
-            score: if denied { 0.9 } else { 0.75 },
-            window_start_ms: event.ts_ms,
-            subject: event.endpoint.to_string(),
-            summary: format!(
-                "first call to sensitive endpoint {} {} (status {}) from {} ({})",
-                event.method,
-                event.endpoint,
-                event.status,
-                event.ip,
-                event.geo.country.as_str()
-            ),
-            evidence: json!({
-                "observed": {"endpoint": event.endpoint, "method": event.method, "status": event.status, "ip": event.ip.to_string(), "country": event.geo.country.as_str()},
-                "baseline": baseline,
-            }),
-        });
+        out.push(sensitive_first_use(state, event, ctx, recent_new, baseline));
         return;
     }
     let burst = recent_new >= NEW_ENDPOINT_BURST;
@@ -82,6 +64,71 @@ pub fn check_new_endpoint(state: &KeyState, event: &ResolvedEvent, ctx: &Context
             "baseline": baseline,
         }),
     });
+}
+
+/// The first call to a sensitive endpoint, judged in context. From the
+/// key's established place with its established client and not refused, it
+/// is what a release adding an export or an hourly token refresh looks like:
+/// low. Refused (401/403), or from a place or client the key does not hold,
+/// or as one of a burst of first uses (as for any new endpoint), it is
+/// medium; refused from a place the key does not hold, high.
+fn sensitive_first_use(
+    state: &KeyState,
+    event: &ResolvedEvent,
+    ctx: &Context,
+    recent_new: usize,
+    baseline: serde_json::Value,
+) -> Finding {
+    let geo_model = &ctx.model.geo;
+    let denied = event.is_auth_failure();
+    let place_established = state.geo.is_established_at(&event.geo, event.ts_ms, geo_model);
+    let client_established = state.is_established_client(event.client_id, event.ts_ms, geo_model);
+    let (severity, score, context) = if denied && !place_established {
+        (Severity::High, 0.9, "refused, from a place the key does not hold")
+    } else if denied {
+        (Severity::Medium, 0.75, "refused")
+    } else if !place_established {
+        (Severity::Medium, 0.75, "from a place the key does not hold")
+    } else if !client_established {
+        (Severity::Medium, 0.7, "with a client the key does not hold")
+    } else if recent_new >= NEW_ENDPOINT_BURST {
+        (Severity::Medium, 0.7, "among several new endpoints within the hour")
+    } else {
+        (Severity::Low, 0.4, "from the key's established place and client")
+    };
+    Finding {
+        detector: Detector::SensitiveEndpoint,
+        severity,
+        score,
+        window_start_ms: event.ts_ms,
+        subject: event.endpoint.to_string(),
+        summary: format!(
+            "first call to sensitive endpoint {} {} (status {}) {context}: {} ({}, AS{} {})",
+            event.method,
+            event.endpoint,
+            event.status,
+            event.ip,
+            event.geo.country.as_str(),
+            event.geo.asn,
+            event.geo.kind.as_str()
+        ),
+        evidence: json!({
+            "observed": {
+                "endpoint": event.endpoint,
+                "method": event.method,
+                "status": event.status,
+                "ip": event.ip.to_string(),
+                "country": event.geo.country.as_str(),
+                "asn": event.geo.asn,
+                "network_kind": event.geo.kind.as_str(),
+                "client": event.client,
+                "place_established": place_established,
+                "client_established": client_established,
+                "new_endpoints_last_hour": recent_new,
+            },
+            "baseline": baseline,
+        }),
+    }
 }
 
 /// Shift of the mix: judged after the event is counted, each time the
@@ -133,18 +180,114 @@ mod tests {
     use crate::detect::testkit::*;
     use crate::detector::Severity;
 
+    // Was `first_use_of_an_admin_endpoint_denied_is_high`, from the key's
+    // own place and client: issue 9 judges sensitive first uses in context,
+    // so a refusal at home is medium and high needs a place the key does
+    // not hold.
     #[test]
-    fn first_use_of_an_admin_endpoint_denied_is_high() {
+    fn an_admin_endpoint_refused_is_high_from_a_new_place_and_medium_from_home() {
         let mut engine = new_engine();
         let key = "AKIAENDPTEST00000001";
+        let mut events = history(key, "london", 5, 12, ENDPOINTS);
+        let last = events.last().unwrap().ts_ms;
+        events.push(event(
+            last + 60_000,
+            key,
+            ip("london_hosting", 2),
+            "/v1/admin/users",
+            403,
+        ));
+        let found = alerts(&mut engine, &events);
+        let sensitive = of(&found, "sensitive_endpoint");
+        assert_eq!(sensitive.len(), 1, "{found:#?}");
+        assert_eq!(sensitive[0].severity, Severity::High);
+        assert_eq!(sensitive[0].evidence["observed"]["place_established"], false);
+        assert!(of(&found, "new_endpoint").is_empty());
+
+        let mut engine = new_engine();
+        let key = "AKIAENDPTEST00000011";
         let mut events = history(key, "london", 5, 12, ENDPOINTS);
         let last = events.last().unwrap().ts_ms;
         events.push(event(last + 60_000, key, ip("london", 2), "/v1/admin/users", 403));
         let found = alerts(&mut engine, &events);
         let sensitive = of(&found, "sensitive_endpoint");
         assert_eq!(sensitive.len(), 1, "{found:#?}");
-        assert_eq!(sensitive[0].severity, Severity::High);
-        assert!(of(&found, "new_endpoint").is_empty());
+        assert_eq!(sensitive[0].severity, Severity::Medium);
+    }
+
+    #[test]
+    fn a_release_adding_an_export_and_a_token_refresh_from_home_is_low() {
+        let mut engine = new_engine();
+        let key = "AKIAENDPTEST00000006";
+        let mut events = history(key, "london", 5, 12, ENDPOINTS);
+        let last = events.last().unwrap().ts_ms;
+        events.push(event(last + 60_000, key, ip("london", 7), "/v1/reports/export", 200));
+        events.push(event(last + 3 * 60_000, key, ip("london", 8), "/oauth/token", 200));
+        let found = alerts(&mut engine, &events);
+        let sensitive = of(&found, "sensitive_endpoint");
+        assert_eq!(sensitive.len(), 2, "{found:#?}");
+        assert!(
+            sensitive.iter().all(|alert| alert.severity == Severity::Low),
+            "{sensitive:#?}"
+        );
+        assert_eq!(sensitive[0].evidence["observed"]["place_established"], true);
+        assert_eq!(sensitive[0].evidence["observed"]["client_established"], true);
+    }
+
+    #[test]
+    fn three_sensitive_first_uses_within_the_hour_from_home_are_medium() {
+        let mut engine = new_engine();
+        let key = "AKIAENDPTEST00000008";
+        let mut events = history(key, "london", 5, 12, ENDPOINTS);
+        let last = events.last().unwrap().ts_ms;
+        for (step, endpoint) in ["/v1/customers/export", "/v1/exports/{id}", "/v1/exports/{id}/download"]
+            .iter()
+            .enumerate()
+        {
+            events.push(event(
+                last + (step as i64 + 1) * 60_000,
+                key,
+                ip("london", 7),
+                endpoint,
+                200,
+            ));
+        }
+        let found = alerts(&mut engine, &events);
+        let severities: Vec<Severity> = of(&found, "sensitive_endpoint")
+            .iter()
+            .map(|alert| alert.severity)
+            .collect();
+        assert_eq!(
+            severities,
+            [Severity::Low, Severity::Low, Severity::Medium],
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn an_export_answered_from_a_new_place_or_with_a_new_client_is_medium() {
+        let mut engine = new_engine();
+        let key = "AKIAENDPTEST00000007";
+        let mut events = history(key, "london", 5, 12, ENDPOINTS);
+        let last = events.last().unwrap().ts_ms;
+        events.push(event(
+            last + 60_000,
+            key,
+            ip("london_cable", 7),
+            "/v1/reports/export",
+            200,
+        ));
+        let mut foreign_client = event(last + 2 * 60_000, key, ip("london", 7), "/v1/keys", 200);
+        foreign_client.user_agent = "python-requests/2.31".into();
+        events.push(foreign_client);
+        let found = alerts(&mut engine, &events);
+        let sensitive = of(&found, "sensitive_endpoint");
+        assert_eq!(sensitive.len(), 2, "{found:#?}");
+        assert!(
+            sensitive.iter().all(|alert| alert.severity == Severity::Medium),
+            "{sensitive:#?}"
+        );
+        assert_eq!(sensitive[1].evidence["observed"]["client_established"], false);
     }
 
     #[test]

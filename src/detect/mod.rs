@@ -1,7 +1,7 @@
 //! Detectors: a key's state plus one resolved event in, findings out. They
 //! read state and never change it; no I/O, no clock: time is the event's.
-//! Each file decides one behaviour: `geo.rs` new countries, new networks
-//! and impossible travel; `rate.rs` spikes, surges and dormant keys;
+//! Each file decides one behaviour: `geo.rs` new countries, networks and
+//! regions and impossible travel; `rate.rs` spikes, surges and dormant keys;
 //! `endpoints.rs` new and sensitive endpoints and shifts of the mix;
 //! `client.rs` new client families; `auth.rs` spikes of authorization
 //! failures. [`CHECKS`] lists them all, once.
@@ -64,6 +64,7 @@ pub const CHECKS: &[Check] = &[
         geo::check_travel,
     ),
     Check::new(&[Detector::NewCountry, Detector::NewAsn], geo::check_new_place),
+    Check::new(&[Detector::NewRegion], geo::check_new_region),
     Check::new(
         &[Detector::NewEndpoint, Detector::SensitiveEndpoint],
         endpoints::check_new_endpoint,

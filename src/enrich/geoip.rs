@@ -102,6 +102,14 @@ struct CityFields<'a> {
     registered_country: IsoCode<'a>,
     #[serde(default)]
     location: LocationFields,
+    #[serde(default)]
+    city: CityId,
+}
+
+#[derive(Deserialize, Default)]
+struct CityId {
+    #[serde(default)]
+    geoname_id: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -206,6 +214,7 @@ impl GeoIp {
             .and_then(|reader| self.decode::<CityFields>(reader, ip))
         {
             let code = city.country.iso_code.or(city.registered_country.iso_code);
+            info.region = city.city.geoname_id.unwrap_or(0);
             info.country = code.map_or(Country::UNKNOWN, Country::from_code);
             if let (Some(lat), Some(lon)) = (city.location.latitude, city.location.longitude) {
                 info.lat = lat as f32;
@@ -253,6 +262,19 @@ impl GeoIp {
             names.org = asn.autonomous_system_organization.map(str::to_string);
         }
         names
+    }
+
+    /// The AS organisation of `ip` alone, for classifying its network once
+    /// per network. Allocates; not for the per-event path.
+    pub fn asn_org(&self, ip: IpAddr) -> Option<String> {
+        let ip = ip.to_canonical();
+        if !netclass::classify(ip).is_public() {
+            return None;
+        }
+        self.asn
+            .as_ref()
+            .and_then(|reader| self.decode::<geoip2::Asn>(reader, ip))
+            .and_then(|asn| asn.autonomous_system_organization.map(str::to_string))
     }
 
     /// The record for `ip`, or `None` when there is none or it cannot be
@@ -443,6 +465,22 @@ mod tests {
         assert!(info.has_location);
         assert_eq!((info.lat, info.lon, info.accuracy_km), (51.5, -0.125, 20));
         assert_eq!(info.asn, 20_712);
+        assert_eq!(info.region, 2_643_743, "the region is the city's GeoNames id");
+        assert_eq!(
+            sample_geo().lookup("2a02:c7f::1".parse().unwrap()).region,
+            0,
+            "no city, no region"
+        );
+    }
+
+    #[test]
+    fn the_organisation_alone_is_read_for_classifying_a_network() {
+        let geo = sample_geo();
+        assert_eq!(
+            geo.asn_org("81.2.69.10".parse().unwrap()).as_deref(),
+            Some("Andrews & Arnold Ltd")
+        );
+        assert_eq!(geo.asn_org("10.0.0.1".parse().unwrap()), None);
     }
 
     #[test]

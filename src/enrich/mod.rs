@@ -8,12 +8,14 @@ pub mod endpoint;
 pub mod geoip;
 pub mod mmdb_build;
 pub mod netclass;
+pub mod network_kind;
 pub mod resolved;
 #[doc(hidden)]
 pub mod test_world;
 
 pub use geoip::{DatabaseKind, GeoCache, GeoError, GeoIp};
 pub use netclass::NetClass;
+pub use network_kind::{NetworkKind, NetworkKinds};
 pub use resolved::ResolvedEvent;
 
 /// ISO 3166 two-letter country code, or `--` when unknown.
@@ -56,6 +58,12 @@ pub struct GeoInfo {
     pub has_location: bool,
     /// The database's accuracy radius in km (0 when not given).
     pub accuracy_km: u16,
+    /// The City database's city (GeoNames id; a cloud region resolves to
+    /// its city), 0 when unknown. With the network it makes a place.
+    pub region: u32,
+    /// What kind of network `asn` is; set by the engine, which classifies
+    /// each network once ([`NetworkKinds`]), not by the GeoIP lookup.
+    pub kind: NetworkKind,
 }
 
 /// Names for evidence a person reads.

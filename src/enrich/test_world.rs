@@ -115,6 +115,58 @@ pub const PLACES: &[Place] = &[
         asn: 3215,
         organization: "Orange S.A.",
     },
+    // Other kinds of network in the cities above, for the risk of a
+    // network's kind and for places (a network in a region).
+    Place {
+        name: "london_hosting",
+        network: "25.40.0.0/16",
+        country: "GB",
+        city: "London",
+        latitude: 51.5074,
+        longitude: -0.1278,
+        asn: 215_999,
+        organization: "Thames VPS Hosting Ltd",
+    },
+    Place {
+        name: "london_digitalocean",
+        network: "25.41.0.0/16",
+        country: "GB",
+        city: "London",
+        latitude: 51.5074,
+        longitude: -0.1278,
+        asn: 14061,
+        organization: "DIGITALOCEAN-ASN",
+    },
+    Place {
+        name: "london_cable",
+        network: "25.42.0.0/16",
+        country: "GB",
+        city: "London",
+        latitude: 51.5074,
+        longitude: -0.1278,
+        asn: 5089,
+        organization: "Virgin Media Limited",
+    },
+    Place {
+        name: "london_mobile",
+        network: "25.43.0.0/16",
+        country: "GB",
+        city: "London",
+        latitude: 51.5074,
+        longitude: -0.1278,
+        asn: 25135,
+        organization: "Vodafone Limited",
+    },
+    Place {
+        name: "ohio_aws",
+        network: "25.22.0.0/16",
+        country: "US",
+        city: "Columbus",
+        latitude: 39.9612,
+        longitude: -82.9988,
+        asn: 16509,
+        organization: "Amazon.com, Inc.",
+    },
 ];
 
 /// A host address of the named place of [`PLACES`]; `None` for a name the
@@ -139,11 +191,18 @@ fn place_host(places: &[Place], name: &str, host: u32) -> Option<IpAddr> {
 }
 
 /// City and ASN databases of `places`; every place gets a 20 km accuracy
-/// radius and a GeoNames id from its position in the table.
+/// radius and a GeoNames id from the position of its city's first place in
+/// the table.
 pub fn place_databases(places: &[Place]) -> Result<(Vec<u8>, Vec<u8>), BuildError> {
     let mut cities = Vec::with_capacity(places.len());
     let mut asns = Vec::with_capacity(places.len());
     for (index, place) in places.iter().enumerate() {
+        // Places in one city share its id, as networks of one city do in a
+        // real City database.
+        let first_of_city = places
+            .iter()
+            .position(|other| other.city == place.city && other.country == place.country)
+            .unwrap_or(index);
         let network: IpNet = place.network.parse().map_err(|_| BuildError::InvalidRecord {
             network: IpNet::default(),
             problem: format!("`{}` is not a network", place.network),
@@ -156,7 +215,7 @@ pub fn place_databases(places: &[Place]) -> Result<(Vec<u8>, Vec<u8>), BuildErro
             latitude: place.latitude,
             longitude: place.longitude,
             accuracy_radius_km: 20,
-            geoname_id: 1000 + index as u32,
+            geoname_id: 1000 + first_of_city as u32,
         });
         asns.push(AsnRecord {
             network,
