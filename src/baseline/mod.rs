@@ -14,6 +14,7 @@ pub mod geo;
 pub mod rate;
 pub mod recent;
 pub mod topk;
+pub mod volume;
 
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +72,7 @@ pub struct KeyState {
     pub events: u64,
     pub geo: geo::GeoBaseline,
     pub rate: rate::RateBaseline,
+    pub volume: volume::VolumeBaseline,
     pub endpoints: endpoints::EndpointBaseline,
     /// Client families by interned id.
     pub clients: TopK,
@@ -88,6 +90,7 @@ impl KeyState {
             events: 0,
             geo: Default::default(),
             rate: rate::RateBaseline::new(windows_per_long),
+            volume: volume::VolumeBaseline::new(windows_per_long),
             endpoints: Default::default(),
             clients: TopK::new(),
             auth: Default::default(),
@@ -113,6 +116,9 @@ impl KeyState {
             event_ts_ms
         };
         let robust = self.has_learned(ts_ms, &model.rate.learning);
+        // Bytes first: they close their window while the rate still holds its calls.
+        self.volume
+            .advance(ts_ms.div_euclid(model.rate.window_ms()), &self.rate, &model.volume);
         self.rate.advance_to(ts_ms, &model.rate, rate_alpha, robust);
         self.auth.advance(ts_ms, model.auth_failures.window.as_millis() as i64);
         self.endpoints.advance_to(ts_ms, &model.endpoints);
@@ -135,13 +141,14 @@ impl KeyState {
         }
 
         self.rate.count += 1;
+        self.volume.count(event.bytes_out, &model.volume);
         self.auth.count(event.is_auth_failure());
         self.endpoints.absorb(event.endpoint_id, ts_ms, &model.endpoints);
         self.clients.add(event.client_id, ts_ms, model.client.max_clients);
         self.geo.absorb(ts_ms, event.ip, &event.geo, &model.geo);
 
         if self.has_learned(ts_ms, &model.rate.learning) {
-            self.rate.settle_thresholds(&model.rate);
+            self.rate.settle_thresholds(&model.rate, ts_ms);
         }
         if event.is_auth_failure() && self.has_learned(ts_ms, &model.auth_failures.learning) {
             self.auth.settle_threshold(&model.auth_failures);

@@ -1,0 +1,145 @@
+//! Per-key response bytes: the bytes and the "big" calls (far above the
+//! key's usual bytes per call) of the short windows that make up the long
+//! window (the same windows as the call rate, so calls and bytes line up),
+//! the key's usual bytes per call on a log scale, and its usual share of
+//! big calls. Exfiltration through a key's usual endpoints shows as many
+//! big calls at once, which neither more calls nor the odd large response
+//! of a heavy-tailed key do.
+
+use serde::{Deserialize, Serialize};
+
+use super::rate::RateBaseline;
+use crate::model::VolumeModel;
+
+/// A window's bytes per call moves the usual by at most this factor either
+/// way (ln 4.5 = 1.5), so an exfiltration under way is not learned before
+/// it is judged, and a heavy-tailed response does not drag the usual along.
+const MAX_LOG_STEP: f64 = 1.5;
+
+/// Response-bytes state of one key. Its windows are the rate baseline's:
+/// it is moved before the rate is, while that still holds the window
+/// being closed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeBaseline {
+    /// Bytes in the current short window.
+    pub bytes: f32,
+    /// Big calls in the current short window.
+    pub big: u16,
+    /// Bytes of the short windows before the current one that make up the
+    /// long window, indexed like the rate's `recent`.
+    pub recent: Vec<f32>,
+    /// Big calls of the same windows.
+    pub recent_big: Vec<u16>,
+    /// EWMA numerator of ln(bytes per call) over closed windows with calls.
+    pub log_per_call: f32,
+    /// EWMA weight, for bias correction.
+    pub weight: f32,
+    /// The usual bytes per call, kept from the EWMA at each window's close
+    /// so counting a call takes no logarithm; 0 before any.
+    pub usual: f32,
+    /// EWMA of big calls and of calls per closed window: their ratio is the
+    /// key's usual share of big calls.
+    pub big_calls: f32,
+    pub calls: f32,
+}
+
+impl VolumeBaseline {
+    pub fn new(windows_per_long: usize) -> VolumeBaseline {
+        let slots = windows_per_long.saturating_sub(1).max(1);
+        VolumeBaseline {
+            bytes: 0.0,
+            big: 0,
+            recent: vec![0.0; slots],
+            recent_big: vec![0; slots],
+            log_per_call: 0.0,
+            weight: 0.0,
+            usual: 0.0,
+            big_calls: 0.0,
+            calls: 0.0,
+        }
+    }
+
+    /// The key's usual bytes per call (geometric mean over windows), if learned.
+    pub fn usual_per_call(&self) -> Option<f64> {
+        (self.usual > 0.0).then_some(f64::from(self.usual))
+    }
+
+    /// The key's usual share of big calls, at least `floor`.
+    pub fn big_share(&self, floor: f64) -> f64 {
+        if self.calls > 0.0 {
+            (f64::from(self.big_calls) / f64::from(self.calls)).max(floor)
+        } else {
+            floor
+        }
+    }
+
+    /// Bytes in the long window ending with the current short window.
+    pub fn long_window_bytes(&self) -> f64 {
+        self.recent.iter().map(|bytes| f64::from(*bytes)).sum::<f64>() + f64::from(self.bytes)
+    }
+
+    /// Big calls in the long window ending with the current short window.
+    pub fn long_window_big(&self) -> u64 {
+        self.recent_big.iter().map(|big| u64::from(*big)).sum::<u64>() + u64::from(self.big)
+    }
+
+    /// Whether a call of `bytes_out` is big for this key.
+    pub fn is_big(&self, bytes_out: u64, model: &VolumeModel) -> bool {
+        self.usual > 0.0 && bytes_out as f64 >= model.big_ratio * f64::from(self.usual)
+    }
+
+    /// Moves to short window `target` (of the rate's windows). Must run
+    /// before the rate moves: `rate` still holds the window being closed.
+    pub fn advance(&mut self, target: i64, rate: &RateBaseline, model: &VolumeModel) {
+        if rate.window == i64::MIN || target <= rate.window {
+            return;
+        }
+        let slots = self.recent.len() as i64;
+        let closing = rate.window;
+        if rate.count > 0 {
+            self.learn(f64::from(self.bytes), f64::from(rate.count), f64::from(self.big), model);
+        }
+        let gap = target - closing;
+        if gap > slots {
+            self.recent.iter_mut().for_each(|slot| *slot = 0.0);
+            self.recent_big.iter_mut().for_each(|slot| *slot = 0);
+        } else {
+            self.recent[closing.rem_euclid(slots) as usize] = self.bytes;
+            self.recent_big[closing.rem_euclid(slots) as usize] = self.big;
+            for window in closing + 1..target {
+                self.recent[window.rem_euclid(slots) as usize] = 0.0;
+                self.recent_big[window.rem_euclid(slots) as usize] = 0;
+            }
+        }
+        self.bytes = 0.0;
+        self.big = 0;
+    }
+
+    /// A closed window with calls joins the usual bytes per call and the
+    /// usual share of big calls, each held back when far off, so an
+    /// exfiltration under way is not learned before it is judged.
+    fn learn(&mut self, bytes: f64, calls: f64, big: f64, model: &VolumeModel) {
+        let alpha = model.alpha;
+        let mut observed = (bytes.max(1.0) / calls).ln();
+        if let Some(usual) = self.usual_per_call() {
+            let usual = usual.ln();
+            observed = observed.clamp(usual - MAX_LOG_STEP, usual + MAX_LOG_STEP);
+        }
+        self.log_per_call = ((1.0 - alpha) * f64::from(self.log_per_call) + alpha * observed) as f32;
+        self.weight = ((1.0 - alpha) * f64::from(self.weight) + alpha) as f32;
+        self.usual = (f64::from(self.log_per_call) / f64::from(self.weight)).exp() as f32;
+
+        let expected_big = calls * self.big_share(model.min_big_share);
+        let big = big.min(expected_big + 2.0 + 3.0 * expected_big.sqrt());
+        self.big_calls = ((1.0 - alpha) * f64::from(self.big_calls) + alpha * big) as f32;
+        self.calls = ((1.0 - alpha) * f64::from(self.calls) + alpha * calls) as f32;
+    }
+
+    /// Counts one call's response bytes into the current window.
+    pub fn count(&mut self, bytes_out: u64, model: &VolumeModel) {
+        if self.is_big(bytes_out, model) {
+            self.big = self.big.saturating_add(1);
+        }
+        self.bytes += bytes_out as f32;
+    }
+}
