@@ -172,8 +172,14 @@ pub struct VolumeModel {
     /// Smoothing of the key's usual bytes per call and share of big calls,
     /// per short window with calls.
     pub alpha: f64,
-    /// A call with at least this multiple of the key's usual bytes per call is big.
+    /// A call with at least this multiple of the key's `big_quantile` of
+    /// bytes per call is big.
     pub big_ratio: f64,
+    /// The quantile of bytes per call tracked per key (0.99: all but one
+    /// call in a hundred) ...
+    pub big_quantile: f64,
+    /// ... by steps of this much in log terms.
+    pub quantile_step: f64,
     /// The usual share of big calls is taken as at least this.
     pub min_big_share: f64,
     /// Big calls in the long window needed for any finding.
@@ -350,6 +356,8 @@ impl Model {
             ("rate.drop_busy_share", self.rate.drop_busy_share),
             ("volume.alpha", self.volume.alpha),
             ("volume.big_ratio", self.volume.big_ratio),
+            ("volume.big_quantile", self.volume.big_quantile),
+            ("volume.quantile_step", self.volume.quantile_step),
             ("volume.min_big_share", self.volume.min_big_share),
             ("volume.min_bytes", self.volume.min_bytes),
             ("volume.low_p_value", self.volume.low_p_value),
@@ -381,6 +389,10 @@ impl Model {
         probability(self.volume.low_p_value, "volume.low_p_value")?;
         probability(self.volume.medium_p_value, "volume.medium_p_value")?;
         probability(self.volume.min_big_share, "volume.min_big_share")?;
+        probability(self.volume.big_quantile, "volume.big_quantile")?;
+        if !(self.volume.quantile_step > 0.0 && self.volume.quantile_step <= 0.5) {
+            return Err(invalid("volume.quantile_step", "must be in (0, 0.5]"));
+        }
         for (field, value) in [
             ("rate.burst_margin", self.rate.burst_margin),
             ("rate.sustained_ratio", self.rate.sustained_ratio),

@@ -1,5 +1,5 @@
 //! Per-key response bytes: the bytes and the "big" calls (far above the
-//! key's usual bytes per call) of the short windows that make up the long
+//! key's own high quantile of bytes per call) of the short windows that make up the long
 //! window (the same windows as the call rate, so calls and bytes line up),
 //! the key's usual bytes per call on a log scale, and its usual share of
 //! big calls. Exfiltration through a key's usual endpoints shows as many
@@ -37,6 +37,10 @@ pub struct VolumeBaseline {
     /// The usual bytes per call, kept from the EWMA at each window's close
     /// so counting a call takes no logarithm; 0 before any.
     pub usual: f32,
+    /// The key's high quantile (the model's `big_quantile`) of bytes per
+    /// call, tracked call by call by multiplicative steps; big calls
+    /// themselves do not move it. 0 before the first call.
+    pub high: f32,
     /// EWMA of big calls and of calls per closed window: their ratio is the
     /// key's usual share of big calls.
     pub big_calls: f32,
@@ -54,6 +58,7 @@ impl VolumeBaseline {
             log_per_call: 0.0,
             weight: 0.0,
             usual: 0.0,
+            high: 0.0,
             big_calls: 0.0,
             calls: 0.0,
         }
@@ -83,9 +88,15 @@ impl VolumeBaseline {
         self.recent_big.iter().map(|big| u64::from(*big)).sum::<u64>() + u64::from(self.big)
     }
 
-    /// Whether a call of `bytes_out` is big for this key.
+    /// Whether a call of `bytes_out` is big for this key: `big_ratio` times
+    /// its high quantile of bytes per call.
     pub fn is_big(&self, bytes_out: u64, model: &VolumeModel) -> bool {
-        self.usual > 0.0 && bytes_out as f64 >= model.big_ratio * f64::from(self.usual)
+        self.high > 0.0 && bytes_out as f64 >= self.big_bytes(model)
+    }
+
+    /// Bytes from which a call is big.
+    pub fn big_bytes(&self, model: &VolumeModel) -> f64 {
+        model.big_ratio * f64::from(self.high)
     }
 
     /// Moves to short window `target` (of the rate's windows). Must run
@@ -135,11 +146,29 @@ impl VolumeBaseline {
         self.calls = ((1.0 - alpha) * f64::from(self.calls) + alpha * calls) as f32;
     }
 
-    /// Counts one call's response bytes into the current window.
+    /// Counts one call's response bytes into the current window, and moves
+    /// the high quantile: up by a step of `quantile_step * q` (in log
+    /// terms) for a call above it, down by `quantile_step * (1 - q)` for
+    /// one below, which settles where a share `1 - q` of calls is above.
+    /// Steps are `exp(x)` to second order: no logarithm per call.
     pub fn count(&mut self, bytes_out: u64, model: &VolumeModel) {
+        let bytes = bytes_out.max(1) as f64;
+        self.bytes += bytes_out as f32;
+        if self.high <= 0.0 {
+            self.high = bytes as f32;
+            return;
+        }
         if self.is_big(bytes_out, model) {
             self.big = self.big.saturating_add(1);
+            return;
         }
-        self.bytes += bytes_out as f32;
+        let step = |x: f64| 1.0 + x + x * x / 2.0;
+        let quantile = model.big_quantile;
+        let factor = if bytes > f64::from(self.high) {
+            step(model.quantile_step * quantile)
+        } else {
+            step(-model.quantile_step * (1.0 - quantile))
+        };
+        self.high = (f64::from(self.high) * factor) as f32;
     }
 }

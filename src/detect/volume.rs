@@ -1,5 +1,6 @@
 //! Response volume: the big calls of the long window (each far above the
-//! key's usual bytes per call) against the key's usual share of them. More
+//! key's own high quantile of bytes per call) against the key's usual
+//! share of them. More
 //! calls at the usual size are the rate detectors' business, and a
 //! heavy-tailed key's odd large response is within its usual share; many
 //! calls that each carry many times the usual bytes through the key's own
@@ -65,7 +66,7 @@ pub fn check_volume(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out:
         subject: String::new(),
         summary: format!(
             "{big} of {calls} calls in {window_text} returned over {} each ({expected_big:.1} expected); {} in all, {} per call against the key's usual {} ({ratio:.0}x)",
-            human_bytes(model.big_ratio * usual),
+            human_bytes(volume.big_bytes(model)),
             human_bytes(bytes),
             human_bytes(per_call),
             human_bytes(usual)
@@ -83,7 +84,7 @@ pub fn check_volume(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out:
             },
             "baseline": {
                 "usual_bytes_per_call": usual.round(),
-                "big_call_bytes": (model.big_ratio * usual).round(),
+                "big_call_bytes": volume.big_bytes(model).round(),
                 "expected_big_calls": (expected_big * 100.0).round() / 100.0,
                 "expected_calls": (expected_calls * 10.0).round() / 10.0,
                 "expected_bytes": expected_bytes.round(),
