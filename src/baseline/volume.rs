@@ -38,8 +38,8 @@ pub struct VolumeBaseline {
     /// so counting a call takes no logarithm; 0 before any.
     pub usual: f32,
     /// The key's high quantile (the model's `big_quantile`) of bytes per
-    /// call, tracked call by call by multiplicative steps; big calls
-    /// themselves do not move it. 0 before the first call.
+    /// call, tracked call by call by multiplicative steps; big calls move
+    /// it only a tenth of a step. 0 before the first call.
     pub high: f32,
     /// EWMA of big calls and of calls per closed window: their ratio is the
     /// key's usual share of big calls.
@@ -140,10 +140,18 @@ impl VolumeBaseline {
         self.weight = ((1.0 - alpha) * f64::from(self.weight) + alpha) as f32;
         self.usual = (f64::from(self.log_per_call) / f64::from(self.weight)).exp() as f32;
 
+        // A window with more big calls than chance allows teaches the share
+        // only a tenth as fast, and only half as much again as expected: a
+        // key that really has taken to large downloads gets there over
+        // days, an exfiltration under way does not raise its own bar.
         let expected_big = calls * self.big_share(model.min_big_share);
-        let big = big.min(expected_big + 2.0 + 3.0 * expected_big.sqrt());
-        self.big_calls = ((1.0 - alpha) * f64::from(self.big_calls) + alpha * big) as f32;
-        self.calls = ((1.0 - alpha) * f64::from(self.calls) + alpha * calls) as f32;
+        let (big, big_alpha) = if big > expected_big + 1.0 + 3.0 * expected_big.sqrt() {
+            (1.5 * expected_big, alpha / 10.0)
+        } else {
+            (big, alpha)
+        };
+        self.big_calls = ((1.0 - big_alpha) * f64::from(self.big_calls) + big_alpha * big) as f32;
+        self.calls = ((1.0 - big_alpha) * f64::from(self.calls) + big_alpha * calls) as f32;
     }
 
     /// Counts one call's response bytes into the current window, and moves
@@ -158,13 +166,15 @@ impl VolumeBaseline {
             self.high = bytes as f32;
             return;
         }
-        if self.is_big(bytes_out, model) {
-            self.big = self.big.saturating_add(1);
-            return;
-        }
         let step = |x: f64| 1.0 + x + x * x / 2.0;
         let quantile = model.big_quantile;
-        let factor = if bytes > f64::from(self.high) {
+        let factor = if self.is_big(bytes_out, model) {
+            // A big call moves the quantile a tenth of a step: enough for a
+            // key whose sizes really are that wide to get there, too little
+            // for an exfiltration to hide itself within the hour.
+            self.big = self.big.saturating_add(1);
+            step(model.quantile_step * quantile / 10.0)
+        } else if bytes > f64::from(self.high) {
             step(model.quantile_step * quantile)
         } else {
             step(-model.quantile_step * (1.0 - quantile))
