@@ -176,6 +176,7 @@ impl Engine {
             client: &self.clients.names[resolved.client_id as usize],
             method: &event.method,
             status: event.status,
+            bytes_out: event.bytes_out,
         };
         let ctx = Context {
             model,

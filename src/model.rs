@@ -48,6 +48,7 @@ pub struct Model {
     pub version: String,
     pub geo: GeoModel,
     pub rate: RateModel,
+    pub volume: VolumeModel,
     pub endpoints: EndpointModel,
     pub client: ClientModel,
     pub auth_failures: AuthFailureModel,
@@ -121,6 +122,81 @@ pub struct RateModel {
     #[serde(with = "humantime_serde")]
     pub dormant_after: Duration,
     pub dormant: Learning,
+    /// Hours either side of a window's own whose expectation it is judged
+    /// against (the largest for rises, the smallest for silences), so a day
+    /// shifted by a daylight-saving move stays within the key's usual.
+    pub seasonal_neighbours: usize,
+    /// A closed window beyond its expectation by this many standard
+    /// deviations teaches the profile only slowly.
+    pub outlier_sd: f64,
+    /// A window beyond its expectation by this many standard deviations is
+    /// a burst, and joins the key's own record of bursts.
+    pub burst_sd: f64,
+    /// Half-life of the key's record of bursts (of its logarithm).
+    #[serde(with = "humantime_serde")]
+    pub burst_memory: Duration,
+    /// A spike or surge is medium only when its ratio to expected is at
+    /// least this multiple of the key's own biggest burst; below, it is low.
+    pub burst_margin: f64,
+    /// ... and high when its ratio to the key's own usual (expected times
+    /// its biggest burst) reaches this.
+    pub high_ratio: f64,
+    /// Level (smoothed observed/expected) at which the key is elevated.
+    pub sustained_ratio: f64,
+    /// An elevation lasting this long is a sustained surge.
+    #[serde(with = "humantime_serde")]
+    pub sustained_for: Duration,
+    /// Time constant of the level's smoothing.
+    #[serde(with = "humantime_serde")]
+    pub sustained_smoothing: Duration,
+    /// One window's ratio counts for at most this in the level, so a single
+    /// burst cannot look like a lasting rise.
+    pub sustained_cap: f64,
+    /// A sustained surge is medium only when its level is at least this
+    /// multiple of the key's own earlier sustained episodes.
+    pub sustained_margin: f64,
+    /// A busy key silent for at least this long ...
+    #[serde(with = "humantime_serde")]
+    pub drop_min_silence: Duration,
+    /// ... through hours in which its profile expected at least this many calls ...
+    pub drop_min_expected: f64,
+    /// ... with a probability of not one call below this has dropped.
+    pub drop_p_value: f64,
+    /// The silence must begin in an hour with at least this share of the
+    /// key's busiest hour: a key that stops mid-day, not at its day's end.
+    pub drop_busy_share: f64,
+}
+
+/// Response bytes: big calls (far above the key's usual bytes per call)
+/// against the key's usual share of them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeModel {
+    pub learning: Learning,
+    /// Smoothing of the key's usual bytes per call and share of big calls,
+    /// per short window with calls.
+    pub alpha: f64,
+    /// A call with at least this multiple of the key's `big_quantile` of
+    /// bytes per call is big.
+    pub big_ratio: f64,
+    /// The quantile of bytes per call tracked per key (0.99: all but one
+    /// call in a hundred) ...
+    pub big_quantile: f64,
+    /// ... by steps of this much in log terms.
+    pub quantile_step: f64,
+    /// The usual share of big calls is taken as at least this.
+    pub min_big_share: f64,
+    /// Big calls in the long window needed for any finding.
+    pub min_big_calls: u64,
+    /// Bytes in the long window needed for any finding.
+    pub min_bytes: f64,
+    /// Tail probability of the long window's big calls, given its calls and
+    /// the key's usual share, below which it is low, and medium.
+    pub low_p_value: f64,
+    pub medium_p_value: f64,
+    /// A medium window whose bytes per call reach this multiple of the
+    /// usual is high.
+    pub high_ratio: f64,
 }
 
 /// Endpoint mix.
@@ -243,6 +319,17 @@ impl RateModel {
         let windows_per_day = 86_400_000.0 / self.window_ms() as f64;
         1.0 - (1.0 - self.profile_alpha).powf(24.0 / windows_per_day)
     }
+
+    /// Short windows an elevation must last to be sustained (at least 1).
+    pub fn sustained_windows(&self) -> u64 {
+        (self.sustained_for.as_millis() as i64 / self.window_ms()).max(1) as u64
+    }
+
+    /// Smoothing of the level per closed short window.
+    pub fn level_alpha(&self) -> f64 {
+        let smoothing_ms = self.sustained_smoothing.as_millis().max(1) as f64;
+        1.0 - (-(self.window_ms() as f64) / smoothing_ms).exp()
+    }
 }
 
 impl Model {
@@ -296,6 +383,25 @@ impl Model {
             ("endpoints.mix_max_divergence", self.endpoints.mix_max_divergence),
             ("auth_failures.p_value", self.auth_failures.p_value),
             ("auth_failures.familiar_share", self.auth_failures.familiar_share),
+            ("rate.outlier_sd", self.rate.outlier_sd),
+            ("rate.burst_sd", self.rate.burst_sd),
+            ("rate.burst_margin", self.rate.burst_margin),
+            ("rate.high_ratio", self.rate.high_ratio),
+            ("rate.sustained_ratio", self.rate.sustained_ratio),
+            ("rate.sustained_cap", self.rate.sustained_cap),
+            ("rate.sustained_margin", self.rate.sustained_margin),
+            ("rate.drop_min_expected", self.rate.drop_min_expected),
+            ("rate.drop_p_value", self.rate.drop_p_value),
+            ("rate.drop_busy_share", self.rate.drop_busy_share),
+            ("volume.alpha", self.volume.alpha),
+            ("volume.big_ratio", self.volume.big_ratio),
+            ("volume.big_quantile", self.volume.big_quantile),
+            ("volume.quantile_step", self.volume.quantile_step),
+            ("volume.min_big_share", self.volume.min_big_share),
+            ("volume.min_bytes", self.volume.min_bytes),
+            ("volume.low_p_value", self.volume.low_p_value),
+            ("volume.medium_p_value", self.volume.medium_p_value),
+            ("volume.high_ratio", self.volume.high_ratio),
         ] {
             if !value.is_finite() {
                 return Err(invalid(field, "must be a finite number"));
@@ -314,6 +420,32 @@ impl Model {
         probability(self.rate.spike_p_value, "rate.spike_p_value")?;
         probability(self.rate.surge_p_value, "rate.surge_p_value")?;
         probability(self.auth_failures.p_value, "auth_failures.p_value")?;
+        probability(self.rate.drop_p_value, "rate.drop_p_value")?;
+        probability(self.rate.drop_busy_share, "rate.drop_busy_share")?;
+        if !(self.volume.alpha > 0.0 && self.volume.alpha <= 1.0) {
+            return Err(invalid("volume.alpha", "must be in (0, 1]"));
+        }
+        probability(self.volume.low_p_value, "volume.low_p_value")?;
+        probability(self.volume.medium_p_value, "volume.medium_p_value")?;
+        probability(self.volume.min_big_share, "volume.min_big_share")?;
+        probability(self.volume.big_quantile, "volume.big_quantile")?;
+        if !(self.volume.quantile_step > 0.0 && self.volume.quantile_step <= 0.5) {
+            return Err(invalid("volume.quantile_step", "must be in (0, 0.5]"));
+        }
+        for (field, value) in [
+            ("rate.burst_margin", self.rate.burst_margin),
+            ("rate.sustained_ratio", self.rate.sustained_ratio),
+            ("rate.sustained_margin", self.rate.sustained_margin),
+            ("volume.big_ratio", self.volume.big_ratio),
+            ("volume.high_ratio", self.volume.high_ratio),
+        ] {
+            if value < 1.0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
+        }
+        if self.rate.seasonal_neighbours > 11 {
+            return Err(invalid("rate.seasonal_neighbours", "must be at most 11"));
+        }
         probability(self.geo.established_share, "geo.established_share")?;
         if self.auth_failures.familiar_share > 1.0 {
             return Err(invalid(
@@ -349,6 +481,10 @@ impl Model {
             ("geo.half_life", self.geo.half_life),
             ("endpoints.half_life", self.endpoints.half_life),
             ("client.half_life", self.client.half_life),
+            ("rate.burst_memory", self.rate.burst_memory),
+            ("rate.sustained_for", self.rate.sustained_for),
+            ("rate.sustained_smoothing", self.rate.sustained_smoothing),
+            ("rate.drop_min_silence", self.rate.drop_min_silence),
         ] {
             if value.as_millis() < 1000 {
                 return Err(invalid(field, "must be at least 1s"));

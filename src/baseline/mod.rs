@@ -14,6 +14,7 @@ pub mod geo;
 pub mod rate;
 pub mod recent;
 pub mod topk;
+pub mod volume;
 
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +78,7 @@ pub struct KeyState {
     pub events: u64,
     pub geo: geo::GeoBaseline,
     pub rate: rate::RateBaseline,
+    pub volume: volume::VolumeBaseline,
     pub endpoints: endpoints::EndpointBaseline,
     /// Client families by interned id.
     pub clients: TopK,
@@ -94,6 +96,7 @@ impl KeyState {
             events: 0,
             geo: Default::default(),
             rate: rate::RateBaseline::new(windows_per_long),
+            volume: volume::VolumeBaseline::new(windows_per_long),
             endpoints: Default::default(),
             clients: TopK::new(),
             auth: Default::default(),
@@ -119,6 +122,9 @@ impl KeyState {
             event_ts_ms
         };
         let robust = self.has_learned(ts_ms, &model.rate.learning);
+        // Bytes first: they close their window while the rate still holds its calls.
+        self.volume
+            .advance(ts_ms.div_euclid(model.rate.window_ms()), &self.rate, &model.volume);
         self.rate.advance_to(ts_ms, &model.rate, rate_alpha, robust);
         self.auth.advance(ts_ms, model.auth_failures.window.as_millis() as i64);
         self.endpoints.advance_to(ts_ms, &model.endpoints);
@@ -141,6 +147,7 @@ impl KeyState {
         }
 
         self.rate.count += 1;
+        self.volume.count(event.bytes_out, &model.volume);
         // Whether a failure is the key's own (its established place and
         // client) is asked of the baseline before the event joins it.
         let failure = event.is_auth_failure();
@@ -152,7 +159,7 @@ impl KeyState {
             .absorb(ts_ms, event.ip, &event.geo, novelty.region_overlap.as_ref(), &model.geo);
 
         if self.has_learned(ts_ms, &model.rate.learning) {
-            self.rate.settle_thresholds(&model.rate);
+            self.rate.settle_thresholds(&model.rate, ts_ms);
         }
         if event.is_auth_failure() && self.has_learned(ts_ms, &model.auth_failures.learning) {
             self.auth.settle_threshold(&model.auth_failures);

@@ -63,6 +63,75 @@ fn smallest_tail_count(sf: impl Fn(u64) -> f64, p_value: f64) -> u64 {
     high
 }
 
+/// The largest ratio of observed to expected a key has shown, forgotten
+/// with a half-life: a burst the key made last week still explains this
+/// week's, one from last year hardly does. An episode under way (a run of
+/// windows beyond the key's usual) joins the record only once it is over,
+/// so an attack that builds up is judged against the key's past rather than
+/// against its own first minutes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// ln of the ratio, as of `ts_ms`; 0 when the key has shown none.
+    pub log_ratio: f32,
+    /// ln of the peak ratio of the episode under way; 0 when none.
+    pub pending: f32,
+    pub ts_ms: i64,
+}
+
+impl Record {
+    /// The ratio remembered at `ts_ms` (1 when none): its logarithm halves
+    /// every `half_life_ms`.
+    pub fn ratio_at(&self, ts_ms: i64, half_life_ms: i64) -> f64 {
+        if self.log_ratio <= 0.0 {
+            return 1.0;
+        }
+        let age = (ts_ms - self.ts_ms).max(0) as f64;
+        (f64::from(self.log_ratio) * 0.5f64.powf(age / half_life_ms.max(1) as f64)).exp()
+    }
+
+    /// One closed window: `beyond` is its ratio when it is beyond the key's
+    /// usual (part of an episode), `None` when it is not, which closes the
+    /// episode under way into the record.
+    pub fn observe(&mut self, beyond: Option<f64>, ts_ms: i64, half_life_ms: i64) {
+        match beyond {
+            Some(ratio) if ratio > 1.0 => self.pending = self.pending.max(ratio.ln() as f32),
+            Some(_) => {}
+            None if self.pending > 0.0 => {
+                let peak = f64::from(self.pending).exp();
+                self.pending = 0.0;
+                self.raise(peak, ts_ms, half_life_ms);
+            }
+            None => {}
+        }
+    }
+
+    /// Remembers `ratio` if it beats what is remembered at `ts_ms`.
+    pub fn raise(&mut self, ratio: f64, ts_ms: i64, half_life_ms: i64) {
+        if ratio > self.ratio_at(ts_ms, half_life_ms) {
+            self.log_ratio = ratio.ln() as f32;
+            self.ts_ms = ts_ms;
+        }
+    }
+}
+
+/// The silence that ended with the key's current window: the windows
+/// without a single call since the one before, and what the key's own
+/// profile expected in them. Set when the key's windows move; read by the
+/// drop detector at the first call after it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Silence {
+    /// Short windows wholly without calls.
+    pub windows: u32,
+    /// Calls the key's hour-of-day profile expected in them (no floor; the
+    /// quieter of neighbouring hours, so a shifted day is not a silence).
+    pub expected: f32,
+    /// ln of the probability of not one call in them under the fitted
+    /// count distribution.
+    pub log_p_none: f32,
+    /// Whether the first hour of the silence is one the key is usually busy in.
+    pub began_busy: bool,
+}
+
 /// Rate state of one key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RateBaseline {
@@ -74,20 +143,89 @@ pub struct RateBaseline {
     /// long window, indexed by window number modulo their count.
     pub recent: Vec<u32>,
     /// Expected calls per short window by UTC hour (bias-corrected EWMA numerator).
-    pub profile: [f64; 24],
+    pub profile: [f32; 24],
     /// EWMA weight accumulated per hour (for bias correction).
-    pub profile_weight: [f64; 24],
+    pub profile_weight: [f32; 24],
     /// EWMA of `(count - expected)^2 / expected` over closed windows, by UTC
     /// hour (bias-corrected by `profile_weight`): a CI job that bursts at
     /// nine every morning makes nine o'clock noisy, not the whole day.
-    pub dispersion: [f64; 24],
+    pub dispersion: [f32; 24],
     pub closed_windows: u64,
+    /// The key's own biggest short-window burst (windows far beyond the fit).
+    pub spike_record: Record,
+    /// The key's own biggest long-window burst.
+    pub surge_record: Record,
+    /// EWMA of each closed short window's observed/expected (capped), over
+    /// the model's `sustained_smoothing`: the key's level relative to its usual.
+    pub level: f32,
+    /// Consecutive closed short windows with `level` at or above the
+    /// model's `sustained_ratio`.
+    pub elevated_windows: u32,
+    /// Lowest `level` in the current elevated run.
+    pub elevated_min: f32,
+    /// The key's own earlier sustained episodes: the lowest level each held.
+    pub sustained_record: Record,
+    /// The window in which the current elevated run became sustained
+    /// (`i64::MIN` when none): the surge detector reports it at its first call.
+    pub sustained_window: i64,
+    /// The silence that ended with the current window.
+    pub silence: Silence,
     /// Thresholds for the current window, settled once when first needed.
     #[serde(skip)]
-    pub spike_threshold: Option<u64>,
+    pub spike_threshold: Option<Thresholds>,
     #[serde(skip)]
-    pub surge_threshold: Option<u64>,
+    pub surge_threshold: Option<Thresholds>,
 }
+
+/// What a window is compared with for high severity, as a multiple of its
+/// expectation: 1 for a key without bursts on record, otherwise
+/// `burst_margin` times its biggest burst (what it takes to be medium).
+pub fn usual_peak(record: f64, model: &RateModel) -> f64 {
+    if record > 1.0 { model.burst_margin * record } else { 1.0 }
+}
+
+/// The counts at which a window becomes a low, medium and high finding.
+/// Below the key's own biggest burst nothing is found; up to
+/// `burst_margin` times it, low. Without bursts on record the three
+/// start together (medium); high waits for `high_ratio` times
+/// [`usual_peak`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub low: u64,
+    pub medium: u64,
+    pub high: u64,
+}
+
+impl Thresholds {
+    /// The thresholds for a window of fitted `mean` and `dispersion`, with
+    /// the key's biggest burst `record` (1 when none).
+    fn settle(mean: f64, dispersion: f64, record: f64, p_value: f64, min_count: u64, model: &RateModel) -> Thresholds {
+        let significant = tail_threshold(mean, dispersion, p_value).max(min_count);
+        let at_ratio = |ratio: f64| (ratio * mean).ceil().min(u64::MAX as f64) as u64;
+        let low = significant.max(at_ratio(record));
+        let medium = if record > 1.0 {
+            significant.max(at_ratio(model.burst_margin * record))
+        } else {
+            low
+        };
+        let high = medium.max(at_ratio(model.high_ratio * usual_peak(record, model)));
+        Thresholds { low, medium, high }
+    }
+
+    /// Whether `count` is exactly at one of the thresholds.
+    pub fn reached_by(&self, count: u64) -> bool {
+        count == self.low || count == self.medium || count == self.high
+    }
+}
+
+/// A window's deviation adds at most this to the dispersion estimate, so one
+/// extreme window (or the first day after a shift of hours) cannot make an
+/// hour look noisy for weeks.
+const MAX_DEVIATION: f64 = 64.0;
+
+/// Share of the model's `sustained_ratio` from which the level is watched:
+/// windows above expectation then teach the profile only slowly.
+const WATCH_SHARE: f64 = 0.6;
 
 impl RateBaseline {
     pub fn new(windows_per_long: usize) -> RateBaseline {
@@ -99,93 +237,87 @@ impl RateBaseline {
             profile_weight: [0.0; 24],
             dispersion: [0.0; 24],
             closed_windows: 0,
+            spike_record: Record::default(),
+            surge_record: Record::default(),
+            level: 1.0,
+            elevated_windows: 0,
+            elevated_min: 0.0,
+            sustained_record: Record::default(),
+            sustained_window: i64::MIN,
+            silence: Silence::default(),
             spike_threshold: None,
             surge_threshold: None,
         }
     }
 
-    /// Expected calls in one short window starting at `window` (index).
-    pub fn expected(&self, window: i64, window_ms: i64, floor: f64) -> f64 {
-        let hour = hour_of_day(window * window_ms);
-        let weight = self.profile_weight[hour];
-        let learned = if weight > 0.0 { self.profile[hour] / weight } else { 0.0 };
-        learned.max(floor)
-    }
-
-    /// Overdispersion (variance / mean) of a short window, at least 1.
-    pub fn dispersion_at(&self, window: i64, window_ms: i64) -> f64 {
-        let hour = hour_of_day(window * window_ms);
-        let weight = self.profile_weight[hour];
-        if weight <= 0.0 {
-            1.0
+    /// Learned calls per short window in UTC `hour` (0 before any).
+    fn learned(&self, hour: usize) -> f64 {
+        let weight = f64::from(self.profile_weight[hour]);
+        if weight > 0.0 {
+            f64::from(self.profile[hour]) / weight
         } else {
-            (self.dispersion[hour] / weight).max(1.0)
+            0.0
         }
     }
 
-    /// Overdispersion of the long window ending with the current window:
-    /// variances add up over the windows, as do means.
-    pub fn long_window_dispersion(&self, window_ms: i64, floor: f64) -> f64 {
-        let windows = self.recent.len() as i64;
-        let (mut variance, mut mean) = (0.0, 0.0);
-        for back in 0..=windows {
-            let window = self.window - back;
-            let expected = self.expected(window, window_ms, floor);
-            variance += expected * self.dispersion_at(window, window_ms);
-            mean += expected;
+    /// Learned overdispersion of UTC `hour`, at least 1.
+    fn learned_dispersion(&self, hour: usize) -> f64 {
+        let weight = f64::from(self.profile_weight[hour]);
+        if weight > 0.0 {
+            (f64::from(self.dispersion[hour]) / weight).max(1.0)
+        } else {
+            1.0
         }
-        if mean <= 0.0 { 1.0 } else { (variance / mean).max(1.0) }
+    }
+
+    /// Expected calls in one short window starting at `window` (index): the
+    /// largest of the learned values of its hour and `neighbours` hours either
+    /// side, so a day that starts an hour earlier (a daylight-saving move)
+    /// is still within what the key does.
+    pub fn expected(&self, window: i64, window_ms: i64, floor: f64, neighbours: usize) -> f64 {
+        let hour = hour_of_day(window * window_ms);
+        let mut most = self.learned(hour);
+        for offset in 1..=neighbours {
+            most = most.max(self.learned((hour + offset) % 24));
+            most = most.max(self.learned((hour + 24 - offset % 24) % 24));
+        }
+        most.max(floor)
+    }
+
+    /// The quietest learned value of the window's hour and its neighbours,
+    /// without floor: what a silence is judged against.
+    fn quiet_expected(&self, window: i64, window_ms: i64, neighbours: usize) -> f64 {
+        let hour = hour_of_day(window * window_ms);
+        let mut least = self.learned(hour);
+        for offset in 1..=neighbours {
+            least = least.min(self.learned((hour + offset) % 24));
+            least = least.min(self.learned((hour + 24 - offset % 24) % 24));
+        }
+        least
+    }
+
+    /// Overdispersion (variance / mean) of a short window, at least 1: the
+    /// largest of its hour and the neighbouring hours.
+    pub fn dispersion_at(&self, window: i64, window_ms: i64, neighbours: usize) -> f64 {
+        let hour = hour_of_day(window * window_ms);
+        let mut most = self.learned_dispersion(hour);
+        for offset in 1..=neighbours {
+            most = most.max(self.learned_dispersion((hour + offset) % 24));
+            most = most.max(self.learned_dispersion((hour + 24 - offset % 24) % 24));
+        }
+        most
+    }
+
+    /// Calls per hour the key makes in its busiest UTC hour.
+    pub fn peak_hourly(&self, window_ms: i64) -> f64 {
+        let per_hour = HOUR_MS as f64 / window_ms as f64;
+        (0..24).map(|hour| self.learned(hour)).fold(0.0, f64::max) * per_hour
     }
 
     /// Moves to the window of `ts_ms` under the model's windows; `alpha` is
     /// `model.window_alpha()`, computed once by the caller.
     pub fn advance_to(&mut self, ts_ms: i64, model: &RateModel, alpha: f64, robust: bool) {
-        self.advance(ts_ms, model.window_ms(), alpha, model.window_floor(), robust);
-    }
-
-    /// Mean and overdispersion fitted for the current short window.
-    pub fn spike_fit(&self, model: &RateModel) -> (f64, f64) {
-        let window_ms = model.window_ms();
-        (
-            self.expected(self.window, window_ms, model.window_floor()),
-            self.dispersion_at(self.window, window_ms),
-        )
-    }
-
-    /// Mean and overdispersion fitted for the long window ending with the
-    /// current short window.
-    pub fn surge_fit(&self, model: &RateModel) -> (f64, f64) {
-        let (window_ms, floor) = (model.window_ms(), model.window_floor());
-        (
-            self.long_window_expected(window_ms, floor),
-            self.long_window_dispersion(window_ms, floor),
-        )
-    }
-
-    /// Sets the thresholds of the current windows once their counts reach
-    /// the model's minimums, so quiet keys cost no statistics at all. The
-    /// fit only moves between windows, so one computation serves a window.
-    pub fn settle_thresholds(&mut self, model: &RateModel) {
-        if self.spike_threshold.is_none() && u64::from(self.count) >= model.min_spike_count {
-            let (expected, dispersion) = self.spike_fit(model);
-            let threshold = tail_threshold(expected, dispersion, model.spike_p_value).max(model.min_spike_count);
-            self.spike_threshold = Some(threshold);
-        }
-        if self.surge_threshold.is_none() && self.long_window_count() >= model.min_surge_count {
-            let (expected, dispersion) = self.surge_fit(model);
-            let threshold = tail_threshold(expected, dispersion, model.surge_p_value).max(model.min_surge_count);
-            self.surge_threshold = Some(threshold);
-        }
-    }
-
-    /// Moves to the window of `ts_ms`, closing the current and any empty ones.
-    /// `alpha` is the per-window smoothing; `floor` the minimum expected count.
-    ///
-    /// With `robust`, a closed window counts for at most four standard
-    /// deviations above what was expected, so a burst under way does not
-    /// teach the baseline to expect it before it has been judged.
-    fn advance(&mut self, ts_ms: i64, window_ms: i64, alpha: f64, floor: f64, robust: bool) {
-        let target = ts_ms.div_euclid(window_ms);
+        let target = ts_ms.div_euclid(model.window_ms());
         if self.window == i64::MIN {
             self.window = target;
             return;
@@ -193,18 +325,105 @@ impl RateBaseline {
         if target <= self.window {
             return;
         }
+        self.advance(target, model, alpha, robust);
+    }
+
+    /// Mean and overdispersion fitted for the current short window.
+    pub fn spike_fit(&self, model: &RateModel) -> (f64, f64) {
+        let (window_ms, neighbours) = (model.window_ms(), model.seasonal_neighbours);
+        (
+            self.expected(self.window, window_ms, model.window_floor(), neighbours),
+            self.dispersion_at(self.window, window_ms, neighbours),
+        )
+    }
+
+    /// Mean and overdispersion fitted for the long window ending with the
+    /// current short window.
+    pub fn surge_fit(&self, model: &RateModel) -> (f64, f64) {
+        self.long_fit(self.window, model)
+    }
+
+    /// Mean and overdispersion of the long window ending with `last`:
+    /// variances add up over the windows, as do means.
+    fn long_fit(&self, last: i64, model: &RateModel) -> (f64, f64) {
+        let (window_ms, floor, neighbours) = (model.window_ms(), model.window_floor(), model.seasonal_neighbours);
+        let (mut variance, mut mean) = (0.0, 0.0);
+        for back in 0..=self.recent.len() as i64 {
+            let window = last - back;
+            let expected = self.expected(window, window_ms, floor, neighbours);
+            variance += expected * self.dispersion_at(window, window_ms, neighbours);
+            mean += expected;
+        }
+        let dispersion = if mean <= 0.0 { 1.0 } else { (variance / mean).max(1.0) };
+        (mean, dispersion)
+    }
+
+    /// Sets the thresholds of the current windows once their counts reach
+    /// the model's minimums, so quiet keys cost no statistics at all. The
+    /// fit only moves between windows, so one computation serves a window.
+    pub fn settle_thresholds(&mut self, model: &RateModel, ts_ms: i64) {
+        let burst_ms = model.burst_memory.as_millis() as i64;
+        if self.spike_threshold.is_none() && u64::from(self.count) >= model.min_spike_count {
+            let (expected, dispersion) = self.spike_fit(model);
+            let record = self.spike_record.ratio_at(ts_ms, burst_ms);
+            self.spike_threshold = Some(Thresholds::settle(
+                expected,
+                dispersion,
+                record,
+                model.spike_p_value,
+                model.min_spike_count,
+                model,
+            ));
+        }
+        if self.surge_threshold.is_none() && self.long_window_count() >= model.min_surge_count {
+            let (expected, dispersion) = self.surge_fit(model);
+            let record = self.surge_record.ratio_at(ts_ms, burst_ms);
+            self.surge_threshold = Some(Thresholds::settle(
+                expected,
+                dispersion,
+                record,
+                model.surge_p_value,
+                model.min_surge_count,
+                model,
+            ));
+        }
+    }
+
+    /// Whether the current elevated run is a sustained one.
+    pub fn is_sustained(&self, model: &RateModel) -> bool {
+        u64::from(self.elevated_windows) >= model.sustained_windows()
+    }
+
+    /// Moves to window `target`, closing the current and any empty ones.
+    ///
+    /// With `robust`, a closed window far above what was expected moves the
+    /// profile only slowly, so a burst under way does not teach the baseline
+    /// to expect it before it has been judged; once a rise has lasted the
+    /// model's `sustained_for`, it is a new regime and is learned at the
+    /// usual pace.
+    fn advance(&mut self, target: i64, model: &RateModel, alpha: f64, robust: bool) {
         let slots = self.recent.len() as i64;
         let gap = target - self.window;
         let closes = gap.min(MAX_EMPTY_WINDOWS);
+        let level_alpha = model.level_alpha();
+        let mut silence = Silence::default();
+        let mut became_sustained = false;
         for step in 0..closes {
             let window = self.window + step;
             let count = if step == 0 { self.count } else { 0 };
-            self.close_window(window, count, window_ms, alpha, floor, robust);
+            if step > 0 {
+                self.add_to_silence(&mut silence, window, model);
+            }
+            became_sustained |= self.close_window(window, count, model, alpha, level_alpha, robust);
             self.recent[window.rem_euclid(slots) as usize] = count;
         }
         if gap > closes {
             // Every window of the long window lies in the skipped silence.
             self.recent.iter_mut().for_each(|slot| *slot = 0);
+        }
+        self.silence = silence;
+        if became_sustained {
+            self.sustained_window = target;
         }
         self.window = target;
         self.count = 0;
@@ -212,39 +431,119 @@ impl RateBaseline {
         self.surge_threshold = None;
     }
 
-    fn close_window(&mut self, window: i64, count: u32, window_ms: i64, alpha: f64, floor: f64, robust: bool) {
-        let expected = self.expected(window, window_ms, floor);
+    /// Counts an empty window into the silence under way.
+    fn add_to_silence(&self, silence: &mut Silence, window: i64, model: &RateModel) {
+        let (window_ms, neighbours) = (model.window_ms(), model.seasonal_neighbours);
+        let expected = self.quiet_expected(window, window_ms, neighbours);
+        let dispersion = self.dispersion_at(window, window_ms, neighbours);
+        // P(0) of a negative binomial of mean m and variance d*m is
+        // d^(-m/(d-1)); of a Poisson, e^-m.
+        let log_p_none = if dispersion <= 1.05 {
+            -expected
+        } else {
+            -expected * dispersion.ln() / (dispersion - 1.0)
+        };
+        if silence.windows == 0 {
+            let hourly = expected * HOUR_MS as f64 / window_ms as f64;
+            silence.began_busy = hourly > 0.0 && hourly >= model.drop_busy_share * self.peak_hourly(window_ms);
+        }
+        silence.windows += 1;
+        silence.expected += expected as f32;
+        silence.log_p_none += log_p_none as f32;
+    }
+
+    /// Closes one short window: its count joins the profile, the key's
+    /// record of bursts and its level. Returns whether the window made the
+    /// current elevated run sustained.
+    fn close_window(
+        &mut self,
+        window: i64,
+        count: u32,
+        model: &RateModel,
+        alpha: f64,
+        level_alpha: f64,
+        robust: bool,
+    ) -> bool {
+        let (window_ms, floor, neighbours) = (model.window_ms(), model.window_floor(), model.seasonal_neighbours);
         let hour = hour_of_day(window * window_ms);
+        let end_ms = (window + 1) * window_ms;
+        let own = self.learned(hour).max(floor);
+        let judged = self.expected(window, window_ms, floor, neighbours);
+        let judged_dispersion = self.dispersion_at(window, window_ms, neighbours);
         let observed = f64::from(count);
-        let limit = expected + 4.0 * (self.dispersion_at(window, window_ms) * expected).sqrt() + 1.0;
-        if robust && observed > limit {
+        let spread = (judged_dispersion * judged).sqrt();
+        let burst_ms = model.burst_memory.as_millis() as i64;
+
+        // The key's own record of bursts, short and long.
+        let spike_burst = (u64::from(count) >= model.min_spike_count
+            && observed > judged + model.burst_sd * spread + 1.0)
+            .then(|| observed / judged);
+        self.spike_record.observe(spike_burst, end_ms, burst_ms);
+        // `recent` holds the windows before this one: with it, the long
+        // window ending here.
+        let long_count = self.recent.iter().map(|slot| u64::from(*slot)).sum::<u64>() + u64::from(count);
+        let mut surge_burst = None;
+        if long_count >= model.min_surge_count {
+            let (long_expected, long_dispersion) = self.long_fit(window, model);
+            let long_observed = long_count as f64;
+            if long_observed > long_expected + model.burst_sd * (long_dispersion * long_expected).sqrt() + 1.0 {
+                surge_burst = Some(long_observed / long_expected);
+            }
+        }
+        self.surge_record.observe(surge_burst, end_ms, burst_ms);
+
+        // The level: a burst moves it a little, a lasting rise all the way.
+        let ratio = (observed / judged).min(model.sustained_cap);
+        self.level = ((1.0 - level_alpha) * f64::from(self.level) + level_alpha * ratio) as f32;
+        let mut became_sustained = false;
+        if f64::from(self.level) >= model.sustained_ratio && long_count >= model.min_surge_count {
+            self.elevated_min = if self.elevated_windows == 0 {
+                self.level
+            } else {
+                self.elevated_min.min(self.level)
+            };
+            self.elevated_windows += 1;
+            became_sustained = u64::from(self.elevated_windows) == model.sustained_windows();
+        } else {
+            if self.is_sustained(model) {
+                // The episode is over: it is part of what the key does.
+                self.sustained_record
+                    .raise(f64::from(self.elevated_min), end_ms, burst_ms);
+            }
+            self.elevated_windows = 0;
+        }
+
+        let limit = judged + model.outlier_sd * spread + 1.0;
+        // A window at the sustained ratio itself (with a cushion for small
+        // counts), or any window above expectation while the level is
+        // rising toward it, is held back too: otherwise the profile (and
+        // the busiest neighbour hour it is judged by) would learn a rise
+        // within the hour, before it had lasted long enough to be judged.
+        let watched = observed > judged
+            && (f64::from(self.level) >= WATCH_SHARE * model.sustained_ratio
+                || observed >= model.sustained_ratio * judged + 2.0);
+        if robust && (observed > limit || watched) && !self.is_sustained(model) {
             // An outlier: it moves the profile only a tenth as fast, toward
             // the limit, and leaves the dispersion alone, so an anomaly under
             // way is judged against the key's usual self rather than
-            // against itself; a lasting change of level still gets learned.
+            // against itself.
             let slow = alpha / 10.0;
-            self.profile[hour] = (1.0 - slow) * self.profile[hour] + slow * limit * self.profile_weight[hour];
+            let weight = f64::from(self.profile_weight[hour]);
+            self.profile[hour] = ((1.0 - slow) * f64::from(self.profile[hour]) + slow * limit * weight) as f32;
             self.closed_windows += 1;
-            return;
+            return became_sustained;
         }
-        let deviation = (observed - expected).powi(2) / expected;
-        self.dispersion[hour] = (1.0 - alpha) * self.dispersion[hour] + alpha * deviation;
-        self.profile[hour] = (1.0 - alpha) * self.profile[hour] + alpha * observed;
-        self.profile_weight[hour] = (1.0 - alpha) * self.profile_weight[hour] + alpha;
+        let deviation = ((observed - own).powi(2) / own).min(MAX_DEVIATION);
+        self.dispersion[hour] = ((1.0 - alpha) * f64::from(self.dispersion[hour]) + alpha * deviation) as f32;
+        self.profile[hour] = ((1.0 - alpha) * f64::from(self.profile[hour]) + alpha * observed) as f32;
+        self.profile_weight[hour] = ((1.0 - alpha) * f64::from(self.profile_weight[hour]) + alpha) as f32;
         self.closed_windows += 1;
+        became_sustained
     }
 
     /// Calls in the long window ending with the current short window.
     pub fn long_window_count(&self) -> u64 {
         self.recent.iter().map(|count| u64::from(*count)).sum::<u64>() + u64::from(self.count)
-    }
-
-    /// Expected calls over the long window ending with the current window.
-    pub fn long_window_expected(&self, window_ms: i64, floor: f64) -> f64 {
-        let windows = self.recent.len() as i64;
-        (0..=windows)
-            .map(|back| self.expected(self.window - back, window_ms, floor))
-            .sum()
     }
 }
 
@@ -255,6 +554,11 @@ fn hour_of_day(ts_ms: i64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Model;
+
+    fn model() -> RateModel {
+        Model::default_model().rate
+    }
 
     #[test]
     fn thresholds_grow_with_mean_and_dispersion() {
@@ -268,37 +572,103 @@ mod tests {
         assert!(tail_probability(calm - 1, 2.0, 1.0) >= 1e-7);
     }
 
-    #[test]
-    fn profile_learns_hour_of_day() {
-        let window_ms = 300_000;
-        let mut rate = RateBaseline::new(12);
-        for day in 0..5i64 {
+    /// Feeds `calls(day, hour)` calls an hour, spread evenly, for `days`.
+    fn learn(rate: &mut RateBaseline, model: &RateModel, days: i64, calls: impl Fn(i64, i64) -> i64) {
+        let alpha = model.window_alpha();
+        for day in 0..days {
             for hour in 0..24i64 {
-                let calls = if hour == 9 { 60 } else { 1 };
+                let calls = calls(day, hour);
                 for call in 0..calls {
                     let ts = day * 86_400_000 + hour * HOUR_MS + call * (HOUR_MS / calls);
-                    rate.advance(ts, window_ms, 0.03, 0.01, false);
+                    rate.advance_to(ts, model, alpha, day >= 3);
                     rate.count += 1;
                 }
             }
         }
-        let nine = rate.expected(9 * 12, window_ms, 0.01);
-        let three = rate.expected(3 * 12, window_ms, 0.01);
+    }
+
+    #[test]
+    fn profile_learns_hour_of_day_and_judges_by_the_busiest_neighbour() {
+        let model = model();
+        let window_ms = model.window_ms();
+        let mut rate = RateBaseline::new(12);
+        learn(&mut rate, &model, 5, |_, hour| if hour == 9 { 60 } else { 1 });
+        let nine = rate.learned(9);
         assert!(nine > 3.0 && nine < 6.0, "{nine}");
+        assert!(rate.learned(3) < 0.5, "{}", rate.learned(3));
+        // Eight and ten o'clock are judged against nine's level, three
+        // o'clock against its own (or the floor).
+        let eight = rate.expected(8 * 12, window_ms, model.window_floor(), 1);
+        assert!((eight - nine).abs() < 1e-9, "{eight} vs {nine}");
+        let three = rate.expected(3 * 12, window_ms, model.window_floor(), 1);
         assert!(three < 0.5, "{three}");
+        // Without neighbours, eight o'clock is judged by itself.
+        assert!(rate.expected(8 * 12, window_ms, model.window_floor(), 0) < 0.5);
     }
 
     #[test]
     fn long_window_sums_recent_windows() {
-        let window_ms = 1000;
+        let model = model();
+        let alpha = model.window_alpha();
         let mut rate = RateBaseline::new(4);
-        for second in 0..10i64 {
-            rate.advance(second * 1000, window_ms, 0.1, 0.1, false);
+        let window_ms = model.window_ms();
+        for window in 0..10i64 {
+            rate.advance_to(window * window_ms, &model, alpha, false);
             rate.count += 2;
         }
         assert_eq!(rate.long_window_count(), 8);
-        rate.advance(100_000, window_ms, 0.1, 0.1, false);
+        rate.advance_to(100 * window_ms, &model, alpha, false);
         rate.count += 1;
         assert_eq!(rate.long_window_count(), 1);
+    }
+
+    #[test]
+    fn a_record_holds_an_episode_only_once_it_is_over_and_fades() {
+        let day = 86_400_000;
+        let mut record = Record::default();
+        record.observe(Some(5.0), 0, 30 * day);
+        record.observe(Some(20.0), 1, 30 * day);
+        assert_eq!(record.ratio_at(1, 30 * day), 1.0, "not while under way");
+        record.observe(None, 2, 30 * day);
+        assert!((record.ratio_at(2, 30 * day) - 20.0).abs() < 1e-3);
+        // ln 20 halves in a half-life: sqrt(20).
+        let later = record.ratio_at(2 + 30 * day, 30 * day);
+        assert!((later - 20f64.sqrt()).abs() < 1e-3, "{later}");
+        record.observe(Some(3.0), 3, 30 * day);
+        record.observe(None, 4, 30 * day);
+        assert!(
+            (record.ratio_at(4, 30 * day) - 20.0).abs() < 1e-2,
+            "a smaller episode keeps the record"
+        );
+    }
+
+    #[test]
+    fn a_silence_through_busy_hours_is_measured_against_the_profile() {
+        let model = model();
+        let window_ms = model.window_ms();
+        let mut rate = RateBaseline::new(12);
+        // 120 calls an hour from 08:00 to 20:00 UTC for a week.
+        learn(
+            &mut rate,
+            &model,
+            7,
+            |_, hour| if (8..20).contains(&hour) { 120 } else { 0 },
+        );
+        // Day 7: calls until 10:00, then nothing until 15:00.
+        let day7 = 7 * 86_400_000;
+        rate.advance_to(day7 + 10 * HOUR_MS - 1000, &model, model.window_alpha(), true);
+        rate.count += 1;
+        rate.advance_to(day7 + 15 * HOUR_MS, &model, model.window_alpha(), true);
+        let silence = rate.silence;
+        assert!(silence.began_busy);
+        assert_eq!(i64::from(silence.windows), 5 * HOUR_MS / window_ms);
+        assert!(silence.expected > 400.0, "{silence:?}");
+        assert!(silence.log_p_none < -100.0, "{silence:?}");
+        // The evening is not busy: a silence from 20:00 did not begin busy.
+        let mut evening = rate.clone();
+        evening.advance_to(day7 + 20 * HOUR_MS - 1000, &model, model.window_alpha(), true);
+        evening.count += 1;
+        evening.advance_to(day7 + 23 * HOUR_MS, &model, model.window_alpha(), true);
+        assert!(!evening.silence.began_busy, "{:?}", evening.silence);
     }
 }

@@ -1,7 +1,8 @@
 //! Detectors: a key's state plus one resolved event in, findings out. They
 //! read state and never change it; no I/O, no clock: time is the event's.
 //! Each file decides one behaviour: `geo.rs` new countries, networks and
-//! regions and impossible travel; `rate.rs` spikes, surges and dormant keys;
+//! regions and impossible travel; `rate.rs` spikes, surges, drops and dormant
+//! keys; `volume.rs` response bytes far above the key's usual;
 //! `endpoints.rs` new and sensitive endpoints and shifts of the mix;
 //! `client.rs` new client families; `auth.rs` spikes of authorization
 //! failures. [`CHECKS`] lists them all, once.
@@ -19,6 +20,7 @@ pub mod geo;
 pub mod rate;
 #[cfg(test)]
 pub mod testkit;
+pub mod volume;
 
 use crate::baseline::{KeyState, Novelty};
 use crate::detector::{Detector, Phase, Severity};
@@ -59,6 +61,7 @@ impl Check {
 /// Every check, in the order its findings are disposed of within a phase.
 pub const CHECKS: &[Check] = &[
     Check::new(&[Detector::DormantKey], rate::check_dormant),
+    Check::new(&[Detector::RateDrop], rate::check_drop),
     Check::new(
         &[Detector::ImpossibleTravel, Detector::ConcurrentUse],
         geo::check_travel,
@@ -71,6 +74,7 @@ pub const CHECKS: &[Check] = &[
     ),
     Check::new(&[Detector::NewClient], client::check_new_client),
     Check::new(&[Detector::RateSpike, Detector::RateSurge], rate::check_rate),
+    Check::new(&[Detector::ResponseVolume], volume::check_volume),
     Check::new(&[Detector::AuthFailureSpike], auth::check_auth_failures),
     Check::new(&[Detector::EndpointMixShift], endpoints::check_mix_shift),
 ];

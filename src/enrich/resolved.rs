@@ -25,6 +25,8 @@ pub struct ResolvedEvent<'a> {
     pub client: &'a str,
     pub method: &'a str,
     pub status: u16,
+    /// Response bytes.
+    pub bytes_out: u64,
 }
 
 impl ResolvedEvent<'_> {
