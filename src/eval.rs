@@ -868,6 +868,7 @@ mod tests {
             summary: String::new(),
             evidence: serde_json::Value::Null,
             model: "test".to_string(),
+            keys: Vec::new(),
         }
     }
 

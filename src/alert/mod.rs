@@ -49,6 +49,10 @@ pub struct Alert {
     pub evidence: serde_json::Value,
     /// Name and version of the model that judged.
     pub model: String,
+    /// Every key of an alert about several keys (a source spraying keys),
+    /// by fingerprint; absent from alerts about one key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
 }
 
 /// A request to revoke a key (schemas/revocation.schema.json).

@@ -111,6 +111,7 @@ pub fn dispose(
         summary: finding.summary,
         evidence: finding.evidence,
         model: model_label.to_string(),
+        keys: Vec::new(),
     };
     let policy = &model.policy;
     let revoke = policy.revoke
