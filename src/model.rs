@@ -236,6 +236,9 @@ pub struct AcrossKeysModel {
     /// Keys with this much history contribute to the organisation table;
     /// keys with less are judged by it.
     pub org_learned: Learning,
+    /// Learned keys the organisation needs in one epoch before its table
+    /// judges anyone; keys first seen before that are not judged by it.
+    pub org_min_keys: u64,
     /// A network unknown to the organisation this far from all of its
     /// located places is unfamiliar.
     pub org_far_km: f64,
@@ -258,6 +261,7 @@ impl Default for AcrossKeysModel {
                 min_age: Duration::from_secs(2 * 86_400),
                 min_events: 20,
             },
+            org_min_keys: 20,
             org_far_km: 1000.0,
         }
     }

@@ -51,11 +51,23 @@ impl Cell {
 pub struct OrgTable {
     /// The epoch whose events this table judges.
     pub epoch: i64,
+    /// The first epoch the table had anything in it. Keys first seen
+    /// before it were there before the organisation had a baseline: they
+    /// are not new, only not learned yet, and are not judged by it.
+    #[serde(default)]
+    pub since_epoch: Option<i64>,
     pub asns: BTreeMap<u32, i64>,
     pub countries: BTreeMap<String, i64>,
     pub clients: BTreeMap<String, i64>,
     #[serde(with = "places_as_pairs")]
     pub places: BTreeMap<Cell, i64>,
+    /// Learned keys that called in each bucket within the horizon.
+    #[serde(default)]
+    pub learned_keys: BTreeMap<i64, u64>,
+    /// Learned keys the organisation needs before it judges anyone: a
+    /// handful of keys is no baseline.
+    #[serde(default)]
+    pub min_keys: u64,
 }
 
 /// JSON map keys are strings: places travel as `[cell, epoch]` pairs.
@@ -80,7 +92,9 @@ mod places_as_pairs {
 impl OrgTable {
     /// Whether the organisation has anything to judge with.
     pub fn is_empty(&self) -> bool {
-        self.asns.is_empty() || self.places.is_empty()
+        self.asns.is_empty()
+            || self.places.is_empty()
+            || self.learned_keys.values().copied().max().unwrap_or(0) < self.min_keys.max(1)
     }
 
     /// Distance in km from a point to the nearest place of the organisation.
@@ -91,12 +105,27 @@ impl OrgTable {
             .min_by(f64::total_cmp)
     }
 
+    /// Takes the table into use for `epoch`.
+    pub fn open(&mut self, epoch: i64) {
+        self.epoch = epoch;
+        if self.since_epoch.is_none() && !self.is_empty() {
+            self.since_epoch = Some(epoch);
+        }
+    }
+
+    /// Whether a key first seen at `first_ts` was born under this table.
+    pub fn saw_born(&self, first_ts: i64, epoch_ms: i64) -> bool {
+        self.since_epoch
+            .is_some_and(|since| first_ts.div_euclid(epoch_ms.max(1)) >= since)
+    }
+
     /// Places within `horizon` epochs of the newest only.
     pub fn forget_before(&mut self, oldest_epoch: i64) {
         self.asns.retain(|_, last| *last >= oldest_epoch);
         self.countries.retain(|_, last| *last >= oldest_epoch);
         self.clients.retain(|_, last| *last >= oldest_epoch);
         self.places.retain(|_, last| *last >= oldest_epoch);
+        self.learned_keys.retain(|bucket, _| *bucket >= oldest_epoch);
     }
 }
 
@@ -110,6 +139,10 @@ pub struct OrgContribution {
     pub countries: BTreeSet<String>,
     pub clients: BTreeSet<String>,
     pub places: BTreeSet<Cell>,
+    /// Distinct learned keys that called in the bucket (contributors hold
+    /// disjoint keys, so their counts add up).
+    #[serde(default)]
+    pub learned_keys: u64,
 }
 
 impl OrgTable {
@@ -130,6 +163,7 @@ impl OrgTable {
         for cell in &contribution.places {
             touch(self.places.entry(*cell).or_insert(bucket));
         }
+        *self.learned_keys.entry(bucket).or_insert(0) += contribution.learned_keys;
     }
 }
 
@@ -140,6 +174,7 @@ pub fn check_unfamiliar_network(state: &KeyState, event: &ResolvedEvent, ctx: &C
     let org = ctx.org;
     let geo = &event.geo;
     if org.is_empty()
+        || !org.saw_born(state.first_ts, model.org_epoch.as_millis() as i64)
         || geo.asn == 0
         || !geo.has_location
         || state.has_learned(event.ts_ms, &model.org_learned)
@@ -157,13 +192,7 @@ pub fn check_unfamiliar_network(state: &KeyState, event: &ResolvedEvent, ctx: &C
     }
     let country_known = org.countries.contains_key(geo.country.as_str());
     let client_known = org.clients.contains_key(event.client);
-    // A new country for the whole organisation with a client it never used
-    // has nothing in common with how the organisation works.
-    let severity = if !country_known && !client_known {
-        Severity::High
-    } else {
-        Severity::Medium
-    };
+    let severity = Severity::Medium;
     let names = ctx.geo.names(event.ip);
     let country = if geo.country == Country::UNKNOWN {
         "--".to_string()

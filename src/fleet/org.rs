@@ -25,6 +25,8 @@ pub struct Pending {
     pub countries: BTreeSet<[u8; 2]>,
     pub clients: BTreeSet<u32>,
     pub places: BTreeSet<Cell>,
+    /// Learned keys that called, by fingerprint bits.
+    pub keys: BTreeSet<u128>,
 }
 
 /// The organisation baseline of one process (or one Kafka partition).
@@ -84,9 +86,9 @@ impl OrgBaseline {
                     .filter_map(|id| client_names.get(*id as usize).map(|name| name.to_string()))
                     .collect(),
                 places: pending.places,
+                learned_keys: pending.keys.len() as u64,
             });
         }
-        self.table.epoch = epoch;
         if merge {
             for contribution in &closed[first_closed..] {
                 self.table.merge(contribution);
@@ -94,10 +96,12 @@ impl OrgBaseline {
             let horizon = Self::epoch_of(model.org_horizon.as_millis() as i64, model).max(1);
             self.table.forget_before(epoch - horizon);
         }
+        self.table.min_keys = model.org_min_keys;
+        self.table.open(epoch);
     }
 
     /// A call of a learned key joins its bucket.
-    pub fn contribute(&mut self, ts_ms: i64, geo: &GeoInfo, client_id: u32, model: &AcrossKeysModel) {
+    pub fn contribute(&mut self, ts_ms: i64, key: u128, geo: &GeoInfo, client_id: u32, model: &AcrossKeysModel) {
         let bucket = Self::epoch_of(ts_ms + model.org_grace.as_millis() as i64, model);
         if self.started && bucket < self.table.epoch {
             self.dropped_late += 1;
@@ -111,6 +115,7 @@ impl OrgBaseline {
             pending.countries.insert(geo.country.0);
         }
         pending.clients.insert(client_id);
+        pending.keys.insert(key);
         if geo.has_location {
             pending.places.insert(Cell::of(geo.lat, geo.lon));
         }
@@ -134,6 +139,10 @@ impl OrgBaseline {
             return;
         }
         self.table.epoch = self.table.epoch.max(other.table.epoch);
+        self.table.since_epoch = match (self.table.since_epoch, other.table.since_epoch) {
+            (Some(mine), Some(theirs)) => Some(mine.min(theirs)),
+            (mine, theirs) => mine.or(theirs),
+        };
         let OrgTable {
             asns,
             countries,
@@ -153,6 +162,10 @@ impl OrgBaseline {
             let entry = self.table.clients.entry(client).or_insert(last);
             *entry = (*entry).max(last);
         }
+        for (bucket, count) in other.table.learned_keys {
+            let entry = self.table.learned_keys.entry(bucket).or_insert(0);
+            *entry = (*entry).max(count);
+        }
         for (cell, last) in places {
             let entry = self.table.places.entry(cell).or_insert(last);
             *entry = (*entry).max(last);
@@ -163,6 +176,7 @@ impl OrgBaseline {
             mine.countries.extend(pending.countries);
             mine.clients.extend(pending.clients);
             mine.places.extend(pending.places);
+            mine.keys.extend(pending.keys);
         }
         self.dropped_late += other.dropped_late;
     }
