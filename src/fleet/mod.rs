@@ -55,6 +55,13 @@ impl Across {
         }
     }
 
+    /// For a process whose source view runs elsewhere (a Kafka key-stage
+    /// partition sees only some keys): observations leave through
+    /// [`Across::take_observations`].
+    pub fn spray_elsewhere(&mut self) {
+        self.spray_locally = false;
+    }
+
     /// For a process that sees only some keys: the organisation table
     /// comes from [`Across::set_table`] and observations leave through
     /// [`Across::take_observations`].
