@@ -426,7 +426,10 @@ impl Model {
             }
         }
         if across.org_grace >= across.org_epoch {
-            return Err(invalid("across_keys.org_grace", "must be shorter than across_keys.org_epoch"));
+            return Err(invalid(
+                "across_keys.org_grace",
+                "must be shorter than across_keys.org_epoch",
+            ));
         }
         for pattern in &self.endpoints.sensitive_patterns {
             if pattern.is_empty() {

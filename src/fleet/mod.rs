@@ -109,7 +109,8 @@ impl Across {
         out: &mut Vec<Output>,
     ) {
         if learned {
-            self.org.contribute(event.ts_ms, key, &event.geo, event.client_id, model);
+            self.org
+                .contribute(event.ts_ms, key, &event.geo, event.client_id, model);
         }
         let refused = event.is_auth_failure();
         if !refused && network_familiar {
@@ -199,7 +200,15 @@ mod tests {
     /// A new key's first day: a few calls from `place`.
     fn new_key(key: &str, place: &str, day: i64) -> Vec<AccessEvent<'static>> {
         (0..5)
-            .map(|call| event(T0 + day * DAY + 10 * HOUR + call * 60_000, key, ip(place, 3), "/v1/orders", 200))
+            .map(|call| {
+                event(
+                    T0 + day * DAY + 10 * HOUR + call * 60_000,
+                    key,
+                    ip(place, 3),
+                    "/v1/orders",
+                    200,
+                )
+            })
             .collect()
     }
 
@@ -233,7 +242,10 @@ mod tests {
                 event
             })
             .collect();
-        let events = with(with(organisation(), learning), new_key("AKIANEWKEYLEAKED0002", "sydney", 5));
+        let events = with(
+            with(organisation(), learning),
+            new_key("AKIANEWKEYLEAKED0002", "sydney", 5),
+        );
         let found = alerts_of(&run(&events, 64), "unfamiliar_network");
         let judged: Vec<&str> = found.iter().map(|alert| alert.key_hint.as_str()).collect();
         assert!(judged.contains(&"AKIA****0002"), "{judged:?}");
@@ -246,9 +258,11 @@ mod tests {
         assert!(alerts_of(&run(&events, 64), "unfamiliar_network").is_empty());
         // Keys first seen before the organisation had a baseline are not
         // new: they are not judged by it.
-        let early = new_key("AKIANEWKEYLEAKED0006", "sydney", 0)
-            .into_iter()
-            .chain(new_key("AKIANEWKEYLEAKED0006", "saopaulo", 5));
+        let early = new_key("AKIANEWKEYLEAKED0006", "sydney", 0).into_iter().chain(new_key(
+            "AKIANEWKEYLEAKED0006",
+            "saopaulo",
+            5,
+        ));
         let events = with(organisation(), early.collect());
         assert!(alerts_of(&run(&events, 64), "unfamiliar_network").is_empty());
     }

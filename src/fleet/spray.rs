@@ -347,7 +347,13 @@ impl Incident {
     }
 }
 
-fn spray_alert(network: Network, incident: &Incident, trigger: &Observation, model_label: &str, window_ms: i64) -> Alert {
+fn spray_alert(
+    network: Network,
+    incident: &Incident,
+    trigger: &Observation,
+    model_label: &str,
+    window_ms: i64,
+) -> Alert {
     let ts = trigger.ts_ms;
     let source = network.to_string();
     let key_count = incident.keys.len();
@@ -563,7 +569,10 @@ mod tests {
         let mut out = Vec::new();
         for host in 0..200u32 {
             let ip = format!("198.51.{}.{}", host / 10, host % 10 + 1);
-            view.observe(observation(T0 + i64::from(host) * 1000, &ip, u128::from(host), true), &mut out);
+            view.observe(
+                observation(T0 + i64::from(host) * 1000, &ip, u128::from(host), true),
+                &mut out,
+            );
         }
         assert!(view.sources_tracked() >= 2);
         // Two hours later one call from elsewhere: every old source is gone.

@@ -187,16 +187,31 @@ async fn a_source_spraying_keys_over_every_partition_is_one_incident_out_of_run(
     let sprays = sprays();
     assert!((1..=3).contains(&sprays.len()), "{sprays:#?}");
     assert!(sprays.iter().all(|alert| alert.incident_id == sprays[0].incident_id));
-    assert!(sprays.iter().all(|alert| alert.severity == keywatch::alert::Severity::High));
-    let listed: BTreeSet<String> = sprays.last().map(|alert| alert.keys.iter().cloned().collect()).unwrap_or_default();
-    let expected: BTreeSet<String> = guessed.iter().map(|key| keywatch::event::key_fingerprint(key)).collect();
+    assert!(
+        sprays
+            .iter()
+            .all(|alert| alert.severity == keywatch::alert::Severity::High)
+    );
+    let listed: BTreeSet<String> = sprays
+        .last()
+        .map(|alert| alert.keys.iter().cloned().collect())
+        .unwrap_or_default();
+    let expected: BTreeSet<String> = guessed
+        .iter()
+        .map(|key| keywatch::event::key_fingerprint(key))
+        .collect();
     assert_eq!(listed, expected, "the incident lists every sprayed key");
     let text = serde_json::to_string(&sprays).unwrap_or_default();
     assert!(!text.contains("AKIAKWSPRAY"), "no raw key");
     let by_source = read_topic(&brokers, &kafka_of(&config).source_topic);
-    assert!(by_source.len() >= records.len(), "every refused call was repartitioned by source");
     assert!(
-        by_source.iter().all(|message| !String::from_utf8_lossy(&message.payload).contains("AKIAKWSPRAY")),
+        by_source.len() >= records.len(),
+        "every refused call was repartitioned by source"
+    );
+    assert!(
+        by_source
+            .iter()
+            .all(|message| !String::from_utf8_lossy(&message.payload).contains("AKIAKWSPRAY")),
         "the source topic holds fingerprints, never raw keys"
     );
 }

@@ -334,7 +334,11 @@ fn the_view_across_keys_in_replay_is_byte_identical_whatever_the_batches_and_fil
         .filter(|alert| alert["detector"] == "source_spray")
         .collect();
     assert!((1..=3).contains(&sprays.len()), "{sprays:#?}");
-    assert!(sprays.iter().all(|alert| alert["incident_id"] == sprays[0]["incident_id"]));
+    assert!(
+        sprays
+            .iter()
+            .all(|alert| alert["incident_id"] == sprays[0]["incident_id"])
+    );
     assert_eq!(sprays[0]["severity"], "high");
     assert_eq!(sprays[0]["keys"].as_array().map(Vec::len), Some(20));
     assert!(
@@ -344,7 +348,9 @@ fn the_view_across_keys_in_replay_is_byte_identical_whatever_the_batches_and_fil
         "the key leaked on its first day is judged by the organisation's places"
     );
     assert!(
-        alerts.iter().all(|alert| alert["detector"] == "source_spray" || alert.get("keys").is_none()),
+        alerts
+            .iter()
+            .all(|alert| alert["detector"] == "source_spray" || alert.get("keys").is_none()),
         "alerts about one key carry no key list"
     );
     let alert_schema = validator("alert.schema.json");
@@ -353,7 +359,10 @@ fn the_view_across_keys_in_replay_is_byte_identical_whatever_the_batches_and_fil
         assert!(errors.is_empty(), "{errors:?} in {alert}");
     }
     let text = std::fs::read_to_string(first.join("alerts.jsonl")).unwrap();
-    assert!(!text.contains("AKIAGUESSED") && !text.contains("AKIALEAKED"), "no raw key");
+    assert!(
+        !text.contains("AKIAGUESSED") && !text.contains("AKIALEAKED"),
+        "no raw key"
+    );
 
     for batch_size in ["1", "7", "100000"] {
         let out = dir.path().join(format!("batch-{batch_size}"));
