@@ -200,8 +200,9 @@ pub struct PolicyModel {
 pub struct AcrossKeysModel {
     /// A source network (the /24 of an IPv4 address, the /48 of an IPv6
     /// one) calling with at least `spray_min_keys` keys unfamiliar with it
-    /// (refused, or from a network neither the key nor the organisation
-    /// uses) within `spray_window` is spraying keys.
+    /// (from a network neither the key nor the organisation uses, or
+    /// refused on a key not learned yet) within `spray_window` is spraying
+    /// keys.
     pub spray_min_keys: usize,
     #[serde(with = "humantime_serde")]
     pub spray_window: Duration,

@@ -46,7 +46,8 @@ pub struct KafkaConfig {
     #[serde(default = "default_repartition_topic")]
     pub repartition_topic: String,
     /// Internal topic of the view across keys: calls worth its attention
-    /// (refused, or from networks unfamiliar to their key), keyed by source
+    /// (from networks unfamiliar to their key and the organisation, or
+    /// refused on keys not learned yet), keyed by source
     /// network, read by the source stage (group `<group_id>-by-source`).
     /// Holds key fingerprints and hints, never raw key ids.
     #[serde(default = "default_source_topic")]

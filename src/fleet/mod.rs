@@ -2,9 +2,10 @@
 //! the whole organisation ([`org`]) rather than per key.
 //!
 //! The engine hands every event's facts here after judging it per key:
-//! learned keys contribute to the organisation baseline, and calls that are
-//! refused or come from a network unfamiliar to the key and to the
-//! organisation are observed by the source view. In one process (file
+//! learned keys contribute to the organisation baseline, and calls that come
+//! from a network unfamiliar to the key and to the organisation, or are
+//! refused on a key not learned yet (a guessed key has no history), are
+//! observed by the source view. In one process (file
 //! replay, the demo, tests) [`Across`] runs both beside the per-key engine
 //! and its alerts go into the same outputs; in Kafka the same two halves
 //! run in their own stages (see `crate::pipeline`).
@@ -113,7 +114,9 @@ impl Across {
                 .contribute(event.ts_ms, key, &event.geo, event.client_id, model);
         }
         let refused = event.is_auth_failure();
-        if !refused && network_familiar {
+        // A learned key refused on its own network is its owner's trouble
+        // (a rotation, a permission change), not someone trying keys.
+        if network_familiar && !(refused && !learned) {
             return;
         }
         let observation = Observation {
@@ -294,6 +297,27 @@ mod tests {
         for alert in &found {
             assert!(!alert.evidence["countries"].to_string().contains("GB"));
         }
+    }
+
+    #[test]
+    fn learned_keys_refused_on_their_own_network_are_no_spray() {
+        // A rotation gone wrong: every service of the organisation behind
+        // one London gateway is refused for a few minutes.
+        let storm: Vec<_> = (0..21)
+            .flat_map(|index| {
+                (0..3).map(move |retry| {
+                    event(
+                        T0 + 5 * DAY + 9 * HOUR + index * 5_000 + retry * 1_000,
+                        &format!("AKIAORGANISATION{index:04}"),
+                        ip("london", 7),
+                        "/v1/orders",
+                        401,
+                    )
+                })
+            })
+            .collect();
+        let outputs = run(&with(organisation(), storm), 64);
+        assert!(alerts_of(&outputs, "source_spray").is_empty());
     }
 
     #[test]

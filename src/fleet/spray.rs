@@ -1,6 +1,7 @@
 //! The source view: state keyed by source network rather than by key. One
-//! network calling with many keys unfamiliar with it (refused, or from a
-//! network neither the key nor the organisation uses) in a short event
+//! network calling with many keys unfamiliar with it (from a network
+//! neither the key nor the organisation uses, or refused on a key not
+//! learned yet, as guessed keys are) in a short event
 //! time is one `source_spray` incident listing every key, raised once when
 //! the count crosses the threshold and extended (same incident id, at most
 //! `spray_max_alerts` alerts) while it goes on.
@@ -67,8 +68,9 @@ pub fn fingerprint_text(bits: u128) -> String {
     format!("kf_{bits:032x}")
 }
 
-/// One call worth the source view's attention: refused, or from a network
-/// unfamiliar to its key and to the organisation. Field order is the order
+/// One call worth the source view's attention: from a network unfamiliar
+/// to its key and to the organisation, or refused on a key not learned
+/// yet. Field order is the order
 /// observations are judged in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Observation {

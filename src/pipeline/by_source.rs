@@ -1,6 +1,7 @@
 //! The source stage: the view across keys in Kafka. The keyed stage writes
-//! each call worth its attention (refused, or from a network unfamiliar to
-//! its key and to the organisation) to the source topic, keyed by source
+//! each call worth its attention (from a network unfamiliar to its key and
+//! to the organisation, or refused on a key not learned yet) to the source
+//! topic, keyed by source
 //! network, so every call of one network reaches one partition here, from
 //! whichever key partition it came. One [`SourceView`] per assigned
 //! partition judges them in event-time order, as file replay does in one
