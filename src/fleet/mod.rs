@@ -116,7 +116,8 @@ impl Across {
         let refused = event.is_auth_failure();
         // A learned key refused on its own network is its owner's trouble
         // (a rotation, a permission change), not someone trying keys.
-        if network_familiar && !(refused && !learned) {
+        let guessing_shape = refused && !learned;
+        if network_familiar && !guessing_shape {
             return;
         }
         let observation = Observation {

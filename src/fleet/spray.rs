@@ -4,7 +4,9 @@
 //! learned yet, as guessed keys are) in a short event
 //! time is one `source_spray` incident listing every key, raised once when
 //! the count crosses the threshold and extended (same incident id, at most
-//! `spray_max_alerts` alerts) while it goes on.
+//! `spray_max_alerts` alerts) while it goes on: once when its keys double,
+//! and once when it ends (its source quiet for `spray_incident_gap`, or the
+//! input over) if it gained keys since, listing them all.
 //!
 //! Observations are put in event-time order before they are judged: each
 //! waits in a heap until the newest event time seen is `reorder_lateness`
@@ -138,6 +140,10 @@ struct Incident {
     countries: BTreeSet<[u8; 2]>,
     calls: u64,
     refused: u64,
+    /// Keys listed by the incident's last alert.
+    listed: usize,
+    /// The incident's newest observation: the trigger of its closing alert.
+    last: Observation,
 }
 
 /// What the view holds for one source network.
@@ -201,6 +207,29 @@ impl SourceView {
         while let Some(Reverse(next)) = self.pending.pop() {
             self.judge(next, out);
         }
+        let mut open: Vec<(Network, Incident)> = self
+            .sources
+            .iter_mut()
+            .filter_map(|(network, source)| Some((*network, source.incident.take()?)))
+            .collect();
+        open.sort_by_key(|(network, _)| *network);
+        for (network, incident) in open {
+            self.close(network, incident, out);
+        }
+    }
+
+    /// An incident has ended: one last alert lists every key when it
+    /// gained keys since its last alert.
+    fn close(&mut self, network: Network, mut incident: Incident, out: &mut Vec<Output>) {
+        if incident.keys.len() <= incident.listed || incident.alerts >= self.model.spray_max_alerts {
+            return;
+        }
+        let window_ms = self.model.spray_window.as_millis() as i64;
+        let trigger = incident.last;
+        incident.listed = incident.keys.len();
+        let alert = spray_alert(network, &incident, &trigger, &self.model_label, window_ms);
+        self.alerts += 1;
+        out.push(Output::Alert(alert));
     }
 
     /// Source networks with state.
@@ -214,7 +243,7 @@ impl SourceView {
             self.late += 1;
         }
         self.last_judged_ts = self.last_judged_ts.max(ts);
-        self.sweep(ts);
+        self.sweep(ts, out);
         let window_ms = self.model.spray_window.as_millis() as i64;
         let gap_ms = self.model.spray_incident_gap.as_millis() as i64;
         let max_keys = self.model.spray_max_keys;
@@ -226,9 +255,13 @@ impl SourceView {
             .incident
             .as_ref()
             .is_some_and(|incident| ts - incident.last_ts > gap_ms)
+            && let Some(ended) = source.incident.take()
         {
-            source.incident = None;
+            self.close(network, ended, out);
         }
+        let Some(source) = self.sources.get_mut(&network) else {
+            return;
+        };
         if source.keys.len() >= max_keys {
             source.keys.retain(|_, calls| calls.last_ts > ts - window_ms);
         }
@@ -255,11 +288,13 @@ impl SourceView {
             let severity = incident.severity_now(self.model.spray_refused_share);
             let grown = incident.keys.len() >= incident.next_alert_keys;
             let worse = severity > incident.severity;
-            if (grown || worse) && incident.alerts < self.model.spray_max_alerts {
+            // The last alert is kept for the incident's end.
+            if (grown || worse) && incident.alerts + 1 < self.model.spray_max_alerts {
                 incident.severity = incident.severity.max(severity);
                 while incident.next_alert_keys <= incident.keys.len() {
                     incident.next_alert_keys *= 2;
                 }
+                incident.listed = incident.keys.len();
                 let alert = spray_alert(network, incident, &observation, &self.model_label, window_ms);
                 incident.alerts += 1;
                 self.alerts += 1;
@@ -284,10 +319,13 @@ impl SourceView {
             countries: BTreeSet::new(),
             calls: source.keys.values().map(|calls| calls.calls).sum::<u64>() - 1,
             refused: source.keys.values().map(|calls| calls.refused).sum::<u64>() - u64::from(observation.refused),
+            listed: 0,
+            last: observation,
         };
         incident.keys.remove(&observation.key);
         incident.absorb(&observation, max_keys);
         incident.severity = incident.severity_now(self.model.spray_refused_share);
+        incident.listed = incident.keys.len();
         incident.id = stable_id(
             "in",
             &[
@@ -306,12 +344,22 @@ impl SourceView {
 
     /// Forgets sources whose window and incident gap have both passed,
     /// once per window of event time.
-    fn sweep(&mut self, ts: i64) {
+    fn sweep(&mut self, ts: i64, out: &mut Vec<Output>) {
         if ts < self.next_sweep_ts {
             return;
         }
         let window_ms = self.model.spray_window.as_millis() as i64;
         let keep_ms = window_ms.max(self.model.spray_incident_gap.as_millis() as i64);
+        let mut ended: Vec<(Network, Incident)> = self
+            .sources
+            .iter_mut()
+            .filter(|(_, source)| source.last_ts <= ts - keep_ms)
+            .filter_map(|(network, source)| Some((*network, source.incident.take()?)))
+            .collect();
+        ended.sort_by_key(|(network, _)| *network);
+        for (network, incident) in ended {
+            self.close(network, incident, out);
+        }
         self.sources.retain(|_, source| source.last_ts > ts - keep_ms);
         self.next_sweep_ts = ts + window_ms;
     }
@@ -319,6 +367,7 @@ impl SourceView {
 
 impl Incident {
     fn absorb(&mut self, observation: &Observation, max_keys: usize) {
+        self.last = *observation;
         if self.keys.len() < max_keys {
             self.keys.insert(observation.key);
         }
@@ -528,8 +577,8 @@ mod tests {
     #[test]
     fn accepted_calls_make_a_medium_spray_and_refused_ones_a_high_one() {
         let alerts = run(&mut view(), &spray(25, 1000, false));
-        assert_eq!(alerts.len(), 1);
-        assert_eq!(alerts[0].severity, Severity::Medium);
+        assert_eq!(alerts.len(), 2, "raised at 20 keys, closed at 25");
+        assert!(alerts.iter().all(|alert| alert.severity == Severity::Medium));
     }
 
     #[test]
@@ -544,6 +593,7 @@ mod tests {
         assert!(alerts.iter().all(|alert| &alert.incident_id == incident));
         let listed: Vec<usize> = alerts.iter().map(|alert| alert.keys.len()).collect();
         assert!(listed.windows(2).all(|pair| pair[0] < pair[1]), "{listed:?}");
+        assert_eq!(listed.last(), Some(&300), "the incident's end lists every key");
         let ids: BTreeSet<&String> = alerts.iter().map(|alert| &alert.id).collect();
         assert_eq!(ids.len(), alerts.len(), "alert ids differ");
     }
@@ -556,6 +606,31 @@ mod tests {
         let alerts = run(&mut view(), &observations);
         assert_eq!(alerts.len(), 2, "{alerts:#?}");
         assert_ne!(alerts[0].incident_id, alerts[1].incident_id);
+    }
+
+    #[test]
+    fn a_spray_that_ends_is_closed_by_later_traffic_with_every_key_listed() {
+        let mut view = view();
+        let mut out = Vec::new();
+        for observation in spray(100, 1000, true) {
+            view.observe(observation, &mut out);
+        }
+        // Two hours later, other sources only: the sweep ends the spray.
+        for minute in 0..130 {
+            let ip = format!("192.0.2.{}", minute % 200 + 1);
+            view.observe(observation(T0 + 7_200_000 + minute * 60_000, &ip, 1, false), &mut out);
+        }
+        let alerts: Vec<&Alert> = out
+            .iter()
+            .filter_map(|output| match output {
+                Output::Alert(alert) => Some(alert),
+                Output::Revocation(_) => None,
+            })
+            .collect();
+        assert_eq!(alerts.len(), 3, "first, doubling, end");
+        assert_eq!(alerts[2].keys.len(), 100);
+        assert_eq!(alerts[2].incident_id, alerts[0].incident_id);
+        assert_eq!(alerts[2].key_fingerprint, fingerprint_text(1099), "the last key called");
     }
 
     #[test]
