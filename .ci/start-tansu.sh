@@ -74,7 +74,7 @@ create_topic() {
         echo "topic $name not created (it may exist already)"
     fi
 }
-for topic in keywatch-access keywatch-repartition keywatch-alerts keywatch-revocations keywatch-digests keywatch-dead-letter; do
+for topic in keywatch-access keywatch-repartition keywatch-alerts keywatch-revocations keywatch-digests keywatch-by-source keywatch-dead-letter; do
     create_topic "$topic" --partitions 3
 done
 create_topic keywatch-changelog --partitions 3 --config cleanup.policy=compact

@@ -142,7 +142,9 @@ detector_registry! {
     SourceSpray => "source_spray", AcrossKeys, escalatable: false;
     /// A new or still-learning key used from a network no key of the
     /// organisation ever used, far from all of them.
-    UnfamiliarNetwork => "unfamiliar_network", AcrossKeys, escalatable: false;
+    /// Judged per key, before the event joins the baseline, on the
+    /// organisation's table of the event's epoch.
+    UnfamiliarNetwork => "unfamiliar_network", Before, escalatable: false;
 }
 
 impl std::fmt::Display for Detector {

@@ -4,9 +4,12 @@
 //! Each event goes through the same phases: resolve, advance, judge
 //! (before), absorb, judge (after), dispose.
 //!
-//! Every decision depends only on one key's own sequence of events, in event
-//! time, so the outputs never depend on how the input was cut into batches,
-//! on other keys' interleaving, or on when the engine runs.
+//! Every per-key decision depends only on one key's own sequence of events,
+//! in event time, so the outputs never depend on how the input was cut into
+//! batches, on other keys' interleaving, or on when the engine runs. The
+//! view across keys ([`crate::fleet`]) is just as deterministic: the
+//! organisation table changes only at epochs of event time, and the source
+//! view judges its observations in event-time order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +26,8 @@ use crate::enrich::client::client_family;
 use crate::enrich::endpoint::{SensitiveMatcher, normalize_endpoint};
 use crate::enrich::{GeoCache, GeoInfo, GeoIp, NetworkKinds, ResolvedEvent};
 use crate::event::{AccessEvent, key_fingerprint, key_hint};
+use crate::fleet::spray::fingerprint_bits;
+use crate::fleet::{Across, AcrossSnapshot, Hint};
 use crate::model::Model;
 
 /// Events older than their key's newest by more than this count as late.
@@ -70,6 +75,9 @@ pub struct EngineSnapshot {
     pub clients: Vec<String>,
     pub keys: Vec<KeyState>,
     pub stats: EngineStats,
+    /// The organisation baseline (absent in snapshots of older versions).
+    #[serde(default)]
+    pub across: AcrossSnapshot,
 }
 
 /// Strings interned to dense ids.
@@ -118,6 +126,10 @@ pub struct Engine {
     key_index: HashMap<Box<str>, u32, ahash::RandomState>,
     by_fingerprint: FxHashMap<String, u32>,
     keys: Vec<KeyState>,
+    /// Per key state index: its fingerprint's bits and its hint, for the
+    /// view across keys.
+    key_ids: Vec<(u128, Hint)>,
+    across: Across,
     endpoints: Interner,
     endpoint_sensitive: Vec<bool>,
     clients: Interner,
@@ -128,8 +140,10 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(model: Arc<Model>, geo: Arc<GeoIp>) -> Engine {
+        let model_label = model.label();
         Engine {
-            model_label: model.label(),
+            across: Across::new(&model.across_keys, &model_label),
+            model_label,
             rate_alpha: model.rate.window_alpha(),
             sensitive: SensitiveMatcher::new(&model.endpoints.sensitive_patterns),
             network_kinds: NetworkKinds::new(&model.networks),
@@ -139,6 +153,7 @@ impl Engine {
             key_index: HashMap::with_hasher(ahash::RandomState::new()),
             by_fingerprint: FxHashMap::default(),
             keys: Vec::new(),
+            key_ids: Vec::new(),
             endpoints: Interner::default(),
             endpoint_sensitive: Vec::new(),
             clients: Interner::default(),
@@ -164,6 +179,7 @@ impl Engine {
             self.stats.late_events += 1;
         }
         let ts_ms = state.advance_to(event.ts_ms, model, self.rate_alpha);
+        self.across.advance_to(ts_ms, &model.across_keys, &self.clients.names);
         flush_digest_before(state, ts_ms, &self.model_label, out);
         let row = ResolvedEvent {
             ts_ms,
@@ -184,7 +200,13 @@ impl Engine {
             endpoint_names: &self.endpoints.names,
             client_names: &self.clients.names,
             novelty: state.novelty(&row, model),
+            org: self.across.table(),
         };
+        // Familiar before the event joins the key's baseline: a network the
+        // key or the organisation already uses (or one GeoIP cannot name).
+        let network_familiar =
+            row.geo.asn == 0 || state.geo.asns.contains(row.geo.asn) || self.across.org_knows(row.geo.asn);
+        let learned = state.has_learned(ts_ms, &model.across_keys.org_learned);
         let findings = &mut self.findings;
         findings.clear();
         detect::judge(Phase::Before, state, &row, &ctx, findings);
@@ -196,6 +218,29 @@ impl Engine {
         }
         state.count_event(ts_ms);
         self.stats.events += 1;
+        let (key, hint) = self.key_ids[resolved.key_index];
+        let first_across = out.len();
+        self.across
+            .after_event(&row, key, hint, learned, network_familiar, &model.across_keys, out);
+        self.stats.alerts += (out.len() - first_across) as u64;
+    }
+
+    /// The input has ended (drivers of a finite input call this once, at
+    /// the end): the view across keys judges what it still holds back for
+    /// ordering, then every pending daily digest goes out, in key order,
+    /// since no day of the input can gain another finding.
+    pub fn finish(&mut self, out: &mut Vec<Output>) {
+        let first = out.len();
+        self.across.finish(out);
+        self.stats.alerts += (out.len() - first) as u64;
+        for state in &mut self.keys {
+            flush_digest(state, &self.model_label, out);
+        }
+    }
+
+    /// The view across keys, for drivers that share its halves (Kafka).
+    pub fn across_mut(&mut self) -> &mut Across {
+        &mut self.across
     }
 
     /// Interns the event's key, endpoint template and client family, and
@@ -222,8 +267,10 @@ impl Engine {
                 let windows =
                     (self.model.rate.surge_window.as_millis() / self.model.rate.spike_window.as_millis()) as usize;
                 let index = self.keys.len() as u32;
-                self.keys
-                    .push(KeyState::new(fingerprint.clone(), key_hint(key_id), ts_ms, windows));
+                let hint = key_hint(key_id);
+                self.key_ids
+                    .push((fingerprint_bits(&fingerprint).unwrap_or(0), Hint::new(&hint)));
+                self.keys.push(KeyState::new(fingerprint.clone(), hint, ts_ms, windows));
                 self.by_fingerprint.insert(fingerprint, index);
                 index
             }
@@ -239,14 +286,6 @@ impl Engine {
             self.endpoint_sensitive.push(self.sensitive.matches(template));
         }
         id
-    }
-
-    /// Sends every pending daily digest, in key order: the input is over
-    /// (the end of a replay), so no day of it can gain another finding.
-    pub fn finish(&mut self, out: &mut Vec<Output>) {
-        for state in &mut self.keys {
-            flush_digest(state, &self.model_label, out);
-        }
     }
 
     pub fn stats(&self) -> &EngineStats {
@@ -267,6 +306,7 @@ impl Engine {
             clients: self.clients.names.iter().map(|name| name.to_string()).collect(),
             keys: self.keys.clone(),
             stats: self.stats.clone(),
+            across: self.across.snapshot(),
         }
     }
 
@@ -292,10 +332,17 @@ impl Engine {
                 None => {
                     let index = self.keys.len() as u32;
                     self.by_fingerprint.insert(state.fingerprint.clone(), index);
+                    self.key_ids.push((
+                        fingerprint_bits(&state.fingerprint).unwrap_or(0),
+                        Hint::new(&state.hint),
+                    ));
                     self.keys.push(state);
                 }
             }
         }
+        let mut org = snapshot.across.org;
+        org.remap_clients(&client_map);
+        self.across.org.absorb_snapshot(org);
         self.stats.events += snapshot.stats.events;
         self.stats.alerts += snapshot.stats.alerts;
         self.stats.suppressed += snapshot.stats.suppressed;

@@ -10,6 +10,8 @@
 //!   families), updates its key's [`baseline`] and asks the [`detect`]ors
 //!   (named in the [`detector`] registry) for findings, which [`alert`]
 //!   turns into alerts and revocation requests;
+//! - [`fleet`] is the view across keys: per source network (key sprays) and
+//!   for the whole organisation (the baseline new keys are judged on);
 //! - [`sink`] writes outputs to files or Kafka (the only output I/O);
 //! - [`checkpoint`] lays out the engine state of a Kafka partition for the
 //!   changelog and snapshot files, [`counts`] tallies what went through.
@@ -39,6 +41,7 @@ pub mod engine;
 pub mod enrich;
 pub mod eval;
 pub mod event;
+pub mod fleet;
 pub mod generate;
 pub mod model;
 pub mod pipeline;

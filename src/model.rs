@@ -55,6 +55,10 @@ pub struct Model {
     pub alerts: AlertModel,
     pub policy: PolicyModel,
     pub networks: NetworkModel,
+    /// The view across keys (source spray, organisation baseline). Optional
+    /// in model files: absent, the defaults below apply.
+    #[serde(default)]
+    pub across_keys: AcrossKeysModel,
 }
 
 /// Geography: new countries and networks, impossible travel.
@@ -301,6 +305,81 @@ pub struct PolicyModel {
     pub detectors: Vec<Detector>,
 }
 
+/// The view across keys: state kept per source network and for the whole
+/// organisation rather than per key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcrossKeysModel {
+    /// A source network (the /24 of an IPv4 address, the /48 of an IPv6
+    /// one) calling with at least `spray_min_keys` keys unfamiliar with it
+    /// (from a network neither the key nor the organisation uses, or
+    /// refused on a key not learned yet) within `spray_window` is spraying
+    /// keys.
+    pub spray_min_keys: usize,
+    #[serde(with = "humantime_serde")]
+    pub spray_window: Duration,
+    /// A spray that goes on within this event time of its last call stays
+    /// one incident.
+    #[serde(with = "humantime_serde")]
+    pub spray_incident_gap: Duration,
+    /// Alerts per spray incident: the first, then one each time the count
+    /// of keys doubles, up to this many.
+    pub spray_max_alerts: usize,
+    /// Keys remembered per source network (and listed in an alert).
+    pub spray_max_keys: usize,
+    /// Share of refused (401/403) calls from which a spray is high.
+    pub spray_refused_share: f64,
+    /// Observations are put in event-time order per source after waiting
+    /// this long in event time; later ones are taken as they come.
+    #[serde(with = "humantime_serde")]
+    pub reorder_lateness: Duration,
+    /// Length of an organisation epoch: events of epoch E are judged on the
+    /// organisation table closed at the end of epoch E-1.
+    #[serde(with = "humantime_serde")]
+    pub org_epoch: Duration,
+    /// Calls within this event time of an epoch's end count towards the
+    /// table of the epoch after next, so a late call never changes a
+    /// table in use.
+    #[serde(with = "humantime_serde")]
+    pub org_grace: Duration,
+    /// Networks, countries, clients and places not used by a learned key
+    /// for this long leave the organisation table.
+    #[serde(with = "humantime_serde")]
+    pub org_horizon: Duration,
+    /// Keys with this much history contribute to the organisation table;
+    /// keys with less are judged by it.
+    pub org_learned: Learning,
+    /// Learned keys the organisation needs in one epoch before its table
+    /// judges anyone; keys first seen before that are not judged by it.
+    pub org_min_keys: u64,
+    /// A network unknown to the organisation this far from all of its
+    /// located places is unfamiliar.
+    pub org_far_km: f64,
+}
+
+impl Default for AcrossKeysModel {
+    fn default() -> AcrossKeysModel {
+        AcrossKeysModel {
+            spray_min_keys: 20,
+            spray_window: Duration::from_secs(600),
+            spray_incident_gap: Duration::from_secs(3600),
+            spray_max_alerts: 3,
+            spray_max_keys: 500,
+            spray_refused_share: 0.5,
+            reorder_lateness: Duration::from_secs(120),
+            org_epoch: Duration::from_secs(86_400),
+            org_grace: Duration::from_secs(3600),
+            org_horizon: Duration::from_secs(90 * 86_400),
+            org_learned: Learning {
+                min_age: Duration::from_secs(2 * 86_400),
+                min_events: 20,
+            },
+            org_min_keys: 20,
+            org_far_km: 1000.0,
+        }
+    }
+}
+
 impl RateModel {
     /// Length of the short window in milliseconds.
     pub fn window_ms(&self) -> i64 {
@@ -402,6 +481,8 @@ impl Model {
             ("volume.low_p_value", self.volume.low_p_value),
             ("volume.medium_p_value", self.volume.medium_p_value),
             ("volume.high_ratio", self.volume.high_ratio),
+            ("across_keys.spray_refused_share", self.across_keys.spray_refused_share),
+            ("across_keys.org_far_km", self.across_keys.org_far_km),
         ] {
             if !value.is_finite() {
                 return Err(invalid(field, "must be a finite number"));
@@ -506,6 +587,32 @@ impl Model {
             return Err(invalid("rate.surge_window", "may hold at most 64 spike windows"));
         }
         self.validate_networks(origin)?;
+        let across = &self.across_keys;
+        if across.spray_min_keys < 2 || across.spray_min_keys > across.spray_max_keys || across.spray_max_keys > 500 {
+            return Err(invalid(
+                "across_keys.spray_min_keys",
+                "must be at least 2 and at most across_keys.spray_max_keys (itself at most 500)",
+            ));
+        }
+        if across.spray_max_alerts == 0 {
+            return Err(invalid("across_keys.spray_max_alerts", "must be at least 1"));
+        }
+        for (field, value) in [
+            ("across_keys.spray_window", across.spray_window),
+            ("across_keys.spray_incident_gap", across.spray_incident_gap),
+            ("across_keys.org_epoch", across.org_epoch),
+            ("across_keys.org_horizon", across.org_horizon),
+        ] {
+            if value.as_millis() < 1000 {
+                return Err(invalid(field, "must be at least 1s"));
+            }
+        }
+        if across.org_grace >= across.org_epoch {
+            return Err(invalid(
+                "across_keys.org_grace",
+                "must be shorter than across_keys.org_epoch",
+            ));
+        }
         for pattern in &self.endpoints.sensitive_patterns {
             if pattern.is_empty() {
                 return Err(invalid(
@@ -564,6 +671,20 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_across_keys_section_in_the_default_file_matches_the_built_in_defaults() {
+        let from_file = Model::default_model().across_keys;
+        let built_in = AcrossKeysModel::default();
+        assert_eq!(format!("{from_file:?}"), format!("{built_in:?}"));
+        let without = DEFAULT_MODEL_TOML
+            .split("[across_keys]")
+            .next()
+            .unwrap_or(DEFAULT_MODEL_TOML);
+        assert_ne!(without, DEFAULT_MODEL_TOML, "the section was found");
+        let parsed = Model::parse(without, "old.toml").expect("a model without the section is valid");
+        assert_eq!(format!("{:?}", parsed.across_keys), format!("{built_in:?}"));
+    }
 
     #[test]
     fn default_model_is_valid() {

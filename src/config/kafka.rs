@@ -45,6 +45,13 @@ pub struct KafkaConfig {
     /// their payload: protect it like the input topics.
     #[serde(default = "default_repartition_topic")]
     pub repartition_topic: String,
+    /// Internal topic of the view across keys: calls worth its attention
+    /// (from networks unfamiliar to their key and the organisation, or
+    /// refused on keys not learned yet), keyed by source
+    /// network, read by the source stage (group `<group_id>-by-source`).
+    /// Holds key fingerprints and hints, never raw key ids.
+    #[serde(default = "default_source_topic")]
+    pub source_topic: String,
     /// Alerts, as JSON, keyed by key fingerprint.
     #[serde(default = "default_alerts_topic")]
     pub alerts_topic: String,
@@ -116,6 +123,10 @@ pub struct KafkaConfig {
 
 fn default_group_id() -> String {
     "keywatch".to_string()
+}
+
+fn default_source_topic() -> String {
+    "keywatch-by-source".to_string()
 }
 
 fn default_repartition_topic() -> String {
@@ -203,6 +214,7 @@ impl KafkaConfig {
             input_topics,
             input_keyed_by_key_id: false,
             repartition_topic: default_repartition_topic(),
+            source_topic: default_source_topic(),
             alerts_topic: default_alerts_topic(),
             revocations_topic: default_revocations_topic(),
             digests_topic: default_digests_topic(),
@@ -230,6 +242,11 @@ impl KafkaConfig {
         } else {
             vec![self.repartition_topic.clone()]
         }
+    }
+
+    /// The consumer group of the source stage (the view across keys).
+    pub fn source_group_id(&self) -> String {
+        format!("{}-by-source", self.group_id)
     }
 
     /// The consumer group of the repartition stage.
@@ -326,6 +343,7 @@ impl KafkaConfig {
             ("digests_topic", &self.digests_topic),
             ("dead_letter_topic", &self.dead_letter_topic),
             ("changelog_topic", &self.changelog_topic),
+            ("source_topic", &self.source_topic),
         ];
         if !self.input_keyed_by_key_id {
             outputs.push(("repartition_topic", &self.repartition_topic));

@@ -5,7 +5,7 @@
 //! keys; `volume.rs` response bytes far above the key's usual;
 //! `endpoints.rs` new and sensitive endpoints and shifts of the mix;
 //! `client.rs` new client families; `auth.rs` spikes of authorization
-//! failures. [`CHECKS`] lists them all, once.
+//! failures; `org.rs` new keys on networks the organisation never uses. [`CHECKS`] lists them all, once.
 //!
 //! Adding a detector: its entry in the registry (`src/detector.rs`, with its
 //! phase), its check in a file here with a line in [`CHECKS`], its section
@@ -17,6 +17,7 @@ pub mod auth;
 pub mod client;
 pub mod endpoints;
 pub mod geo;
+pub mod org;
 pub mod rate;
 #[cfg(test)]
 pub mod testkit;
@@ -73,6 +74,7 @@ pub const CHECKS: &[Check] = &[
         endpoints::check_new_endpoint,
     ),
     Check::new(&[Detector::NewClient], client::check_new_client),
+    Check::new(&[Detector::UnfamiliarNetwork], org::check_unfamiliar_network),
     Check::new(&[Detector::RateSpike, Detector::RateSurge], rate::check_rate),
     Check::new(&[Detector::ResponseVolume], volume::check_volume),
     Check::new(&[Detector::AuthFailureSpike], auth::check_auth_failures),
@@ -102,6 +104,8 @@ pub struct Context<'a> {
     pub client_names: &'a [Box<str>],
     /// What is new about the event for its key, worked out once per event.
     pub novelty: Novelty,
+    /// The organisation's table for the event's epoch (view across keys).
+    pub org: &'a org::OrgTable,
 }
 
 impl Context<'_> {

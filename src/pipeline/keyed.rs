@@ -21,6 +21,7 @@ use crate::decode::{Decoded, Decoder};
 use crate::engine::Engine;
 use crate::enrich::GeoIp;
 use crate::event::AccessEvent;
+use crate::fleet::spray::{Network, ObservationRecord};
 use crate::model::Model;
 use crate::sink::kafka::{KafkaSinkError, Outbox, OutputTopics};
 use crate::source::kafka::group::{AssignedPartition, InputRecord};
@@ -48,6 +49,9 @@ pub struct KeyedStage {
     partitions: PartitionBook<PartitionState>,
     progress: Arc<Progress>,
     scratch_outputs: Vec<Output>,
+    /// Where calls for the view across keys go, keyed by source network;
+    /// `None` keeps the view in each partition's engine.
+    source_topic: Option<String>,
 }
 
 impl KeyedStage {
@@ -66,7 +70,15 @@ impl KeyedStage {
             partitions: PartitionBook::new(STAGE, Arc::clone(&progress)),
             progress,
             scratch_outputs: Vec::new(),
+            source_topic: None,
         }
+    }
+
+    /// Sends calls for the view across keys to `topic`, keyed by source
+    /// network, for the source stage, instead of judging them per partition.
+    pub fn with_source_topic(mut self, topic: String) -> KeyedStage {
+        self.source_topic = Some(topic);
+        self
     }
 
     /// The state of every owned partition, for a snapshot file.
@@ -141,6 +153,8 @@ impl KeyedStage {
             self.scratch_outputs.clear();
             state.engine.process(&events[..replayed], &mut self.scratch_outputs);
             self.scratch_outputs.clear();
+            // Their observations were delivered before, like their alerts.
+            state.engine.across_mut().take_observations();
         }
         let mut outputs = std::mem::take(&mut self.scratch_outputs);
         outputs.clear();
@@ -153,6 +167,26 @@ impl KeyedStage {
             if let Err(error) = outbox.push_output(&self.topics, output) {
                 result = Err(error);
                 break;
+            }
+        }
+        if let Some(topic) = &self.source_topic {
+            for observation in state.engine.across_mut().take_observations() {
+                let record = ObservationRecord::of(&observation);
+                match serde_json::to_vec(&record) {
+                    Ok(json) => outbox.push_repartitioned(
+                        topic,
+                        Network::of(observation.ip).to_string(),
+                        json,
+                        Some(observation.ts_ms),
+                    ),
+                    Err(err) => {
+                        result = Err(KafkaSinkError::Encode {
+                            topic: topic.clone(),
+                            detail: err.to_string(),
+                        });
+                        break;
+                    }
+                }
             }
         }
         outputs.clear();
@@ -171,6 +205,9 @@ impl Stage for KeyedStage {
     fn assigned(&mut self, partitions: Vec<AssignedPartition>) {
         self.partitions.assign(partitions, |partition| {
             let mut engine = Engine::new(Arc::clone(&self.model), Arc::clone(&self.geo));
+            if self.source_topic.is_some() {
+                engine.across_mut().spray_elsewhere();
+            }
             let (next_offset, generation) = match partition.checkpoint {
                 Some(Checkpoint {
                     next_offset,

@@ -7,7 +7,11 @@
 //!   decodes the input and writes canonical events to the repartition
 //!   topic keyed by key fingerprint;
 //! - the [`keyed`] stage runs one engine per assigned partition of the keyed
-//!   topic and produces alerts, revocation requests and dead letters.
+//!   topic and produces alerts, revocation requests and dead letters, and
+//!   writes the calls the view across keys needs to the source topic,
+//!   keyed by source network;
+//! - the [`by_source`] stage runs the source view (`source_spray`) per
+//!   partition of the source topic.
 //!
 //! Per batch: produce outputs, wait for their delivery, write due
 //! checkpoints to the compacted changelog, then commit offsets
@@ -18,6 +22,7 @@
 //! taking records, finish the batch in hand, deliver, checkpoint, commit,
 //! leave the group.
 
+pub mod by_source;
 pub mod driver;
 pub mod keyed;
 pub mod metrics;
@@ -173,8 +178,17 @@ impl Pipeline {
             }
             result
         };
+        let by_source = async {
+            let result = self.run_by_source(layout, stop.clone()).await;
+            if result.is_err() {
+                stop.cancel();
+            }
+            result
+        };
         if self.kafka.input_keyed_by_key_id {
-            keyed.await?;
+            let (keyed_result, source_result) = tokio::join!(keyed, by_source);
+            keyed_result?;
+            source_result?;
         } else {
             let repartition = async {
                 let result = self.run_repartition(layout, stop.clone()).await;
@@ -183,9 +197,10 @@ impl Pipeline {
                 }
                 result
             };
-            let (keyed_result, repartition_result) = tokio::join!(keyed, repartition);
+            let (keyed_result, repartition_result, source_result) = tokio::join!(keyed, repartition, by_source);
             keyed_result?;
             repartition_result?;
+            source_result?;
         }
         Ok(())
     }
@@ -230,7 +245,8 @@ impl Pipeline {
             self.config.input.keyed_topics_decoder(self.kafka.input_keyed_by_key_id),
             self.output_topics(layout),
             Arc::clone(&self.progress),
-        );
+        )
+        .with_source_topic(self.kafka.source_topic.clone());
         let sink = self
             .sink(format!("{}-{}", self.kafka.group_id, self.kafka.instance_name()))
             .await?;
@@ -260,6 +276,27 @@ impl Pipeline {
                 Ok(())
             })
             .await
+    }
+
+    /// The view across keys, fed by the keyed stage through the source topic.
+    async fn run_by_source(&self, layout: &TopicLayout, cancel: CancellationToken) -> Result<(), PipelineError> {
+        let stage = by_source::SourceStage::new(
+            Arc::clone(&self.model),
+            self.output_topics(layout),
+            Arc::clone(&self.progress),
+        );
+        let group_id = self.kafka.source_group_id();
+        let sink = self.sink(format!("{group_id}-{}", self.kafka.instance_name())).await?;
+        let (source, events) = KafkaSource::start(
+            &self.kafka,
+            &group_id,
+            std::slice::from_ref(&self.kafka.source_topic),
+            RestoreFrom::Nothing,
+            self.channel_capacity(),
+            cancel.clone(),
+        )?;
+        let driver = driver::Driver::new(stage, source, sink, self.driver_settings(), Arc::clone(&self.progress));
+        driver.run(events, cancel, |_| Ok(())).await
     }
 
     async fn run_repartition(&self, layout: &TopicLayout, cancel: CancellationToken) -> Result<(), PipelineError> {
@@ -316,6 +353,7 @@ async fn prepare_topics(kafka: &KafkaConfig) -> Result<TopicLayout, PipelineErro
         (kafka.digests_topic.clone(), false),
         (kafka.dead_letter_topic.clone(), false),
         (kafka.changelog_topic.clone(), true),
+        (kafka.source_topic.clone(), false),
     ];
     if !kafka.input_keyed_by_key_id {
         wanted.push((kafka.repartition_topic.clone(), false));

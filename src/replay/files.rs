@@ -91,7 +91,9 @@ pub fn replay_files(
             }
         }
     }
-    // The input is over: every key's digest of its last day goes out.
+    // The input is over: the view across keys judges the observations it
+    // held back to order them, and every key's digest of its last day goes
+    // out.
     emitted.clear();
     engine.finish(&mut emitted);
     for output in &emitted {

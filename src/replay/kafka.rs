@@ -239,7 +239,7 @@ pub fn replay_from_kafka(
             })
             .map_err(|error| failure.take().unwrap_or(ReplayKafkaError::Source(error)))?;
             replay.flush(&mut files, &mut summary, producer.as_ref(), options)?;
-            replay.finish(&mut files, &mut summary)?;
+            replay.finish(&mut files, &mut summary, producer.as_ref(), options)?;
             tracing::info!(partition = %id, from = start, to = high, "partition replayed");
         }
     }
@@ -387,6 +387,30 @@ impl PartitionReplay<'_> {
         summary.events_in_range += events.len() as u64;
         self.outputs.clear();
         self.engine.process(&events, &mut self.outputs);
+        self.write_outputs(files, summary, producer, options)
+    }
+
+    /// The partition's range has been read: what the engine still holds
+    /// back for ordering (the source view) is judged and written.
+    fn finish(
+        &mut self,
+        files: &mut OutputFiles,
+        summary: &mut ReplayKafkaSummary,
+        producer: Option<&ThreadedProducer<DeliveryCounter>>,
+        options: &ReplayKafkaOptions,
+    ) -> Result<(), ReplayKafkaError> {
+        self.outputs.clear();
+        self.engine.finish(&mut self.outputs);
+        self.write_outputs(files, summary, producer, options)
+    }
+
+    fn write_outputs(
+        &mut self,
+        files: &mut OutputFiles,
+        summary: &mut ReplayKafkaSummary,
+        producer: Option<&ThreadedProducer<DeliveryCounter>>,
+        options: &ReplayKafkaOptions,
+    ) -> Result<(), ReplayKafkaError> {
         for output in &self.outputs {
             files.write_output(output)?;
             summary.counts.count_output(output);
@@ -394,20 +418,6 @@ impl PartitionReplay<'_> {
                 produce_alert(producer, topic, alert)?;
                 summary.produced += 1;
             }
-        }
-        Ok(())
-    }
-}
-
-impl PartitionReplay<'_> {
-    /// The partition's range is over: every key's digest of its last day
-    /// goes out.
-    fn finish(&mut self, files: &mut OutputFiles, summary: &mut ReplayKafkaSummary) -> Result<(), ReplayKafkaError> {
-        self.outputs.clear();
-        self.engine.finish(&mut self.outputs);
-        for output in &self.outputs {
-            files.write_output(output)?;
-            summary.counts.count_output(output);
         }
         Ok(())
     }

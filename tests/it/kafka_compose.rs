@@ -94,6 +94,7 @@ fn the_mounted_config_parses_and_names_the_created_topics() {
         kafka.alerts_topic.clone(),
         kafka.revocations_topic.clone(),
         kafka.digests_topic.clone(),
+        kafka.source_topic.clone(),
         kafka.dead_letter_topic.clone(),
     ]);
     if !kafka.input_keyed_by_key_id {

@@ -138,3 +138,80 @@ async fn exactly_once_mode_repeats_nothing_across_a_crash() {
         "each malformed record dead-lettered exactly once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_spraying_keys_over_every_partition_is_one_incident_out_of_run() {
+    let cluster = Brokers::mock();
+    let brokers = cluster.bootstrap_servers();
+    let catch_up = cluster.catch_up();
+    let (config, input) = cluster.prepare("spray", true).await;
+    // 40 guessed key ids, three refused calls each, from one address over
+    // four minutes; the keys spread over every partition of the input. A
+    // few calls later let the source view's reorder wait pass.
+    let guessed: Vec<String> = (0..40).map(|guess| format!("AKIAKWSPRAY{guess:09}")).collect();
+    let mut records = Vec::new();
+    for round in 0..3i64 {
+        for (index, key) in guessed.iter().enumerate() {
+            let ts = T0_MS + round * 80_000 + index as i64 * 2_000;
+            records.push(ScenarioRecord {
+                key: Some(key.clone()),
+                payload: canonical(ts, key, &ip("saopaulo", 40), "/v1/orders", 401),
+                malformed: false,
+            });
+        }
+    }
+    for later in 0..3i64 {
+        let ts = T0_MS + 10 * 60_000 + later * 60_000;
+        records.push(ScenarioRecord {
+            key: Some(guessed[0].clone()),
+            payload: canonical(ts, &guessed[0], &ip("saopaulo", 40), "/v1/orders", 401),
+            malformed: false,
+        });
+    }
+    produce(&brokers, &input, &records, Placement::KeyedByKeyId).await;
+
+    let running = RunningPipeline::start(&config);
+    let alerts_topic = kafka_of(&config).alerts_topic.clone();
+    let sprays = || -> Vec<keywatch::alert::Alert> {
+        read_alerts(&brokers, &alerts_topic)
+            .into_iter()
+            .filter(|alert| alert.detector.as_str() == "source_spray")
+            .collect()
+    };
+    wait_until("the spray to be judged", catch_up, || {
+        sprays().iter().any(|alert| alert.keys.len() == guessed.len())
+    })
+    .await;
+    running.stop().await;
+
+    let sprays = sprays();
+    assert!((1..=3).contains(&sprays.len()), "{sprays:#?}");
+    assert!(sprays.iter().all(|alert| alert.incident_id == sprays[0].incident_id));
+    assert!(
+        sprays
+            .iter()
+            .all(|alert| alert.severity == keywatch::alert::Severity::High)
+    );
+    let listed: BTreeSet<String> = sprays
+        .last()
+        .map(|alert| alert.keys.iter().cloned().collect())
+        .unwrap_or_default();
+    let expected: BTreeSet<String> = guessed
+        .iter()
+        .map(|key| keywatch::event::key_fingerprint(key))
+        .collect();
+    assert_eq!(listed, expected, "the incident lists every sprayed key");
+    let text = serde_json::to_string(&sprays).unwrap_or_default();
+    assert!(!text.contains("AKIAKWSPRAY"), "no raw key");
+    let by_source = read_topic(&brokers, &kafka_of(&config).source_topic);
+    assert!(
+        by_source.len() >= records.len(),
+        "every refused call was repartitioned by source"
+    );
+    assert!(
+        by_source
+            .iter()
+            .all(|message| !String::from_utf8_lossy(&message.payload).contains("AKIAKWSPRAY")),
+        "the source topic holds fingerprints, never raw keys"
+    );
+}

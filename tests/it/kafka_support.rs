@@ -390,6 +390,7 @@ pub fn test_config(brokers: &str, prefix: &str, keyed: bool) -> Config {
     kafka.digests_topic = format!("{prefix}-digests");
     kafka.dead_letter_topic = format!("{prefix}-dlq");
     kafka.changelog_topic = format!("{prefix}-changelog");
+    kafka.source_topic = format!("{prefix}-by-source");
     kafka.batch_max_events = 100;
     kafka.batch_max_wait = Duration::from_millis(50);
     kafka.checkpoint_interval = Duration::from_millis(200);
@@ -414,6 +415,7 @@ pub fn topics_of(config: &Config) -> Vec<String> {
         kafka.dead_letter_topic.clone(),
         kafka.changelog_topic.clone(),
         kafka.repartition_topic.clone(),
+        kafka.source_topic.clone(),
     ]);
     topics
 }

@@ -1,0 +1,692 @@
+//! The source view: state keyed by source network rather than by key. One
+//! network calling with many keys unfamiliar with it (from a network
+//! neither the key nor the organisation uses, or refused on a key not
+//! learned yet, as guessed keys are) in a short event
+//! time is one `source_spray` incident listing every key, raised once when
+//! the count crosses the threshold and extended (same incident id, at most
+//! `spray_max_alerts` alerts) while it goes on: once when its keys double,
+//! and once when it ends (its source quiet for `spray_incident_gap`, or the
+//! input over) if it gained keys since, listing them all.
+//!
+//! Observations are put in event-time order before they are judged: each
+//! waits in a heap until the newest event time seen is `reorder_lateness`
+//! past it, and leaves in the order of all its fields. So the outputs do
+//! not depend on how the observations of several keys interleaved on the
+//! way here (batches, partitions, threads), only on the observations.
+//! No raw key is held: keys are their fingerprints.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
+use std::net::IpAddr;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::alert::{Alert, Output, Window, stable_id};
+use crate::detector::{Detector, Severity};
+use crate::event::format_ts;
+use crate::model::AcrossKeysModel;
+
+/// Distinct addresses remembered per incident, for the evidence.
+const MAX_ADDRESSES: usize = 64;
+
+/// A key hint (`AKIA****WXYZ`) held inline, so an observation is `Copy`
+/// and the hot path does not allocate for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Hint {
+    bytes: [u8; 40],
+    len: u8,
+}
+
+impl Hint {
+    /// Longer hints (never made by `key_hint`) are replaced by `****`.
+    pub fn new(text: &str) -> Hint {
+        let text = if text.len() <= 40 { text } else { "****" };
+        let mut bytes = [0u8; 40];
+        bytes[..text.len()].copy_from_slice(text.as_bytes());
+        Hint {
+            bytes,
+            len: text.len() as u8,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("****")
+    }
+}
+
+/// A key fingerprint (`kf_` and 32 hex digits) as its 128 bits.
+pub fn fingerprint_bits(fingerprint: &str) -> Option<u128> {
+    let hex = fingerprint.strip_prefix("kf_")?;
+    if hex.len() != 32 {
+        return None;
+    }
+    u128::from_str_radix(hex, 16).ok()
+}
+
+/// The fingerprint text of 128 bits.
+pub fn fingerprint_text(bits: u128) -> String {
+    format!("kf_{bits:032x}")
+}
+
+/// One call worth the source view's attention: from a network unfamiliar
+/// to its key and to the organisation, or refused on a key not learned
+/// yet. Field order is the order
+/// observations are judged in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Observation {
+    pub ts_ms: i64,
+    pub ip: IpAddr,
+    pub key: u128,
+    pub asn: u32,
+    pub country: [u8; 2],
+    pub refused: bool,
+    pub hint: Hint,
+}
+
+/// A source network: the /24 of an IPv4 address, the /48 of an IPv6 one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Network {
+    V4([u8; 3]),
+    V6([u16; 3]),
+}
+
+impl Network {
+    pub fn of(ip: IpAddr) -> Network {
+        match ip {
+            IpAddr::V4(v4) => {
+                let [a, b, c, _] = v4.octets();
+                Network::V4([a, b, c])
+            }
+            IpAddr::V6(v6) => {
+                let segments = v6.segments();
+                Network::V6([segments[0], segments[1], segments[2]])
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Network::V4([a, b, c]) => write!(formatter, "{a}.{b}.{c}.0/24"),
+            Network::V6([a, b, c]) => write!(formatter, "{a:x}:{b:x}:{c:x}::/48"),
+        }
+    }
+}
+
+/// Calls of one key from one source within the window.
+#[derive(Debug, Clone, Copy)]
+struct KeyCalls {
+    last_ts: i64,
+    calls: u64,
+    refused: u64,
+}
+
+/// An open spray incident of one source.
+#[derive(Debug, Clone)]
+struct Incident {
+    id: String,
+    window_start: i64,
+    last_ts: i64,
+    alerts: usize,
+    /// The key count at which the next alert extends the incident.
+    next_alert_keys: usize,
+    severity: Severity,
+    keys: BTreeSet<u128>,
+    addresses: BTreeSet<IpAddr>,
+    asns: BTreeSet<u32>,
+    countries: BTreeSet<[u8; 2]>,
+    calls: u64,
+    refused: u64,
+    /// Keys listed by the incident's last alert.
+    listed: usize,
+    /// The incident's newest observation: the trigger of its closing alert.
+    last: Observation,
+}
+
+/// What the view holds for one source network.
+#[derive(Debug, Clone, Default)]
+struct SourceState {
+    last_ts: i64,
+    keys: FxHashMap<u128, KeyCalls>,
+    incident: Option<Incident>,
+}
+
+/// The source view. Synchronous, no I/O, no clock.
+pub struct SourceView {
+    model: AcrossKeysModel,
+    model_label: String,
+    pending: BinaryHeap<Reverse<Observation>>,
+    newest_ts: i64,
+    last_judged_ts: i64,
+    sources: FxHashMap<Network, SourceState>,
+    next_sweep_ts: i64,
+    /// Observations judged after a later one (beyond the reorder lateness).
+    pub late: u64,
+    /// Alerts emitted.
+    pub alerts: u64,
+}
+
+impl SourceView {
+    pub fn new(model: &AcrossKeysModel, model_label: &str) -> SourceView {
+        SourceView {
+            model: model.clone(),
+            model_label: model_label.to_string(),
+            pending: BinaryHeap::new(),
+            newest_ts: i64::MIN,
+            last_judged_ts: i64::MIN,
+            sources: FxHashMap::default(),
+            next_sweep_ts: i64::MIN,
+            late: 0,
+            alerts: 0,
+        }
+    }
+
+    /// Takes one observation; judges those it has waited for long enough,
+    /// appending alerts to `out`.
+    pub fn observe(&mut self, observation: Observation, out: &mut Vec<Output>) {
+        self.newest_ts = self.newest_ts.max(observation.ts_ms);
+        self.pending.push(Reverse(observation));
+        let ready_through = self
+            .newest_ts
+            .saturating_sub(self.model.reorder_lateness.as_millis() as i64);
+        while let Some(Reverse(next)) = self.pending.peek() {
+            if next.ts_ms > ready_through {
+                break;
+            }
+            let next = *next;
+            self.pending.pop();
+            self.judge(next, out);
+        }
+    }
+
+    /// Judges every waiting observation: the input has ended.
+    pub fn finish(&mut self, out: &mut Vec<Output>) {
+        while let Some(Reverse(next)) = self.pending.pop() {
+            self.judge(next, out);
+        }
+        let mut open: Vec<(Network, Incident)> = self
+            .sources
+            .iter_mut()
+            .filter_map(|(network, source)| Some((*network, source.incident.take()?)))
+            .collect();
+        open.sort_by_key(|(network, _)| *network);
+        for (network, incident) in open {
+            self.close(network, incident, out);
+        }
+    }
+
+    /// An incident has ended: one last alert lists every key when it
+    /// gained keys since its last alert.
+    fn close(&mut self, network: Network, mut incident: Incident, out: &mut Vec<Output>) {
+        if incident.keys.len() <= incident.listed || incident.alerts >= self.model.spray_max_alerts {
+            return;
+        }
+        let window_ms = self.model.spray_window.as_millis() as i64;
+        let trigger = incident.last;
+        incident.listed = incident.keys.len();
+        let alert = spray_alert(network, &incident, &trigger, &self.model_label, window_ms);
+        self.alerts += 1;
+        out.push(Output::Alert(alert));
+    }
+
+    /// Source networks with state.
+    pub fn sources_tracked(&self) -> usize {
+        self.sources.len()
+    }
+
+    fn judge(&mut self, observation: Observation, out: &mut Vec<Output>) {
+        let ts = observation.ts_ms;
+        if ts < self.last_judged_ts {
+            self.late += 1;
+        }
+        self.last_judged_ts = self.last_judged_ts.max(ts);
+        self.sweep(ts, out);
+        let window_ms = self.model.spray_window.as_millis() as i64;
+        let gap_ms = self.model.spray_incident_gap.as_millis() as i64;
+        let max_keys = self.model.spray_max_keys;
+        let min_keys = self.model.spray_min_keys;
+        let network = Network::of(observation.ip);
+        let source = self.sources.entry(network).or_default();
+        source.last_ts = source.last_ts.max(ts);
+        if source
+            .incident
+            .as_ref()
+            .is_some_and(|incident| ts - incident.last_ts > gap_ms)
+            && let Some(ended) = source.incident.take()
+        {
+            self.close(network, ended, out);
+        }
+        let Some(source) = self.sources.get_mut(&network) else {
+            return;
+        };
+        if source.keys.len() >= max_keys {
+            source.keys.retain(|_, calls| calls.last_ts > ts - window_ms);
+        }
+        let known = source.keys.contains_key(&observation.key);
+        if known || source.keys.len() < max_keys {
+            let calls = source.keys.entry(observation.key).or_insert(KeyCalls {
+                last_ts: ts,
+                calls: 0,
+                refused: 0,
+            });
+            calls.last_ts = calls.last_ts.max(ts);
+            calls.calls += 1;
+            calls.refused += u64::from(observation.refused);
+        }
+
+        // Only a source with many keys is worth counting them in the window.
+        if source.keys.len() >= min_keys {
+            source.keys.retain(|_, calls| calls.last_ts > ts - window_ms);
+        }
+
+        if let Some(incident) = source.incident.as_mut() {
+            incident.last_ts = ts;
+            incident.absorb(&observation, max_keys);
+            let severity = incident.severity_now(self.model.spray_refused_share);
+            let grown = incident.keys.len() >= incident.next_alert_keys;
+            let worse = severity > incident.severity;
+            // The last alert is kept for the incident's end.
+            if (grown || worse) && incident.alerts + 1 < self.model.spray_max_alerts {
+                incident.severity = incident.severity.max(severity);
+                while incident.next_alert_keys <= incident.keys.len() {
+                    incident.next_alert_keys *= 2;
+                }
+                incident.listed = incident.keys.len();
+                let alert = spray_alert(network, incident, &observation, &self.model_label, window_ms);
+                incident.alerts += 1;
+                self.alerts += 1;
+                out.push(Output::Alert(alert));
+            }
+            return;
+        }
+        if source.keys.len() < min_keys {
+            return;
+        }
+        let window_start = source.keys.values().map(|calls| calls.last_ts).min().unwrap_or(ts);
+        let mut incident = Incident {
+            id: String::new(),
+            window_start,
+            last_ts: ts,
+            alerts: 0,
+            next_alert_keys: min_keys * 2,
+            severity: Severity::Medium,
+            keys: source.keys.keys().copied().collect(),
+            addresses: BTreeSet::new(),
+            asns: BTreeSet::new(),
+            countries: BTreeSet::new(),
+            calls: source.keys.values().map(|calls| calls.calls).sum::<u64>() - 1,
+            refused: source.keys.values().map(|calls| calls.refused).sum::<u64>() - u64::from(observation.refused),
+            listed: 0,
+            last: observation,
+        };
+        incident.keys.remove(&observation.key);
+        incident.absorb(&observation, max_keys);
+        incident.severity = incident.severity_now(self.model.spray_refused_share);
+        incident.listed = incident.keys.len();
+        incident.id = stable_id(
+            "in",
+            &[
+                Detector::SourceSpray.as_str(),
+                &network.to_string(),
+                &ts.to_string(),
+                &fingerprint_text(observation.key),
+            ],
+        );
+        let alert = spray_alert(network, &incident, &observation, &self.model_label, window_ms);
+        incident.alerts = 1;
+        self.alerts += 1;
+        out.push(Output::Alert(alert));
+        source.incident = Some(incident);
+    }
+
+    /// Forgets sources whose window and incident gap have both passed,
+    /// once per window of event time.
+    fn sweep(&mut self, ts: i64, out: &mut Vec<Output>) {
+        if ts < self.next_sweep_ts {
+            return;
+        }
+        let window_ms = self.model.spray_window.as_millis() as i64;
+        let keep_ms = window_ms.max(self.model.spray_incident_gap.as_millis() as i64);
+        let mut ended: Vec<(Network, Incident)> = self
+            .sources
+            .iter_mut()
+            .filter(|(_, source)| source.last_ts <= ts - keep_ms)
+            .filter_map(|(network, source)| Some((*network, source.incident.take()?)))
+            .collect();
+        ended.sort_by_key(|(network, _)| *network);
+        for (network, incident) in ended {
+            self.close(network, incident, out);
+        }
+        self.sources.retain(|_, source| source.last_ts > ts - keep_ms);
+        self.next_sweep_ts = ts + window_ms;
+    }
+}
+
+impl Incident {
+    fn absorb(&mut self, observation: &Observation, max_keys: usize) {
+        self.last = *observation;
+        if self.keys.len() < max_keys {
+            self.keys.insert(observation.key);
+        }
+        if self.addresses.len() < MAX_ADDRESSES {
+            self.addresses.insert(observation.ip);
+        }
+        if self.asns.len() < MAX_ADDRESSES && observation.asn != 0 {
+            self.asns.insert(observation.asn);
+        }
+        if self.countries.len() < MAX_ADDRESSES {
+            self.countries.insert(observation.country);
+        }
+        self.calls += 1;
+        self.refused += u64::from(observation.refused);
+    }
+
+    fn refused_share(&self) -> f64 {
+        self.refused as f64 / self.calls.max(1) as f64
+    }
+
+    /// High when most calls were refused: someone guessing keys.
+    fn severity_now(&self, refused_share: f64) -> Severity {
+        if self.refused_share() >= refused_share {
+            Severity::High
+        } else {
+            Severity::Medium
+        }
+    }
+}
+
+fn spray_alert(
+    network: Network,
+    incident: &Incident,
+    trigger: &Observation,
+    model_label: &str,
+    window_ms: i64,
+) -> Alert {
+    let ts = trigger.ts_ms;
+    let source = network.to_string();
+    let key_count = incident.keys.len();
+    let id = stable_id(
+        "al",
+        &[
+            Detector::SourceSpray.as_str(),
+            &source,
+            &ts.to_string(),
+            &key_count.to_string(),
+            &incident.calls.to_string(),
+        ],
+    );
+    let refused_share = incident.refused_share();
+    let countries: Vec<String> = incident
+        .countries
+        .iter()
+        .map(|code| String::from_utf8_lossy(code).into_owned())
+        .collect();
+    Alert {
+        id,
+        incident_id: incident.id.clone(),
+        key_fingerprint: fingerprint_text(trigger.key),
+        key_hint: trigger.hint.as_str().to_string(),
+        detector: Detector::SourceSpray,
+        severity: incident.severity,
+        score: (key_count as f64 / (key_count as f64 + 20.0)).clamp(0.0, 1.0),
+        ts: format_ts(ts),
+        window: Window {
+            start: format_ts(incident.window_start.min(ts)),
+            end: format_ts(ts),
+        },
+        summary: format!(
+            "source {source} called with {key_count} keys unfamiliar with it ({} calls, {:.0}% refused)",
+            incident.calls,
+            refused_share * 100.0
+        ),
+        evidence: json!({
+            "source_network": source,
+            "addresses": incident.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "asns": incident.asns,
+            "countries": countries,
+            "keys": key_count,
+            "calls": incident.calls,
+            "refused_calls": incident.refused,
+            "refused_share": (refused_share * 1000.0).round() / 1000.0,
+            "window_seconds": window_ms / 1000,
+            "alert_of_incident": incident.alerts + 1,
+        }),
+        model: model_label.to_string(),
+        keys: incident.keys.iter().map(|key| fingerprint_text(*key)).collect(),
+    }
+}
+
+/// Observations as they travel between processes (the repartition by
+/// source in Kafka): plain text fields, fingerprints only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservationRecord {
+    pub ts_ms: i64,
+    pub ip: IpAddr,
+    pub key_fingerprint: String,
+    pub key_hint: String,
+    pub asn: u32,
+    pub country: String,
+    pub refused: bool,
+}
+
+impl ObservationRecord {
+    pub fn of(observation: &Observation) -> ObservationRecord {
+        ObservationRecord {
+            ts_ms: observation.ts_ms,
+            ip: observation.ip,
+            key_fingerprint: fingerprint_text(observation.key),
+            key_hint: observation.hint.as_str().to_string(),
+            asn: observation.asn,
+            country: String::from_utf8_lossy(&observation.country).into_owned(),
+            refused: observation.refused,
+        }
+    }
+
+    /// `None` for a record whose fingerprint is not one.
+    pub fn observation(&self) -> Option<Observation> {
+        let country = match self.country.as_bytes() {
+            [a, b] => [*a, *b],
+            _ => *b"--",
+        };
+        Some(Observation {
+            ts_ms: self.ts_ms,
+            ip: self.ip,
+            key: fingerprint_bits(&self.key_fingerprint)?,
+            asn: self.asn,
+            country,
+            refused: self.refused,
+            hint: Hint::new(&self.key_hint),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_767_571_200_000;
+
+    fn view() -> SourceView {
+        SourceView::new(&AcrossKeysModel::default(), "default@1")
+    }
+
+    fn observation(ts_ms: i64, ip: &str, key: u128, refused: bool) -> Observation {
+        Observation {
+            ts_ms,
+            ip: ip.parse().expect("an address"),
+            key,
+            asn: 64_500,
+            country: *b"NL",
+            refused,
+            hint: Hint::new("AKIA****TEST"),
+        }
+    }
+
+    /// `keys` keys from one address, one call each, `gap_ms` apart.
+    fn spray(keys: u128, gap_ms: i64, refused: bool) -> Vec<Observation> {
+        (0..keys)
+            .map(|key| observation(T0 + key as i64 * gap_ms, "203.0.113.7", 1000 + key, refused))
+            .collect()
+    }
+
+    fn run(view: &mut SourceView, observations: &[Observation]) -> Vec<Alert> {
+        let mut out = Vec::new();
+        for observation in observations {
+            view.observe(*observation, &mut out);
+        }
+        view.finish(&mut out);
+        out.into_iter()
+            .filter_map(|output| match output {
+                Output::Alert(alert) => Some(alert),
+                Output::Revocation(_) | Output::Digest(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_key_short_of_the_threshold_raises_nothing() {
+        assert!(run(&mut view(), &spray(19, 1000, true)).is_empty());
+    }
+
+    #[test]
+    fn the_call_that_crosses_the_threshold_raises_one_alert_listing_every_key() {
+        let alerts = run(&mut view(), &spray(20, 1000, true));
+        assert_eq!(alerts.len(), 1, "{alerts:#?}");
+        let alert = &alerts[0];
+        assert_eq!(alert.detector, Detector::SourceSpray);
+        assert_eq!(alert.severity, Severity::High, "every call was refused");
+        assert_eq!(alert.key_fingerprint, fingerprint_text(1019), "the 20th key crossed it");
+        assert_eq!(alert.keys.len(), 20);
+        let mut sorted = alert.keys.clone();
+        sorted.sort();
+        assert_eq!(alert.keys, sorted, "keys are listed in a fixed order");
+        assert!(alert.keys.contains(&fingerprint_text(1000)));
+        assert_eq!(alert.evidence["source_network"], "203.0.113.0/24");
+        assert_eq!(alert.ts, format_ts(T0 + 19_000));
+    }
+
+    #[test]
+    fn keys_spread_wider_than_the_window_raise_nothing() {
+        // 20 keys, one every 40 s: never 20 within 10 minutes.
+        assert!(run(&mut view(), &spray(20, 40_000, true)).is_empty());
+    }
+
+    #[test]
+    fn accepted_calls_make_a_medium_spray_and_refused_ones_a_high_one() {
+        let alerts = run(&mut view(), &spray(25, 1000, false));
+        assert_eq!(alerts.len(), 2, "raised at 20 keys, closed at 25");
+        assert!(alerts.iter().all(|alert| alert.severity == Severity::Medium));
+    }
+
+    #[test]
+    fn a_continuing_spray_is_one_incident_with_a_few_alerts() {
+        let alerts = run(&mut view(), &spray(300, 2000, true));
+        assert!(
+            (1..=AcrossKeysModel::default().spray_max_alerts).contains(&alerts.len()),
+            "{}",
+            alerts.len()
+        );
+        let incident = &alerts[0].incident_id;
+        assert!(alerts.iter().all(|alert| &alert.incident_id == incident));
+        let listed: Vec<usize> = alerts.iter().map(|alert| alert.keys.len()).collect();
+        assert!(listed.windows(2).all(|pair| pair[0] < pair[1]), "{listed:?}");
+        assert_eq!(listed.last(), Some(&300), "the incident's end lists every key");
+        let ids: BTreeSet<&String> = alerts.iter().map(|alert| &alert.id).collect();
+        assert_eq!(ids.len(), alerts.len(), "alert ids differ");
+    }
+
+    #[test]
+    fn a_spray_after_a_quiet_gap_is_a_new_incident() {
+        let mut observations = spray(20, 1000, true);
+        let later = T0 + 3 * 3_600_000;
+        observations.extend((0..20).map(|key| observation(later + key as i64 * 1000, "203.0.113.7", 5000 + key, true)));
+        let alerts = run(&mut view(), &observations);
+        assert_eq!(alerts.len(), 2, "{alerts:#?}");
+        assert_ne!(alerts[0].incident_id, alerts[1].incident_id);
+    }
+
+    #[test]
+    fn a_spray_that_ends_is_closed_by_later_traffic_with_every_key_listed() {
+        let mut view = view();
+        let mut out = Vec::new();
+        for observation in spray(100, 1000, true) {
+            view.observe(observation, &mut out);
+        }
+        // Two hours later, other sources only: the sweep ends the spray.
+        for minute in 0..130 {
+            let ip = format!("192.0.2.{}", minute % 200 + 1);
+            view.observe(observation(T0 + 7_200_000 + minute * 60_000, &ip, 1, false), &mut out);
+        }
+        let alerts: Vec<&Alert> = out
+            .iter()
+            .filter_map(|output| match output {
+                Output::Alert(alert) => Some(alert),
+                Output::Revocation(_) | Output::Digest(_) => None,
+            })
+            .collect();
+        assert_eq!(alerts.len(), 3, "first, doubling, end");
+        assert_eq!(alerts[2].keys.len(), 100);
+        assert_eq!(alerts[2].incident_id, alerts[0].incident_id);
+        assert_eq!(alerts[2].key_fingerprint, fingerprint_text(1099), "the last key called");
+    }
+
+    #[test]
+    fn the_listed_keys_are_capped() {
+        let alerts = run(&mut view(), &spray(800, 100, true));
+        let model = AcrossKeysModel::default();
+        assert!(alerts.iter().all(|alert| alert.keys.len() <= model.spray_max_keys));
+    }
+
+    #[test]
+    fn sources_whose_window_has_passed_are_forgotten() {
+        let mut view = view();
+        let mut out = Vec::new();
+        for host in 0..200u32 {
+            let ip = format!("198.51.{}.{}", host / 10, host % 10 + 1);
+            view.observe(
+                observation(T0 + i64::from(host) * 1000, &ip, u128::from(host), true),
+                &mut out,
+            );
+        }
+        assert!(view.sources_tracked() >= 2);
+        // Two hours later one call from elsewhere: every old source is gone.
+        view.observe(observation(T0 + 2 * 3_600_000, "192.0.2.1", 7, true), &mut out);
+        view.observe(observation(T0 + 3 * 3_600_000, "192.0.2.1", 7, true), &mut out);
+        assert_eq!(view.sources_tracked(), 1);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn arrival_order_within_the_lateness_does_not_change_the_alerts() {
+        let mut observations = spray(60, 1500, true);
+        observations.extend(spray(10, 1500, false).into_iter().map(|mut observation| {
+            observation.key += 10_000;
+            observation
+        }));
+        observations.sort();
+        let in_order = run(&mut view(), &observations);
+        assert!(!in_order.is_empty());
+        // Swap neighbours and reverse runs of ten: every observation stays
+        // well within the two-minute lateness of its place.
+        let mut shuffled = observations.clone();
+        for chunk in shuffled.chunks_mut(10) {
+            chunk.reverse();
+        }
+        assert_ne!(shuffled, observations);
+        assert_eq!(run(&mut view(), &shuffled), in_order);
+    }
+
+    #[test]
+    fn observations_travel_as_records_and_back() {
+        let observation = observation(T0, "2001:db8::7", 0xabc, true);
+        let record = ObservationRecord::of(&observation);
+        assert_eq!(record.key_fingerprint, "kf_00000000000000000000000000000abc");
+        let text = serde_json::to_string(&record).unwrap();
+        let back: ObservationRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.observation(), Some(observation));
+        assert_eq!(Network::of(observation.ip).to_string(), "2001:db8:0::/48");
+    }
+}
