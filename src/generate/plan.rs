@@ -656,6 +656,27 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_key_and_its_successor_are_two_keys_of_the_run_in_one_case() {
+        let plan = plan(&config(minimum_keys()));
+        assert_eq!(
+            plan.profiles.len(),
+            minimum_keys(),
+            "the successor is one of the run's keys"
+        );
+        let rotation: Vec<&BenignCase> = plan
+            .benign_cases
+            .iter()
+            .filter(|benign| benign.case == HardCase::KeyRotation.as_str())
+            .collect();
+        assert_eq!(rotation.len(), 2);
+        assert_ne!(rotation[0].key, rotation[1].key);
+        assert_eq!(rotation[0].start, rotation[1].start);
+        for benign in rotation {
+            assert!(plan.profiles.iter().any(|profile| profile.key_id == benign.key));
+        }
+    }
+
+    #[test]
     fn incidents_start_after_the_baseline_days_and_end_in_the_run() {
         let config = config(60);
         let plan = plan(&config);
