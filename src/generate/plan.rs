@@ -407,17 +407,17 @@ pub(super) fn own_networks(profile: &KeyProfile) -> Vec<usize> {
     networks
 }
 
-/// Networks the organisation's keys call from, as a flag per network.
-pub(super) fn organisation_networks(world: &World, profiles: &[KeyProfile]) -> Vec<bool> {
-    let mut used = vec![false; world.networks.len()];
+/// How many of the organisation's keys call from each network of the world.
+pub(super) fn organisation_networks(world: &World, profiles: &[KeyProfile]) -> Vec<u32> {
+    let mut keys = vec![0; world.networks.len()];
     for profile in profiles {
         for network in own_networks(profile) {
-            if let Some(flag) = used.get_mut(network) {
-                *flag = true;
+            if let Some(count) = keys.get_mut(network) {
+                *count += 1;
             }
         }
     }
-    used
+    keys
 }
 
 fn benign_record(case: HardCase, profile: &KeyProfile, start_ms: i64, end_ms: i64, notes: String) -> BenignCase {
