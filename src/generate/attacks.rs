@@ -3,7 +3,9 @@
 //!
 //! Each scenario is written from the attacker's side only (where they call
 //! from, how much, which endpoints, what the API answers); nothing here
-//! knows how any detector works. The benign hard cases, unusual traffic
+//! knows how any detector works. Several thieves look like the owner (the
+//! owner's client, endpoints, hours and rate), and attacks land on every
+//! kind of key ([`HostRole`]), not only on ordinary ones. The benign hard cases, unusual traffic
 //! that is not an attack, live beside it in [`super::benign`].
 
 use std::net::Ipv4Addr;
@@ -244,9 +246,9 @@ pub struct AttackContext<'a> {
     pub start_ms: i64,
     pub run_start_ms: i64,
     pub run_end_ms: i64,
-    /// Per network of the world, whether any key of the organisation calls
+    /// Per network of the world, how many keys of the organisation call
     /// from it.
-    pub organisation_networks: &'a [bool],
+    pub organisation_networks: &'a [u32],
 }
 
 impl AttackContext<'_> {
@@ -322,36 +324,50 @@ impl AttackContext<'_> {
     }
 
     /// A network of one of `kinds` no key of the organisation uses, as far
-    /// from every network it uses as the world allows.
+    /// from every network it uses as the world allows and, where nothing is
+    /// far (a large organisation calls from most cities), in the country
+    /// fewest of its keys call from.
     fn far_from_organisation(&self, rng: &mut GenRng, kinds: &[NetworkKind]) -> usize {
-        let used: Vec<usize> = (0..self.organisation_networks.len())
-            .filter(|&network| self.organisation_networks[network])
-            .collect();
-        let mut candidates: Vec<(f64, usize)> = self
+        let mut candidates: Vec<(f64, u32, usize)> = self
             .world
             .networks_of(kinds)
             .into_iter()
-            .filter(|&network| !self.organisation_networks.get(network).copied().unwrap_or(false))
+            .filter(|&network| self.organisation_networks.get(network).copied().unwrap_or(0) == 0)
             .map(|network| {
-                let nearest = used
-                    .iter()
-                    .map(|&own| self.world.distance_km(own, network))
-                    .fold(f64::INFINITY, f64::min);
-                (nearest, network)
+                let nearest_km = self.organisation_distance_km(network);
+                (nearest_km, self.organisation_keys_in_country(network), network)
             })
             .collect();
         if candidates.is_empty() {
             return self.foreign_network(rng, kinds, 3000.0);
         }
-        candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        candidates.truncate(5);
-        pick(rng, &candidates).1
+        // Distances within 100 km count as the same: a city apart, not a
+        // continent.
+        candidates.sort_by(|a, b| {
+            (b.0 / 100.0)
+                .floor()
+                .total_cmp(&(a.0 / 100.0).floor())
+                .then(a.1.cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+        });
+        candidates.truncate(3);
+        pick(rng, &candidates).2
+    }
+
+    /// How many of the organisation's key-network uses lie in the country
+    /// of `network`.
+    fn organisation_keys_in_country(&self, network: usize) -> u32 {
+        let country = self.world.city(network).country_code;
+        (0..self.organisation_networks.len())
+            .filter(|&other| self.world.city(other).country_code == country)
+            .map(|other| self.organisation_networks[other])
+            .sum()
     }
 
     /// Distance from `network` to the nearest network the organisation uses.
     fn organisation_distance_km(&self, network: usize) -> f64 {
         (0..self.organisation_networks.len())
-            .filter(|&own| self.organisation_networks[own])
+            .filter(|&own| self.organisation_networks[own] > 0)
             .map(|own| self.world.distance_km(own, network))
             .fold(f64::INFINITY, f64::min)
     }
@@ -790,11 +806,12 @@ pub fn attack(context: &AttackContext<'_>, scenario: Scenario, rng: &mut GenRng)
             (
                 events,
                 format!(
-                    "key first used {:.1} h before; {count} calls from {}, {:.0} km from the nearest network \
-                     of the organisation",
+                    "key first used {:.1} h before; {count} calls from {}, a network no key of the organisation \
+                     uses, {:.0} km from the nearest one it uses ({} key-network uses in that country)",
                     (t0 - first_use) as f64 / HOUR_MS as f64,
                     context.describe(network),
-                    context.organisation_distance_km(network)
+                    context.organisation_distance_km(network),
+                    context.organisation_keys_in_country(network)
                 ),
             )
         }
@@ -1136,7 +1153,7 @@ mod tests {
             assert!(!calls.is_empty());
             for call in calls {
                 assert!(
-                    !organisation[network_of(&incident.plan.world, call.ip)],
+                    organisation[network_of(&incident.plan.world, call.ip)] == 0,
                     "{}",
                     incident.notes
                 );

@@ -407,17 +407,17 @@ pub(super) fn own_networks(profile: &KeyProfile) -> Vec<usize> {
     networks
 }
 
-/// Networks the organisation's keys call from, as a flag per network.
-pub(super) fn organisation_networks(world: &World, profiles: &[KeyProfile]) -> Vec<bool> {
-    let mut used = vec![false; world.networks.len()];
+/// How many of the organisation's keys call from each network of the world.
+pub(super) fn organisation_networks(world: &World, profiles: &[KeyProfile]) -> Vec<u32> {
+    let mut keys = vec![0; world.networks.len()];
     for profile in profiles {
         for network in own_networks(profile) {
-            if let Some(flag) = used.get_mut(network) {
-                *flag = true;
+            if let Some(count) = keys.get_mut(network) {
+                *count += 1;
             }
         }
     }
-    used
+    keys
 }
 
 fn benign_record(case: HardCase, profile: &KeyProfile, start_ms: i64, end_ms: i64, notes: String) -> BenignCase {
@@ -652,6 +652,27 @@ mod tests {
                 plan.benign_cases.iter().any(|benign| benign.case == case.as_str()),
                 "{case:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_rotated_key_and_its_successor_are_two_keys_of_the_run_in_one_case() {
+        let plan = plan(&config(minimum_keys()));
+        assert_eq!(
+            plan.profiles.len(),
+            minimum_keys(),
+            "the successor is one of the run's keys"
+        );
+        let rotation: Vec<&BenignCase> = plan
+            .benign_cases
+            .iter()
+            .filter(|benign| benign.case == HardCase::KeyRotation.as_str())
+            .collect();
+        assert_eq!(rotation.len(), 2);
+        assert_ne!(rotation[0].key, rotation[1].key);
+        assert_eq!(rotation[0].start, rotation[1].start);
+        for benign in rotation {
+            assert!(plan.profiles.iter().any(|profile| profile.key_id == benign.key));
         }
     }
 
