@@ -98,6 +98,10 @@ pub struct GeoModel {
     /// A key whose baseline spreads over at least this many countries is
     /// global: new countries on it are low severity.
     pub global_key_countries: usize,
+    /// A global key whose set of countries has not grown for this long
+    /// has settled: a new country is no longer explained by it being global.
+    #[serde(with = "humantime_serde")]
+    pub global_settled: Duration,
 }
 
 /// Call rate with daily seasonality.
@@ -198,6 +202,9 @@ pub struct VolumeModel {
     /// the key's usual share, below which it is low, and medium.
     pub low_p_value: f64,
     pub medium_p_value: f64,
+    /// A low window whose bytes per call reach this multiple of the usual
+    /// is medium: so much more data per call is no chance.
+    pub medium_ratio: f64,
     /// A medium window whose bytes per call reach this multiple of the
     /// usual is high.
     pub high_ratio: f64,
@@ -480,6 +487,7 @@ impl Model {
             ("volume.min_bytes", self.volume.min_bytes),
             ("volume.low_p_value", self.volume.low_p_value),
             ("volume.medium_p_value", self.volume.medium_p_value),
+            ("volume.medium_ratio", self.volume.medium_ratio),
             ("volume.high_ratio", self.volume.high_ratio),
             ("across_keys.spray_refused_share", self.across_keys.spray_refused_share),
             ("across_keys.org_far_km", self.across_keys.org_far_km),
@@ -518,6 +526,7 @@ impl Model {
             ("rate.sustained_ratio", self.rate.sustained_ratio),
             ("rate.sustained_margin", self.rate.sustained_margin),
             ("volume.big_ratio", self.volume.big_ratio),
+            ("volume.medium_ratio", self.volume.medium_ratio),
             ("volume.high_ratio", self.volume.high_ratio),
         ] {
             if value < 1.0 {

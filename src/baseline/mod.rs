@@ -146,11 +146,16 @@ impl KeyState {
             self.endpoints.record_first_use(ts_ms);
         }
 
-        self.rate.count += 1;
+        // Refused calls are not the key's rate: a 401 storm (a client
+        // retrying a rotated secret, or someone guessing) is judged by the
+        // auth-failure and cross-key detectors, not as a surge of use.
+        let failure = event.is_auth_failure();
+        if !failure {
+            self.rate.count += 1;
+        }
         self.volume.count(event.bytes_out, &model.volume);
         // Whether a failure is the key's own (its established place and
         // client) is asked of the baseline before the event joins it.
-        let failure = event.is_auth_failure();
         self.auth
             .count(failure, failure && self.is_familiar_source(event, model));
         self.endpoints.absorb(event.endpoint_id, ts_ms, &model.endpoints);

@@ -103,9 +103,17 @@ pub fn check_new_place(state: &KeyState, event: &ResolvedEvent, ctx: &Context, o
                     && state.geo.asns.share(event.geo.asn) >= geo_model.established_share
             });
         let journey = plausible_journey(state, event, ctx);
+        // A global key explains a new country only while its set of
+        // countries is still growing: one whose countries have not changed
+        // for `global_settled` has shown where its users are.
+        let newest_country_ms = state.geo.countries.entries.iter().map(|entry| entry.first_ts).max();
+        let global_settled = global
+            && newest_country_ms
+                .is_some_and(|newest| event.ts_ms - newest >= geo_model.global_settled.as_millis() as i64);
         // A rented or anonymising network the key never used: a journey or
         // a global key does not explain it.
-        let severity = if !rentable_new && (global || asn_established || journey == Some(true)) {
+        let explained = (global && !global_settled) || asn_established || journey == Some(true);
+        let severity = if !rentable_new && explained {
             Severity::Low
         } else {
             Severity::Medium
@@ -149,6 +157,7 @@ pub fn check_new_place(state: &KeyState, event: &ResolvedEvent, ctx: &Context, o
                     "days": (days * 10.0).round() / 10.0,
                     "events": state.events,
                     "global_key": global,
+                    "global_key_settled": global_settled,
                 },
             }),
         });

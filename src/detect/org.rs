@@ -17,6 +17,7 @@ use super::{Context, Finding};
 use crate::baseline::KeyState;
 use crate::baseline::geo::distance_km;
 use crate::detector::{Detector, Severity};
+use crate::enrich::network_kind::NetworkKind;
 use crate::enrich::{Country, ResolvedEvent};
 
 /// A located place of the organisation: latitude and longitude rounded to
@@ -187,7 +188,10 @@ pub fn check_unfamiliar_network(state: &KeyState, event: &ResolvedEvent, ctx: &C
         return;
     };
     let credible_km = nearest_km - f64::from(geo.accuracy_km);
-    if credible_km <= model.org_far_km {
+    // Rented servers and anonymising exits no key of the organisation uses
+    // are unfamiliar however near: that is where a leaked key is tried.
+    let rented = matches!(geo.kind, NetworkKind::Hosting | NetworkKind::Anonymising);
+    if credible_km <= model.org_far_km && !rented {
         return;
     }
     let country_known = org.countries.contains_key(geo.country.as_str());
@@ -219,6 +223,7 @@ pub fn check_unfamiliar_network(state: &KeyState, event: &ResolvedEvent, ctx: &C
             "country": country,
             "city": names.city,
             "nearest_org_place_km": nearest_km.round(),
+            "network_kind": geo.kind.as_str(),
             "country_used_by_organisation": country_known,
             "client": event.client,
             "client_used_by_organisation": client_known,

@@ -98,8 +98,9 @@ pub fn check_volume(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out:
 
 /// The severity of a long window with `big` big calls where
 /// `expected_big` were expected, and its tail probability: low and medium
-/// by the probability, high when medium and the bytes per call reach the
-/// model's `high_ratio`.
+/// by the probability, medium too when the bytes per call reach the model's
+/// `medium_ratio`, high when the probability says medium and the bytes per
+/// call reach its `high_ratio`.
 fn judge_window(
     big: u64,
     expected_big: f64,
@@ -113,16 +114,15 @@ fn judge_window(
     }
     let p_value = Poisson::new(expected_big.max(1e-9)).map_or(1.0, |dist| dist.sf(big - 1));
     let per_call_ratio = bytes / calls.max(1) as f64 / usual;
-    let severity = if p_value < model.medium_p_value {
-        if per_call_ratio >= model.high_ratio {
-            Severity::High
-        } else {
-            Severity::Medium
-        }
-    } else if p_value < model.low_p_value {
-        Severity::Low
-    } else {
+    if p_value >= model.low_p_value {
         return None;
+    }
+    let severity = if p_value < model.medium_p_value && per_call_ratio >= model.high_ratio {
+        Severity::High
+    } else if p_value < model.medium_p_value || per_call_ratio >= model.medium_ratio {
+        Severity::Medium
+    } else {
+        Severity::Low
     };
     Some((severity, p_value))
 }
