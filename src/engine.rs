@@ -207,6 +207,7 @@ impl Engine {
         let network_familiar =
             row.geo.asn == 0 || state.geo.asns.contains(row.geo.asn) || self.across.org_knows(row.geo.asn);
         let learned = state.has_learned(ts_ms, &model.across_keys.org_learned);
+        let established = learned && state.geo.is_established_at(&row.geo, ts_ms, &model.geo);
         let findings = &mut self.findings;
         findings.clear();
         detect::judge(Phase::Before, state, &row, &ctx, findings);
@@ -221,7 +222,7 @@ impl Engine {
         let (key, hint) = self.key_ids[resolved.key_index];
         let first_across = out.len();
         self.across
-            .after_event(&row, key, hint, learned, network_familiar, &model.across_keys, out);
+            .after_event(&row, key, hint, learned, established, network_familiar, &model.across_keys, out);
         self.stats.alerts += (out.len() - first_across) as u64;
     }
 

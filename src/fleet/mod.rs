@@ -105,11 +105,15 @@ impl Across {
         key: u128,
         hint: Hint,
         learned: bool,
+        established: bool,
         network_familiar: bool,
         model: &AcrossKeysModel,
         out: &mut Vec<Output>,
     ) {
-        if learned {
+        // Only a learned key's established places teach the organisation:
+        // a thief's hours on a stolen key must not make the thief's network
+        // familiar to every new key.
+        if learned && established {
             self.org
                 .contribute(event.ts_ms, key, &event.geo, event.client_id, model);
         }
