@@ -174,10 +174,11 @@ pub fn check_unfamiliar_network(state: &KeyState, event: &ResolvedEvent, ctx: &C
     let model = &ctx.model.across_keys;
     let org = ctx.org;
     let geo = &event.geo;
-    // A refused call proves nothing about the key: guessed and revoked ids
-    // are refused, and the source view judges whoever sprays them.
+    // Only a call the API served proves the key works: guessed and revoked
+    // ids are refused or throttled, and the source view judges whoever
+    // sprays them.
     if org.is_empty()
-        || event.is_auth_failure()
+        || event.status >= 400
         || !org.saw_born(state.first_ts, model.org_epoch.as_millis() as i64)
         || geo.asn == 0
         || !geo.has_location
