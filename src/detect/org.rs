@@ -168,6 +168,9 @@ impl OrgTable {
     }
 }
 
+/// Calls a young key needs before its last place says where it lives.
+const MIN_KEY_EVENTS_FOR_A_HOME: u64 = 5;
+
 /// The check: judges new and still-learning keys on their first use of a
 /// network.
 pub fn check_unfamiliar_network(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out: &mut Vec<Finding>) {
@@ -195,7 +198,20 @@ pub fn check_unfamiliar_network(state: &KeyState, event: &ResolvedEvent, ctx: &C
     // Rented servers and anonymising exits no key of the organisation uses
     // are unfamiliar however near: that is where a leaked key is tried.
     let rented = matches!(geo.kind, NetworkKind::Hosting | NetworkKind::Anonymising);
-    if credible_km <= model.org_far_km && !rented {
+    // A young key already in use somewhere, now on an unfamiliar network
+    // far from there: the owner's few hours of history are enough to say
+    // where the key lives.
+    let from_key_km = state
+        .geo
+        .last
+        .filter(|_| state.events >= MIN_KEY_EVENTS_FOR_A_HOME)
+        .map(|last| {
+            distance_km(last.lat, last.lon, geo.lat, geo.lon)
+                - f64::from(last.accuracy_km)
+                - f64::from(geo.accuracy_km)
+        });
+    let moved_far = from_key_km.is_some_and(|km| km > model.org_far_km);
+    if credible_km <= model.org_far_km && !rented && !moved_far {
         return;
     }
     let country_known = org.countries.contains_key(geo.country.as_str());
@@ -227,6 +243,7 @@ pub fn check_unfamiliar_network(state: &KeyState, event: &ResolvedEvent, ctx: &C
             "country": country,
             "city": names.city,
             "nearest_org_place_km": nearest_km.round(),
+            "km_from_key_last_use": from_key_km.map(f64::round),
             "network_kind": geo.kind.as_str(),
             "country_used_by_organisation": country_known,
             "client": event.client,

@@ -231,6 +231,31 @@ mod tests {
     }
 
     #[test]
+    fn a_young_key_moved_far_from_where_it_lives_to_an_unfamiliar_network_is_medium() {
+        let mut organisation = organisation();
+        for index in 0..7 {
+            organisation.extend(history(&format!("AKIAORGSAOPAULO{index:05}"), "saopaulo", 5, 1, ENDPOINTS));
+        }
+        let key = "AKIAYOUNGKEYMOVED001";
+        let mut young = new_key(key, "saopaulo", 5);
+        let later = T0 + 5 * DAY + 14 * HOUR;
+        young.push(event(later, key, ip("paris", 7), "/v1/orders", 200));
+        let outputs = run(&with(organisation.clone(), young), 64);
+        let found = alerts_of(&outputs, "unfamiliar_network");
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(found[0].severity >= Severity::Medium);
+        assert!(
+            found[0].evidence["nearest_org_place_km"].as_f64().unwrap_or(f64::MAX) < 1000.0,
+            "near the organisation, yet far from the key"
+        );
+        assert!(found[0].evidence["km_from_key_last_use"].as_f64().unwrap_or(0.0) > 5000.0);
+
+        // The same young key staying home is quiet.
+        let outputs = run(&with(organisation, new_key(key, "saopaulo", 5)), 64);
+        assert!(alerts_of(&outputs, "unfamiliar_network").is_empty());
+    }
+
+    #[test]
     fn a_new_key_on_the_organisations_networks_is_quiet() {
         // A successor key, rotated in, calling from the predecessor's places.
         let outputs = run(&with(organisation(), new_key("AKIASUCCESSORKEY0001", "london", 5)), 64);

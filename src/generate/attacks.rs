@@ -151,12 +151,15 @@ impl Scenario {
     pub fn detectors(self) -> &'static [Detector] {
         match self {
             // Calls from a far, never-used place while the owner goes on
-            // calling from home.
+            // calling from home (on a young key, a place no key of the
+            // organisation uses).
             Scenario::StolenKeyNewCountry | Scenario::ImpossibleTravel | Scenario::KeyCopied => &[
                 Detector::ImpossibleTravel,
                 Detector::ConcurrentUse,
                 Detector::NewCountry,
                 Detector::NewAsn,
+                Detector::NewRegion,
+                Detector::UnfamiliarNetwork,
             ],
             // Many reads, far above the key's rate, over its own endpoints.
             Scenario::ScrapingBurst => &[
@@ -167,6 +170,7 @@ impl Scenario {
             ],
             // A modest extra rate for hours, much of it on bulk exports.
             Scenario::LowAndSlowExfiltration => &[
+                Detector::ResponseVolume,
                 Detector::RateSurge,
                 Detector::RateSpike,
                 Detector::EndpointMixShift,
