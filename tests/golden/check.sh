@@ -25,7 +25,13 @@ for arg in "$@"; do
 done
 
 digests=tests/golden/outputs.sha256
-work="${KEYWATCH_GOLDEN_DIR:-$(mktemp -d)}"
+if [[ -n "${KEYWATCH_GOLDEN_DIR:-}" ]]; then
+    work="$KEYWATCH_GOLDEN_DIR"
+else
+    # A scratch folder (3 GB of generated input) goes when the outputs match.
+    work="$(mktemp -d)"
+    scratch=1
+fi
 cargo build --release --quiet
 bin=target/release/keywatch
 
@@ -38,7 +44,7 @@ for seed in 1 2 3; do
     "$bin" replay --input "$input/events.jsonl" --geoip-city "$input/geoip-city.mmdb" \
         --geoip-asn "$input/geoip-asn.mmdb" --out "$work/seed-$seed" --no-progress >/dev/null
 done
-files=(seed-{1,2,3}/{alerts,revocations}.jsonl)
+files=(seed-{1,2,3}/{alerts,revocations,digests}.jsonl)
 if [[ $demo == 1 ]]; then
     rm -rf "$work/demo"
     "$bin" demo --plain --out "$work/demo" >/dev/null
@@ -48,6 +54,7 @@ fi
 if [[ $record == 1 ]]; then
     (cd "$work" && sha256sum "${files[@]}") >"$digests"
     echo "recorded $digests"
+    [[ -n "${scratch:-}" ]] && rm -rf "$work"
     exit 0
 fi
 status=0
@@ -61,4 +68,5 @@ for file in "${files[@]}"; do
         status=1
     fi
 done
+[[ $status == 0 && -n "${scratch:-}" ]] && rm -rf "$work"
 exit $status
