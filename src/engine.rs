@@ -221,8 +221,16 @@ impl Engine {
         self.stats.events += 1;
         let (key, hint) = self.key_ids[resolved.key_index];
         let first_across = out.len();
-        self.across
-            .after_event(&row, key, hint, learned, established, network_familiar, &model.across_keys, out);
+        self.across.after_event(
+            &row,
+            key,
+            hint,
+            learned,
+            established,
+            network_familiar,
+            &model.across_keys,
+            out,
+        );
         self.stats.alerts += (out.len() - first_across) as u64;
     }
 

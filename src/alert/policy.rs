@@ -55,7 +55,9 @@ pub fn dispose(
 
     // Suppression is per detector and subject: a repeat of the same finding
     // is quiet for a while, a new country after a suppressed one is not.
-    memory.last_fired.retain(|fired| trigger_ts_ms - fired.ts_ms < suppress_ms);
+    memory
+        .last_fired
+        .retain(|fired| trigger_ts_ms - fired.ts_ms < suppress_ms);
     match memory
         .last_fired
         .iter_mut()

@@ -153,7 +153,10 @@ mod tests {
 
     #[test]
     fn every_detector_is_reported_by_exactly_one_check() {
-        for detector in Detector::ALL.iter().filter(|detector| detector.phase() != Phase::AcrossKeys) {
+        for detector in Detector::ALL
+            .iter()
+            .filter(|detector| detector.phase() != Phase::AcrossKeys)
+        {
             let reporting = CHECKS.iter().filter(|check| check.detectors.contains(detector)).count();
             assert_eq!(reporting, 1, "{detector}");
         }

@@ -206,9 +206,7 @@ pub fn check_unfamiliar_network(state: &KeyState, event: &ResolvedEvent, ctx: &C
         .last
         .filter(|_| state.events >= MIN_KEY_EVENTS_FOR_A_HOME)
         .map(|last| {
-            distance_km(last.lat, last.lon, geo.lat, geo.lon)
-                - f64::from(last.accuracy_km)
-                - f64::from(geo.accuracy_km)
+            distance_km(last.lat, last.lon, geo.lat, geo.lon) - f64::from(last.accuracy_km) - f64::from(geo.accuracy_km)
         });
     let moved_far = from_key_km.is_some_and(|km| km > model.org_far_km);
     if credible_km <= model.org_far_km && !rented && !moved_far {

@@ -234,7 +234,13 @@ mod tests {
     fn a_young_key_moved_far_from_where_it_lives_to_an_unfamiliar_network_is_medium() {
         let mut organisation = organisation();
         for index in 0..7 {
-            organisation.extend(history(&format!("AKIAORGSAOPAULO{index:05}"), "saopaulo", 5, 1, ENDPOINTS));
+            organisation.extend(history(
+                &format!("AKIAORGSAOPAULO{index:05}"),
+                "saopaulo",
+                5,
+                1,
+                ENDPOINTS,
+            ));
         }
         let key = "AKIAYOUNGKEYMOVED001";
         let mut young = new_key(key, "saopaulo", 5);
