@@ -120,13 +120,15 @@ impl ReplaySummary {
         };
         let counts = &self.counts;
         format!(
-            "records       {}\nevents        {}\nkeys          {}\nalerts        {} ({})\n  detectors   {}\nsuppressed    {} (repeats inside the suppression window)\nrevocations   {}\nrejected      {} ({})\nno api key    {} (skipped)\nlate events   {}\n",
+            "records       {}\nevents        {}\nkeys          {}\nalerts        {} ({})\n  detectors   {}\ndigests       {} (folding {} low findings)\nsuppressed    {} (repeats inside the suppression window)\nrevocations   {}\nrejected      {} ({})\nno api key    {} (skipped)\nlate events   {}\n",
             counts.records,
             counts.events,
             self.keys,
             counts.alerts,
             join(&counts.alerts_by_severity),
             join(&counts.alerts_by_detector),
+            counts.digests,
+            counts.digest_findings,
             self.suppressed,
             counts.revocations,
             counts.rejected,
@@ -170,7 +172,7 @@ pub fn run_cli(args: &ReplayArgs) -> Result<(), ReplayError> {
     let elapsed = started.elapsed().as_secs_f64();
     print!("{}", summary.render());
     println!(
-        "took          {elapsed:.1}s ({:.0} events/s)\nwrote         {}/alerts.jsonl, revocations.jsonl, rejected.jsonl, summary.json",
+        "took          {elapsed:.1}s ({:.0} events/s)\nwrote         {}/alerts.jsonl, revocations.jsonl, digests.jsonl, rejected.jsonl, summary.json",
         summary.counts.events as f64 / elapsed.max(1e-9),
         args.out.display()
     );
@@ -225,7 +227,7 @@ fn replay_kafka_cli(args: &ReplayArgs, setup: &Setup) -> Result<(), ReplayError>
         println!("produced      {} alerts to {topic}", summary.produced);
     }
     println!(
-        "wrote         {}/alerts.jsonl, revocations.jsonl, rejected.jsonl",
+        "wrote         {}/alerts.jsonl, revocations.jsonl, digests.jsonl, rejected.jsonl",
         args.out.display()
     );
     Ok(())
