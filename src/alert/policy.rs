@@ -3,9 +3,9 @@
 
 use crate::alert::digest::{PendingDigest, day_of};
 use crate::alert::{Alert, Output, RevocationRequest, Window, stable_id};
-use crate::baseline::{Fired, KeyState};
+use crate::baseline::{AlertMemory, Fired, KeyState};
 use crate::detect::Finding;
-use crate::detector::Severity;
+use crate::detector::{Detector, Severity};
 use crate::event::format_ts;
 use crate::model::Model;
 
@@ -90,17 +90,13 @@ pub fn dispose(
             &state.events.to_string(),
         ],
     );
-    if !incident_open {
-        memory.incident_id = Some(stable_id("in", &[&id]));
-        memory.incident_start = trigger_ts_ms;
-        memory.incident_detectors.clear();
-        memory.incident_alert_ids.clear();
-        memory.incident_revoked = false;
-    }
-    memory.incident_last = trigger_ts_ms;
-    if !memory.incident_detectors.contains(&finding.detector) {
-        memory.incident_detectors.push(finding.detector);
-    }
+    join_incident(
+        memory,
+        incident_open,
+        || stable_id("in", &[&id]),
+        finding.detector,
+        trigger_ts_ms,
+    );
     memory.incident_alert_ids.push(id.clone());
     if memory.incident_alert_ids.len() > 64 {
         memory.incident_alert_ids.remove(0);
@@ -163,30 +159,46 @@ fn fold_into_digest(
     out: &mut Vec<Output>,
 ) {
     flush_digest_before(state, trigger_ts_ms, model_label, out);
+    let (fingerprint, events) = (&state.fingerprint, state.events);
     let memory = &mut state.alerts;
-    if !incident_open {
-        memory.incident_id = Some(stable_id(
+    let incident_id = || {
+        stable_id(
             "in",
             &[
-                &state.fingerprint,
+                fingerprint,
                 finding.detector.as_str(),
                 &trigger_ts_ms.to_string(),
-                &state.events.to_string(),
+                &events.to_string(),
             ],
-        ));
-        memory.incident_start = trigger_ts_ms;
-        memory.incident_detectors.clear();
-        memory.incident_alert_ids.clear();
-        memory.incident_revoked = false;
-    }
-    memory.incident_last = trigger_ts_ms;
-    if !memory.incident_detectors.contains(&finding.detector) {
-        memory.incident_detectors.push(finding.detector);
-    }
+        )
+    };
+    join_incident(memory, incident_open, incident_id, finding.detector, trigger_ts_ms);
     memory
         .digest
         .get_or_insert_with(|| PendingDigest::new(day_of(trigger_ts_ms)))
         .add(finding, trigger_ts_ms);
+}
+
+/// Opens a new incident unless one is open (its id made by `new_id`), and
+/// records `detector` in it at `ts_ms`.
+fn join_incident(
+    memory: &mut AlertMemory,
+    incident_open: bool,
+    new_id: impl FnOnce() -> String,
+    detector: Detector,
+    ts_ms: i64,
+) {
+    if !incident_open {
+        memory.incident_id = Some(new_id());
+        memory.incident_start = ts_ms;
+        memory.incident_detectors.clear();
+        memory.incident_alert_ids.clear();
+        memory.incident_revoked = false;
+    }
+    memory.incident_last = ts_ms;
+    if !memory.incident_detectors.contains(&detector) {
+        memory.incident_detectors.push(detector);
+    }
 }
 
 /// Sends the key's digest when its day is over at `ts_ms`.
