@@ -698,7 +698,7 @@ mod tests {
     #[test]
     fn default_model_is_valid() {
         let model = Model::default_model();
-        assert_eq!(model.geo.max_speed_kmh, 900.0);
+        assert_eq!(model.geo.max_speed_kmh, 1000.0);
         assert_eq!(model.geo.min_distance_km, 500.0);
     }
 
@@ -714,7 +714,7 @@ mod tests {
     #[test]
     fn every_number_rejects_nan_infinity_and_negatives() {
         for (line, field) in [
-            ("max_speed_kmh = 900.0", "geo.max_speed_kmh"),
+            ("max_speed_kmh = 1000.0", "geo.max_speed_kmh"),
             ("min_distance_km = 500.0", "geo.min_distance_km"),
             ("location_error_km = 50.0", "geo.location_error_km"),
             ("min_hourly_rate = 2.0", "rate.min_hourly_rate"),

@@ -1,8 +1,9 @@
 //! Turns findings into alerts: suppression of repeats, grouping into
 //! incidents, escalation of correlated findings, and the revocation policy.
 
-use crate::alert::digest::{PendingDigest, day_of};
+use crate::alert::digest::{digest_of, low_finding};
 use crate::alert::{Alert, Output, RevocationRequest, Window, stable_id};
+use crate::baseline::digest::{PendingDigest, day_of};
 use crate::baseline::{AlertMemory, Fired, KeyState};
 use crate::detect::Finding;
 use crate::detector::{Detector, Severity};
@@ -176,7 +177,7 @@ fn fold_into_digest(
     memory
         .digest
         .get_or_insert_with(|| PendingDigest::new(day_of(trigger_ts_ms)))
-        .add(finding, trigger_ts_ms);
+        .add(low_finding(finding), trigger_ts_ms);
 }
 
 /// Opens a new incident unless one is open (its id made by `new_id`), and
@@ -216,7 +217,8 @@ pub fn flush_digest_before(state: &mut KeyState, ts_ms: i64, model_label: &str, 
 /// Sends the key's pending digest, whatever its day (the end of a replay).
 pub fn flush_digest(state: &mut KeyState, model_label: &str, out: &mut Vec<Output>) {
     if let Some(pending) = state.alerts.digest.take() {
-        out.push(Output::Digest(pending.finish(
+        out.push(Output::Digest(digest_of(
+            pending,
             &state.fingerprint,
             &state.hint,
             model_label,

@@ -9,6 +9,7 @@
 //! judged. Detectors only read.
 
 pub mod auth;
+pub mod digest;
 pub mod endpoints;
 pub mod geo;
 pub mod rate;
@@ -39,7 +40,7 @@ pub struct AlertMemory {
     pub incident_revoked: bool,
     /// Low findings of the key's current UTC day, not yet sent as a digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<crate::alert::digest::PendingDigest>,
+    pub digest: Option<digest::PendingDigest>,
 }
 
 /// The last alert of one detector on one subject (a country, a network,
