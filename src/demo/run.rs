@@ -93,6 +93,8 @@ pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         INPUT_TOPIC,
         &kafka.alerts_topic,
         &kafka.revocations_topic,
+        &kafka.digests_topic,
+        &kafka.source_topic,
         &kafka.dead_letter_topic,
         &kafka.changelog_topic,
     ] {
