@@ -210,13 +210,7 @@ impl PlaceTable {
             self.entries.push(place);
             return;
         }
-        let mut lightest = 0;
-        for (index, entry) in self.entries.iter().enumerate() {
-            let current = &self.entries[lightest];
-            if entry.weight < current.weight || (entry.weight == current.weight && entry.last_ts < current.last_ts) {
-                lightest = index;
-            }
-        }
+        let lightest = super::topk::lightest(&self.entries, |place| (place.weight, place.last_ts));
         self.other += self.entries[lightest].weight;
         self.evicted += 1;
         self.entries[lightest] = place;

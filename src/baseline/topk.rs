@@ -104,13 +104,7 @@ impl TopK {
             self.entries.push(new_entry);
             return;
         }
-        let mut lightest = 0;
-        for (index, entry) in self.entries.iter().enumerate() {
-            let current = &self.entries[lightest];
-            if entry.weight < current.weight || (entry.weight == current.weight && entry.last_ts < current.last_ts) {
-                lightest = index;
-            }
-        }
+        let lightest = lightest(&self.entries, |entry| (entry.weight, entry.last_ts));
         self.other += self.entries[lightest].weight;
         self.evicted += 1;
         self.entries[lightest] = new_entry;
@@ -135,6 +129,21 @@ impl Default for TopK {
     fn default() -> Self {
         TopK::new()
     }
+}
+
+/// The index of the entry to evict from a full table: the lightest, the
+/// least recently used among equally light ones, the first among equals.
+/// `weight_and_last` gives an entry's decayed weight and last use.
+pub fn lightest<T>(entries: &[T], weight_and_last: impl Fn(&T) -> (f64, i64)) -> usize {
+    let mut lightest = 0;
+    for (index, entry) in entries.iter().enumerate() {
+        let (weight, last_ts) = weight_and_last(entry);
+        let (current_weight, current_last_ts) = weight_and_last(&entries[lightest]);
+        if weight < current_weight || (weight == current_weight && last_ts < current_last_ts) {
+            lightest = index;
+        }
+    }
+    lightest
 }
 
 #[cfg(test)]

@@ -67,14 +67,9 @@ impl Stage for SourceStage {
         let mut counts = Counts::default();
         self.outputs.clear();
         for record in records {
-            let id = record.partition_id();
-            let Some(owned) = self.partitions.get_mut(&id) else {
+            let Some(owned) = self.partitions.claim(record) else {
                 continue;
             };
-            if owned.already_processed(record.offset) {
-                continue;
-            }
-            owned.next_offset = Some(record.offset + 1);
             let payload = record.payload.as_deref().unwrap_or_default();
             // Written by the keyed stage; a record that does not read back
             // is skipped (and logged), never fatal.
@@ -83,7 +78,9 @@ impl Stage for SourceStage {
                 .and_then(|record| record.observation())
             {
                 Some(observation) => owned.state.observe(observation, &mut self.outputs),
-                None => tracing::warn!(partition = %id, offset = record.offset, "unreadable observation skipped"),
+                None => {
+                    tracing::warn!(partition = %record.partition_id(), offset = record.offset, "unreadable observation skipped")
+                }
             }
         }
         let mut result = Ok(());

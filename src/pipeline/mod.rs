@@ -286,17 +286,8 @@ impl Pipeline {
             Arc::clone(&self.progress),
         );
         let group_id = self.kafka.source_group_id();
-        let sink = self.sink(format!("{group_id}-{}", self.kafka.instance_name())).await?;
-        let (source, events) = KafkaSource::start(
-            &self.kafka,
-            &group_id,
-            std::slice::from_ref(&self.kafka.source_topic),
-            RestoreFrom::Nothing,
-            self.channel_capacity(),
-            cancel.clone(),
-        )?;
-        let driver = driver::Driver::new(stage, source, sink, self.driver_settings(), Arc::clone(&self.progress));
-        driver.run(events, cancel, |_| Ok(())).await
+        self.run_stage_without_changelog(stage, &group_id, std::slice::from_ref(&self.kafka.source_topic), cancel)
+            .await
     }
 
     async fn run_repartition(&self, layout: &TopicLayout, cancel: CancellationToken) -> Result<(), PipelineError> {
@@ -307,11 +298,24 @@ impl Pipeline {
             Arc::clone(&self.progress),
         );
         let group_id = self.kafka.repartition_group_id();
+        self.run_stage_without_changelog(stage, &group_id, &self.kafka.input_topics, cancel)
+            .await
+    }
+
+    /// Runs a stage that restores nothing (its state is rebuilt from its
+    /// input) in its own consumer group on `topics`.
+    async fn run_stage_without_changelog<S: stage::Stage>(
+        &self,
+        stage: S,
+        group_id: &str,
+        topics: &[String],
+        cancel: CancellationToken,
+    ) -> Result<(), PipelineError> {
         let sink = self.sink(format!("{group_id}-{}", self.kafka.instance_name())).await?;
         let (source, events) = KafkaSource::start(
             &self.kafka,
-            &group_id,
-            &self.kafka.input_topics,
+            group_id,
+            topics,
             RestoreFrom::Nothing,
             self.channel_capacity(),
             cancel.clone(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::stage::Progress;
 use crate::checkpoint::PartitionId;
-use crate::source::kafka::group::AssignedPartition;
+use crate::source::kafka::group::{AssignedPartition, InputRecord};
 
 /// One owned partition.
 pub struct OwnedPartition<S> {
@@ -84,6 +84,18 @@ impl<S> PartitionBook<S> {
 
     pub fn get_mut(&mut self, id: &PartitionId) -> Option<&mut OwnedPartition<S>> {
         self.partitions.get_mut(id)
+    }
+
+    /// The partition of a record to process, its next offset moved past the
+    /// record; `None` for a record of a partition not owned (any more) or
+    /// one processed already.
+    pub fn claim(&mut self, record: &InputRecord) -> Option<&mut OwnedPartition<S>> {
+        let owned = self.partitions.get_mut(&record.partition_id())?;
+        if owned.already_processed(record.offset) {
+            return None;
+        }
+        owned.next_offset = Some(record.offset + 1);
+        Some(owned)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&PartitionId, &OwnedPartition<S>)> {

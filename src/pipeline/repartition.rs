@@ -67,14 +67,9 @@ impl Stage for RepartitionStage {
         };
         let mut repartitioned = 0u64;
         for record in records {
-            let id = record.partition_id();
-            let Some(owned) = self.partitions.get_mut(&id) else {
-                continue;
-            };
-            if owned.already_processed(record.offset) {
+            if self.partitions.claim(record).is_none() {
                 continue;
             }
-            owned.next_offset = Some(record.offset + 1);
             let payload = record.payload.as_deref().unwrap_or_default();
             for item in self.decoder.decode_record(payload, &mut scratch) {
                 match item {
