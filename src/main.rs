@@ -9,8 +9,37 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "keywatch", version, about)]
 struct Cli {
+    /// Log line format on stderr: `text` or `json` (one object a line).
+    /// Also `KEYWATCH_LOG_FORMAT`; the filter is `KEYWATCH_LOG`
+    /// (default `keywatch=info`).
+    #[arg(long, global = true, value_enum, env = "KEYWATCH_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The log filter when `KEYWATCH_LOG` is not set: keywatch's lifecycle
+/// (start, group join, assignments, restores, checkpoint summaries,
+/// shutdown) at info, other crates' warnings only.
+const DEFAULT_LOG_FILTER: &str = "warn,keywatch=info";
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWATCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -33,13 +62,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KEYWATCH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format);
     let result: anyhow::Result<()> = match cli.command {
         Command::Replay(args) => keywatch::replay::run_cli(&args).map_err(anyhow::Error::from),
         Command::Run(args) => keywatch::pipeline::run_cli(&args).map_err(anyhow::Error::from),

@@ -2,6 +2,7 @@
 //! receive, with deterministic ids, grouping into incidents and the policy
 //! that decides which alerts ask for a revocation.
 
+pub mod cap;
 pub mod digest;
 pub mod policy;
 

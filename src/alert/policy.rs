@@ -104,7 +104,7 @@ pub fn dispose(
     }
     let incident_id = memory.incident_id.clone().unwrap_or_default();
 
-    let alert = Alert {
+    let mut alert = Alert {
         id,
         incident_id: incident_id.clone(),
         key_fingerprint: state.fingerprint.clone(),
@@ -122,6 +122,8 @@ pub fn dispose(
         evidence: finding.evidence,
         model: model_label.to_string(),
     };
+    // Evidence may embed input text: bounded before anyone reads it.
+    super::cap::cap_alert(&mut alert, super::cap::MAX_ALERT_BYTES);
     let policy = &model.policy;
     let revoke = policy.revoke
         && !memory.incident_revoked

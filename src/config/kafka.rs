@@ -19,6 +19,7 @@ pub const RESERVED_PROPERTIES: &[&str] = &[
     "transactional.id",
     "isolation.level",
     "enable.idempotence",
+    "group.instance.id",
 ];
 
 /// Kafka settings for `keywatch run` and `keywatch replay --from-kafka`.
@@ -114,6 +115,37 @@ pub struct KafkaConfig {
     /// `/metrics`; no metrics endpoint when absent.
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Largest dead letter, in bytes of the original record: longer records
+    /// are cut to this size, with the headers `original_size` and
+    /// `truncated = true`. Keep it well below the brokers'
+    /// `message.max.bytes` (1 MiB by default).
+    #[serde(default = "default_dead_letter_max_bytes")]
+    pub dead_letter_max_bytes: usize,
+    /// Join the consumer groups as a static member (`group.instance.id` set
+    /// to `instance_id`, KIP-345), so that a restarted instance takes its
+    /// partitions back at once, without a rebalance, as Kafka Streams does.
+    /// Only applies when `instance_id` is set; every instance then needs its
+    /// own `instance_id` (a second member with the same one is fenced).
+    #[serde(default = "default_static_membership")]
+    pub static_membership: bool,
+    /// How long the group waits for a silent member before giving its
+    /// partitions to others (`session.timeout.ms`). With static membership
+    /// a restart within it resumes without a rebalance, so it must be longer
+    /// than a restart; a crashed instance that does not come back holds its
+    /// partitions this long.
+    #[serde(default = "default_session_timeout", with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Warn and rejoin the group when a stage has held no partitions this
+    /// long while its input has lag that nobody is consuming.
+    #[serde(default = "default_rejoin_idle_after", with = "humantime_serde")]
+    pub rejoin_idle_after: Duration,
+    /// Address to serve `/healthz` and `/readyz` on (`0.0.0.0:9465`); none
+    /// when absent.
+    #[serde(default)]
+    pub health_listen: Option<std::net::SocketAddr>,
+    /// `/healthz` fails when a stage's loop has not ticked for this long.
+    #[serde(default = "default_health_stale_after", with = "humantime_serde")]
+    pub health_stale_after: Duration,
     /// librdkafka properties passed straight to every client: SASL, TLS,
     /// tuning (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, ...).
     /// The properties keywatch sets itself ([`RESERVED_PROPERTIES`]) are refused.
@@ -177,6 +209,30 @@ fn default_restore_timeout() -> Duration {
     Duration::from_secs(120)
 }
 
+fn default_dead_letter_max_bytes() -> usize {
+    crate::sink::kafka::DEFAULT_DEAD_LETTER_MAX_BYTES
+}
+
+fn default_static_membership() -> bool {
+    true
+}
+
+fn default_session_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_rejoin_idle_after() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_health_stale_after() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Bounds of `dead_letter_max_bytes`: room for a useful excerpt, and below
+/// the brokers' default message limit with room for headers.
+const DEAD_LETTER_MAX_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=900 * 1024;
+
 /// Kafka's own limit on topic names.
 const MAX_TOPIC_NAME_LEN: usize = 249;
 
@@ -230,6 +286,12 @@ impl KafkaConfig {
             topic_replication_factor: default_topic_replication_factor(),
             restore_timeout: default_restore_timeout(),
             metrics_listen: None,
+            dead_letter_max_bytes: default_dead_letter_max_bytes(),
+            static_membership: default_static_membership(),
+            session_timeout: default_session_timeout(),
+            rejoin_idle_after: default_rejoin_idle_after(),
+            health_listen: None,
+            health_stale_after: default_health_stale_after(),
             properties: BTreeMap::new(),
         }
     }
@@ -260,6 +322,16 @@ impl KafkaConfig {
             .clone()
             .or_else(|| std::env::var("HOSTNAME").ok().filter(|name| !name.is_empty()))
             .unwrap_or_else(|| "0".to_string())
+    }
+
+    /// The `group.instance.id` of this instance's consumers: its configured
+    /// `instance_id` when static membership is on. Never the `$HOSTNAME`
+    /// fallback: two members with one id fence each other, and instances
+    /// started side by side (tests, the demo) share a hostname.
+    pub fn group_instance_id(&self) -> Option<&str> {
+        self.static_membership
+            .then_some(self.instance_id.as_deref())
+            .flatten()
     }
 
     /// The configuration every keywatch client starts from: brokers plus
@@ -296,6 +368,12 @@ impl KafkaConfig {
             // Never process records of aborted transactions, including our
             // own repartition stage's in exactly-once mode.
             .set("isolation.level", "read_committed");
+        if let Some(instance) = self.group_instance_id() {
+            config.set("group.instance.id", instance);
+        }
+        if !self.properties.contains_key("session.timeout.ms") {
+            config.set("session.timeout.ms", self.session_timeout.as_millis().to_string());
+        }
         if !self.properties.contains_key("auto.offset.reset") {
             // A new group reads what is retained rather than only what comes
             // next: a detector should see the history it can.
@@ -371,6 +449,27 @@ impl KafkaConfig {
         }
         if self.restore_timeout.is_zero() {
             return invalid("restore_timeout", "must be longer than zero".into());
+        }
+        if !DEAD_LETTER_MAX_BYTES_RANGE.contains(&self.dead_letter_max_bytes) {
+            return invalid(
+                "dead_letter_max_bytes",
+                format!(
+                    "must be between {} and {} bytes",
+                    DEAD_LETTER_MAX_BYTES_RANGE.start(),
+                    DEAD_LETTER_MAX_BYTES_RANGE.end()
+                ),
+            );
+        }
+        // The brokers' default group.min.session.timeout.ms and
+        // group.max.session.timeout.ms.
+        if self.session_timeout < Duration::from_secs(6) || self.session_timeout > Duration::from_secs(1800) {
+            return invalid("session_timeout", "must be between 6s and 30m".into());
+        }
+        if self.rejoin_idle_after < Duration::from_secs(1) {
+            return invalid("rejoin_idle_after", "must be at least 1s".into());
+        }
+        if self.health_stale_after < Duration::from_secs(1) {
+            return invalid("health_stale_after", "must be at least 1s".into());
         }
         if self.topic_replication_factor == 0 || self.topic_replication_factor < -1 {
             return invalid(
@@ -503,6 +602,47 @@ properties = { "security.protocol" = "plaintext", "linger.ms" = "5" }
             kafka.range_consumer_config("replay").get("group.id"),
             Some("keywatch-replay")
         );
+    }
+
+    #[test]
+    fn static_membership_uses_only_an_explicit_instance_id() {
+        let mut kafka = KafkaConfig::new("b:9092", vec!["in".into()]);
+        let consumer = kafka.group_consumer_config("g");
+        assert_eq!(consumer.get("group.instance.id"), None, "no id, no static membership");
+        assert_eq!(consumer.get("session.timeout.ms"), Some("30000"));
+        kafka.instance_id = Some("kw-2".into());
+        assert_eq!(kafka.group_consumer_config("g").get("group.instance.id"), Some("kw-2"));
+        kafka.static_membership = false;
+        assert_eq!(kafka.group_consumer_config("g").get("group.instance.id"), None);
+        kafka.properties.insert("session.timeout.ms".into(), "45000".into());
+        assert_eq!(kafka.group_consumer_config("g").get("session.timeout.ms"), Some("45000"));
+    }
+
+    #[test]
+    fn operations_settings_are_checked() {
+        let cases = [
+            ("dead_letter_max_bytes = 10", "kafka.dead_letter_max_bytes"),
+            ("dead_letter_max_bytes = 2000000", "kafka.dead_letter_max_bytes"),
+            ("session_timeout = \"1s\"", "kafka.session_timeout"),
+            ("rejoin_idle_after = \"0s\"", "kafka.rejoin_idle_after"),
+            ("health_stale_after = \"0s\"", "kafka.health_stale_after"),
+            ("properties = { \"group.instance.id\" = \"x\" }", "group.instance.id"),
+        ];
+        for (extra, expected) in cases {
+            let text = format!("[kafka]\nbrokers = \"b:9092\"\ninput_topics = [\"in\"]\n{extra}\n");
+            let err = parse(&text).expect_err(extra);
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+        let kafka = parse(
+            "[kafka]\nbrokers = \"b\"\ninput_topics = [\"in\"]\nsession_timeout = \"45s\"\n\
+             health_listen = \"127.0.0.1:9465\"\ndead_letter_max_bytes = 4096\n",
+        )
+        .unwrap()
+        .kafka
+        .unwrap();
+        assert_eq!(kafka.session_timeout, Duration::from_secs(45));
+        assert_eq!(kafka.dead_letter_max_bytes, 4096);
+        assert!(kafka.health_listen.is_some());
     }
 
     #[test]

@@ -424,7 +424,7 @@ fn spray_alert(
         .iter()
         .map(|code| String::from_utf8_lossy(code).into_owned())
         .collect();
-    Alert {
+    let mut alert = Alert {
         id,
         incident_id: incident.id.clone(),
         key_fingerprint: fingerprint_text(trigger.key),
@@ -456,7 +456,10 @@ fn spray_alert(
         }),
         model: model_label.to_string(),
         keys: incident.keys.iter().map(|key| fingerprint_text(*key)).collect(),
-    }
+    };
+    // A spray's address list grows with the attack: bounded like every alert.
+    crate::alert::cap::cap_alert(&mut alert, crate::alert::cap::MAX_ALERT_BYTES);
+    alert
 }
 
 /// Observations as they travel between processes (the repartition by

@@ -65,6 +65,7 @@ impl Stage for SourceStage {
 
     fn process(&mut self, records: &[InputRecord], outbox: &mut Outbox) -> Result<(), KafkaSinkError> {
         let mut counts = Counts::default();
+        let mut newest_event_ms = i64::MIN;
         self.outputs.clear();
         for record in records {
             let Some(owned) = self.partitions.claim(record) else {
@@ -77,7 +78,10 @@ impl Stage for SourceStage {
                 .ok()
                 .and_then(|record| record.observation())
             {
-                Some(observation) => owned.state.observe(observation, &mut self.outputs),
+                Some(observation) => {
+                    newest_event_ms = newest_event_ms.max(observation.ts_ms);
+                    owned.state.observe(observation, &mut self.outputs)
+                }
                 None => {
                     tracing::warn!(partition = %record.partition_id(), offset = record.offset, "unreadable observation skipped")
                 }
@@ -93,6 +97,9 @@ impl Stage for SourceStage {
         }
         self.outputs.clear();
         self.progress.add_counts(&counts);
+        if newest_event_ms > i64::MIN {
+            self.progress.saw_event_time(STAGE, newest_event_ms);
+        }
         result
     }
 

@@ -26,6 +26,23 @@ pub struct DriverSettings {
     pub batch_max_wait: Duration,
     pub checkpoint_interval: Duration,
     pub exactly_once: bool,
+    /// Largest dead-letter payload, in bytes.
+    pub dead_letter_max_bytes: usize,
+}
+
+/// How often the loop turns when nothing arrives, so `/healthz` can tell a
+/// quiet stage from a stuck one.
+const TICK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often checkpoints are summed up in an info line.
+const CHECKPOINT_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Checkpoints written since the last info summary.
+#[derive(Debug, Default)]
+struct CheckpointTally {
+    partitions: usize,
+    bytes: u64,
+    slowest: Duration,
 }
 
 /// Why a batch is being flushed, which decides how hard it commits.
@@ -46,6 +63,8 @@ pub struct Driver<S: Stage> {
     outbox: Outbox,
     last_checkpoint: Instant,
     progress: std::sync::Arc<Progress>,
+    tally: CheckpointTally,
+    last_summary: Instant,
 }
 
 fn offsets_list(offsets: &[(PartitionId, i64)]) -> Result<TopicPartitionList, PipelineError> {
@@ -55,6 +74,14 @@ fn offsets_list(offsets: &[(PartitionId, i64)]) -> Result<TopicPartitionList, Pi
             .map_err(|error| PipelineError::Commit(error.to_string()))?;
     }
     Ok(list)
+}
+
+/// Bytes of the checkpoint messages in the outbox from `from` on.
+fn changelog_bytes(outbox: &Outbox, from: usize) -> u64 {
+    outbox.messages[from.min(outbox.len())..]
+        .iter()
+        .map(|message| message.payload.len() as u64)
+        .sum()
 }
 
 impl<S: Stage> Driver<S> {
@@ -70,11 +97,13 @@ impl<S: Stage> Driver<S> {
             stage,
             source,
             sink,
-            settings,
             batch,
-            outbox: Outbox::default(),
+            outbox: Outbox::with_dead_letter_limit(settings.dead_letter_max_bytes),
             last_checkpoint: Instant::now(),
             progress,
+            tally: CheckpointTally::default(),
+            last_summary: Instant::now(),
+            settings,
         }
     }
 
@@ -91,6 +120,8 @@ impl<S: Stage> Driver<S> {
     {
         let name = self.stage.name();
         let mut stopping = false;
+        let mut ticks = tokio::time::interval(TICK_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result: Result<(), PipelineError> = loop {
             // A far deadline when the batch is empty: the branch is disabled
             // then, but its future is still built.
@@ -110,6 +141,11 @@ impl<S: Stage> Driver<S> {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline), if has_deadline => self.flush(Flush::Routine).await.map(|()| true),
+                _ = ticks.tick() => {
+                    self.progress.tick(name);
+                    self.summarise_checkpoints(false);
+                    Ok(true)
+                }
                 event = events.recv() => match event {
                     None => Ok(false),
                     Some(event) => self.handle(event, stopping).await.map(|()| true),
@@ -121,6 +157,8 @@ impl<S: Stage> Driver<S> {
                 Err(error) => break Err(error),
             }
         };
+        self.progress.set_ready(name, false);
+        self.summarise_checkpoints(true);
         if result.is_err() {
             let _ = self.sink.abort_transaction().await;
         }
@@ -143,10 +181,25 @@ impl<S: Stage> Driver<S> {
                 Ok(())
             }
             SourceEvent::Assigned(partitions) => {
+                let ids: Vec<String> = partitions.iter().map(|partition| partition.id.to_string()).collect();
                 self.stage.assigned(partitions);
+                self.progress.set_ready(self.stage.name(), true);
+                tracing::info!(
+                    stage = self.stage.name(),
+                    partitions = %ids.join(","),
+                    count = ids.len(),
+                    "assignment taken over"
+                );
                 Ok(())
             }
             SourceEvent::Revoked { partitions, lost, done } => {
+                self.progress.set_ready(self.stage.name(), false);
+                tracing::info!(
+                    stage = self.stage.name(),
+                    partitions = partitions.len(),
+                    lost,
+                    "handing partitions over"
+                );
                 if lost {
                     // Another member may own them already: writing a
                     // checkpoint now could overwrite its newer one.
@@ -166,6 +219,45 @@ impl<S: Stage> Driver<S> {
         }
     }
 
+    /// Counts checkpoints once they are durable: debug per batch, and an
+    /// info summary every minute.
+    fn record_checkpoints(&mut self, written: usize, bytes: u64, took: Duration) {
+        if written == 0 {
+            return;
+        }
+        tracing::debug!(
+            stage = self.stage.name(),
+            partitions = written,
+            bytes,
+            took_ms = took.as_millis() as u64,
+            "checkpoint written"
+        );
+        metrics::histogram!("keywatch_checkpoint_seconds", "stage" => self.stage.name()).record(took.as_secs_f64());
+        metrics::histogram!("keywatch_checkpoint_bytes", "stage" => self.stage.name()).record(bytes as f64);
+        Progress::add(&self.progress.checkpoint_bytes, bytes);
+        self.tally.partitions += written;
+        self.tally.bytes += bytes;
+        self.tally.slowest = self.tally.slowest.max(took);
+    }
+
+    fn summarise_checkpoints(&mut self, now: bool) {
+        if !now && self.last_summary.elapsed() < CHECKPOINT_SUMMARY_INTERVAL {
+            return;
+        }
+        self.last_summary = Instant::now();
+        let tally = std::mem::take(&mut self.tally);
+        if tally.partitions == 0 {
+            return;
+        }
+        tracing::info!(
+            stage = self.stage.name(),
+            partition_checkpoints = tally.partitions,
+            bytes = tally.bytes,
+            slowest_ms = tally.slowest.as_millis() as u64,
+            "checkpoints written"
+        );
+    }
+
     async fn flush(&mut self, kind: Flush) -> Result<(), PipelineError> {
         let records = self.batch.take();
         if !records.is_empty() {
@@ -183,7 +275,10 @@ impl<S: Stage> Driver<S> {
             || kind == Flush::Final
             || self.last_checkpoint.elapsed() >= self.settings.checkpoint_interval;
         if self.settings.exactly_once {
-            self.stage.checkpoint(checkpoint_due, &mut self.outbox)?;
+            let started = std::time::Instant::now();
+            let before = self.outbox.len();
+            let written = self.stage.checkpoint(checkpoint_due, &mut self.outbox)?;
+            let bytes = changelog_bytes(&self.outbox, before);
             let offsets = self.stage.offsets_to_commit();
             if self.outbox.is_empty() && offsets.is_empty() {
                 return Ok(());
@@ -196,18 +291,21 @@ impl<S: Stage> Driver<S> {
                 .group_metadata()
                 .ok_or_else(|| PipelineError::Commit("the consumer has no group metadata".into()))?;
             self.sink.commit_transaction(offsets_list(&offsets)?, group).await?;
+            // The checkpoints are durable with the transaction.
+            self.record_checkpoints(written, bytes, started.elapsed());
             self.last_checkpoint = Instant::now();
             self.stage.committed(&offsets);
             return Ok(());
         }
         self.sink.deliver(&mut self.outbox).await?;
+        let started = std::time::Instant::now();
+        let written = self.stage.checkpoint(checkpoint_due, &mut self.outbox)?;
         if checkpoint_due {
-            self.stage.checkpoint(true, &mut self.outbox)?;
             self.last_checkpoint = Instant::now();
-        } else {
-            self.stage.checkpoint(false, &mut self.outbox)?;
         }
+        let bytes = changelog_bytes(&self.outbox, 0);
         self.sink.deliver(&mut self.outbox).await?;
+        self.record_checkpoints(written, bytes, started.elapsed());
         let offsets = self.stage.offsets_to_commit();
         tracing::debug!(
             stage = self.stage.name(),

@@ -27,7 +27,7 @@ use crate::sink::kafka::{KafkaSinkError, Outbox, OutputTopics};
 use crate::source::kafka::group::{AssignedPartition, InputRecord};
 
 /// The stage's name in logs and progress.
-const STAGE: &str = "keyed";
+pub const STAGE: &str = "keyed";
 
 /// The state of one owned partition besides its offsets.
 struct PartitionState {
@@ -120,6 +120,7 @@ impl KeyedStage {
         let mut events: Vec<AccessEvent<'_>> = Vec::with_capacity(records.len());
         let mut event_offsets: Vec<i64> = Vec::with_capacity(records.len());
         let mut scratch = Vec::new();
+        let mut rejections = Vec::new();
         let mut last_offset = None;
         for record in records {
             if owned.already_processed(record.offset) {
@@ -139,15 +140,24 @@ impl KeyedStage {
                             continue;
                         }
                         counts.count_rejected(&rejection.error);
-                        outbox.push_dead_letter(&self.topics, record, &rejection);
+                        rejections.push(rejection);
                     }
                 }
+            }
+            // One dead letter per record, naming every element that failed.
+            if !rejections.is_empty() {
+                outbox.push_dead_letter(&self.topics, record, &rejections);
+                rejections.clear();
             }
         }
         let Some(last_offset) = last_offset else {
             return Ok(());
         };
         let state = &mut owned.state;
+        let stats_before = (state.engine.stats().suppressed, state.engine.stats().late_events);
+        if let Some(newest) = events.iter().map(|event| event.ts_ms).max() {
+            self.progress.saw_event_time(STAGE, newest);
+        }
         let replayed = event_offsets.partition_point(|offset| *offset < state.replay_below);
         if replayed > 0 {
             self.scratch_outputs.clear();
@@ -191,6 +201,9 @@ impl KeyedStage {
         }
         outputs.clear();
         self.scratch_outputs = outputs;
+        let stats = state.engine.stats();
+        Progress::add(&self.progress.suppressed, stats.suppressed.saturating_sub(stats_before.0));
+        Progress::add(&self.progress.late_events, stats.late_events.saturating_sub(stats_before.1));
         owned.next_offset = Some(last_offset + 1);
         counts.events += events.len() as u64;
         result

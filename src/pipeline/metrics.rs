@@ -1,7 +1,9 @@
 //! Prometheus metrics of `keywatch run`, served on `kafka.metrics_listen`:
-//! the [`Progress`] counters, published once a second, and each stage's
-//! committed offsets and assigned partitions. Labels name topics and
-//! partitions, never keys.
+//! the [`Progress`] counters, published once a second; each stage's
+//! committed offsets, assigned partitions, consumer lag and event-time lag;
+//! and the histograms the driver and the consumer record themselves
+//! (checkpoint and restore size and duration). Labels name stages, topics,
+//! partitions and reasons, never keys.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +28,45 @@ pub fn install(listen: SocketAddr) -> Result<(), String> {
     metrics::describe_counter!("keywatch_events_total", "Events given to the engines");
     metrics::describe_counter!("keywatch_alerts_total", "Alerts produced");
     metrics::describe_counter!("keywatch_revocations_total", "Revocation requests produced");
-    metrics::describe_counter!("keywatch_dead_letters_total", "Records sent to the dead-letter topic");
+    metrics::describe_counter!(
+        "keywatch_dead_letters_total",
+        "Rejected events (one dead letter per record holds all of a record's), by reason"
+    );
+    metrics::describe_counter!(
+        "keywatch_dead_letters_dropped_total",
+        "Dead letters that could not be produced and were skipped, by librdkafka error"
+    );
+    metrics::describe_counter!(
+        "keywatch_suppressed_total",
+        "Alerts held back because their incident already raised one"
+    );
+    metrics::describe_counter!(
+        "keywatch_late_events_total",
+        "Events older than their key's newest event by more than the allowed lateness"
+    );
+    metrics::describe_gauge!(
+        "keywatch_consumer_lag",
+        "High watermark minus position per owned partition and stage"
+    );
+    metrics::describe_gauge!(
+        "keywatch_event_time_lag_seconds",
+        "Wall clock minus the newest event time processed, per stage"
+    );
+    metrics::describe_counter!(
+        "keywatch_idle_rejoins_total",
+        "Rejoins after holding no partitions while the input had lag, per stage"
+    );
+    metrics::describe_counter!("keywatch_checkpoint_bytes_total", "Bytes written to the changelog");
+    metrics::describe_histogram!(
+        "keywatch_checkpoint_seconds",
+        "Time to encode and durably write one batch's checkpoints, per stage"
+    );
+    metrics::describe_histogram!("keywatch_checkpoint_bytes", "Bytes of one batch's checkpoints, per stage");
+    metrics::describe_histogram!(
+        "keywatch_restore_seconds",
+        "Time to read an assignment's checkpoints from the changelog"
+    );
+    metrics::describe_histogram!("keywatch_restore_keys", "Keys restored per partition");
     metrics::describe_counter!("keywatch_no_key_total", "Events without an API key, skipped");
     metrics::describe_counter!(
         "keywatch_repartitioned_total",
@@ -68,7 +108,31 @@ fn publish_once(progress: &Progress) {
     metrics::counter!("keywatch_events_total").absolute(counts.events);
     metrics::counter!("keywatch_alerts_total").absolute(counts.alerts);
     metrics::counter!("keywatch_revocations_total").absolute(counts.revocations);
-    metrics::counter!("keywatch_dead_letters_total").absolute(counts.rejected);
+    for (reason, count) in &counts.rejected_by_reason {
+        metrics::counter!("keywatch_dead_letters_total", "reason" => reason.clone()).absolute(*count);
+    }
+    metrics::counter!("keywatch_suppressed_total").absolute(snapshot.suppressed);
+    metrics::counter!("keywatch_late_events_total").absolute(snapshot.late_events);
+    metrics::counter!("keywatch_checkpoint_bytes_total").absolute(snapshot.checkpoint_bytes);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64);
+    for (stage, newest_ms) in progress.newest_event_times() {
+        metrics::gauge!("keywatch_event_time_lag_seconds", "stage" => stage).set((now_ms - newest_ms) as f64 / 1000.0);
+    }
+    for (stage, status) in progress.groups() {
+        metrics::counter!("keywatch_idle_rejoins_total", "stage" => stage)
+            .absolute(status.idle_rejoins.load(std::sync::atomic::Ordering::Relaxed));
+        for (partition, lag) in status.lag() {
+            metrics::gauge!(
+                "keywatch_consumer_lag",
+                "stage" => stage,
+                "topic" => partition.topic.clone(),
+                "partition" => partition.partition.to_string()
+            )
+            .set(lag as f64);
+        }
+    }
     metrics::counter!("keywatch_no_key_total").absolute(counts.no_key);
     metrics::counter!("keywatch_repartitioned_total").absolute(snapshot.repartitioned);
     metrics::counter!("keywatch_batches_total").absolute(snapshot.batches);

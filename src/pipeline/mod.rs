@@ -24,6 +24,7 @@
 
 pub mod by_source;
 pub mod driver;
+pub mod health;
 pub mod keyed;
 pub mod metrics;
 pub mod micro_batch;
@@ -47,7 +48,7 @@ use crate::model::Model;
 use crate::setup::{EngineArgs, Setup, SetupError};
 use crate::sink::kafka::{KafkaSink, KafkaSinkError, OutputTopics};
 use crate::source::kafka::KafkaSourceError;
-use crate::source::kafka::group::{KafkaSource, RestoreFrom};
+use crate::source::kafka::group::{GroupWatch, KafkaSource, RestoreFrom};
 use crate::source::kafka::range::{partition_count, range_consumer, read_checkpoints};
 
 pub use driver::DriverSettings;
@@ -93,6 +94,31 @@ pub enum PipelineError {
     Commit(String),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot serve /healthz and /readyz on {listen}: {detail}")]
+    Health { listen: std::net::SocketAddr, detail: String },
+}
+
+/// The start-up line: what this instance is about to do, without secrets
+/// (pass-through properties are listed by name only).
+fn log_start(kafka: &KafkaConfig, model: &Model) {
+    let properties: Vec<&str> = kafka.properties.keys().map(String::as_str).collect();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        brokers = %kafka.brokers,
+        input_topics = %kafka.input_topics.join(","),
+        input_keyed_by_key_id = kafka.input_keyed_by_key_id,
+        group = %kafka.group_id,
+        instance = %kafka.instance_name(),
+        static_member = kafka.group_instance_id().is_some(),
+        session_timeout_s = kafka.session_timeout.as_secs(),
+        exactly_once = kafka.exactly_once,
+        alerts_topic = %kafka.alerts_topic,
+        dead_letter_topic = %kafka.dead_letter_topic,
+        changelog_topic = %kafka.changelog_topic,
+        model = %model.label(),
+        properties = %properties.join(","),
+        "keywatch run starting"
+    );
 }
 
 /// The Kafka stream processor, ready to run.
@@ -140,6 +166,7 @@ impl Pipeline {
     /// Runs until `cancel` fires (then shuts down cleanly and returns the
     /// summary) or a stage fails.
     pub async fn run(self, cancel: CancellationToken) -> Result<RunSummary, PipelineError> {
+        log_start(&self.kafka, &self.model);
         let layout = prepare_topics(&self.kafka).await?;
         // A failing stage stops the other one too.
         let stop = cancel.child_token();
@@ -161,8 +188,27 @@ impl Pipeline {
             },
             None => None,
         };
+        let health = match self.kafka.health_listen {
+            Some(listen) => {
+                let listener = health::bind(listen).await.map_err(|error| PipelineError::Health {
+                    listen,
+                    detail: error.to_string(),
+                })?;
+                tracing::info!(%listen, "serving /healthz and /readyz");
+                let state = health::HealthState {
+                    progress: Arc::clone(&self.progress),
+                    stages: self.stage_names(),
+                    stale_after: self.kafka.health_stale_after,
+                };
+                Some(tokio::spawn(health::serve(listener, state, stages_done.clone())))
+            }
+            None => None,
+        };
         let result = self.run_stages(&layout, &stop).await;
         stages_done.cancel();
+        if let Some(health) = health {
+            let _ = health.await;
+        }
         if let Some(publisher) = publisher {
             let _ = publisher.await;
         }
@@ -205,6 +251,25 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The stages this configuration runs, by name.
+    fn stage_names(&self) -> Vec<&'static str> {
+        let mut names = vec![keyed::STAGE, by_source::STAGE];
+        if !self.kafka.input_keyed_by_key_id {
+            names.push(repartition::STAGE);
+        }
+        names
+    }
+
+    /// A watch of the consumer group of `stage`, registered for metrics.
+    fn group_watch(&self, stage: &'static str) -> GroupWatch {
+        let watch = GroupWatch {
+            rejoin_idle_after: self.kafka.rejoin_idle_after,
+            status: Arc::default(),
+        };
+        self.progress.watch_group(stage, Arc::clone(&watch.status));
+        watch
+    }
+
     fn output_topics(&self, layout: &TopicLayout) -> OutputTopics {
         OutputTopics {
             alerts: self.kafka.alerts_topic.clone(),
@@ -222,6 +287,7 @@ impl Pipeline {
             batch_max_wait: self.kafka.batch_max_wait,
             checkpoint_interval: self.kafka.checkpoint_interval,
             exactly_once: self.kafka.exactly_once,
+            dead_letter_max_bytes: self.kafka.dead_letter_max_bytes,
         }
     }
 
@@ -256,6 +322,7 @@ impl Pipeline {
             &self.kafka.keyed_topics(),
             RestoreFrom::Changelog(Box::new(self.kafka.clone())),
             self.channel_capacity(),
+            self.group_watch(keyed::STAGE),
             cancel.clone(),
         )?;
         let save_snapshot = self.save_snapshot.clone();
@@ -318,6 +385,7 @@ impl Pipeline {
             topics,
             RestoreFrom::Nothing,
             self.channel_capacity(),
+            self.group_watch(stage.name()),
             cancel.clone(),
         )?;
         let driver = driver::Driver::new(stage, source, sink, self.driver_settings(), Arc::clone(&self.progress));
@@ -471,10 +539,30 @@ async fn cancel_on_signal(cancel: CancellationToken) {
                 return;
             }
         };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-            _ = terminate.recv() => tracing::info!("SIGTERM received"),
-            _ = cancel.cancelled() => {}
+        // SIGHUP would end the process by default; it is answered with a
+        // warning instead: the GeoIP files and the model are read at start
+        // only, and a restart (seconds, with static membership) reloads them.
+        let mut hangup = signal(SignalKind::hangup()).ok();
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!("SIGINT received");
+                    break;
+                }
+                _ = terminate.recv() => {
+                    tracing::info!("SIGTERM received");
+                    break;
+                }
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(hangup) => hangup.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    tracing::warn!("SIGHUP received: GeoIP and model files are not reloaded; restart to load new ones");
+                }
+                _ = cancel.cancelled() => break,
+            }
         }
     }
     #[cfg(not(unix))]

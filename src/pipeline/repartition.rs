@@ -16,7 +16,7 @@ use crate::sink::kafka::{KafkaSinkError, Outbox, OutputTopics};
 use crate::source::kafka::group::{AssignedPartition, InputRecord};
 
 /// The stage's name in logs and progress.
-const STAGE: &str = "repartition";
+pub const STAGE: &str = "repartition";
 
 /// Decode, then route by fingerprint.
 pub struct RepartitionStage {
@@ -60,6 +60,8 @@ impl Stage for RepartitionStage {
 
     fn process(&mut self, records: &[InputRecord], outbox: &mut Outbox) -> Result<(), KafkaSinkError> {
         let mut scratch = Vec::new();
+        let mut rejections = Vec::new();
+        let mut newest_event_ms = i64::MIN;
         // The events go to `repartitioned`: the engines count theirs.
         let mut counts = Counts {
             records: records.len() as u64,
@@ -74,6 +76,7 @@ impl Stage for RepartitionStage {
             for item in self.decoder.decode_record(payload, &mut scratch) {
                 match item {
                     Decoded::Event(event) => {
+                        newest_event_ms = newest_event_ms.max(event.ts_ms);
                         let json = serde_json::to_vec(&event).map_err(|err| KafkaSinkError::Encode {
                             topic: self.repartition_topic.clone(),
                             detail: err.to_string(),
@@ -89,13 +92,21 @@ impl Stage for RepartitionStage {
                     Decoded::NoKey => counts.no_key += 1,
                     Decoded::Rejected(rejection) => {
                         counts.count_rejected(&rejection.error);
-                        outbox.push_dead_letter(&self.topics, record, &rejection);
+                        rejections.push(rejection);
                     }
                 }
+            }
+            // One dead letter per record, naming every element that failed.
+            if !rejections.is_empty() {
+                outbox.push_dead_letter(&self.topics, record, &rejections);
+                rejections.clear();
             }
         }
         self.progress.add_counts(&counts);
         Progress::add(&self.progress.repartitioned, repartitioned);
+        if newest_event_ms > i64::MIN {
+            self.progress.saw_event_time(STAGE, newest_event_ms);
+        }
         Ok(())
     }
 

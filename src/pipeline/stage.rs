@@ -4,15 +4,16 @@
 //! checkpoints and commits.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::checkpoint::PartitionId;
 use crate::counts::Counts;
 use crate::sink::kafka::{KafkaSinkError, Outbox};
-use crate::source::kafka::group::{AssignedPartition, InputRecord};
+use crate::source::kafka::group::{AssignedPartition, GroupStatus, InputRecord};
 
 /// A processing stage driven by [`super::driver`].
 pub trait Stage: Send {
@@ -46,6 +47,28 @@ pub struct Progress {
     pub keys: AtomicU64,
     committed: Mutex<BTreeMap<String, BTreeMap<PartitionId, i64>>>,
     assigned: Mutex<BTreeMap<String, BTreeSet<PartitionId>>>,
+    /// Alerts the engines held back (already raised in their incident).
+    pub suppressed: AtomicU64,
+    /// Events that arrived later than their key's newest event.
+    pub late_events: AtomicU64,
+    /// Bytes written to the changelog.
+    pub checkpoint_bytes: AtomicU64,
+    /// Liveness and readiness of each stage, for `/healthz` and `/readyz`.
+    health: Mutex<BTreeMap<&'static str, StageHealth>>,
+    /// What each stage's consumer thread measures (lag, rejoins).
+    groups: Mutex<BTreeMap<&'static str, Arc<GroupStatus>>>,
+}
+
+/// What `/healthz` and `/readyz` need to know of one stage.
+#[derive(Debug, Clone, Copy)]
+struct StageHealth {
+    /// The last turn of the stage's loop.
+    last_tick: Instant,
+    /// Whether the stage holds its assignment with state restored (an empty
+    /// assignment counts); false before joining and during a rebalance.
+    ready: bool,
+    /// Newest event time processed, in epoch milliseconds.
+    newest_event_ms: Option<i64>,
 }
 
 /// A copy of [`Progress`] at one moment.
@@ -60,6 +83,9 @@ pub struct ProgressSnapshot {
     pub committed: BTreeMap<String, BTreeMap<String, i64>>,
     /// Partitions this instance owns now, by stage.
     pub assigned: BTreeMap<String, Vec<String>>,
+    pub suppressed: u64,
+    pub late_events: u64,
+    pub checkpoint_bytes: u64,
 }
 
 impl Progress {
@@ -101,6 +127,88 @@ impl Progress {
         }
     }
 
+    /// The stage's loop turned: it is alive.
+    pub(crate) fn tick(&self, stage: &'static str) {
+        self.update_health(stage, |health| health.last_tick = Instant::now());
+    }
+
+    /// The stage holds a restored assignment (`true`) or is rebalancing.
+    pub(crate) fn set_ready(&self, stage: &'static str, ready: bool) {
+        self.update_health(stage, |health| health.ready = ready);
+    }
+
+    /// The newest event time a stage has processed, in epoch milliseconds.
+    pub(crate) fn saw_event_time(&self, stage: &'static str, ts_ms: i64) {
+        self.update_health(stage, |health| {
+            health.newest_event_ms = Some(health.newest_event_ms.map_or(ts_ms, |newest| newest.max(ts_ms)));
+        });
+    }
+
+    fn update_health(&self, stage: &'static str, change: impl FnOnce(&mut StageHealth)) {
+        if let Ok(mut health) = self.health.lock() {
+            let entry = health.entry(stage).or_insert(StageHealth {
+                last_tick: Instant::now(),
+                ready: false,
+                newest_event_ms: None,
+            });
+            change(entry);
+        }
+    }
+
+    /// Stages whose loop has not turned within `stale_after`; empty when
+    /// all are alive. A stage that never registered is not judged.
+    pub fn stalled_stages(&self, stale_after: Duration) -> Vec<&'static str> {
+        let Ok(health) = self.health.lock() else {
+            return vec!["progress"];
+        };
+        health
+            .iter()
+            .filter(|(_, health)| health.last_tick.elapsed() > stale_after)
+            .map(|(stage, _)| *stage)
+            .collect()
+    }
+
+    /// Stages not ready, out of `expected`: those that have not joined their
+    /// group, or are rebalancing.
+    pub fn unready_stages(&self, expected: &[&'static str]) -> Vec<&'static str> {
+        let Ok(health) = self.health.lock() else {
+            return expected.to_vec();
+        };
+        expected
+            .iter()
+            .filter(|stage| !health.get(*stage).is_some_and(|health| health.ready))
+            .copied()
+            .collect()
+    }
+
+    /// Newest event time per stage, in epoch milliseconds.
+    pub fn newest_event_times(&self) -> BTreeMap<&'static str, i64> {
+        self.health
+            .lock()
+            .map(|health| {
+                health
+                    .iter()
+                    .filter_map(|(stage, health)| Some((*stage, health.newest_event_ms?)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Registers what a stage's consumer thread measures.
+    pub(crate) fn watch_group(&self, stage: &'static str, status: Arc<GroupStatus>) {
+        if let Ok(mut groups) = self.groups.lock() {
+            groups.insert(stage, status);
+        }
+    }
+
+    /// Each stage's group status.
+    pub fn groups(&self) -> Vec<(&'static str, Arc<GroupStatus>)> {
+        self.groups
+            .lock()
+            .map(|groups| groups.iter().map(|(stage, status)| (*stage, Arc::clone(status))).collect())
+            .unwrap_or_default()
+    }
+
     /// Committed next offset of a partition of a stage, if any.
     pub fn committed_offset(&self, stage: &str, partition: &PartitionId) -> Option<i64> {
         self.committed.lock().ok()?.get(stage)?.get(partition).copied()
@@ -139,6 +247,9 @@ impl Progress {
             keys: load(&self.keys),
             committed,
             assigned,
+            suppressed: load(&self.suppressed),
+            late_events: load(&self.late_events),
+            checkpoint_bytes: load(&self.checkpoint_bytes),
         }
     }
 }
@@ -166,5 +277,23 @@ mod tests {
         assert_eq!(snapshot.counts.alerts, 2);
         assert_eq!(snapshot.assigned["keyed"], vec!["access/0".to_string()]);
         assert_eq!(snapshot.committed["keyed"]["access/1"], 3);
+    }
+
+    #[test]
+    fn health_follows_ticks_and_readiness_by_stage() {
+        let progress = Progress::default();
+        assert_eq!(progress.unready_stages(&["keyed", "by_source"]), vec!["keyed", "by_source"]);
+        progress.tick("keyed");
+        progress.set_ready("keyed", true);
+        progress.set_ready("by_source", true);
+        assert!(progress.unready_stages(&["keyed", "by_source"]).is_empty());
+        progress.set_ready("by_source", false);
+        assert_eq!(progress.unready_stages(&["keyed", "by_source"]), vec!["by_source"]);
+        assert!(progress.stalled_stages(Duration::from_secs(60)).is_empty());
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(progress.stalled_stages(Duration::from_millis(5)).len(), 2);
+        progress.saw_event_time("keyed", 5_000);
+        progress.saw_event_time("keyed", 3_000);
+        assert_eq!(progress.newest_event_times()["keyed"], 5_000, "the newest, not the last");
     }
 }

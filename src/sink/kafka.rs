@@ -85,10 +85,30 @@ pub struct OutgoingMessage {
 }
 
 /// Messages a stage wants written, in order. Filled without I/O.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Outbox {
     pub messages: Vec<OutgoingMessage>,
+    /// Largest dead-letter payload; longer records are cut to this size.
+    dead_letter_max_bytes: usize,
 }
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox::with_dead_letter_limit(DEFAULT_DEAD_LETTER_MAX_BYTES)
+    }
+}
+
+/// Default of `kafka.dead_letter_max_bytes`: far below the 1 MiB most
+/// brokers accept per message, so a dead letter of the largest record the
+/// decoder takes, with its headers, always fits.
+pub const DEFAULT_DEAD_LETTER_MAX_BYTES: usize = 64 * 1024;
+
+/// Most failing element indexes listed in the `source_indexes` header; the
+/// `rejected_count` header gives the full number.
+const MAX_LISTED_INDEXES: usize = 256;
+
+/// Longest `reason_detail` header, in bytes.
+const MAX_REASON_DETAIL_BYTES: usize = 512;
 
 /// Names the topics outputs go to.
 #[derive(Debug, Clone)]
@@ -103,6 +123,15 @@ pub struct OutputTopics {
 }
 
 impl Outbox {
+    /// An empty outbox whose dead letters hold at most `dead_letter_max_bytes`
+    /// of the original record.
+    pub fn with_dead_letter_limit(dead_letter_max_bytes: usize) -> Outbox {
+        Outbox {
+            messages: Vec::new(),
+            dead_letter_max_bytes,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
     }
@@ -153,17 +182,28 @@ impl Outbox {
         Ok(())
     }
 
-    /// The original bytes of a record that could not be decoded, with
-    /// headers saying where it came from and why.
-    pub fn push_dead_letter(&mut self, topics: &OutputTopics, input: &InputRecord, rejection: &Rejection) {
+    /// One dead letter for an input record with rejected events: its
+    /// original bytes, cut to the configured limit, with headers saying
+    /// where it came from, why, which elements of a multi-event record
+    /// failed, and whether and from what size it was cut. Once per record,
+    /// however many of its elements failed; `rejections` must not be empty.
+    pub fn push_dead_letter(&mut self, topics: &OutputTopics, input: &InputRecord, rejections: &[Rejection]) {
+        let Some(first) = rejections.first() else {
+            return;
+        };
+        let original = input.payload.as_deref().unwrap_or_default();
+        let kept = original.len().min(self.dead_letter_max_bytes);
+        let mut headers = dead_letter_headers(input, first, rejections);
+        headers.push(("original_size", original.len().to_string().into_bytes()));
+        headers.push(("truncated", (kept < original.len()).to_string().into_bytes()));
         self.messages.push(OutgoingMessage {
             topic: topics.dead_letter.clone(),
             partition: None,
             // Never the input's key: producers that key by API key id would
             // otherwise leak it into a topic that is read more widely.
             key: None,
-            payload: input.payload.clone().unwrap_or_default(),
-            headers: dead_letter_headers(input, rejection),
+            payload: original[..kept].to_vec(),
+            headers,
             timestamp_ms: None,
         });
     }
@@ -206,20 +246,45 @@ impl Outbox {
 }
 
 /// Headers of a dead letter: `reason` (a stable name such as
-/// `malformed_json`), `reason_detail` (in words), `source_topic`,
-/// `source_partition`, `source_offset` and, for multi-event records,
-/// `source_index`.
-fn dead_letter_headers(input: &InputRecord, rejection: &Rejection) -> Vec<(&'static str, Vec<u8>)> {
-    let error = &rejection.error;
+/// `malformed_json`) and `reason_detail` (in words, cut to 512 bytes) of the
+/// first rejection, `source_topic`, `source_partition`, `source_offset`
+/// and, for multi-event records, `rejected_count`, `source_index` (the first
+/// failing element) and `source_indexes` (the failing elements, comma
+/// separated, at most 256 of them).
+fn dead_letter_headers(
+    input: &InputRecord,
+    first: &Rejection,
+    rejections: &[Rejection],
+) -> Vec<(&'static str, Vec<u8>)> {
+    let error = &first.error;
+    let mut detail = error.to_string().into_bytes();
+    if detail.len() > MAX_REASON_DETAIL_BYTES {
+        detail.truncate(MAX_REASON_DETAIL_BYTES);
+        // Cut on a character boundary, so the header stays UTF-8.
+        let valid = match std::str::from_utf8(&detail) {
+            Ok(_) => detail.len(),
+            Err(error) => error.valid_up_to(),
+        };
+        detail.truncate(valid);
+        detail.extend_from_slice("…".as_bytes());
+    }
     let mut headers = vec![
         ("reason", error.kind().as_bytes().to_vec()),
-        ("reason_detail", error.to_string().into_bytes()),
+        ("reason_detail", detail),
         ("source_topic", input.topic.as_bytes().to_vec()),
         ("source_partition", input.partition.to_string().into_bytes()),
         ("source_offset", input.offset.to_string().into_bytes()),
     ];
-    if let Some(index) = rejection.index {
+    if let Some(index) = first.index {
         headers.push(("source_index", index.to_string().into_bytes()));
+        headers.push(("rejected_count", rejections.len().to_string().into_bytes()));
+        let listed: Vec<String> = rejections
+            .iter()
+            .filter_map(|rejection| rejection.index)
+            .take(MAX_LISTED_INDEXES)
+            .map(|index| index.to_string())
+            .collect();
+        headers.push(("source_indexes", listed.join(",").into_bytes()));
     }
     headers
 }
@@ -229,6 +294,42 @@ pub struct KafkaSink {
     producer: FutureProducer,
     transactional: bool,
     in_transaction: bool,
+    /// Messages to this topic may be dropped when they cannot be produced.
+    dead_letter_topic: String,
+    /// Dead letters dropped so far, by reason.
+    dropped_dead_letters: std::collections::BTreeMap<String, u64>,
+}
+
+/// Why one message of a delivery failed, and whether it was queued at all.
+struct FailedMessage {
+    index: usize,
+    error: KafkaSinkError,
+    /// Refused by librdkafka before it reached a broker (too large, unknown
+    /// topic): an open transaction is not affected.
+    local: bool,
+}
+
+/// Whether a failed message may be dropped rather than stopping the stage:
+/// only dead letters, which are a copy of input kept for people, never the
+/// outputs, checkpoints or internal topics that correctness depends on.
+pub fn is_droppable(message: &OutgoingMessage, dead_letter_topic: &str) -> bool {
+    message.topic == dead_letter_topic
+}
+
+/// The `reason` label of a dropped dead letter: the librdkafka error code
+/// name (`MessageSizeTooLarge`, `TopicAuthorizationFailed`, ...).
+fn drop_reason(error: &KafkaSinkError) -> String {
+    let code = match error {
+        KafkaSinkError::Delivery { error, .. } => error.rdkafka_error_code(),
+        _ => None,
+    };
+    match code {
+        Some(code) => format!("{code:?}"),
+        None => match error {
+            KafkaSinkError::Cancelled { .. } => "cancelled".to_string(),
+            _ => "other".to_string(),
+        },
+    }
 }
 
 impl KafkaSink {
@@ -243,6 +344,8 @@ impl KafkaSink {
             producer,
             transactional: transactional_id.is_some(),
             in_transaction: false,
+            dead_letter_topic: kafka.dead_letter_topic.clone(),
+            dropped_dead_letters: std::collections::BTreeMap::new(),
         };
         Ok(sink)
     }
@@ -276,37 +379,119 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// Dead letters dropped so far because they could not be produced, by
+    /// reason.
+    pub fn dropped_dead_letters(&self) -> &std::collections::BTreeMap<String, u64> {
+        &self.dropped_dead_letters
+    }
+
     /// Sends every message of the outbox, in order, and waits until each is
     /// acknowledged by the brokers. Empties the outbox, delivered or not.
+    ///
+    /// A dead letter that cannot be produced after librdkafka's retries (too
+    /// large, topic not authorised, ...) is counted in
+    /// `keywatch_dead_letters_dropped_total{reason}` and dropped: one
+    /// unproducible record must not stop the group. In a transaction, a
+    /// dead letter refused by a broker poisons the transaction, so it is
+    /// aborted and everything else is sent again in a new one. Any other
+    /// failure is returned.
     pub async fn deliver(&mut self, outbox: &mut Outbox) -> Result<(), KafkaSinkError> {
         if outbox.is_empty() {
             return Ok(());
         }
-        let messages = std::mem::take(&mut outbox.messages);
-        let producer = self.producer.clone();
-        // Queueing waits while librdkafka's local queue is full: off the
-        // async workers.
-        let (messages, deliveries) = tokio::task::spawn_blocking(move || {
-            let deliveries = messages
-                .iter()
-                .map(|message| enqueue(&producer, message))
-                .collect::<Result<Vec<DeliveryFuture>, KafkaSinkError>>();
-            (messages, deliveries)
-        })
-        .await
-        .map_err(|error| KafkaSinkError::Queueing(error.to_string()))?;
-        for (message, future) in messages.iter().zip(deliveries?) {
-            let topic = || message.topic.clone();
-            match future.await {
-                Ok(Ok(_delivery)) => {}
-                Ok(Err((error, _message))) => return Err(KafkaSinkError::Delivery { topic: topic(), error }),
-                Err(_cancelled) => return Err(KafkaSinkError::Cancelled { topic: topic() }),
+        let mut messages = std::mem::take(&mut outbox.messages);
+        let failures;
+        (messages, failures) = self.send_all(messages).await?;
+        let mut broker_refused_dead_letter = false;
+        let mut dropped = vec![false; messages.len()];
+        for failure in failures {
+            let message = &messages[failure.index];
+            if !is_droppable(message, &self.dead_letter_topic) {
+                return Err(failure.error);
+            }
+            self.count_dropped(message, &failure.error);
+            dropped[failure.index] = true;
+            broker_refused_dead_letter |= !failure.local;
+        }
+        if broker_refused_dead_letter && self.in_transaction {
+            tracing::warn!("a dead letter was refused inside a transaction; sending the batch again without it");
+            self.abort_transaction().await?;
+            self.begin()?;
+            let mut index = 0;
+            messages.retain(|_| {
+                let keep = !dropped[index];
+                index += 1;
+                keep
+            });
+            let failures;
+            (messages, failures) = self.send_all(messages).await?;
+            // Dead letters were counted once already; anything else refused
+            // twice is fatal.
+            if let Some(failure) = failures.into_iter().next() {
+                return Err(failure.error);
             }
         }
         // The next batch reuses the allocation.
         outbox.messages = messages;
         outbox.clear();
         Ok(())
+    }
+
+    fn count_dropped(&mut self, message: &OutgoingMessage, error: &KafkaSinkError) {
+        let reason = drop_reason(error);
+        tracing::warn!(
+            topic = %message.topic,
+            bytes = message.payload.len(),
+            %reason,
+            %error,
+            "dead letter cannot be produced; dropped"
+        );
+        metrics::counter!("keywatch_dead_letters_dropped_total", "reason" => reason.clone()).increment(1);
+        *self.dropped_dead_letters.entry(reason).or_default() += 1;
+    }
+
+    /// Queues every message and waits for each acknowledgement; returns the
+    /// messages (for reuse or a second attempt) and the ones that failed.
+    async fn send_all(
+        &self,
+        messages: Vec<OutgoingMessage>,
+    ) -> Result<(Vec<OutgoingMessage>, Vec<FailedMessage>), KafkaSinkError> {
+        let producer = self.producer.clone();
+        // Queueing waits while librdkafka's local queue is full: off the
+        // async workers.
+        let (messages, queued) = tokio::task::spawn_blocking(move || {
+            let queued: Vec<Result<DeliveryFuture, KafkaSinkError>> =
+                messages.iter().map(|message| enqueue(&producer, message)).collect();
+            (messages, queued)
+        })
+        .await
+        .map_err(|error| KafkaSinkError::Queueing(error.to_string()))?;
+        let mut failures = Vec::new();
+        for (index, (message, queued)) in messages.iter().zip(queued).enumerate() {
+            let future = match queued {
+                Ok(future) => future,
+                Err(error) => {
+                    failures.push(FailedMessage {
+                        index,
+                        error,
+                        local: true,
+                    });
+                    continue;
+                }
+            };
+            let topic = || message.topic.clone();
+            let error = match future.await {
+                Ok(Ok(_delivery)) => continue,
+                Ok(Err((error, _message))) => KafkaSinkError::Delivery { topic: topic(), error },
+                Err(_cancelled) => KafkaSinkError::Cancelled { topic: topic() },
+            };
+            failures.push(FailedMessage {
+                index,
+                error,
+                local: false,
+            });
+        }
+        Ok((messages, failures))
     }
 
     /// Adds the consumer offsets to the open transaction and commits it:
@@ -410,44 +595,125 @@ mod tests {
         }
     }
 
-    #[test]
-    fn dead_letters_keep_the_bytes_and_say_where_they_came_from() {
-        let input = InputRecord {
+    fn input(payload: &[u8]) -> InputRecord {
+        InputRecord {
             topic: "access".into(),
             partition: 3,
             offset: 41,
             timestamp_ms: None,
-            payload: Some(b"{\"ip\":\"nope\"}".to_vec()),
-        };
+            payload: Some(payload.to_vec()),
+        }
+    }
+
+    fn header(message: &OutgoingMessage, name: &str) -> Option<String> {
+        message
+            .headers
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| String::from_utf8(value.clone()).unwrap())
+    }
+
+    #[test]
+    fn dead_letters_keep_the_bytes_and_say_where_they_came_from() {
+        let input = input(b"{\"ip\":\"nope\"}");
         let rejection = Rejection {
             error: DecodeError::BadIp("nope".into()),
             index: None,
         };
         let mut outbox = Outbox::default();
-        outbox.push_dead_letter(&topics(), &input, &rejection);
+        outbox.push_dead_letter(&topics(), &input, std::slice::from_ref(&rejection));
         let message = &outbox.messages[0];
         assert_eq!(message.topic, "dlq");
         assert_eq!(message.payload, b"{\"ip\":\"nope\"}");
         assert_eq!(message.key, None, "the input key may be a raw key id");
-        let header = |name: &str| {
-            message
-                .headers
-                .iter()
-                .find(|(key, _)| *key == name)
-                .map(|(_, value)| String::from_utf8(value.clone()).unwrap())
-        };
-        assert_eq!(header("reason").as_deref(), Some("bad_ip"));
-        assert_eq!(header("source_topic").as_deref(), Some("access"));
-        assert_eq!(header("source_partition").as_deref(), Some("3"));
-        assert_eq!(header("source_offset").as_deref(), Some("41"));
-        assert_eq!(header("source_index"), None);
-        assert!(header("reason_detail").unwrap().contains("nope"));
+        assert_eq!(header(message, "reason").as_deref(), Some("bad_ip"));
+        assert_eq!(header(message, "source_topic").as_deref(), Some("access"));
+        assert_eq!(header(message, "source_partition").as_deref(), Some("3"));
+        assert_eq!(header(message, "source_offset").as_deref(), Some("41"));
+        assert_eq!(header(message, "original_size").as_deref(), Some("13"));
+        assert_eq!(header(message, "truncated").as_deref(), Some("false"));
+        assert_eq!(header(message, "source_index"), None);
+        assert!(header(message, "reason_detail").unwrap().contains("nope"));
+    }
 
-        let in_a_document = Rejection {
-            index: Some(2),
-            ..rejection.clone()
+    #[test]
+    fn a_record_with_many_bad_elements_is_one_dead_letter_naming_them() {
+        let input = input(b"{\"Records\":[...]}");
+        let rejections: Vec<Rejection> = [1u32, 4, 7]
+            .into_iter()
+            .map(|index| Rejection {
+                error: DecodeError::BadIp("x".into()),
+                index: Some(index),
+            })
+            .collect();
+        let mut outbox = Outbox::default();
+        outbox.push_dead_letter(&topics(), &input, &rejections);
+        assert_eq!(outbox.len(), 1);
+        let message = &outbox.messages[0];
+        assert_eq!(header(message, "source_indexes").as_deref(), Some("1,4,7"));
+        assert_eq!(header(message, "rejected_count").as_deref(), Some("3"));
+        assert_eq!(header(message, "source_index").as_deref(), Some("1"));
+        outbox.push_dead_letter(&topics(), &input, &[]);
+        assert_eq!(outbox.len(), 1, "no rejection, no dead letter");
+    }
+
+    #[test]
+    fn a_large_record_is_cut_to_the_limit_with_its_original_size() {
+        let big = vec![b'x'; 900_000];
+        let rejection = Rejection {
+            error: DecodeError::MalformedJson("x".repeat(10_000)),
+            index: None,
         };
-        assert!(dead_letter_headers(&input, &in_a_document).contains(&("source_index", b"2".to_vec())));
+        let mut outbox = Outbox::with_dead_letter_limit(4096);
+        outbox.push_dead_letter(&topics(), &input(&big), &[rejection]);
+        let message = &outbox.messages[0];
+        assert_eq!(message.payload.len(), 4096);
+        assert_eq!(header(message, "original_size").as_deref(), Some("900000"));
+        assert_eq!(header(message, "truncated").as_deref(), Some("true"));
+        let detail = header(message, "reason_detail").unwrap();
+        assert!(detail.len() <= MAX_REASON_DETAIL_BYTES + 3, "{}", detail.len());
+        let headers: usize = message.headers.iter().map(|(name, value)| name.len() + value.len()).sum();
+        assert!(headers < 2048, "headers stay small: {headers}");
+    }
+
+    /// A producer whose messages above 2,000 bytes are refused before they
+    /// reach any broker: no broker is needed to see how refusals are handled.
+    fn small_message_sink() -> KafkaSink {
+        let mut kafka = KafkaConfig::new("127.0.0.1:1", vec!["access".into()]);
+        kafka.dead_letter_topic = "dlq".into();
+        kafka.properties.insert("message.max.bytes".into(), "2000".into());
+        KafkaSink::new(&kafka, None).unwrap()
+    }
+
+    fn message(topic: &str, bytes: usize) -> OutgoingMessage {
+        OutgoingMessage {
+            topic: topic.into(),
+            partition: None,
+            key: None,
+            payload: vec![b'x'; bytes],
+            headers: Vec::new(),
+            timestamp_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unproducible_dead_letter_is_counted_and_skipped() {
+        let mut sink = small_message_sink();
+        let mut outbox = Outbox::default();
+        outbox.messages.push(message("dlq", 50_000));
+        sink.deliver(&mut outbox).await.expect("a dead letter never stops the stage");
+        assert!(outbox.is_empty());
+        assert_eq!(sink.dropped_dead_letters().get("MessageSizeTooLarge"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn an_unproducible_output_is_fatal() {
+        let mut sink = small_message_sink();
+        let mut outbox = Outbox::default();
+        outbox.messages.push(message("alerts", 50_000));
+        let error = sink.deliver(&mut outbox).await.expect_err("outputs may not be dropped");
+        assert!(error.to_string().contains("alerts"), "{error}");
+        assert!(sink.dropped_dead_letters().is_empty());
     }
 
     #[test]

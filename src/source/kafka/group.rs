@@ -99,6 +99,55 @@ pub enum SourceEvent {
     Failed(KafkaSourceError),
 }
 
+/// What the polling thread learns about the group, for metrics and
+/// health: consumer lag of the owned partitions, and how often the member
+/// rejoined because it sat idle while the input had lag.
+#[derive(Debug, Default)]
+pub struct GroupStatus {
+    /// High watermark minus position, per owned partition, refreshed every
+    /// [`LAG_INTERVAL`]. Partitions no longer owned are removed.
+    lag: Mutex<BTreeMap<PartitionId, i64>>,
+    /// Rejoins after holding no partitions while the input had lag.
+    pub idle_rejoins: std::sync::atomic::AtomicU64,
+}
+
+impl GroupStatus {
+    /// Consumer lag per owned partition.
+    pub fn lag(&self) -> BTreeMap<PartitionId, i64> {
+        self.lag.lock().map(|lag| lag.clone()).unwrap_or_default()
+    }
+
+    fn set_lag(&self, lag: BTreeMap<PartitionId, i64>) {
+        if let Ok(mut current) = self.lag.lock() {
+            *current = lag;
+        }
+    }
+}
+
+/// How the polling thread watches its group.
+#[derive(Debug, Clone)]
+pub struct GroupWatch {
+    /// Rejoin after holding no partitions this long while the input has lag
+    /// that no member consumes.
+    pub rejoin_idle_after: Duration,
+    pub status: Arc<GroupStatus>,
+}
+
+impl Default for GroupWatch {
+    fn default() -> Self {
+        GroupWatch {
+            rejoin_idle_after: Duration::from_secs(60),
+            status: Arc::default(),
+        }
+    }
+}
+
+/// How often the consumer lag of owned partitions is measured.
+pub const LAG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Longest wait for one partition's watermarks when measuring lag.
+const LAG_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// What to load when partitions are assigned.
 #[derive(Debug, Clone)]
 pub enum RestoreFrom {
@@ -267,14 +316,30 @@ fn restore_partitions(
             },
         })
         .collect();
+    let elapsed = started.elapsed();
+    let source = match restore {
+        RestoreFrom::Nothing => "none",
+        RestoreFrom::Changelog(_) => "changelog",
+    };
     for partition in &assigned {
+        let keys = partition.checkpoint.as_ref().map_or(0, |c| c.snapshot.keys.len());
         tracing::info!(
             partition = %partition.id,
+            source,
+            found = partition.checkpoint.is_some(),
             checkpoint_offset = partition.checkpoint.as_ref().map(|c| c.next_offset),
             committed_offset = partition.committed,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            keys,
+            elapsed_ms = elapsed.as_millis() as u64,
             "partition restored"
         );
+        if matches!(restore, RestoreFrom::Changelog(_)) {
+            metrics::histogram!("keywatch_restore_keys").record(keys as f64);
+        }
+    }
+    if matches!(restore, RestoreFrom::Changelog(_)) && !ids.is_empty() {
+        // One read serves every partition of the assignment.
+        metrics::histogram!("keywatch_restore_seconds").record(elapsed.as_secs_f64());
     }
     Ok(assigned)
 }
@@ -297,6 +362,7 @@ impl KafkaSource {
         topics: &[String],
         restore: RestoreFrom,
         capacity: usize,
+        watch: GroupWatch,
         cancel: CancellationToken,
     ) -> Result<(KafkaSource, mpsc::Receiver<SourceEvent>), KafkaSourceError> {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
@@ -316,11 +382,18 @@ impl KafkaSource {
                 topics: topics.join(","),
                 error,
             })?;
+        tracing::info!(
+            group = %group_id,
+            topics = %topics.join(","),
+            static_member = kafka.group_instance_id().is_some(),
+            "joining the consumer group"
+        );
         let consumer = Arc::new(consumer);
         let polled = Arc::clone(&consumer);
+        let subscribed = topics.to_vec();
         let thread = std::thread::Builder::new()
             .name(format!("kafka-poll-{group_id}"))
-            .spawn(move || poll_loop(polled, sender, cancel))
+            .spawn(move || poll_loop(polled, sender, subscribed, watch, cancel))
             .map_err(|error| KafkaSourceError::Create(KafkaError::ClientCreation(error.to_string())))?;
         Ok((
             KafkaSource {
@@ -361,9 +434,178 @@ impl KafkaSource {
     }
 }
 
-fn poll_loop(consumer: Arc<GroupConsumer>, sender: mpsc::Sender<SourceEvent>, cancel: CancellationToken) {
+/// Tracks how long a member has held no partitions, and whether the group's
+/// committed offsets moved meanwhile (someone is consuming).
+#[derive(Debug)]
+struct IdleWatch {
+    /// When the assignment was last seen non-empty (or the watch started).
+    busy_at: Instant,
+    /// Lag and committed total at the last idle check.
+    last_idle_check: Option<(i64, i64)>,
+}
+
+/// What an idle member should do after one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdleVerdict {
+    Fine,
+    /// Idle, with lag: measure again before acting.
+    Watch,
+    /// Idle past the limit, with lag nobody consumes: rejoin.
+    Rejoin,
+}
+
+impl IdleWatch {
+    fn new(now: Instant) -> IdleWatch {
+        IdleWatch {
+            busy_at: now,
+            last_idle_check: None,
+        }
+    }
+
+    fn owned_partitions(&mut self, now: Instant) {
+        self.busy_at = now;
+        self.last_idle_check = None;
+    }
+
+    /// Judges an idle member: `lag` and `committed` are totals over the
+    /// subscribed topics. A group whose committed offsets stay put while
+    /// its input has lag is stuck, whoever owns the partitions.
+    fn judge(&mut self, now: Instant, limit: Duration, lag: i64, committed: i64) -> IdleVerdict {
+        if lag <= 0 {
+            self.last_idle_check = None;
+            return IdleVerdict::Fine;
+        }
+        let previous = self.last_idle_check.replace((lag, committed));
+        if now.duration_since(self.busy_at) < limit {
+            return IdleVerdict::Watch;
+        }
+        match previous {
+            Some((_, previous_committed)) if previous_committed == committed => {
+                self.busy_at = now;
+                self.last_idle_check = None;
+                IdleVerdict::Rejoin
+            }
+            _ => IdleVerdict::Watch,
+        }
+    }
+}
+
+/// Measures the lag of the owned partitions and, when the member owns none
+/// while the input waits, warns and rejoins the group: a member left with
+/// an empty assignment after a rebalance otherwise waits for the next
+/// rebalance, which may never come.
+fn watch_group(consumer: &GroupConsumer, subscribed: &[String], watch: &GroupWatch, idle: &mut IdleWatch) {
+    let now = Instant::now();
+    let assignment = match consumer.assignment() {
+        Ok(assignment) => assignment,
+        Err(error) => {
+            tracing::debug!(%error, "cannot read the assignment");
+            return;
+        }
+    };
+    if assignment.count() > 0 {
+        idle.owned_partitions(now);
+        watch.status.set_lag(owned_lag(consumer, &assignment));
+        return;
+    }
+    watch.status.set_lag(BTreeMap::new());
+    let Some((lag, committed)) = group_lag(consumer, subscribed) else {
+        return;
+    };
+    let idle_for = now.duration_since(idle.busy_at);
+    match idle.judge(now, watch.rejoin_idle_after, lag, committed) {
+        IdleVerdict::Fine | IdleVerdict::Watch => {}
+        IdleVerdict::Rejoin => {
+            tracing::warn!(
+                topics = %subscribed.join(","),
+                lag,
+                idle_s = idle_for.as_secs(),
+                "no partitions while the input has lag that nobody consumes; rejoining the group"
+            );
+            watch
+                .status
+                .idle_rejoins
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            consumer.unsubscribe();
+            let names: Vec<&str> = subscribed.iter().map(String::as_str).collect();
+            if let Err(error) = consumer.subscribe(&names) {
+                tracing::error!(%error, "cannot subscribe again");
+            }
+        }
+    }
+}
+
+/// High watermark minus position of each owned partition.
+fn owned_lag(consumer: &GroupConsumer, assignment: &TopicPartitionList) -> BTreeMap<PartitionId, i64> {
+    let positions = consumer.position().map(|list| list.to_topic_map()).unwrap_or_default();
+    let mut lag = BTreeMap::new();
+    for element in assignment.elements() {
+        // A broker that does not answer quickly is not waited for: this
+        // runs on the polling thread.
+        let Ok((_low, high)) = consumer.fetch_watermarks(element.topic(), element.partition(), LAG_QUERY_TIMEOUT)
+        else {
+            break;
+        };
+        let position = match positions.get(&(element.topic().to_string(), element.partition())) {
+            Some(Offset::Offset(offset)) => Some(*offset),
+            _ => None,
+        };
+        // Before the first fetch the position is unknown: count it all.
+        let behind = position.map_or(high, |position| high - position).max(0);
+        lag.insert(PartitionId::new(element.topic(), element.partition()), behind);
+    }
+    lag
+}
+
+/// Total lag of the group over `topics` (high watermark minus committed
+/// offset, or minus the low watermark where nothing is committed) and the
+/// total of its committed offsets. `None` when the broker cannot say.
+fn group_lag(consumer: &GroupConsumer, topics: &[String]) -> Option<(i64, i64)> {
+    let mut partitions = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT).ok()?;
+        for described in metadata.topics() {
+            for partition in described.partitions() {
+                partitions.add_partition(topic, partition.id());
+            }
+        }
+    }
+    if partitions.count() == 0 {
+        return None;
+    }
+    let committed = consumer.committed_offsets(partitions.clone(), METADATA_TIMEOUT).ok()?.to_topic_map();
+    let (mut lag, mut committed_total) = (0i64, 0i64);
+    for element in partitions.elements() {
+        let (low, high) = consumer
+            .fetch_watermarks(element.topic(), element.partition(), LAG_QUERY_TIMEOUT)
+            .ok()?;
+        let start = match committed.get(&(element.topic().to_string(), element.partition())) {
+            Some(Offset::Offset(offset)) => {
+                committed_total += offset;
+                *offset
+            }
+            _ => low,
+        };
+        lag += (high - start).max(0);
+    }
+    Some((lag, committed_total))
+}
+
+fn poll_loop(
+    consumer: Arc<GroupConsumer>,
+    sender: mpsc::Sender<SourceEvent>,
+    subscribed: Vec<String>,
+    watch: GroupWatch,
+    cancel: CancellationToken,
+) {
     let mut topics = HashMap::new();
+    let mut idle = IdleWatch::new(Instant::now());
+    let mut next_lag_check = Instant::now() + LAG_INTERVAL;
     while !cancel.is_cancelled() && !sender.is_closed() {
+        if Instant::now() >= next_lag_check {
+            next_lag_check = Instant::now() + LAG_INTERVAL;
+            watch_group(&consumer, &subscribed, &watch, &mut idle);
+        }
         match consumer.poll(POLL_INTERVAL) {
             None => {}
             Some(Ok(message)) => {
@@ -402,4 +644,39 @@ fn poll_loop(consumer: Arc<GroupConsumer>, sender: mpsc::Sender<SourceEvent>, ca
         events.take();
     }
     tracing::debug!("kafka consumer closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn an_idle_member_rejoins_only_when_lag_waits_and_nobody_commits() {
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        let mut idle = IdleWatch::new(start);
+        assert_eq!(idle.judge(at(10), LIMIT, 500, 100), IdleVerdict::Watch);
+        assert_eq!(idle.judge(at(70), LIMIT, 500, 100), IdleVerdict::Rejoin, "stuck past the limit");
+        // The rejoin restarts the clock.
+        assert_eq!(idle.judge(at(80), LIMIT, 500, 100), IdleVerdict::Watch);
+    }
+
+    #[test]
+    fn an_idle_member_stays_put_while_others_consume_or_nothing_waits() {
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        let mut idle = IdleWatch::new(start);
+        assert_eq!(idle.judge(at(61), LIMIT, 500, 100), IdleVerdict::Watch, "first measure");
+        assert_eq!(
+            idle.judge(at(71), LIMIT, 400, 200),
+            IdleVerdict::Watch,
+            "committed offsets moved: another member consumes"
+        );
+        assert_eq!(idle.judge(at(81), LIMIT, 0, 200), IdleVerdict::Fine, "no lag");
+        assert_eq!(idle.judge(at(91), LIMIT, 10, 200), IdleVerdict::Watch);
+        idle.owned_partitions(at(95));
+        assert_eq!(idle.judge(at(100), LIMIT, 10, 200), IdleVerdict::Watch, "owned partitions lately");
+    }
 }
