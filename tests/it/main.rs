@@ -18,6 +18,7 @@ mod generate_eval;
 mod geoip;
 mod kafka_compose;
 mod kafka_mock;
+mod kafka_ops;
 mod kafka_replay;
 mod kafka_scenarios;
 mod kafka_support;
