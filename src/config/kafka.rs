@@ -209,8 +209,13 @@ fn default_restore_timeout() -> Duration {
     Duration::from_secs(120)
 }
 
+/// Default of `dead_letter_max_bytes`: far below the 1 MiB most brokers
+/// accept per message, so a dead letter of the largest record the decoder
+/// takes, with its headers, always fits.
+pub const DEFAULT_DEAD_LETTER_MAX_BYTES: usize = 64 * 1024;
+
 fn default_dead_letter_max_bytes() -> usize {
-    crate::sink::kafka::DEFAULT_DEAD_LETTER_MAX_BYTES
+    DEFAULT_DEAD_LETTER_MAX_BYTES
 }
 
 fn default_static_membership() -> bool {

@@ -98,10 +98,7 @@ impl Default for Outbox {
     }
 }
 
-/// Default of `kafka.dead_letter_max_bytes`: far below the 1 MiB most
-/// brokers accept per message, so a dead letter of the largest record the
-/// decoder takes, with its headers, always fits.
-pub const DEFAULT_DEAD_LETTER_MAX_BYTES: usize = 64 * 1024;
+pub use crate::config::kafka::DEFAULT_DEAD_LETTER_MAX_BYTES;
 
 /// Most failing element indexes listed in the `source_indexes` header; the
 /// `rejected_count` header gives the full number.
