@@ -21,7 +21,9 @@
 //!
 //! Without `KEYWATCH_TEST_BROKERS` each test says why and returns; with it
 //! set and the broker unreachable each fails ([`real_brokers`]). The seed of
-//! the kill test is printed and can be set with `KEYWATCH_FAULT_SEED`.
+//! the kill test is printed and can be set with `KEYWATCH_FAULT_SEED`;
+//! `KEYWATCH_FAULT_LOG` sets the children's log filter (default
+//! `keywatch=info`), whose tail a failure prints.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
@@ -125,7 +127,10 @@ impl RunProcess {
             .arg("run")
             .arg("--config")
             .arg(&path)
-            .env("KEYWATCH_LOG", "keywatch=info")
+            .env(
+                "KEYWATCH_LOG",
+                std::env::var("KEYWATCH_FAULT_LOG").unwrap_or_else(|_| "keywatch=info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
