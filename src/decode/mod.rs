@@ -139,7 +139,9 @@ impl Decoder {
     /// Decodes one record. A record may hold several events (a CloudTrail
     /// `{"Records":[...]}` document); each element of `out` is one of them,
     /// in order, so its position is the event's index within the record.
-    /// Every record adds at least one element to `out`.
+    /// Every record adds at least one element to `out`, except a CloudTrail
+    /// `{"Records":[]}` document, which holds no event and adds none (the
+    /// drivers track offsets by record, not by element).
     pub fn decode<'a>(&self, record: &'a [u8], out: &mut Vec<Result<AccessEvent<'a>, DecodeError>>) {
         let wants_cloudtrail = match self.format {
             Format::Cloudtrail | Format::Auto if cloudtrail::is_records_document(record) => {
@@ -474,5 +476,20 @@ mod tests {
             matches!(&parsed[5], Scalar::Str(Cow::Borrowed(_))),
             "unescaped strings borrow"
         );
+    }
+
+    /// Found by the `decode_cloudtrail` and `decode_auto` fuzz targets
+    /// (fuzz/): an empty `Records` document, with any whitespace, is a
+    /// document of no events, not a malformed record and not a panic.
+    #[test]
+    fn an_empty_records_document_gives_no_item_and_no_rejection() {
+        let found_by_fuzzing: [&[u8]; 2] = [b"{\"Records\":[\n   \n]}\n", b"{\"Records\":[   \r\r]}\r\r "];
+        for format in [Format::Cloudtrail, Format::Auto] {
+            for record in found_by_fuzzing {
+                let mut scratch = Vec::new();
+                let items: Vec<Decoded<'_>> = decoder(format.clone()).decode_record(record, &mut scratch).collect();
+                assert!(items.is_empty(), "{format:?} {items:?}");
+            }
+        }
     }
 }

@@ -489,12 +489,44 @@ pub async fn wait_caught_up(
 /// from `KEYWATCH_TEST_BROKERS`; `None` (after saying why) when unset.
 pub fn real_brokers(test: &str) -> Option<String> {
     match std::env::var("KEYWATCH_TEST_BROKERS") {
-        Ok(brokers) if !brokers.trim().is_empty() => Some(brokers),
+        Ok(brokers) if !brokers.trim().is_empty() => {
+            require_reachable(test, &brokers);
+            Some(brokers)
+        }
         _ => {
             eprintln!("skipping {test}: KEYWATCH_TEST_BROKERS is not set (bash .ci/start-tansu.sh starts a broker)");
             None
         }
     }
+}
+
+/// Panics unless every address of `brokers` accepts a TCP connection within
+/// a few seconds: once `KEYWATCH_TEST_BROKERS` is set (as `.ci/run` does), a
+/// broker that cannot be reached fails the test with a clear message instead
+/// of a later timeout, and never turns into a skip.
+pub fn require_reachable(test: &str, brokers: &str) {
+    use std::net::ToSocketAddrs;
+    for broker in brokers.split(',').map(str::trim).filter(|broker| !broker.is_empty()) {
+        let address = broker.trim_start_matches("PLAINTEXT://").trim_start_matches("tcp://");
+        let addresses: Vec<std::net::SocketAddr> = address
+            .to_socket_addrs()
+            .unwrap_or_else(|error| {
+                panic!("{test}: KEYWATCH_TEST_BROKERS names `{broker}`, which does not resolve: {error}")
+            })
+            .collect();
+        let reachable = addresses
+            .iter()
+            .any(|address| std::net::TcpStream::connect_timeout(address, Duration::from_secs(5)).is_ok());
+        assert!(
+            reachable,
+            "{test}: KEYWATCH_TEST_BROKERS is set but nothing answers at `{broker}` (is the broker of .ci/run up?)"
+        );
+    }
+}
+
+/// How many partitions `topic` has, from the broker's metadata.
+pub fn partition_count(brokers: &str, topic: &str) -> i32 {
+    partitions_of(&reader(brokers, false), topic)
 }
 
 /// A topic prefix no earlier run on the same broker used.

@@ -8,12 +8,15 @@
 //! [`kafka_scenarios`] run against the mock cluster (`kafka_mock`) and
 //! against a real broker (`kafka_tansu`, skipped with a printed reason
 //! unless `KEYWATCH_TEST_BROKERS` is set). Fixtures are files in
-//! `tests/data/`.
+//! `tests/data/`. [`faults`] runs the real binary against a real broker
+//! under faults (kill -9, a broker restart, a corrupt checkpoint, records
+//! over the producer limit), also only with `KEYWATCH_TEST_BROKERS`.
 
 mod check_config;
 mod decode;
 mod demo;
 mod detection_quality;
+mod faults;
 mod generate_eval;
 mod geoip;
 mod kafka_compose;
