@@ -132,7 +132,10 @@ mod tests {
             geo: std::sync::Arc::new(crate::enrich::GeoIp::empty()),
         };
         let text = summary(None, None, &setup);
-        assert!(text.contains("static (group.instance.id kw-1), session timeout 30s"), "{text}");
+        assert!(
+            text.contains("static (group.instance.id kw-1), session timeout 30s"),
+            "{text}"
+        );
         assert!(text.contains("health probes: 127.0.0.1:9465"), "{text}");
         assert!(text.contains("at most 65536 bytes"), "{text}");
     }

@@ -202,8 +202,14 @@ impl KeyedStage {
         outputs.clear();
         self.scratch_outputs = outputs;
         let stats = state.engine.stats();
-        Progress::add(&self.progress.suppressed, stats.suppressed.saturating_sub(stats_before.0));
-        Progress::add(&self.progress.late_events, stats.late_events.saturating_sub(stats_before.1));
+        Progress::add(
+            &self.progress.suppressed,
+            stats.suppressed.saturating_sub(stats_before.0),
+        );
+        Progress::add(
+            &self.progress.late_events,
+            stats.late_events.saturating_sub(stats_before.1),
+        );
         owned.next_offset = Some(last_offset + 1);
         counts.events += events.len() as u64;
         result

@@ -196,7 +196,12 @@ fn the_start_up_line_is_json_with_a_summary_and_no_secret() {
     assert_eq!(entry["fields"]["message"], "keywatch run starting", "{line}");
     assert_eq!(entry["fields"]["instance"], "kw-7", "{line}");
     assert_eq!(entry["fields"]["static_member"], true, "{line}");
-    assert!(entry["fields"]["model"].as_str().is_some_and(|model| model.contains('@')), "{line}");
+    assert!(
+        entry["fields"]["model"]
+            .as_str()
+            .is_some_and(|model| model.contains('@')),
+        "{line}"
+    );
     assert!(line.contains("sasl.password"), "property names are listed: {line}");
     assert!(!line.contains("hunter2"), "no property value: {line}");
 }
