@@ -12,6 +12,7 @@
 
 mod check_config;
 mod decode;
+mod event_time;
 mod demo;
 mod detection_quality;
 mod generate_eval;
