@@ -82,6 +82,23 @@ pub fn summary(config_path: Option<&Path>, model_path: Option<&Path>, setup: &Se
                 outputs.push(replay_topic.as_str());
             }
             let _ = writeln!(out, "kafka output topics: {}", outputs.join(", "));
+            let membership = match kafka.group_instance_id() {
+                Some(id) => format!("static (group.instance.id {id})"),
+                None => "dynamic (set instance_id for static membership)".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "kafka membership: {membership}, session timeout {}",
+                humantime::format_duration(kafka.session_timeout)
+            );
+            let _ = writeln!(out, "kafka dead letters: at most {} bytes", kafka.dead_letter_max_bytes);
+            let listen = |address: Option<std::net::SocketAddr>| address.map_or("off".to_string(), |a| a.to_string());
+            let _ = writeln!(
+                out,
+                "kafka metrics: {}, health probes: {}",
+                listen(kafka.metrics_listen),
+                listen(kafka.health_listen)
+            );
             for (name, value) in &kafka.properties {
                 let value = if is_secret(name) { "(hidden)" } else { value.as_str() };
                 let _ = writeln!(out, "kafka property {name}: {value}");
@@ -100,6 +117,28 @@ fn is_secret(property_name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_shows_membership_and_probes() {
+        let config = crate::config::Config::parse(
+            "[kafka]\nbrokers = \"b:9092\"\ninput_topics = [\"in\"]\ninstance_id = \"kw-1\"\n\
+             health_listen = \"127.0.0.1:9465\"\n",
+            "k.toml",
+        )
+        .unwrap();
+        let setup = Setup {
+            config,
+            model: std::sync::Arc::new(crate::model::Model::default_model()),
+            geo: std::sync::Arc::new(crate::enrich::GeoIp::empty()),
+        };
+        let text = summary(None, None, &setup);
+        assert!(
+            text.contains("static (group.instance.id kw-1), session timeout 30s"),
+            "{text}"
+        );
+        assert!(text.contains("health probes: 127.0.0.1:9465"), "{text}");
+        assert!(text.contains("at most 65536 bytes"), "{text}");
+    }
 
     #[test]
     fn secret_property_names_are_recognised() {

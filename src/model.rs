@@ -59,6 +59,44 @@ pub struct Model {
     /// in model files: absent, the defaults below apply.
     #[serde(default)]
     pub across_keys: AcrossKeysModel,
+    /// Event time of one input: reordering, late and far-future events.
+    /// Optional in model files: absent, the defaults below apply.
+    #[serde(default)]
+    pub time: TimeModel,
+}
+
+/// Event time of one input (a file replay, one Kafka partition). Events are
+/// held until the input's clock (its newest accepted event time) is
+/// `max_out_of_order` past them, then judged in event-time order; an event
+/// older than what was already judged is late: counted and judged without
+/// travel checks. An event more than `max_ahead` past the clock is held
+/// apart: it moves the clock only when confirmed, by events of two distinct
+/// keys (one, when the input has only seen one key) within `max_ahead` of
+/// each other, or by `confirm_after` arrivals in a row all that far ahead
+/// (the whole input has moved on). Unconfirmed, it is quarantined to the
+/// rejected output (`future_event`) once the clock has moved `max_ahead`
+/// past its arrival, when more than `max_ahead_held` wait, or at the end of
+/// the input; it never moves any key's time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeModel {
+    #[serde(with = "humantime_serde")]
+    pub max_out_of_order: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_ahead: Duration,
+    pub confirm_after: u32,
+    pub max_ahead_held: usize,
+}
+
+impl Default for TimeModel {
+    fn default() -> TimeModel {
+        TimeModel {
+            max_out_of_order: Duration::from_secs(300),
+            max_ahead: Duration::from_secs(3600),
+            confirm_after: 256,
+            max_ahead_held: 10_000,
+        }
+    }
 }
 
 /// Geography: new countries and networks, impossible travel.
@@ -596,6 +634,16 @@ impl Model {
             return Err(invalid("rate.surge_window", "may hold at most 64 spike windows"));
         }
         self.validate_networks(origin)?;
+        let time = &self.time;
+        if time.max_ahead <= time.max_out_of_order {
+            return Err(invalid("time.max_ahead", "must be longer than time.max_out_of_order"));
+        }
+        if time.max_out_of_order > Duration::from_secs(86_400) {
+            return Err(invalid("time.max_out_of_order", "must be at most a day (events wait this long)"));
+        }
+        if time.confirm_after == 0 || time.max_ahead_held == 0 {
+            return Err(invalid("time.confirm_after", "and time.max_ahead_held must be at least 1"));
+        }
         let across = &self.across_keys;
         if across.spray_min_keys < 2 || across.spray_min_keys > across.spray_max_keys || across.spray_max_keys > 500 {
             return Err(invalid(

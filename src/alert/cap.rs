@@ -159,7 +159,10 @@ mod tests {
         assert!(json.len() <= MAX_ALERT_BYTES, "{} bytes", json.len());
         // The size before, once the summary was cut.
         let recorded = big.evidence[EVIDENCE_CUT_FIELD].as_u64().unwrap() as usize;
-        assert!(recorded > MAX_ALERT_BYTES && recorded < original, "{recorded} of {original}");
+        assert!(
+            recorded > MAX_ALERT_BYTES && recorded < original,
+            "{recorded} of {original}"
+        );
         assert_eq!(big.evidence["count"], json!(5000), "numbers are kept");
         let endpoint = big.evidence["endpoints"][0].as_str().unwrap();
         assert!(endpoint.ends_with(CUT_MARKER), "{endpoint}");
@@ -172,13 +175,18 @@ mod tests {
     #[test]
     fn cutting_is_deterministic() {
         let make = || {
-            let items: Vec<String> = (0..3_000).map(|i| format!("/v1/endpoint/{i}/{}", "z".repeat(i % 97))).collect();
+            let items: Vec<String> = (0..3_000)
+                .map(|i| format!("/v1/endpoint/{i}/{}", "z".repeat(i % 97)))
+                .collect();
             alert(json!({"endpoints": items}))
         };
         let (mut first, mut second) = (make(), make());
         cap_alert(&mut first, 4096);
         cap_alert(&mut second, 4096);
-        assert_eq!(serde_json::to_vec(&first).unwrap(), serde_json::to_vec(&second).unwrap());
+        assert_eq!(
+            serde_json::to_vec(&first).unwrap(),
+            serde_json::to_vec(&second).unwrap()
+        );
         assert!(serde_json::to_vec(&first).unwrap().len() <= 4096);
     }
 

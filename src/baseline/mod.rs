@@ -67,6 +67,10 @@ pub struct Novelty {
     /// A data-centre network used from a new region alongside the key's
     /// established region of it for longer than a cutover, not yet reported.
     pub region_overlap: Option<geo::RegionOverlap>,
+    /// The event arrived after the input's watermark had passed it: judged
+    /// at the key's newest time, so it is not judged on travel and does not
+    /// move the key's places or last located use.
+    pub late: bool,
 }
 
 /// Everything keywatch knows about one key.
@@ -161,8 +165,10 @@ impl KeyState {
             .count(failure, failure && self.is_familiar_source(event, model));
         self.endpoints.absorb(event.endpoint_id, ts_ms, &model.endpoints);
         self.clients.add(event.client_id, ts_ms, model.client.max_clients);
-        self.geo
-            .absorb(ts_ms, event.ip, &event.geo, novelty.region_overlap.as_ref(), &model.geo);
+        if !novelty.late {
+            self.geo
+                .absorb(ts_ms, event.ip, &event.geo, novelty.region_overlap.as_ref(), &model.geo);
+        }
 
         if self.has_learned(ts_ms, &model.rate.learning) {
             self.rate.settle_thresholds(&model.rate, ts_ms);
@@ -185,6 +191,7 @@ impl KeyState {
             travel: self.travel_jump(event, &model.geo),
             first_endpoint_use: self.is_judged_first_use(event, &model.endpoints),
             region_overlap: self.judged_region_overlap(event, &model.geo),
+            late: false,
         }
     }
 

@@ -334,9 +334,7 @@ impl KafkaConfig {
     /// fallback: two members with one id fence each other, and instances
     /// started side by side (tests, the demo) share a hostname.
     pub fn group_instance_id(&self) -> Option<&str> {
-        self.static_membership
-            .then_some(self.instance_id.as_deref())
-            .flatten()
+        self.static_membership.then_some(self.instance_id.as_deref()).flatten()
     }
 
     /// The configuration every keywatch client starts from: brokers plus
@@ -620,7 +618,10 @@ properties = { "security.protocol" = "plaintext", "linger.ms" = "5" }
         kafka.static_membership = false;
         assert_eq!(kafka.group_consumer_config("g").get("group.instance.id"), None);
         kafka.properties.insert("session.timeout.ms".into(), "45000".into());
-        assert_eq!(kafka.group_consumer_config("g").get("session.timeout.ms"), Some("45000"));
+        assert_eq!(
+            kafka.group_consumer_config("g").get("session.timeout.ms"),
+            Some("45000")
+        );
     }
 
     #[test]

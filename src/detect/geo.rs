@@ -67,6 +67,11 @@ fn is_global(state: &KeyState, ctx: &Context) -> bool {
 /// travelled here at a plausible speed (a person on a journey rather than a
 /// second party using the key). `None` without a previous location.
 fn plausible_journey(state: &KeyState, event: &ResolvedEvent, ctx: &Context) -> Option<bool> {
+    // A late event's time is its key's newest, not its own: no journey
+    // can be measured from it.
+    if ctx.novelty.late {
+        return None;
+    }
     let previous = state.geo.last?;
     if !event.geo.has_location {
         return None;

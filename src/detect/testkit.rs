@@ -68,10 +68,13 @@ pub fn history(key: &str, place: &str, days: i64, per_hour: i64, endpoints: &[&s
     events
 }
 
-/// Runs events through the engine in one batch; returns the alerts.
+/// Runs events through the engine in one batch, then judges what the
+/// engine holds to order them (the batch is all there is for now); returns
+/// the alerts.
 pub fn alerts(engine: &mut Engine, events: &[AccessEvent<'_>]) -> Vec<Alert> {
     let mut out = Vec::new();
     engine.process(events, &mut out);
+    engine.release_held(&mut out);
     out.into_iter()
         .filter_map(|output| match output {
             Output::Alert(alert) => Some(alert),

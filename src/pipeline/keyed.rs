@@ -202,8 +202,14 @@ impl KeyedStage {
         outputs.clear();
         self.scratch_outputs = outputs;
         let stats = state.engine.stats();
-        Progress::add(&self.progress.suppressed, stats.suppressed.saturating_sub(stats_before.0));
-        Progress::add(&self.progress.late_events, stats.late_events.saturating_sub(stats_before.1));
+        Progress::add(
+            &self.progress.suppressed,
+            stats.suppressed.saturating_sub(stats_before.0),
+        );
+        Progress::add(
+            &self.progress.late_events,
+            stats.late_events.saturating_sub(stats_before.1),
+        );
         owned.next_offset = Some(last_offset + 1);
         counts.events += events.len() as u64;
         result
@@ -366,8 +372,10 @@ mod tests {
         let travel = T0 + 3 * DAY + 21 * HOUR;
         events.push(event(travel, KEY, ip("sydney", 1), "/v1/orders", 200));
         events.push(event(travel + 60_000, KEY, ip("sydney", 1), "/v1/orders", 200));
+        // Later use moves the input's watermark past the travel, so it is judged.
+        events.push(event(travel + 600_000, KEY, ip("sydney", 1), "/v1/orders", 200));
         let mut payloads: Vec<Vec<u8>> = events.iter().map(|e| serde_json::to_vec(e).unwrap()).collect();
-        payloads.insert(payloads.len() - 2, b"{broken".to_vec());
+        payloads.insert(payloads.len() - 3, b"{broken".to_vec());
         payloads
             .into_iter()
             .enumerate()
@@ -432,7 +440,7 @@ mod tests {
         assert_eq!(state(&restarted), state(&fresh), "the same state either way");
 
         // Committed up to just before the travel: exactly its outputs come out.
-        let travel_offset = records.len() as i64 - 2;
+        let travel_offset = records.len() as i64 - 3;
         let mut partly = stage();
         assign(&mut partly, Some(0), Some(travel_offset));
         let mut tail = Outbox::default();

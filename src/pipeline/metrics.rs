@@ -61,7 +61,10 @@ pub fn install(listen: SocketAddr) -> Result<(), String> {
         "keywatch_checkpoint_seconds",
         "Time to encode and durably write one batch's checkpoints, per stage"
     );
-    metrics::describe_histogram!("keywatch_checkpoint_bytes", "Bytes of one batch's checkpoints, per stage");
+    metrics::describe_histogram!(
+        "keywatch_checkpoint_bytes",
+        "Bytes of one batch's checkpoints, per stage"
+    );
     metrics::describe_histogram!(
         "keywatch_restore_seconds",
         "Time to read an assignment's checkpoints from the changelog"

@@ -95,7 +95,10 @@ pub enum PipelineError {
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot serve /healthz and /readyz on {listen}: {detail}")]
-    Health { listen: std::net::SocketAddr, detail: String },
+    Health {
+        listen: std::net::SocketAddr,
+        detail: String,
+    },
 }
 
 /// The start-up line: what this instance is about to do, without secrets

@@ -205,7 +205,12 @@ impl Progress {
     pub fn groups(&self) -> Vec<(&'static str, Arc<GroupStatus>)> {
         self.groups
             .lock()
-            .map(|groups| groups.iter().map(|(stage, status)| (*stage, Arc::clone(status))).collect())
+            .map(|groups| {
+                groups
+                    .iter()
+                    .map(|(stage, status)| (*stage, Arc::clone(status)))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -282,7 +287,10 @@ mod tests {
     #[test]
     fn health_follows_ticks_and_readiness_by_stage() {
         let progress = Progress::default();
-        assert_eq!(progress.unready_stages(&["keyed", "by_source"]), vec!["keyed", "by_source"]);
+        assert_eq!(
+            progress.unready_stages(&["keyed", "by_source"]),
+            vec!["keyed", "by_source"]
+        );
         progress.tick("keyed");
         progress.set_ready("keyed", true);
         progress.set_ready("by_source", true);
@@ -294,6 +302,10 @@ mod tests {
         assert_eq!(progress.stalled_stages(Duration::from_millis(5)).len(), 2);
         progress.saw_event_time("keyed", 5_000);
         progress.saw_event_time("keyed", 3_000);
-        assert_eq!(progress.newest_event_times()["keyed"], 5_000, "the newest, not the last");
+        assert_eq!(
+            progress.newest_event_times()["keyed"],
+            5_000,
+            "the newest, not the last"
+        );
     }
 }

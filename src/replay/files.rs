@@ -1,22 +1,40 @@
-//! Replay of log files, plain or gzip, in the order given: records are read
-//! in batches, decoded, and handed to the engine in micro-batches.
+//! Replay of log files, plain or gzip: records are read in batches,
+//! decoded, and handed to the engine in micro-batches. Several inputs are
+//! read together and merged by event time (always the input whose next
+//! event is oldest), so inputs that overlap in time make one stream for one
+//! watermark. A stop flag (SIGINT) ends the reading cleanly: what is held is
+//! judged and every output is flushed.
 
+use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{ReplayError, ReplaySummary};
+use crate::alert::Output;
+use crate::counts::Counts;
 use crate::decode::{DecodeError, Decoded, Decoder, Rejection};
-use crate::engine::Engine;
+use crate::engine::{Engine, Quarantined};
+use crate::event::AccessEvent;
 use crate::sink::Rejected;
 use crate::sink::file::OutputFiles;
 use crate::source::SourceRef;
-use crate::source::file::RecordReader;
+use crate::source::file::{RecordReader, RecordSpan};
+
+/// Bits of an origin that hold the line; the input's index is above them.
+const LINE_BITS: u32 = 48;
+
+/// What the engine is told of an event's origin: input index and line.
+fn origin_of(input: usize, line: u64) -> u64 {
+    ((input as u64) << LINE_BITS) | (line & ((1 << LINE_BITS) - 1))
+}
 
 /// Replays files through an engine into output files. Events are handed to
 /// the engine in micro-batches of `batch_size` records; the outputs do not
-/// depend on it.
+/// depend on it. Reading stops early when `stop` is set; the summary then
+/// says the replay was interrupted.
 pub fn replay_files(
     inputs: &[PathBuf],
     decoder: &Decoder,
@@ -24,88 +42,260 @@ pub fn replay_files(
     batch_size: usize,
     outputs: &mut OutputFiles,
     progress: Option<&ProgressBar>,
+    stop: &AtomicBool,
 ) -> Result<ReplaySummary, ReplayError> {
     let mut summary = ReplaySummary::default();
-    let counts = &mut summary.counts;
-    let mut buffer = Vec::new();
-    let mut spans = Vec::new();
-    let mut emitted = Vec::new();
-    for input in inputs {
-        let mut reader = RecordReader::open(input, decoder.max_record_bytes)?;
-        let name = reader.name().to_string();
-        if let Some(bar) = progress {
-            bar.set_message(name.clone());
-        }
-        while reader.next_batch(&mut buffer, &mut spans, batch_size.max(1))? {
-            // Events borrow from this batch's buffer: one allocation per
-            // batch, none per event.
-            let mut events = Vec::with_capacity(spans.len());
-            let mut scratch = Vec::new();
-            for span in &spans {
-                counts.records += 1;
-                let record = &buffer[span.range.clone()];
-                // The reader cut a line over the limit short: reject it
-                // without decoding what is left of it.
-                let cut_short = span.oversized.map(|size| {
-                    Decoded::Rejected(Rejection {
-                        error: DecodeError::Oversized {
-                            size,
-                            limit: decoder.max_record_bytes,
-                        },
-                        index: None,
-                    })
-                });
-                let decoded = match cut_short {
-                    Some(_) => None,
-                    None => Some(decoder.decode_record(record, &mut scratch)),
-                };
-                for item in cut_short.into_iter().chain(decoded.into_iter().flatten()) {
-                    match item {
-                        Decoded::Event(event) => events.push(event),
-                        Decoded::NoKey => counts.no_key += 1,
-                        Decoded::Rejected(rejection) => {
-                            counts.count_rejected(&rejection.error);
-                            let source = SourceRef::File {
-                                file: name.clone(),
-                                line: span.line,
-                                index: rejection.index,
-                            };
-                            outputs.write_rejected(&Rejected::new(&rejection.error, source, record))?;
-                        }
-                    }
-                }
-            }
-            // A whole CloudTrail document is one record of many events:
-            // hand them to the engine in batches too.
-            for chunk in events.chunks(batch_size.max(1)) {
-                emitted.clear();
-                engine.process(chunk, &mut emitted);
-                counts.events += chunk.len() as u64;
-                for output in &emitted {
-                    counts.count_output(output);
-                    outputs.write_output(output)?;
-                }
-            }
-            if let Some(bar) = progress {
-                bar.set_position(reader.bytes_read);
-            }
-        }
+    let mut run = Run {
+        names: Vec::new(),
+        emitted: Vec::new(),
+        quarantined: Vec::new(),
+        origins: Vec::new(),
+    };
+    let batch_size = batch_size.max(1);
+    if inputs.len() == 1 {
+        run.one_input(&inputs[0], decoder, engine, batch_size, outputs, progress, stop, &mut summary)?;
+    } else {
+        run.merged(inputs, decoder, engine, batch_size, outputs, progress, stop, &mut summary)?;
     }
-    // The input is over: the view across keys judges the observations it
-    // held back to order them, and every key's digest of its last day goes
-    // out.
-    emitted.clear();
-    engine.finish(&mut emitted);
-    for output in &emitted {
-        counts.count_output(output);
-        outputs.write_output(output)?;
-    }
+    summary.interrupted = stop.load(Ordering::Relaxed);
+    // The input is over: held events are judged, the view across keys
+    // judges the observations it held back to order them, and every key's
+    // digest of its last day goes out.
+    run.emitted.clear();
+    engine.finish(&mut run.emitted);
+    run.write(engine, &mut summary.counts, outputs)?;
     outputs.sync()?;
     let stats = engine.stats();
     summary.keys = engine.keys_tracked() as u64;
     summary.suppressed = stats.suppressed;
     summary.late_events = stats.late_events;
     Ok(summary)
+}
+
+/// Scratch shared by the ways of reading.
+struct Run {
+    /// Input names by index, for quarantined events' sources.
+    names: Vec<String>,
+    emitted: Vec<Output>,
+    quarantined: Vec<Quarantined>,
+    origins: Vec<u64>,
+}
+
+impl Run {
+    /// Writes what the engine emitted and quarantined.
+    fn write(&mut self, engine: &mut Engine, counts: &mut Counts, outputs: &mut OutputFiles) -> Result<(), ReplayError> {
+        for output in &self.emitted {
+            counts.count_output(output);
+            outputs.write_output(output)?;
+        }
+        self.emitted.clear();
+        engine.take_quarantined(&mut self.quarantined);
+        for event in self.quarantined.drain(..) {
+            counts.rejected += 1;
+            *counts.rejected_by_reason.entry("future_event".to_string()).or_default() += 1;
+            let input = (event.origin >> LINE_BITS) as usize;
+            let source = SourceRef::File {
+                file: self.names.get(input).cloned().unwrap_or_default(),
+                line: event.origin & ((1 << LINE_BITS) - 1),
+                index: None,
+            };
+            let record = serde_json::to_string(&event).unwrap_or_default();
+            outputs.write_rejected(&Rejected {
+                reason_kind: "future_event".to_string(),
+                reason: format!(
+                    "event time {} is too far ahead of the input's time {} and no other key confirmed it",
+                    event.ts, event.input_time
+                ),
+                source,
+                record,
+                truncated: false,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// One input, streamed: events borrow from the batch's buffer.
+    #[allow(clippy::too_many_arguments)]
+    fn one_input(
+        &mut self,
+        input: &PathBuf,
+        decoder: &Decoder,
+        engine: &mut Engine,
+        batch_size: usize,
+        outputs: &mut OutputFiles,
+        progress: Option<&ProgressBar>,
+        stop: &AtomicBool,
+        summary: &mut ReplaySummary,
+    ) -> Result<(), ReplayError> {
+        let counts = &mut summary.counts;
+        let mut buffer = Vec::new();
+        let mut spans = Vec::new();
+        let mut reader = RecordReader::open(input, decoder.max_record_bytes)?;
+        let name = reader.name().to_string();
+        self.names.push(name.clone());
+        if let Some(bar) = progress {
+            bar.set_message(name.clone());
+        }
+        while !stop.load(Ordering::Relaxed) && reader.next_batch(&mut buffer, &mut spans, batch_size)? {
+            // Events borrow from this batch's buffer: one allocation per
+            // batch, none per event.
+            let mut events = Vec::with_capacity(spans.len());
+            let mut scratch = Vec::new();
+            self.origins.clear();
+            for span in &spans {
+                decode_span(decoder, &buffer, span, &name, &mut scratch, counts, outputs, |event| {
+                    events.push(event);
+                    self.origins.push(origin_of(0, span.line));
+                })?;
+            }
+            // A whole CloudTrail document is one record of many events:
+            // hand them to the engine in batches too.
+            let origins = std::mem::take(&mut self.origins);
+            for (chunk, origins) in events.chunks(batch_size).zip(origins.chunks(batch_size)) {
+                self.emitted.clear();
+                engine.process_with_origins(chunk, origins, &mut self.emitted);
+                counts.events += chunk.len() as u64;
+                self.write(engine, counts, outputs)?;
+            }
+            self.origins = origins;
+            if let Some(bar) = progress {
+                bar.set_position(reader.bytes_read);
+            }
+        }
+        Ok(())
+    }
+
+    /// Several inputs read together, merged by event time: each event fed
+    /// comes from the input whose next event is oldest (the first input on
+    /// ties), so the merged order does not depend on the batch size. Events
+    /// are detached from their buffers to wait in each input's queue.
+    #[allow(clippy::too_many_arguments)]
+    fn merged(
+        &mut self,
+        inputs: &[PathBuf],
+        decoder: &Decoder,
+        engine: &mut Engine,
+        batch_size: usize,
+        outputs: &mut OutputFiles,
+        progress: Option<&ProgressBar>,
+        stop: &AtomicBool,
+        summary: &mut ReplaySummary,
+    ) -> Result<(), ReplayError> {
+        let counts = &mut summary.counts;
+        let mut lanes = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let reader = RecordReader::open(input, decoder.max_record_bytes)?;
+            self.names.push(reader.name().to_string());
+            lanes.push(Lane {
+                reader,
+                queue: VecDeque::new(),
+                done: false,
+            });
+        }
+        let mut buffer = Vec::new();
+        let mut spans = Vec::new();
+        let mut batch: Vec<AccessEvent<'static>> = Vec::with_capacity(batch_size);
+        loop {
+            let mut oldest: Option<(i64, usize)> = None;
+            for (index, lane) in lanes.iter_mut().enumerate() {
+                while lane.queue.is_empty() && !lane.done && !stop.load(Ordering::Relaxed) {
+                    if !lane.reader.next_batch(&mut buffer, &mut spans, batch_size)? {
+                        lane.done = true;
+                        break;
+                    }
+                    let name = lane.reader.name().to_string();
+                    let mut scratch = Vec::new();
+                    for span in &spans {
+                        let queue = &mut lane.queue;
+                        decode_span(decoder, &buffer, span, &name, &mut scratch, counts, outputs, |event| {
+                            queue.push_back((event.into_owned(), origin_of(index, span.line)));
+                        })?;
+                    }
+                }
+                if let Some((event, _)) = lane.queue.front()
+                    && oldest.is_none_or(|(ts_ms, _)| event.ts_ms < ts_ms)
+                {
+                    oldest = Some((event.ts_ms, index));
+                }
+            }
+            let next = oldest.and_then(|(_, index)| lanes[index].queue.pop_front());
+            let exhausted = next.is_none();
+            if let Some((event, origin)) = next {
+                batch.push(event);
+                self.origins.push(origin);
+            }
+            if batch.len() >= batch_size || (exhausted && !batch.is_empty()) {
+                self.emitted.clear();
+                engine.process_with_origins(&batch, &self.origins, &mut self.emitted);
+                counts.events += batch.len() as u64;
+                batch.clear();
+                self.origins.clear();
+                self.write(engine, counts, outputs)?;
+                if let Some(bar) = progress {
+                    bar.set_position(lanes.iter().map(|lane| lane.reader.bytes_read).sum());
+                }
+            }
+            if exhausted {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// One input of a merged replay: its reader and its decoded events waiting
+/// to be merged, with their origins.
+struct Lane {
+    reader: RecordReader,
+    queue: VecDeque<(AccessEvent<'static>, u64)>,
+    done: bool,
+}
+
+/// Decodes one record: events go to `on_event`, rejections to the
+/// rejected output.
+#[allow(clippy::too_many_arguments)]
+fn decode_span<'a>(
+    decoder: &Decoder,
+    buffer: &'a [u8],
+    span: &RecordSpan,
+    name: &str,
+    scratch: &mut Vec<Result<AccessEvent<'a>, DecodeError>>,
+    counts: &mut Counts,
+    outputs: &mut OutputFiles,
+    mut on_event: impl FnMut(AccessEvent<'a>),
+) -> Result<(), ReplayError> {
+    counts.records += 1;
+    let record = &buffer[span.range.clone()];
+    // The reader cut a line over the limit short: reject it without
+    // decoding what is left of it.
+    let cut_short = span.oversized.map(|size| {
+        Decoded::Rejected(Rejection {
+            error: DecodeError::Oversized {
+                size,
+                limit: decoder.max_record_bytes,
+            },
+            index: None,
+        })
+    });
+    let decoded = match cut_short {
+        Some(_) => None,
+        None => Some(decoder.decode_record(record, scratch)),
+    };
+    for item in cut_short.into_iter().chain(decoded.into_iter().flatten()) {
+        match item {
+            Decoded::Event(event) => on_event(event),
+            Decoded::NoKey => counts.no_key += 1,
+            Decoded::Rejected(rejection) => {
+                counts.count_rejected(&rejection.error);
+                let source = SourceRef::File {
+                    file: name.to_string(),
+                    line: span.line,
+                    index: rejection.index,
+                };
+                outputs.write_rejected(&Rejected::new(&rejection.error, source, record))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A bar of bytes read over the inputs' sizes, on a terminal only.

@@ -8,6 +8,7 @@ pub mod kafka;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
@@ -70,6 +71,8 @@ pub enum ReplayError {
     Kafka(#[from] kafka::ReplayKafkaError),
     #[error("{0}")]
     Usage(String),
+    #[error("interrupted: stopped reading on SIGINT; outputs and summary.json hold everything read before")]
+    Interrupted,
 }
 
 /// What a file replay did: the summary printed at the end and written to
@@ -82,6 +85,9 @@ pub struct ReplaySummary {
     /// Alerts held back as repeats inside the suppression window.
     pub suppressed: u64,
     pub late_events: u64,
+    /// Whether reading stopped early (SIGINT): the outputs hold everything
+    /// judged up to then.
+    pub interrupted: bool,
 }
 
 /// `summary.json` keeps the fields, names and order it always had, the
@@ -102,6 +108,9 @@ impl Serialize for ReplaySummary {
         fields.serialize_field("rejected_by_reason", &counts.rejected_by_reason)?;
         fields.serialize_field("skipped_no_key", &counts.no_key)?;
         fields.serialize_field("late_events", &self.late_events)?;
+        if self.interrupted {
+            fields.serialize_field("interrupted", &true)?;
+        }
         fields.end()
     }
 }
@@ -135,7 +144,11 @@ impl ReplaySummary {
             join(&counts.rejected_by_reason),
             counts.no_key,
             self.late_events,
-        )
+        ) + if self.interrupted {
+            "interrupted   yes (stopped reading on SIGINT; everything read was judged and written)\n"
+        } else {
+            ""
+        }
     }
 }
 
@@ -157,6 +170,7 @@ pub fn run_cli(args: &ReplayArgs) -> Result<(), ReplayError> {
     let mut outputs = OutputFiles::create(&args.out)?;
     let bar = files::progress_bar(&args.input, args.no_progress);
     let started = std::time::Instant::now();
+    let stop = stop_on_sigint();
     let summary = files::replay_files(
         &args.input,
         &setup.config.input.decoder(),
@@ -164,6 +178,7 @@ pub fn run_cli(args: &ReplayArgs) -> Result<(), ReplayError> {
         setup.config.input.batch_size,
         &mut outputs,
         bar.as_ref(),
+        &stop,
     )?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -176,7 +191,46 @@ pub fn run_cli(args: &ReplayArgs) -> Result<(), ReplayError> {
         summary.counts.events as f64 / elapsed.max(1e-9),
         args.out.display()
     );
+    if summary.interrupted {
+        return Err(ReplayError::Interrupted);
+    }
     Ok(())
+}
+
+/// A flag set by the first SIGINT, so a replay stops reading and still
+/// flushes what it has; a second SIGINT ends the process at once.
+fn stop_on_sigint() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("sigint".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                let _ = ready_tx.send(());
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(mut interrupts) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                else {
+                    let _ = ready_tx.send(());
+                    return;
+                };
+                let _ = ready_tx.send(());
+                if interrupts.recv().await.is_some() {
+                    flag.store(true, Ordering::Relaxed);
+                    eprintln!("keywatch: interrupted, finishing held events and flushing outputs (SIGINT again aborts)");
+                }
+                if interrupts.recv().await.is_some() {
+                    std::process::exit(130);
+                }
+            });
+        });
+    if spawned.is_ok() {
+        // The handler is in place before the first record is read.
+        let _ = ready_rx.recv_timeout(std::time::Duration::from_secs(5));
+    }
+    stop
 }
 
 fn parse_time(text: &Option<String>, flag: &str) -> Result<Option<i64>, ReplayError> {

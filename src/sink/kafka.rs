@@ -669,7 +669,11 @@ mod tests {
         assert_eq!(header(message, "truncated").as_deref(), Some("true"));
         let detail = header(message, "reason_detail").unwrap();
         assert!(detail.len() <= MAX_REASON_DETAIL_BYTES + 3, "{}", detail.len());
-        let headers: usize = message.headers.iter().map(|(name, value)| name.len() + value.len()).sum();
+        let headers: usize = message
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len())
+            .sum();
         assert!(headers < 2048, "headers stay small: {headers}");
     }
 
@@ -698,7 +702,9 @@ mod tests {
         let mut sink = small_message_sink();
         let mut outbox = Outbox::default();
         outbox.messages.push(message("dlq", 50_000));
-        sink.deliver(&mut outbox).await.expect("a dead letter never stops the stage");
+        sink.deliver(&mut outbox)
+            .await
+            .expect("a dead letter never stops the stage");
         assert!(outbox.is_empty());
         assert_eq!(sink.dropped_dead_letters().get("MessageSizeTooLarge"), Some(&1));
     }

@@ -162,3 +162,46 @@ async fn rejected_records_are_one_bounded_dead_letter_each_and_never_stop_the_gr
     assert_eq!(document.headers["rejected_count"], "3");
     assert_eq!(document.headers["truncated"], "false");
 }
+
+/// `--log-format json` writes the start-up line as one JSON object with the
+/// config summary, at the default filter, and never a password. Needs no
+/// broker: the line comes before the first connection.
+#[test]
+fn the_start_up_line_is_json_with_a_summary_and_no_secret() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("kw.toml");
+    std::fs::write(
+        &config,
+        "[kafka]\nbrokers = \"127.0.0.1:9\"\ninput_topics = [\"in\"]\ninstance_id = \"kw-7\"\n\
+         [kafka.properties]\n\"sasl.password\" = \"hunter2-secret\"\n",
+    )
+    .expect("write config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keywatch"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .env_remove("KEYWATCH_LOG")
+        .env_remove("KEYWATCH_LOG_FORMAT")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start keywatch run");
+    let stderr = child.stderr.take().expect("stderr");
+    let first = std::io::BufReader::new(stderr).lines().next();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = first.expect("a log line").expect("readable");
+    let entry: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
+    assert_eq!(entry["level"], "INFO", "{line}");
+    assert_eq!(entry["fields"]["message"], "keywatch run starting", "{line}");
+    assert_eq!(entry["fields"]["instance"], "kw-7", "{line}");
+    assert_eq!(entry["fields"]["static_member"], true, "{line}");
+    assert!(
+        entry["fields"]["model"]
+            .as_str()
+            .is_some_and(|model| model.contains('@')),
+        "{line}"
+    );
+    assert!(line.contains("sasl.password"), "property names are listed: {line}");
+    assert!(!line.contains("hunter2"), "no property value: {line}");
+}

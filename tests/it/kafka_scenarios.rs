@@ -42,8 +42,24 @@ pub async fn keyed_flow(brokers: &Brokers, metrics_port: Option<u16>) {
             scrape(port).is_some_and(|body| body.lines().any(|line| line == events_line))
         })
         .await;
+        // Lag is measured every 10 s by the consumer thread.
+        wait_until("the metrics to show consumer lag", brokers.catch_up(), || {
+            scrape(port).is_some_and(|body| body.contains("keywatch_consumer_lag{"))
+        })
+        .await;
         let body = scrape(port).unwrap();
         assert!(body.contains("keywatch_committed_offset{"), "{body}");
+        for name in [
+            "keywatch_dead_letters_total{reason=\"malformed_json\"}",
+            "keywatch_event_time_lag_seconds{stage=\"keyed\"}",
+            "keywatch_checkpoint_seconds",
+            "keywatch_checkpoint_bytes_total",
+            "keywatch_restore_seconds",
+            "keywatch_late_events_total",
+            "keywatch_suppressed_total",
+        ] {
+            assert!(body.contains(name), "{name} missing from {body}");
+        }
         assert!(!body.contains("AKIA"), "no raw key in metrics");
     }
     let summary = pipeline.stop().await;

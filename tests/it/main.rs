@@ -14,6 +14,7 @@
 
 mod check_config;
 mod decode;
+mod event_time;
 mod demo;
 mod detection_quality;
 mod faults;

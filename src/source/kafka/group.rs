@@ -573,7 +573,10 @@ fn group_lag(consumer: &GroupConsumer, topics: &[String]) -> Option<(i64, i64)> 
     if partitions.count() == 0 {
         return None;
     }
-    let committed = consumer.committed_offsets(partitions.clone(), METADATA_TIMEOUT).ok()?.to_topic_map();
+    let committed = consumer
+        .committed_offsets(partitions.clone(), METADATA_TIMEOUT)
+        .ok()?
+        .to_topic_map();
     let (mut lag, mut committed_total) = (0i64, 0i64);
     for element in partitions.elements() {
         let (low, high) = consumer
@@ -658,7 +661,11 @@ mod tests {
         let at = |seconds: u64| start + Duration::from_secs(seconds);
         let mut idle = IdleWatch::new(start);
         assert_eq!(idle.judge(at(10), LIMIT, 500, 100), IdleVerdict::Watch);
-        assert_eq!(idle.judge(at(70), LIMIT, 500, 100), IdleVerdict::Rejoin, "stuck past the limit");
+        assert_eq!(
+            idle.judge(at(70), LIMIT, 500, 100),
+            IdleVerdict::Rejoin,
+            "stuck past the limit"
+        );
         // The rejoin restarts the clock.
         assert_eq!(idle.judge(at(80), LIMIT, 500, 100), IdleVerdict::Watch);
     }
@@ -677,6 +684,10 @@ mod tests {
         assert_eq!(idle.judge(at(81), LIMIT, 0, 200), IdleVerdict::Fine, "no lag");
         assert_eq!(idle.judge(at(91), LIMIT, 10, 200), IdleVerdict::Watch);
         idle.owned_partitions(at(95));
-        assert_eq!(idle.judge(at(100), LIMIT, 10, 200), IdleVerdict::Watch, "owned partitions lately");
+        assert_eq!(
+            idle.judge(at(100), LIMIT, 10, 200),
+            IdleVerdict::Watch,
+            "owned partitions lately"
+        );
     }
 }
