@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alert::Output;
 use crate::alert::policy::{Disposition, dispose, flush_digest, flush_digest_before};
-use crate::baseline::KeyState;
+use crate::baseline::{Dormancy, KeyState};
 use crate::detect::{self, Context, Finding};
 use crate::detector::Phase;
 use crate::enrich::client::client_family;
@@ -32,8 +32,15 @@ use crate::model::Model;
 
 /// Events older than their key's newest by more than this count as late.
 const LATE_AFTER_MS: i64 = 60_000;
-/// Snapshot layout version.
-const SNAPSHOT_VERSION: u32 = 1;
+/// Snapshot layout version. Version 2 added the evicted keys' dormancy
+/// records and the engine's clock; version 1 snapshots still load (their
+/// missing fields take defaults).
+pub const SNAPSHOT_VERSION: u32 = 2;
+/// Key ids up to this length are remembered raw, to skip hashing them on
+/// every call; longer ones (bearer tokens) are fingerprinted each time.
+const INDEXED_KEY_ID_BYTES: usize = 128;
+/// Event time of a day: eviction runs once per day of the engine's clock.
+const DAY_MS: i64 = 86_400_000;
 
 /// Counters of what the engine has seen.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -78,6 +85,55 @@ pub struct EngineSnapshot {
     /// The organisation baseline (absent in snapshots of older versions).
     #[serde(default)]
     pub across: AcrossSnapshot,
+    /// Keys evicted for silence that may still be judged dormant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dormant: Vec<DormantRecord>,
+    /// The newest event time the engine has seen (its clock for eviction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_ms: Option<i64>,
+}
+
+/// A key evicted for silence, by fingerprint, with what dormant detection
+/// needs of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DormantRecord {
+    pub fingerprint: String,
+    pub first_ts: i64,
+    pub last_ts: i64,
+    pub events: u64,
+}
+
+/// Why a snapshot cannot be restored into this engine.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("snapshot version {found} is newer than this build's {supported}")]
+    Version { found: u32, supported: u32 },
+    #[error("snapshot was made with model {found}, this engine runs {running}")]
+    Model { found: String, running: String },
+    #[error("snapshot key {index} is inconsistent: {detail}")]
+    Key { index: usize, detail: String },
+}
+
+impl RestoreError {
+    /// A short stable name for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RestoreError::Version { .. } => "version",
+            RestoreError::Model { .. } => "model",
+            RestoreError::Key { .. } => "inconsistent",
+        }
+    }
+}
+
+/// The 128 bits a fingerprint is indexed by: its own bits for the usual
+/// `kf_` form, a fixed hash of the text otherwise.
+fn fingerprint_key(fingerprint: &str) -> u128 {
+    fingerprint_bits(fingerprint).unwrap_or_else(|| {
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(fingerprint.as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        u128::from_be_bytes(bytes)
+    })
 }
 
 /// Strings interned to dense ids.
@@ -88,6 +144,27 @@ struct Interner {
 }
 
 impl Interner {
+    /// Keeps the names whose id `keep` accepts, in order; returns how many
+    /// and each old id's new id (0 for names dropped, which nothing refers
+    /// to any more).
+    fn keep(&mut self, keep: impl Fn(usize) -> bool) -> (usize, Vec<u32>) {
+        let old_names = std::mem::take(&mut self.names);
+        self.index.clear();
+        let mut new_ids = Vec::with_capacity(old_names.len());
+        for (id, name) in old_names.into_iter().enumerate() {
+            if !keep(id) {
+                new_ids.push(0);
+                continue;
+            }
+            new_ids.push(self.names.len() as u32);
+            self.index.insert(name.clone(), self.names.len() as u32);
+            self.names.push(name);
+        }
+        self.names.shrink_to_fit();
+        self.index.shrink_to_fit();
+        (self.names.len(), new_ids)
+    }
+
     fn intern(&mut self, text: &str) -> (u32, bool) {
         if let Some(id) = self.index.get(text) {
             return (*id, false);
@@ -124,8 +201,17 @@ pub struct Engine {
     /// outside, so this map's hasher is randomly seeded: crafted ids cannot
     /// collide on purpose. No output depends on its order.
     key_index: HashMap<Box<str>, u32, ahash::RandomState>,
-    by_fingerprint: FxHashMap<String, u32>,
+    /// Fingerprint bits to state index.
+    by_fingerprint: FxHashMap<u128, u32>,
     keys: Vec<KeyState>,
+    /// Keys evicted for silence that may still be judged dormant, by
+    /// fingerprint bits.
+    dormant: FxHashMap<u128, Dormancy>,
+    /// The newest event time seen: eviction runs when it enters a new day.
+    clock_ms: Option<i64>,
+    /// Interner sizes that trigger the next rebuild.
+    endpoint_rebuild_at: usize,
+    client_rebuild_at: usize,
     /// Per key state index: its fingerprint's bits and its hint, for the
     /// view across keys.
     key_ids: Vec<(u128, Hint)>,
@@ -141,6 +227,8 @@ pub struct Engine {
 impl Engine {
     pub fn new(model: Arc<Model>, geo: Arc<GeoIp>) -> Engine {
         let model_label = model.label();
+        let (endpoint_rebuild_at, client_rebuild_at) =
+            (model.state.max_endpoint_templates, model.state.max_client_families);
         Engine {
             across: Across::new(&model.across_keys, &model_label),
             model_label,
@@ -153,6 +241,10 @@ impl Engine {
             key_index: HashMap::with_hasher(ahash::RandomState::new()),
             by_fingerprint: FxHashMap::default(),
             keys: Vec::new(),
+            dormant: FxHashMap::default(),
+            clock_ms: None,
+            endpoint_rebuild_at,
+            client_rebuild_at,
             key_ids: Vec::new(),
             endpoints: Interner::default(),
             endpoint_sensitive: Vec::new(),
@@ -255,12 +347,13 @@ impl Engine {
     /// Interns the event's key, endpoint template and client family, and
     /// looks up its ip and the kind of its network.
     fn resolve(&mut self, event: &AccessEvent<'_>) -> Resolved {
+        self.advance_clock(event.ts_ms);
         let mut geo = self.geo_cache.lookup(&self.geo, event.ip);
         geo.kind = self.network_kinds.kind_of(&self.geo, event.ip, geo.asn);
         Resolved {
             key_index: self.intern_key(&event.key_id, event.ts_ms) as usize,
             endpoint_id: self.intern_endpoint(&event.endpoint),
-            client_id: self.clients.intern(client_family(&event.user_agent)).0,
+            client_id: self.intern_client(client_family(&event.user_agent)),
             geo,
         }
     }
@@ -270,31 +363,162 @@ impl Engine {
             return *index;
         }
         let fingerprint = key_fingerprint(key_id);
-        let index = match self.by_fingerprint.get(&fingerprint) {
+        let bits = fingerprint_key(&fingerprint);
+        let index = match self.by_fingerprint.get(&bits) {
             Some(index) => *index,
             None => {
-                let windows =
-                    (self.model.rate.surge_window.as_millis() / self.model.rate.spike_window.as_millis()) as usize;
                 let index = self.keys.len() as u32;
                 let hint = key_hint(key_id);
-                self.key_ids
-                    .push((fingerprint_bits(&fingerprint).unwrap_or(0), Hint::new(&hint)));
-                self.keys.push(KeyState::new(fingerprint.clone(), hint, ts_ms, windows));
-                self.by_fingerprint.insert(fingerprint, index);
+                self.key_ids.push((bits, Hint::new(&hint)));
+                let mut state = KeyState::new(fingerprint, hint, ts_ms, self.windows_per_long());
+                state.before_eviction = self.dormant.remove(&bits);
+                self.keys.push(state);
+                self.by_fingerprint.insert(bits, index);
                 index
             }
         };
-        self.key_index.insert(key_id.into(), index);
+        // Long ids are fingerprinted on every call instead: a spray of long
+        // one-off ids must not cost their length each in memory.
+        if key_id.len() <= INDEXED_KEY_ID_BYTES {
+            self.key_index.insert(key_id.into(), index);
+        }
         index
     }
 
+    fn windows_per_long(&self) -> usize {
+        (self.model.rate.surge_window.as_millis() / self.model.rate.spike_window.as_millis()) as usize
+    }
+
     fn intern_endpoint(&mut self, endpoint: &str) -> u32 {
-        let template = normalize_endpoint(endpoint, &mut self.scratch_path);
+        let mut scratch = std::mem::take(&mut self.scratch_path);
+        let template = normalize_endpoint(endpoint, &mut scratch);
+        if self.endpoints.names.len() >= self.endpoint_rebuild_at && !self.endpoints.index.contains_key(template) {
+            self.rebuild_endpoints();
+        }
         let (id, new) = self.endpoints.intern(template);
         if new {
             self.endpoint_sensitive.push(self.sensitive.matches(template));
         }
+        self.scratch_path = scratch;
         id
+    }
+
+    fn intern_client(&mut self, family: &str) -> u32 {
+        if self.clients.names.len() >= self.client_rebuild_at && !self.clients.index.contains_key(family) {
+            self.rebuild_clients();
+        }
+        self.clients.intern(family).0
+    }
+
+    /// Keeps only the endpoint templates that some key still refers to, in
+    /// their order (so every comparison of ids is unchanged), and renumbers
+    /// the keys' references. The next rebuild waits until the table has
+    /// doubled again, so rebuilding costs O(1) per new template.
+    fn rebuild_endpoints(&mut self) {
+        let used: Vec<std::cell::Cell<bool>> = vec![std::cell::Cell::new(false); self.endpoints.names.len()];
+        let mark = |id: u32| {
+            if let Some(cell) = used.get(id as usize) {
+                cell.set(true);
+            }
+            id
+        };
+        for state in &mut self.keys {
+            state.remap(&mark, &|id| id);
+        }
+        let (kept, new_ids) = self.endpoints.keep(|id| used[id].get());
+        let sensitive = std::mem::take(&mut self.endpoint_sensitive);
+        self.endpoint_sensitive = sensitive
+            .into_iter()
+            .enumerate()
+            .filter(|(id, _)| used[*id].get())
+            .map(|(_, sensitive)| sensitive)
+            .collect();
+        let map = |id: u32| new_ids.get(id as usize).copied().unwrap_or(0);
+        for state in &mut self.keys {
+            state.remap(&map, &|id| id);
+        }
+        self.endpoint_rebuild_at = self.model.state.max_endpoint_templates.max(2 * kept);
+        tracing::debug!(kept, "endpoint table rebuilt");
+    }
+
+    /// [`Engine::rebuild_endpoints`] for client families, which the view
+    /// across keys also refers to.
+    fn rebuild_clients(&mut self) {
+        let used: Vec<std::cell::Cell<bool>> = vec![std::cell::Cell::new(false); self.clients.names.len()];
+        let mark = |id: u32| {
+            if let Some(cell) = used.get(id as usize) {
+                cell.set(true);
+            }
+            id
+        };
+        for state in &mut self.keys {
+            state.remap(&|id| id, &mark);
+        }
+        self.across.org.remap_clients(&mark);
+        let (kept, new_ids) = self.clients.keep(|id| used[id].get());
+        let map = |id: u32| new_ids.get(id as usize).copied().unwrap_or(0);
+        for state in &mut self.keys {
+            state.remap(&|id| id, &map);
+        }
+        self.across.org.remap_clients(&map);
+        self.client_rebuild_at = self.model.state.max_client_families.max(2 * kept);
+        tracing::debug!(kept, "client table rebuilt");
+    }
+
+    /// Moves the engine's clock to an event; on entering a new day, evicts
+    /// the keys silent for longer than `state.evict_after`. The clock only
+    /// depends on the events in their order, so eviction happens at the
+    /// same point of the input whatever the batches or restarts.
+    fn advance_clock(&mut self, ts_ms: i64) {
+        let previous_day = self.clock_ms.map(|clock| clock.div_euclid(DAY_MS));
+        if self.clock_ms.is_some_and(|clock| clock >= ts_ms) {
+            return;
+        }
+        self.clock_ms = Some(ts_ms);
+        let day = ts_ms.div_euclid(DAY_MS);
+        if previous_day.is_some_and(|previous| previous < day) {
+            self.evict_silent(day * DAY_MS);
+        }
+    }
+
+    /// Evicts keys whose last use is older than `state.evict_after` before
+    /// `now_ms`, keeping a dormancy record of those with enough history. A
+    /// key with a daily digest not sent yet stays until it is sent.
+    fn evict_silent(&mut self, now_ms: i64) {
+        let cutoff = now_ms.saturating_sub(self.model.state.evict_after.as_millis() as i64);
+        let evictable = |state: &KeyState| state.last_ts < cutoff && state.alerts.digest.is_none();
+        if !self.keys.iter().any(evictable) {
+            return;
+        }
+        let old_keys = std::mem::take(&mut self.keys);
+        let old_ids = std::mem::take(&mut self.key_ids);
+        let mut new_index: Vec<u32> = Vec::with_capacity(old_keys.len());
+        let mut evicted = 0usize;
+        for (state, key_id) in old_keys.into_iter().zip(old_ids) {
+            if evictable(&state) {
+                new_index.push(u32::MAX);
+                self.by_fingerprint.remove(&key_id.0);
+                if let Some(record) = state.dormancy_record(&self.model.rate.dormant) {
+                    self.dormant.insert(key_id.0, record);
+                }
+                evicted += 1;
+                continue;
+            }
+            new_index.push(self.keys.len() as u32);
+            self.by_fingerprint.insert(key_id.0, self.keys.len() as u32);
+            self.keys.push(state);
+            self.key_ids.push(key_id);
+        }
+        self.key_index.retain(|_, index| {
+            let moved = new_index[*index as usize];
+            *index = moved;
+            moved != u32::MAX
+        });
+        self.keys.shrink_to_fit();
+        self.key_ids.shrink_to_fit();
+        self.key_index.shrink_to_fit();
+        self.by_fingerprint.shrink_to_fit();
+        tracing::debug!(evicted, kept = self.keys.len(), "silent keys evicted");
     }
 
     pub fn stats(&self) -> &EngineStats {
@@ -306,8 +530,24 @@ impl Engine {
         self.keys.len()
     }
 
+    /// Keys evicted for silence still remembered for dormant detection.
+    pub fn dormant_keys(&self) -> usize {
+        self.dormant.len()
+    }
+
     /// All state, for checkpoints. Contains no raw key id.
     pub fn snapshot(&self) -> EngineSnapshot {
+        let mut dormant: Vec<DormantRecord> = self
+            .dormant
+            .iter()
+            .map(|(bits, record)| DormantRecord {
+                fingerprint: crate::fleet::spray::fingerprint_text(*bits),
+                first_ts: record.first_ts,
+                last_ts: record.last_ts,
+                events: record.events,
+            })
+            .collect();
+        dormant.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
         EngineSnapshot {
             version: SNAPSHOT_VERSION,
             model: self.model_label.clone(),
@@ -316,39 +556,103 @@ impl Engine {
             keys: self.keys.clone(),
             stats: self.stats.clone(),
             across: self.across.snapshot(),
+            dormant,
+            clock_ms: self.clock_ms,
         }
     }
 
+    /// Whether a snapshot can be restored into this engine: a layout this
+    /// build knows (older ones load through serde defaults), the model this
+    /// engine runs (window layouts and thresholds depend on it), and keys
+    /// whose windows have the sizes this model gives them, so no arithmetic
+    /// on them can divide by zero or index out of range.
+    pub fn check_snapshot(&self, snapshot: &EngineSnapshot) -> Result<(), RestoreError> {
+        if snapshot.version > SNAPSHOT_VERSION {
+            return Err(RestoreError::Version {
+                found: snapshot.version,
+                supported: SNAPSHOT_VERSION,
+            });
+        }
+        if snapshot.model != self.model_label {
+            return Err(RestoreError::Model {
+                found: snapshot.model.clone(),
+                running: self.model_label.clone(),
+            });
+        }
+        let windows = self.windows_per_long();
+        for (index, state) in snapshot.keys.iter().enumerate() {
+            if let Err(detail) = state.check_shape(windows) {
+                return Err(RestoreError::Key { index, detail });
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Engine::restore`] after [`Engine::check_snapshot`].
+    pub fn try_restore(&mut self, snapshot: EngineSnapshot) -> Result<(), RestoreError> {
+        self.check_snapshot(&snapshot)?;
+        self.restore(snapshot);
+        Ok(())
+    }
+
     /// Adds a snapshot's state: keys in it replace keys of the same
-    /// fingerprint; counters add up.
+    /// fingerprint; counters add up. Call [`Engine::check_snapshot`] first
+    /// on a snapshot from outside.
     pub fn restore(&mut self, snapshot: EngineSnapshot) {
+        // No rebuild while the snapshot's keys are not in yet: it would drop
+        // the names they refer to.
+        let mut scratch = std::mem::take(&mut self.scratch_path);
         let endpoint_ids: Vec<u32> = snapshot
             .endpoints
             .iter()
-            .map(|name| self.intern_endpoint(name))
+            .map(|name| {
+                let template = normalize_endpoint(name, &mut scratch);
+                let (id, new) = self.endpoints.intern(template);
+                if new {
+                    self.endpoint_sensitive.push(self.sensitive.matches(template));
+                }
+                id
+            })
             .collect();
+        self.scratch_path = scratch;
         let client_ids: Vec<u32> = snapshot
             .clients
             .iter()
             .map(|name| self.clients.intern(name).0)
             .collect();
+        self.endpoint_rebuild_at = self.endpoint_rebuild_at.max(2 * self.endpoints.names.len());
+        self.client_rebuild_at = self.client_rebuild_at.max(2 * self.clients.names.len());
         let endpoint_map = |id: u32| endpoint_ids.get(id as usize).copied().unwrap_or(0);
         let client_map = |id: u32| client_ids.get(id as usize).copied().unwrap_or(0);
         for mut state in snapshot.keys {
             state.remap(&endpoint_map, &client_map);
-            match self.by_fingerprint.get(&state.fingerprint) {
+            let bits = fingerprint_key(&state.fingerprint);
+            self.dormant.remove(&bits);
+            match self.by_fingerprint.get(&bits) {
                 Some(index) => self.keys[*index as usize] = state,
                 None => {
                     let index = self.keys.len() as u32;
-                    self.by_fingerprint.insert(state.fingerprint.clone(), index);
-                    self.key_ids.push((
-                        fingerprint_bits(&state.fingerprint).unwrap_or(0),
-                        Hint::new(&state.hint),
-                    ));
+                    self.by_fingerprint.insert(bits, index);
+                    self.key_ids.push((bits, Hint::new(&state.hint)));
                     self.keys.push(state);
                 }
             }
         }
+        for record in snapshot.dormant {
+            let bits = fingerprint_key(&record.fingerprint);
+            if self.by_fingerprint.contains_key(&bits) {
+                continue;
+            }
+            self.dormant.insert(
+                bits,
+                Dormancy {
+                    first_ts: record.first_ts,
+                    last_ts: record.last_ts,
+                    events: record.events,
+                },
+            );
+        }
+        self.clock_ms = self.clock_ms.max(snapshot.clock_ms);
         let mut org = snapshot.across.org;
         org.remap_clients(&client_map);
         self.across.org.absorb_snapshot(org);
@@ -542,5 +846,228 @@ mod tests {
         out.clear();
         engine.finish(&mut out);
         assert!(out.is_empty(), "a digest goes out once");
+    }
+
+    fn word(mut number: usize) -> String {
+        let mut text = String::new();
+        loop {
+            text.push((b'a' + (number % 26) as u8) as char);
+            number /= 26;
+            if number == 0 {
+                return text;
+            }
+        }
+    }
+
+    #[test]
+    fn silent_keys_are_evicted_at_a_day_boundary_and_their_return_is_judged_dormant() {
+        use crate::detect::testkit::*;
+        let sleeper = "AKIASLEEPER000000001";
+        let mut engine = new_engine();
+        let mut events = history(sleeper, "london", 5, 4, ENDPOINTS);
+        events.push(event(
+            T0 + 2 * DAY,
+            "AKIAONEOFF0000000001",
+            ip("paris", 1),
+            "/v1/orders",
+            200,
+        ));
+        // Another key keeps the clock going, one call a day.
+        for day in 5..70 {
+            events.push(event(
+                T0 + day * DAY + 10 * HOUR,
+                "AKIABUSY000000000001",
+                ip("dublin", 1),
+                "/v1/orders",
+                200,
+            ));
+        }
+        alerts(&mut engine, &events);
+        assert_eq!(engine.keys_tracked(), 1, "only the busy key keeps state");
+        assert_eq!(engine.dormant_keys(), 1, "the one-off key had no history to keep");
+
+        // The snapshot carries the dormancy record.
+        let mut restored = new_engine();
+        restored.try_restore(engine.snapshot()).unwrap();
+        assert_eq!(restored.dormant_keys(), 1);
+
+        let back = [event(
+            T0 + 70 * DAY + 9 * HOUR,
+            sleeper,
+            ip("london", 3),
+            "/v1/orders",
+            200,
+        )];
+        let found = alerts(&mut engine, &back);
+        assert_eq!(of(&found, "dormant_key").len(), 1, "{found:#?}");
+        assert_eq!(engine.dormant_keys(), 0, "the record went back into the key");
+        assert_eq!(alerts(&mut restored, &back), found, "a restore changes nothing");
+    }
+
+    #[test]
+    fn a_key_used_within_the_eviction_period_keeps_its_state() {
+        use crate::detect::testkit::*;
+        let mut engine = new_engine();
+        let mut events = history("AKIASTAYS00000000001", "london", 2, 2, ENDPOINTS);
+        events.push(event(
+            T0 + 50 * DAY,
+            "AKIABUSY000000000001",
+            ip("dublin", 1),
+            "/v1/orders",
+            200,
+        ));
+        alerts(&mut engine, &events);
+        assert_eq!(engine.keys_tracked(), 2, "50 days of silence is less than evict_after");
+    }
+
+    #[test]
+    fn a_401_never_moves_a_keys_places_and_is_judged_only_as_an_auth_failure() {
+        use crate::detect::testkit::*;
+        let key = "AKIAGUESSED000000001";
+        let mut engine = new_engine();
+        alerts(&mut engine, &history(key, "london", 5, 6, ENDPOINTS));
+        let places_before = engine.keys[0].geo.clone();
+        let endpoints_before = engine.keys[0].endpoints.endpoints.clone();
+        let later = T0 + 5 * DAY + 9 * HOUR;
+        let guesses: Vec<AccessEvent<'static>> = (0..3)
+            .map(|call| event(later + call * 1000, key, ip("sydney", 1), "/v1/admin/keys", 401))
+            .collect();
+        let found = alerts(&mut engine, &guesses);
+        assert!(
+            found
+                .iter()
+                .all(|alert| alert.detector == crate::detector::Detector::AuthFailureSpike),
+            "{found:#?}"
+        );
+        let geo_after = &engine.keys[0].geo;
+        let counts = |table: &crate::baseline::TopK| -> Vec<(u32, u64, i64)> {
+            table
+                .entries
+                .iter()
+                .map(|entry| (entry.id, entry.count, entry.last_ts))
+                .collect()
+        };
+        assert_eq!(
+            counts(&geo_after.countries),
+            counts(&places_before.countries),
+            "no country moved"
+        );
+        assert_eq!(counts(&geo_after.asns), counts(&places_before.asns), "no network moved");
+        assert_eq!(
+            geo_after.network_places.entries.len(),
+            places_before.network_places.entries.len()
+        );
+        assert_eq!(
+            geo_after.last, places_before.last,
+            "the last located use is the owner's"
+        );
+        let endpoint_counts = |table: &crate::baseline::TopK| -> Vec<(u32, u64)> {
+            table.entries.iter().map(|entry| (entry.id, entry.count)).collect()
+        };
+        assert_eq!(
+            endpoint_counts(&engine.keys[0].endpoints.endpoints),
+            endpoint_counts(&endpoints_before)
+        );
+        assert_eq!(engine.keys[0].auth.failures, 3, "the auth-failure view counts them");
+        // The owner calls from London a minute later: no travel from Sydney.
+        let owner = [event(later + 60_000, key, ip("london", 1), "/v1/orders", 200)];
+        let found = alerts(&mut engine, &owner);
+        assert!(
+            of(&found, "impossible_travel").is_empty() && of(&found, "concurrent_use").is_empty(),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn interners_are_rebuilt_from_what_keys_still_refer_to() {
+        use crate::detect::testkit::*;
+        let mut model = Model::default_model();
+        model.alerts.digest_lows = false;
+        model.state.max_endpoint_templates = 16;
+        model.state.max_client_families = 16;
+        let per_key = model.endpoints.max_endpoints;
+        let mut engine = Engine::new(Arc::new(model), geo());
+        let key = "AKIAMANYPATHS0000001";
+        let mut events = Vec::new();
+        for call in 0..2000 {
+            let mut one = event(
+                T0 + call * 1000,
+                key,
+                ip("london", 1),
+                &format!("/v1/{}", word(call as usize)),
+                200,
+            );
+            one.user_agent = std::borrow::Cow::Owned(format!("{}/1.0", word(call as usize)));
+            events.push(one);
+        }
+        alerts(&mut engine, &events);
+        let names = engine.endpoints.names.len();
+        // The key refers to its top templates and to those of its current
+        // window; the table holds at most twice what is referred to.
+        let state = &engine.keys[0];
+        let mut referred: Vec<u32> = state.endpoints.endpoints.entries.iter().map(|entry| entry.id).collect();
+        referred.extend(state.endpoints.window_counts.iter().map(|(id, _)| *id));
+        referred.sort_unstable();
+        referred.dedup();
+        assert!(referred.len() <= 2 * per_key);
+        assert!(
+            names <= 2 * referred.len() + 1,
+            "{names} templates held, {} referred to",
+            referred.len()
+        );
+        assert!(
+            engine.clients.names.len() <= 2 * 16 + 2 * 8,
+            "{} client families",
+            engine.clients.names.len()
+        );
+        let state = &engine.keys[0];
+        for entry in &state.endpoints.endpoints.entries {
+            assert!((entry.id as usize) < names, "every id the key holds names a template");
+        }
+        // The newest template is still the one last called.
+        let newest = state
+            .endpoints
+            .endpoints
+            .entries
+            .iter()
+            .max_by_key(|entry| entry.last_ts)
+            .unwrap();
+        assert_eq!(
+            &*engine.endpoints.names[newest.id as usize],
+            format!("/v1/{}", word(1999))
+        );
+        // A snapshot round-trips the rebuilt tables.
+        let mut restored = Engine::new(Arc::clone(&engine.model), geo());
+        restored.try_restore(engine.snapshot()).unwrap();
+        assert_eq!(
+            serde_json::to_string(&restored.snapshot()).unwrap(),
+            serde_json::to_string(&engine.snapshot()).unwrap()
+        );
+    }
+
+    #[test]
+    fn snapshots_of_another_model_a_newer_layout_or_a_broken_ring_are_refused() {
+        let mut engine = crate::detect::testkit::new_engine();
+        let mut out = Vec::new();
+        engine.process(&workload(), &mut out);
+        let good = engine.snapshot();
+        let fresh = crate::detect::testkit::new_engine();
+        assert!(fresh.check_snapshot(&good).is_ok());
+
+        let mut newer = good.clone();
+        newer.version = SNAPSHOT_VERSION + 1;
+        assert_eq!(fresh.check_snapshot(&newer).unwrap_err().reason(), "version");
+
+        let mut other_model = good.clone();
+        other_model.model = "someone-else@9".into();
+        assert_eq!(fresh.check_snapshot(&other_model).unwrap_err().reason(), "model");
+
+        let mut empty_ring = good.clone();
+        empty_ring.keys[0].rate.recent.clear();
+        assert_eq!(fresh.check_snapshot(&empty_ring).unwrap_err().reason(), "inconsistent");
+
+        let mut older = good;
+        older.version = 1;
+        assert!(fresh.check_snapshot(&older).is_ok(), "older layouts load with defaults");
     }
 }

@@ -59,6 +59,46 @@ pub struct Model {
     /// in model files: absent, the defaults below apply.
     #[serde(default)]
     pub across_keys: AcrossKeysModel,
+    /// Bounds on per-partition state. Optional in model files: absent, the
+    /// defaults below apply.
+    #[serde(default)]
+    pub state: StateModel,
+}
+
+/// Bounds on the state one engine (one partition) holds, so that memory
+/// does not grow with the number of distinct keys, paths or user agents
+/// ever seen.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateModel {
+    /// Keys silent for longer than this (in event time) lose their state,
+    /// checked once per day of the engine's clock. A key with enough
+    /// history for `rate.dormant` keeps a compact record (its first and
+    /// last use and its event count), so that its return is still judged
+    /// dormant. Longer than `rate.dormant_after`.
+    #[serde(with = "humantime_serde")]
+    pub evict_after: Duration,
+    /// Distinct endpoint templates held before the endpoint table is
+    /// rebuilt from the templates that keys still refer to.
+    pub max_endpoint_templates: usize,
+    /// Distinct client families held before the client table is rebuilt
+    /// from the families that keys still refer to.
+    pub max_client_families: usize,
+    /// Successful (not 401) calls before a key gets its full state. Until
+    /// then it costs a light record: session credentials, one-off ids of a
+    /// spray and keys seen only in 401s never reach learning anyway.
+    pub full_state_after: u64,
+}
+
+impl Default for StateModel {
+    fn default() -> StateModel {
+        StateModel {
+            evict_after: Duration::from_secs(60 * 86_400),
+            max_endpoint_templates: 100_000,
+            max_client_families: 10_000,
+            full_state_after: 1,
+        }
+    }
 }
 
 /// Geography: new countries and networks, impossible travel.
@@ -620,6 +660,15 @@ impl Model {
             return Err(invalid(
                 "across_keys.org_grace",
                 "must be shorter than across_keys.org_epoch",
+            ));
+        }
+        if self.state.evict_after <= self.rate.dormant_after {
+            return Err(invalid("state.evict_after", "must be longer than rate.dormant_after"));
+        }
+        if self.state.max_endpoint_templates < 16 || self.state.max_client_families < 16 {
+            return Err(invalid(
+                "state.max_endpoint_templates",
+                "state.max_endpoint_templates and state.max_client_families must be at least 16",
             ));
         }
         for pattern in &self.endpoints.sensitive_patterns {
