@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::alert::Output;
 use crate::alert::policy::{Disposition, dispose, flush_digest, flush_digest_before};
-use crate::baseline::{Dormancy, KeyState};
+use crate::baseline::auth::AuthBaseline;
+use crate::baseline::{AlertMemory, Dormancy, KeyState};
 use crate::detect::{self, Context, Finding};
 use crate::detector::Phase;
 use crate::enrich::client::client_family;
@@ -39,6 +40,8 @@ pub const SNAPSHOT_VERSION: u32 = 2;
 /// Key ids up to this length are remembered raw, to skip hashing them on
 /// every call; longer ones (bearer tokens) are fingerprinted each time.
 const INDEXED_KEY_ID_BYTES: usize = 128;
+/// Marks state indexes of light keys in the fingerprint index.
+const LIGHT: u32 = 1 << 31;
 /// Event time of a day: eviction runs once per day of the engine's clock.
 const DAY_MS: i64 = 86_400_000;
 
@@ -91,6 +94,24 @@ pub struct EngineSnapshot {
     /// The newest event time the engine has seen (its clock for eviction).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_ms: Option<i64>,
+    /// Keys seen only in 401s.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub light: Vec<LightKey>,
+}
+
+/// A key that has had no call but 401s: its fingerprint, hint, times, event
+/// count and auth-failure baseline, and nothing else. Whoever knows or
+/// guesses key ids (a spray, session credentials never used) makes many of
+/// these; each costs a small fraction of a full [`KeyState`]. Its first
+/// call that is not a 401 gives it full state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LightKey {
+    pub fingerprint: Box<str>,
+    pub hint: Box<str>,
+    pub first_ts: i64,
+    pub last_ts: i64,
+    pub events: u64,
+    pub auth: AuthBaseline,
 }
 
 /// A key evicted for silence, by fingerprint, with what dormant detection
@@ -201,8 +222,16 @@ pub struct Engine {
     /// outside, so this map's hasher is randomly seeded: crafted ids cannot
     /// collide on purpose. No output depends on its order.
     key_index: HashMap<Box<str>, u32, ahash::RandomState>,
-    /// Fingerprint bits to state index.
+    /// Fingerprint bits to state index, or to light slot with [`LIGHT`]
+    /// set. Raw ids of light keys are not kept in `key_index`.
     by_fingerprint: FxHashMap<u128, u32>,
+    /// Keys seen only in 401s, by slot; freed slots are reused.
+    light: Vec<Option<LightKey>>,
+    free_light: Vec<u32>,
+    /// The light slot whose key is lent out as the last of `keys` for the
+    /// event being processed; it goes back to its slot when the next event
+    /// is resolved (or gets full state if it raised an alert).
+    lent_light: Option<u32>,
     keys: Vec<KeyState>,
     /// Keys evicted for silence that may still be judged dormant, by
     /// fingerprint bits.
@@ -242,6 +271,9 @@ impl Engine {
             by_fingerprint: FxHashMap::default(),
             keys: Vec::new(),
             dormant: FxHashMap::default(),
+            light: Vec::new(),
+            free_light: Vec::new(),
+            lent_light: None,
             clock_ms: None,
             endpoint_rebuild_at,
             client_rebuild_at,
@@ -347,25 +379,59 @@ impl Engine {
     /// Interns the event's key, endpoint template and client family, and
     /// looks up its ip and the kind of its network.
     fn resolve(&mut self, event: &AccessEvent<'_>) -> Resolved {
+        self.return_lent_light();
         self.advance_clock(event.ts_ms);
         let mut geo = self.geo_cache.lookup(&self.geo, event.ip);
         geo.kind = self.network_kinds.kind_of(&self.geo, event.ip, geo.asn);
         Resolved {
-            key_index: self.intern_key(&event.key_id, event.ts_ms) as usize,
+            key_index: self.intern_key(&event.key_id, event.ts_ms, event.status == 401) as usize,
             endpoint_id: self.intern_endpoint(&event.endpoint),
             client_id: self.intern_client(client_family(&event.user_agent)),
             geo,
         }
     }
 
-    fn intern_key(&mut self, key_id: &str, ts_ms: i64) -> u32 {
+    /// The state index of an event's key. A key seen only in 401s lives in
+    /// a light slot and is lent out as a full state for one event at a time.
+    fn intern_key(&mut self, key_id: &str, ts_ms: i64, unauthenticated: bool) -> u32 {
         if let Some(index) = self.key_index.get(key_id) {
             return *index;
         }
         let fingerprint = key_fingerprint(key_id);
         let bits = fingerprint_key(&fingerprint);
-        let index = match self.by_fingerprint.get(&bits) {
-            Some(index) => *index,
+        let index = match self.by_fingerprint.get(&bits).copied() {
+            Some(index) if index & LIGHT == 0 => index,
+            Some(light_index) => {
+                let slot = light_index & !LIGHT;
+                let index = self.lend_light(slot);
+                if unauthenticated {
+                    return index;
+                }
+                self.keep_lent_light_as_full();
+                index
+            }
+            None if unauthenticated => {
+                let record = LightKey {
+                    fingerprint: fingerprint.into(),
+                    hint: key_hint(key_id).into(),
+                    first_ts: ts_ms,
+                    last_ts: ts_ms,
+                    events: 0,
+                    auth: AuthBaseline::default(),
+                };
+                let slot = match self.free_light.pop() {
+                    Some(slot) => {
+                        self.light[slot as usize] = Some(record);
+                        slot
+                    }
+                    None => {
+                        self.light.push(Some(record));
+                        (self.light.len() - 1) as u32
+                    }
+                };
+                self.by_fingerprint.insert(bits, slot | LIGHT);
+                return self.lend_light(slot);
+            }
             None => {
                 let index = self.keys.len() as u32;
                 let hint = key_hint(key_id);
@@ -383,6 +449,76 @@ impl Engine {
             self.key_index.insert(key_id.into(), index);
         }
         index
+    }
+
+    /// Makes a full state of a light key, as the last of `keys`.
+    fn lend_light(&mut self, slot: u32) -> u32 {
+        let record = self.light[slot as usize]
+            .as_ref()
+            .expect("the index names a live light slot");
+        let mut state = KeyState::new(
+            record.fingerprint.to_string(),
+            record.hint.to_string(),
+            record.first_ts,
+            self.windows_per_long(),
+        );
+        state.last_ts = record.last_ts;
+        state.events = record.events;
+        state.auth = record.auth.clone();
+        let bits = fingerprint_key(&record.fingerprint);
+        self.key_ids.push((bits, Hint::new(&state.hint)));
+        self.keys.push(state);
+        self.lent_light = Some(slot);
+        (self.keys.len() - 1) as u32
+    }
+
+    /// The lent key keeps its full state for good: its slot is freed and
+    /// a dormancy record, if any, goes into it.
+    fn keep_lent_light_as_full(&mut self) {
+        let Some(slot) = self.lent_light.take() else {
+            return;
+        };
+        self.light[slot as usize] = None;
+        self.free_light.push(slot);
+        let index = (self.keys.len() - 1) as u32;
+        let bits = self.key_ids[index as usize].0;
+        self.by_fingerprint.insert(bits, index);
+        let state = &mut self.keys[index as usize];
+        state.before_eviction = self.dormant.remove(&bits);
+    }
+
+    /// Whether a lent key may go back to its light slot: it saw only 401s
+    /// (it was lent for one) and raised nothing it must remember.
+    fn lent_state_stays_light(state: &KeyState) -> bool {
+        state.alerts == AlertMemory::default()
+    }
+
+    /// Puts the key lent for the previous event back into its light slot,
+    /// or keeps it full if it now has alerts to remember.
+    fn return_lent_light(&mut self) {
+        let Some(slot) = self.lent_light else {
+            return;
+        };
+        let stays_light = self.keys.last().is_some_and(Self::lent_state_stays_light);
+        if !stays_light {
+            self.keep_lent_light_as_full();
+            return;
+        }
+        self.lent_light = None;
+        let Some(state) = self.keys.pop() else {
+            return;
+        };
+        self.key_ids.pop();
+        if let Some(record) = self.light[slot as usize].as_mut() {
+            record.last_ts = state.last_ts;
+            record.events = state.events;
+            record.auth = state.auth;
+        }
+    }
+
+    /// Keys seen only in 401s.
+    pub fn light_keys(&self) -> usize {
+        self.light.len() - self.free_light.len()
     }
 
     fn windows_per_long(&self) -> usize {
@@ -486,6 +622,14 @@ impl Engine {
     /// key with a daily digest not sent yet stays until it is sent.
     fn evict_silent(&mut self, now_ms: i64) {
         let cutoff = now_ms.saturating_sub(self.model.state.evict_after.as_millis() as i64);
+        for (slot, entry) in self.light.iter_mut().enumerate() {
+            if entry.as_ref().is_some_and(|record| record.last_ts < cutoff)
+                && let Some(record) = entry.take()
+            {
+                self.by_fingerprint.remove(&fingerprint_key(&record.fingerprint));
+                self.free_light.push(slot as u32);
+            }
+        }
         let evictable = |state: &KeyState| state.last_ts < cutoff && state.alerts.digest.is_none();
         if !self.keys.iter().any(evictable) {
             return;
@@ -525,9 +669,14 @@ impl Engine {
         &self.stats
     }
 
-    /// Keys with state.
+    /// Keys with state, full or light.
     pub fn keys_tracked(&self) -> usize {
-        self.keys.len()
+        self.full_keys() + self.light_keys()
+    }
+
+    /// Keys with full state.
+    pub fn full_keys(&self) -> usize {
+        self.keys.len() - usize::from(self.lent_light.is_some())
     }
 
     /// Keys evicted for silence still remembered for dormant detection.
@@ -548,16 +697,39 @@ impl Engine {
             })
             .collect();
         dormant.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+        // A key lent out for the last event is written as it will be once
+        // the next event returns it.
+        let mut keys_end = self.keys.len();
+        let mut light: Vec<LightKey> = Vec::with_capacity(self.light_keys());
+        for (slot, record) in self.light.iter().enumerate() {
+            let Some(record) = record else {
+                continue;
+            };
+            let mut record = record.clone();
+            if self.lent_light == Some(slot as u32)
+                && let Some(state) = self.keys.last()
+            {
+                if !Self::lent_state_stays_light(state) {
+                    continue;
+                }
+                keys_end -= 1;
+                record.last_ts = state.last_ts;
+                record.events = state.events;
+                record.auth = state.auth.clone();
+            }
+            light.push(record);
+        }
         EngineSnapshot {
             version: SNAPSHOT_VERSION,
             model: self.model_label.clone(),
             endpoints: self.endpoints.names.iter().map(|name| name.to_string()).collect(),
             clients: self.clients.names.iter().map(|name| name.to_string()).collect(),
-            keys: self.keys.clone(),
+            keys: self.keys[..keys_end].to_vec(),
             stats: self.stats.clone(),
             across: self.across.snapshot(),
             dormant,
             clock_ms: self.clock_ms,
+            light,
         }
     }
 
@@ -599,6 +771,7 @@ impl Engine {
     /// fingerprint; counters add up. Call [`Engine::check_snapshot`] first
     /// on a snapshot from outside.
     pub fn restore(&mut self, snapshot: EngineSnapshot) {
+        self.return_lent_light();
         // No rebuild while the snapshot's keys are not in yet: it would drop
         // the names they refer to.
         let mut scratch = std::mem::take(&mut self.scratch_path);
@@ -628,13 +801,38 @@ impl Engine {
             state.remap(&endpoint_map, &client_map);
             let bits = fingerprint_key(&state.fingerprint);
             self.dormant.remove(&bits);
-            match self.by_fingerprint.get(&bits) {
-                Some(index) => self.keys[*index as usize] = state,
-                None => {
+            match self.by_fingerprint.get(&bits).copied() {
+                Some(index) if index & LIGHT == 0 => self.keys[index as usize] = state,
+                light_or_none => {
+                    if let Some(light_index) = light_or_none {
+                        let slot = light_index & !LIGHT;
+                        self.light[slot as usize] = None;
+                        self.free_light.push(slot);
+                    }
                     let index = self.keys.len() as u32;
                     self.by_fingerprint.insert(bits, index);
                     self.key_ids.push((bits, Hint::new(&state.hint)));
                     self.keys.push(state);
+                }
+            }
+        }
+        for record in snapshot.light {
+            let bits = fingerprint_key(&record.fingerprint);
+            match self.by_fingerprint.get(&bits).copied() {
+                Some(index) if index & LIGHT == 0 => {}
+                Some(light_index) => self.light[(light_index & !LIGHT) as usize] = Some(record),
+                None => {
+                    let slot = match self.free_light.pop() {
+                        Some(slot) => {
+                            self.light[slot as usize] = Some(record);
+                            slot
+                        }
+                        None => {
+                            self.light.push(Some(record));
+                            (self.light.len() - 1) as u32
+                        }
+                    };
+                    self.by_fingerprint.insert(bits, slot | LIGHT);
                 }
             }
         }
@@ -705,6 +903,24 @@ mod tests {
             twist + 2000,
             "AKIAWORKLOAD00000003",
             ip("saopaulo", 1),
+            "/v1/orders",
+            200,
+        ));
+        // Guessed key ids refused with 401 (light keys), one of which is
+        // then used for real.
+        for guess in 0..6 {
+            events.push(event(
+                twist + 3000 + guess * 700,
+                &format!("AKIAGUESS00000000{}", guess % 3),
+                ip("sydney", 2),
+                "/v1/orders",
+                401,
+            ));
+        }
+        events.push(event(
+            twist + 9000,
+            "AKIAGUESS000000001",
+            ip("paris", 1),
             "/v1/orders",
             200,
         ));
@@ -1069,5 +1285,69 @@ mod tests {
         let mut older = good;
         older.version = 1;
         assert!(fresh.check_snapshot(&older).is_ok(), "older layouts load with defaults");
+    }
+
+    #[test]
+    fn keys_seen_only_in_401s_stay_light_until_their_first_authenticated_call() {
+        use crate::detect::testkit::*;
+        let mut engine = new_engine();
+        let mut out = Vec::new();
+        let guessed = "AKIAGUESSEDONLY00001";
+        let guesses: Vec<AccessEvent<'static>> = (0..3)
+            .map(|call| event(T0 + call * 1000, guessed, ip("sydney", 1), "/v1/orders", 401))
+            .collect();
+        engine.process(&guesses, &mut out);
+        engine.process(
+            &[event(
+                T0 + 5000,
+                "AKIAOTHER00000000001",
+                ip("london", 1),
+                "/v1/orders",
+                200,
+            )],
+            &mut out,
+        );
+        assert_eq!((engine.light_keys(), engine.full_keys()), (1, 1));
+        assert_eq!(engine.keys_tracked(), 2);
+        let light = engine.light.iter().flatten().next().unwrap();
+        assert_eq!((light.events, light.first_ts, light.auth.failures), (3, T0, 3));
+
+        engine.process(
+            &[event(T0 + 9000, guessed, ip("london", 2), "/v1/orders", 200)],
+            &mut out,
+        );
+        assert_eq!(
+            (engine.light_keys(), engine.full_keys()),
+            (0, 2),
+            "full state at the first success"
+        );
+        let full = engine
+            .keys
+            .iter()
+            .find(|state| state.fingerprint == key_fingerprint(guessed))
+            .unwrap();
+        assert_eq!((full.events, full.first_ts), (4, T0), "its history carried over");
+    }
+
+    #[test]
+    fn a_snapshot_taken_while_a_light_key_is_lent_restores_to_the_same_state() {
+        let events = workload();
+        // Cut right after each 401 of the workload.
+        for (cut, _) in events.iter().enumerate().filter(|(_, event)| event.status == 401) {
+            let mut first = crate::detect::testkit::new_engine();
+            let mut out = Vec::new();
+            first.process(&events[..=cut], &mut out);
+            let snapshot = first.snapshot();
+            let mut second = crate::detect::testkit::new_engine();
+            second.try_restore(snapshot.clone()).unwrap();
+            assert_eq!(
+                serde_json::to_string(&second.snapshot()).unwrap(),
+                serde_json::to_string(&snapshot).unwrap()
+            );
+            let (mut rest_first, mut rest_second) = (Vec::new(), Vec::new());
+            first.process(&events[cut + 1..], &mut rest_first);
+            second.process(&events[cut + 1..], &mut rest_second);
+            assert_eq!(rest_first, rest_second, "cut after event {cut}");
+        }
     }
 }

@@ -86,7 +86,8 @@ pub struct KeyState {
     pub auth: auth::AuthBaseline,
     pub alerts: AlertMemory,
     /// The key's use before its state was evicted for silence, when it had
-    /// enough history to be judged dormant: its return is judged against it.
+    /// enough history to be judged dormant: its return (its first call that
+    /// is not a 401) is judged against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before_eviction: Option<Dormancy>,
 }
@@ -127,12 +128,12 @@ impl KeyState {
     }
 
     /// The key's use as dormant detection judges it: its own, or, for a key
-    /// back from eviction that has no use of its own yet, the use it had
-    /// before.
+    /// back from eviction that has had no authenticated call yet, the use
+    /// it had before.
     pub fn use_history(&self) -> Dormancy {
         match self.before_eviction {
-            Some(before) if self.events == 0 => before,
-            _ => Dormancy {
+            Some(before) => before,
+            None => Dormancy {
                 first_ts: self.first_ts,
                 last_ts: self.last_ts,
                 events: self.events,
@@ -148,15 +149,7 @@ impl KeyState {
             last_ts: self.last_ts,
             events: self.events,
         };
-        let record = match self.before_eviction {
-            Some(before) if self.events > 0 => Dormancy {
-                first_ts: before.first_ts,
-                last_ts: self.last_ts,
-                events: before.events + self.events,
-            },
-            Some(before) => before,
-            None => own,
-        };
+        let record = self.before_eviction.unwrap_or(own);
         (record.events >= model.min_events && record.last_ts - record.first_ts >= model.min_age.as_millis() as i64)
             .then_some(record)
     }
@@ -220,6 +213,8 @@ impl KeyState {
         if !failure {
             self.rate.count += 1;
         }
+        // The key is back: from now on it is judged on its own use.
+        self.before_eviction = None;
         self.volume.count(event.bytes_out, &model.volume);
         // Whether a failure is the key's own (its established place and
         // client) is asked of the baseline before the event joins it.
