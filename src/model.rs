@@ -84,10 +84,6 @@ pub struct StateModel {
     /// Distinct client families held before the client table is rebuilt
     /// from the families that keys still refer to.
     pub max_client_families: usize,
-    /// Successful (not 401) calls before a key gets its full state. Until
-    /// then it costs a light record: session credentials, one-off ids of a
-    /// spray and keys seen only in 401s never reach learning anyway.
-    pub full_state_after: u64,
 }
 
 impl Default for StateModel {
@@ -96,7 +92,6 @@ impl Default for StateModel {
             evict_after: Duration::from_secs(60 * 86_400),
             max_endpoint_templates: 100_000,
             max_client_families: 10_000,
-            full_state_after: 1,
         }
     }
 }
