@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::alert::Output;
 use crate::alert::policy::{Disposition, dispose, flush_digest, flush_digest_before};
-use crate::baseline::KeyState;
+use crate::baseline::auth::AuthBaseline;
+use crate::baseline::{AlertMemory, Dormancy, KeyState};
 use crate::detect::{self, Context, Finding};
 use crate::detector::Phase;
 use crate::enrich::client::client_family;
@@ -38,10 +39,21 @@ use crate::event::{AccessEvent, key_fingerprint, key_hint};
 use crate::fleet::spray::fingerprint_bits;
 use crate::fleet::{Across, AcrossSnapshot, Hint};
 use crate::model::Model;
-pub use order::{EventTimeSnapshot, HeldEvent};
 use order::{Arrival, EventTime, HeldText, Row};
-/// Snapshot layout version.
-const SNAPSHOT_VERSION: u32 = 1;
+pub use order::{EventTimeSnapshot, HeldEvent};
+
+/// Snapshot layout version. Version 2 added the evicted keys' dormancy
+/// records, the engine's clock, light keys and the input's event time;
+/// version 1 snapshots still load (their
+/// missing fields take defaults).
+pub const SNAPSHOT_VERSION: u32 = 2;
+/// Key ids up to this length are remembered raw, to skip hashing them on
+/// every call; longer ones (bearer tokens) are fingerprinted each time.
+const INDEXED_KEY_ID_BYTES: usize = 128;
+/// Marks state indexes of light keys in the fingerprint index.
+const LIGHT: u32 = 1 << 31;
+/// Event time of a day: eviction runs once per day of the engine's clock.
+const DAY_MS: i64 = 86_400_000;
 
 /// Counters of what the engine has seen.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -93,6 +105,15 @@ pub struct EngineSnapshot {
     /// The input's clock and the events it holds (absent in older snapshots).
     #[serde(default)]
     pub time: EventTimeSnapshot,
+    /// Keys evicted for silence that may still be judged dormant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dormant: Vec<DormantRecord>,
+    /// The newest event time the engine has seen (its clock for eviction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_ms: Option<i64>,
+    /// Keys seen only in 401s.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub light: Vec<LightKey>,
 }
 
 /// An event quarantined as too far ahead of the input's clock, for the
@@ -112,6 +133,64 @@ pub struct Quarantined {
     pub input_time: String,
 }
 
+/// A key that has had no call but 401s: its fingerprint, hint, times, event
+/// count and auth-failure baseline, and nothing else. Whoever knows or
+/// guesses key ids (a spray, session credentials never used) makes many of
+/// these; each costs a small fraction of a full [`KeyState`]. Its first
+/// call that is not a 401 gives it full state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LightKey {
+    pub fingerprint: Box<str>,
+    pub hint: Box<str>,
+    pub first_ts: i64,
+    pub last_ts: i64,
+    pub events: u64,
+    pub auth: AuthBaseline,
+}
+
+/// A key evicted for silence, by fingerprint, with what dormant detection
+/// needs of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DormantRecord {
+    pub fingerprint: String,
+    pub first_ts: i64,
+    pub last_ts: i64,
+    pub events: u64,
+}
+
+/// Why a snapshot cannot be restored into this engine.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("snapshot version {found} is newer than this build's {supported}")]
+    Version { found: u32, supported: u32 },
+    #[error("snapshot was made with model {found}, this engine runs {running}")]
+    Model { found: String, running: String },
+    #[error("snapshot key {index} is inconsistent: {detail}")]
+    Key { index: usize, detail: String },
+}
+
+impl RestoreError {
+    /// A short stable name for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RestoreError::Version { .. } => "version",
+            RestoreError::Model { .. } => "model",
+            RestoreError::Key { .. } => "inconsistent",
+        }
+    }
+}
+
+/// The 128 bits a fingerprint is indexed by: its own bits for the usual
+/// `kf_` form, a fixed hash of the text otherwise.
+fn fingerprint_key(fingerprint: &str) -> u128 {
+    fingerprint_bits(fingerprint).unwrap_or_else(|| {
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(fingerprint.as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        u128::from_be_bytes(bytes)
+    })
+}
+
 /// Strings interned to dense ids.
 #[derive(Default)]
 struct Interner {
@@ -120,6 +199,27 @@ struct Interner {
 }
 
 impl Interner {
+    /// Keeps the names whose id `keep` accepts, in order; returns how many
+    /// and each old id's new id (0 for names dropped, which nothing refers
+    /// to any more).
+    fn keep(&mut self, keep: impl Fn(usize) -> bool) -> (usize, Vec<u32>) {
+        let old_names = std::mem::take(&mut self.names);
+        self.index.clear();
+        let mut new_ids = Vec::with_capacity(old_names.len());
+        for (id, name) in old_names.into_iter().enumerate() {
+            if !keep(id) {
+                new_ids.push(0);
+                continue;
+            }
+            new_ids.push(self.names.len() as u32);
+            self.index.insert(name.clone(), self.names.len() as u32);
+            self.names.push(name);
+        }
+        self.names.shrink_to_fit();
+        self.index.shrink_to_fit();
+        (self.names.len(), new_ids)
+    }
+
     fn intern(&mut self, text: &str) -> (u32, bool) {
         if let Some(id) = self.index.get(text) {
             return (*id, false);
@@ -130,7 +230,6 @@ impl Interner {
         (id, true)
     }
 }
-
 
 /// The engine.
 pub struct Engine {
@@ -147,8 +246,25 @@ pub struct Engine {
     /// outside, so this map's hasher is randomly seeded: crafted ids cannot
     /// collide on purpose. No output depends on its order.
     key_index: HashMap<Box<str>, u32, ahash::RandomState>,
-    by_fingerprint: FxHashMap<String, u32>,
+    /// Fingerprint bits to state index, or to light slot with [`LIGHT`]
+    /// set. Raw ids of light keys are not kept in `key_index`.
+    by_fingerprint: FxHashMap<u128, u32>,
+    /// Keys seen only in 401s, by slot; freed slots are reused.
+    light: Vec<Option<LightKey>>,
+    free_light: Vec<u32>,
+    /// The light slot whose key is lent out as the last of `keys` for the
+    /// event being processed; it goes back to its slot when the next event
+    /// is resolved (or gets full state if it raised an alert).
+    lent_light: Option<u32>,
     keys: Vec<KeyState>,
+    /// Keys evicted for silence that may still be judged dormant, by
+    /// fingerprint bits.
+    dormant: FxHashMap<u128, Dormancy>,
+    /// The newest event time seen: eviction runs when it enters a new day.
+    clock_ms: Option<i64>,
+    /// Interner sizes that trigger the next rebuild.
+    endpoint_rebuild_at: usize,
+    client_rebuild_at: usize,
     /// Per key state index: its fingerprint's bits and its hint, for the
     /// view across keys.
     key_ids: Vec<(u128, Hint)>,
@@ -176,6 +292,8 @@ impl Engine {
         let model_label = model.label();
         let max_out_of_order_ms = model.time.max_out_of_order.as_millis() as i64;
         let max_ahead_ms = model.time.max_ahead.as_millis() as i64;
+        let (endpoint_rebuild_at, client_rebuild_at) =
+            (model.state.max_endpoint_templates, model.state.max_client_families);
         Engine {
             across: Across::new(&model.across_keys, &model_label),
             model_label,
@@ -188,6 +306,13 @@ impl Engine {
             key_index: HashMap::with_hasher(ahash::RandomState::new()),
             by_fingerprint: FxHashMap::default(),
             keys: Vec::new(),
+            dormant: FxHashMap::default(),
+            light: Vec::new(),
+            free_light: Vec::new(),
+            lent_light: None,
+            clock_ms: None,
+            endpoint_rebuild_at,
+            client_rebuild_at,
             key_ids: Vec::new(),
             endpoints: Interner::default(),
             endpoint_sensitive: Vec::new(),
@@ -301,6 +426,22 @@ impl Engine {
         while let Some(row) = self.time.pop_ready(self.max_out_of_order_ms) {
             self.judge(row, false, out);
         }
+        self.forget_held_text_when_full();
+    }
+
+    /// The buffer's own string tables grow with every distinct string that
+    /// passes through; once the buffer is empty and they hold more than the
+    /// engine's tables may, they start afresh (their ids are local to held
+    /// rows, and none is held).
+    fn forget_held_text_when_full(&mut self) {
+        let full = self.held_endpoints.len() > self.model.state.max_endpoint_templates
+            || self.held_clients.len() > self.model.state.max_client_families
+            || self.held_methods.len() > self.model.state.max_endpoint_templates;
+        if full && self.time.held.is_empty() && self.time.ahead.is_empty() {
+            self.held_methods.clear();
+            self.held_endpoints.clear();
+            self.held_clients.clear();
+        }
     }
 
     fn quarantine(&mut self, row: Row) {
@@ -308,7 +449,7 @@ impl Engine {
         self.quarantined.push(Quarantined {
             origin: row.origin,
             ts: crate::event::format_ts(row.ts_ms),
-            key_fingerprint: self.keys[row.key_index as usize].fingerprint.clone(),
+            key_fingerprint: self.fingerprint_of(row.key_bits),
             ip: row.ip,
             method: self.held_methods.name(row.method).to_string(),
             endpoint: self.held_endpoints.name(row.endpoint).to_string(),
@@ -322,7 +463,7 @@ impl Engine {
     /// buffer's own ids. Endpoint and client ids of the engine, which enter
     /// outputs on ties, are given at release, in release order.
     fn hold(&mut self, event: &AccessEvent<'_>, origin: u64) -> Row {
-        let key_index = self.intern_key(&event.key_id, event.ts_ms);
+        let key_bits = self.intern_key(&event.key_id, event.ts_ms, event.status == 401);
         let template = normalize_endpoint(&event.endpoint, &mut self.scratch_path);
         let ids = [
             self.held_methods.intern(&event.method),
@@ -331,12 +472,11 @@ impl Engine {
         ];
         Row {
             ts_ms: event.ts_ms,
-            key_bits: self.key_ids[key_index as usize].0,
+            key_bits,
             ip: event.ip,
             status: event.status,
             bytes_out: event.bytes_out,
             text_hash: order::text_hash(&[&self.held_methods, &self.held_endpoints, &self.held_clients], ids),
-            key_index,
             method: ids[0],
             endpoint: ids[1],
             client: ids[2],
@@ -351,11 +491,9 @@ impl Engine {
         if cached != u32::MAX {
             return cached;
         }
-        let (id, new) = self.endpoints.intern(self.held_endpoints.name(held));
-        if new {
-            self.endpoint_sensitive
-                .push(self.sensitive.matches(self.held_endpoints.name(held)));
-        }
+        // Once per distinct template until the tables are rebuilt.
+        let template: Box<str> = self.held_endpoints.name(held).into();
+        let id = self.intern_template(&template);
         self.held_endpoints.engine_ids[held as usize] = id;
         id
     }
@@ -366,7 +504,8 @@ impl Engine {
         if cached != u32::MAX {
             return cached;
         }
-        let id = self.clients.intern(self.held_clients.name(held)).0;
+        let family: Box<str> = self.held_clients.name(held).into();
+        let id = self.intern_client(&family);
         self.held_clients.engine_ids[held as usize] = id;
         id
     }
@@ -375,12 +514,17 @@ impl Engine {
     /// dispose. A late event is judged at its key's newest time, without
     /// travel checks, and leaves the key's places alone.
     fn judge(&mut self, held: Row, late: bool, out: &mut Vec<Output>) {
+        self.advance_clock(held.ts_ms, held.key_bits);
+        let Some(key_index) = self.state_index(held.key_bits) else {
+            tracing::error!("an event's key has no state; event skipped");
+            return;
+        };
         let endpoint_id = self.release_endpoint(held.endpoint);
         let client_id = self.release_client(held.client);
         let mut geo = self.geo_cache.lookup(&self.geo, held.ip);
         geo.kind = self.network_kinds.kind_of(&self.geo, held.ip, geo.asn);
         let model: &Model = &self.model;
-        let state = &mut self.keys[held.key_index as usize];
+        let state = &mut self.keys[key_index];
         if state.events == 0 {
             // The key's state was made when its first event arrived, which
             // need not be its first in event time.
@@ -434,7 +578,7 @@ impl Engine {
         }
         state.count_event(ts_ms);
         self.stats.events += 1;
-        let (key, hint) = self.key_ids[held.key_index as usize];
+        let (key, hint) = self.key_ids[key_index];
         let first_across = out.len();
         self.across.after_event(
             &row,
@@ -447,6 +591,7 @@ impl Engine {
             out,
         );
         self.stats.alerts += (out.len() - first_across) as u64;
+        self.return_lent_light();
     }
 
     /// The input has ended (drivers of a finite input call this once, at
@@ -497,31 +642,171 @@ impl Engine {
         &mut self.across
     }
 
-    fn intern_key(&mut self, key_id: &str, ts_ms: i64) -> u32 {
+    /// The fingerprint bits of an arriving event's key, making its state
+    /// if it has none: a light record for a key seen only in 401s, full
+    /// state otherwise (a light key's first authenticated call makes its
+    /// state full). Held events name their key by these bits; the state
+    /// index is looked up when the event is judged, since eviction moves
+    /// indexes.
+    fn intern_key(&mut self, key_id: &str, ts_ms: i64, unauthenticated: bool) -> u128 {
         if let Some(index) = self.key_index.get(key_id) {
-            return *index;
+            return self.key_ids[*index as usize].0;
         }
         let fingerprint = key_fingerprint(key_id);
-        let index = match self.by_fingerprint.get(&fingerprint) {
-            Some(index) => *index,
+        let bits = fingerprint_key(&fingerprint);
+        let index = match self.by_fingerprint.get(&bits).copied() {
+            Some(index) if index & LIGHT == 0 => index,
+            Some(_) if unauthenticated => return bits,
+            Some(light_index) => {
+                self.lend_light(light_index & !LIGHT);
+                self.keep_lent_light_as_full();
+                (self.keys.len() - 1) as u32
+            }
+            None if unauthenticated => {
+                let record = LightKey {
+                    fingerprint: fingerprint.into(),
+                    hint: key_hint(key_id).into(),
+                    first_ts: ts_ms,
+                    last_ts: ts_ms,
+                    events: 0,
+                    auth: AuthBaseline::default(),
+                };
+                let slot = match self.free_light.pop() {
+                    Some(slot) => {
+                        self.light[slot as usize] = Some(record);
+                        slot
+                    }
+                    None => {
+                        self.light.push(Some(record));
+                        (self.light.len() - 1) as u32
+                    }
+                };
+                self.by_fingerprint.insert(bits, slot | LIGHT);
+                return bits;
+            }
             None => {
-                let windows =
-                    (self.model.rate.surge_window.as_millis() / self.model.rate.spike_window.as_millis()) as usize;
                 let index = self.keys.len() as u32;
                 let hint = key_hint(key_id);
-                self.key_ids
-                    .push((fingerprint_bits(&fingerprint).unwrap_or(0), Hint::new(&hint)));
-                self.keys.push(KeyState::new(fingerprint.clone(), hint, ts_ms, windows));
-                self.by_fingerprint.insert(fingerprint, index);
+                self.key_ids.push((bits, Hint::new(&hint)));
+                let mut state = KeyState::new(fingerprint, hint, ts_ms, self.windows_per_long());
+                state.before_eviction = self.dormant.remove(&bits);
+                self.keys.push(state);
+                self.by_fingerprint.insert(bits, index);
                 index
             }
         };
-        self.key_index.insert(key_id.into(), index);
-        index
+        // Long ids are fingerprinted on every call instead: a spray of long
+        // one-off ids must not cost their length each in memory.
+        if key_id.len() <= INDEXED_KEY_ID_BYTES {
+            self.key_index.insert(key_id.into(), index);
+        }
+        bits
     }
 
-    fn intern_endpoint(&mut self, endpoint: &str) -> u32 {
-        let template = normalize_endpoint(endpoint, &mut self.scratch_path);
+    /// The state index of a key to judge an event of: a light key is lent
+    /// out as full state, as the last of `keys`, until
+    /// [`Engine::return_lent_light`]. `None` for a key with no state, which
+    /// cannot happen for a held event (keys with held events are never
+    /// evicted).
+    fn state_index(&mut self, bits: u128) -> Option<usize> {
+        match self.by_fingerprint.get(&bits).copied()? {
+            index if index & LIGHT == 0 => Some(index as usize),
+            light_index => Some(self.lend_light(light_index & !LIGHT) as usize),
+        }
+    }
+
+    /// The fingerprint of a key with state (full or light).
+    fn fingerprint_of(&self, bits: u128) -> String {
+        match self.by_fingerprint.get(&bits).copied() {
+            Some(index) if index & LIGHT == 0 => self.keys[index as usize].fingerprint.clone(),
+            Some(light_index) => self.light[(light_index & !LIGHT) as usize]
+                .as_ref()
+                .map(|record| record.fingerprint.to_string())
+                .unwrap_or_default(),
+            None => String::new(),
+        }
+    }
+
+    /// Makes a full state of a light key, as the last of `keys`.
+    fn lend_light(&mut self, slot: u32) -> u32 {
+        let record = self.light[slot as usize]
+            .as_ref()
+            .expect("the index names a live light slot");
+        let mut state = KeyState::new(
+            record.fingerprint.to_string(),
+            record.hint.to_string(),
+            record.first_ts,
+            self.windows_per_long(),
+        );
+        state.last_ts = record.last_ts;
+        state.events = record.events;
+        state.auth = record.auth.clone();
+        let bits = fingerprint_key(&record.fingerprint);
+        self.key_ids.push((bits, Hint::new(&state.hint)));
+        self.keys.push(state);
+        self.lent_light = Some(slot);
+        (self.keys.len() - 1) as u32
+    }
+
+    /// The lent key keeps its full state for good: its slot is freed and
+    /// a dormancy record, if any, goes into it.
+    fn keep_lent_light_as_full(&mut self) {
+        let Some(slot) = self.lent_light.take() else {
+            return;
+        };
+        self.light[slot as usize] = None;
+        self.free_light.push(slot);
+        let index = (self.keys.len() - 1) as u32;
+        let bits = self.key_ids[index as usize].0;
+        self.by_fingerprint.insert(bits, index);
+        let state = &mut self.keys[index as usize];
+        state.before_eviction = self.dormant.remove(&bits);
+    }
+
+    /// Whether a lent key may go back to its light slot: it saw only 401s
+    /// (it was lent for one) and raised nothing it must remember.
+    fn lent_state_stays_light(state: &KeyState) -> bool {
+        state.alerts == AlertMemory::default()
+    }
+
+    /// Puts the key lent for the previous event back into its light slot,
+    /// or keeps it full if it now has alerts to remember.
+    fn return_lent_light(&mut self) {
+        let Some(slot) = self.lent_light else {
+            return;
+        };
+        let stays_light = self.keys.last().is_some_and(Self::lent_state_stays_light);
+        if !stays_light {
+            self.keep_lent_light_as_full();
+            return;
+        }
+        self.lent_light = None;
+        let Some(state) = self.keys.pop() else {
+            return;
+        };
+        self.key_ids.pop();
+        if let Some(record) = self.light[slot as usize].as_mut() {
+            record.last_ts = state.last_ts;
+            record.events = state.events;
+            record.auth = state.auth;
+        }
+    }
+
+    /// Keys seen only in 401s.
+    pub fn light_keys(&self) -> usize {
+        self.light.len() - self.free_light.len()
+    }
+
+    fn windows_per_long(&self) -> usize {
+        (self.model.rate.surge_window.as_millis() / self.model.rate.spike_window.as_millis()) as usize
+    }
+
+    /// Interns an endpoint template, rebuilding the table first when it is
+    /// full.
+    fn intern_template(&mut self, template: &str) -> u32 {
+        if self.endpoints.names.len() >= self.endpoint_rebuild_at && !self.endpoints.index.contains_key(template) {
+            self.rebuild_endpoints();
+        }
         let (id, new) = self.endpoints.intern(template);
         if new {
             self.endpoint_sensitive.push(self.sensitive.matches(template));
@@ -529,59 +814,335 @@ impl Engine {
         id
     }
 
+    fn intern_client(&mut self, family: &str) -> u32 {
+        if self.clients.names.len() >= self.client_rebuild_at && !self.clients.index.contains_key(family) {
+            self.rebuild_clients();
+        }
+        self.clients.intern(family).0
+    }
+
+    /// Keeps only the endpoint templates that some key still refers to, in
+    /// their order (so every comparison of ids is unchanged), and renumbers
+    /// the keys' references. The next rebuild waits until the table has
+    /// doubled again, so rebuilding costs O(1) per new template.
+    fn rebuild_endpoints(&mut self) {
+        let used: Vec<std::cell::Cell<bool>> = vec![std::cell::Cell::new(false); self.endpoints.names.len()];
+        let mark = |id: u32| {
+            if let Some(cell) = used.get(id as usize) {
+                cell.set(true);
+            }
+            id
+        };
+        for state in &mut self.keys {
+            state.remap(&mark, &|id| id);
+        }
+        let (kept, new_ids) = self.endpoints.keep(|id| used[id].get());
+        let sensitive = std::mem::take(&mut self.endpoint_sensitive);
+        self.endpoint_sensitive = sensitive
+            .into_iter()
+            .enumerate()
+            .filter(|(id, _)| used[*id].get())
+            .map(|(_, sensitive)| sensitive)
+            .collect();
+        let map = |id: u32| new_ids.get(id as usize).copied().unwrap_or(0);
+        for state in &mut self.keys {
+            state.remap(&map, &|id| id);
+        }
+        self.endpoint_rebuild_at = self.model.state.max_endpoint_templates.max(2 * kept);
+        self.held_endpoints.forget_engine_ids();
+        tracing::debug!(kept, "endpoint table rebuilt");
+    }
+
+    /// [`Engine::rebuild_endpoints`] for client families, which the view
+    /// across keys also refers to.
+    fn rebuild_clients(&mut self) {
+        let used: Vec<std::cell::Cell<bool>> = vec![std::cell::Cell::new(false); self.clients.names.len()];
+        let mark = |id: u32| {
+            if let Some(cell) = used.get(id as usize) {
+                cell.set(true);
+            }
+            id
+        };
+        for state in &mut self.keys {
+            state.remap(&|id| id, &mark);
+        }
+        self.across.org.remap_clients(&mark);
+        let (kept, new_ids) = self.clients.keep(|id| used[id].get());
+        let map = |id: u32| new_ids.get(id as usize).copied().unwrap_or(0);
+        for state in &mut self.keys {
+            state.remap(&|id| id, &map);
+        }
+        self.across.org.remap_clients(&map);
+        self.client_rebuild_at = self.model.state.max_client_families.max(2 * kept);
+        self.held_clients.forget_engine_ids();
+        tracing::debug!(kept, "client table rebuilt");
+    }
+
+    /// Moves the engine's clock to an event; on entering a new day, evicts
+    /// the keys silent for longer than `state.evict_after`. The clock only
+    /// depends on the events in their order, so eviction happens at the
+    /// same point of the input whatever the batches or restarts.
+    fn advance_clock(&mut self, ts_ms: i64, judging: u128) {
+        let previous_day = self.clock_ms.map(|clock| clock.div_euclid(DAY_MS));
+        if self.clock_ms.is_some_and(|clock| clock >= ts_ms) {
+            return;
+        }
+        self.clock_ms = Some(ts_ms);
+        let day = ts_ms.div_euclid(DAY_MS);
+        if previous_day.is_some_and(|previous| previous < day) {
+            self.evict_silent(day * DAY_MS, judging);
+        }
+    }
+
+    /// Evicts keys whose last use is older than `state.evict_after` before
+    /// `now_ms`, keeping a dormancy record of those with enough history. A
+    /// key with a daily digest not sent yet stays until it is sent, and so
+    /// does a key with events held for ordering (`judging` is the key of
+    /// the event being judged).
+    fn evict_silent(&mut self, now_ms: i64, judging: u128) {
+        let cutoff = now_ms.saturating_sub(self.model.state.evict_after.as_millis() as i64);
+        let mut held: rustc_hash::FxHashSet<u128> = self.time.held.iter().map(|row| row.0.key_bits).collect();
+        held.extend(self.time.ahead.iter().map(|row| row.key_bits));
+        held.insert(judging);
+        for (slot, entry) in self.light.iter_mut().enumerate() {
+            if entry
+                .as_ref()
+                .is_some_and(|record| record.last_ts < cutoff && !held.contains(&fingerprint_key(&record.fingerprint)))
+                && let Some(record) = entry.take()
+            {
+                self.by_fingerprint.remove(&fingerprint_key(&record.fingerprint));
+                self.free_light.push(slot as u32);
+            }
+        }
+        let evictable = |state: &KeyState, bits: u128| {
+            state.last_ts < cutoff && state.alerts.digest.is_none() && !held.contains(&bits)
+        };
+        if !self
+            .keys
+            .iter()
+            .zip(&self.key_ids)
+            .any(|(state, id)| evictable(state, id.0))
+        {
+            return;
+        }
+        let old_keys = std::mem::take(&mut self.keys);
+        let old_ids = std::mem::take(&mut self.key_ids);
+        let mut new_index: Vec<u32> = Vec::with_capacity(old_keys.len());
+        let mut evicted = 0usize;
+        for (state, key_id) in old_keys.into_iter().zip(old_ids) {
+            if evictable(&state, key_id.0) {
+                new_index.push(u32::MAX);
+                self.by_fingerprint.remove(&key_id.0);
+                if let Some(record) = state.dormancy_record(&self.model.rate.dormant) {
+                    self.dormant.insert(key_id.0, record);
+                }
+                evicted += 1;
+                continue;
+            }
+            new_index.push(self.keys.len() as u32);
+            self.by_fingerprint.insert(key_id.0, self.keys.len() as u32);
+            self.keys.push(state);
+            self.key_ids.push(key_id);
+        }
+        self.key_index.retain(|_, index| {
+            let moved = new_index[*index as usize];
+            *index = moved;
+            moved != u32::MAX
+        });
+        self.keys.shrink_to_fit();
+        self.key_ids.shrink_to_fit();
+        self.key_index.shrink_to_fit();
+        self.by_fingerprint.shrink_to_fit();
+        tracing::debug!(evicted, kept = self.keys.len(), "silent keys evicted");
+    }
+
     pub fn stats(&self) -> &EngineStats {
         &self.stats
     }
 
-    /// Keys with state.
+    /// Keys with state, full or light.
     pub fn keys_tracked(&self) -> usize {
-        self.keys.len()
+        self.full_keys() + self.light_keys()
+    }
+
+    /// Keys with full state.
+    pub fn full_keys(&self) -> usize {
+        self.keys.len() - usize::from(self.lent_light.is_some())
+    }
+
+    /// Keys evicted for silence still remembered for dormant detection.
+    pub fn dormant_keys(&self) -> usize {
+        self.dormant.len()
     }
 
     /// All state, for checkpoints. Contains no raw key id.
     pub fn snapshot(&self) -> EngineSnapshot {
+        let mut dormant: Vec<DormantRecord> = self
+            .dormant
+            .iter()
+            .map(|(bits, record)| DormantRecord {
+                fingerprint: crate::fleet::spray::fingerprint_text(*bits),
+                first_ts: record.first_ts,
+                last_ts: record.last_ts,
+                events: record.events,
+            })
+            .collect();
+        dormant.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+        // A key lent out for the last event is written as it will be once
+        // the next event returns it.
+        let mut keys_end = self.keys.len();
+        let mut light: Vec<LightKey> = Vec::with_capacity(self.light_keys());
+        for (slot, record) in self.light.iter().enumerate() {
+            let Some(record) = record else {
+                continue;
+            };
+            let mut record = record.clone();
+            if self.lent_light == Some(slot as u32)
+                && let Some(state) = self.keys.last()
+            {
+                if !Self::lent_state_stays_light(state) {
+                    continue;
+                }
+                keys_end -= 1;
+                record.last_ts = state.last_ts;
+                record.events = state.events;
+                record.auth = state.auth.clone();
+            }
+            light.push(record);
+        }
         EngineSnapshot {
             version: SNAPSHOT_VERSION,
             model: self.model_label.clone(),
             endpoints: self.endpoints.names.iter().map(|name| name.to_string()).collect(),
             clients: self.clients.names.iter().map(|name| name.to_string()).collect(),
-            keys: self.keys.clone(),
+            keys: self.keys[..keys_end].to_vec(),
             stats: self.stats.clone(),
             across: self.across.snapshot(),
             time: self.time_snapshot(),
+            dormant,
+            clock_ms: self.clock_ms,
+            light,
         }
     }
 
+    /// Whether a snapshot can be restored into this engine: a layout this
+    /// build knows (older ones load through serde defaults), the model this
+    /// engine runs (window layouts and thresholds depend on it), and keys
+    /// whose windows have the sizes this model gives them, so no arithmetic
+    /// on them can divide by zero or index out of range.
+    pub fn check_snapshot(&self, snapshot: &EngineSnapshot) -> Result<(), RestoreError> {
+        if snapshot.version > SNAPSHOT_VERSION {
+            return Err(RestoreError::Version {
+                found: snapshot.version,
+                supported: SNAPSHOT_VERSION,
+            });
+        }
+        if snapshot.model != self.model_label {
+            return Err(RestoreError::Model {
+                found: snapshot.model.clone(),
+                running: self.model_label.clone(),
+            });
+        }
+        let windows = self.windows_per_long();
+        for (index, state) in snapshot.keys.iter().enumerate() {
+            if let Err(detail) = state.check_shape(windows) {
+                return Err(RestoreError::Key { index, detail });
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Engine::restore`] after [`Engine::check_snapshot`].
+    pub fn try_restore(&mut self, snapshot: EngineSnapshot) -> Result<(), RestoreError> {
+        self.check_snapshot(&snapshot)?;
+        self.restore(snapshot);
+        Ok(())
+    }
+
     /// Adds a snapshot's state: keys in it replace keys of the same
-    /// fingerprint; counters add up.
+    /// fingerprint; counters add up. Call [`Engine::check_snapshot`] first
+    /// on a snapshot from outside.
     pub fn restore(&mut self, snapshot: EngineSnapshot) {
+        self.return_lent_light();
+        // No rebuild while the snapshot's keys are not in yet: it would drop
+        // the names they refer to.
+        let mut scratch = std::mem::take(&mut self.scratch_path);
         let endpoint_ids: Vec<u32> = snapshot
             .endpoints
             .iter()
-            .map(|name| self.intern_endpoint(name))
+            .map(|name| {
+                let template = normalize_endpoint(name, &mut scratch);
+                let (id, new) = self.endpoints.intern(template);
+                if new {
+                    self.endpoint_sensitive.push(self.sensitive.matches(template));
+                }
+                id
+            })
             .collect();
+        self.scratch_path = scratch;
         let client_ids: Vec<u32> = snapshot
             .clients
             .iter()
             .map(|name| self.clients.intern(name).0)
             .collect();
+        self.endpoint_rebuild_at = self.endpoint_rebuild_at.max(2 * self.endpoints.names.len());
+        self.client_rebuild_at = self.client_rebuild_at.max(2 * self.clients.names.len());
         let endpoint_map = |id: u32| endpoint_ids.get(id as usize).copied().unwrap_or(0);
         let client_map = |id: u32| client_ids.get(id as usize).copied().unwrap_or(0);
         for mut state in snapshot.keys {
             state.remap(&endpoint_map, &client_map);
-            match self.by_fingerprint.get(&state.fingerprint) {
-                Some(index) => self.keys[*index as usize] = state,
-                None => {
+            let bits = fingerprint_key(&state.fingerprint);
+            self.dormant.remove(&bits);
+            match self.by_fingerprint.get(&bits).copied() {
+                Some(index) if index & LIGHT == 0 => self.keys[index as usize] = state,
+                light_or_none => {
+                    if let Some(light_index) = light_or_none {
+                        let slot = light_index & !LIGHT;
+                        self.light[slot as usize] = None;
+                        self.free_light.push(slot);
+                    }
                     let index = self.keys.len() as u32;
-                    self.by_fingerprint.insert(state.fingerprint.clone(), index);
-                    self.key_ids.push((
-                        fingerprint_bits(&state.fingerprint).unwrap_or(0),
-                        Hint::new(&state.hint),
-                    ));
+                    self.by_fingerprint.insert(bits, index);
+                    self.key_ids.push((bits, Hint::new(&state.hint)));
                     self.keys.push(state);
                 }
             }
         }
+        for record in snapshot.light {
+            let bits = fingerprint_key(&record.fingerprint);
+            match self.by_fingerprint.get(&bits).copied() {
+                Some(index) if index & LIGHT == 0 => {}
+                Some(light_index) => self.light[(light_index & !LIGHT) as usize] = Some(record),
+                None => {
+                    let slot = match self.free_light.pop() {
+                        Some(slot) => {
+                            self.light[slot as usize] = Some(record);
+                            slot
+                        }
+                        None => {
+                            self.light.push(Some(record));
+                            (self.light.len() - 1) as u32
+                        }
+                    };
+                    self.by_fingerprint.insert(bits, slot | LIGHT);
+                }
+            }
+        }
+        for record in snapshot.dormant {
+            let bits = fingerprint_key(&record.fingerprint);
+            if self.by_fingerprint.contains_key(&bits) {
+                continue;
+            }
+            self.dormant.insert(
+                bits,
+                Dormancy {
+                    first_ts: record.first_ts,
+                    last_ts: record.last_ts,
+                    events: record.events,
+                },
+            );
+        }
+        self.clock_ms = self.clock_ms.max(snapshot.clock_ms);
         let mut org = snapshot.across.org;
         org.remap_clients(&client_map);
         self.across.org.absorb_snapshot(org);
@@ -599,7 +1160,7 @@ impl Engine {
     fn time_snapshot(&self) -> EventTimeSnapshot {
         let held_event = |row: &Row| HeldEvent {
             ts_ms: row.ts_ms,
-            key: self.keys[row.key_index as usize].fingerprint.clone(),
+            key: self.fingerprint_of(row.key_bits),
             ip: row.ip,
             method: self.held_methods.name(row.method).to_string(),
             endpoint: self.held_endpoints.name(row.endpoint).to_string(),
@@ -636,9 +1197,10 @@ impl Engine {
             .map(|held| (held, false))
             .chain(time.ahead.into_iter().map(|held| (held, true)))
         {
-            let Some(&key_index) = self.by_fingerprint.get(&held.key) else {
+            let key_bits = fingerprint_key(&held.key);
+            if !self.by_fingerprint.contains_key(&key_bits) {
                 continue;
-            };
+            }
             let ids = [
                 self.held_methods.intern(&held.method),
                 self.held_endpoints.intern(&held.endpoint),
@@ -646,12 +1208,11 @@ impl Engine {
             ];
             let row = Row {
                 ts_ms: held.ts_ms,
-                key_bits: self.key_ids[key_index as usize].0,
+                key_bits,
                 ip: held.ip,
                 status: held.status,
                 bytes_out: held.bytes_out,
                 text_hash: order::text_hash(&[&self.held_methods, &self.held_endpoints, &self.held_clients], ids),
-                key_index,
                 method: ids[0],
                 endpoint: ids[1],
                 client: ids[2],
@@ -707,6 +1268,24 @@ mod tests {
             twist + 2000,
             "AKIAWORKLOAD00000003",
             ip("saopaulo", 1),
+            "/v1/orders",
+            200,
+        ));
+        // Guessed key ids refused with 401 (light keys), one of which is
+        // then used for real.
+        for guess in 0..6 {
+            events.push(event(
+                twist + 3000 + guess * 700,
+                &format!("AKIAGUESS00000000{}", guess % 3),
+                ip("sydney", 2),
+                "/v1/orders",
+                401,
+            ));
+        }
+        events.push(event(
+            twist + 9000,
+            "AKIAGUESS000000001",
+            ip("paris", 1),
             "/v1/orders",
             200,
         ));
@@ -857,6 +1436,311 @@ mod tests {
         assert!(out.is_empty(), "a digest goes out once");
     }
 
+    fn word(mut number: usize) -> String {
+        let mut text = String::new();
+        loop {
+            text.push((b'a' + (number % 26) as u8) as char);
+            number /= 26;
+            if number == 0 {
+                return text;
+            }
+        }
+    }
+
+    /// Alerts of `events` judged to the end of the input: events far
+    /// ahead of the input's clock (one key calling once a day) are judged
+    /// too.
+    fn to_the_end(engine: &mut Engine, events: &[AccessEvent<'_>]) -> Vec<crate::alert::Alert> {
+        let mut out = Vec::new();
+        engine.process(events, &mut out);
+        engine.finish(&mut out);
+        out.into_iter()
+            .filter_map(|output| match output {
+                Output::Alert(alert) => Some(alert),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn silent_keys_are_evicted_at_a_day_boundary_and_their_return_is_judged_dormant() {
+        use crate::detect::testkit::*;
+        let sleeper = "AKIASLEEPER000000001";
+        let mut engine = new_engine();
+        let mut events = history(sleeper, "london", 5, 4, ENDPOINTS);
+        events.push(event(
+            T0 + 2 * DAY,
+            "AKIAONEOFF0000000001",
+            ip("paris", 1),
+            "/v1/orders",
+            200,
+        ));
+        // Another key keeps the clock going, one call a day.
+        for day in 5..70 {
+            events.push(event(
+                T0 + day * DAY + 10 * HOUR,
+                "AKIABUSY000000000001",
+                ip("dublin", 1),
+                "/v1/orders",
+                200,
+            ));
+        }
+        to_the_end(&mut engine, &events);
+        assert_eq!(engine.keys_tracked(), 1, "only the busy key keeps state");
+        assert_eq!(engine.dormant_keys(), 1, "the one-off key had no history to keep");
+
+        // The snapshot carries the dormancy record.
+        let mut restored = new_engine();
+        restored.try_restore(engine.snapshot()).unwrap();
+        assert_eq!(restored.dormant_keys(), 1);
+
+        let back = [event(
+            T0 + 70 * DAY + 9 * HOUR,
+            sleeper,
+            ip("london", 3),
+            "/v1/orders",
+            200,
+        )];
+        let found = to_the_end(&mut engine, &back);
+        assert_eq!(of(&found, "dormant_key").len(), 1, "{found:#?}");
+        assert_eq!(engine.dormant_keys(), 0, "the record went back into the key");
+        assert_eq!(to_the_end(&mut restored, &back), found, "a restore changes nothing");
+    }
+
+    #[test]
+    fn a_key_used_within_the_eviction_period_keeps_its_state() {
+        use crate::detect::testkit::*;
+        let mut engine = new_engine();
+        let mut events = history("AKIASTAYS00000000001", "london", 2, 2, ENDPOINTS);
+        events.push(event(
+            T0 + 50 * DAY,
+            "AKIABUSY000000000001",
+            ip("dublin", 1),
+            "/v1/orders",
+            200,
+        ));
+        alerts(&mut engine, &events);
+        assert_eq!(engine.keys_tracked(), 2, "50 days of silence is less than evict_after");
+    }
+
+    #[test]
+    fn a_401_never_moves_a_keys_places_and_is_judged_only_as_an_auth_failure() {
+        use crate::detect::testkit::*;
+        let key = "AKIAGUESSED000000001";
+        let mut engine = new_engine();
+        alerts(&mut engine, &history(key, "london", 5, 6, ENDPOINTS));
+        let places_before = engine.keys[0].geo.clone();
+        let endpoints_before = engine.keys[0].endpoints.endpoints.clone();
+        let later = T0 + 5 * DAY + 9 * HOUR;
+        let guesses: Vec<AccessEvent<'static>> = (0..3)
+            .map(|call| event(later + call * 1000, key, ip("sydney", 1), "/v1/admin/keys", 401))
+            .collect();
+        let found = alerts(&mut engine, &guesses);
+        assert!(
+            found
+                .iter()
+                .all(|alert| alert.detector == crate::detector::Detector::AuthFailureSpike),
+            "{found:#?}"
+        );
+        let geo_after = &engine.keys[0].geo;
+        let counts = |table: &crate::baseline::TopK| -> Vec<(u32, u64, i64)> {
+            table
+                .entries
+                .iter()
+                .map(|entry| (entry.id, entry.count, entry.last_ts))
+                .collect()
+        };
+        assert_eq!(
+            counts(&geo_after.countries),
+            counts(&places_before.countries),
+            "no country moved"
+        );
+        assert_eq!(counts(&geo_after.asns), counts(&places_before.asns), "no network moved");
+        assert_eq!(
+            geo_after.network_places.entries.len(),
+            places_before.network_places.entries.len()
+        );
+        assert_eq!(
+            geo_after.last, places_before.last,
+            "the last located use is the owner's"
+        );
+        let endpoint_counts = |table: &crate::baseline::TopK| -> Vec<(u32, u64)> {
+            table.entries.iter().map(|entry| (entry.id, entry.count)).collect()
+        };
+        assert_eq!(
+            endpoint_counts(&engine.keys[0].endpoints.endpoints),
+            endpoint_counts(&endpoints_before)
+        );
+        assert_eq!(engine.keys[0].auth.failures, 3, "the auth-failure view counts them");
+        // The owner calls from London a minute later: no travel from Sydney.
+        let owner = [event(later + 60_000, key, ip("london", 1), "/v1/orders", 200)];
+        let found = alerts(&mut engine, &owner);
+        assert!(
+            of(&found, "impossible_travel").is_empty() && of(&found, "concurrent_use").is_empty(),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn interners_are_rebuilt_from_what_keys_still_refer_to() {
+        use crate::detect::testkit::*;
+        let mut model = Model::default_model();
+        model.alerts.digest_lows = false;
+        model.state.max_endpoint_templates = 16;
+        model.state.max_client_families = 16;
+        let per_key = model.endpoints.max_endpoints;
+        let mut engine = Engine::new(Arc::new(model), geo());
+        let key = "AKIAMANYPATHS0000001";
+        let mut events = Vec::new();
+        for call in 0..2000 {
+            let mut one = event(
+                T0 + call * 1000,
+                key,
+                ip("london", 1),
+                &format!("/v1/{}", word(call as usize)),
+                200,
+            );
+            one.user_agent = std::borrow::Cow::Owned(format!("{}/1.0", word(call as usize)));
+            events.push(one);
+        }
+        alerts(&mut engine, &events);
+        let names = engine.endpoints.names.len();
+        // The key refers to its top templates and to those of its current
+        // window; the table holds at most twice what is referred to.
+        let state = &engine.keys[0];
+        let mut referred: Vec<u32> = state.endpoints.endpoints.entries.iter().map(|entry| entry.id).collect();
+        referred.extend(state.endpoints.window_counts.iter().map(|(id, _)| *id));
+        referred.sort_unstable();
+        referred.dedup();
+        assert!(referred.len() <= 2 * per_key);
+        assert!(
+            names <= 2 * referred.len() + 1,
+            "{names} templates held, {} referred to",
+            referred.len()
+        );
+        assert!(
+            engine.clients.names.len() <= 2 * 16 + 2 * 8,
+            "{} client families",
+            engine.clients.names.len()
+        );
+        let state = &engine.keys[0];
+        for entry in &state.endpoints.endpoints.entries {
+            assert!((entry.id as usize) < names, "every id the key holds names a template");
+        }
+        // The newest template is still the one last called.
+        let newest = state
+            .endpoints
+            .endpoints
+            .entries
+            .iter()
+            .max_by_key(|entry| entry.last_ts)
+            .unwrap();
+        assert_eq!(
+            &*engine.endpoints.names[newest.id as usize],
+            format!("/v1/{}", word(1999))
+        );
+        // A snapshot round-trips the rebuilt tables.
+        let mut restored = Engine::new(Arc::clone(&engine.model), geo());
+        restored.try_restore(engine.snapshot()).unwrap();
+        assert_eq!(
+            serde_json::to_string(&restored.snapshot()).unwrap(),
+            serde_json::to_string(&engine.snapshot()).unwrap()
+        );
+    }
+
+    #[test]
+    fn snapshots_of_another_model_a_newer_layout_or_a_broken_ring_are_refused() {
+        let mut engine = crate::detect::testkit::new_engine();
+        let mut out = Vec::new();
+        engine.process(&workload(), &mut out);
+        let good = engine.snapshot();
+        let fresh = crate::detect::testkit::new_engine();
+        assert!(fresh.check_snapshot(&good).is_ok());
+
+        let mut newer = good.clone();
+        newer.version = SNAPSHOT_VERSION + 1;
+        assert_eq!(fresh.check_snapshot(&newer).unwrap_err().reason(), "version");
+
+        let mut other_model = good.clone();
+        other_model.model = "someone-else@9".into();
+        assert_eq!(fresh.check_snapshot(&other_model).unwrap_err().reason(), "model");
+
+        let mut empty_ring = good.clone();
+        empty_ring.keys[0].rate.recent.clear();
+        assert_eq!(fresh.check_snapshot(&empty_ring).unwrap_err().reason(), "inconsistent");
+
+        let mut older = good;
+        older.version = 1;
+        assert!(fresh.check_snapshot(&older).is_ok(), "older layouts load with defaults");
+    }
+
+    #[test]
+    fn keys_seen_only_in_401s_stay_light_until_their_first_authenticated_call() {
+        use crate::detect::testkit::*;
+        let mut engine = new_engine();
+        let mut out = Vec::new();
+        let guessed = "AKIAGUESSEDONLY00001";
+        let guesses: Vec<AccessEvent<'static>> = (0..3)
+            .map(|call| event(T0 + call * 1000, guessed, ip("sydney", 1), "/v1/orders", 401))
+            .collect();
+        engine.process(&guesses, &mut out);
+        engine.release_held(&mut out);
+        engine.process(
+            &[event(
+                T0 + 5000,
+                "AKIAOTHER00000000001",
+                ip("london", 1),
+                "/v1/orders",
+                200,
+            )],
+            &mut out,
+        );
+        engine.release_held(&mut out);
+        assert_eq!((engine.light_keys(), engine.full_keys()), (1, 1));
+        assert_eq!(engine.keys_tracked(), 2);
+        let light = engine.light.iter().flatten().next().unwrap();
+        assert_eq!((light.events, light.first_ts, light.auth.failures), (3, T0, 3));
+
+        engine.process(
+            &[event(T0 + 9000, guessed, ip("london", 2), "/v1/orders", 200)],
+            &mut out,
+        );
+        engine.release_held(&mut out);
+        assert_eq!(
+            (engine.light_keys(), engine.full_keys()),
+            (0, 2),
+            "full state at the first success"
+        );
+        let full = engine
+            .keys
+            .iter()
+            .find(|state| state.fingerprint == key_fingerprint(guessed))
+            .unwrap();
+        assert_eq!((full.events, full.first_ts), (4, T0), "its history carried over");
+    }
+
+    #[test]
+    fn a_snapshot_taken_while_a_light_key_is_lent_restores_to_the_same_state() {
+        let events = workload();
+        // Cut right after each 401 of the workload.
+        for (cut, _) in events.iter().enumerate().filter(|(_, event)| event.status == 401) {
+            let mut first = crate::detect::testkit::new_engine();
+            let mut out = Vec::new();
+            first.process(&events[..=cut], &mut out);
+            let snapshot = first.snapshot();
+            let mut second = crate::detect::testkit::new_engine();
+            second.try_restore(snapshot.clone()).unwrap();
+            assert_eq!(
+                serde_json::to_string(&second.snapshot()).unwrap(),
+                serde_json::to_string(&snapshot).unwrap()
+            );
+            let (mut rest_first, mut rest_second) = (Vec::new(), Vec::new());
+            first.process(&events[cut + 1..], &mut rest_first);
+            second.process(&events[cut + 1..], &mut rest_second);
+            assert_eq!(rest_first, rest_second, "cut after event {cut}");
+        }
+    }
+
     /// A fixed arrangement of `events` in which each event moves by up to
     /// `within_ms` of event time.
     fn shuffled_within(events: &[AccessEvent<'static>], within_ms: i64) -> Vec<AccessEvent<'static>> {
@@ -909,7 +1793,7 @@ mod tests {
                 if matches!(alert.detector.as_str(), "impossible_travel" | "concurrent_use"))
         });
         assert!(!travel, "{out:#?}");
-        let state = &engine.keys[engine.by_fingerprint[&key_fingerprint(key)] as usize];
+        let state = &engine.keys[engine.by_fingerprint[&fingerprint_key(&key_fingerprint(key))] as usize];
         assert_eq!(
             state.geo.last.map(|last| last.country),
             Some(*b"GB"),
@@ -922,7 +1806,13 @@ mod tests {
         use crate::detect::testkit::*;
         let mut events = workload();
         let twist = T0 + 5 * DAY + 9 * HOUR;
-        let poisoned = event(4_070_908_800_000, "AKIAWORKLOAD00000000", ip("london", 1), "/v1/orders", 200);
+        let poisoned = event(
+            4_070_908_800_000,
+            "AKIAWORKLOAD00000000",
+            ip("london", 1),
+            "/v1/orders",
+            200,
+        );
         let at = events.iter().position(|event| event.ts_ms >= T0 + 3 * DAY).unwrap_or(0);
         events.insert(at, poisoned);
         let mut engine = crate::detect::testkit::new_engine();
@@ -957,9 +1847,25 @@ mod tests {
             &mut out,
         );
         let far = start + 3 * DAY;
-        engine.process(&[event(far, "AKIACLOCK00000000001", ip("london", 1), "/v1/orders", 200)], &mut out);
-        assert_eq!(engine.time.clock_ms, Some(start + 1000), "one key alone is not believed");
-        engine.process(&[event(far + 5000, "AKIACLOCK00000000002", ip("london", 2), "/v1/orders", 200)], &mut out);
+        engine.process(
+            &[event(far, "AKIACLOCK00000000001", ip("london", 1), "/v1/orders", 200)],
+            &mut out,
+        );
+        assert_eq!(
+            engine.time.clock_ms,
+            Some(start + 1000),
+            "one key alone is not believed"
+        );
+        engine.process(
+            &[event(
+                far + 5000,
+                "AKIACLOCK00000000002",
+                ip("london", 2),
+                "/v1/orders",
+                200,
+            )],
+            &mut out,
+        );
         assert_eq!(engine.time.clock_ms, Some(far + 5000), "a second key confirms the jump");
         assert_eq!(engine.stats().events, 2, "the events before the jump were judged");
     }

@@ -63,6 +63,10 @@ pub struct Model {
     /// Optional in model files: absent, the defaults below apply.
     #[serde(default)]
     pub time: TimeModel,
+    /// Bounds on per-partition state. Optional in model files: absent, the
+    /// defaults below apply.
+    #[serde(default)]
+    pub state: StateModel,
 }
 
 /// Event time of one input (a file replay, one Kafka partition). Events are
@@ -95,6 +99,37 @@ impl Default for TimeModel {
             max_ahead: Duration::from_secs(3600),
             confirm_after: 256,
             max_ahead_held: 10_000,
+        }
+    }
+}
+
+/// Bounds on the state one engine (one partition) holds, so that memory
+/// does not grow with the number of distinct keys, paths or user agents
+/// ever seen.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateModel {
+    /// Keys silent for longer than this (in event time) lose their state,
+    /// checked once per day of the engine's clock. A key with enough
+    /// history for `rate.dormant` keeps a compact record (its first and
+    /// last use and its event count), so that its return is still judged
+    /// dormant. Longer than `rate.dormant_after`.
+    #[serde(with = "humantime_serde")]
+    pub evict_after: Duration,
+    /// Distinct endpoint templates held before the endpoint table is
+    /// rebuilt from the templates that keys still refer to.
+    pub max_endpoint_templates: usize,
+    /// Distinct client families held before the client table is rebuilt
+    /// from the families that keys still refer to.
+    pub max_client_families: usize,
+}
+
+impl Default for StateModel {
+    fn default() -> StateModel {
+        StateModel {
+            evict_after: Duration::from_secs(60 * 86_400),
+            max_endpoint_templates: 100_000,
+            max_client_families: 10_000,
         }
     }
 }
@@ -639,10 +674,16 @@ impl Model {
             return Err(invalid("time.max_ahead", "must be longer than time.max_out_of_order"));
         }
         if time.max_out_of_order > Duration::from_secs(86_400) {
-            return Err(invalid("time.max_out_of_order", "must be at most a day (events wait this long)"));
+            return Err(invalid(
+                "time.max_out_of_order",
+                "must be at most a day (events wait this long)",
+            ));
         }
         if time.confirm_after == 0 || time.max_ahead_held == 0 {
-            return Err(invalid("time.confirm_after", "and time.max_ahead_held must be at least 1"));
+            return Err(invalid(
+                "time.confirm_after",
+                "and time.max_ahead_held must be at least 1",
+            ));
         }
         let across = &self.across_keys;
         if across.spray_min_keys < 2 || across.spray_min_keys > across.spray_max_keys || across.spray_max_keys > 500 {
@@ -668,6 +709,15 @@ impl Model {
             return Err(invalid(
                 "across_keys.org_grace",
                 "must be shorter than across_keys.org_epoch",
+            ));
+        }
+        if self.state.evict_after <= self.rate.dormant_after {
+            return Err(invalid("state.evict_after", "must be longer than rate.dormant_after"));
+        }
+        if self.state.max_endpoint_templates < 16 || self.state.max_client_families < 16 {
+            return Err(invalid(
+                "state.max_endpoint_templates",
+                "state.max_endpoint_templates and state.max_client_families must be at least 16",
             ));
         }
         for pattern in &self.endpoints.sensitive_patterns {

@@ -89,6 +89,27 @@ pub struct KeyState {
     pub clients: TopK,
     pub auth: auth::AuthBaseline,
     pub alerts: AlertMemory,
+    /// The key's use before its state was evicted for silence, when it had
+    /// enough history to be judged dormant: its return (its first call that
+    /// is not a 401) is judged against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_eviction: Option<Dormancy>,
+}
+
+/// What is kept of a key evicted for silence: enough to judge its return
+/// dormant (its first and last use and its event count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dormancy {
+    pub first_ts: i64,
+    pub last_ts: i64,
+    pub events: u64,
+}
+
+/// Whether a call was refused as unauthenticated: anyone who knows a key id
+/// can make one from anywhere, so it says nothing of where or how the key
+/// is used and feeds only the auth-failure view.
+pub fn is_unauthenticated(event: &ResolvedEvent) -> bool {
+    event.status == 401
 }
 
 impl KeyState {
@@ -106,7 +127,35 @@ impl KeyState {
             clients: TopK::new(),
             auth: Default::default(),
             alerts: Default::default(),
+            before_eviction: None,
         }
+    }
+
+    /// The key's use as dormant detection judges it: its own, or, for a key
+    /// back from eviction that has had no authenticated call yet, the use
+    /// it had before.
+    pub fn use_history(&self) -> Dormancy {
+        match self.before_eviction {
+            Some(before) => before,
+            None => Dormancy {
+                first_ts: self.first_ts,
+                last_ts: self.last_ts,
+                events: self.events,
+            },
+        }
+    }
+
+    /// What eviction keeps of the key, when it has enough history to be
+    /// judged dormant on its return.
+    pub fn dormancy_record(&self, model: &Learning) -> Option<Dormancy> {
+        let own = Dormancy {
+            first_ts: self.first_ts,
+            last_ts: self.last_ts,
+            events: self.events,
+        };
+        let record = self.before_eviction.unwrap_or(own);
+        (record.events >= model.min_events && record.last_ts - record.first_ts >= model.min_age.as_millis() as i64)
+            .then_some(record)
     }
 
     /// Whether the key has enough history, in time and in events, to be
@@ -155,9 +204,21 @@ impl KeyState {
         // retrying a rotated secret, or someone guessing) is judged by the
         // auth-failure and cross-key detectors, not as a surge of use.
         let failure = event.is_auth_failure();
+        if is_unauthenticated(event) {
+            // Never a place, a network, an endpoint or a client of the key:
+            // whoever knows a key id could otherwise stage travel with it.
+            let familiar = self.is_familiar_source(event, model);
+            self.auth.count(true, familiar);
+            if self.has_learned(ts_ms, &model.auth_failures.learning) {
+                self.auth.settle_threshold(&model.auth_failures);
+            }
+            return;
+        }
         if !failure {
             self.rate.count += 1;
         }
+        // The key is back: from now on it is judged on its own use.
+        self.before_eviction = None;
         self.volume.count(event.bytes_out, &model.volume);
         // Whether a failure is the key's own (its established place and
         // client) is asked of the baseline before the event joins it.
@@ -187,6 +248,9 @@ impl KeyState {
 
     /// What is new about `event` for this key; see [`Novelty`].
     pub fn novelty(&self, event: &ResolvedEvent, model: &Model) -> Novelty {
+        if is_unauthenticated(event) {
+            return Novelty::default();
+        }
         Novelty {
             travel: self.travel_jump(event, &model.geo),
             first_endpoint_use: self.is_judged_first_use(event, &model.endpoints),
@@ -222,6 +286,43 @@ impl KeyState {
     fn is_judged_first_use(&self, event: &ResolvedEvent, model: &EndpointModel) -> bool {
         let table = &self.endpoints.endpoints;
         !table.contains(event.endpoint_id) && table.evicted == 0 && self.has_learned(event.ts_ms, &model.new_endpoint)
+    }
+
+    /// Checks what a snapshot from outside says about the key before any
+    /// window arithmetic trusts it: the rings have the length this model
+    /// gives them (a ring of length zero would divide by zero), times are
+    /// in order and every number is finite.
+    pub fn check_shape(&self, windows_per_long: usize) -> Result<(), String> {
+        let slots = windows_per_long.saturating_sub(1).max(1);
+        if self.rate.recent.len() != slots {
+            return Err(format!(
+                "rate ring of {} windows, expected {slots}",
+                self.rate.recent.len()
+            ));
+        }
+        if self.volume.recent.len() != slots || self.volume.recent_big.len() != slots {
+            return Err(format!(
+                "volume rings of {} and {} windows, expected {slots}",
+                self.volume.recent.len(),
+                self.volume.recent_big.len()
+            ));
+        }
+        if self.first_ts > self.last_ts {
+            return Err("first use after last use".into());
+        }
+        let numbers = [
+            self.geo.countries.other,
+            self.geo.asns.other,
+            self.geo.network_places.other,
+            self.clients.other,
+            self.endpoints.endpoints.other,
+            self.auth.level,
+            self.auth.level_weight,
+        ];
+        if numbers.iter().any(|value| !value.is_finite()) {
+            return Err("a weight is not a finite number".into());
+        }
+        Ok(())
     }
 
     /// Remaps interned ids after a restore.

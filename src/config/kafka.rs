@@ -96,9 +96,19 @@ pub struct KafkaConfig {
     pub exactly_once: bool,
     /// Stable name of this instance, used for the transactional id
     /// (`<group_id>-<instance_id>`) in exactly-once mode, so that a restarted
-    /// instance fences its predecessor. Defaults to `$HOSTNAME`, else `0`.
+    /// instance fences its predecessor. Required in exactly-once mode (two
+    /// instances with one name fence each other for ever); otherwise
+    /// defaults to `$HOSTNAME`, else `0`.
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// Start a partition with empty state when the group has committed
+    /// offsets for it but the changelog holds no checkpoint of it (the
+    /// changelog was deleted or never written). Off, that is an error:
+    /// resuming silently without baselines would blind every key. A
+    /// checkpoint that exists but cannot be read always falls back (to the
+    /// previous one, else to empty state), loudly, without this flag.
+    #[serde(default)]
+    pub allow_missing_checkpoint: bool,
     /// Create missing topics at start (the changelog compacted), with the
     /// partition count of the first input topic.
     #[serde(default = "default_create_topics")]
@@ -287,6 +297,7 @@ impl KafkaConfig {
             checkpoint_interval: default_checkpoint_interval(),
             exactly_once: false,
             instance_id: None,
+            allow_missing_checkpoint: false,
             create_topics: default_create_topics(),
             topic_replication_factor: default_topic_replication_factor(),
             restore_timeout: default_restore_timeout(),
@@ -480,6 +491,12 @@ impl KafkaConfig {
                 "must be at least 1, or -1 for the broker default".into(),
             );
         }
+        if self.exactly_once && self.instance_id.is_none() {
+            return invalid(
+                "instance_id",
+                "is required with exactly_once: each instance needs its own stable, unique name for its transactional id".into(),
+            );
+        }
         if let Some(instance) = &self.instance_id
             && (instance.is_empty() || instance.chars().any(char::is_whitespace))
         {
@@ -658,5 +675,25 @@ properties = { "security.protocol" = "plaintext", "linger.ms" = "5" }
         assert!(parse(text).is_ok());
         let text = "[kafka]\nbrokers = \"b\"\ninput_topics = [\"in\"]\nrepartition_topic = \"keywatch-alerts\"\n";
         assert!(parse(text).unwrap_err().contains("kafka.repartition_topic"));
+    }
+
+    #[test]
+    fn exactly_once_requires_an_explicit_instance_id() {
+        let without = FULL.replace("instance_id = \"a\"\n", "");
+        let err = parse(&without).unwrap_err();
+        assert!(err.contains("instance_id") && err.contains("exactly_once"), "{err}");
+        let at_least_once = without.replace("exactly_once = true", "exactly_once = false");
+        assert!(parse(&at_least_once).is_ok(), "only exactly-once needs it");
+    }
+
+    #[test]
+    fn a_missing_checkpoint_is_not_allowed_unless_configured() {
+        let kafka = parse(FULL).unwrap().kafka.unwrap();
+        assert!(!kafka.allow_missing_checkpoint);
+        let allowed = FULL.replace(
+            "exactly_once = true",
+            "exactly_once = true\nallow_missing_checkpoint = true",
+        );
+        assert!(parse(&allowed).unwrap().kafka.unwrap().allow_missing_checkpoint);
     }
 }

@@ -41,6 +41,9 @@ pub enum DecodeError {
     BadTimestamp(String),
     #[error("record of {size} bytes exceeds the limit of {limit} bytes")]
     Oversized { size: usize, limit: usize },
+    /// A key id longer than any real API key: state is never made for it.
+    #[error("key id of {length} bytes exceeds the limit of {limit} bytes")]
+    KeyTooLong { length: usize, limit: usize },
     /// Not an error of the input: the event carries no API key (for example a
     /// CloudTrail event made by an AWS service). Counted and skipped, not
     /// written to the rejected file.
@@ -58,6 +61,7 @@ impl DecodeError {
             DecodeError::BadIp(_) => "bad_ip",
             DecodeError::BadTimestamp(_) => "bad_timestamp",
             DecodeError::Oversized { .. } => "oversized",
+            DecodeError::KeyTooLong { .. } => "key_too_long",
             DecodeError::NoKey => "no_key",
         }
     }
@@ -91,6 +95,11 @@ pub enum Format {
     /// Another JSON gateway log, read through a field mapping.
     Mapped,
 }
+
+/// Longest key id accepted, in bytes. Real API keys and tokens are far
+/// shorter (AWS access key ids are 20 characters, JWTs used as keys rarely pass 1 KiB);
+/// anything longer is an attack on the key table.
+pub const MAX_KEY_ID_BYTES: usize = 2048;
 
 /// Decodes records of one format.
 #[derive(Debug, Clone)]
@@ -143,6 +152,21 @@ impl Decoder {
     /// `{"Records":[]}` document, which holds no event and adds none (the
     /// drivers track offsets by record, not by element).
     pub fn decode<'a>(&self, record: &'a [u8], out: &mut Vec<Result<AccessEvent<'a>, DecodeError>>) {
+        let first = out.len();
+        self.decode_unchecked(record, out);
+        for item in &mut out[first..] {
+            if let Ok(event) = item
+                && event.key_id.len() > MAX_KEY_ID_BYTES
+            {
+                *item = Err(DecodeError::KeyTooLong {
+                    length: event.key_id.len(),
+                    limit: MAX_KEY_ID_BYTES,
+                });
+            }
+        }
+    }
+
+    fn decode_unchecked<'a>(&self, record: &'a [u8], out: &mut Vec<Result<AccessEvent<'a>, DecodeError>>) {
         let wants_cloudtrail = match self.format {
             Format::Cloudtrail | Format::Auto if cloudtrail::is_records_document(record) => {
                 cloudtrail::decode_records_document(record, self.max_record_bytes, out);
@@ -409,6 +433,27 @@ mod tests {
                 .iter()
                 .all(|r| matches!(r, Err(DecodeError::Oversized { .. })))
         );
+    }
+
+    #[test]
+    fn key_ids_over_the_limit_are_rejected_as_key_too_long() {
+        let long_key = "k".repeat(MAX_KEY_ID_BYTES + 1);
+        let record = CANONICAL.replace(r#""key_id":"k1""#, &format!(r#""key_id":"{long_key}""#));
+        assert!(record.contains(&long_key), "the fixture's key is k1");
+        let decoded = decoder(Format::Canonical).decode_to_vec(record.as_bytes());
+        assert_eq!(
+            decoded,
+            vec![Err(DecodeError::KeyTooLong {
+                length: MAX_KEY_ID_BYTES + 1,
+                limit: MAX_KEY_ID_BYTES
+            })]
+        );
+        assert_eq!(decoded[0].as_ref().unwrap_err().kind(), "key_too_long");
+        let longest = CANONICAL.replace(
+            r#""key_id":"k1""#,
+            &format!(r#""key_id":"{}""#, "k".repeat(MAX_KEY_ID_BYTES)),
+        );
+        assert!(decoder(Format::Canonical).decode_to_vec(longest.as_bytes())[0].is_ok());
     }
 
     #[test]

@@ -83,7 +83,13 @@ pub const CHECKS: &[Check] = &[
 
 /// Runs every check of `phase` on one event, in [`CHECKS`] order.
 pub fn judge(phase: Phase, state: &KeyState, event: &ResolvedEvent, ctx: &Context, out: &mut Vec<Finding>) {
+    // A 401 says only that someone holds the key id: it feeds the
+    // auth-failure view and nothing that judges where or how the key is used.
+    let unauthenticated = crate::baseline::is_unauthenticated(event);
     for check in CHECKS.iter().filter(|check| check.phase == phase) {
+        if unauthenticated && !check.detectors.contains(&Detector::AuthFailureSpike) {
+            continue;
+        }
         let first_new = out.len();
         (check.judge)(state, event, ctx, out);
         debug_assert!(

@@ -17,12 +17,14 @@ use crate::event::format_ts;
 /// Judged before the event is absorbed.
 pub fn check_dormant(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out: &mut Vec<Finding>) {
     let rate_model = &ctx.model.rate;
-    let silence_ms = event.ts_ms - state.last_ts;
-    if state.events == 0 || silence_ms < rate_model.dormant_after.as_millis() as i64 {
+    // A key back from eviction is judged on the use it had before.
+    let history = state.use_history();
+    let silence_ms = event.ts_ms - history.last_ts;
+    if history.events == 0 || silence_ms < rate_model.dormant_after.as_millis() as i64 {
         return;
     }
-    if state.events < rate_model.dormant.min_events
-        || state.last_ts - state.first_ts < rate_model.dormant.min_age.as_millis() as i64
+    if history.events < rate_model.dormant.min_events
+        || history.last_ts - history.first_ts < rate_model.dormant.min_age.as_millis() as i64
     {
         return;
     }
@@ -31,7 +33,7 @@ pub fn check_dormant(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out
         detector: Detector::DormantKey,
         severity: Severity::Medium,
         score: (1.0 - rate_model.dormant_after.as_millis() as f64 / silence_ms as f64 / 2.0).clamp(0.5, 0.99),
-        window_start_ms: state.last_ts,
+        window_start_ms: history.last_ts,
         subject: String::new(),
         summary: format!(
             "key silent for {days:.0} days used again from {} ({}), calling {}",
@@ -42,9 +44,9 @@ pub fn check_dormant(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out
         evidence: json!({
             "observed": {"ip": event.ip.to_string(), "country": event.geo.country.as_str(), "asn": event.geo.asn, "endpoint": event.endpoint},
             "baseline": {
-                "last_use": format_ts(state.last_ts),
-                "first_use": format_ts(state.first_ts),
-                "events_before": state.events,
+                "last_use": format_ts(history.last_ts),
+                "first_use": format_ts(history.first_ts),
+                "events_before": history.events,
                 "silence_days": (days * 10.0).round() / 10.0,
                 "dormant_after_days": rate_model.dormant_after.as_secs() / 86_400,
             },

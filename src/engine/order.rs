@@ -54,6 +54,21 @@ impl HeldText {
     fn hash_of(&self, id: u32) -> u64 {
         self.hashes[id as usize]
     }
+
+    /// Strings held.
+    pub(crate) fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Forgets every string: only when no held row refers to one.
+    pub(crate) fn clear(&mut self) {
+        *self = HeldText::default();
+    }
+
+    /// Forgets the engine's ids (after the engine renumbered its table).
+    pub(crate) fn forget_engine_ids(&mut self) {
+        self.engine_ids.fill(u32::MAX);
+    }
 }
 
 /// One held event, resolved only as far as ordering and judging need.
@@ -67,8 +82,6 @@ pub(crate) struct Row {
     pub bytes_out: u64,
     /// Fixed hash of method, endpoint template and client family.
     pub text_hash: u64,
-    /// The key's state index (not part of the order).
-    pub key_index: u32,
     /// [`HeldText`] ids of method, endpoint template and client family.
     pub method: u32,
     pub endpoint: u32,
@@ -322,7 +335,6 @@ mod tests {
             status: 200,
             bytes_out: 0,
             text_hash: 0,
-            key_index: 0,
             method: 0,
             endpoint: 0,
             client: 0,

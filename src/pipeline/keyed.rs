@@ -233,10 +233,27 @@ impl Stage for KeyedStage {
                     generation,
                     snapshot,
                     ..
-                }) => {
-                    engine.restore(snapshot);
-                    (Some(next_offset), Some(generation))
-                }
+                }) => match engine.check_snapshot(&snapshot) {
+                    Ok(()) => {
+                        engine.restore(snapshot);
+                        (Some(next_offset), Some(generation))
+                    }
+                    Err(error) => {
+                        // Empty state for this partition alone, rebuilt from
+                        // the input; the committed offset still keeps its
+                        // outputs from being produced twice. The next
+                        // checkpoint continues the generations, so it does
+                        // not overwrite the refused one's slot.
+                        tracing::error!(
+                            partition = %partition.id,
+                            reason = error.reason(),
+                            %error,
+                            "checkpoint refused; starting the partition with empty state"
+                        );
+                        metrics::counter!("keywatch_restore_fallbacks_total", "reason" => error.reason()).increment(1);
+                        (None, Some(generation))
+                    }
+                },
                 None => (None, None),
             };
             tracing::info!(
@@ -309,6 +326,7 @@ impl Stage for KeyedStage {
                     partition: id.clone(),
                     next_offset,
                     generation,
+                    group_generation: None,
                     snapshot: state.engine.snapshot(),
                 },
             )?;
@@ -336,7 +354,6 @@ mod tests {
     use super::*;
     use crate::decode::Format;
     use crate::detect::testkit::{DAY, ENDPOINTS, HOUR, T0, event, geo, history, ip};
-    use crate::engine::EngineSnapshot;
     use crate::pipeline::partitions::OwnedPartition;
 
     const KEY: &str = "AKIAKEYEDSTAGE000001";
@@ -396,7 +413,8 @@ mod tests {
                 partition: id(),
                 next_offset,
                 generation: 3,
-                snapshot: EngineSnapshot::default(),
+                group_generation: None,
+                snapshot: Engine::new(Arc::new(Model::default_model()), geo()).snapshot(),
             }),
             committed,
         }]);
@@ -501,5 +519,34 @@ mod tests {
         stage.revoked(&[id()]);
         assert_eq!(stage.partitions.iter().count(), 0);
         assert!(stage.offsets_to_commit().is_empty());
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_model_starts_the_partition_empty_instead_of_failing() {
+        let mut stage = stage();
+        let mut snapshot = Engine::new(Arc::new(Model::default_model()), geo()).snapshot();
+        snapshot.model = "retired-model@0".into();
+        stage.assigned(vec![AssignedPartition {
+            id: id(),
+            checkpoint: Some(Checkpoint {
+                partition: id(),
+                next_offset: 5,
+                generation: 3,
+                group_generation: None,
+                snapshot,
+            }),
+            committed: Some(5),
+        }]);
+        let owned = owned(&stage);
+        assert_eq!(owned.next_offset, None, "rebuilt from the start of the input");
+        assert_eq!(
+            owned.state.generation,
+            Some(3),
+            "the next checkpoint takes the other slot"
+        );
+        assert_eq!(
+            owned.state.replay_below, 5,
+            "outputs already delivered are not produced twice"
+        );
     }
 }

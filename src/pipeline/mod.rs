@@ -511,7 +511,7 @@ pub fn export_snapshot(kafka: &KafkaConfig, path: &Path) -> Result<usize, Pipeli
         })?;
         partitions.extend((0..count).map(|partition| PartitionId::new(&topic, partition)));
     }
-    let checkpoints = read_checkpoints(kafka, &partitions)?;
+    let checkpoints = read_checkpoints(kafka, &partitions)?.checkpoints;
     let snapshots: SnapshotFile = checkpoints
         .into_iter()
         .map(|(id, checkpoint)| {

@@ -725,6 +725,7 @@ mod tests {
             partition: PartitionId::new("access", 6),
             next_offset: 10,
             generation: 0,
+            group_generation: None,
             snapshot: crate::engine::EngineSnapshot::default(),
         };
         let mut outbox = Outbox::default();

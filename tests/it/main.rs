@@ -14,9 +14,9 @@
 
 mod check_config;
 mod decode;
-mod event_time;
 mod demo;
 mod detection_quality;
+mod event_time;
 mod faults;
 mod generate_eval;
 mod geoip;

@@ -289,13 +289,17 @@ fn restore_partitions(
     ids: &[PartitionId],
 ) -> Result<Vec<AssignedPartition>, KafkaSourceError> {
     let started = Instant::now();
-    let mut checkpoints = match restore {
-        RestoreFrom::Nothing => BTreeMap::new(),
+    let restored = match restore {
+        RestoreFrom::Nothing => Default::default(),
         RestoreFrom::Changelog(kafka) => read_checkpoints(kafka, ids).map_err(|source| KafkaSourceError::Restore {
             partitions: describe(ids),
             source: Box::new(source),
         })?,
     };
+    let crate::checkpoint::Restored {
+        mut checkpoints,
+        fallbacks,
+    } = restored;
     let committed: HashMap<(String, i32), Offset> =
         match consumer.committed_offsets(partitions.clone(), METADATA_TIMEOUT) {
             Ok(list) => list.to_topic_map(),
@@ -316,6 +320,27 @@ fn restore_partitions(
             },
         })
         .collect();
+    if let RestoreFrom::Changelog(kafka) = restore
+        && !kafka.allow_missing_checkpoint
+    {
+        // Committed offsets say state was built; without any checkpoint
+        // (not even an unusable one) it would silently start empty.
+        let missing: Vec<&AssignedPartition> = assigned
+            .iter()
+            .filter(|partition| {
+                partition.checkpoint.is_none()
+                    && partition.committed.is_some()
+                    && !fallbacks.contains_key(&partition.id)
+            })
+            .collect();
+        if !missing.is_empty() {
+            let names: Vec<String> = missing.iter().map(|partition| partition.id.to_string()).collect();
+            return Err(KafkaSourceError::MissingCheckpoint {
+                partitions: names.join(", "),
+                changelog: kafka.changelog_topic.clone(),
+            });
+        }
+    }
     let elapsed = started.elapsed();
     let source = match restore {
         RestoreFrom::Nothing => "none",

@@ -33,6 +33,10 @@ pub enum KafkaSourceError {
         partitions: String,
         source: Box<KafkaSourceError>,
     },
+    #[error(
+        "partitions {partitions} have committed offsets but no checkpoint in changelog topic {changelog}: their state would silently start empty; restore the changelog, or set kafka.allow_missing_checkpoint = true to rebuild from the input"
+    )]
+    MissingCheckpoint { partitions: String, changelog: String },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error("cannot commit offsets: {0}")]

@@ -1,7 +1,7 @@
 //! Reading ranges of topics without joining a group: the changelog when
 //! partitions are assigned, the keyed topics for replay.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
@@ -11,7 +11,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::{KafkaSourceError, METADATA_TIMEOUT, POLL_INTERVAL};
-use crate::checkpoint::{Checkpoint, CheckpointAssembler, PartitionId};
+use crate::checkpoint::{CheckpointAssembler, PartitionId, Restored};
 use crate::config::KafkaConfig;
 
 /// Context of range consumers: end-of-partition events are how they know
@@ -220,19 +220,20 @@ where
     result
 }
 
-/// Reads the newest checkpoint of each partition from the changelog topic.
-pub fn read_checkpoints(
-    kafka: &KafkaConfig,
-    partitions: &[PartitionId],
-) -> Result<BTreeMap<PartitionId, Checkpoint>, KafkaSourceError> {
+/// Reads the newest usable checkpoint of each partition from the changelog
+/// topic. A partition whose checkpoints cannot be used falls back (to the
+/// previous generation, else to empty state) with an error log line and a
+/// count in `keywatch_restore_fallbacks_total{reason}`; it never fails the
+/// other partitions of the assignment.
+pub fn read_checkpoints(kafka: &KafkaConfig, partitions: &[PartitionId]) -> Result<Restored, KafkaSourceError> {
     if partitions.is_empty() {
-        return Ok(BTreeMap::new());
+        return Ok(Restored::default());
     }
     let consumer = range_consumer(kafka, "restore")?;
     let topic = &kafka.changelog_topic;
     let Some(changelog_partitions) = partition_count(&consumer, topic)? else {
         tracing::warn!(topic = %topic, "changelog topic does not exist; starting without checkpoints");
-        return Ok(BTreeMap::new());
+        return Ok(Restored::default());
     };
     let mut wanted: Vec<i32> = partitions
         .iter()
@@ -264,5 +265,15 @@ pub fn read_checkpoints(
         }
         Ok(())
     })?;
-    Ok(assembler.finish()?)
+    let restored = assembler.finish();
+    for (partition, fallback) in &restored.fallbacks {
+        tracing::error!(
+            partition = %partition,
+            reason = fallback.reason,
+            detail = %fallback.detail,
+            "checkpoint unusable; restoring from a fallback"
+        );
+        metrics::counter!("keywatch_restore_fallbacks_total", "reason" => fallback.reason).increment(1);
+    }
+    Ok(restored)
 }
