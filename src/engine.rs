@@ -38,8 +38,11 @@ use crate::event::{AccessEvent, key_fingerprint, key_hint};
 use crate::fleet::spray::fingerprint_bits;
 use crate::fleet::{Across, AcrossSnapshot, Hint};
 use crate::model::Model;
-pub use order::{EventTimeSnapshot, HeldEvent};
 use order::{Arrival, EventTime, HeldText, Row};
+pub use order::{EventTimeSnapshot, HeldEvent};
+/// Quarantined events kept for [`Engine::take_quarantined`] at most;
+/// beyond, they are counted only.
+const MAX_QUARANTINED_KEPT: usize = 4096;
 /// Snapshot layout version.
 const SNAPSHOT_VERSION: u32 = 1;
 
@@ -130,7 +133,6 @@ impl Interner {
         (id, true)
     }
 }
-
 
 /// The engine.
 pub struct Engine {
@@ -305,6 +307,11 @@ impl Engine {
 
     fn quarantine(&mut self, row: Row) {
         self.stats.future_events += 1;
+        // A driver that never takes them (the Kafka stages count them
+        // only) must not grow this without bound.
+        if self.quarantined.len() >= MAX_QUARANTINED_KEPT {
+            return;
+        }
         self.quarantined.push(Quarantined {
             origin: row.origin,
             ts: crate::event::format_ts(row.ts_ms),
@@ -922,7 +929,13 @@ mod tests {
         use crate::detect::testkit::*;
         let mut events = workload();
         let twist = T0 + 5 * DAY + 9 * HOUR;
-        let poisoned = event(4_070_908_800_000, "AKIAWORKLOAD00000000", ip("london", 1), "/v1/orders", 200);
+        let poisoned = event(
+            4_070_908_800_000,
+            "AKIAWORKLOAD00000000",
+            ip("london", 1),
+            "/v1/orders",
+            200,
+        );
         let at = events.iter().position(|event| event.ts_ms >= T0 + 3 * DAY).unwrap_or(0);
         events.insert(at, poisoned);
         let mut engine = crate::detect::testkit::new_engine();
@@ -957,9 +970,25 @@ mod tests {
             &mut out,
         );
         let far = start + 3 * DAY;
-        engine.process(&[event(far, "AKIACLOCK00000000001", ip("london", 1), "/v1/orders", 200)], &mut out);
-        assert_eq!(engine.time.clock_ms, Some(start + 1000), "one key alone is not believed");
-        engine.process(&[event(far + 5000, "AKIACLOCK00000000002", ip("london", 2), "/v1/orders", 200)], &mut out);
+        engine.process(
+            &[event(far, "AKIACLOCK00000000001", ip("london", 1), "/v1/orders", 200)],
+            &mut out,
+        );
+        assert_eq!(
+            engine.time.clock_ms,
+            Some(start + 1000),
+            "one key alone is not believed"
+        );
+        engine.process(
+            &[event(
+                far + 5000,
+                "AKIACLOCK00000000002",
+                ip("london", 2),
+                "/v1/orders",
+                200,
+            )],
+            &mut out,
+        );
         assert_eq!(engine.time.clock_ms, Some(far + 5000), "a second key confirms the jump");
         assert_eq!(engine.stats().events, 2, "the events before the jump were judged");
     }

@@ -639,10 +639,16 @@ impl Model {
             return Err(invalid("time.max_ahead", "must be longer than time.max_out_of_order"));
         }
         if time.max_out_of_order > Duration::from_secs(86_400) {
-            return Err(invalid("time.max_out_of_order", "must be at most a day (events wait this long)"));
+            return Err(invalid(
+                "time.max_out_of_order",
+                "must be at most a day (events wait this long)",
+            ));
         }
         if time.confirm_after == 0 || time.max_ahead_held == 0 {
-            return Err(invalid("time.confirm_after", "and time.max_ahead_held must be at least 1"));
+            return Err(invalid(
+                "time.confirm_after",
+                "and time.max_ahead_held must be at least 1",
+            ));
         }
         let across = &self.across_keys;
         if across.spray_min_keys < 2 || across.spray_min_keys > across.spray_max_keys || across.spray_max_keys > 500 {

@@ -53,9 +53,27 @@ pub fn replay_files(
     };
     let batch_size = batch_size.max(1);
     if inputs.len() == 1 {
-        run.one_input(&inputs[0], decoder, engine, batch_size, outputs, progress, stop, &mut summary)?;
+        run.one_input(
+            &inputs[0],
+            decoder,
+            engine,
+            batch_size,
+            outputs,
+            progress,
+            stop,
+            &mut summary,
+        )?;
     } else {
-        run.merged(inputs, decoder, engine, batch_size, outputs, progress, stop, &mut summary)?;
+        run.merged(
+            inputs,
+            decoder,
+            engine,
+            batch_size,
+            outputs,
+            progress,
+            stop,
+            &mut summary,
+        )?;
     }
     summary.interrupted = stop.load(Ordering::Relaxed);
     // The input is over: held events are judged, the view across keys
@@ -83,7 +101,12 @@ struct Run {
 
 impl Run {
     /// Writes what the engine emitted and quarantined.
-    fn write(&mut self, engine: &mut Engine, counts: &mut Counts, outputs: &mut OutputFiles) -> Result<(), ReplayError> {
+    fn write(
+        &mut self,
+        engine: &mut Engine,
+        counts: &mut Counts,
+        outputs: &mut OutputFiles,
+    ) -> Result<(), ReplayError> {
         for output in &self.emitted {
             counts.count_output(output);
             outputs.write_output(output)?;

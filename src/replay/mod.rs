@@ -203,29 +203,26 @@ fn stop_on_sigint() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("sigint".into())
-        .spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+    let spawned = std::thread::Builder::new().name("sigint".into()).spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let _ = ready_tx.send(());
+            return;
+        };
+        runtime.block_on(async move {
+            let Ok(mut interrupts) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) else {
                 let _ = ready_tx.send(());
                 return;
             };
-            runtime.block_on(async move {
-                let Ok(mut interrupts) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-                else {
-                    let _ = ready_tx.send(());
-                    return;
-                };
-                let _ = ready_tx.send(());
-                if interrupts.recv().await.is_some() {
-                    flag.store(true, Ordering::Relaxed);
-                    eprintln!("keywatch: interrupted, finishing held events and flushing outputs (SIGINT again aborts)");
-                }
-                if interrupts.recv().await.is_some() {
-                    std::process::exit(130);
-                }
-            });
+            let _ = ready_tx.send(());
+            if interrupts.recv().await.is_some() {
+                flag.store(true, Ordering::Relaxed);
+                eprintln!("keywatch: interrupted, finishing held events and flushing outputs (SIGINT again aborts)");
+            }
+            if interrupts.recv().await.is_some() {
+                std::process::exit(130);
+            }
         });
+    });
     if spawned.is_ok() {
         // The handler is in place before the first record is read.
         let _ = ready_rx.recv_timeout(std::time::Duration::from_secs(5));

@@ -36,7 +36,9 @@ fn replay_command(inputs: &[PathBuf], geo_dir: &Path, out: &Path, extra: &[&str]
 }
 
 fn replay(inputs: &[PathBuf], geo_dir: &Path, out: &Path) -> Output {
-    let output = replay_command(inputs, geo_dir, out, &[]).output().expect("keywatch runs");
+    let output = replay_command(inputs, geo_dir, out, &[])
+        .output()
+        .expect("keywatch runs");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     output
 }
@@ -237,7 +239,10 @@ fn sigint_stops_a_replay_with_whole_outputs_and_a_summary_that_says_so() {
     assert!(stderr.contains("interrupted"), "{stderr}");
     let summary = summary(&out);
     assert_eq!(summary["interrupted"], true, "{summary}");
-    let total = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap().lines().count() as u64;
+    let total = std::fs::read_to_string(dir.path().join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .count() as u64;
     assert!(summary["records"].as_u64().unwrap() < total, "it stopped early");
     for name in OUTPUTS.iter().chain(&["rejected.jsonl"]) {
         let text = String::from_utf8(read(&out.join(name))).unwrap();

@@ -12,9 +12,9 @@
 
 mod check_config;
 mod decode;
-mod event_time;
 mod demo;
 mod detection_quality;
+mod event_time;
 mod generate_eval;
 mod geoip;
 mod kafka_compose;
