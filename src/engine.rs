@@ -248,8 +248,17 @@ impl Engine {
         match arrival {
             Arrival::Late => {
                 self.time.ahead_run = 0;
-                self.stats.late_events += 1;
-                self.judge(row, true, out);
+                // Behind the input's watermark but not behind its own key's
+                // judged events (its key's events came through a lagging
+                // upstream partition, in order): judged now, in its key's
+                // order, since every per-key decision reads only the key's
+                // own sequence. Only older than its key's newest is late.
+                let state = &self.keys[row.key_index as usize];
+                let late = state.events > 0 && row.ts_ms < state.last_ts;
+                if late {
+                    self.stats.late_events += 1;
+                }
+                self.judge(row, late, out);
             }
             Arrival::InOrder => {
                 self.time.ahead_run = 0;
@@ -901,10 +910,13 @@ mod tests {
         events.extend(history(other, "dublin", 5, 6, ENDPOINTS));
         events.sort_by_key(|event| event.ts_ms);
         let last = events.last().map_or(T0, |event| event.ts_ms);
-        // A Sydney use shipped 20 minutes late, behind the other key's calls.
+        // A Sydney use shipped late, behind the other key's calls and its
+        // own key's later call.
         for minute in 1..=30 {
             events.push(event(last + minute * 60_000, other, ip("dublin", 1), "/v1/orders", 200));
         }
+        // The key's own later call from London came through on time.
+        events.push(event(last + 20 * 60_000, key, ip("london", 1), "/v1/orders", 200));
         events.push(event(last + 60_000, key, ip("sydney", 1), "/v1/orders", 200));
         let mut engine = new_engine();
         let mut out = Vec::new();
