@@ -14,7 +14,7 @@
 //! Events are judged in event-time order, not arrival order: each waits in
 //! a reorder buffer ([`order`]) until the input's clock is
 //! `time.max_out_of_order` past it, and leaves in an order fixed by its
-//! content. An event older than one already judged is late: counted, and
+//! content. An event older than its key's newest judged one is late: counted, and
 //! judged without travel checks. An event far ahead of the clock waits
 //! apart until other keys confirm the jump, or is quarantined.
 
@@ -54,7 +54,7 @@ pub struct EngineStats {
     pub suppressed: u64,
     pub revocations: u64,
     /// Events that arrived after the input's watermark had passed them
-    /// (older than an event already judged): judged at their key's newest
+    /// and were older than their key's newest judged event: judged at its
     /// time, without travel checks, and without moving the key's places.
     pub late_events: u64,
     /// Low findings folded into daily digests.

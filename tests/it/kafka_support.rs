@@ -114,7 +114,11 @@ pub fn travel_scenario(keys: usize, events_per_day: i64, malformed_every: usize)
         // past the reorder bound, so the twists are judged live too.
         let closing = T0_MS + 2 * DAY_MS + 17 * HOUR_MS + 50 * 60_000 + offset;
         let place = if index % 2 == 1 { "sydney" } else { "london" };
-        by_time.push((closing, index, canonical(closing, &key, &ip(place, 20), "/v1/orders", 200)));
+        by_time.push((
+            closing,
+            index,
+            canonical(closing, &key, &ip(place, 20), "/v1/orders", 200),
+        ));
     }
     by_time.sort_by_key(|(ts, index, _)| (*ts, *index));
     let junk = [
