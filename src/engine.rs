@@ -14,7 +14,7 @@
 //! Events are judged in event-time order, not arrival order: each waits in
 //! a reorder buffer ([`order`]) until the input's clock is
 //! `time.max_out_of_order` past it, and leaves in an order fixed by its
-//! content. An event older than one already judged is late: counted, and
+//! content. An event older than its key's newest judged one is late: counted, and
 //! judged without travel checks. An event far ahead of the clock waits
 //! apart until other keys confirm the jump, or is quarantined.
 
@@ -54,6 +54,9 @@ const INDEXED_KEY_ID_BYTES: usize = 128;
 const LIGHT: u32 = 1 << 31;
 /// Event time of a day: eviction runs once per day of the engine's clock.
 const DAY_MS: i64 = 86_400_000;
+/// Quarantined events kept for [`Engine::take_quarantined`] at most;
+/// beyond, they are counted only.
+const MAX_QUARANTINED_KEPT: usize = 4096;
 
 /// Counters of what the engine has seen.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -63,7 +66,7 @@ pub struct EngineStats {
     pub suppressed: u64,
     pub revocations: u64,
     /// Events that arrived after the input's watermark had passed them
-    /// (older than an event already judged): judged at their key's newest
+    /// and were older than their key's newest judged event: judged at its
     /// time, without travel checks, and without moving the key's places.
     pub late_events: u64,
     /// Low findings folded into daily digests.
@@ -371,8 +374,18 @@ impl Engine {
         match arrival {
             Arrival::Late => {
                 self.time.ahead_run = 0;
-                self.stats.late_events += 1;
-                self.judge(row, true, out);
+                // Behind the input's watermark but not behind its own key's
+                // judged events (its key's events came through a lagging
+                // upstream partition, in order): judged now, in its key's
+                // order, since every per-key decision reads only the key's
+                // own sequence. Only older than its key's newest is late.
+                let late = self
+                    .key_last_use(row.key_bits)
+                    .is_some_and(|(events, last_ts)| events > 0 && row.ts_ms < last_ts);
+                if late {
+                    self.stats.late_events += 1;
+                }
+                self.judge(row, late, out);
             }
             Arrival::InOrder => {
                 self.time.ahead_run = 0;
@@ -446,6 +459,11 @@ impl Engine {
 
     fn quarantine(&mut self, row: Row) {
         self.stats.future_events += 1;
+        // A driver that never takes them (the Kafka stages count them
+        // only) must not grow this without bound.
+        if self.quarantined.len() >= MAX_QUARANTINED_KEPT {
+            return;
+        }
         self.quarantined.push(Quarantined {
             origin: row.origin,
             ts: crate::event::format_ts(row.ts_ms),
@@ -712,6 +730,19 @@ impl Engine {
         match self.by_fingerprint.get(&bits).copied()? {
             index if index & LIGHT == 0 => Some(index as usize),
             light_index => Some(self.lend_light(light_index & !LIGHT) as usize),
+        }
+    }
+
+    /// A key's event count and newest event time (full or light state).
+    fn key_last_use(&self, bits: u128) -> Option<(u64, i64)> {
+        match self.by_fingerprint.get(&bits).copied()? {
+            index if index & LIGHT == 0 => {
+                let state = &self.keys[index as usize];
+                Some((state.events, state.last_ts))
+            }
+            light_index => self.light[(light_index & !LIGHT) as usize]
+                .as_ref()
+                .map(|record| (record.events, record.last_ts)),
         }
     }
 
@@ -1778,10 +1809,13 @@ mod tests {
         events.extend(history(other, "dublin", 5, 6, ENDPOINTS));
         events.sort_by_key(|event| event.ts_ms);
         let last = events.last().map_or(T0, |event| event.ts_ms);
-        // A Sydney use shipped 20 minutes late, behind the other key's calls.
+        // A Sydney use shipped late, behind the other key's calls and its
+        // own key's later call.
         for minute in 1..=30 {
             events.push(event(last + minute * 60_000, other, ip("dublin", 1), "/v1/orders", 200));
         }
+        // The key's own later call from London came through on time.
+        events.push(event(last + 20 * 60_000, key, ip("london", 1), "/v1/orders", 200));
         events.push(event(last + 60_000, key, ip("sydney", 1), "/v1/orders", 200));
         let mut engine = new_engine();
         let mut out = Vec::new();

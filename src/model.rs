@@ -72,8 +72,8 @@ pub struct Model {
 /// Event time of one input (a file replay, one Kafka partition). Events are
 /// held until the input's clock (its newest accepted event time) is
 /// `max_out_of_order` past them, then judged in event-time order; an event
-/// older than what was already judged is late: counted and judged without
-/// travel checks. An event more than `max_ahead` past the clock is held
+/// older than its key's newest judged event is late: counted and judged
+/// without travel checks. An event more than `max_ahead` past the clock is held
 /// apart: it moves the clock only when confirmed, by events of two distinct
 /// keys (one, when the input has only seen one key) within `max_ahead` of
 /// each other, or by `confirm_after` arrivals in a row all that far ahead

@@ -134,7 +134,8 @@ pub(crate) fn text_hash(text: &[&HeldText; 3], ids: [u32; 3]) -> u64 {
 /// Where an arriving event goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Arrival {
-    /// Older than an event already judged: judge it now, as late.
+    /// Behind the watermark (older than an event already judged): judge it
+    /// now, as late when it is also older than its key's newest.
     Late,
     /// Too far ahead of the clock: hold it apart.
     Ahead,

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -141,7 +141,7 @@ impl Run {
     #[allow(clippy::too_many_arguments)]
     fn one_input(
         &mut self,
-        input: &PathBuf,
+        input: &Path,
         decoder: &Decoder,
         engine: &mut Engine,
         batch_size: usize,

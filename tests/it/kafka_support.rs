@@ -110,6 +110,15 @@ pub fn travel_scenario(keys: usize, events_per_day: i64, malformed_every: usize)
                 by_time.push((ts, index, canonical(ts, &key, &ip("sydney", 20), "/v1/orders", 200)));
             }
         }
+        // A last call half an hour later moves every partition's event time
+        // past the reorder bound, so the twists are judged live too.
+        let closing = T0_MS + 2 * DAY_MS + 17 * HOUR_MS + 50 * 60_000 + offset;
+        let place = if index % 2 == 1 { "sydney" } else { "london" };
+        by_time.push((
+            closing,
+            index,
+            canonical(closing, &key, &ip(place, 20), "/v1/orders", 200),
+        ));
     }
     by_time.sort_by_key(|(ts, index, _)| (*ts, *index));
     let junk = [
