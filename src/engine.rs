@@ -25,7 +25,7 @@ use crate::detector::Phase;
 use crate::enrich::client::client_family;
 use crate::enrich::endpoint::{SensitiveMatcher, normalize_endpoint};
 use crate::enrich::{GeoCache, GeoInfo, GeoIp, NetworkKinds, ResolvedEvent};
-use crate::event::{AccessEvent, key_fingerprint, key_hint};
+use crate::event::{AccessEvent, Fingerprinter, key_hint};
 use crate::fleet::spray::fingerprint_bits;
 use crate::fleet::{Across, AcrossSnapshot, Hint};
 use crate::model::Model;
@@ -136,6 +136,8 @@ pub struct Engine {
     stats: EngineStats,
     scratch_path: String,
     findings: Vec<Finding>,
+    /// How key ids become fingerprints (see [`Engine::with_fingerprinter`]).
+    fingerprinter: Fingerprinter,
 }
 
 impl Engine {
@@ -160,7 +162,15 @@ impl Engine {
             stats: EngineStats::default(),
             scratch_path: String::new(),
             findings: Vec::new(),
+            fingerprinter: Fingerprinter::unkeyed(),
         }
+    }
+
+    /// Fingerprints keys with `fingerprinter` (unkeyed by default). Set it
+    /// before the first event: a key's fingerprint is computed once.
+    pub fn with_fingerprinter(mut self, fingerprinter: Fingerprinter) -> Engine {
+        self.fingerprinter = fingerprinter;
+        self
     }
 
     /// Processes one micro-batch in order and appends outputs to `out`.
@@ -269,7 +279,7 @@ impl Engine {
         if let Some(index) = self.key_index.get(key_id) {
             return *index;
         }
-        let fingerprint = key_fingerprint(key_id);
+        let fingerprint = self.fingerprinter.fingerprint(key_id);
         let index = match self.by_fingerprint.get(&fingerprint) {
             Some(index) => *index,
             None => {

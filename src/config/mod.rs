@@ -39,6 +39,33 @@ pub struct Config {
     pub model: Option<PathBuf>,
     #[serde(default)]
     pub kafka: Option<KafkaConfig>,
+    /// How key ids become fingerprints in every output.
+    #[serde(default)]
+    pub fingerprint: FingerprintConfig,
+}
+
+/// The fingerprint secret (see [`crate::event::Fingerprinter`] for the
+/// exact computation a revocation service repeats). Without `secret_file`
+/// and without `unkeyed`, the secret is read from the environment variable
+/// `KEYWATCH_FINGERPRINT_KEY`; when that is unset too, fingerprints are
+/// unkeyed and a warning says so at start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FingerprintConfig {
+    /// File holding the HMAC-SHA-256 secret shared with the revocation
+    /// service (at least 16 bytes; a trailing line end is ignored). Keep it
+    /// readable by keywatch's user only.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Fingerprint with plain SHA-256 of the key id, on purpose: for tests,
+    /// the demo and generated data. Anyone holding a candidate key id can
+    /// confirm it against an unkeyed fingerprint, so never in production.
+    #[serde(default)]
+    pub unkeyed: bool,
+    /// What [`crate::setup::Setup::load`] resolved from the fields above, the
+    /// command line and the environment; unkeyed until then.
+    #[serde(skip)]
+    pub resolved: crate::event::Fingerprinter,
 }
 
 /// How input records are read.
@@ -166,6 +193,9 @@ impl Config {
         if let Some(path) = self.model.as_mut() {
             resolve(path);
         }
+        if let Some(path) = self.fingerprint.secret_file.as_mut() {
+            resolve(path);
+        }
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
@@ -182,6 +212,12 @@ impl Config {
         }
         if self.input.format == Format::Mapped && self.input.mapping.is_none() {
             return Err(invalid("input.mapping", "format `mapped` needs a mapping".into()));
+        }
+        if self.fingerprint.unkeyed && self.fingerprint.secret_file.is_some() {
+            return Err(invalid(
+                "fingerprint.unkeyed",
+                "cannot be combined with fingerprint.secret_file".into(),
+            ));
         }
         if let Some(kafka) = &self.kafka {
             kafka

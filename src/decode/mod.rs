@@ -23,7 +23,8 @@ use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAcces
 
 use crate::event::AccessEvent;
 
-pub use cloudtrail::is_records_document;
+pub use canonical::canonical_key_id;
+pub use cloudtrail::{SERVICE_SOURCE_IP, is_records_document, is_service_principal};
 pub use mapping::{FieldMapping, TsFormat};
 
 /// Why one record could not become an event.
@@ -186,6 +187,20 @@ impl Decoder {
                 index: several_events.then_some(index as u32),
             }),
         })
+    }
+
+    /// The names of the fields that may hold a key id in this decoder's
+    /// records, whose values are masked in rejected excerpts: the mapped
+    /// key field (its last path step, and the whole path for flat records),
+    /// and always the canonical `key_id` and CloudTrail's `accessKeyId`,
+    /// since `auto` may read either.
+    pub fn key_field_names(&self) -> [&str; 4] {
+        let mapped = match (&self.format, &self.mapping) {
+            (Format::Mapped, Some(mapping)) => mapping.key_id.as_str(),
+            _ => "key_id",
+        };
+        let leaf = mapped.rsplit('.').next().unwrap_or(mapped);
+        [leaf, mapped, "key_id", "accessKeyId"]
     }
 
     /// Convenience for tests and tools: decodes one record into a new vector.
@@ -450,6 +465,19 @@ mod tests {
             ),
             "{items:?}"
         );
+    }
+
+    #[test]
+    fn key_field_names_follow_the_mapping() {
+        let mapping = FieldMapping {
+            key_id: "request.headers.x-api-key".to_string(),
+            ..FieldMapping::default()
+        };
+        let mapped = Decoder::new(Format::Mapped, Some(mapping), 4096);
+        let names = mapped.key_field_names();
+        assert!(names.contains(&"x-api-key") && names.contains(&"request.headers.x-api-key"));
+        assert!(decoder(Format::Auto).key_field_names().contains(&"accessKeyId"));
+        assert!(decoder(Format::Canonical).key_field_names().contains(&"key_id"));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::model::AcrossKeysModel;
 /// Distinct addresses remembered per incident, for the evidence.
 const MAX_ADDRESSES: usize = 64;
 
-/// A key hint (`AKIA****WXYZ`) held inline, so an observation is `Copy`
+/// A key hint (`****WXYZ`) held inline, so an observation is `Copy`
 /// and the hot path does not allocate for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Hint {

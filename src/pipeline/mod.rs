@@ -246,7 +246,8 @@ impl Pipeline {
             self.output_topics(layout),
             Arc::clone(&self.progress),
         )
-        .with_source_topic(self.kafka.source_topic.clone());
+        .with_source_topic(self.kafka.source_topic.clone())
+        .with_fingerprinter(self.config.fingerprint.resolved.clone());
         let sink = self
             .sink(format!("{}-{}", self.kafka.group_id, self.kafka.instance_name()))
             .await?;

@@ -70,7 +70,12 @@ pub fn replay_files(
                                 line: span.line,
                                 index: rejection.index,
                             };
-                            outputs.write_rejected(&Rejected::new(&rejection.error, source, record))?;
+                            outputs.write_rejected(&Rejected::new(
+                                &rejection.error,
+                                source,
+                                record,
+                                &decoder.key_field_names(),
+                            ))?;
                         }
                     }
                 }
