@@ -80,10 +80,13 @@ pub struct EngineSnapshot {
     pub across: AcrossSnapshot,
 }
 
-/// Strings interned to dense ids.
+/// Strings interned to dense ids. Endpoint templates and client families
+/// come from outside, so the index's hasher is randomly seeded: crafted
+/// paths cannot collide on purpose. Ids follow first appearance in `names`;
+/// nothing reads the index in order.
 #[derive(Default)]
 struct Interner {
-    index: FxHashMap<Box<str>, u32>,
+    index: HashMap<Box<str>, u32, ahash::RandomState>,
     names: Vec<Box<str>>,
 }
 

@@ -42,6 +42,10 @@ pub enum DecodeError {
     BadTimestamp(String),
     #[error("record of {size} bytes exceeds the limit of {limit} bytes")]
     Oversized { size: usize, limit: usize },
+    /// A whole-document record (a CloudTrail `{"Records":[...]}` file or
+    /// message) over `input.max_document_bytes`: not read further.
+    #[error("document of more than {limit} bytes (at least {size} read) exceeds input.max_document_bytes")]
+    DocumentTooLarge { size: usize, limit: usize },
     /// Not an error of the input: the event carries no API key (for example a
     /// CloudTrail event made by an AWS service). Counted and skipped, not
     /// written to the rejected file.
@@ -59,6 +63,7 @@ impl DecodeError {
             DecodeError::BadIp(_) => "bad_ip",
             DecodeError::BadTimestamp(_) => "bad_timestamp",
             DecodeError::Oversized { .. } => "oversized",
+            DecodeError::DocumentTooLarge { .. } => "document_too_large",
             DecodeError::NoKey => "no_key",
         }
     }
@@ -104,7 +109,20 @@ pub struct Decoder {
     /// `{"Records":[...]}` document is a whole file rather than one record,
     /// so the limit applies to each of its events instead.
     pub max_record_bytes: usize,
+    /// A whole-document record over this many bytes is rejected whole
+    /// (`document_too_large`) before it is parsed; the file reader stops
+    /// reading such a document at this size.
+    pub max_document_bytes: usize,
+    /// Bytes of records the file reader puts in one batch, at most (a
+    /// batch also closes at its record count); a single record may exceed it.
+    pub max_batch_bytes: usize,
 }
+
+/// Default of [`Decoder::max_document_bytes`] (`input.max_document_bytes`):
+/// 256 MiB, far above a CloudTrail log file (a few MB) yet bounded.
+pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 256 << 20;
+/// Default of [`Decoder::max_batch_bytes`] (`input.max_batch_bytes`): 32 MiB.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 32 << 20;
 
 /// One item of a decoded record, in the record's order.
 #[derive(Debug, PartialEq)]
@@ -134,7 +152,16 @@ impl Decoder {
             format,
             mapping,
             max_record_bytes,
+            max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
         }
+    }
+
+    /// The same decoder with these byte budgets (see the fields).
+    pub fn with_byte_budgets(mut self, max_document_bytes: usize, max_batch_bytes: usize) -> Decoder {
+        self.max_document_bytes = max_document_bytes;
+        self.max_batch_bytes = max_batch_bytes;
+        self
     }
 
     /// Decodes one record. A record may hold several events (a CloudTrail
@@ -144,6 +171,13 @@ impl Decoder {
     pub fn decode<'a>(&self, record: &'a [u8], out: &mut Vec<Result<AccessEvent<'a>, DecodeError>>) {
         let wants_cloudtrail = match self.format {
             Format::Cloudtrail | Format::Auto if cloudtrail::is_records_document(record) => {
+                if record.len() > self.max_document_bytes {
+                    out.push(Err(DecodeError::DocumentTooLarge {
+                        size: record.len(),
+                        limit: self.max_document_bytes,
+                    }));
+                    return;
+                }
                 cloudtrail::decode_records_document(record, self.max_record_bytes, out);
                 return;
             }
@@ -422,6 +456,23 @@ mod tests {
                 .iter()
                 .all(|r| matches!(r, Err(DecodeError::Oversized { .. })))
         );
+    }
+
+    #[test]
+    fn documents_over_their_budget_are_rejected_whole() {
+        let document = format!(r#"{{"Records":[{CLOUDTRAIL},{CLOUDTRAIL}]}}"#);
+        let fits = Decoder::new(Format::Auto, None, 4096).with_byte_budgets(document.len(), 1 << 20);
+        assert_eq!(fits.decode_to_vec(document.as_bytes()).len(), 2);
+        let too_small = Decoder::new(Format::Auto, None, 4096).with_byte_budgets(document.len() - 1, 1 << 20);
+        let rejected = too_small.decode_to_vec(document.as_bytes());
+        assert_eq!(
+            rejected,
+            vec![Err(DecodeError::DocumentTooLarge {
+                size: document.len(),
+                limit: document.len() - 1
+            })]
+        );
+        assert_eq!(rejected[0].as_ref().unwrap_err().kind(), "document_too_large");
     }
 
     #[test]

@@ -219,6 +219,7 @@ impl Pipeline {
     fn driver_settings(&self) -> DriverSettings {
         DriverSettings {
             batch_max_events: self.kafka.batch_max_events,
+            batch_max_bytes: self.kafka.batch_max_bytes,
             batch_max_wait: self.kafka.batch_max_wait,
             checkpoint_interval: self.kafka.checkpoint_interval,
             exactly_once: self.kafka.exactly_once,

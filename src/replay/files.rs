@@ -31,7 +31,8 @@ pub fn replay_files(
     let mut spans = Vec::new();
     let mut emitted = Vec::new();
     for input in inputs {
-        let mut reader = RecordReader::open(input, decoder.max_record_bytes)?;
+        let mut reader = RecordReader::open(input, decoder.max_record_bytes)?
+            .with_byte_budgets(decoder.max_batch_bytes, decoder.max_document_bytes);
         let name = reader.name().to_string();
         if let Some(bar) = progress {
             bar.set_message(name.clone());
