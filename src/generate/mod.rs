@@ -490,6 +490,20 @@ mod tests {
         GenerateConfig::new(plan::minimum_keys(), MINIMUM_DAYS, 3, DEFAULT_START).unwrap()
     }
 
+    /// Labels carry the fingerprints a replay with the same secret gives,
+    /// so `eval` can match them.
+    #[test]
+    fn labels_are_fingerprinted_with_the_given_secret() {
+        let secret = b"generate-test-fingerprint-secret";
+        let keyed = crate::event::Fingerprinter::keyed(secret, "test").unwrap();
+        let generation = Generation::new(small().with_fingerprinter(keyed.clone()));
+        assert!(!generation.labels().is_empty());
+        for label in generation.labels() {
+            assert_eq!(label.key_fingerprint, keyed.fingerprint(&label.key), "{}", label.id);
+            assert_ne!(label.key_fingerprint, crate::event::key_fingerprint(&label.key));
+        }
+    }
+
     #[test]
     fn config_rejects_bad_input() {
         assert!(matches!(
