@@ -475,7 +475,8 @@ pub fn write_snapshot_file(path: &Path, snapshots: &SnapshotFile) -> Result<(), 
         detail,
     };
     let temporary = path.with_extension("json.tmp");
-    let file = std::fs::File::create(&temporary).map_err(|err| write_error(err.to_string()))?;
+    // Private: a snapshot describes every key's places and habits.
+    let file = crate::private_file::create_private(&temporary).map_err(|err| write_error(err.to_string()))?;
     let mut writer = std::io::BufWriter::new(file);
     serde_json::to_writer(&mut writer, snapshots).map_err(|err| write_error(err.to_string()))?;
     let file = writer.into_inner().map_err(|err| write_error(err.to_string()))?;

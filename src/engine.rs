@@ -35,7 +35,7 @@ use crate::detector::Phase;
 use crate::enrich::client::client_family;
 use crate::enrich::endpoint::{SensitiveMatcher, normalize_endpoint};
 use crate::enrich::{GeoCache, GeoIp, NetworkKinds, ResolvedEvent};
-use crate::event::{AccessEvent, key_fingerprint, key_hint};
+use crate::event::{AccessEvent, Fingerprinter, key_hint};
 use crate::fleet::spray::fingerprint_bits;
 use crate::fleet::{Across, AcrossSnapshot, Hint};
 use crate::model::Model;
@@ -194,10 +194,13 @@ fn fingerprint_key(fingerprint: &str) -> u128 {
     })
 }
 
-/// Strings interned to dense ids.
+/// Strings interned to dense ids. Endpoint templates and client families
+/// come from outside, so the index's hasher is randomly seeded: crafted
+/// paths cannot collide on purpose. Ids follow first appearance in `names`;
+/// nothing reads the index in order.
 #[derive(Default)]
 struct Interner {
-    index: FxHashMap<Box<str>, u32>,
+    index: HashMap<Box<str>, u32, ahash::RandomState>,
     names: Vec<Box<str>>,
 }
 
@@ -288,6 +291,8 @@ pub struct Engine {
     /// Rows moving between the pen and the buffer or the quarantine.
     scratch_rows: Vec<Row>,
     quarantined: Vec<Quarantined>,
+    /// How key ids become fingerprints (see [`Engine::with_fingerprinter`]).
+    fingerprinter: Fingerprinter,
 }
 
 impl Engine {
@@ -331,7 +336,15 @@ impl Engine {
             max_ahead_ms,
             scratch_rows: Vec::new(),
             quarantined: Vec::new(),
+            fingerprinter: Fingerprinter::unkeyed(),
         }
+    }
+
+    /// Fingerprints keys with `fingerprinter` (unkeyed by default). Set it
+    /// before the first event: a key's fingerprint is computed once.
+    pub fn with_fingerprinter(mut self, fingerprinter: Fingerprinter) -> Engine {
+        self.fingerprinter = fingerprinter;
+        self
     }
 
     /// Processes one micro-batch in arrival order and appends outputs to
@@ -670,7 +683,7 @@ impl Engine {
         if let Some(index) = self.key_index.get(key_id) {
             return self.key_ids[*index as usize].0;
         }
-        let fingerprint = key_fingerprint(key_id);
+        let fingerprint = self.fingerprinter.fingerprint(key_id);
         let bits = fingerprint_key(&fingerprint);
         let index = match self.by_fingerprint.get(&bits).copied() {
             Some(index) if index & LIGHT == 0 => index,
@@ -1745,7 +1758,7 @@ mod tests {
         let full = engine
             .keys
             .iter()
-            .find(|state| state.fingerprint == key_fingerprint(guessed))
+            .find(|state| state.fingerprint == crate::event::key_fingerprint(guessed))
             .unwrap();
         assert_eq!((full.events, full.first_ts), (4, T0), "its history carried over");
     }
@@ -1827,7 +1840,7 @@ mod tests {
                 if matches!(alert.detector.as_str(), "impossible_travel" | "concurrent_use"))
         });
         assert!(!travel, "{out:#?}");
-        let state = &engine.keys[engine.by_fingerprint[&fingerprint_key(&key_fingerprint(key))] as usize];
+        let state = &engine.keys[engine.by_fingerprint[&fingerprint_key(&crate::event::key_fingerprint(key))] as usize];
         assert_eq!(
             state.geo.last.map(|last| last.country),
             Some(*b"GB"),
@@ -1861,7 +1874,8 @@ mod tests {
         assert_eq!(engine.stats().future_events, 1);
         let travel = out.iter().any(|output| {
             matches!(output, Output::Alert(alert)
-                if alert.detector.as_str() == "impossible_travel" && alert.key_hint == "AKIA****0000"
+                if alert.detector.as_str() == "impossible_travel"
+                    && alert.key_fingerprint == crate::event::key_fingerprint("AKIAWORKLOAD00000000")
                     && alert.window.end >= crate::event::format_ts(twist))
         });
         assert!(travel, "the key still alerts: {out:#?}");

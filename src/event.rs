@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
+use hmac::Hmac;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -51,25 +52,157 @@ impl AccessEvent<'_> {
     }
 }
 
-/// A stable, non-reversible identifier for a key: the first 128 bits of
-/// SHA-256 of the key id, hex encoded, prefixed `kf_`. A revocation service
-/// that holds the keys computes the same value to find the key to revoke.
+/// The unkeyed fingerprint of a key id: the first 128 bits of SHA-256 of
+/// the key id, hex encoded, prefixed `kf_`. This is [`Fingerprinter::unkeyed`]:
+/// for tests, the demo and generated data only, since anyone holding a
+/// candidate key id can confirm it against an unkeyed fingerprint offline.
 pub fn key_fingerprint(key_id: &str) -> String {
-    let digest = Sha256::digest(key_id.as_bytes());
-    format!("kf_{}", hex::encode(&digest[..16]))
+    Fingerprinter::unkeyed().fingerprint(key_id)
 }
 
+/// Environment variable holding the fingerprint secret (see [`Fingerprinter`]).
+pub const FINGERPRINT_KEY_ENV: &str = "KEYWATCH_FINGERPRINT_KEY";
+
+/// Shortest fingerprint secret accepted, in bytes: HMAC-SHA-256 is only as
+/// strong as its key, and a short one can be guessed.
+pub const MIN_FINGERPRINT_SECRET_BYTES: usize = 16;
+
+/// Why a fingerprint secret cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FingerprintError {
+    #[error("fingerprint secret from {origin} is {len} bytes; at least {MIN_FINGERPRINT_SECRET_BYTES} are needed")]
+    TooShort { origin: String, len: usize },
+    #[error("cannot read fingerprint secret file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+}
+
+/// How key ids become fingerprints, the only identity of a key in any
+/// output (alerts, revocation requests, digests, snapshots).
+///
+/// Keyed (the production mode): `kf_` followed by the lowercase hex of the
+/// first 16 bytes of HMAC-SHA-256(key = the secret's bytes, message = the
+/// key id's UTF-8 bytes after canonicalisation, see
+/// [`crate::decode::canonical_key_id`]). A revocation service that holds the
+/// same secret computes the same value from the keys it manages; anyone
+/// without the secret cannot confirm a guessed key id from an alert.
+///
+/// Unkeyed: `kf_` and the first 16 bytes of plain SHA-256 of the key id, for
+/// tests, the demo and generated data.
+///
+/// `Debug` and [`Fingerprinter::mode_name`] never show the secret.
+#[derive(Clone)]
+pub struct Fingerprinter {
+    /// The HMAC state after absorbing the secret: cloning it per key skips
+    /// re-deriving the padded key blocks.
+    keyed: Option<Hmac<Sha256>>,
+}
+
+impl std::fmt::Debug for Fingerprinter {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "Fingerprinter({})", self.mode_name())
+    }
+}
+
+/// Two fingerprinters are equal when they fingerprint alike; compared by
+/// their answer for a fixed probe, since the secret is not kept apart.
+impl PartialEq for Fingerprinter {
+    fn eq(&self, other: &Fingerprinter) -> bool {
+        const PROBE: &str = "keywatch-fingerprinter-equality-probe";
+        self.is_keyed() == other.is_keyed() && self.fingerprint(PROBE) == other.fingerprint(PROBE)
+    }
+}
+
+impl Eq for Fingerprinter {}
+
+impl Default for Fingerprinter {
+    fn default() -> Self {
+        Fingerprinter::unkeyed()
+    }
+}
+
+impl Fingerprinter {
+    /// Plain SHA-256: for tests, the demo and generated data.
+    pub fn unkeyed() -> Fingerprinter {
+        Fingerprinter { keyed: None }
+    }
+
+    /// HMAC-SHA-256 with `secret`; `origin` names where it came from in errors.
+    pub fn keyed(secret: &[u8], origin: &str) -> Result<Fingerprinter, FingerprintError> {
+        if secret.len() < MIN_FINGERPRINT_SECRET_BYTES {
+            return Err(FingerprintError::TooShort {
+                origin: origin.to_string(),
+                len: secret.len(),
+            });
+        }
+        // HMAC accepts a key of any length, so this cannot fail.
+        let mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(secret).ok();
+        Ok(Fingerprinter { keyed: mac })
+    }
+
+    /// The secret in a file: its bytes, without trailing line ends
+    /// (`\n`, `\r\n`), so that `echo secret > file` works as expected.
+    pub fn from_file(path: &std::path::Path) -> Result<Fingerprinter, FingerprintError> {
+        let bytes = std::fs::read(path).map_err(|source| FingerprintError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let end = bytes
+            .iter()
+            .rposition(|byte| *byte != b'\n' && *byte != b'\r')
+            .map_or(0, |last| last + 1);
+        Fingerprinter::keyed(&bytes[..end], &path.display().to_string())
+    }
+
+    /// Whether fingerprints are keyed.
+    pub fn is_keyed(&self) -> bool {
+        self.keyed.is_some()
+    }
+
+    /// `hmac-sha256` or `unkeyed`, for logs: never the secret.
+    pub fn mode_name(&self) -> &'static str {
+        if self.is_keyed() { "hmac-sha256" } else { "unkeyed" }
+    }
+
+    /// The fingerprint of `key_id`.
+    pub fn fingerprint(&self, key_id: &str) -> String {
+        let mut text = String::with_capacity(35);
+        text.push_str("kf_");
+        match &self.keyed {
+            Some(mac) => {
+                let mut mac = mac.clone();
+                hmac::Mac::update(&mut mac, key_id.as_bytes());
+                let digest = hmac::Mac::finalize(mac).into_bytes();
+                push_hex(&mut text, &digest[..16]);
+            }
+            None => push_hex(&mut text, &Sha256::digest(key_id.as_bytes())[..16]),
+        }
+        text
+    }
+}
+
+fn push_hex(text: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+}
+
+/// Key ids shorter than this get no characters in their hint.
+pub const HINT_MIN_KEY_CHARS: usize = 20;
+
 /// A masked form of the key id a person can recognise without being able to
-/// use it: the first four and last four characters of ids of 16 or more
-/// characters, nothing of shorter ones.
+/// use it: `****` and the last four characters of ids of
+/// [`HINT_MIN_KEY_CHARS`] or more characters, `****` alone for shorter ones.
+/// Four characters of a long key leave far too many candidates to confirm
+/// it from an alert; of a short key, they would be a large part of it.
 pub fn key_hint(key_id: &str) -> String {
-    let chars: Vec<char> = key_id.chars().collect();
-    if chars.len() < 16 {
+    let count = key_id.chars().count();
+    if count < HINT_MIN_KEY_CHARS {
         return "****".to_string();
     }
-    let head: String = chars[..4].iter().collect();
-    let tail: String = chars[chars.len() - 4..].iter().collect();
-    format!("{head}****{tail}")
+    let tail_start = key_id.char_indices().nth(count - 4).map_or(0, |(at, _)| at);
+    format!("****{}", &key_id[tail_start..])
 }
 
 /// Formats milliseconds since the epoch as RFC 3339 UTC with milliseconds.
@@ -226,11 +359,67 @@ mod tests {
         let fp = key_fingerprint(key);
         assert!(fp.starts_with("kf_") && fp.len() == 35);
         assert!(!fp.contains(key));
-        assert_eq!(key_hint(key), "AKIA****MPLE");
+        assert_eq!(key_hint(key), "****MPLE");
         assert_eq!(key_hint("short"), "****");
+        assert_eq!(key_hint("sk_live_0123456789a"), "****", "19 characters show nothing");
+        assert_eq!(key_hint("sk_live_0123456789ab"), "****89ab");
+        assert_eq!(
+            key_hint("ключ_ключ_ключ_ключ_éèêë"),
+            "****éèêë",
+            "characters, not bytes"
+        );
         assert_eq!(
             format_ts(parse_ts("2026-03-01T12:34:56.789Z").unwrap()),
             "2026-03-01T12:34:56.789Z"
         );
+    }
+
+    #[test]
+    fn unkeyed_fingerprint_is_truncated_sha256() {
+        let fp = key_fingerprint("AKIAIOSFODNN7EXAMPLE");
+        let expected = format!("kf_{}", hex::encode(&Sha256::digest(b"AKIAIOSFODNN7EXAMPLE")[..16]));
+        assert_eq!(fp, expected);
+        assert_eq!(Fingerprinter::unkeyed().mode_name(), "unkeyed");
+    }
+
+    /// RFC 4231 test case 1: HMAC-SHA-256(key = 20 bytes of 0x0b,
+    /// "Hi There") begins b0344c61d8db38535ca8afceaf0bf12b.
+    #[test]
+    fn keyed_fingerprint_is_truncated_hmac_sha256() {
+        let fingerprinter = Fingerprinter::keyed(&[0x0b; 20], "test").expect("long enough");
+        assert_eq!(
+            fingerprinter.fingerprint("Hi There"),
+            "kf_b0344c61d8db38535ca8afceaf0bf12b"
+        );
+        assert_eq!(fingerprinter.mode_name(), "hmac-sha256");
+        assert_ne!(fingerprinter.fingerprint("k"), key_fingerprint("k"));
+        let other = Fingerprinter::keyed(&[0x0c; 20], "test").expect("long enough");
+        assert_ne!(
+            fingerprinter.fingerprint("k"),
+            other.fingerprint("k"),
+            "the secret matters"
+        );
+    }
+
+    #[test]
+    fn short_secrets_are_refused_and_never_printed() {
+        let err = Fingerprinter::keyed(b"tooshort", "KEYWATCH_FINGERPRINT_KEY").unwrap_err();
+        assert!(err.to_string().contains("KEYWATCH_FINGERPRINT_KEY"), "{err}");
+        let secret = b"a-secret-of-enough-bytes";
+        let fingerprinter = Fingerprinter::keyed(secret, "test").expect("long enough");
+        let shown = format!("{fingerprinter:?}");
+        assert_eq!(shown, "Fingerprinter(hmac-sha256)");
+    }
+
+    #[test]
+    fn secret_file_loses_only_its_line_end() {
+        let dir = std::env::temp_dir().join(format!("keywatch-fp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("secret");
+        std::fs::write(&path, b"0123456789abcdef-secret\r\n").expect("write");
+        let from_file = Fingerprinter::from_file(&path).expect("readable");
+        let direct = Fingerprinter::keyed(b"0123456789abcdef-secret", "test").expect("long enough");
+        assert_eq!(from_file.fingerprint("k"), direct.fingerprint("k"));
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

@@ -12,7 +12,8 @@
 //!   turns into alerts and revocation requests;
 //! - [`fleet`] is the view across keys: per source network (key sprays) and
 //!   for the whole organisation (the baseline new keys are judged on);
-//! - [`sink`] writes outputs to files or Kafka (the only output I/O);
+//! - [`sink`] writes outputs to files or Kafka (the only output I/O), in
+//!   [`private_file`]s when they are files;
 //! - [`checkpoint`] lays out the engine state of a Kafka partition for the
 //!   changelog and snapshot files, [`counts`] tallies what went through.
 //!
@@ -45,6 +46,7 @@ pub mod fleet;
 pub mod generate;
 pub mod model;
 pub mod pipeline;
+pub mod private_file;
 pub mod replay;
 pub mod setup;
 pub mod sink;

@@ -79,6 +79,10 @@ pub struct KafkaConfig {
     /// Most input records in one micro-batch.
     #[serde(default = "default_batch_max_events")]
     pub batch_max_events: usize,
+    /// Most payload bytes of input records in one micro-batch: large records
+    /// close a batch early, so memory is bounded by bytes, not only by count.
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
     /// Longest time a record waits in a micro-batch before it is processed.
     #[serde(default = "default_batch_max_wait", with = "humantime_serde")]
     pub batch_max_wait: Duration,
@@ -199,6 +203,10 @@ fn default_batch_max_events() -> usize {
     5000
 }
 
+fn default_batch_max_bytes() -> usize {
+    32 << 20
+}
+
 fn default_batch_max_wait() -> Duration {
     Duration::from_millis(200)
 }
@@ -293,6 +301,7 @@ impl KafkaConfig {
             changelog_topic: default_changelog_topic(),
             replay_topic: None,
             batch_max_events: default_batch_max_events(),
+            batch_max_bytes: default_batch_max_bytes(),
             batch_max_wait: default_batch_max_wait(),
             checkpoint_interval: default_checkpoint_interval(),
             exactly_once: false,
@@ -457,6 +466,9 @@ impl KafkaConfig {
         }
         if self.batch_max_events == 0 {
             return invalid("batch_max_events", "must be at least 1".into());
+        }
+        if self.batch_max_bytes == 0 {
+            return invalid("batch_max_bytes", "must be at least 1".into());
         }
         if self.batch_max_wait.is_zero() {
             return invalid("batch_max_wait", "must be longer than zero".into());

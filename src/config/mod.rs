@@ -39,6 +39,33 @@ pub struct Config {
     pub model: Option<PathBuf>,
     #[serde(default)]
     pub kafka: Option<KafkaConfig>,
+    /// How key ids become fingerprints in every output.
+    #[serde(default)]
+    pub fingerprint: FingerprintConfig,
+}
+
+/// The fingerprint secret (see [`crate::event::Fingerprinter`] for the
+/// exact computation a revocation service repeats). Without `secret_file`
+/// and without `unkeyed`, the secret is read from the environment variable
+/// `KEYWATCH_FINGERPRINT_KEY`; when that is unset too, fingerprints are
+/// unkeyed and a warning says so at start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FingerprintConfig {
+    /// File holding the HMAC-SHA-256 secret shared with the revocation
+    /// service (at least 16 bytes; a trailing line end is ignored). Keep it
+    /// readable by keywatch's user only.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Fingerprint with plain SHA-256 of the key id, on purpose: for tests,
+    /// the demo and generated data. Anyone holding a candidate key id can
+    /// confirm it against an unkeyed fingerprint, so never in production.
+    #[serde(default)]
+    pub unkeyed: bool,
+    /// What [`crate::setup::Setup::load`] resolved from the fields above, the
+    /// command line and the environment; unkeyed until then.
+    #[serde(skip)]
+    pub resolved: crate::event::Fingerprinter,
 }
 
 /// How input records are read.
@@ -57,6 +84,14 @@ pub struct InputConfig {
     /// Events per micro-batch handed to the engine.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Whole-document inputs (a CloudTrail `{"Records":[...]}` file or
+    /// message) over this many bytes are rejected as `document_too_large`
+    /// without being read further.
+    #[serde(default = "default_max_document_bytes")]
+    pub max_document_bytes: usize,
+    /// Most bytes of input records read from a file into one batch.
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
 }
 
 impl Default for InputConfig {
@@ -66,8 +101,18 @@ impl Default for InputConfig {
             mapping: None,
             max_record_bytes: default_max_record_bytes(),
             batch_size: default_batch_size(),
+            max_document_bytes: default_max_document_bytes(),
+            max_batch_bytes: default_max_batch_bytes(),
         }
     }
+}
+
+fn default_max_document_bytes() -> usize {
+    crate::decode::DEFAULT_MAX_DOCUMENT_BYTES
+}
+
+fn default_max_batch_bytes() -> usize {
+    crate::decode::DEFAULT_MAX_BATCH_BYTES
 }
 
 impl InputConfig {
@@ -75,12 +120,14 @@ impl InputConfig {
     /// input topics.
     pub fn decoder(&self) -> Decoder {
         Decoder::new(self.format.clone(), self.mapping.clone(), self.max_record_bytes)
+            .with_byte_budgets(self.max_document_bytes, self.max_batch_bytes)
     }
 
     /// How the repartition topic is decoded: canonical events, as the
     /// repartition stage writes them.
     pub fn repartition_topic_decoder(&self) -> Decoder {
         Decoder::new(Format::Canonical, None, self.max_record_bytes)
+            .with_byte_budgets(self.max_document_bytes, self.max_batch_bytes)
     }
 
     /// How the keyed topics (see [`KafkaConfig::keyed_topics`]) are decoded:
@@ -166,6 +213,9 @@ impl Config {
         if let Some(path) = self.model.as_mut() {
             resolve(path);
         }
+        if let Some(path) = self.fingerprint.secret_file.as_mut() {
+            resolve(path);
+        }
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
@@ -180,8 +230,26 @@ impl Config {
         if self.input.max_record_bytes < 256 {
             return Err(invalid("input.max_record_bytes", "must be at least 256".into()));
         }
+        if self.input.max_document_bytes < self.input.max_record_bytes {
+            return Err(invalid(
+                "input.max_document_bytes",
+                "must be at least input.max_record_bytes".into(),
+            ));
+        }
+        if self.input.max_batch_bytes < self.input.max_record_bytes {
+            return Err(invalid(
+                "input.max_batch_bytes",
+                "must be at least input.max_record_bytes".into(),
+            ));
+        }
         if self.input.format == Format::Mapped && self.input.mapping.is_none() {
             return Err(invalid("input.mapping", "format `mapped` needs a mapping".into()));
+        }
+        if self.fingerprint.unkeyed && self.fingerprint.secret_file.is_some() {
+            return Err(invalid(
+                "fingerprint.unkeyed",
+                "cannot be combined with fingerprint.secret_file".into(),
+            ));
         }
         if let Some(kafka) = &self.kafka {
             kafka
@@ -201,6 +269,19 @@ mod tests {
         let config = Config::parse("", "empty.toml").unwrap();
         assert_eq!(config.input.batch_size, 4096);
         assert_eq!(config.input.format, Format::Auto);
+    }
+
+    #[test]
+    fn byte_budgets_must_hold_a_record() {
+        let err = Config::parse("[input]\nmax_record_bytes = 4096\nmax_batch_bytes = 1000\n", "b.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("input.max_batch_bytes"), "{err}");
+        let config = Config::parse("[input]\nmax_document_bytes = 1048576\n", "b.toml").expect("valid");
+        assert_eq!(config.input.decoder().max_document_bytes, 1 << 20);
+        let both = "[fingerprint]\nunkeyed = true\nsecret_file = \"s\"\n";
+        let err = Config::parse(both, "f.toml").unwrap_err().to_string();
+        assert!(err.contains("fingerprint.unkeyed"), "{err}");
     }
 
     #[test]

@@ -72,17 +72,42 @@ pub(crate) fn required<'a>(value: Option<Scalar<'a>>, field: &'static str) -> Re
     optional(value).ok_or(DecodeError::MissingField(field))
 }
 
-/// The key id: absent, null or empty means "no key", which callers count
-/// and skip; any other non-string is a real error.
+/// The key id: absent, null or empty (after [`canonical_key_id`]) means "no
+/// key", which callers count and skip; any other non-string is a real error.
 pub(crate) fn key_field<'a>(value: Option<Scalar<'a>>, field: &'static str) -> Result<Cow<'a, str>, DecodeError> {
     let key_id = match optional(value) {
         None => return Err(DecodeError::NoKey),
         Some(value) => value.into_text(field)?,
     };
+    let key_id = match key_id {
+        Cow::Borrowed(text) => Cow::Borrowed(canonical_key_id(text)),
+        Cow::Owned(text) => match canonical_key_id(&text) {
+            canonical if canonical.len() == text.len() => Cow::Owned(text),
+            canonical => Cow::Owned(canonical.to_string()),
+        },
+    };
     if key_id.is_empty() {
         return Err(DecodeError::NoKey);
     }
     Ok(key_id)
+}
+
+/// A key id as the key's owner knows it: without surrounding whitespace
+/// and without an HTTP `Bearer ` scheme (any case), so that the same key
+/// logged as `Authorization: Bearer k`, ` k` or `k` is one key with one
+/// fingerprint. A subslice of `key_id`: no allocation.
+pub fn canonical_key_id(key_id: &str) -> &str {
+    let start = key_id.trim_start();
+    let bytes = start.as_bytes();
+    const SCHEME: &[u8] = b"bearer";
+    if bytes.len() > SCHEME.len()
+        && bytes[..SCHEME.len()].eq_ignore_ascii_case(SCHEME)
+        && bytes[SCHEME.len()].is_ascii_whitespace()
+    {
+        // The scheme and the space after it are ASCII: a char boundary.
+        return start[SCHEME.len()..].trim();
+    }
+    start.trim_end()
 }
 
 /// RFC 3339 text or integer epoch milliseconds, within the accepted range.
@@ -167,6 +192,33 @@ mod tests {
         for text in [&event.key_id, &event.method, &event.endpoint, &event.user_agent] {
             assert!(matches!(text, Cow::Borrowed(_)), "{text} was copied");
         }
+    }
+
+    #[test]
+    fn key_ids_are_canonical_and_stay_borrowed() {
+        for (written, canonical) in [
+            ("k_live_1", "k_live_1"),
+            ("  k_live_1\t", "k_live_1"),
+            ("Bearer k_live_1", "k_live_1"),
+            ("bearer   k_live_1 ", "k_live_1"),
+            ("BEARER\tk_live_1", "k_live_1"),
+            ("Bearerk_live_1", "Bearerk_live_1"),
+            ("Bearer", "Bearer"),
+        ] {
+            assert_eq!(canonical_key_id(written), canonical, "{written:?}");
+        }
+        let record = with("key_id", r#""Bearer key_live_0001 ""#);
+        let event = decode_canonical(record.as_bytes()).expect("valid record");
+        assert_eq!(event.key_id, "key_live_0001");
+        assert!(matches!(event.key_id, Cow::Borrowed(_)), "a subslice, not a copy");
+        let escaped = with("key_id", r#""Bearer key_live_\u0030001""#);
+        let event = decode_canonical(escaped.as_bytes()).expect("valid record");
+        assert_eq!(event.key_id, "key_live_0001");
+        assert_eq!(
+            decode_canonical(with("key_id", r#""Bearer  ""#).as_bytes()),
+            Err(DecodeError::NoKey),
+            "a scheme without a key is no key"
+        );
     }
 
     #[test]

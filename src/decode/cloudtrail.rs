@@ -7,7 +7,7 @@
 //! | access event | CloudTrail                                                    |
 //! |--------------|---------------------------------------------------------------|
 //! | `key_id`     | `userIdentity.accessKeyId` (none for AWS service events)      |
-//! | `ip`         | `sourceIPAddress` (a service name instead of an IP is BadIp)  |
+//! | `ip`         | `sourceIPAddress`; a service principal gives [`SERVICE_SOURCE_IP`] |
 //! | `ts`         | `eventTime`                                                   |
 //! | `endpoint`   | `eventSource` without `.amazonaws.com`, `:`, `eventName`      |
 //! | `method`     | `READ` / `WRITE` from `readOnly`, `CALL` when it is absent    |
@@ -15,9 +15,18 @@
 //! | `user_agent` | `userAgent`                                                   |
 //! | `bytes_out`  | `additionalEventData.bytesTransferredOut` (S3), else 0        |
 //! | `request_id` | `requestID`, else `eventID`                                   |
+//!
+//! A call an AWS service made on the caller's behalf with the caller's key
+//! (CloudFormation creating a stack, `AWS Internal` for the console's own
+//! calls) carries the service's name instead of an address. It is still a
+//! use of the key, so it is decoded, not rejected, with the unspecified
+//! address [`SERVICE_SOURCE_IP`] as its source, which GeoIP answers as
+//! unknown: it counts for the key's rate and endpoints but has no country,
+//! network or location, and never makes a place or a journey. Any other
+//! text that is not an address is still `bad_ip`.
 
 use std::borrow::Cow;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -25,6 +34,29 @@ use serde_json::value::RawValue;
 use super::canonical::{key_field, optional, required};
 use super::{DecodeError, ObjectOr, Scalar, expect_object};
 use crate::event::{AccessEvent, MAX_TS_MS, MIN_TS_MS, parse_ts};
+
+/// The source address of a call made through an AWS service (see the module
+/// documentation): `0.0.0.0`, which no real client has.
+pub const SERVICE_SOURCE_IP: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+
+/// Whether a `sourceIPAddress` names an AWS service rather than an address:
+/// `AWS Internal`, or a service principal such as
+/// `cloudformation.amazonaws.com` (also `.amazonaws.com.cn`).
+pub fn is_service_principal(source: &str) -> bool {
+    if source.eq_ignore_ascii_case("AWS Internal") {
+        return true;
+    }
+    let Some(service) = source
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| source.strip_suffix(".amazonaws.com.cn"))
+    else {
+        return false;
+    };
+    !service.is_empty()
+        && service
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'.')
+}
 
 /// The fields of a CloudTrail event this decoder reads; everything else
 /// (request parameters, response elements, ...) is skipped unparsed.
@@ -175,9 +207,11 @@ pub fn decode_event(record: &[u8]) -> Result<AccessEvent<'_>, DecodeError> {
         Some(ObjectOr::Object(identity)) => key_field(identity.access_key_id, "userIdentity.accessKeyId")?,
     };
     let ip_text = required(raw.source_ip_address, "sourceIPAddress")?.into_text("sourceIPAddress")?;
-    let ip: IpAddr = ip_text
-        .parse()
-        .map_err(|_| DecodeError::BadIp(ip_text.clone().into_owned()))?;
+    let ip: IpAddr = match ip_text.parse() {
+        Ok(ip) => ip,
+        Err(_) if is_service_principal(&ip_text) => SERVICE_SOURCE_IP,
+        Err(_) => return Err(DecodeError::BadIp(ip_text.into_owned())),
+    };
     let ts_text = required(raw.event_time, "eventTime")?.into_text("eventTime")?;
     let ts_ms = parse_event_time(&ts_text).ok_or_else(|| DecodeError::BadTimestamp(ts_text.clone().into_owned()))?;
     let event_source = required(raw.event_source, "eventSource")?.into_text("eventSource")?;
@@ -418,12 +452,76 @@ mod tests {
             object.insert("sourceIPAddress".into(), serde_json::json!("ec2.amazonaws.com"));
         });
         assert_eq!(decode_event(record.as_bytes()), Err(DecodeError::NoKey));
-        let record = edited(|object| {
-            object.insert("sourceIPAddress".into(), serde_json::json!("AWS Internal"));
-        });
-        assert_eq!(
-            decode_event(record.as_bytes()),
-            Err(DecodeError::BadIp("AWS Internal".into()))
+    }
+
+    #[test]
+    fn service_principals_are_a_source_not_a_bad_ip() {
+        for principal in [
+            "AWS Internal",
+            "secretsmanager.amazonaws.com",
+            "eks-nodegroup.amazonaws.com",
+            "s3.cn-north-1.amazonaws.com.cn",
+        ] {
+            let record = edited(|object| {
+                object.insert("sourceIPAddress".into(), serde_json::json!(principal));
+            });
+            let event = decode_event(record.as_bytes()).expect("a call made through a service");
+            assert_eq!(event.ip, SERVICE_SOURCE_IP, "{principal}");
+            assert_eq!(event.key_id, "AKIAIOSFODNN7EXAMPLE");
+        }
+        for not_a_service in [
+            "redacted",
+            ".amazonaws.com",
+            "evil.com/.amazonaws.com",
+            "<Victim source IP>",
+        ] {
+            let record = edited(|object| {
+                object.insert("sourceIPAddress".into(), serde_json::json!(not_a_service));
+            });
+            assert_eq!(
+                decode_event(record.as_bytes()),
+                Err(DecodeError::BadIp(not_a_service.into())),
+                "{not_a_service}"
+            );
+        }
+    }
+
+    /// Calls through a service, interleaved with the key's own calls from
+    /// its home, make no finding: no new place, no journey to 0.0.0.0.
+    #[test]
+    fn calls_through_a_service_never_move_the_key() {
+        use crate::detect::testkit::{alerts, history, new_engine};
+        let key = "AKIASERVICETEST00001";
+        let mut engine = new_engine();
+        let mut events = history(key, "london", 6, 12, &["/v1/orders"]);
+        // The last day's calls alternate between home and a service.
+        let last_day = events.len() - 12 * 12;
+        for call in events[last_day..].iter_mut().step_by(2) {
+            call.ip = SERVICE_SOURCE_IP;
+        }
+        let found = alerts(&mut engine, &events);
+        assert!(found.is_empty(), "{found:#?}");
+        assert_eq!(engine.stats().events, events.len() as u64, "every call counted");
+        let snapshot = engine.snapshot();
+        let places = &snapshot.keys[0].geo.network_places.entries;
+        assert_eq!(places.len(), 1, "home only, no place for the service: {places:?}");
+    }
+
+    /// A service call between two distant uses does not hide the journey:
+    /// the key's last located use is still the first place.
+    #[test]
+    fn a_service_call_does_not_hide_impossible_travel() {
+        use crate::detect::testkit::{self, alerts, event, history, new_engine};
+        let key = "AKIASERVICETEST00002";
+        let mut engine = new_engine();
+        let mut events = history(key, "london", 5, 12, &["/v1/orders"]);
+        let last = events.last().expect("a history").ts_ms;
+        events.push(event(last + 60_000, key, SERVICE_SOURCE_IP, "/v1/orders", 200));
+        events.push(event(last + 600_000, key, testkit::ip("sydney", 7), "/v1/orders", 200));
+        let found = alerts(&mut engine, &events);
+        assert!(
+            found.iter().any(|alert| alert.detector.as_str() == "impossible_travel"),
+            "{found:#?}"
         );
     }
 

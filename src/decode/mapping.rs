@@ -14,6 +14,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use ipnet::IpNet;
+
 use super::canonical::{check_ts_range, key_field, optional};
 use super::{DecodeError, Scalar, expect_object};
 use crate::event::{AccessEvent, parse_ts};
@@ -42,10 +44,19 @@ pub struct FieldMapping {
     #[serde(default = "default_key_id_path")]
     pub key_id: String,
     /// Path of the client IP address. `address:port`, `[v6]:port` and a
-    /// comma-separated `X-Forwarded-For` list (the first entry, the original
-    /// client, is used) are accepted.
+    /// comma-separated `X-Forwarded-For` list are accepted. In a list, the
+    /// client is the right-most entry not in `trusted_proxies`: every proxy
+    /// appends the address it received the request from, so entries to the
+    /// left of the last untrusted one were written by the client itself and
+    /// can be anything it likes.
     #[serde(default = "default_ip_path")]
     pub ip: String,
+    /// Networks of your own proxies and load balancers (CIDR such as
+    /// `10.0.0.0/8`, or a single address), skipped from the right of an
+    /// `X-Forwarded-For` list. When every entry is trusted, the left-most is
+    /// the client.
+    #[serde(default, with = "cidr_list", skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<IpNet>,
     /// Path of the HTTP method.
     #[serde(default = "default_method_path")]
     pub method: String,
@@ -130,6 +141,7 @@ impl Default for FieldMapping {
             ts_format: TsFormat::default(),
             key_id: default_key_id_path(),
             ip: default_ip_path(),
+            trusted_proxies: Vec::new(),
             method: default_method_path(),
             default_method: None,
             endpoint: default_endpoint_path(),
@@ -155,7 +167,7 @@ pub fn decode_mapped<'a>(record: &'a [u8], mapping: &FieldMapping) -> Result<Acc
     };
     let ip = match lookup(&mapping.ip)? {
         None => return Err(DecodeError::MissingField("ip")),
-        Some(value) => mapped_ip(value.into_text("ip")?)?,
+        Some(value) => mapped_ip(value.into_text("ip")?, &mapping.trusted_proxies)?,
     };
     let method = match (lookup(&mapping.method)?, &mapping.default_method) {
         (Some(value), _) => value.into_text("method")?,
@@ -229,14 +241,58 @@ fn epoch_float(value: f64, to_millis: f64) -> Result<i64, DecodeError> {
     check_ts_range(millis.round() as i128)
 }
 
-/// Gateways log the client address in several shapes; the one the key was
-/// used from is always the first address in it.
-fn mapped_ip(text: Cow<'_, str>) -> Result<IpAddr, DecodeError> {
-    let first = text.split(',').next().unwrap_or_default().trim();
-    first
-        .parse::<IpAddr>()
-        .or_else(|_| first.parse::<SocketAddr>().map(|socket| socket.ip()))
-        .map_err(|_| DecodeError::BadIp(text.into_owned()))
+/// Gateways log the client address in several shapes: one address, with
+/// or without a port, or an `X-Forwarded-For` list. In a list the client is
+/// the right-most entry that is not one of `trusted_proxies` (see
+/// [`FieldMapping::ip`]); an unparsable entry at or right of it makes the
+/// record a `bad_ip`, since nothing left of it can be trusted.
+fn mapped_ip(text: Cow<'_, str>, trusted_proxies: &[IpNet]) -> Result<IpAddr, DecodeError> {
+    let parse = |entry: &str| {
+        let entry = entry.trim();
+        entry
+            .parse::<IpAddr>()
+            .or_else(|_| entry.parse::<SocketAddr>().map(|socket| socket.ip()))
+            .ok()
+    };
+    let mut leftmost_trusted = None;
+    for entry in text.rsplit(',') {
+        let Some(ip) = parse(entry) else {
+            return Err(DecodeError::BadIp(text.into_owned()));
+        };
+        let canonical = ip.to_canonical();
+        if !trusted_proxies.iter().any(|network| network.contains(&canonical)) {
+            return Ok(ip);
+        }
+        leftmost_trusted = Some(ip);
+    }
+    leftmost_trusted.ok_or_else(|| DecodeError::BadIp(text.into_owned()))
+}
+
+/// `trusted_proxies` as text: `10.0.0.0/8`, `2001:db8::/32`, or a single
+/// address for one host.
+mod cidr_list {
+    use std::net::IpAddr;
+
+    use ipnet::IpNet;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(networks: &[IpNet], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(networks.iter().map(ToString::to_string))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+        let texts = Vec::<String>::deserialize(deserializer)?;
+        texts
+            .iter()
+            .map(|text| {
+                let text = text.trim();
+                text.parse::<IpNet>()
+                    .map(|network| network.trunc())
+                    .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| D::Error::custom(format!("`{text}` is not a network (CIDR) or an address")))
+            })
+            .collect()
+    }
 }
 
 fn mapped_number(value: Scalar<'_>, field: &'static str, path: &str) -> Result<u64, DecodeError> {
@@ -353,6 +409,7 @@ mod tests {
             ts_format = "epoch_ms"
             key_id = "request.headers.x-api-key"
             ip = "client_ip"
+            trusted_proxies = ["10.0.0.0/8"]
             method = "request.method"
             endpoint = "http.route"
             status = "response.status"
@@ -375,6 +432,59 @@ mod tests {
         assert_eq!(event.user_agent, "curl/8.5");
         assert_eq!(event.request_id.as_deref(), Some("r-1"));
         assert!(matches!(event.key_id, Cow::Borrowed(_)), "leaf strings borrow");
+    }
+
+    #[test]
+    fn forwarded_for_takes_the_rightmost_untrusted_entry() {
+        let trusted: Vec<IpNet> = ["10.0.0.0/8", "2001:db8:ff::/48", "198.51.100.7/32"]
+            .iter()
+            .map(|text| text.parse().expect("a network"))
+            .collect();
+        let client = |list: &str, trusted: &[IpNet]| mapped_ip(Cow::Borrowed(list), trusted).map(|ip| ip.to_string());
+        // The client wrote 1.2.3.4 itself; our proxy saw 203.0.113.9.
+        assert_eq!(
+            client("1.2.3.4, 203.0.113.9, 10.0.0.1", &trusted),
+            Ok("203.0.113.9".into())
+        );
+        assert_eq!(
+            client("1.2.3.4, 203.0.113.9:5555, 198.51.100.7, 10.1.2.3", &trusted),
+            Ok("203.0.113.9".into()),
+            "several trusted hops, a port"
+        );
+        assert_eq!(
+            client("203.0.113.9, [2001:db8:ff::1]:443", &trusted),
+            Ok("203.0.113.9".into())
+        );
+        assert_eq!(
+            client("10.0.0.2, 10.0.0.1", &trusted),
+            Ok("10.0.0.2".into()),
+            "all trusted"
+        );
+        assert_eq!(
+            client("1.2.3.4, 203.0.113.9", &[]),
+            Ok("203.0.113.9".into()),
+            "no trusted list"
+        );
+        assert_eq!(client("203.0.113.9", &trusted), Ok("203.0.113.9".into()));
+        assert_eq!(
+            client("not-an-ip, 203.0.113.9, 10.0.0.1", &trusted),
+            Ok("203.0.113.9".into())
+        );
+        assert!(matches!(
+            client("203.0.113.9, garbage, 10.0.0.1", &trusted),
+            Err(DecodeError::BadIp(_))
+        ));
+        assert!(matches!(client("", &trusted), Err(DecodeError::BadIp(_))));
+    }
+
+    #[test]
+    fn trusted_proxies_parse_networks_and_addresses() {
+        let mapping: FieldMapping =
+            toml::from_str(r#"trusted_proxies = ["10.0.0.0/8", "192.0.2.1", "2001:db8::/32"]"#).expect("parses");
+        let shown: Vec<String> = mapping.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "192.0.2.1/32", "2001:db8::/32"]);
+        let err = toml::from_str::<FieldMapping>(r#"trusted_proxies = ["10.0.0.0/33"]"#).unwrap_err();
+        assert!(err.to_string().contains("10.0.0.0/33"), "{err}");
     }
 
     #[test]

@@ -23,7 +23,8 @@ use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAcces
 
 use crate::event::AccessEvent;
 
-pub use cloudtrail::is_records_document;
+pub use canonical::canonical_key_id;
+pub use cloudtrail::{SERVICE_SOURCE_IP, is_records_document, is_service_principal};
 pub use mapping::{FieldMapping, TsFormat};
 
 /// Why one record could not become an event.
@@ -44,6 +45,10 @@ pub enum DecodeError {
     /// A key id longer than any real API key: state is never made for it.
     #[error("key id of {length} bytes exceeds the limit of {limit} bytes")]
     KeyTooLong { length: usize, limit: usize },
+    /// A whole-document record (a CloudTrail `{"Records":[...]}` file or
+    /// message) over `input.max_document_bytes`: not read further.
+    #[error("document of more than {limit} bytes (at least {size} read) exceeds input.max_document_bytes")]
+    DocumentTooLarge { size: usize, limit: usize },
     /// Not an error of the input: the event carries no API key (for example a
     /// CloudTrail event made by an AWS service). Counted and skipped, not
     /// written to the rejected file.
@@ -62,6 +67,7 @@ impl DecodeError {
             DecodeError::BadTimestamp(_) => "bad_timestamp",
             DecodeError::Oversized { .. } => "oversized",
             DecodeError::KeyTooLong { .. } => "key_too_long",
+            DecodeError::DocumentTooLarge { .. } => "document_too_large",
             DecodeError::NoKey => "no_key",
         }
     }
@@ -112,7 +118,20 @@ pub struct Decoder {
     /// `{"Records":[...]}` document is a whole file rather than one record,
     /// so the limit applies to each of its events instead.
     pub max_record_bytes: usize,
+    /// A whole-document record over this many bytes is rejected whole
+    /// (`document_too_large`) before it is parsed; the file reader stops
+    /// reading such a document at this size.
+    pub max_document_bytes: usize,
+    /// Bytes of records the file reader puts in one batch, at most (a
+    /// batch also closes at its record count); a single record may exceed it.
+    pub max_batch_bytes: usize,
 }
+
+/// Default of [`Decoder::max_document_bytes`] (`input.max_document_bytes`):
+/// 256 MiB, far above a CloudTrail log file (a few MB) yet bounded.
+pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 256 << 20;
+/// Default of [`Decoder::max_batch_bytes`] (`input.max_batch_bytes`): 32 MiB.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 32 << 20;
 
 /// One item of a decoded record, in the record's order.
 #[derive(Debug, PartialEq)]
@@ -142,7 +161,16 @@ impl Decoder {
             format,
             mapping,
             max_record_bytes,
+            max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
         }
+    }
+
+    /// The same decoder with these byte budgets (see the fields).
+    pub fn with_byte_budgets(mut self, max_document_bytes: usize, max_batch_bytes: usize) -> Decoder {
+        self.max_document_bytes = max_document_bytes;
+        self.max_batch_bytes = max_batch_bytes;
+        self
     }
 
     /// Decodes one record. A record may hold several events (a CloudTrail
@@ -169,6 +197,13 @@ impl Decoder {
     fn decode_unchecked<'a>(&self, record: &'a [u8], out: &mut Vec<Result<AccessEvent<'a>, DecodeError>>) {
         let wants_cloudtrail = match self.format {
             Format::Cloudtrail | Format::Auto if cloudtrail::is_records_document(record) => {
+                if record.len() > self.max_document_bytes {
+                    out.push(Err(DecodeError::DocumentTooLarge {
+                        size: record.len(),
+                        limit: self.max_document_bytes,
+                    }));
+                    return;
+                }
                 cloudtrail::decode_records_document(record, self.max_record_bytes, out);
                 return;
             }
@@ -212,6 +247,20 @@ impl Decoder {
                 index: several_events.then_some(index as u32),
             }),
         })
+    }
+
+    /// The names of the fields that may hold a key id in this decoder's
+    /// records, whose values are masked in rejected excerpts: the mapped
+    /// key field (its last path step, and the whole path for flat records),
+    /// and always the canonical `key_id` and CloudTrail's `accessKeyId`,
+    /// since `auto` may read either.
+    pub fn key_field_names(&self) -> [&str; 4] {
+        let mapped = match (&self.format, &self.mapping) {
+            (Format::Mapped, Some(mapping)) => mapping.key_id.as_str(),
+            _ => "key_id",
+        };
+        let leaf = mapped.rsplit('.').next().unwrap_or(mapped);
+        [leaf, mapped, "key_id", "accessKeyId"]
     }
 
     /// Convenience for tests and tools: decodes one record into a new vector.
@@ -457,6 +506,23 @@ mod tests {
     }
 
     #[test]
+    fn documents_over_their_budget_are_rejected_whole() {
+        let document = format!(r#"{{"Records":[{CLOUDTRAIL},{CLOUDTRAIL}]}}"#);
+        let fits = Decoder::new(Format::Auto, None, 4096).with_byte_budgets(document.len(), 1 << 20);
+        assert_eq!(fits.decode_to_vec(document.as_bytes()).len(), 2);
+        let too_small = Decoder::new(Format::Auto, None, 4096).with_byte_budgets(document.len() - 1, 1 << 20);
+        let rejected = too_small.decode_to_vec(document.as_bytes());
+        assert_eq!(
+            rejected,
+            vec![Err(DecodeError::DocumentTooLarge {
+                size: document.len(),
+                limit: document.len() - 1
+            })]
+        );
+        assert_eq!(rejected[0].as_ref().unwrap_err().kind(), "document_too_large");
+    }
+
+    #[test]
     fn forced_formats_do_not_sniff() {
         let as_canonical = decoder(Format::Canonical).decode_to_vec(CLOUDTRAIL.as_bytes());
         assert_eq!(as_canonical, vec![Err(DecodeError::NoKey)]);
@@ -497,6 +563,19 @@ mod tests {
             ),
             "{items:?}"
         );
+    }
+
+    #[test]
+    fn key_field_names_follow_the_mapping() {
+        let mapping = FieldMapping {
+            key_id: "request.headers.x-api-key".to_string(),
+            ..FieldMapping::default()
+        };
+        let mapped = Decoder::new(Format::Mapped, Some(mapping), 4096);
+        let names = mapped.key_field_names();
+        assert!(names.contains(&"x-api-key") && names.contains(&"request.headers.x-api-key"));
+        assert!(decoder(Format::Auto).key_field_names().contains(&"accessKeyId"));
+        assert!(decoder(Format::Canonical).key_field_names().contains(&"key_id"));
     }
 
     #[test]

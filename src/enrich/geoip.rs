@@ -4,12 +4,12 @@
 //! `Arc`) by every engine; each engine owns a [`GeoCache`] in front of it,
 //! because API traffic repeats the same client addresses many times over.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use maxminddb::{MaxMindDbError, Reader, geoip2};
-use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
 use super::netclass::{self, NetClass};
@@ -199,6 +199,17 @@ impl GeoIp {
     /// fields. Never fails.
     pub fn lookup(&self, ip: IpAddr) -> GeoInfo {
         let ip = ip.to_canonical();
+        // The unspecified address is no client's: it stands for a call
+        // made through a cloud service (a CloudTrail service principal,
+        // `crate::decode::SERVICE_SOURCE_IP`), which has no network and no
+        // place. It is answered as an address no database knows, which
+        // makes no place, no country and no journey.
+        if ip.is_unspecified() {
+            return GeoInfo {
+                country: Country::UNKNOWN,
+                ..GeoInfo::default()
+            };
+        }
         let class = netclass::classify(ip);
         let mut info = GeoInfo {
             class,
@@ -339,12 +350,16 @@ fn describe_reader_error(error: &MaxMindDbError) -> String {
 
 /// A bounded per-ip cache in front of [`GeoIp`], owned by one engine.
 ///
+/// Client addresses come from outside, so the hasher is randomly seeded:
+/// crafted addresses cannot pile into one bucket. Nothing reads the map in
+/// order.
+///
 /// When full it is cleared rather than evicting one entry: with no ordering
 /// to maintain a hit stays a single hash probe, and the working set of hot
 /// addresses refills within a batch. Answers never depend on the cache.
 #[derive(Debug)]
 pub struct GeoCache {
-    entries: FxHashMap<IpAddr, GeoInfo>,
+    entries: HashMap<IpAddr, GeoInfo, ahash::RandomState>,
     capacity: usize,
     hits: u64,
     misses: u64,
@@ -356,7 +371,7 @@ impl GeoCache {
         GeoCache {
             // Reserve lazily up to a point: a huge configured capacity should
             // not cost memory before traffic arrives.
-            entries: FxHashMap::with_capacity_and_hasher(capacity.min(4096), Default::default()),
+            entries: HashMap::with_capacity_and_hasher(capacity.min(4096), ahash::RandomState::new()),
             capacity,
             hits: 0,
             misses: 0,

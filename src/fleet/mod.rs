@@ -287,7 +287,7 @@ mod tests {
         );
         let found = alerts_of(&run(&events, 64), "unfamiliar_network");
         let judged: Vec<&str> = found.iter().map(|alert| alert.key_hint.as_str()).collect();
-        assert!(judged.contains(&"AKIA****0002"), "{judged:?}");
+        assert!(judged.contains(&"****0002"), "{judged:?}");
         // An organisation with too few learned keys judges nothing.
         let small: Vec<_> = organisation()
             .into_iter()

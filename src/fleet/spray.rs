@@ -16,10 +16,9 @@
 //! No raw key is held: keys are their fingerprints.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::net::IpAddr;
 
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -31,7 +30,7 @@ use crate::model::AcrossKeysModel;
 /// Distinct addresses remembered per incident, for the evidence.
 const MAX_ADDRESSES: usize = 64;
 
-/// A key hint (`AKIA****WXYZ`) held inline, so an observation is `Copy`
+/// A key hint (`****WXYZ`) held inline, so an observation is `Copy`
 /// and the hot path does not allocate for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Hint {
@@ -150,7 +149,10 @@ struct Incident {
 #[derive(Debug, Clone, Default)]
 struct SourceState {
     last_ts: i64,
-    keys: FxHashMap<u128, KeyCalls>,
+    /// Keyed by fingerprint bits, which outsiders can choose through key
+    /// ids: a randomly seeded hasher. Only summed, searched and retained,
+    /// never read in order.
+    keys: HashMap<u128, KeyCalls, ahash::RandomState>,
     incident: Option<Incident>,
 }
 
@@ -161,7 +163,9 @@ pub struct SourceView {
     pending: BinaryHeap<Reverse<Observation>>,
     newest_ts: i64,
     last_judged_ts: i64,
-    sources: FxHashMap<Network, SourceState>,
+    /// Keyed by source network, which outsiders choose: a randomly seeded
+    /// hasher. Read in order only after sorting (`finish`, `sweep`).
+    sources: HashMap<Network, SourceState, ahash::RandomState>,
     next_sweep_ts: i64,
     /// Observations judged after a later one (beyond the reorder lateness).
     pub late: u64,
@@ -177,7 +181,7 @@ impl SourceView {
             pending: BinaryHeap::new(),
             newest_ts: i64::MIN,
             last_judged_ts: i64::MIN,
-            sources: FxHashMap::default(),
+            sources: HashMap::default(),
             next_sweep_ts: i64::MIN,
             late: 0,
             alerts: 0,

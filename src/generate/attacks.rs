@@ -953,6 +953,7 @@ mod tests {
             days: 10,
             seed,
             start_ms: parse_ts(RUN_START).unwrap(),
+            fingerprinter: crate::event::Fingerprinter::unkeyed(),
         })
     }
 

@@ -21,7 +21,6 @@ use super::profile::{
 };
 use super::random::{GenRng, WeightedTable, between, chance, index, log_normal, pick, shuffle, uniform, unit};
 use super::world::NetworkKind;
-use crate::event::key_fingerprint;
 
 /// Benign situations that look unusual and are not attacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -481,11 +480,11 @@ impl Builder<'_> {
                 profile.active_periods = vec![(run_start, cutover)];
                 let notes = format!(
                     "retired at the cutover; successor {} takes over the same traffic",
-                    key_fingerprint(&successor.key_id)
+                    self.config.fingerprinter.fingerprint(&successor.key_id)
                 );
                 let successor_notes = format!(
                     "successor of {}: a new key with the same places, client, endpoints and rate",
-                    key_fingerprint(&profile.key_id)
+                    self.config.fingerprinter.fingerprint(&profile.key_id)
                 );
                 let mut build = CaseBuild::new(profile, cutover, run_end, notes);
                 build.successor = Some((successor, successor_notes));
@@ -559,6 +558,7 @@ mod tests {
                 days: DAYS,
                 seed: 2,
                 start_ms: parse_ts(RUN_START).unwrap(),
+                fingerprinter: crate::event::Fingerprinter::unkeyed(),
             })
         })
     }

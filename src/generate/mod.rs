@@ -62,6 +62,11 @@ pub struct GenerateArgs {
     /// Start of the run (RFC 3339).
     #[arg(long, default_value = DEFAULT_START)]
     pub start: String,
+    /// The fingerprint secret: labels must carry the fingerprints that a
+    /// replay of the generated traffic gives, so give both the same secret
+    /// (or both `--unkeyed-fingerprints`).
+    #[command(flatten)]
+    pub fingerprint: crate::setup::FingerprintArgs,
 }
 
 /// Why generation could not run.
@@ -71,6 +76,8 @@ pub enum GenerateError {
     BadStart(String),
     #[error("--keys must be at least {minimum} so every scenario and hard case has a key (got {keys})")]
     TooFewKeys { keys: usize, minimum: usize },
+    #[error("fingerprint secret: {0}")]
+    Fingerprint(String),
     #[error("--days must be at least {minimum} (got {days})")]
     TooFewDays { days: u32, minimum: u32 },
     #[error("cannot write {path}: {source}")]
@@ -101,6 +108,8 @@ pub struct GenerateConfig {
     pub seed: u64,
     /// Start of the run, epoch milliseconds.
     pub start_ms: i64,
+    /// How label fingerprints are computed; unkeyed unless set.
+    pub fingerprinter: crate::event::Fingerprinter,
 }
 
 impl GenerateConfig {
@@ -122,7 +131,15 @@ impl GenerateConfig {
             days,
             seed,
             start_ms,
+            fingerprinter: crate::event::Fingerprinter::unkeyed(),
         })
+    }
+
+    /// Labels fingerprinted with `fingerprinter`, as a replay with the same
+    /// secret fingerprints the keys.
+    pub fn with_fingerprinter(mut self, fingerprinter: crate::event::Fingerprinter) -> GenerateConfig {
+        self.fingerprinter = fingerprinter;
+        self
     }
 
     pub fn end_ms(&self) -> i64 {
@@ -435,7 +452,13 @@ fn write_json_lines<T: serde::Serialize>(path: &Path, records: &[T]) -> Result<(
 
 /// Runs the command.
 pub fn run_cli(args: &GenerateArgs) -> Result<(), GenerateError> {
-    let config = GenerateConfig::new(args.keys, args.days, args.seed, &args.start)?;
+    let env_secret = crate::setup::fingerprint_secret_from_env();
+    let (fingerprinter, _) = args
+        .fingerprint
+        .resolve(&crate::config::FingerprintConfig::default(), env_secret.as_deref())
+        .map_err(|error| GenerateError::Fingerprint(error.to_string()))?;
+    tracing::info!(mode = fingerprinter.mode_name(), "label fingerprints");
+    let config = GenerateConfig::new(args.keys, args.days, args.seed, &args.start)?.with_fingerprinter(fingerprinter);
     let started = std::time::Instant::now();
     let generation = Generation::new(config);
     let summary = generation.write_to(&args.out)?;
@@ -465,6 +488,20 @@ mod tests {
 
     fn small() -> GenerateConfig {
         GenerateConfig::new(plan::minimum_keys(), MINIMUM_DAYS, 3, DEFAULT_START).unwrap()
+    }
+
+    /// Labels carry the fingerprints a replay with the same secret gives,
+    /// so `eval` can match them.
+    #[test]
+    fn labels_are_fingerprinted_with_the_given_secret() {
+        let secret = b"generate-test-fingerprint-secret";
+        let keyed = crate::event::Fingerprinter::keyed(secret, "test").unwrap();
+        let generation = Generation::new(small().with_fingerprinter(keyed.clone()));
+        assert!(!generation.labels().is_empty());
+        for label in generation.labels() {
+            assert_eq!(label.key_fingerprint, keyed.fingerprint(&label.key), "{}", label.id);
+            assert_ne!(label.key_fingerprint, crate::event::key_fingerprint(&label.key));
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::profile::{
 use super::random::{GenRng, WeightedTable, between, chance, index, log_normal, pick, shuffle, stream, uniform, unit};
 use super::world::{NetworkKind, World};
 use crate::eval::{BenignCase, Label};
-use crate::event::{format_ts, key_fingerprint};
+use crate::event::{Fingerprinter, format_ts};
 
 /// Purposes that separate the random streams of one seed.
 const PURPOSE_ROLES: u64 = 1;
@@ -420,12 +420,19 @@ pub(super) fn organisation_networks(world: &World, profiles: &[KeyProfile]) -> V
     keys
 }
 
-fn benign_record(case: HardCase, profile: &KeyProfile, start_ms: i64, end_ms: i64, notes: String) -> BenignCase {
+fn benign_record(
+    fingerprinter: &Fingerprinter,
+    case: HardCase,
+    profile: &KeyProfile,
+    start_ms: i64,
+    end_ms: i64,
+    notes: String,
+) -> BenignCase {
     BenignCase {
         id: String::new(),
         case: case.as_str().to_string(),
         key: profile.key_id.clone(),
-        key_fingerprint: key_fingerprint(&profile.key_id),
+        key_fingerprint: fingerprinter.fingerprint(&profile.key_id),
         start: format_ts(start_ms),
         end: format_ts(end_ms),
         notes,
@@ -518,6 +525,7 @@ pub fn plan(config: &GenerateConfig) -> Plan {
                 let successor_key = successor_of.get(&position).map(|&other| key_ids[other].clone());
                 let build = builder.hard_case(&mut rng, key, case, successor_key);
                 benign_cases.push(benign_record(
+                    &config.fingerprinter,
                     case,
                     &build.profile,
                     build.start_ms,
@@ -525,7 +533,14 @@ pub fn plan(config: &GenerateConfig) -> Plan {
                     build.notes,
                 ));
                 if let Some((successor, notes)) = build.successor {
-                    benign_cases.push(benign_record(case, &successor, build.start_ms, build.end_ms, notes));
+                    benign_cases.push(benign_record(
+                        &config.fingerprinter,
+                        case,
+                        &successor,
+                        build.start_ms,
+                        build.end_ms,
+                        notes,
+                    ));
                     if let Some(&other) = successor_of.get(&position) {
                         successors.insert(other, successor);
                     }
@@ -597,7 +612,7 @@ pub fn plan(config: &GenerateConfig) -> Plan {
         labels.push(Label {
             id: String::new(),
             scenario: scenario.as_str().to_string(),
-            key_fingerprint: key_fingerprint(&label_key),
+            key_fingerprint: config.fingerprinter.fingerprint(&label_key),
             key: label_key,
             start: format_ts(attack_start),
             end: format_ts(attack_end),
@@ -635,6 +650,7 @@ mod tests {
             days: 8,
             seed: 5,
             start_ms: crate::event::parse_ts("2026-01-05T00:00:00Z").unwrap(),
+            fingerprinter: crate::event::Fingerprinter::unkeyed(),
         }
     }
 

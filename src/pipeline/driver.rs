@@ -23,6 +23,7 @@ use crate::source::kafka::group::{KafkaSource, SourceEvent};
 #[derive(Debug, Clone)]
 pub struct DriverSettings {
     pub batch_max_events: usize,
+    pub batch_max_bytes: usize,
     pub batch_max_wait: Duration,
     pub checkpoint_interval: Duration,
     pub exactly_once: bool,
@@ -92,7 +93,8 @@ impl<S: Stage> Driver<S> {
         settings: DriverSettings,
         progress: std::sync::Arc<Progress>,
     ) -> Driver<S> {
-        let batch = MicroBatch::new(settings.batch_max_events, settings.batch_max_wait);
+        let batch = MicroBatch::new(settings.batch_max_events, settings.batch_max_wait)
+            .with_max_bytes(settings.batch_max_bytes);
         Driver {
             stage,
             source,

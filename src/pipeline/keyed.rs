@@ -21,6 +21,7 @@ use crate::decode::{Decoded, Decoder};
 use crate::engine::Engine;
 use crate::enrich::GeoIp;
 use crate::event::AccessEvent;
+use crate::event::Fingerprinter;
 use crate::fleet::spray::{Network, ObservationRecord};
 use crate::model::Model;
 use crate::sink::kafka::{KafkaSinkError, Outbox, OutputTopics};
@@ -52,6 +53,8 @@ pub struct KeyedStage {
     /// Where calls for the view across keys go, keyed by source network;
     /// `None` keeps the view in each partition's engine.
     source_topic: Option<String>,
+    /// How each partition's engine fingerprints keys.
+    fingerprinter: Fingerprinter,
 }
 
 impl KeyedStage {
@@ -71,7 +74,14 @@ impl KeyedStage {
             progress,
             scratch_outputs: Vec::new(),
             source_topic: None,
+            fingerprinter: Fingerprinter::unkeyed(),
         }
+    }
+
+    /// Fingerprints keys with `fingerprinter` (unkeyed by default).
+    pub fn with_fingerprinter(mut self, fingerprinter: Fingerprinter) -> KeyedStage {
+        self.fingerprinter = fingerprinter;
+        self
     }
 
     /// Sends calls for the view across keys to `topic`, keyed by source
@@ -223,7 +233,8 @@ impl Stage for KeyedStage {
 
     fn assigned(&mut self, partitions: Vec<AssignedPartition>) {
         self.partitions.assign(partitions, |partition| {
-            let mut engine = Engine::new(Arc::clone(&self.model), Arc::clone(&self.geo));
+            let mut engine = Engine::new(Arc::clone(&self.model), Arc::clone(&self.geo))
+                .with_fingerprinter(self.fingerprinter.clone());
             if self.source_topic.is_some() {
                 engine.across_mut().spray_elsewhere();
             }

@@ -1,6 +1,7 @@
-//! Micro-batches of input records, closed by size or by age, whichever
-//! comes first, so latency stays bounded when input is slow and overhead
-//! stays low when it is fast.
+//! Micro-batches of input records, closed by size (records or bytes) or by
+//! age, whichever comes first, so latency stays bounded when input is slow,
+//! overhead stays low when it is fast, and memory stays bounded when
+//! records are large.
 
 use std::time::Duration;
 
@@ -13,6 +14,9 @@ use crate::source::kafka::group::InputRecord;
 pub struct MicroBatch {
     records: Vec<InputRecord>,
     max_records: usize,
+    /// Payload bytes at which the batch closes, whatever its record count.
+    max_bytes: usize,
+    bytes: usize,
     max_wait: Duration,
     deadline: Option<Instant>,
 }
@@ -22,9 +26,17 @@ impl MicroBatch {
         MicroBatch {
             records: Vec::with_capacity(max_records.clamp(1, 1 << 16)),
             max_records: max_records.max(1),
+            max_bytes: usize::MAX,
+            bytes: 0,
             max_wait,
             deadline: None,
         }
+    }
+
+    /// Closes the batch once its payloads hold `max_bytes` bytes.
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> MicroBatch {
+        self.max_bytes = max_bytes.max(1);
+        self
     }
 
     /// Adds a record; returns true when the batch is full and must be
@@ -33,8 +45,9 @@ impl MicroBatch {
         if self.records.is_empty() {
             self.deadline = Some(now + self.max_wait);
         }
+        self.bytes = self.bytes.saturating_add(record.payload.as_ref().map_or(0, Vec::len));
         self.records.push(record);
-        self.records.len() >= self.max_records
+        self.records.len() >= self.max_records || self.bytes >= self.max_bytes
     }
 
     /// When the oldest record has waited long enough; `None` when empty.
@@ -45,6 +58,7 @@ impl MicroBatch {
     /// Takes the records out, leaving the batch empty and its clock stopped.
     pub fn take(&mut self) -> Vec<InputRecord> {
         self.deadline = None;
+        self.bytes = 0;
         std::mem::replace(
             &mut self.records,
             Vec::with_capacity(self.max_records.clamp(1, 1 << 16)),
@@ -54,6 +68,11 @@ impl MicroBatch {
     /// Drops the records of partitions that are no longer ours.
     pub fn retain(&mut self, mut keep: impl FnMut(&InputRecord) -> bool) {
         self.records.retain(|record| keep(record));
+        self.bytes = self
+            .records
+            .iter()
+            .map(|record| record.payload.as_ref().map_or(0, Vec::len))
+            .sum();
         if self.records.is_empty() {
             self.deadline = None;
         }
@@ -86,6 +105,23 @@ mod tests {
         let records = batch.take();
         assert_eq!(records.len(), 3);
         assert!(batch.records.is_empty() && batch.deadline().is_none());
+    }
+
+    #[test]
+    fn closes_on_bytes_before_the_record_count() {
+        let mut batch = MicroBatch::new(1000, Duration::from_secs(60)).with_max_bytes(10);
+        let now = Instant::now();
+        let sized = |offset: i64, bytes: usize| InputRecord {
+            payload: Some(vec![b'x'; bytes]),
+            ..record(0, offset)
+        };
+        assert!(!batch.push(sized(0, 4), now));
+        assert!(!batch.push(sized(1, 5), now));
+        assert!(batch.push(sized(2, 1), now), "10 bytes fill it");
+        assert_eq!(batch.take().len(), 3);
+        assert!(!batch.push(sized(3, 9), now), "the count restarts after take");
+        batch.retain(|_| false);
+        assert!(batch.push(sized(4, 10), now), "retain recounts");
     }
 
     #[test]

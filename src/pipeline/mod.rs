@@ -287,6 +287,7 @@ impl Pipeline {
     fn driver_settings(&self) -> DriverSettings {
         DriverSettings {
             batch_max_events: self.kafka.batch_max_events,
+            batch_max_bytes: self.kafka.batch_max_bytes,
             batch_max_wait: self.kafka.batch_max_wait,
             checkpoint_interval: self.kafka.checkpoint_interval,
             exactly_once: self.kafka.exactly_once,
@@ -315,7 +316,8 @@ impl Pipeline {
             self.output_topics(layout),
             Arc::clone(&self.progress),
         )
-        .with_source_topic(self.kafka.source_topic.clone());
+        .with_source_topic(self.kafka.source_topic.clone())
+        .with_fingerprinter(self.config.fingerprint.resolved.clone());
         let sink = self
             .sink(format!("{}-{}", self.kafka.group_id, self.kafka.instance_name()))
             .await?;

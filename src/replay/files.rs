@@ -153,7 +153,8 @@ impl Run {
         let counts = &mut summary.counts;
         let mut buffer = Vec::new();
         let mut spans = Vec::new();
-        let mut reader = RecordReader::open(input, decoder.max_record_bytes)?;
+        let mut reader = RecordReader::open(input, decoder.max_record_bytes)?
+            .with_byte_budgets(decoder.max_batch_bytes, decoder.max_document_bytes);
         let name = reader.name().to_string();
         self.names.push(name.clone());
         if let Some(bar) = progress {
@@ -207,7 +208,8 @@ impl Run {
         let counts = &mut summary.counts;
         let mut lanes = Vec::with_capacity(inputs.len());
         for input in inputs {
-            let reader = RecordReader::open(input, decoder.max_record_bytes)?;
+            let reader = RecordReader::open(input, decoder.max_record_bytes)?
+            .with_byte_budgets(decoder.max_batch_bytes, decoder.max_document_bytes);
             self.names.push(reader.name().to_string());
             lanes.push(Lane {
                 reader,
@@ -314,7 +316,12 @@ fn decode_span<'a>(
                     line: span.line,
                     index: rejection.index,
                 };
-                outputs.write_rejected(&Rejected::new(&rejection.error, source, record))?;
+                outputs.write_rejected(&Rejected::new(
+                    &rejection.error,
+                    source,
+                    record,
+                    &decoder.key_field_names(),
+                ))?;
             }
         }
     }

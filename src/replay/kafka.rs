@@ -197,7 +197,8 @@ pub fn replay_from_kafka(
                 },
                 None => low,
             };
-            let mut engine = Engine::new(Arc::clone(&model), Arc::clone(&geo));
+            let mut engine = Engine::new(Arc::clone(&model), Arc::clone(&geo))
+                .with_fingerprinter(config.fingerprint.resolved.clone());
             if let Some(snapshot) = snapshots.remove(&id) {
                 // The snapshot already holds everything before its offset.
                 start = start.max(snapshot.next_offset);
@@ -379,7 +380,12 @@ impl PartitionReplay<'_> {
                             offset: *offset,
                             index: rejection.index,
                         };
-                        files.write_rejected(&Rejected::new(&rejection.error, source, payload))?;
+                        files.write_rejected(&Rejected::new(
+                            &rejection.error,
+                            source,
+                            payload,
+                            &self.decoder.key_field_names(),
+                        ))?;
                     }
                 }
             }

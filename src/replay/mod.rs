@@ -288,5 +288,5 @@ fn replay_kafka_cli(args: &ReplayArgs, setup: &Setup) -> Result<(), ReplayError>
 pub fn write_summary(dir: &Path, summary: &ReplaySummary) -> Result<(), SinkError> {
     let path = dir.join("summary.json");
     let text = serde_json::to_string_pretty(summary).unwrap_or_default();
-    std::fs::write(&path, text + "\n").map_err(|source| SinkError { path, source })
+    crate::private_file::write_private(&path, (text + "\n").as_bytes()).map_err(|source| SinkError { path, source })
 }

@@ -1,4 +1,6 @@
 //! Writing JSON lines files: alerts, revocation requests, rejected records.
+//! Every output file is created readable by its owner only (mode 0600):
+//! alerts name keys and places, rejected records hold parts of raw input.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -26,7 +28,7 @@ pub struct JsonlWriter {
 
 impl JsonlWriter {
     pub fn create(path: &Path) -> Result<JsonlWriter, SinkError> {
-        let file = File::create(path).map_err(|source| SinkError {
+        let file = crate::private_file::create_private(path).map_err(|source| SinkError {
             path: path.to_path_buf(),
             source,
         })?;
@@ -103,5 +105,30 @@ impl OutputFiles {
         self.revocations.sync()?;
         self.digests.sync()?;
         self.rejected.sync()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn output_files_are_readable_by_their_owner_only() {
+        let dir = std::env::temp_dir().join(format!("keywatch-sink-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        // A file left world-readable by an older run is tightened too.
+        let old = dir.join("rejected.jsonl");
+        std::fs::write(&old, b"old\n").expect("write");
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let mut files = OutputFiles::create(&dir).expect("created");
+        files.sync().expect("synced");
+        for name in ["alerts.jsonl", "revocations.jsonl", "digests.jsonl", "rejected.jsonl"] {
+            let mode = std::fs::metadata(dir.join(name)).expect("exists").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+        assert_eq!(std::fs::read(&old).expect("readable").len(), 0, "truncated");
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

@@ -34,6 +34,11 @@ pub struct RecordReader {
     line: u64,
     done: bool,
     max_record_bytes: usize,
+    /// A batch closes once it holds this many bytes of records.
+    max_batch_bytes: usize,
+    /// A whole document is read up to one byte past this: enough for the
+    /// decoder to reject it as too large, never more.
+    max_document_bytes: usize,
     /// Bytes consumed so far (compressed bytes are not known; these are
     /// decompressed bytes).
     pub bytes_read: u64,
@@ -70,11 +75,22 @@ impl RecordReader {
             line: 0,
             done: false,
             max_record_bytes,
+            max_batch_bytes: crate::decode::DEFAULT_MAX_BATCH_BYTES,
+            max_document_bytes: crate::decode::DEFAULT_MAX_DOCUMENT_BYTES,
             bytes_read: 0,
         };
         let head = record_reader.reader.fill_buf().map_err(wrap)?;
         record_reader.whole_document = crate::decode::cloudtrail::is_records_document(head);
         Ok(record_reader)
+    }
+
+    /// Bounds batches and whole documents by bytes (see
+    /// [`crate::decode::Decoder::max_batch_bytes`] and
+    /// [`crate::decode::Decoder::max_document_bytes`]).
+    pub fn with_byte_budgets(mut self, max_batch_bytes: usize, max_document_bytes: usize) -> RecordReader {
+        self.max_batch_bytes = max_batch_bytes.max(1);
+        self.max_document_bytes = max_document_bytes;
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -99,9 +115,17 @@ impl RecordReader {
             source,
         };
         if self.whole_document {
-            // A CloudTrail document is one record however large; the limit
-            // applies per event inside it, not to the file.
-            self.reader.read_to_end(buffer).map_err(|err| wrap(err, &self.name))?;
+            // A CloudTrail document is one record; the record limit applies
+            // per event inside it, the document limit to the whole. A byte
+            // past the document limit is enough for the decoder to reject
+            // it, so a huge (or endlessly inflating) file is never read in.
+            let cap = u64::try_from(self.max_document_bytes)
+                .unwrap_or(u64::MAX)
+                .saturating_add(1);
+            (&mut self.reader)
+                .take(cap)
+                .read_to_end(buffer)
+                .map_err(|err| wrap(err, &self.name))?;
             self.bytes_read += buffer.len() as u64;
             spans.push(RecordSpan {
                 range: 0..buffer.len(),
@@ -111,7 +135,7 @@ impl RecordReader {
             self.done = true;
             return Ok(!buffer.is_empty());
         }
-        while spans.len() < max_records {
+        while spans.len() < max_records && buffer.len() < self.max_batch_bytes {
             let start = buffer.len();
             let (consumed, full_length) = read_line_capped(&mut self.reader, buffer, self.max_record_bytes)
                 .map_err(|err| wrap(err, &self.name))?;
@@ -170,6 +194,63 @@ fn read_line_capped(reader: &mut dyn BufRead, buffer: &mut Vec<u8>, limit: usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn temp_file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("keywatch-source-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).expect("write");
+        path
+    }
+
+    #[test]
+    fn batches_close_at_their_byte_budget() {
+        let line = format!("{}\n", "x".repeat(99));
+        let path = temp_file("lines.jsonl", line.repeat(10).as_bytes());
+        let mut reader = RecordReader::open(&path, 1000)
+            .expect("opens")
+            .with_byte_budgets(250, 1 << 20);
+        let (mut buffer, mut spans) = (Vec::new(), Vec::new());
+        let mut sizes = Vec::new();
+        while reader.next_batch(&mut buffer, &mut spans, 100).expect("reads") {
+            sizes.push(spans.len());
+            assert!(buffer.len() < 250 + 100, "{} bytes", buffer.len());
+        }
+        assert_eq!(sizes, [3, 3, 3, 1], "99-byte records, 250-byte budget");
+        std::fs::remove_dir_all(path.parent().expect("a folder")).expect("clean up");
+    }
+
+    #[test]
+    fn whole_documents_are_read_up_to_their_budget_only() {
+        let document = format!(r#"{{"Records":[{}]}}"#, "{},".repeat(1000) + "{}");
+        let path = temp_file("trail.json", document.as_bytes());
+        let mut reader = RecordReader::open(&path, 1000)
+            .expect("opens")
+            .with_byte_budgets(1 << 20, 100);
+        let (mut buffer, mut spans) = (Vec::new(), Vec::new());
+        assert!(reader.next_batch(&mut buffer, &mut spans, 100).expect("reads"));
+        assert_eq!(buffer.len(), 101, "one byte past the budget, no more");
+        assert!(!reader.next_batch(&mut buffer, &mut spans, 100).expect("reads"));
+        let decoder =
+            crate::decode::Decoder::new(crate::decode::Format::Auto, None, 1000).with_byte_budgets(100, 1 << 20);
+        let mut again = RecordReader::open(&path, 1000)
+            .expect("opens")
+            .with_byte_budgets(1 << 20, 100);
+        let mut read_again = Vec::new();
+        again.next_batch(&mut read_again, &mut spans, 1).expect("reads");
+        let decoded = decoder.decode_to_vec(&read_again);
+        assert!(
+            matches!(
+                decoded.as_slice(),
+                [Err(crate::decode::DecodeError::DocumentTooLarge {
+                    size: 101,
+                    limit: 100
+                })]
+            ),
+            "{decoded:?}"
+        );
+        std::fs::remove_dir_all(path.parent().expect("a folder")).expect("clean up");
+    }
 
     #[test]
     fn lines_are_capped_but_consumed() {

@@ -405,3 +405,78 @@ fn the_view_across_keys_in_replay_is_byte_identical_whatever_the_batches_and_fil
         "alerts differ when the input is split into files"
     );
 }
+
+/// With a fingerprint secret, every key is named by HMAC-SHA-256 under it
+/// (as docs/OPERATIONS.md computes it), nothing in the outputs or the
+/// rejected excerpts holds a raw key id, the secret never reaches the log,
+/// and the output files are readable by their owner only.
+#[test]
+fn replay_with_a_secret_names_keys_by_hmac_and_leaks_no_key() {
+    use keywatch::event::{Fingerprinter, key_fingerprint};
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let geo = write_geoip(dir.path());
+    let (events, _) = write_events(dir.path());
+    let secret = "replay-test-fingerprint-secret-0123";
+    let secret_path = dir.path().join("fingerprint.key");
+    std::fs::write(&secret_path, format!("{secret}\n")).unwrap();
+    let out = dir.path().join("keyed");
+    let run = Command::new(env!("CARGO_BIN_EXE_keywatch"))
+        .args([
+            "replay",
+            "--input",
+            events.to_str().unwrap(),
+            "--geoip-city",
+            geo.0.to_str().unwrap(),
+            "--geoip-asn",
+            geo.1.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--fingerprint-key-file",
+            secret_path.to_str().unwrap(),
+        ])
+        .env("KEYWATCH_LOG", "info")
+        .output()
+        .expect("keywatch runs");
+    let log = String::from_utf8_lossy(&run.stderr).into_owned() + &String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{log}");
+    assert!(log.contains("hmac-sha256"), "the mode is logged: {log}");
+    assert!(!log.contains(secret), "the secret is never logged");
+
+    let keyed = Fingerprinter::keyed(secret.as_bytes(), "test").unwrap();
+    let keys = ["AKIAREPLAYTEST000000", "AKIAREPLAYTEST000001", "AKIAREPLAYTEST000002"];
+    let alerts = read_lines(&out.join("alerts.jsonl"));
+    assert!(!alerts.is_empty());
+    for alert in &alerts {
+        let fingerprint = alert["key_fingerprint"].as_str().unwrap();
+        assert!(
+            keys.iter().any(|key| keyed.fingerprint(key) == fingerprint),
+            "{fingerprint} is the HMAC of a key"
+        );
+        assert!(
+            keys.iter().all(|key| key_fingerprint(key) != fingerprint),
+            "not unkeyed"
+        );
+        assert!(alert["key_hint"].as_str().unwrap().len() <= 8);
+    }
+    for file in [
+        "alerts.jsonl",
+        "revocations.jsonl",
+        "digests.jsonl",
+        "rejected.jsonl",
+        "summary.json",
+    ] {
+        let text = std::fs::read_to_string(out.join(file)).unwrap();
+        assert!(!text.contains("AKIAREPLAYTEST"), "raw key id in {file}");
+        let mode = std::fs::metadata(out.join(file)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+    let rejected = read_lines(&out.join("rejected.jsonl"));
+    assert!(
+        rejected
+            .iter()
+            .any(|entry| entry["record"].as_str().unwrap().contains("\"key_id\":\"[redacted]\"")),
+        "{rejected:?}"
+    );
+}
