@@ -187,11 +187,22 @@ fn the_start_up_line_is_json_with_a_summary_and_no_secret() {
         .spawn()
         .expect("start keywatch run");
     let stderr = child.stderr.take().expect("stderr");
-    let first = std::io::BufReader::new(stderr).lines().next();
+    // Lines before it (a warning about the fingerprint mode) are JSON too.
+    let mut before = Vec::new();
+    let mut start_up = None;
+    for line in std::io::BufReader::new(stderr).lines().take(20) {
+        let line = line.expect("readable");
+        let entry: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
+        if entry["fields"]["message"] == "keywatch run starting" {
+            start_up = Some((line, entry));
+            break;
+        }
+        before.push(line);
+    }
     let _ = child.kill();
     let _ = child.wait();
-    let line = first.expect("a log line").expect("readable");
-    let entry: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
+    assert!(before.iter().all(|line| !line.contains("hunter2")), "{before:?}");
+    let (line, entry) = start_up.expect("the start-up line among the first lines");
     assert_eq!(entry["level"], "INFO", "{line}");
     assert_eq!(entry["fields"]["message"], "keywatch run starting", "{line}");
     assert_eq!(entry["fields"]["instance"], "kw-7", "{line}");
