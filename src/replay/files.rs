@@ -209,7 +209,7 @@ impl Run {
         let mut lanes = Vec::with_capacity(inputs.len());
         for input in inputs {
             let reader = RecordReader::open(input, decoder.max_record_bytes)?
-            .with_byte_budgets(decoder.max_batch_bytes, decoder.max_document_bytes);
+                .with_byte_budgets(decoder.max_batch_bytes, decoder.max_document_bytes);
             self.names.push(reader.name().to_string());
             lanes.push(Lane {
                 reader,
