@@ -242,6 +242,15 @@ impl EventTime {
         None
     }
 
+    /// After a confirmed jump to `clock_ms`: the rows still held ahead
+    /// count as arriving now, so their wait is measured from the new clock
+    /// (a replay's next gap is not taken for a stale arrival).
+    pub(crate) fn rearrive(&mut self, clock_ms: i64) {
+        for row in &mut self.ahead {
+            row.arrived_clock_ms = row.arrived_clock_ms.max(clock_ms);
+        }
+    }
+
     /// Takes the rows held ahead that are now within `max_ahead_ms` of the
     /// clock into `into`.
     pub(crate) fn take_admitted(&mut self, max_ahead_ms: i64, into: &mut Vec<Row>) {

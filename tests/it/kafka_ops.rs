@@ -216,3 +216,74 @@ fn the_start_up_line_is_json_with_a_summary_and_no_secret() {
     assert!(line.contains("sasl.password"), "property names are listed: {line}");
     assert!(!line.contains("hunter2"), "no property value: {line}");
 }
+
+/// Counts the rebalances a consumer goes through.
+#[derive(Default)]
+struct CountingContext {
+    rebalances: std::sync::atomic::AtomicUsize,
+}
+
+impl rdkafka::ClientContext for CountingContext {}
+
+impl rdkafka::consumer::ConsumerContext for CountingContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        if matches!(rebalance, rdkafka::consumer::Rebalance::Revoke(_)) {
+            self.rebalances.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// What KIP-345 promises beyond speed: the restart of one static member
+/// does not make the others give up their partitions. Prints what the
+/// broker did, so a broker without static membership shows as a revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_one_static_member_leaves_the_others_alone() {
+    let Some(brokers) = real_brokers("restarting_one_static_member_leaves_the_others_alone") else {
+        return;
+    };
+    init_logging();
+    let prefix = unique_prefix("ops-static-two");
+    let topic = format!("{prefix}-access");
+    create_topics(&brokers, &[(topic.as_str(), 4)]).await;
+    let group = format!("{prefix}-group");
+    let member = |id: &str| {
+        let mut kafka = KafkaConfig::new(brokers.clone(), vec![topic.clone()]);
+        kafka.instance_id = Some(id.into());
+        kafka.properties.insert("heartbeat.interval.ms".into(), "500".into());
+        kafka
+    };
+    let (kafka_a, kafka_b) = (member("ops-a"), member("ops-b"));
+    let other: BaseConsumer<CountingContext> = kafka_b
+        .group_consumer_config(&group)
+        .create_with_context(CountingContext::default())
+        .expect("consumer b");
+    other.subscribe(&[topic.as_str()]).expect("subscribe");
+    let first = static_member(&kafka_a, &group, &topic);
+    // Both poll until each holds partitions and the group is stable.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let _ = first.poll(Duration::from_millis(50));
+        let _ = other.poll(Duration::from_millis(50));
+        let a = first.assignment().map(|l| l.count()).unwrap_or(0);
+        let b = other.assignment().map(|l| l.count()).unwrap_or(0);
+        if a > 0 && b > 0 && a + b == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the group never settled: a {a}, b {b}");
+    }
+    let settled = other.context().rebalances.load(std::sync::atomic::Ordering::SeqCst);
+    drop(first);
+    let restarted = static_member(&kafka_a, &group, &topic);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        let _ = restarted.poll(Duration::from_millis(50));
+        let _ = other.poll(Duration::from_millis(50));
+    }
+    let revocations = other.context().rebalances.load(std::sync::atomic::Ordering::SeqCst) - settled;
+    let back = restarted.assignment().map(|l| l.count()).unwrap_or(0);
+    eprintln!(
+        "static membership: the other member had {revocations} revocations while one restarted; it holds {back} partitions again"
+    );
+    assert!(back > 0, "the restarted member holds partitions again");
+    assert_eq!(revocations, 0, "a static member's restart rebalanced the group");
+}
