@@ -432,17 +432,7 @@ impl Engine {
     /// order.
     fn settle(&mut self, out: &mut Vec<Output>) {
         let mut rows = std::mem::take(&mut self.scratch_rows);
-        loop {
-            rows.clear();
-            self.time.take_admitted(self.max_ahead_ms, &mut rows);
-            if rows.is_empty() {
-                break;
-            }
-            for row in &rows {
-                self.time.held.push(std::cmp::Reverse(*row));
-                self.time.advance(row.ts_ms);
-            }
-        }
+        self.time.admit_near(self.max_ahead_ms, &mut rows);
         rows.clear();
         self.time
             .take_expired(self.max_ahead_ms, self.model.time.max_ahead_held, &mut rows);
@@ -475,17 +465,7 @@ impl Engine {
     /// buffer, and those still far ahead wait afresh from the new clock.
     fn settle_jump(&mut self, out: &mut Vec<Output>) {
         let mut rows = std::mem::take(&mut self.scratch_rows);
-        loop {
-            rows.clear();
-            self.time.take_admitted(self.max_ahead_ms, &mut rows);
-            if rows.is_empty() {
-                break;
-            }
-            for row in &rows {
-                self.time.held.push(std::cmp::Reverse(*row));
-                self.time.advance(row.ts_ms);
-            }
-        }
+        self.time.admit_near(self.max_ahead_ms, &mut rows);
         self.scratch_rows = rows;
         if let Some(clock_ms) = self.time.clock_ms {
             self.time.rearrive(clock_ms);
@@ -665,17 +645,7 @@ impl Engine {
         let mut rows = std::mem::take(&mut self.scratch_rows);
         while let Some(jump_ms) = self.time.confirmed_jump(1, self.max_ahead_ms, 1) {
             self.time.advance(jump_ms);
-            loop {
-                rows.clear();
-                self.time.take_admitted(self.max_ahead_ms, &mut rows);
-                if rows.is_empty() {
-                    break;
-                }
-                for row in &rows {
-                    self.time.held.push(std::cmp::Reverse(*row));
-                    self.time.advance(row.ts_ms);
-                }
-            }
+            self.time.admit_near(self.max_ahead_ms, &mut rows);
         }
         rows.clear();
         self.scratch_rows = rows;

@@ -251,6 +251,22 @@ impl EventTime {
         }
     }
 
+    /// Moves the rows held ahead that the clock now reaches into the
+    /// reorder buffer, each moving the clock in turn, until none is near.
+    pub(crate) fn admit_near(&mut self, max_ahead_ms: i64, scratch: &mut Vec<Row>) {
+        loop {
+            scratch.clear();
+            self.take_admitted(max_ahead_ms, scratch);
+            if scratch.is_empty() {
+                return;
+            }
+            for row in scratch.iter() {
+                self.held.push(Reverse(*row));
+                self.advance(row.ts_ms);
+            }
+        }
+    }
+
     /// Takes the rows held ahead that are now within `max_ahead_ms` of the
     /// clock into `into`.
     pub(crate) fn take_admitted(&mut self, max_ahead_ms: i64, into: &mut Vec<Row>) {
