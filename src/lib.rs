@@ -45,6 +45,7 @@ pub mod event;
 pub mod fleet;
 pub mod generate;
 pub mod model;
+pub mod owners;
 pub mod pipeline;
 pub mod private_file;
 pub mod replay;
