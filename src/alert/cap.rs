@@ -59,6 +59,28 @@ pub fn cap_alert(alert: &mut Alert, max_bytes: usize) -> bool {
     cut
 }
 
+/// Shrinks a piece of evidence on its own to at most `max_bytes` of JSON,
+/// by the same steps as an alert's, marking it when cut (a digest entry's
+/// evidence, which no whole-alert cap covers); returns whether it was cut.
+pub fn cap_evidence(evidence: &mut Value, max_bytes: usize) -> bool {
+    let value_len = |value: &Value| serde_json::to_vec(value).map_or(usize::MAX, |json| json.len());
+    let original = value_len(evidence);
+    if original <= max_bytes {
+        return false;
+    }
+    for (longest_string, most_items) in STEPS {
+        shrink(evidence, *longest_string, *most_items);
+        mark(evidence, original);
+        if value_len(evidence) <= max_bytes {
+            return true;
+        }
+    }
+    let mut marker = Map::new();
+    marker.insert(EVIDENCE_CUT_FIELD.into(), Value::from(original as u64));
+    *evidence = Value::Object(marker);
+    true
+}
+
 fn json_len(alert: &Alert) -> usize {
     serde_json::to_vec(alert).map_or(usize::MAX, |json| json.len())
 }
@@ -98,7 +120,7 @@ fn shrink(value: &mut Value, longest_string: usize, most_items: usize) {
 
 /// Cuts `text` to at most `longest` bytes on a character boundary, marker
 /// included; returns whether it was cut.
-fn cut_string(text: &mut String, longest: usize) -> bool {
+pub fn cut_string(text: &mut String, longest: usize) -> bool {
     if text.len() <= longest {
         return false;
     }

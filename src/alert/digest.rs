@@ -3,6 +3,7 @@
 //! the day's digest goes out once the key's event time has moved to a later
 //! UTC day (or when a replay ends).
 
+use crate::alert::cap::{cap_evidence, cut_string};
 use crate::alert::{Digest, DigestEntry, stable_id};
 use crate::baseline::digest::{LowFinding, PendingDigest};
 use crate::detect::Finding;
@@ -10,14 +11,28 @@ use crate::event::format_ts;
 
 const DAY_MS: i64 = 86_400_000;
 
-/// The low finding as a digest keeps it.
+/// Longest subject of a digest entry, in bytes.
+const MAX_ENTRY_SUBJECT_BYTES: usize = 256;
+/// Longest summary of a digest entry, in bytes.
+const MAX_ENTRY_SUMMARY_BYTES: usize = 512;
+/// Largest evidence of a digest entry, in bytes of JSON: with at most
+/// `MAX_ENTRIES` entries, a digest stays within about 64 KiB.
+const MAX_ENTRY_EVIDENCE_BYTES: usize = 1024;
+
+/// The low finding as a digest keeps it. Subject, summary and evidence may
+/// embed input text (endpoint paths, user agents): each is bounded here,
+/// before the pending digest holds it, deterministically.
 pub fn low_finding(finding: Finding) -> LowFinding {
+    let (mut subject, mut summary, mut evidence) = (finding.subject, finding.summary, finding.evidence);
+    cut_string(&mut subject, MAX_ENTRY_SUBJECT_BYTES);
+    cut_string(&mut summary, MAX_ENTRY_SUMMARY_BYTES);
+    cap_evidence(&mut evidence, MAX_ENTRY_EVIDENCE_BYTES);
     LowFinding {
         detector: finding.detector,
-        subject: finding.subject,
+        subject,
         score: finding.score,
-        summary: finding.summary,
-        evidence: finding.evidence,
+        summary,
+        evidence,
     }
 }
 
@@ -81,6 +96,29 @@ mod tests {
         assert_eq!(digest.entries[0].last, format_ts(1_767_571_300_000));
         assert_eq!(digest.day, "2026-01-05");
         assert!(digest.id.starts_with("dg_"));
+    }
+
+    #[test]
+    fn a_digest_of_long_input_text_stays_within_its_budget() {
+        let mut pending = PendingDigest::new(0);
+        for index in 0..(MAX_ENTRIES + 10) {
+            let path = format!("/v1/{index}/{}", "x".repeat(20_000));
+            let mut finding = low(Detector::NewEndpoint, &path, 0.3);
+            finding.evidence = serde_json::json!({"endpoint": path, "seen": vec![path.clone(); 50]});
+            finding.summary = format!("new endpoint {path}");
+            pending.add(low_finding(finding), 1000);
+        }
+        let digest = digest_of(pending, "kf_x", "****", "default/1");
+        let bytes = serde_json::to_vec(&digest).unwrap().len();
+        assert!(bytes <= 64 * 1024, "digest of {bytes} bytes");
+        assert_eq!(digest.entries.len(), MAX_ENTRIES);
+        assert!(
+            digest.entries[0]
+                .evidence
+                .get(crate::alert::cap::EVIDENCE_CUT_FIELD)
+                .is_some()
+        );
+        assert!(digest.entries[0].subject.ends_with(crate::alert::cap::CUT_MARKER));
     }
 
     #[test]

@@ -368,6 +368,7 @@ impl Pipeline {
             self.kafka.repartition_topic.clone(),
             self.output_topics(layout),
             Arc::clone(&self.progress),
+            self.config.fingerprint.resolved.clone(),
         );
         let group_id = self.kafka.repartition_group_id();
         self.run_stage_without_changelog(stage, &group_id, &self.kafka.input_topics, cancel)

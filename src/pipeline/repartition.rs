@@ -11,7 +11,7 @@ use super::stage::{Progress, Stage};
 use crate::checkpoint::PartitionId;
 use crate::counts::Counts;
 use crate::decode::{Decoded, Decoder};
-use crate::event::key_fingerprint;
+use crate::event::Fingerprinter;
 use crate::sink::kafka::{KafkaSinkError, Outbox, OutputTopics};
 use crate::source::kafka::group::{AssignedPartition, InputRecord};
 
@@ -26,6 +26,10 @@ pub struct RepartitionStage {
     /// Stateless: the book holds only offsets.
     partitions: PartitionBook<()>,
     progress: Arc<Progress>,
+    /// The run's fingerprinter: the message key is the key's keyed
+    /// fingerprint, so the internal topic's keys reveal nothing a plain
+    /// hash of a guessed key id could confirm.
+    fingerprinter: Fingerprinter,
 }
 
 impl RepartitionStage {
@@ -34,6 +38,7 @@ impl RepartitionStage {
         repartition_topic: String,
         topics: OutputTopics,
         progress: Arc<Progress>,
+        fingerprinter: Fingerprinter,
     ) -> RepartitionStage {
         RepartitionStage {
             decoder,
@@ -41,6 +46,7 @@ impl RepartitionStage {
             topics,
             partitions: PartitionBook::new(STAGE, Arc::clone(&progress)),
             progress,
+            fingerprinter,
         }
     }
 }
@@ -83,7 +89,7 @@ impl Stage for RepartitionStage {
                         })?;
                         outbox.push_repartitioned(
                             &self.repartition_topic,
-                            key_fingerprint(&event.key_id),
+                            self.fingerprinter.fingerprint(&event.key_id),
                             json,
                             record.timestamp_ms,
                         );
@@ -142,6 +148,7 @@ mod tests {
             "repartition".into(),
             topics,
             Arc::new(Progress::default()),
+            Fingerprinter::keyed(b"repartition-test-secret-0123456789", "test").unwrap(),
         );
         stage.assigned(vec![AssignedPartition {
             id: PartitionId::new("raw", 0),
@@ -174,7 +181,12 @@ mod tests {
         assert_eq!(routed.topic, "repartition");
         assert_eq!(
             routed.key.as_deref(),
-            Some(key_fingerprint("AKIAIOSFODNN7EXAMPLE").as_str())
+            Some(stage.fingerprinter.fingerprint("AKIAIOSFODNN7EXAMPLE").as_str())
+        );
+        assert_ne!(
+            routed.key.as_deref(),
+            Some(crate::event::key_fingerprint("AKIAIOSFODNN7EXAMPLE").as_str()),
+            "the message key is the keyed fingerprint, not a plain hash"
         );
         assert!(
             !routed.key.as_deref().unwrap().contains("AKIA"),
