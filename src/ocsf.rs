@@ -43,6 +43,11 @@ pub const FIRST_REVISION: u64 = 1;
 /// a finding must stay far below the brokers' message limit.
 const MAX_EVIDENCES: usize = 32;
 
+/// What the largest finding stays under: a native alert is capped at 32 KiB
+/// (`alert::cap`), and its finding repeats its evidence and lists its keys,
+/// far below the 1 MiB brokers take by default.
+pub const MAX_FINDING_BYTES: usize = 128 * 1024;
+
 /// Which format alerts are written in: keywatch's own (`alerts.jsonl`, the
 /// alerts topic), OCSF (`alerts.ocsf.jsonl`, the OCSF alerts topic), or both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -1117,6 +1122,28 @@ mod tests {
                 assert!(errors.is_empty(), "{detector}: {errors:?} in {finding}");
             }
         }
+    }
+
+    #[test]
+    fn the_largest_alert_keeps_its_finding_far_below_the_message_limit() {
+        let mut spray = alert(
+            Detector::SourceSpray,
+            Severity::High,
+            json!({
+                "source_network": "203.0.113.0/24",
+                "addresses": (0..2000).map(|index| format!("2001:db8::{index:x}")).collect::<Vec<_>>(),
+                "asns": (0..2000).collect::<Vec<u32>>(),
+                "keys": 500,
+            }),
+        );
+        spray.keys = (0..500).map(|index| format!("kf_{index:032x}")).collect();
+        spray.keys[0] = spray.key_fingerprint.clone();
+        crate::alert::cap::cap_alert(&mut spray, crate::alert::cap::MAX_ALERT_BYTES);
+        let line = to_json_line(&spray).unwrap();
+        assert!(line.len() < MAX_FINDING_BYTES, "{} bytes", line.len());
+        let finding = detection_finding(&spray).unwrap();
+        assert!(finding.evidences.len() <= MAX_EVIDENCES);
+        assert_eq!(finding.resources.len(), spray.keys.len());
     }
 
     #[test]
