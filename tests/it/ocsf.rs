@@ -3,7 +3,8 @@
 //! against `schemas/ocsf-detection-finding.schema.json`, byte-identical
 //! across runs, with no raw key; `ocsf` alone writes no native alert line;
 //! and `run` with `alert_format = "both"` produces every alert to both
-//! topics on the mock cluster.
+//! topics on the mock cluster. Also holds the SOC runbook to the detector
+//! registry.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -187,4 +188,24 @@ async fn run_with_both_formats_produces_every_alert_to_both_topics() {
         ocsf_ids.insert(id);
     }
     assert_eq!(ocsf_ids, native_ids, "the same alerts in both formats");
+}
+
+#[test]
+fn the_runbook_has_a_section_for_exactly_the_registered_detectors() {
+    let runbook = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/RUNBOOK.md")).unwrap();
+    let sections: BTreeSet<&str> = runbook
+        .lines()
+        .filter_map(|line| line.strip_prefix("### `")?.strip_suffix('`'))
+        .collect();
+    let registry: BTreeSet<&str> = keywatch::detector::Detector::ALL
+        .iter()
+        .map(|detector| detector.as_str())
+        .collect();
+    assert_eq!(sections, registry, "docs/RUNBOOK.md detector sections");
+    assert!(
+        runbook.contains("(REVOCATION.md)"),
+        "the runbook links the revocation service's"
+    );
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    assert!(readme.contains("(docs/RUNBOOK.md)"), "the README links the runbook");
 }
