@@ -81,7 +81,11 @@ pub fn summary(config_path: Option<&Path>, model_path: Option<&Path>, setup: &Se
             if let Some(replay_topic) = &kafka.replay_topic {
                 outputs.push(replay_topic.as_str());
             }
+            if kafka.alert_format.ocsf() {
+                outputs.push(kafka.ocsf_alerts_topic.as_str());
+            }
             let _ = writeln!(out, "kafka output topics: {}", outputs.join(", "));
+            let _ = writeln!(out, "kafka alert format: {}", kafka.alert_format.as_str());
             let membership = match kafka.group_instance_id() {
                 Some(id) => format!("static (group.instance.id {id})"),
                 None => "dynamic (set instance_id for static membership)".to_string(),

@@ -13,7 +13,8 @@
 //! - [`fleet`] is the view across keys: per source network (key sprays) and
 //!   for the whole organisation (the baseline new keys are judged on);
 //! - [`sink`] writes outputs to files or Kafka (the only output I/O), in
-//!   [`private_file`]s when they are files;
+//!   [`private_file`]s when they are files; alerts in keywatch's format, or
+//!   mapped by [`ocsf`] to OCSF Detection Findings for a SOC;
 //! - [`checkpoint`] lays out the engine state of a Kafka partition for the
 //!   changelog and snapshot files, [`counts`] tallies what went through.
 //!
@@ -45,6 +46,7 @@ pub mod event;
 pub mod fleet;
 pub mod generate;
 pub mod model;
+pub mod ocsf;
 pub mod owners;
 pub mod pipeline;
 pub mod private_file;

@@ -56,6 +56,16 @@ pub struct KafkaConfig {
     /// Alerts, as JSON, keyed by key fingerprint.
     #[serde(default = "default_alerts_topic")]
     pub alerts_topic: String,
+    /// Which formats alerts are produced in: `native` (keywatch's own, to
+    /// `alerts_topic`), `ocsf` (OCSF 1.5.0 Detection Findings, to
+    /// `ocsf_alerts_topic`, schemas/ocsf-detection-finding.schema.json) or
+    /// `both`.
+    #[serde(default)]
+    pub alert_format: crate::ocsf::AlertFormat,
+    /// OCSF Detection Findings, as JSON, keyed by key fingerprint; used when
+    /// `alert_format` is `ocsf` or `both`.
+    #[serde(default = "default_ocsf_alerts_topic")]
+    pub ocsf_alerts_topic: String,
     /// Revocation requests, as JSON, keyed by key fingerprint.
     #[serde(default = "default_revocations_topic")]
     pub revocations_topic: String,
@@ -183,6 +193,10 @@ fn default_alerts_topic() -> String {
     "keywatch-alerts".to_string()
 }
 
+fn default_ocsf_alerts_topic() -> String {
+    "keywatch-alerts-ocsf".to_string()
+}
+
 fn default_revocations_topic() -> String {
     "keywatch-revocations".to_string()
 }
@@ -295,6 +309,8 @@ impl KafkaConfig {
             repartition_topic: default_repartition_topic(),
             source_topic: default_source_topic(),
             alerts_topic: default_alerts_topic(),
+            alert_format: crate::ocsf::AlertFormat::Native,
+            ocsf_alerts_topic: default_ocsf_alerts_topic(),
             revocations_topic: default_revocations_topic(),
             digests_topic: default_digests_topic(),
             dead_letter_topic: default_dead_letter_topic(),
@@ -451,6 +467,9 @@ impl KafkaConfig {
         }
         if let Some(replay_topic) = &self.replay_topic {
             outputs.push(("replay_topic", replay_topic));
+        }
+        if self.alert_format.ocsf() {
+            outputs.push(("ocsf_alerts_topic", &self.ocsf_alerts_topic));
         }
         for (index, (field, topic)) in outputs.iter().enumerate() {
             check_topic_name(field, topic)?;
@@ -696,6 +715,27 @@ properties = { "security.protocol" = "plaintext", "linger.ms" = "5" }
         assert!(err.contains("instance_id") && err.contains("exactly_once"), "{err}");
         let at_least_once = without.replace("exactly_once = true", "exactly_once = false");
         assert!(parse(&at_least_once).is_ok(), "only exactly-once needs it");
+    }
+
+    #[test]
+    fn ocsf_alerts_get_their_own_topic_when_asked_for() {
+        let base = "[kafka]\nbrokers = \"b\"\ninput_topics = [\"in\"]\n";
+        let kafka = parse(base).unwrap().kafka.unwrap();
+        assert_eq!(kafka.alert_format, crate::ocsf::AlertFormat::Native);
+        assert_eq!(kafka.ocsf_alerts_topic, "keywatch-alerts-ocsf");
+        let both = parse(&format!(
+            "{base}alert_format = \"both\"\nocsf_alerts_topic = \"keywatch.alerts.ocsf\"\n"
+        ))
+        .unwrap()
+        .kafka
+        .unwrap();
+        assert!(both.alert_format.native() && both.alert_format.ocsf());
+        assert_eq!(both.ocsf_alerts_topic, "keywatch.alerts.ocsf");
+        let clash = format!("{base}alert_format = \"ocsf\"\nocsf_alerts_topic = \"keywatch-alerts\"\n");
+        assert!(parse(&clash).unwrap_err().contains("kafka.ocsf_alerts_topic"));
+        // Unused, the OCSF topic may be anything.
+        assert!(parse(&format!("{base}ocsf_alerts_topic = \"keywatch-alerts\"\n")).is_ok());
+        assert!(parse(&format!("{base}alert_format = \"xml\"\n")).is_err());
     }
 
     #[test]

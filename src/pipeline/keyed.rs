@@ -377,6 +377,7 @@ mod tests {
             dead_letter: "dlq".into(),
             changelog: "changelog".into(),
             changelog_partitions: 1,
+            alert_output: Default::default(),
         }
     }
 

@@ -116,6 +116,7 @@ fn log_start(kafka: &KafkaConfig, model: &Model) {
         session_timeout_s = kafka.session_timeout.as_secs(),
         exactly_once = kafka.exactly_once,
         alerts_topic = %kafka.alerts_topic,
+        alert_format = kafka.alert_format.as_str(),
         dead_letter_topic = %kafka.dead_letter_topic,
         changelog_topic = %kafka.changelog_topic,
         model = %model.label(),
@@ -281,6 +282,7 @@ impl Pipeline {
             dead_letter: self.kafka.dead_letter_topic.clone(),
             changelog: self.kafka.changelog_topic.clone(),
             changelog_partitions: layout.changelog_partitions,
+            alert_output: crate::sink::kafka::AlertOutput::of(&self.kafka),
         }
     }
 
@@ -435,6 +437,9 @@ async fn prepare_topics(kafka: &KafkaConfig) -> Result<TopicLayout, PipelineErro
     ];
     if !kafka.input_keyed_by_key_id {
         wanted.push((kafka.repartition_topic.clone(), false));
+    }
+    if kafka.alert_format.ocsf() {
+        wanted.push((kafka.ocsf_alerts_topic.clone(), false));
     }
     let mut missing = Vec::new();
     for (topic, compacted) in wanted {

@@ -142,6 +142,7 @@ mod tests {
             dead_letter: "dlq".into(),
             changelog: "changelog".into(),
             changelog_partitions: 1,
+            alert_output: Default::default(),
         };
         let mut stage = RepartitionStage::new(
             Decoder::new(Format::Auto, None, 4096),

@@ -113,6 +113,7 @@ pub enum ReplayKafkaError {
 pub fn check_replay_topic(kafka: &KafkaConfig, to_topic: &str) -> Result<(), ReplayKafkaError> {
     let live = [
         &kafka.alerts_topic,
+        &kafka.ocsf_alerts_topic,
         &kafka.revocations_topic,
         &kafka.dead_letter_topic,
         &kafka.changelog_topic,
@@ -172,7 +173,7 @@ pub fn replay_from_kafka(
         None => None,
     };
     let consumer = range_consumer(kafka, "replay")?;
-    let mut files = OutputFiles::create(&options.out_dir)?;
+    let mut files = OutputFiles::create_with_format(&options.out_dir, kafka.alert_format)?;
     let mut summary = ReplayKafkaSummary::default();
     let range = (options.start_ms.unwrap_or(i64::MIN), options.end_ms.unwrap_or(i64::MAX));
 

@@ -1,6 +1,7 @@
 //! `keywatch replay`: analysts' replay of historical logs through the
 //! engine, from [`files`] or from a time range of [`kafka`], into
-//! `alerts.jsonl`, `revocations.jsonl` and `rejected.jsonl`, with a summary.
+//! `alerts.jsonl` (and, by `--alert-format`, OCSF `alerts.ocsf.jsonl`),
+//! `revocations.jsonl` and `rejected.jsonl`, with a summary.
 
 pub mod files;
 pub mod kafka;
@@ -14,6 +15,7 @@ use serde::ser::{Serialize, SerializeStruct, Serializer};
 
 use crate::counts::Counts;
 use crate::decode::Format;
+use crate::ocsf::AlertFormat;
 use crate::setup::{EngineArgs, Overrides, Setup, SetupError};
 use crate::sink::file::{OutputFiles, SinkError};
 use crate::source::file::SourceError;
@@ -56,6 +58,11 @@ pub struct ReplayArgs {
     /// Do not show a progress bar even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+    /// Alert format: `native` (alerts.jsonl), `ocsf` (OCSF 1.5.0 Detection
+    /// Findings in alerts.ocsf.jsonl; alerts.jsonl is left empty) or `both`.
+    /// Digests and revocation requests stay native.
+    #[arg(long, value_enum, default_value_t = AlertFormat::Native)]
+    pub alert_format: AlertFormat,
 }
 
 /// Why a replay could not run.
@@ -167,7 +174,7 @@ pub fn run_cli(args: &ReplayArgs) -> Result<(), ReplayError> {
         return Err(ReplayError::Usage("give at least one --input file".into()));
     }
     let mut engine = setup.engine();
-    let mut outputs = OutputFiles::create(&args.out)?;
+    let mut outputs = OutputFiles::create_with_format(&args.out, args.alert_format)?;
     let bar = files::progress_bar(&args.input, args.no_progress);
     let started = std::time::Instant::now();
     let stop = stop_on_sigint();
@@ -187,9 +194,10 @@ pub fn run_cli(args: &ReplayArgs) -> Result<(), ReplayError> {
     let elapsed = started.elapsed().as_secs_f64();
     print!("{}", summary.render());
     println!(
-        "took          {elapsed:.1}s ({:.0} events/s)\nwrote         {}/alerts.jsonl, revocations.jsonl, digests.jsonl, rejected.jsonl, summary.json",
+        "took          {elapsed:.1}s ({:.0} events/s)\nwrote         {}/{}revocations.jsonl, digests.jsonl, rejected.jsonl, summary.json",
         summary.counts.events as f64 / elapsed.max(1e-9),
-        args.out.display()
+        args.out.display(),
+        alert_files(args.alert_format),
     );
     if summary.interrupted {
         return Err(ReplayError::Interrupted);
@@ -250,12 +258,12 @@ fn replay_kafka_cli(args: &ReplayArgs, setup: &Setup) -> Result<(), ReplayError>
         to_topic: args.to_topic.clone(),
         batch_size: setup.config.input.batch_size,
     };
-    let summary = kafka::replay_from_kafka(
-        &setup.config,
-        Arc::clone(&setup.model),
-        Arc::clone(&setup.geo),
-        &options,
-    )?;
+    // The command line's alert format applies to the files of this replay.
+    let mut config = setup.config.clone();
+    if let Some(kafka) = config.kafka.as_mut() {
+        kafka.alert_format = args.alert_format;
+    }
+    let summary = kafka::replay_from_kafka(&config, Arc::clone(&setup.model), Arc::clone(&setup.geo), &options)?;
     let counts = &summary.counts;
     println!(
         "partitions    {}\nrecords       {}\nevents        {} ({} in range)\nalerts        {}\nrevocations   {}\nrejected      {}\nno api key    {} (skipped)",
@@ -278,10 +286,24 @@ fn replay_kafka_cli(args: &ReplayArgs, setup: &Setup) -> Result<(), ReplayError>
         println!("produced      {} alerts to {topic}", summary.produced);
     }
     println!(
-        "wrote         {}/alerts.jsonl, revocations.jsonl, digests.jsonl, rejected.jsonl",
-        args.out.display()
+        "wrote         {}/{}revocations.jsonl, digests.jsonl, rejected.jsonl",
+        args.out.display(),
+        alert_files(args.alert_format),
     );
     Ok(())
+}
+
+/// The alert files a replay writes lines to, for its closing message.
+fn alert_files(format: AlertFormat) -> String {
+    let mut files = String::new();
+    if format.native() {
+        files.push_str("alerts.jsonl, ");
+    }
+    if format.ocsf() {
+        files.push_str(crate::ocsf::OCSF_ALERTS_FILE);
+        files.push_str(", ");
+    }
+    files
 }
 
 /// Writes `summary.json` beside the outputs.

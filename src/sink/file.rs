@@ -1,4 +1,5 @@
-//! Writing JSON lines files: alerts, revocation requests, rejected records.
+//! Writing JSON lines files: alerts (native and OCSF), revocation requests,
+//! digests, rejected records.
 //! Every output file is created readable by its owner only (mode 0600):
 //! alerts name keys and places, rejected records hold parts of raw input.
 
@@ -10,6 +11,7 @@ use serde::Serialize;
 
 use super::Rejected;
 use crate::alert::Output;
+use crate::ocsf::AlertFormat;
 
 /// Why an output file could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,18 @@ impl JsonlWriter {
         Ok(())
     }
 
+    /// Writes one line already encoded as JSON.
+    pub fn write_raw_line(&mut self, json: &[u8]) -> Result<(), SinkError> {
+        let wrap = |source: std::io::Error| SinkError {
+            path: self.path.clone(),
+            source,
+        };
+        self.writer.write_all(json).map_err(wrap)?;
+        self.writer.write_all(b"\n").map_err(wrap)?;
+        self.lines += 1;
+        Ok(())
+    }
+
     pub fn lines(&self) -> u64 {
         self.lines
     }
@@ -66,12 +80,18 @@ impl JsonlWriter {
 }
 
 /// The files of a replay: `alerts.jsonl`, `revocations.jsonl`,
-/// `digests.jsonl`, `rejected.jsonl`.
+/// `digests.jsonl`, `rejected.jsonl`, and `alerts.ocsf.jsonl` when alerts
+/// are written in OCSF too.
 pub struct OutputFiles {
     pub alerts: JsonlWriter,
     pub revocations: JsonlWriter,
     pub digests: JsonlWriter,
     pub rejected: JsonlWriter,
+    /// OCSF Detection Findings, when the alert format asks for them.
+    pub ocsf_alerts: Option<JsonlWriter>,
+    /// Which formats alerts are written in. With OCSF alone,
+    /// `alerts.jsonl` is still created (emptied) but gets no line.
+    pub alert_format: AlertFormat,
 }
 
 impl OutputFiles {
@@ -85,12 +105,32 @@ impl OutputFiles {
             revocations: JsonlWriter::create(&dir.join("revocations.jsonl"))?,
             digests: JsonlWriter::create(&dir.join("digests.jsonl"))?,
             rejected: JsonlWriter::create(&dir.join("rejected.jsonl"))?,
+            ocsf_alerts: None,
+            alert_format: AlertFormat::Native,
         })
+    }
+
+    /// The files of a replay writing alerts in `alert_format`.
+    pub fn create_with_format(dir: &Path, alert_format: AlertFormat) -> Result<OutputFiles, SinkError> {
+        let mut files = OutputFiles::create(dir)?;
+        files.alert_format = alert_format;
+        if alert_format.ocsf() {
+            files.ocsf_alerts = Some(JsonlWriter::create(&dir.join(crate::ocsf::OCSF_ALERTS_FILE))?);
+        }
+        Ok(files)
     }
 
     pub fn write_output(&mut self, output: &Output) -> Result<(), SinkError> {
         match output {
-            Output::Alert(alert) => self.alerts.write(alert),
+            Output::Alert(alert) => {
+                if let Some(ocsf_alerts) = self.ocsf_alerts.as_mut() {
+                    ocsf_alerts.write_raw_line(&ocsf_line(alert, &ocsf_alerts.path)?)?;
+                }
+                if self.alert_format.native() {
+                    self.alerts.write(alert)?;
+                }
+                Ok(())
+            }
             Output::Revocation(request) => self.revocations.write(request),
             Output::Digest(digest) => self.digests.write(digest),
         }
@@ -104,8 +144,20 @@ impl OutputFiles {
         self.alerts.sync()?;
         self.revocations.sync()?;
         self.digests.sync()?;
+        if let Some(ocsf_alerts) = self.ocsf_alerts.as_mut() {
+            ocsf_alerts.sync()?;
+        }
         self.rejected.sync()
     }
+}
+
+/// An alert's OCSF line; an alert that cannot be mapped stops the replay
+/// like a file that cannot be written, rather than going missing.
+fn ocsf_line(alert: &crate::alert::Alert, path: &Path) -> Result<Vec<u8>, SinkError> {
+    crate::ocsf::to_json_line(alert).map_err(|error| SinkError {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(error),
+    })
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use crate::alert::Output;
 use crate::checkpoint::{ChangelogMessage, Checkpoint, CheckpointError, encode_checkpoint};
 use crate::config::KafkaConfig;
 use crate::decode::Rejection;
+use crate::ocsf::AlertFormat;
 use crate::source::kafka::group::InputRecord;
 
 /// How long a transaction step may take before the pipeline gives up.
@@ -117,6 +118,26 @@ pub struct OutputTopics {
     pub changelog: String,
     /// Partitions of the changelog topic, to place each checkpoint.
     pub changelog_partitions: i32,
+    /// Which formats alerts go out in, and the topic of OCSF alerts.
+    pub alert_output: AlertOutput,
+}
+
+/// Where alerts go by format: native alerts to `alerts`, OCSF Detection
+/// Findings to `ocsf_topic`.
+#[derive(Debug, Clone, Default)]
+pub struct AlertOutput {
+    pub format: AlertFormat,
+    pub ocsf_topic: String,
+}
+
+impl AlertOutput {
+    /// The `[kafka]` section's choice.
+    pub fn of(kafka: &KafkaConfig) -> AlertOutput {
+        AlertOutput {
+            format: kafka.alert_format,
+            ocsf_topic: kafka.ocsf_alerts_topic.clone(),
+        }
+    }
 }
 
 impl Outbox {
@@ -144,6 +165,26 @@ impl Outbox {
     /// An alert, revocation request or digest, as JSON, keyed by key fingerprint so
     /// every output about a key lands in one partition in order.
     pub fn push_output(&mut self, topics: &OutputTopics, output: &Output) -> Result<(), KafkaSinkError> {
+        if let Output::Alert(alert) = output {
+            let routing = &topics.alert_output;
+            if routing.format.ocsf() {
+                let payload = crate::ocsf::to_json_line(alert).map_err(|error| KafkaSinkError::Encode {
+                    topic: routing.ocsf_topic.clone(),
+                    detail: error.to_string(),
+                })?;
+                self.messages.push(OutgoingMessage {
+                    topic: routing.ocsf_topic.clone(),
+                    partition: None,
+                    key: Some(alert.key_fingerprint.clone()),
+                    payload,
+                    headers: vec![("id", alert.id.as_bytes().to_vec())],
+                    timestamp_ms: None,
+                });
+            }
+            if !routing.format.native() {
+                return Ok(());
+            }
+        }
         let (topic, key, id, payload) = match output {
             Output::Alert(alert) => (
                 &topics.alerts,
@@ -589,6 +630,7 @@ mod tests {
             dead_letter: "dlq".into(),
             changelog: "changelog".into(),
             changelog_partitions: 4,
+            alert_output: AlertOutput::default(),
         }
     }
 

@@ -28,4 +28,5 @@ mod kafka_scenarios;
 mod kafka_support;
 mod kafka_tansu;
 mod module_layers;
+mod ocsf;
 mod replay;
