@@ -26,7 +26,9 @@
 //! - [`generate`] makes labelled synthetic traffic and [`eval`] scores alerts
 //!   against its labels;
 //! - [`demo`] runs the whole system in one process;
-//! - [`check_config`] validates everything a run would load, without running.
+//! - [`check_config`] validates everything a run would load, without running;
+//! - [`inventory`] lists every key seen with its [`owners`] entry and the
+//!   flags that say which keys to retire (`keywatch keys`).
 
 pub mod alert;
 pub mod baseline;
@@ -44,6 +46,7 @@ pub mod eval;
 pub mod event;
 pub mod fleet;
 pub mod generate;
+pub mod inventory;
 pub mod model;
 pub mod owners;
 pub mod pipeline;

@@ -136,6 +136,7 @@ mod tests {
             summary: "new endpoints".into(),
             evidence,
             model: "default@1".into(),
+            owner: None,
         }
     }
 
