@@ -127,7 +127,9 @@ pub fn run_cli(args: &KeysArgs) -> Result<(), InventoryError> {
         ..InventorySettings::default()
     };
     if !(0.0..=1.0).contains(&settings.over_privileged_share) {
-        return Err(InventoryError::Usage("--over-privileged-share must be between 0 and 1".into()));
+        return Err(InventoryError::Usage(
+            "--over-privileged-share must be between 0 and 1".into(),
+        ));
     }
     let overrides = Overrides {
         format: args.format.clone(),
@@ -141,11 +143,9 @@ pub fn run_cli(args: &KeysArgs) -> Result<(), InventoryError> {
     } else if let Some(path) = &args.snapshot {
         gather_from_snapshot_file(path)?
     } else if args.config.is_some() {
-        let kafka = setup
-            .config
-            .kafka
-            .as_ref()
-            .ok_or_else(|| InventoryError::Usage("the config has no [kafka] section to read the changelog of".into()))?;
+        let kafka = setup.config.kafka.as_ref().ok_or_else(|| {
+            InventoryError::Usage("the config has no [kafka] section to read the changelog of".into())
+        })?;
         if let Some(topic) = &kafka.owners_topic {
             read_owners_topic(kafka, topic, &mut owners, setup.fingerprinter())?;
         }

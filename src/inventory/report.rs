@@ -138,7 +138,11 @@ pub struct KeyRecord {
 impl KeyRecord {
     /// The flags that are reasons to retire the key.
     pub fn stale_reasons(&self) -> Vec<Flag> {
-        self.flags.iter().copied().filter(|flag| flag.is_stale_reason()).collect()
+        self.flags
+            .iter()
+            .copied()
+            .filter(|flag| flag.is_stale_reason())
+            .collect()
     }
 }
 
@@ -317,7 +321,10 @@ fn flags_of(view: &Seen, owner: Option<&Owner>, now_ms: i64, settings: &Inventor
     if !owner.is_some_and(Owner::is_named) {
         flags.push(Flag::NoOwner);
     }
-    if owner.and_then(|owner| owner.expires_ms).is_some_and(|expires| expires < now_ms) {
+    if owner
+        .and_then(|owner| owner.expires_ms)
+        .is_some_and(|expires| expires < now_ms)
+    {
         flags.push(Flag::PastExpiry);
     }
     if view.revocation.is_some() {
@@ -450,7 +457,12 @@ mod tests {
             keys: vec![state(both, T0, T0 + 80 * DAY_MS, 900)],
             ..EngineSnapshot::default()
         };
-        let inventory = build(&[first, second], &OwnerBook::default(), &[], &InventorySettings::default());
+        let inventory = build(
+            &[first, second],
+            &OwnerBook::default(),
+            &[],
+            &InventorySettings::default(),
+        );
         let held: Vec<(&str, Held, u64)> = inventory
             .keys
             .iter()
@@ -458,7 +470,11 @@ mod tests {
             .collect();
         assert_eq!(
             held,
-            vec![(evicted, Held::Evicted, 40), (both, Held::Full, 900), (light, Held::Light, 3)]
+            vec![
+                (evicted, Held::Evicted, 40),
+                (both, Held::Full, 900),
+                (light, Held::Light, 3)
+            ]
         );
         assert!(flags(&inventory, evicted).contains(&Flag::Dormant));
         assert!(!flags(&inventory, both).contains(&Flag::Dormant));
@@ -525,7 +541,12 @@ mod tests {
             model: "m@1".into(),
             owner: None,
         };
-        let inventory = build(&[snapshot], &OwnerBook::default(), &[request], &InventorySettings::default());
+        let inventory = build(
+            &[snapshot],
+            &OwnerBook::default(),
+            &[request],
+            &InventorySettings::default(),
+        );
         for (key, idempotency_key) in inventory.keys.iter().zip(["rv_1", "rv_2"]) {
             assert!(key.flags.contains(&Flag::Revoked), "{}", key.key_fingerprint);
             let slot = key.revocation.as_ref().expect("a revocation slot");

@@ -51,7 +51,13 @@ pub fn write_table(out: &mut impl Write, now_ms: i64, keys: &[&KeyRecord], stale
     }
     let flagged = keys
         .iter()
-        .filter(|key| if stale { !key.stale_reasons().is_empty() } else { !key.flags.is_empty() })
+        .filter(|key| {
+            if stale {
+                !key.stale_reasons().is_empty()
+            } else {
+                !key.flags.is_empty()
+            }
+        })
         .count();
     writeln!(
         out,
@@ -86,13 +92,21 @@ fn row(key: &KeyRecord, stale: bool) -> [String; 11] {
     let flags = flags.iter().map(|flag| flag.as_str()).collect::<Vec<_>>().join(",");
     [
         key.key_fingerprint.clone(),
-        if key.key_hint.is_empty() { "-".to_string() } else { key.key_hint.clone() },
+        if key.key_hint.is_empty() {
+            "-".to_string()
+        } else {
+            key.key_hint.clone()
+        },
         owner,
         day(&key.first_seen),
         day(&key.last_seen),
         format!("{}d", key.idle_days),
         key.calls.to_string(),
-        if countries.is_empty() { "-".to_string() } else { countries },
+        if countries.is_empty() {
+            "-".to_string()
+        } else {
+            countries
+        },
         key.networks.len().to_string(),
         key.endpoints.to_string(),
         if flags.is_empty() { "-".to_string() } else { flags },

@@ -258,7 +258,11 @@ fn parse_time(text: &Option<String>, flag: &str) -> Result<Option<i64>, ReplayEr
 
 /// `keywatch replay --from-kafka`: a time range of the input topic through
 /// the same engine, into files (and a replay topic when asked).
-fn replay_kafka_cli(args: &ReplayArgs, setup: &Setup, owners: Arc<crate::owners::OwnerBook>) -> Result<(), ReplayError> {
+fn replay_kafka_cli(
+    args: &ReplayArgs,
+    setup: &Setup,
+    owners: Arc<crate::owners::OwnerBook>,
+) -> Result<(), ReplayError> {
     let options = kafka::ReplayKafkaOptions {
         start_ms: parse_time(&args.start, "--start")?,
         end_ms: parse_time(&args.end, "--end")?,

@@ -74,7 +74,10 @@ fn write_events(dir: &Path) -> PathBuf {
         }
     }
     let twist = T0 + 6 * DAY + 9 * HOUR;
-    lines.push((twist - 300_000, line(twist - 300_000, KEYS[0], host(0, 1), "/v1/orders")));
+    lines.push((
+        twist - 300_000,
+        line(twist - 300_000, KEYS[0], host(0, 1), "/v1/orders"),
+    ));
     lines.push((twist, line(twist, KEYS[0], host(1, 1), "/v1/orders")));
     for call in 0..400 {
         let ts = twist + call * 300;
@@ -208,7 +211,9 @@ fn owners_from_a_csv_or_a_jsonl_file_reach_alerts_and_revocation_requests() {
             .filter(|output| output["key_fingerprint"] == fingerprint.as_str())
             .collect();
         assert!(
-            revocations.iter().any(|request| request["key_fingerprint"] == fingerprint.as_str()),
+            revocations
+                .iter()
+                .any(|request| request["key_fingerprint"] == fingerprint.as_str()),
             "{name}: the travelling key is asked to be revoked"
         );
         for output in &travelled {
@@ -233,7 +238,10 @@ fn owners_from_a_csv_or_a_jsonl_file_reach_alerts_and_revocation_requests() {
                 + &std::fs::read_to_string(out.join("revocations.jsonl")).unwrap(),
         );
     }
-    assert_eq!(outputs["csv"], outputs["jsonl"], "the two formats give the same outputs");
+    assert_eq!(
+        outputs["csv"], outputs["jsonl"],
+        "the two formats give the same outputs"
+    );
     assert_ne!(outputs["csv"], outputs["none"]);
     assert!(!outputs["csv"].contains("AKIAINVENTORY"), "no raw key in outputs");
 }
@@ -254,16 +262,7 @@ fn keys_from_a_replay_and_from_its_snapshot_agree_and_carry_the_flags() {
     let common = |source: Vec<String>| {
         let mut args = vec!["keys".to_string()];
         args.extend(source);
-        args.extend(
-            [
-                "--owners",
-                csv.to_str().unwrap(),
-                "--dormant-after",
-                "3d",
-                "--json",
-            ]
-            .map(String::from),
-        );
+        args.extend(["--owners", csv.to_str().unwrap(), "--dormant-after", "3d", "--json"].map(String::from));
         args
     };
     let mut from_replay_args = vec!["--input".to_string(), events.display().to_string()];
@@ -320,7 +319,10 @@ fn keys_from_a_replay_and_from_its_snapshot_agree_and_carry_the_flags() {
         .lines()
         .map(|text| {
             let record: Value = serde_json::from_str(text).unwrap();
-            (record["key_fingerprint"].as_str().unwrap().to_string(), record["reasons"].clone())
+            (
+                record["key_fingerprint"].as_str().unwrap().to_string(),
+                record["reasons"].clone(),
+            )
         })
         .collect();
     let expected: BTreeMap<String, Value> = [
@@ -370,25 +372,23 @@ fn keys_stale_on_a_generated_run_flags_its_dormant_unowned_and_expired_keys_only
     let dir = tempfile::tempdir().unwrap();
     let generated = dir.path().join("generated");
     let generated_arg = generated.display().to_string();
-    run(
-        [
-            "generate",
-            "--keys",
-            "60",
-            "--days",
-            "5",
-            "--seed",
-            "3",
-            "--abandoned-keys",
-            "8",
-            "--owners",
-            "--unkeyed-fingerprints",
-            "--out",
-            &generated_arg,
-        ]
-        .map(String::from)
-        .to_vec(),
-    );
+    run([
+        "generate",
+        "--keys",
+        "60",
+        "--days",
+        "5",
+        "--seed",
+        "3",
+        "--abandoned-keys",
+        "8",
+        "--owners",
+        "--unkeyed-fingerprints",
+        "--out",
+        &generated_arg,
+    ]
+    .map(String::from)
+    .to_vec());
     let events = generated.join("events.jsonl");
     let owners_path = generated.join("owners.csv");
     let fingerprinter = Fingerprinter::unkeyed();
@@ -396,24 +396,22 @@ fn keys_stale_on_a_generated_run_flags_its_dormant_unowned_and_expired_keys_only
     let last_use = last_use_by_fingerprint(&events, &fingerprinter);
     let newest = *last_use.values().max().unwrap();
 
-    let stale = run(
-        [
-            "keys",
-            "--input",
-            events.to_str().unwrap(),
-            "--geoip-city",
-            generated.join("geoip-city.mmdb").to_str().unwrap(),
-            "--geoip-asn",
-            generated.join("geoip-asn.mmdb").to_str().unwrap(),
-            "--owners",
-            owners_path.to_str().unwrap(),
-            "--unkeyed-fingerprints",
-            "--stale",
-            "--json",
-        ]
-        .map(String::from)
-        .to_vec(),
-    );
+    let stale = run([
+        "keys",
+        "--input",
+        events.to_str().unwrap(),
+        "--geoip-city",
+        generated.join("geoip-city.mmdb").to_str().unwrap(),
+        "--geoip-asn",
+        generated.join("geoip-asn.mmdb").to_str().unwrap(),
+        "--owners",
+        owners_path.to_str().unwrap(),
+        "--unkeyed-fingerprints",
+        "--stale",
+        "--json",
+    ]
+    .map(String::from)
+    .to_vec());
     let flagged: BTreeMap<String, BTreeSet<String>> = stale
         .lines()
         .map(|text| {
@@ -461,7 +459,12 @@ fn keys_stale_on_a_generated_run_flags_its_dormant_unowned_and_expired_keys_only
         .unwrap()
         .lines()
         .take(200)
-        .map(|line| serde_json::from_str::<Value>(line).unwrap()["key_id"].as_str().unwrap().to_string())
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["key_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert!(raw_ids.iter().all(|id| !stale.contains(id.as_str())), "no raw key id");
 }

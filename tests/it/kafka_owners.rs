@@ -55,18 +55,21 @@ async fn owners_on_the_owners_topic_reach_alerts_and_revocations_in_run() {
         .map(|message| serde_json::from_slice(&message.payload).expect("a revocation request"))
         .collect();
     let mut checked = 0;
-    for (fingerprint, owner) in alerts
-        .iter()
-        .map(|alert| (&alert.key_fingerprint, &alert.owner))
-        .chain(revocations.iter().map(|request| (&request.key_fingerprint, &request.owner)))
-    {
+    for (fingerprint, owner) in alerts.iter().map(|alert| (&alert.key_fingerprint, &alert.owner)).chain(
+        revocations
+            .iter()
+            .map(|request| (&request.key_fingerprint, &request.owner)),
+    ) {
         if fingerprint == &owned {
             let owner = owner.as_ref().expect("the owned key's outputs carry its owner");
             assert_eq!(owner.owner.as_deref(), Some("alice"));
             assert_eq!(owner.team.as_deref(), Some("payments"));
             checked += 1;
         } else {
-            assert!(owner.is_none(), "{fingerprint} has no owner (tombstoned or never listed)");
+            assert!(
+                owner.is_none(),
+                "{fingerprint} has no owner (tombstoned or never listed)"
+            );
         }
     }
     assert!(checked >= 2, "an alert and a revocation of the owned key were checked");

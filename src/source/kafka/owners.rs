@@ -58,7 +58,14 @@ pub fn read_owners_topic(
                 end: RangeEnd::CaughtUp { high_watermark: high },
             }];
             read_ranges(&consumer, &range, kafka.restore_timeout, |message| {
-                apply(book, message.key(), message.payload(), partition, message.offset(), fingerprinter);
+                apply(
+                    book,
+                    message.key(),
+                    message.payload(),
+                    partition,
+                    message.offset(),
+                    fingerprinter,
+                );
                 next = next.max(message.offset() + 1);
                 Ok(())
             })?;
