@@ -367,7 +367,10 @@ mod tests {
         state
     }
 
-    fn owners(entries: &[(&str, Option<&str>, Option<&str>, Option<u32>)]) -> OwnerBook {
+    /// Fingerprint, owner, expiry and granted scope of one owners entry.
+    type TestOwner<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<u32>);
+
+    fn owners(entries: &[TestOwner<'_>]) -> OwnerBook {
         let fingerprinter = crate::event::Fingerprinter::unkeyed();
         let mut book = OwnerBook::default();
         for (fingerprint, owner, expires, scope) in entries {
