@@ -610,6 +610,15 @@ impl Engine {
         detect::judge(Phase::After, state, &row, &ctx, findings);
         for finding in findings.drain(..) {
             let disposition = dispose(state, finding, ts_ms, model, &self.model_label, out);
+            if let Disposition::Alerted { revocation: true } = disposition
+                && let Some(Output::Revocation(request)) = out.last()
+            {
+                state.alerts.last_revocation = Some(crate::baseline::RevocationMark {
+                    ts_ms,
+                    idempotency_key: request.idempotency_key.clone(),
+                    incident_id: request.incident_id.clone(),
+                });
+            }
             self.stats.count(disposition);
         }
         state.count_event(ts_ms);

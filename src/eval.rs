@@ -965,6 +965,7 @@ mod tests {
             summary: String::new(),
             evidence: serde_json::Value::Null,
             model: "test".to_string(),
+            owner: None,
         }
     }
 

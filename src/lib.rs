@@ -27,7 +27,9 @@
 //! - [`generate`] makes labelled synthetic traffic and [`eval`] scores alerts
 //!   against its labels;
 //! - [`demo`] runs the whole system in one process;
-//! - [`check_config`] validates everything a run would load, without running.
+//! - [`check_config`] validates everything a run would load, without running;
+//! - [`inventory`] lists every key seen with its [`owners`] entry and the
+//!   flags that say which keys to retire (`keywatch keys`).
 
 pub mod alert;
 pub mod baseline;
@@ -45,6 +47,7 @@ pub mod eval;
 pub mod event;
 pub mod fleet;
 pub mod generate;
+pub mod inventory;
 pub mod model;
 pub mod ocsf;
 pub mod owners;

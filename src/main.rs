@@ -55,6 +55,9 @@ enum Command {
     Eval(keywatch::eval::EvalArgs),
     /// Run the whole system on generated traffic with an in-process Kafka.
     Demo(keywatch::demo::DemoArgs),
+    /// List every key seen (from a replay, a snapshot or the changelog) with
+    /// its owner, use and flags; `--stale` lists the keys to retire.
+    Keys(keywatch::inventory::KeysArgs),
     /// Load and validate the config, model and GeoIP files a run would use,
     /// without connecting to Kafka; exit 2 naming the file and field on a problem.
     CheckConfig(keywatch::check_config::CheckConfigArgs),
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => keywatch::generate::run_cli(&args).map_err(anyhow::Error::from),
         Command::Eval(args) => keywatch::eval::run_cli(&args).map_err(anyhow::Error::from),
         Command::Demo(args) => keywatch::demo::run_cli(&args).map_err(anyhow::Error::from),
+        Command::Keys(args) => keywatch::inventory::run_cli(&args).map_err(anyhow::Error::from),
         Command::CheckConfig(args) => keywatch::check_config::run_cli(&args).map_err(anyhow::Error::from),
     };
     match result {

@@ -914,6 +914,7 @@ mod tests {
             summary: "London, GB to Sao Paulo, BR: 9492 km in 5m".into(),
             evidence,
             model: "default@1".into(),
+            owner: None,
         }
     }
 

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +54,11 @@ pub struct OwnerEntry {
     /// `YYYY-MM-DD` (the end of that UTC day) or an RFC 3339 time.
     #[serde(default)]
     pub expires: Option<String>,
+    /// How many endpoint templates the key's granted scope covers, when
+    /// known: `keywatch keys` flags a key that uses only a small share of
+    /// them as over-privileged.
+    #[serde(default)]
+    pub scope_endpoints: Option<u32>,
 }
 
 /// What is known about one key's owner, as carried on alerts and
@@ -70,7 +76,21 @@ pub struct Owner {
     /// Event time (ms) after which the key should no longer be in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<i64>,
+    /// Endpoint templates the key's granted scope covers, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_endpoints: Option<u32>,
 }
+
+impl Owner {
+    /// Whether anyone answers for the key: a named owner or team.
+    pub fn is_named(&self) -> bool {
+        self.owner.is_some() || self.team.is_some()
+    }
+}
+
+/// The owners book of a running pipeline: read at start, then kept up to
+/// date from the owners topic while outputs are being attached to.
+pub type SharedOwners = Arc<RwLock<OwnerBook>>;
 
 /// Owners by key fingerprint.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -135,6 +155,7 @@ impl OwnerBook {
             purpose: non_empty(entry.purpose),
             criticality: entry.criticality.unwrap_or_default(),
             expires_ms,
+            scope_endpoints: entry.scope_endpoints,
         };
         self.by_fingerprint.insert(fingerprint.clone(), owner);
         Ok(fingerprint)
@@ -163,6 +184,40 @@ impl OwnerBook {
 
     pub fn is_empty(&self) -> bool {
         self.by_fingerprint.is_empty()
+    }
+
+    /// Applies one record of the compacted owners topic: the key is the
+    /// key's fingerprint, the value an entry as in the JSON lines file
+    /// (which may leave out `key_fingerprint`), an empty or absent value a
+    /// tombstone. Returns the fingerprint changed.
+    pub fn apply_topic_record(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        fingerprinter: &Fingerprinter,
+    ) -> Result<String, String> {
+        let fingerprint = std::str::from_utf8(key)
+            .map(str::trim)
+            .ok()
+            .filter(|fingerprint| fingerprint.starts_with("kf_"))
+            .ok_or_else(|| "the record key is not a key fingerprint (`kf_...`)".to_string())?
+            .to_string();
+        let value = value.unwrap_or_default();
+        if value.iter().all(u8::is_ascii_whitespace) {
+            self.remove(&fingerprint);
+            return Ok(fingerprint);
+        }
+        let mut entry: OwnerEntry = serde_json::from_slice(value).map_err(|err| err.to_string())?;
+        if entry.key_id.is_some() {
+            // A raw key id has no place on a topic many services read.
+            return Err("entries on the owners topic name the key by its fingerprint only".to_string());
+        }
+        match entry.key_fingerprint.as_deref().map(str::trim) {
+            None | Some("") => entry.key_fingerprint = Some(fingerprint.clone()),
+            Some(named) if named == fingerprint => {}
+            Some(_) => return Err("the value names another key_fingerprint than the record key".to_string()),
+        }
+        self.insert(entry, fingerprinter)
     }
 }
 

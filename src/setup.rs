@@ -10,6 +10,7 @@ use crate::decode::Format;
 use crate::enrich::{GeoError, GeoIp};
 use crate::event::{FINGERPRINT_KEY_ENV, FingerprintError, Fingerprinter};
 use crate::model::{Model, ModelError};
+use crate::owners::{OwnerBook, OwnersError};
 
 /// Why keywatch cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +195,19 @@ impl Setup {
     /// How key ids become fingerprints, as resolved at load.
     pub fn fingerprinter(&self) -> &Fingerprinter {
         &self.config.fingerprint.resolved
+    }
+
+    /// The owners book of `path` (a command-line option), else of the
+    /// config's `owners_file`; empty when neither names one.
+    pub fn owners(&self, path: Option<&std::path::Path>) -> Result<OwnerBook, OwnersError> {
+        match path.or(self.config.owners_file.as_deref()) {
+            Some(path) => {
+                let book = OwnerBook::load(path, self.fingerprinter())?;
+                tracing::info!(path = %path.display(), keys = book.len(), "owners file read");
+                Ok(book)
+            }
+            None => Ok(OwnerBook::default()),
+        }
     }
 }
 

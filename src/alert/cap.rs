@@ -158,6 +158,7 @@ mod tests {
             summary: "new endpoints".into(),
             evidence,
             model: "default@1".into(),
+            owner: None,
         }
     }
 

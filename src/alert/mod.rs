@@ -4,12 +4,14 @@
 
 pub mod cap;
 pub mod digest;
+pub mod owner;
 pub mod policy;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::detector::Detector;
+use crate::owners::Owner;
 // Every alert carries a severity: readers of alerts find it here.
 pub use crate::detector::Severity;
 
@@ -56,6 +58,10 @@ pub struct Alert {
     pub evidence: serde_json::Value,
     /// Name and version of the model that judged.
     pub model: String,
+    /// Who answers for the key, from the owners file or topic; absent when
+    /// the key has no entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
 }
 
 /// A request to revoke a key (schemas/revocation.schema.json).
@@ -71,6 +77,10 @@ pub struct RevocationRequest {
     pub incident_id: String,
     pub alert_ids: Vec<String>,
     pub model: String,
+    /// Who answers for the key, from the owners file or topic; absent when
+    /// the key has no entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
 }
 
 /// One key's low findings of one UTC day (schemas/digest.schema.json):

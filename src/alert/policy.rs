@@ -121,6 +121,7 @@ pub fn dispose(
         summary: finding.summary,
         evidence: finding.evidence,
         model: model_label.to_string(),
+        owner: None,
     };
     // Evidence may embed input text: bounded before anyone reads it.
     super::cap::cap_alert(&mut alert, super::cap::MAX_ALERT_BYTES);
@@ -141,6 +142,7 @@ pub fn dispose(
             incident_id: incident_id.clone(),
             alert_ids: memory.incident_alert_ids.clone(),
             model: model_label.to_string(),
+            owner: None,
         }
     });
     out.push(Output::Alert(alert));

@@ -41,6 +41,19 @@ pub struct AlertMemory {
     /// Low findings of the key's current UTC day, not yet sent as a digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<digest::PendingDigest>,
+    /// The last revocation request made for the key, kept across incidents
+    /// so that the key inventory can say the key was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_revocation: Option<RevocationMark>,
+}
+
+/// What a key remembers of the last revocation request made for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationMark {
+    /// Event time of the alert that asked for it.
+    pub ts_ms: i64,
+    pub idempotency_key: String,
+    pub incident_id: String,
 }
 
 /// The last alert of one detector on one subject (a country, a network,

@@ -86,6 +86,12 @@ pub struct KafkaConfig {
     /// live alerts topic, so a replay cannot page the on-call team twice.
     #[serde(default)]
     pub replay_topic: Option<String>,
+    /// Compacted topic of key owners, read from its beginning by every
+    /// instance (never as a group member) and followed while running: key =
+    /// key fingerprint, value = a JSON owners entry, empty value = the key
+    /// has no owner any more. Entries override `owners_file`.
+    #[serde(default)]
+    pub owners_topic: Option<String>,
     /// Most input records in one micro-batch.
     #[serde(default = "default_batch_max_events")]
     pub batch_max_events: usize,
@@ -316,6 +322,7 @@ impl KafkaConfig {
             dead_letter_topic: default_dead_letter_topic(),
             changelog_topic: default_changelog_topic(),
             replay_topic: None,
+            owners_topic: None,
             batch_max_events: default_batch_max_events(),
             batch_max_bytes: default_batch_max_bytes(),
             batch_max_wait: default_batch_max_wait(),
@@ -470,6 +477,10 @@ impl KafkaConfig {
         }
         if self.alert_format.ocsf() {
             outputs.push(("ocsf_alerts_topic", &self.ocsf_alerts_topic));
+        }
+        // Not an output, but a topic of its own all the same.
+        if let Some(owners_topic) = &self.owners_topic {
+            outputs.push(("owners_topic", owners_topic));
         }
         for (index, (field, topic)) in outputs.iter().enumerate() {
             check_topic_name(field, topic)?;

@@ -42,6 +42,11 @@ pub struct Config {
     /// How key ids become fingerprints in every output.
     #[serde(default)]
     pub fingerprint: FingerprintConfig,
+    /// Owners file (CSV or JSON lines; see README) whose owners go on alerts
+    /// and revocation requests, in `replay` (unless `--owners` is given),
+    /// `run` (before the owners topic, `kafka.owners_topic`) and `keys`.
+    #[serde(default)]
+    pub owners_file: Option<PathBuf>,
 }
 
 /// The fingerprint secret (see [`crate::event::Fingerprinter`] for the
@@ -214,6 +219,9 @@ impl Config {
             resolve(path);
         }
         if let Some(path) = self.fingerprint.secret_file.as_mut() {
+            resolve(path);
+        }
+        if let Some(path) = self.owners_file.as_mut() {
             resolve(path);
         }
     }

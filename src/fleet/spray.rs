@@ -460,6 +460,7 @@ fn spray_alert(
         }),
         model: model_label.to_string(),
         keys: incident.keys.iter().map(|key| fingerprint_text(*key)).collect(),
+        owner: None,
     };
     // A spray's address list grows with the attack: bounded like every alert.
     crate::alert::cap::cap_alert(&mut alert, crate::alert::cap::MAX_ALERT_BYTES);

@@ -954,6 +954,7 @@ mod tests {
             seed,
             start_ms: parse_ts(RUN_START).unwrap(),
             fingerprinter: crate::event::Fingerprinter::unkeyed(),
+            abandoned_keys: 0,
         })
     }
 

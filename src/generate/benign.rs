@@ -559,6 +559,7 @@ mod tests {
                 seed: 2,
                 start_ms: parse_ts(RUN_START).unwrap(),
                 fingerprinter: crate::event::Fingerprinter::unkeyed(),
+                abandoned_keys: 0,
             })
         })
     }

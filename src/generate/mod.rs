@@ -16,6 +16,7 @@
 pub mod attacks;
 pub mod benign;
 pub mod catalog;
+pub mod owners_file;
 pub mod plan;
 pub mod profile;
 pub mod random;
@@ -67,6 +68,15 @@ pub struct GenerateArgs {
     /// (or both `--unkeyed-fingerprints`).
     #[command(flatten)]
     pub fingerprint: crate::setup::FingerprintArgs,
+    /// Add this many keys that were used for a few weeks and then left
+    /// silent for over a month before the run starts: dormant keys for
+    /// `keywatch keys --stale`. Other keys' traffic does not change.
+    #[arg(long, default_value_t = 0)]
+    pub abandoned_keys: usize,
+    /// Also write `owners.csv`, the owners file of the run's keys: most
+    /// keys owned, some past their expiry, some with no owner at all.
+    #[arg(long)]
+    pub owners: bool,
 }
 
 /// Why generation could not run.
@@ -110,6 +120,9 @@ pub struct GenerateConfig {
     pub start_ms: i64,
     /// How label fingerprints are computed; unkeyed unless set.
     pub fingerprinter: crate::event::Fingerprinter,
+    /// Keys added after the `keys` planned ones, silent since weeks before
+    /// the run (see [`GenerateArgs::abandoned_keys`]).
+    pub abandoned_keys: usize,
 }
 
 impl GenerateConfig {
@@ -132,7 +145,14 @@ impl GenerateConfig {
             seed,
             start_ms,
             fingerprinter: crate::event::Fingerprinter::unkeyed(),
+            abandoned_keys: 0,
         })
+    }
+
+    /// Adds `count` abandoned keys to the run.
+    pub fn with_abandoned_keys(mut self, count: usize) -> GenerateConfig {
+        self.abandoned_keys = count;
+        self
     }
 
     /// Labels fingerprinted with `fingerprinter`, as a replay with the same
@@ -415,6 +435,19 @@ impl Generation {
         Ok(meta)
     }
 
+    /// The owners file of the run's keys (see [`owners_file`]).
+    pub fn owners_file(&self) -> owners_file::OwnersFile {
+        owners_file::owners_file(&self.config, &self.plan.profiles)
+    }
+
+    /// Writes `owners.csv` into `dir`; returns what it holds.
+    pub fn write_owners(&self, dir: &Path) -> Result<owners_file::OwnersCounts, GenerateError> {
+        let owners = self.owners_file();
+        let path = dir.join("owners.csv");
+        std::fs::write(&path, owners.csv()).map_err(write_error(&path))?;
+        Ok(owners.counts)
+    }
+
     /// Writes `geoip-city.mmdb` and `geoip-asn.mmdb` into `dir`; returns
     /// their bytes (City, ASN) for a reader in the same process.
     pub fn write_geoip_databases(&self, dir: &Path) -> Result<(Vec<u8>, Vec<u8>), GenerateError> {
@@ -458,10 +491,22 @@ pub fn run_cli(args: &GenerateArgs) -> Result<(), GenerateError> {
         .resolve(&crate::config::FingerprintConfig::default(), env_secret.as_deref())
         .map_err(|error| GenerateError::Fingerprint(error.to_string()))?;
     tracing::info!(mode = fingerprinter.mode_name(), "label fingerprints");
-    let config = GenerateConfig::new(args.keys, args.days, args.seed, &args.start)?.with_fingerprinter(fingerprinter);
+    let config = GenerateConfig::new(args.keys, args.days, args.seed, &args.start)?
+        .with_fingerprinter(fingerprinter)
+        .with_abandoned_keys(args.abandoned_keys);
     let started = std::time::Instant::now();
     let generation = Generation::new(config);
     let summary = generation.write_to(&args.out)?;
+    if args.owners {
+        let owners = generation.write_owners(&args.out)?;
+        println!(
+            "wrote {}/owners.csv: {} keys owned ({} past expiry), {} with no owner",
+            args.out.display(),
+            owners.owned,
+            owners.expired,
+            owners.unowned
+        );
+    }
     tracing::info!(
         events = summary.events,
         incidents = summary.incidents,

@@ -24,6 +24,8 @@ const PURPOSE_ROLES: u64 = 1;
 const PURPOSE_PROFILE: u64 = 2;
 const PURPOSE_ATTACK: u64 = 3;
 pub const PURPOSE_TRAFFIC: u64 = 4;
+const PURPOSE_ABANDONED: u64 = 5;
+pub const PURPOSE_OWNERS: u64 = 6;
 
 /// Incidents start this many days into the run, so every key has a baseline.
 pub(super) const FIRST_INCIDENT_DAY: u64 = 3;
@@ -621,6 +623,31 @@ pub fn plan(config: &GenerateConfig) -> Plan {
         });
     }
 
+    // Abandoned keys come last, from their own random streams, and after
+    // the attacks were planned: asking for them changes no other key.
+    let mut abandoned_rng = stream(config.seed, PURPOSE_ABANDONED, 0);
+    for index in 0..config.abandoned_keys {
+        let key = loop {
+            let candidate = key_id(&mut abandoned_rng);
+            if seen.insert(candidate.clone()) {
+                break candidate;
+            }
+        };
+        let position = profiles.len();
+        let mut rng = stream(config.seed, PURPOSE_ABANDONED, 1 + index as u64);
+        let mut profile = builder.ordinary(&mut rng, key);
+        // In use for a few weeks, then left: silent for over a month when
+        // the run starts, so dormant at its end whatever its length.
+        let silent_days = between(&mut rng, 31, 45) as i64;
+        let history_days = between(&mut rng, 10, 30) as i64;
+        let last_use = run_start - silent_days * DAY_MS;
+        profile.active_periods = vec![(last_use - history_days * DAY_MS, last_use)];
+        debug_assert_eq!(position, injected.len());
+        profiles.push(profile);
+        injected.push(Vec::new());
+        incident_windows.push(Vec::new());
+    }
+
     // Number incidents and cases in time order, so ids read chronologically.
     labels.sort_by(|a, b| (&a.start, &a.key).cmp(&(&b.start, &b.key)));
     for (position, label) in labels.iter_mut().enumerate() {
@@ -651,6 +678,7 @@ mod tests {
             seed: 5,
             start_ms: crate::event::parse_ts("2026-01-05T00:00:00Z").unwrap(),
             fingerprinter: crate::event::Fingerprinter::unkeyed(),
+            abandoned_keys: 0,
         }
     }
 

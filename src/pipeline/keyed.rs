@@ -15,6 +15,7 @@ use std::sync::Arc;
 use super::partitions::PartitionBook;
 use super::stage::{Progress, Stage};
 use crate::alert::Output;
+use crate::alert::owner::attach_owners;
 use crate::checkpoint::{Checkpoint, PartitionId, PartitionSnapshot, SnapshotFile};
 use crate::counts::Counts;
 use crate::decode::{Decoded, Decoder};
@@ -24,6 +25,7 @@ use crate::event::AccessEvent;
 use crate::event::Fingerprinter;
 use crate::fleet::spray::{Network, ObservationRecord};
 use crate::model::Model;
+use crate::owners::SharedOwners;
 use crate::sink::kafka::{KafkaSinkError, Outbox, OutputTopics};
 use crate::source::kafka::group::{AssignedPartition, InputRecord};
 
@@ -55,6 +57,9 @@ pub struct KeyedStage {
     source_topic: Option<String>,
     /// How each partition's engine fingerprints keys.
     fingerprinter: Fingerprinter,
+    /// Owners put on alerts and revocation requests, kept up to date from
+    /// the owners topic.
+    owners: Option<SharedOwners>,
 }
 
 impl KeyedStage {
@@ -75,7 +80,14 @@ impl KeyedStage {
             scratch_outputs: Vec::new(),
             source_topic: None,
             fingerprinter: Fingerprinter::unkeyed(),
+            owners: None,
         }
+    }
+
+    /// Puts the owners of `owners` on alerts and revocation requests.
+    pub fn with_owners(mut self, owners: SharedOwners) -> KeyedStage {
+        self.owners = Some(owners);
+        self
     }
 
     /// Fingerprints keys with `fingerprinter` (unkeyed by default).
@@ -180,6 +192,12 @@ impl KeyedStage {
         outputs.clear();
         if replayed < events.len() {
             state.engine.process(&events[replayed..], &mut outputs);
+        }
+        if let Some(owners) = &self.owners
+            && outputs.iter().any(|output| !matches!(output, Output::Digest(_)))
+        {
+            let book = owners.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            attach_owners(&book, &mut outputs);
         }
         let mut result = Ok(());
         for output in &outputs {

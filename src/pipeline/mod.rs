@@ -45,10 +45,12 @@ use crate::checkpoint::{CheckpointError, PartitionId, PartitionSnapshot, Snapsho
 use crate::config::{Config, KafkaConfig};
 use crate::enrich::GeoIp;
 use crate::model::Model;
+use crate::owners::{OwnerBook, OwnersError, SharedOwners};
 use crate::setup::{EngineArgs, Setup, SetupError};
 use crate::sink::kafka::{KafkaSink, KafkaSinkError, OutputTopics};
 use crate::source::kafka::KafkaSourceError;
 use crate::source::kafka::group::{GroupWatch, KafkaSource, RestoreFrom};
+use crate::source::kafka::owners::{follow_owners_topic, read_owners_topic};
 use crate::source::kafka::range::{partition_count, range_consumer, read_checkpoints};
 
 pub use driver::DriverSettings;
@@ -90,6 +92,8 @@ pub enum PipelineError {
     Sink(#[from] KafkaSinkError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Owners(#[from] OwnersError),
     #[error("cannot commit offsets: {0}")]
     Commit(String),
     #[error("cannot start the async runtime: {0}")]
@@ -172,6 +176,8 @@ impl Pipeline {
     pub async fn run(self, cancel: CancellationToken) -> Result<RunSummary, PipelineError> {
         log_start(&self.kafka, &self.model);
         let layout = prepare_topics(&self.kafka).await?;
+        let owners_done = CancellationToken::new();
+        let (owners, owners_follower) = self.load_owners(owners_done.clone())?;
         // A failing stage stops the other one too.
         let stop = cancel.child_token();
         // Published until the stages have finished, so the final counts show.
@@ -208,8 +214,12 @@ impl Pipeline {
             }
             None => None,
         };
-        let result = self.run_stages(&layout, &stop).await;
+        let result = self.run_stages(&layout, &stop, &owners).await;
         stages_done.cancel();
+        owners_done.cancel();
+        if let Some(follower) = owners_follower {
+            let _ = tokio::task::spawn_blocking(move || follower.join()).await;
+        }
         if let Some(health) = health {
             let _ = health.await;
         }
@@ -220,9 +230,41 @@ impl Pipeline {
         Ok(self.progress.snapshot())
     }
 
-    async fn run_stages(&self, layout: &TopicLayout, stop: &CancellationToken) -> Result<(), PipelineError> {
+    /// The owners of `owners_file`, then of the owners topic read to its
+    /// end, shared with a thread that follows the topic until `stop`.
+    fn load_owners(
+        &self,
+        stop: CancellationToken,
+    ) -> Result<(SharedOwners, Option<std::thread::JoinHandle<()>>), PipelineError> {
+        let fingerprinter = &self.config.fingerprint.resolved;
+        let mut book = match &self.config.owners_file {
+            Some(path) => OwnerBook::load(path, fingerprinter)?,
+            None => OwnerBook::default(),
+        };
+        let Some(topic) = &self.kafka.owners_topic else {
+            return Ok((Arc::new(std::sync::RwLock::new(book)), None));
+        };
+        let positions = read_owners_topic(&self.kafka, topic, &mut book, fingerprinter)?;
+        let shared = Arc::new(std::sync::RwLock::new(book));
+        let follower = follow_owners_topic(
+            &self.kafka,
+            topic,
+            &positions,
+            Arc::clone(&shared),
+            fingerprinter.clone(),
+            stop,
+        )?;
+        Ok((shared, follower))
+    }
+
+    async fn run_stages(
+        &self,
+        layout: &TopicLayout,
+        stop: &CancellationToken,
+        owners: &SharedOwners,
+    ) -> Result<(), PipelineError> {
         let keyed = async {
-            let result = self.run_keyed(layout, stop.clone()).await;
+            let result = self.run_keyed(layout, stop.clone(), Arc::clone(owners)).await;
             if result.is_err() {
                 stop.cancel();
             }
@@ -310,7 +352,12 @@ impl Pipeline {
         Ok(sink)
     }
 
-    async fn run_keyed(&self, layout: &TopicLayout, cancel: CancellationToken) -> Result<(), PipelineError> {
+    async fn run_keyed(
+        &self,
+        layout: &TopicLayout,
+        cancel: CancellationToken,
+        owners: SharedOwners,
+    ) -> Result<(), PipelineError> {
         let stage = keyed::KeyedStage::new(
             Arc::clone(&self.model),
             Arc::clone(&self.geo),
@@ -319,7 +366,8 @@ impl Pipeline {
             Arc::clone(&self.progress),
         )
         .with_source_topic(self.kafka.source_topic.clone())
-        .with_fingerprinter(self.config.fingerprint.resolved.clone());
+        .with_fingerprinter(self.config.fingerprint.resolved.clone())
+        .with_owners(owners);
         let sink = self
             .sink(format!("{}-{}", self.kafka.group_id, self.kafka.instance_name()))
             .await?;

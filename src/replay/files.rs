@@ -14,10 +14,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{ReplayError, ReplaySummary};
 use crate::alert::Output;
+use crate::alert::owner::attach_owners;
 use crate::counts::Counts;
 use crate::decode::{DecodeError, Decoded, Decoder, Rejection};
 use crate::engine::{Engine, Quarantined};
 use crate::event::AccessEvent;
+use crate::owners::OwnerBook;
 use crate::sink::Rejected;
 use crate::sink::file::OutputFiles;
 use crate::source::SourceRef;
@@ -34,7 +36,9 @@ fn origin_of(input: usize, line: u64) -> u64 {
 /// Replays files through an engine into output files. Events are handed to
 /// the engine in micro-batches of `batch_size` records; the outputs do not
 /// depend on it. Reading stops early when `stop` is set; the summary then
-/// says the replay was interrupted.
+/// says the replay was interrupted. Alerts and revocation requests carry
+/// their key's owner from `owners`.
+#[allow(clippy::too_many_arguments)]
 pub fn replay_files(
     inputs: &[PathBuf],
     decoder: &Decoder,
@@ -43,9 +47,11 @@ pub fn replay_files(
     outputs: &mut OutputFiles,
     progress: Option<&ProgressBar>,
     stop: &AtomicBool,
+    owners: &OwnerBook,
 ) -> Result<ReplaySummary, ReplayError> {
     let mut summary = ReplaySummary::default();
     let mut run = Run {
+        owners,
         names: Vec::new(),
         emitted: Vec::new(),
         quarantined: Vec::new(),
@@ -91,7 +97,8 @@ pub fn replay_files(
 }
 
 /// Scratch shared by the ways of reading.
-struct Run {
+struct Run<'a> {
+    owners: &'a OwnerBook,
     /// Input names by index, for quarantined events' sources.
     names: Vec<String>,
     emitted: Vec<Output>,
@@ -99,7 +106,7 @@ struct Run {
     origins: Vec<u64>,
 }
 
-impl Run {
+impl Run<'_> {
     /// Writes what the engine emitted and quarantined.
     fn write(
         &mut self,
@@ -107,6 +114,7 @@ impl Run {
         counts: &mut Counts,
         outputs: &mut OutputFiles,
     ) -> Result<(), ReplayError> {
+        attach_owners(self.owners, &mut self.emitted);
         for output in &self.emitted {
             counts.count_output(output);
             outputs.write_output(output)?;

@@ -26,6 +26,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::alert::Output;
+use crate::alert::owner::attach_owners;
 use crate::checkpoint::{CheckpointError, PartitionId, read_snapshot_file};
 use crate::config::{Config, KafkaConfig};
 use crate::counts::Counts;
@@ -34,6 +35,7 @@ use crate::engine::Engine;
 use crate::enrich::GeoIp;
 use crate::event::AccessEvent;
 use crate::model::Model;
+use crate::owners::OwnerBook;
 use crate::sink::Rejected;
 use crate::sink::file::{OutputFiles, SinkError};
 use crate::sink::kafka::{QUEUE_FULL_BACKOFF, send_when_queue_has_room};
@@ -71,6 +73,8 @@ pub struct ReplayKafkaOptions {
     pub to_topic: Option<String>,
     /// Events per engine batch (the output does not depend on it).
     pub batch_size: usize,
+    /// Owners put on alerts and revocation requests (empty: none).
+    pub owners: Arc<OwnerBook>,
 }
 
 /// What a replay read and wrote.
@@ -418,6 +422,7 @@ impl PartitionReplay<'_> {
         producer: Option<&ThreadedProducer<DeliveryCounter>>,
         options: &ReplayKafkaOptions,
     ) -> Result<(), ReplayKafkaError> {
+        attach_owners(&options.owners, &mut self.outputs);
         for output in &self.outputs {
             files.write_output(output)?;
             summary.counts.count_output(output);

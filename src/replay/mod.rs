@@ -63,6 +63,14 @@ pub struct ReplayArgs {
     /// Digests and revocation requests stay native.
     #[arg(long, value_enum, default_value_t = AlertFormat::Native)]
     pub alert_format: AlertFormat,
+    /// Owners file (CSV or JSON lines) whose owners go on alerts and
+    /// revocation requests (overrides the config's `owners_file`).
+    #[arg(long, value_name = "FILE")]
+    pub owners: Option<PathBuf>,
+    /// Write the engine's state at the end of a file replay to FILE (the
+    /// snapshot file format), for `keywatch keys --snapshot`.
+    #[arg(long, value_name = "FILE", conflicts_with = "from_kafka")]
+    pub save_snapshot: Option<PathBuf>,
 }
 
 /// Why a replay could not run.
@@ -76,6 +84,10 @@ pub enum ReplayError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Kafka(#[from] kafka::ReplayKafkaError),
+    #[error(transparent)]
+    Owners(#[from] crate::owners::OwnersError),
+    #[error(transparent)]
+    Snapshot(crate::checkpoint::CheckpointError),
     #[error("{0}")]
     Usage(String),
     #[error("interrupted: stopped reading on SIGINT; outputs and summary.json hold everything read before")]
@@ -167,8 +179,9 @@ pub fn run_cli(args: &ReplayArgs) -> Result<(), ReplayError> {
         ..args.engine.overrides(args.config.clone())
     };
     let setup = Setup::load(&overrides)?;
+    let owners = Arc::new(setup.owners(args.owners.as_deref())?);
     if args.from_kafka {
-        return replay_kafka_cli(args, &setup);
+        return replay_kafka_cli(args, &setup, owners);
     }
     if args.input.is_empty() {
         return Err(ReplayError::Usage("give at least one --input file".into()));
@@ -186,11 +199,15 @@ pub fn run_cli(args: &ReplayArgs) -> Result<(), ReplayError> {
         &mut outputs,
         bar.as_ref(),
         &stop,
+        &owners,
     )?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
     write_summary(&args.out, &summary)?;
+    if let Some(path) = &args.save_snapshot {
+        save_snapshot(path, &engine)?;
+    }
     let elapsed = started.elapsed().as_secs_f64();
     print!("{}", summary.render());
     println!(
@@ -249,7 +266,11 @@ fn parse_time(text: &Option<String>, flag: &str) -> Result<Option<i64>, ReplayEr
 
 /// `keywatch replay --from-kafka`: a time range of the input topic through
 /// the same engine, into files (and a replay topic when asked).
-fn replay_kafka_cli(args: &ReplayArgs, setup: &Setup) -> Result<(), ReplayError> {
+fn replay_kafka_cli(
+    args: &ReplayArgs,
+    setup: &Setup,
+    owners: Arc<crate::owners::OwnerBook>,
+) -> Result<(), ReplayError> {
     let options = kafka::ReplayKafkaOptions {
         start_ms: parse_time(&args.start, "--start")?,
         end_ms: parse_time(&args.end, "--end")?,
@@ -257,6 +278,7 @@ fn replay_kafka_cli(args: &ReplayArgs, setup: &Setup) -> Result<(), ReplayError>
         snapshot: args.snapshot.clone(),
         to_topic: args.to_topic.clone(),
         batch_size: setup.config.input.batch_size,
+        owners,
     };
     // The command line's alert format applies to the files of this replay.
     let mut config = setup.config.clone();
@@ -304,6 +326,23 @@ fn alert_files(format: AlertFormat) -> String {
         files.push_str(", ");
     }
     files
+}
+
+/// The partition name a file replay's state is saved under.
+pub const FILE_REPLAY_PARTITION: &str = "replay/0";
+
+/// Writes the engine's state as a snapshot file of one partition,
+/// [`FILE_REPLAY_PARTITION`].
+pub fn save_snapshot(path: &Path, engine: &crate::engine::Engine) -> Result<(), ReplayError> {
+    let mut snapshots = crate::checkpoint::SnapshotFile::new();
+    snapshots.insert(
+        FILE_REPLAY_PARTITION.to_string(),
+        crate::checkpoint::PartitionSnapshot {
+            next_offset: 0,
+            engine: engine.snapshot(),
+        },
+    );
+    crate::checkpoint::write_snapshot_file(path, &snapshots).map_err(ReplayError::Snapshot)
 }
 
 /// Writes `summary.json` beside the outputs.

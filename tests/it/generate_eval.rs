@@ -246,6 +246,7 @@ fn alert(id: &str, fingerprint: &str, ts: &str, severity: Severity, detector: &s
         summary: "test".to_string(),
         evidence: serde_json::json!({}),
         model: "test/1".to_string(),
+        owner: None,
     }
 }
 

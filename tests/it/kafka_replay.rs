@@ -42,6 +42,7 @@ fn options(out_dir: &Path) -> ReplayKafkaOptions {
         snapshot: None,
         to_topic: None,
         batch_size: 64,
+        owners: Default::default(),
     }
 }
 

@@ -216,6 +216,7 @@ pub async fn repartition_and_replay(brokers: &Brokers) {
         snapshot: None,
         to_topic: None,
         batch_size: 50,
+        owners: Default::default(),
     };
     let replay = replay_kafka(&config, options, "replay").await;
     assert_eq!(replay.events_in_range as usize, valid);

@@ -3,6 +3,7 @@
 //! checkpoints and for replay.
 
 pub mod group;
+pub mod owners;
 pub mod range;
 
 use std::time::Duration;
