@@ -20,6 +20,7 @@ mod event_time;
 mod faults;
 mod generate_eval;
 mod geoip;
+mod kafka_clog;
 mod kafka_compose;
 mod kafka_mock;
 mod kafka_ops;
