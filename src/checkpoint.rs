@@ -528,9 +528,7 @@ fn parse_changelog_key(key: &str) -> Option<ChangelogKey> {
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (None, None, None, None) => Some(ChangelogKey::Manifest(id, None)),
         (Some(slot), None, None, None) => Some(ChangelogKey::Manifest(id, Some(slot.parse().ok()?))),
-        (Some(slot), Some(index), None, None) => {
-            Some(ChangelogKey::Chunk(id, slot.parse().ok()?, index.parse().ok()?))
-        }
+        (Some(slot), Some(index), None, None) => Some(ChangelogKey::Chunk(id, slot.parse().ok()?, index.parse().ok()?)),
         (Some("k"), Some(bits), Some(slot), None) if bits.len() == 32 => {
             let slot: u8 = slot.parse().ok()?;
             (slot < 2).then_some(())?;
@@ -1298,7 +1296,10 @@ mod tests {
         let mut ledger = KeyLedger::default();
         let first = incremental(0, &[(1, Some(&a)), (2, Some(&b))], &mut ledger);
         let second = incremental(1, &[(2, None)], &mut ledger);
-        assert!(second.iter().all(|m| !m.tombstone), "the previous checkpoint still needs b");
+        assert!(
+            second.iter().all(|m| !m.tombstone),
+            "the previous checkpoint still needs b"
+        );
         let restored = restore(&[&first, &second]);
         assert_eq!(events_by_key(&restored), vec![("kf_test0001".to_string(), 1)]);
         let third = incremental(2, &[], &mut ledger);
@@ -1331,7 +1332,10 @@ mod tests {
 
     /// Bytes of the changelog messages of one checkpoint.
     fn changelog_bytes(messages: &[ChangelogMessage]) -> usize {
-        messages.iter().map(|message| message.key.len() + message.value.len()).sum()
+        messages
+            .iter()
+            .map(|message| message.key.len() + message.value.len())
+            .sum()
     }
 
     /// The numbers in docs/OPERATIONS.md: 100,000 keys, 1% of them used in

@@ -314,7 +314,9 @@ impl KeyedStage {
         for (id, owned) in self.partitions.iter_mut() {
             let state = &mut owned.state;
             let replaying = owned.next_offset.is_none_or(|next| next < state.replay_below);
-            let idle = state.last_input.is_none_or(|last| now.saturating_duration_since(last) >= idle_after);
+            let idle = state
+                .last_input
+                .is_none_or(|last| now.saturating_duration_since(last) >= idle_after);
             if replaying || !idle || state.engine.held_events() == 0 {
                 continue;
             }
@@ -518,7 +520,12 @@ impl Stage for KeyedStage {
         self.group_generation = generation;
     }
 
-    fn release_idle(&mut self, now: Instant, idle_after: Duration, outbox: &mut Outbox) -> Result<usize, KafkaSinkError> {
+    fn release_idle(
+        &mut self,
+        now: Instant,
+        idle_after: Duration,
+        outbox: &mut Outbox,
+    ) -> Result<usize, KafkaSinkError> {
         self.release_idle_partitions(now, idle_after, outbox)
     }
 }
@@ -754,7 +761,12 @@ mod tests {
         }]);
         let mut outbox = Outbox::default();
         restarted.group_generation(Some(2));
-        restarted.partitions.get_mut(&id()).unwrap().state.released_since_checkpoint = true;
+        restarted
+            .partitions
+            .get_mut(&id())
+            .unwrap()
+            .state
+            .released_since_checkpoint = true;
         assert_eq!(restarted.checkpoint(true, &mut outbox).unwrap(), 1);
         assert!(
             outbox
@@ -784,7 +796,11 @@ mod tests {
         outbox.clear();
         let now = Instant::now();
         let idle = Duration::from_secs(30);
-        assert_eq!(stage.release_idle_partitions(now, idle, &mut outbox).unwrap(), 0, "not idle yet");
+        assert_eq!(
+            stage.release_idle_partitions(now, idle, &mut outbox).unwrap(),
+            0,
+            "not idle yet"
+        );
         assert!(outbox.is_empty());
         assert_eq!(
             stage
@@ -806,6 +822,53 @@ mod tests {
             1,
             "the state moved without a new offset"
         );
+    }
+
+    #[test]
+    fn a_far_future_event_is_dead_lettered_with_the_record_it_came_from() {
+        let mut records = records();
+        let other = event(T0 + DAY, "AKIAKEYEDSTAGE000002", ip("london", 1), "/v1/orders", 200);
+        let far = event(4_070_908_800_000, KEY, ip("london", 1), "/v1/orders", 200);
+        let at = records.len() / 2;
+        for (shift, payload) in [serde_json::to_vec(&other).unwrap(), serde_json::to_vec(&far).unwrap()]
+            .into_iter()
+            .enumerate()
+        {
+            records.insert(
+                at + shift,
+                InputRecord {
+                    topic: Arc::from("access"),
+                    partition: 0,
+                    offset: 0,
+                    timestamp_ms: None,
+                    payload: Some(payload),
+                },
+            );
+        }
+        for (offset, record) in records.iter_mut().enumerate() {
+            record.offset = offset as i64;
+        }
+        let mut stage = stage();
+        assign(&mut stage, Some(0), None);
+        let mut outbox = Outbox::default();
+        stage.process(&records, &mut outbox).unwrap();
+        let letters: Vec<_> = outbox
+            .messages
+            .iter()
+            .filter(|m| {
+                m.headers
+                    .iter()
+                    .any(|(name, value)| *name == "reason" && value == b"future_event")
+            })
+            .collect();
+        assert_eq!(letters.len(), 1, "{:?}", topics_of(&outbox));
+        let offset = letters[0]
+            .headers
+            .iter()
+            .find(|(name, _)| *name == "source_offset")
+            .unwrap();
+        assert_eq!(offset.1, (at + 1).to_string().into_bytes());
+        assert!(!String::from_utf8_lossy(&letters[0].payload).contains(KEY));
     }
 
     #[test]

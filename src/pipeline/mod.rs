@@ -734,7 +734,10 @@ mod tests {
         let delete = changelog_problem(Some("delete"), 6, &keyed).unwrap();
         assert!(delete.contains("`delete`") && delete.contains("compact"), "{delete}");
         let count = changelog_problem(Some("compact"), 3, &keyed).unwrap();
-        assert!(count.contains("3 partitions") && count.contains("access has 6"), "{count}");
+        assert!(
+            count.contains("3 partitions") && count.contains("access has 6"),
+            "{count}"
+        );
     }
 
     #[test]

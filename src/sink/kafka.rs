@@ -17,9 +17,9 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 
 use crate::alert::Output;
 use crate::checkpoint::{ChangelogMessage, Checkpoint, CheckpointError, PartitionId, encode_checkpoint};
-use crate::engine::Quarantined;
 use crate::config::KafkaConfig;
 use crate::decode::Rejection;
+use crate::engine::Quarantined;
 use crate::source::kafka::group::InputRecord;
 
 /// How long a transaction step may take before the pipeline gives up.
