@@ -488,8 +488,11 @@ pub struct CheckpointAssembler {
     manifests: HashMap<(PartitionId, Option<u8>), Vec<u8>>,
     chunks: HashMap<(PartitionId, u8, u32), Vec<u8>>,
     /// Per partition and key fingerprint bits: each slot's entry.
-    key_entries: HashMap<PartitionId, BTreeMap<u128, [Option<Vec<u8>>; 2]>>,
+    key_entries: HashMap<PartitionId, KeyEntries>,
 }
+
+/// One partition's key entries read: by fingerprint bits, each slot's value.
+type KeyEntries = BTreeMap<u128, [Option<Vec<u8>>; 2]>;
 
 /// What a changelog key names.
 enum ChangelogKey {
@@ -781,7 +784,7 @@ impl CheckpointAssembler {
         let mut digest = 0u128;
         if let Some(entries) = self.key_entries.get(id) {
             for (bits, slots) in entries {
-                let Some((slot, value)) = newest_entry(slots, generation).map_err(|detail| corrupt(detail))? else {
+                let Some((slot, value)) = newest_entry(slots, generation).map_err(&corrupt)? else {
                     continue;
                 };
                 if value.len() == CHUNK_HEADER_BYTES {
