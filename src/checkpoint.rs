@@ -43,10 +43,16 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::baseline::KeyState;
 use crate::engine::EngineSnapshot;
 
 /// Version of the manifest layout.
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
+/// Version of the manifest of an incremental checkpoint, whose keys are in
+/// entries of their own ([`encode_incremental`]). Builds that only know
+/// version 1 refuse it, loudly, instead of restoring a partition without
+/// its keys.
+pub const INCREMENTAL_FORMAT_VERSION: u32 = 2;
 
 /// Largest chunk of compressed snapshot in one message: well below the
 /// 1 MiB default of `message.max.bytes` on brokers and producers.
@@ -59,6 +65,11 @@ pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
 
 const CHUNK_MAGIC: &[u8; 4] = b"KWC1";
 const CHUNK_HEADER_BYTES: usize = 12;
+/// Key entries: `KWK1`, the generation (8 bytes, big endian), then the
+/// gzip-compressed key state, or nothing for a key evicted.
+const KEY_MAGIC: &[u8; 4] = b"KWK1";
+/// Largest key entry, compressed or inflated.
+pub const MAX_KEY_ENTRY_BYTES: u64 = 64 << 20;
 
 /// Why a checkpoint or snapshot file could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +121,12 @@ impl PartitionId {
         format!("{self}/{slot}/{index}")
     }
 
+    /// The changelog message key of one slot of a key's entry: the key's
+    /// fingerprint bits in hex, never its id.
+    fn key_entry_key(&self, bits: u128, slot: u8) -> String {
+        format!("{self}/k/{bits:032x}/{slot}")
+    }
+
     /// The changelog partition holding this partition's checkpoints.
     pub fn changelog_partition(&self, changelog_partitions: i32) -> i32 {
         self.partition.rem_euclid(changelog_partitions.max(1))
@@ -135,6 +152,9 @@ pub struct Checkpoint {
     /// known: a higher one wins over any checkpoint of a lower one.
     pub group_generation: Option<i32>,
     pub snapshot: EngineSnapshot,
+    /// Read from an incremental checkpoint (its keys from entries of their
+    /// own); ignored when writing.
+    pub incremental: bool,
 }
 
 /// The small message that makes a checkpoint's chunks valid.
@@ -155,6 +175,21 @@ pub struct Manifest {
     /// older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_generation: Option<i32>,
+    /// In an incremental checkpoint (version 2), the keys whose entries
+    /// make up the state with the shared part in the chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<KeySetSummary>,
+}
+
+/// How many key entries an incremental checkpoint's state has and a
+/// digest of them, so that a restore can tell a whole set from one that a
+/// crash, a zombie or compaction damaged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySetSummary {
+    pub count: u64,
+    /// Hex XOR of the first 16 bytes of the SHA-256 of each live entry's
+    /// message key and value.
+    pub digest: String,
 }
 
 /// One message to write to the changelog.
@@ -162,6 +197,18 @@ pub struct Manifest {
 pub struct ChangelogMessage {
     pub key: String,
     pub value: Vec<u8>,
+    /// A tombstone (null value), which compaction turns into nothing.
+    pub tombstone: bool,
+}
+
+impl ChangelogMessage {
+    fn new(key: String, value: Vec<u8>) -> ChangelogMessage {
+        ChangelogMessage {
+            key,
+            value,
+            tombstone: false,
+        }
+    }
 }
 
 fn slot_of(generation: u64) -> u8 {
@@ -190,10 +237,7 @@ pub fn encode_checkpoint(checkpoint: &Checkpoint) -> Result<Vec<ChangelogMessage
         value.extend_from_slice(CHUNK_MAGIC);
         value.extend_from_slice(&checkpoint.generation.to_be_bytes());
         value.extend_from_slice(data);
-        messages.push(ChangelogMessage {
-            key: partition.chunk_key(slot, index as u32),
-            value,
-        });
+        messages.push(ChangelogMessage::new(partition.chunk_key(slot, index as u32), value));
     }
     let manifest = Manifest {
         version: CHECKPOINT_FORMAT_VERSION,
@@ -206,18 +250,232 @@ pub fn encode_checkpoint(checkpoint: &Checkpoint) -> Result<Vec<ChangelogMessage
         bytes: compressed.len() as u64,
         sha256: hex::encode(Sha256::digest(&compressed)),
         group_generation: checkpoint.group_generation,
+        keys: None,
     };
-    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|err| encode_error(err.to_string()))?;
-    // The slot's copy first: once the main manifest names this generation,
-    // the previous generation's copy still names the other slot.
-    messages.push(ChangelogMessage {
-        key: partition.slot_manifest_key(slot),
-        value: manifest_bytes.clone(),
-    });
-    messages.push(ChangelogMessage {
-        key: partition.changelog_key(),
-        value: manifest_bytes,
-    });
+    push_manifest(&mut messages, partition, &manifest).map_err(|err| encode_error(err.to_string()))?;
+    Ok(messages)
+}
+
+/// Appends a manifest, the slot's copy first: once the main manifest names
+/// this generation, the previous generation's copy still names the other
+/// slot.
+fn push_manifest(
+    messages: &mut Vec<ChangelogMessage>,
+    partition: &PartitionId,
+    manifest: &Manifest,
+) -> Result<(), serde_json::Error> {
+    let manifest_bytes = serde_json::to_vec(manifest)?;
+    messages.push(ChangelogMessage::new(
+        partition.slot_manifest_key(manifest.slot),
+        manifest_bytes.clone(),
+    ));
+    messages.push(ChangelogMessage::new(partition.changelog_key(), manifest_bytes));
+    Ok(())
+}
+
+/// What one slot of a key's entry holds, as the writer knows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum SlotUse {
+    #[default]
+    Empty,
+    /// The entry the newest checkpoint uses, with its digest.
+    Live(u128),
+    /// The marker of a key evicted: the newest checkpoint has no such key.
+    Gone,
+    /// An entry the newest checkpoint no longer uses but the previous one
+    /// may: overwritten by the key's next write, never deleted before.
+    Old,
+    /// An entry no checkpoint worth restoring uses (written by a checkpoint
+    /// that never finished, or belonging to refused state): deleted by the
+    /// next checkpoint.
+    Stale,
+}
+
+/// The two slots of one key's entry.
+#[derive(Debug, Clone, Copy, Default)]
+struct KeySlots {
+    slots: [SlotUse; 2],
+    /// The generation of the checkpoint that last wrote into them.
+    written_in: Option<u64>,
+}
+
+impl KeySlots {
+    /// The slot the newest checkpoint uses (live or gone).
+    fn current(&self) -> Option<u8> {
+        (0..2u8).find(|slot| matches!(self.slots[*slot as usize], SlotUse::Live(_) | SlotUse::Gone))
+    }
+}
+
+/// Where each key's changelog entry lives, kept by the writer of a
+/// partition's incremental checkpoints and rebuilt from the changelog on
+/// restore. Each key has two slots: a write goes to the slot the newest
+/// checkpoint does not use, so a crash in the middle of a checkpoint never
+/// overwrites an entry the previous one needs; an evicted key gets a gone
+/// marker, and its tombstones only once a later checkpoint no longer needs
+/// the marker.
+#[derive(Debug, Clone, Default)]
+pub struct KeyLedger {
+    keys: rustc_hash::FxHashMap<u128, KeySlots>,
+    live: u64,
+    digest: u128,
+}
+
+impl KeyLedger {
+    /// Keys with a live entry.
+    pub fn live_keys(&self) -> u64 {
+        self.live
+    }
+
+    /// Keys whose entries are known (live, gone or waiting for deletion).
+    pub fn known_keys(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The state these entries describe is not used (its checkpoint was
+    /// refused): every entry is deleted by the next checkpoint.
+    pub fn forget_state(&mut self) {
+        for slots in self.keys.values_mut() {
+            for slot in &mut slots.slots {
+                if *slot != SlotUse::Empty {
+                    *slot = SlotUse::Stale;
+                }
+            }
+        }
+        self.live = 0;
+        self.digest = 0;
+    }
+
+    fn summary(&self) -> KeySetSummary {
+        KeySetSummary {
+            count: self.live,
+            digest: format!("{:032x}", self.digest),
+        }
+    }
+}
+
+fn entry_digest(key: &str, value: &[u8]) -> u128 {
+    let mut hasher = Sha256::new();
+    hasher.update(key.as_bytes());
+    hasher.update(value);
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(bytes)
+}
+
+fn key_entry_value(generation: u64, state: Option<&KeyState>) -> Result<Vec<u8>, String> {
+    let mut value = Vec::with_capacity(256);
+    value.extend_from_slice(KEY_MAGIC);
+    value.extend_from_slice(&generation.to_be_bytes());
+    if let Some(state) = state {
+        let mut encoder = flate2::write::GzEncoder::new(value, flate2::Compression::fast());
+        serde_json::to_writer(&mut encoder, state).map_err(|err| err.to_string())?;
+        value = encoder.finish().map_err(|err| err.to_string())?;
+    }
+    Ok(value)
+}
+
+/// Lays an incremental checkpoint out as changelog messages, in the order
+/// they must be written: the entries of the keys in `changed` (their state,
+/// or `None` for a key evicted), the deletions the ledger has waiting, then
+/// the shared state (`checkpoint.snapshot`, whose `keys` are ignored) as
+/// chunks, then the manifest. Updates `ledger` to what the messages leave
+/// in the changelog once written.
+pub fn encode_incremental(
+    checkpoint: &Checkpoint,
+    changed: &[(u128, Option<&KeyState>)],
+    ledger: &mut KeyLedger,
+) -> Result<Vec<ChangelogMessage>, CheckpointError> {
+    let partition = &checkpoint.partition;
+    let generation = checkpoint.generation;
+    let encode_error = |detail: String| CheckpointError::Encode {
+        partition: partition.to_string(),
+        detail,
+    };
+    let mut messages = Vec::with_capacity(changed.len() + 4);
+    for (bits, state) in changed {
+        let slots = ledger.keys.entry(*bits).or_default();
+        let current = slots.current();
+        if state.is_none() && !matches!(current.map(|slot| slots.slots[slot as usize]), Some(SlotUse::Live(_))) {
+            continue;
+        }
+        let target = current.map_or(0, |slot| 1 - slot);
+        let key = partition.key_entry_key(*bits, target);
+        let value = key_entry_value(generation, *state).map_err(encode_error)?;
+        if let Some(slot) = current {
+            if let SlotUse::Live(digest) = slots.slots[slot as usize] {
+                ledger.digest ^= digest;
+                ledger.live -= 1;
+            }
+            slots.slots[slot as usize] = SlotUse::Old;
+        }
+        slots.slots[target as usize] = match state {
+            Some(_) => {
+                let digest = entry_digest(&key, &value);
+                ledger.digest ^= digest;
+                ledger.live += 1;
+                SlotUse::Live(digest)
+            }
+            None => SlotUse::Gone,
+        };
+        slots.written_in = Some(generation);
+        messages.push(ChangelogMessage::new(key, value));
+    }
+    // Deletions: entries of keys gone before this checkpoint (the previous
+    // one, which needed the marker, is durable now) and stale entries.
+    let mut deleted = Vec::new();
+    for (bits, slots) in &mut ledger.keys {
+        if slots.written_in == Some(generation) {
+            continue;
+        }
+        let live = slots.slots.iter().any(|slot| matches!(slot, SlotUse::Live(_)));
+        for slot in 0..2u8 {
+            let delete = match slots.slots[slot as usize] {
+                SlotUse::Empty => false,
+                SlotUse::Stale => true,
+                SlotUse::Live(_) => false,
+                SlotUse::Gone | SlotUse::Old => !live,
+            };
+            if delete {
+                slots.slots[slot as usize] = SlotUse::Empty;
+                deleted.push((*bits, slot));
+            }
+        }
+    }
+    // In a fixed order: the set is the same whatever the map's order.
+    deleted.sort_unstable();
+    for (bits, slot) in deleted {
+        messages.push(ChangelogMessage {
+            key: partition.key_entry_key(bits, slot),
+            value: Vec::new(),
+            tombstone: true,
+        });
+    }
+    ledger
+        .keys
+        .retain(|_, slots| slots.slots.iter().any(|slot| *slot != SlotUse::Empty));
+    let mut shared = encode_checkpoint(checkpoint)?;
+    // The shared part's own manifest is replaced by one naming the keys.
+    shared.truncate(shared.len() - 2);
+    let compressed: Vec<u8> = shared
+        .iter()
+        .flat_map(|chunk| chunk.value[CHUNK_HEADER_BYTES..].iter().copied())
+        .collect();
+    let manifest = Manifest {
+        version: INCREMENTAL_FORMAT_VERSION,
+        topic: partition.topic.clone(),
+        partition: partition.partition,
+        next_offset: checkpoint.next_offset,
+        generation,
+        slot: slot_of(generation),
+        chunks: shared.len() as u32,
+        bytes: compressed.len() as u64,
+        sha256: hex::encode(Sha256::digest(&compressed)),
+        group_generation: checkpoint.group_generation,
+        keys: Some(ledger.summary()),
+    };
+    messages.extend(shared);
+    push_manifest(&mut messages, partition, &manifest).map_err(|err| encode_error(err.to_string()))?;
     Ok(messages)
 }
 
@@ -229,12 +487,18 @@ pub struct CheckpointAssembler {
     /// Per partition: the main manifest (`None` slot) and each slot's copy.
     manifests: HashMap<(PartitionId, Option<u8>), Vec<u8>>,
     chunks: HashMap<(PartitionId, u8, u32), Vec<u8>>,
+    /// Per partition and key fingerprint bits: each slot's entry.
+    key_entries: HashMap<PartitionId, KeyEntries>,
 }
+
+/// One partition's key entries read: by fingerprint bits, each slot's value.
+type KeyEntries = BTreeMap<u128, [Option<Vec<u8>>; 2]>;
 
 /// What a changelog key names.
 enum ChangelogKey {
     Manifest(PartitionId, Option<u8>),
     Chunk(PartitionId, u8, u32),
+    KeyEntry(PartitionId, u128, u8),
 }
 
 /// A partition whose newest checkpoint could not be used.
@@ -254,6 +518,9 @@ pub struct Restored {
     /// Partitions that have a manifest but whose newest checkpoint could
     /// not be used.
     pub fallbacks: BTreeMap<PartitionId, RestoreFallback>,
+    /// Where the key entries of incremental checkpoints are, per partition
+    /// that has any, for the next checkpoints to write around.
+    pub ledgers: BTreeMap<PartitionId, KeyLedger>,
 }
 
 fn parse_changelog_key(key: &str) -> Option<ChangelogKey> {
@@ -261,10 +528,15 @@ fn parse_changelog_key(key: &str) -> Option<ChangelogKey> {
     let topic = parts.next()?;
     let partition: i32 = parts.next()?.parse().ok()?;
     let id = PartitionId::new(topic, partition);
-    match (parts.next(), parts.next(), parts.next()) {
-        (None, None, None) => Some(ChangelogKey::Manifest(id, None)),
-        (Some(slot), None, None) => Some(ChangelogKey::Manifest(id, Some(slot.parse().ok()?))),
-        (Some(slot), Some(index), None) => Some(ChangelogKey::Chunk(id, slot.parse().ok()?, index.parse().ok()?)),
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (None, None, None, None) => Some(ChangelogKey::Manifest(id, None)),
+        (Some(slot), None, None, None) => Some(ChangelogKey::Manifest(id, Some(slot.parse().ok()?))),
+        (Some(slot), Some(index), None, None) => Some(ChangelogKey::Chunk(id, slot.parse().ok()?, index.parse().ok()?)),
+        (Some("k"), Some(bits), Some(slot), None) if bits.len() == 32 => {
+            let slot: u8 = slot.parse().ok()?;
+            (slot < 2).then_some(())?;
+            Some(ChangelogKey::KeyEntry(id, u128::from_str_radix(bits, 16).ok()?, slot))
+        }
         _ => None,
     }
 }
@@ -275,6 +547,7 @@ impl CheckpointAssembler {
             wanted: wanted.into_iter().collect(),
             manifests: HashMap::new(),
             chunks: HashMap::new(),
+            key_entries: HashMap::new(),
         }
     }
 
@@ -302,6 +575,20 @@ impl CheckpointAssembler {
                     self.chunks.remove(&(id, slot, index));
                 }
             },
+            ChangelogKey::KeyEntry(id, bits, slot) if self.wanted.contains(&id) => {
+                let entries = self.key_entries.entry(id).or_default();
+                match value {
+                    Some(value) => entries.entry(bits).or_default()[slot as usize] = Some(value.to_vec()),
+                    None => {
+                        if let Some(slots) = entries.get_mut(&bits) {
+                            slots[slot as usize] = None;
+                            if slots.iter().all(Option::is_none) {
+                                entries.remove(&bits);
+                            }
+                        }
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -316,7 +603,17 @@ impl CheckpointAssembler {
             by_partition.entry(id).or_default().push(bytes);
         }
         let mut restored = Restored::default();
+        let with_keys: Vec<PartitionId> = self
+            .key_entries
+            .keys()
+            .filter(|id| !by_partition.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in with_keys {
+            by_partition.insert(id, Vec::new());
+        }
         for (id, candidates) in by_partition {
+            let manifests_seen = !candidates.is_empty();
             let mut refusals = Vec::new();
             let mut manifests = Vec::new();
             for bytes in candidates {
@@ -348,6 +645,14 @@ impl CheckpointAssembler {
                     Err(err) => refusals.push(format!("generation {}: {err}", manifest.generation)),
                 }
             }
+            let chosen_generation = chosen
+                .as_ref()
+                .filter(|checkpoint| checkpoint.incremental)
+                .map(|checkpoint| checkpoint.generation);
+            let ledger = self.ledger(&id, chosen_generation);
+            if ledger.known_keys() > 0 {
+                restored.ledgers.insert(id.clone(), ledger);
+            }
             match chosen {
                 Some(checkpoint) => {
                     if !refusals.is_empty() || Some(checkpoint.generation) != newest_generation {
@@ -361,7 +666,7 @@ impl CheckpointAssembler {
                     }
                     restored.checkpoints.insert(id, checkpoint);
                 }
-                None => {
+                None if manifests_seen => {
                     restored.fallbacks.insert(
                         id,
                         RestoreFallback {
@@ -370,6 +675,7 @@ impl CheckpointAssembler {
                         },
                     );
                 }
+                None => {}
             }
         }
         restored
@@ -380,12 +686,14 @@ impl CheckpointAssembler {
             partition: id.to_string(),
             detail,
         };
-        if manifest.version != CHECKPOINT_FORMAT_VERSION {
-            return Err(corrupt(format!(
-                "manifest version {} is not supported",
-                manifest.version
-            )));
-        }
+        let incremental = match (manifest.version, &manifest.keys) {
+            (CHECKPOINT_FORMAT_VERSION, None) => false,
+            (INCREMENTAL_FORMAT_VERSION, Some(_)) => true,
+            (INCREMENTAL_FORMAT_VERSION, None) => {
+                return Err(corrupt("an incremental manifest without its key set".into()));
+            }
+            (version, _) => return Err(corrupt(format!("manifest version {version} is not supported"))),
+        };
         if manifest.topic != id.topic || manifest.partition != id.partition {
             return Err(corrupt("the manifest names another partition".into()));
         }
@@ -442,16 +750,139 @@ impl CheckpointAssembler {
                 "inflates beyond the limit of {MAX_SNAPSHOT_BYTES} bytes"
             )));
         }
-        let snapshot: EngineSnapshot =
+        let mut snapshot: EngineSnapshot =
             serde_json::from_slice(&json).map_err(|err| corrupt(format!("bad engine snapshot: {err}")))?;
+        if let Some(summary) = &manifest.keys {
+            snapshot.keys = self.assemble_keys(id, manifest.generation, summary, json.len() as u64)?;
+        }
         Ok(Checkpoint {
             partition: id.clone(),
             next_offset: manifest.next_offset,
             generation: manifest.generation,
             group_generation: manifest.group_generation,
             snapshot,
+            incremental,
         })
     }
+
+    /// The key states of an incremental checkpoint of `generation`: per
+    /// key, the newest entry not newer than the checkpoint, unless it marks
+    /// the key gone; checked against the manifest's count and digest, in
+    /// fingerprint order. `inflated` counts towards the snapshot limit.
+    fn assemble_keys(
+        &self,
+        id: &PartitionId,
+        generation: u64,
+        summary: &KeySetSummary,
+        mut inflated: u64,
+    ) -> Result<Vec<KeyState>, CheckpointError> {
+        let corrupt = |detail: String| CheckpointError::Corrupt {
+            partition: id.to_string(),
+            detail,
+        };
+        let mut keys = Vec::new();
+        let mut digest = 0u128;
+        if let Some(entries) = self.key_entries.get(id) {
+            for (bits, slots) in entries {
+                let Some((slot, value)) = newest_entry(slots, generation).map_err(&corrupt)? else {
+                    continue;
+                };
+                if value.len() == CHUNK_HEADER_BYTES {
+                    continue;
+                }
+                if value.len() as u64 > MAX_KEY_ENTRY_BYTES {
+                    return Err(corrupt(format!("the entry of key {bits:032x} is too large")));
+                }
+                let mut json = Vec::new();
+                flate2::read::GzDecoder::new(&value[CHUNK_HEADER_BYTES..])
+                    .take(MAX_KEY_ENTRY_BYTES + 1)
+                    .read_to_end(&mut json)
+                    .map_err(|err| corrupt(format!("cannot decompress the entry of key {bits:032x}: {err}")))?;
+                inflated += json.len() as u64;
+                if json.len() as u64 > MAX_KEY_ENTRY_BYTES || inflated > MAX_SNAPSHOT_BYTES {
+                    return Err(corrupt(format!(
+                        "key entries inflate beyond the limit of {MAX_SNAPSHOT_BYTES} bytes"
+                    )));
+                }
+                let state: KeyState = serde_json::from_slice(&json)
+                    .map_err(|err| corrupt(format!("bad state in the entry of key {bits:032x}: {err}")))?;
+                digest ^= entry_digest(&id.key_entry_key(*bits, slot), value);
+                keys.push(state);
+            }
+        }
+        if keys.len() as u64 != summary.count || format!("{digest:032x}") != summary.digest {
+            return Err(corrupt(format!(
+                "{} key entries do not match the manifest's {} and digest",
+                keys.len(),
+                summary.count
+            )));
+        }
+        keys.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+        Ok(keys)
+    }
+
+    /// Where a partition's key entries are, for writing after a restore of
+    /// the incremental checkpoint of `generation` (`None`: no incremental
+    /// state was restored, so every entry is stale).
+    fn ledger(&self, id: &PartitionId, generation: Option<u64>) -> KeyLedger {
+        let mut ledger = KeyLedger::default();
+        let Some(entries) = self.key_entries.get(id) else {
+            return ledger;
+        };
+        for (bits, slots) in entries {
+            let mut uses = KeySlots::default();
+            let current = generation.and_then(|generation| newest_entry(slots, generation).ok().flatten());
+            for (slot, value) in slots.iter().enumerate() {
+                let Some(value) = value else {
+                    continue;
+                };
+                uses.slots[slot] = match current {
+                    Some((current, _)) if current as usize == slot => {
+                        if value.len() == CHUNK_HEADER_BYTES {
+                            SlotUse::Gone
+                        } else {
+                            let digest = entry_digest(&id.key_entry_key(*bits, current), value);
+                            ledger.digest ^= digest;
+                            ledger.live += 1;
+                            SlotUse::Live(digest)
+                        }
+                    }
+                    Some(_) if entry_generation(value).is_some_and(|written| Some(written) <= generation) => {
+                        SlotUse::Old
+                    }
+                    _ => SlotUse::Stale,
+                };
+            }
+            ledger.keys.insert(*bits, uses);
+        }
+        ledger
+    }
+}
+
+/// The generation in a key entry's header, if it has one.
+fn entry_generation(value: &[u8]) -> Option<u64> {
+    if value.len() < CHUNK_HEADER_BYTES || &value[..4] != KEY_MAGIC {
+        return None;
+    }
+    let mut generation = [0u8; 8];
+    generation.copy_from_slice(&value[4..CHUNK_HEADER_BYTES]);
+    Some(u64::from_be_bytes(generation))
+}
+
+/// The newest of a key's two entries written no later than `generation`,
+/// with its slot; an error when an entry has no valid header.
+fn newest_entry(slots: &[Option<Vec<u8>>; 2], generation: u64) -> Result<Option<(u8, &[u8])>, String> {
+    let mut newest: Option<(u64, u8, &[u8])> = None;
+    for (slot, value) in slots.iter().enumerate() {
+        let Some(value) = value else {
+            continue;
+        };
+        let written = entry_generation(value).ok_or_else(|| format!("a key entry in slot {slot} has no header"))?;
+        if written <= generation && newest.is_none_or(|(best, _, _)| written > best) {
+            newest = Some((written, slot as u8, value));
+        }
+    }
+    Ok(newest.map(|(_, slot, value)| (slot, value)))
 }
 
 /// One partition in a snapshot file.
@@ -513,6 +944,7 @@ mod tests {
             generation,
             group_generation: None,
             snapshot: EngineSnapshot::default(),
+            incremental: false,
         }
     }
 
@@ -726,10 +1158,7 @@ mod tests {
                 let mut value = CHUNK_MAGIC.to_vec();
                 value.extend_from_slice(&7u64.to_be_bytes());
                 value.extend_from_slice(data);
-                ChangelogMessage {
-                    key: id.chunk_key(slot, index as u32),
-                    value,
-                }
+                ChangelogMessage::new(id.chunk_key(slot, index as u32), value)
             })
             .collect();
         assert_eq!(messages.len(), 3);
@@ -744,11 +1173,12 @@ mod tests {
             bytes: noise.len() as u64,
             sha256: hex::encode(Sha256::digest(&noise)),
             group_generation: None,
+            keys: None,
         };
-        messages.push(ChangelogMessage {
-            key: id.changelog_key(),
-            value: serde_json::to_vec(&manifest).unwrap(),
-        });
+        messages.push(ChangelogMessage::new(
+            id.changelog_key(),
+            serde_json::to_vec(&manifest).unwrap(),
+        ));
         let mut assembler = CheckpointAssembler::new([id]);
         push_all(&mut assembler, &messages);
         // The chunks and checksum line up; only the payload is not gzip.
@@ -756,6 +1186,249 @@ mod tests {
             .detail
             .clone();
         assert!(err.contains("decompress"), "{err}");
+    }
+
+    fn key(index: u32, events: u64) -> KeyState {
+        let mut state = KeyState::new(format!("kf_test{index:04}"), "hint".into(), 1_000, 4);
+        state.events = events;
+        state
+    }
+
+    fn bits(index: u32) -> u128 {
+        u128::from(index) + 1
+    }
+
+    /// Writes an incremental checkpoint of `generation` with these changes.
+    fn incremental(
+        generation: u64,
+        changed: &[(u32, Option<&KeyState>)],
+        ledger: &mut KeyLedger,
+    ) -> Vec<ChangelogMessage> {
+        let changed: Vec<(u128, Option<&KeyState>)> =
+            changed.iter().map(|(index, state)| (bits(*index), *state)).collect();
+        let mut checkpoint = checkpoint(0, 100 + generation as i64, generation);
+        checkpoint.group_generation = Some(3);
+        encode_incremental(&checkpoint, &changed, ledger).unwrap()
+    }
+
+    /// Pushes messages as a compacted topic would keep them.
+    fn push_compacted(assembler: &mut CheckpointAssembler, messages: &[ChangelogMessage]) {
+        for message in messages {
+            let value = (!message.tombstone).then_some(message.value.as_slice());
+            assembler.push(message.key.as_bytes(), value);
+        }
+    }
+
+    fn restore(messages: &[&[ChangelogMessage]]) -> Restored {
+        let mut assembler = CheckpointAssembler::new([PartitionId::new("access", 0)]);
+        for batch in messages {
+            push_compacted(&mut assembler, batch);
+        }
+        assembler.finish()
+    }
+
+    fn events_by_key(restored: &Restored) -> Vec<(String, u64)> {
+        restored.checkpoints[&PartitionId::new("access", 0)]
+            .snapshot
+            .keys
+            .iter()
+            .map(|state| (state.fingerprint.clone(), state.events))
+            .collect()
+    }
+
+    #[test]
+    fn incremental_checkpoints_write_only_changed_keys_and_restore_them_all() {
+        let (a, b, c) = (key(1, 1), key(2, 1), key(3, 1));
+        let mut ledger = KeyLedger::default();
+        let first = incremental(0, &[(1, Some(&a)), (2, Some(&b)), (3, Some(&c))], &mut ledger);
+        let b2 = key(2, 7);
+        let second = incremental(1, &[(2, Some(&b2))], &mut ledger);
+        let key_entries = |messages: &[ChangelogMessage]| messages.iter().filter(|m| m.key.contains("/k/")).count();
+        assert_eq!(key_entries(&first), 3);
+        assert_eq!(key_entries(&second), 1, "only the changed key is written");
+        assert!(second.iter().all(|m| !m.key.contains("AKIA")));
+        let restored = restore(&[&first, &second]);
+        assert!(restored.fallbacks.is_empty(), "{:?}", restored.fallbacks);
+        assert_eq!(
+            events_by_key(&restored),
+            vec![
+                ("kf_test0001".to_string(), 1),
+                ("kf_test0002".to_string(), 7),
+                ("kf_test0003".to_string(), 1)
+            ]
+        );
+        let checkpoint = &restored.checkpoints[&PartitionId::new("access", 0)];
+        assert!(checkpoint.incremental);
+        assert_eq!((checkpoint.generation, checkpoint.group_generation), (1, Some(3)));
+        assert_eq!(restored.ledgers[&PartitionId::new("access", 0)].live_keys(), 3);
+    }
+
+    #[test]
+    fn a_torn_incremental_checkpoint_restores_the_previous_one_and_its_leftovers_are_deleted() {
+        let (a, b) = (key(1, 1), key(2, 1));
+        let mut ledger = KeyLedger::default();
+        let first = incremental(0, &[(1, Some(&a)), (2, Some(&b))], &mut ledger);
+        let second = incremental(1, &[(1, Some(&key(1, 2))), (2, Some(&key(2, 2)))], &mut ledger);
+        let third = incremental(2, &[(1, Some(&key(1, 3))), (4, Some(&key(4, 1)))], &mut ledger);
+        // The third checkpoint's key entries were written, its manifests never.
+        let torn: Vec<ChangelogMessage> = third.iter().filter(|m| m.key.contains("/k/")).cloned().collect();
+        let restored = restore(&[&first, &second, &torn]);
+        assert!(restored.fallbacks.is_empty(), "a torn write is not a fallback");
+        assert_eq!(
+            events_by_key(&restored),
+            vec![("kf_test0001".to_string(), 2), ("kf_test0002".to_string(), 2)],
+            "the second checkpoint's state, not the torn one's"
+        );
+        // Writing on from the restored ledger deletes the leftovers, so the
+        // next checkpoint's state does not pick them up.
+        let mut ledger = restored.ledgers[&PartitionId::new("access", 0)].clone();
+        let again = incremental(2, &[(2, Some(&key(2, 3)))], &mut ledger);
+        let tombstones: Vec<&str> = again.iter().filter(|m| m.tombstone).map(|m| m.key.as_str()).collect();
+        assert_eq!(tombstones.len(), 2, "key 1's and key 4's torn entries: {tombstones:?}");
+        let restored = restore(&[&first, &second, &torn, &again]);
+        assert!(restored.fallbacks.is_empty(), "{:?}", restored.fallbacks);
+        assert_eq!(
+            events_by_key(&restored),
+            vec![("kf_test0001".to_string(), 2), ("kf_test0002".to_string(), 3)]
+        );
+    }
+
+    #[test]
+    fn an_evicted_key_is_marked_gone_then_deleted_by_the_next_checkpoint() {
+        let (a, b) = (key(1, 1), key(2, 1));
+        let mut ledger = KeyLedger::default();
+        let first = incremental(0, &[(1, Some(&a)), (2, Some(&b))], &mut ledger);
+        let second = incremental(1, &[(2, None)], &mut ledger);
+        assert!(
+            second.iter().all(|m| !m.tombstone),
+            "the previous checkpoint still needs b"
+        );
+        let restored = restore(&[&first, &second]);
+        assert_eq!(events_by_key(&restored), vec![("kf_test0001".to_string(), 1)]);
+        let third = incremental(2, &[], &mut ledger);
+        let tombstones = third.iter().filter(|m| m.tombstone).count();
+        assert_eq!(tombstones, 2, "both of b's slots");
+        assert_eq!(ledger.known_keys(), 1);
+        let restored = restore(&[&first, &second, &third]);
+        assert!(restored.fallbacks.is_empty(), "{:?}", restored.fallbacks);
+        assert_eq!(events_by_key(&restored), vec![("kf_test0001".to_string(), 1)]);
+    }
+
+    #[test]
+    fn a_lost_key_entry_fails_the_digest_and_falls_back_to_the_previous_checkpoint() {
+        let (a, b) = (key(1, 1), key(2, 1));
+        let mut ledger = KeyLedger::default();
+        let first = incremental(0, &[(1, Some(&a)), (2, Some(&b))], &mut ledger);
+        let mut second = incremental(1, &[(1, Some(&key(1, 5)))], &mut ledger);
+        // A zombie or a bit flip replaced key 1's new entry.
+        let entry = second.iter_mut().find(|m| m.key.contains("/k/")).unwrap();
+        let last = entry.value.len() - 1;
+        entry.value[last] ^= 0x55;
+        let restored = restore(&[&first, &second]);
+        let fallback = &restored.fallbacks[&PartitionId::new("access", 0)];
+        assert_eq!(fallback.reason, "previous_generation", "{fallback:?}");
+        assert_eq!(
+            events_by_key(&restored),
+            vec![("kf_test0001".to_string(), 1), ("kf_test0002".to_string(), 1)]
+        );
+    }
+
+    /// Bytes of the changelog messages of one checkpoint.
+    fn changelog_bytes(messages: &[ChangelogMessage]) -> usize {
+        messages
+            .iter()
+            .map(|message| message.key.len() + message.value.len())
+            .sum()
+    }
+
+    /// The numbers in docs/OPERATIONS.md: 100,000 keys, 1% of them used in
+    /// each batch; changelog bytes per checkpoint, whole partition against
+    /// incremental. Run with
+    /// `cargo test --lib checkpoint_bytes_per_batch -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement: about a minute in a debug build"]
+    fn checkpoint_bytes_per_batch_grow_with_the_keys_that_changed() {
+        use crate::detect::testkit::{T0, event, ip, new_engine};
+        const KEYS: usize = 100_000;
+        const CHANGED: usize = KEYS / 100;
+        let keys: Vec<String> = (0..KEYS).map(|index| format!("AKIAMEASURE{index:09}")).collect();
+        let mut engine = new_engine();
+        engine.track_changes();
+        let mut out = Vec::new();
+        let first: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(index, key)| event(T0 + index as i64, key, ip("london", 1), "/v1/orders", 200))
+            .collect();
+        engine.process(&first, &mut out);
+        engine.release_held(&mut out);
+        let id = PartitionId::new("access", 0);
+        let mut ledger = KeyLedger::default();
+        let checkpoint_of = |engine: &crate::engine::Engine, generation: u64, incremental: bool| Checkpoint {
+            partition: id.clone(),
+            next_offset: generation as i64,
+            generation,
+            group_generation: Some(1),
+            snapshot: if incremental {
+                engine.shared_snapshot()
+            } else {
+                engine.snapshot()
+            },
+            incremental,
+        };
+        let encode = |engine: &crate::engine::Engine, generation: u64, ledger: &mut KeyLedger| {
+            let mut changed = Vec::new();
+            engine.changed_keys(|bits, key| changed.push((bits, key)));
+            encode_incremental(&checkpoint_of(engine, generation, true), &changed, ledger).unwrap()
+        };
+        let initial = encode(&engine, 0, &mut ledger);
+        engine.clear_changes();
+        println!(
+            "first checkpoint, all {KEYS} keys: {} bytes incremental",
+            changelog_bytes(&initial)
+        );
+        let (mut full_total, mut incremental_total) = (0, 0);
+        let batches = 5u64;
+        for batch in 1..=batches {
+            let ts = T0 + batch as i64 * 600_000;
+            let used: Vec<_> = keys
+                .iter()
+                .skip(batch as usize * CHANGED)
+                .take(CHANGED)
+                .map(|key| event(ts, key, ip("london", 2), "/v1/invoices", 200))
+                .collect();
+            engine.process(&used, &mut out);
+            engine.release_held(&mut out);
+            let full = changelog_bytes(&encode_checkpoint(&checkpoint_of(&engine, batch, false)).unwrap());
+            let incremental = encode(&engine, batch, &mut ledger);
+            let key_entries = incremental.iter().filter(|m| m.key.contains("/k/")).count();
+            engine.clear_changes();
+            assert_eq!(key_entries, CHANGED, "one entry per changed key");
+            let incremental = changelog_bytes(&incremental);
+            println!("batch {batch}: {CHANGED} keys changed: full {full} bytes, incremental {incremental} bytes");
+            full_total += full;
+            incremental_total += incremental;
+        }
+        println!(
+            "mean per batch: full {} bytes, incremental {} bytes ({:.1}%)",
+            full_total / batches as usize,
+            incremental_total / batches as usize,
+            100.0 * incremental_total as f64 / full_total as f64
+        );
+        assert!(
+            incremental_total * 10 < full_total,
+            "incremental {incremental_total} against full {full_total}"
+        );
+        let restored = restore_all(&id, &[&initial]);
+        assert_eq!(restored.checkpoints[&id].snapshot.keys.len(), KEYS);
+    }
+
+    fn restore_all(id: &PartitionId, messages: &[&[ChangelogMessage]]) -> Restored {
+        let mut assembler = CheckpointAssembler::new([id.clone()]);
+        for batch in messages {
+            push_compacted(&mut assembler, batch);
+        }
+        assembler.finish()
     }
 
     #[test]

@@ -293,6 +293,39 @@ pub struct Engine {
     quarantined: Vec<Quarantined>,
     /// How key ids become fingerprints (see [`Engine::with_fingerprinter`]).
     fingerprinter: Fingerprinter,
+    /// Which keys changed since the last incremental checkpoint (see
+    /// [`Engine::track_changes`]); untouched when not tracking.
+    changes: Changes,
+}
+
+/// The keys whose state changed since the last incremental checkpoint: a
+/// flag per state index (set when a key is made, judged or remapped), and
+/// the fingerprint bits of keys evicted since. Marking costs no allocation
+/// per event; the flags grow with the keys only.
+#[derive(Default)]
+struct Changes {
+    tracking: bool,
+    dirty: Vec<bool>,
+    evicted: Vec<u128>,
+}
+
+impl Changes {
+    fn mark(&mut self, index: usize) {
+        if !self.tracking {
+            return;
+        }
+        if index >= self.dirty.len() {
+            self.dirty.resize(index + 1, false);
+        }
+        self.dirty[index] = true;
+    }
+
+    fn mark_all(&mut self, keys: usize) {
+        if self.tracking {
+            self.dirty.clear();
+            self.dirty.resize(keys, true);
+        }
+    }
 }
 
 impl Engine {
@@ -337,6 +370,7 @@ impl Engine {
             scratch_rows: Vec::new(),
             quarantined: Vec::new(),
             fingerprinter: Fingerprinter::unkeyed(),
+            changes: Changes::default(),
         }
     }
 
@@ -371,6 +405,12 @@ impl Engine {
         while let Some(row) = self.time.pop_any() {
             self.judge(row, false, out);
         }
+    }
+
+    /// Events waiting in the reorder buffer for the input's time to pass
+    /// them (not counting those held far ahead).
+    pub fn held_events(&self) -> usize {
+        self.time.held.len()
     }
 
     /// Events quarantined since the last call, as too far ahead of the
@@ -477,8 +517,8 @@ impl Engine {
 
     fn quarantine(&mut self, row: Row) {
         self.stats.future_events += 1;
-        // A driver that never takes them (the Kafka stages count them
-        // only) must not grow this without bound.
+        // A driver that never takes them (the source stage, tests) must
+        // not grow this without bound.
         if self.quarantined.len() >= MAX_QUARANTINED_KEPT {
             return;
         }
@@ -622,6 +662,7 @@ impl Engine {
             self.stats.count(disposition);
         }
         state.count_event(ts_ms);
+        self.changes.mark(key_index);
         self.stats.events += 1;
         let (key, hint) = self.key_ids[key_index];
         let first_across = out.len();
@@ -669,6 +710,7 @@ impl Engine {
         by_fingerprint.sort_by(|a, b| self.keys[*a].fingerprint.cmp(&self.keys[*b].fingerprint));
         for index in by_fingerprint {
             flush_digest(&mut self.keys[index], &self.model_label, out);
+            self.changes.mark(index);
         }
     }
 
@@ -726,6 +768,7 @@ impl Engine {
                 let mut state = KeyState::new(fingerprint, hint, ts_ms, self.windows_per_long());
                 state.before_eviction = self.dormant.remove(&bits);
                 self.keys.push(state);
+                self.changes.mark(index as usize);
                 self.by_fingerprint.insert(bits, index);
                 index
             }
@@ -809,6 +852,7 @@ impl Engine {
         self.by_fingerprint.insert(bits, index);
         let state = &mut self.keys[index as usize];
         state.before_eviction = self.dormant.remove(&bits);
+        self.changes.mark(index as usize);
     }
 
     /// Whether a lent key may go back to its light slot: it saw only 401s
@@ -833,6 +877,7 @@ impl Engine {
             return;
         };
         self.key_ids.pop();
+        self.changes.dirty.truncate(self.keys.len());
         if let Some(record) = self.light[slot as usize].as_mut() {
             record.last_ts = state.last_ts;
             record.events = state.events;
@@ -897,6 +942,8 @@ impl Engine {
             state.remap(&map, &|id| id);
         }
         self.endpoint_rebuild_at = self.model.state.max_endpoint_templates.max(2 * kept);
+        // Every key's ids may have moved.
+        self.changes.mark_all(self.keys.len());
         self.held_endpoints.forget_engine_ids();
         tracing::debug!(kept, "endpoint table rebuilt");
     }
@@ -923,6 +970,7 @@ impl Engine {
         self.across.org.remap_clients(&map);
         self.client_rebuild_at = self.model.state.max_client_families.max(2 * kept);
         self.held_clients.forget_engine_ids();
+        self.changes.mark_all(self.keys.len());
         tracing::debug!(kept, "client table rebuilt");
     }
 
@@ -975,11 +1023,15 @@ impl Engine {
         }
         let old_keys = std::mem::take(&mut self.keys);
         let old_ids = std::mem::take(&mut self.key_ids);
+        let old_dirty = std::mem::take(&mut self.changes.dirty);
         let mut new_index: Vec<u32> = Vec::with_capacity(old_keys.len());
         let mut evicted = 0usize;
-        for (state, key_id) in old_keys.into_iter().zip(old_ids) {
+        for (index, (state, key_id)) in old_keys.into_iter().zip(old_ids).enumerate() {
             if evictable(&state, key_id.0) {
                 new_index.push(u32::MAX);
+                if self.changes.tracking {
+                    self.changes.evicted.push(key_id.0);
+                }
                 self.by_fingerprint.remove(&key_id.0);
                 if let Some(record) = state.dormancy_record(&self.model.rate.dormant) {
                     self.dormant.insert(key_id.0, record);
@@ -989,6 +1041,9 @@ impl Engine {
             }
             new_index.push(self.keys.len() as u32);
             self.by_fingerprint.insert(key_id.0, self.keys.len() as u32);
+            if old_dirty.get(index).copied().unwrap_or(false) {
+                self.changes.mark(self.keys.len());
+            }
             self.keys.push(state);
             self.key_ids.push(key_id);
         }
@@ -1025,6 +1080,62 @@ impl Engine {
 
     /// All state, for checkpoints. Contains no raw key id.
     pub fn snapshot(&self) -> EngineSnapshot {
+        self.snapshot_with_keys(true)
+    }
+
+    /// Everything but the full keys' states: what an incremental
+    /// checkpoint writes as the partition's shared entry (the clock, held
+    /// events, interners, light and dormant keys, the view across keys).
+    pub fn shared_snapshot(&self) -> EngineSnapshot {
+        self.snapshot_with_keys(false)
+    }
+
+    /// Starts tracking which keys change, for incremental checkpoints;
+    /// every key held now counts as changed.
+    pub fn track_changes(&mut self) {
+        self.changes.tracking = true;
+        self.changes.mark_all(self.keys.len());
+    }
+
+    /// Calls `visit` with the fingerprint bits and state of every full key
+    /// changed since [`Engine::clear_changes`], then with the bits (and
+    /// `None`) of every key evicted since, in that order. A key evicted and
+    /// made again since is visited with its state. Requires
+    /// [`Engine::track_changes`].
+    pub fn changed_keys<'a>(&'a self, mut visit: impl FnMut(u128, Option<&'a KeyState>)) {
+        let keys_end = self.keys_end();
+        for (index, dirty) in self.changes.dirty.iter().enumerate() {
+            if *dirty && index < keys_end {
+                visit(self.key_ids[index].0, Some(&self.keys[index]));
+            }
+        }
+        for bits in &self.changes.evicted {
+            let live = self
+                .by_fingerprint
+                .get(bits)
+                .is_some_and(|index| index & LIGHT == 0 && (*index as usize) < keys_end);
+            if !live {
+                visit(*bits, None);
+            }
+        }
+    }
+
+    /// Forgets which keys changed: they are in a checkpoint now.
+    pub fn clear_changes(&mut self) {
+        self.changes.dirty.iter_mut().for_each(|dirty| *dirty = false);
+        self.changes.evicted.clear();
+    }
+
+    /// The keys held as full state, up to the one lent out for the last
+    /// event if it goes back to its light slot.
+    fn keys_end(&self) -> usize {
+        match (self.lent_light, self.keys.last()) {
+            (Some(_), Some(state)) if Self::lent_state_stays_light(state) => self.keys.len() - 1,
+            _ => self.keys.len(),
+        }
+    }
+
+    fn snapshot_with_keys(&self, with_keys: bool) -> EngineSnapshot {
         let mut dormant: Vec<DormantRecord> = self
             .dormant
             .iter()
@@ -1063,7 +1174,11 @@ impl Engine {
             model: self.model_label.clone(),
             endpoints: self.endpoints.names.iter().map(|name| name.to_string()).collect(),
             clients: self.clients.names.iter().map(|name| name.to_string()).collect(),
-            keys: self.keys[..keys_end].to_vec(),
+            keys: if with_keys {
+                self.keys[..keys_end].to_vec()
+            } else {
+                Vec::new()
+            },
             stats: self.stats.clone(),
             across: self.across.snapshot(),
             time: self.time_snapshot(),
@@ -1142,7 +1257,10 @@ impl Engine {
             let bits = fingerprint_key(&state.fingerprint);
             self.dormant.remove(&bits);
             match self.by_fingerprint.get(&bits).copied() {
-                Some(index) if index & LIGHT == 0 => self.keys[index as usize] = state,
+                Some(index) if index & LIGHT == 0 => {
+                    self.keys[index as usize] = state;
+                    self.changes.mark(index as usize);
+                }
                 light_or_none => {
                     if let Some(light_index) = light_or_none {
                         let slot = light_index & !LIGHT;
@@ -1153,6 +1271,7 @@ impl Engine {
                     self.by_fingerprint.insert(bits, index);
                     self.key_ids.push((bits, Hint::new(&state.hint)));
                     self.keys.push(state);
+                    self.changes.mark(index as usize);
                 }
             }
         }

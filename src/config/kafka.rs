@@ -176,11 +176,43 @@ pub struct KafkaConfig {
     /// `/healthz` fails when a stage's loop has not ticked for this long.
     #[serde(default = "default_health_stale_after", with = "humantime_serde")]
     pub health_stale_after: Duration,
+    /// Skip the start-up check of the changelog topic: when it exists, its
+    /// `cleanup.policy` must include `compact` (otherwise retention deletes
+    /// checkpoints and the state is lost) and its partition count must equal
+    /// the keyed topic's (the input topics when `input_keyed_by_key_id`, the
+    /// repartition topic otherwise). Off, a mismatch stops the start.
+    #[serde(default)]
+    pub skip_changelog_check: bool,
+    /// How checkpoints are laid out in the changelog: `full` writes each
+    /// partition's whole state at every checkpoint; `incremental` writes one
+    /// entry per key, only for keys changed since the previous checkpoint
+    /// (tombstones for evicted keys), plus a small entry for what the
+    /// partition shares. Both are read back whatever this says.
+    #[serde(default)]
+    pub changelog_format: ChangelogFormat,
+    /// Wall-clock idleness after which a partition with no new records
+    /// judges the events its reorder buffer still holds, instead of waiting
+    /// for more input; `0s` (the default) never does. See
+    /// docs/OPERATIONS.md: this is the one place the wall clock may release
+    /// events, and only their timing can change.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_release: Duration,
     /// librdkafka properties passed straight to every client: SASL, TLS,
     /// tuning (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, ...).
     /// The properties keywatch sets itself ([`RESERVED_PROPERTIES`]) are refused.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+}
+
+/// How checkpoints are laid out in the changelog (`changelog_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangelogFormat {
+    /// The whole state of a partition at every checkpoint.
+    #[default]
+    Full,
+    /// Only the keys changed since the previous checkpoint.
+    Incremental,
 }
 
 fn default_group_id() -> String {
@@ -340,6 +372,9 @@ impl KafkaConfig {
             rejoin_idle_after: default_rejoin_idle_after(),
             health_listen: None,
             health_stale_after: default_health_stale_after(),
+            skip_changelog_check: false,
+            changelog_format: ChangelogFormat::default(),
+            idle_release: Duration::ZERO,
             properties: BTreeMap::new(),
         }
     }

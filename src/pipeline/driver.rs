@@ -17,7 +17,7 @@ use super::micro_batch::MicroBatch;
 use super::stage::{Progress, Stage};
 use crate::checkpoint::PartitionId;
 use crate::sink::kafka::{KafkaSink, Outbox};
-use crate::source::kafka::group::{KafkaSource, SourceEvent};
+use crate::source::kafka::group::{KafkaSource, SourceEvent, group_generation};
 
 /// How a stage is batched and checkpointed.
 #[derive(Debug, Clone)]
@@ -29,6 +29,9 @@ pub struct DriverSettings {
     pub exactly_once: bool,
     /// Largest dead-letter payload, in bytes.
     pub dead_letter_max_bytes: usize,
+    /// Wall-clock idleness after which a partition's held events are
+    /// judged (`kafka.idle_release`); zero never.
+    pub idle_release: Duration,
 }
 
 /// How often the loop turns when nothing arrives, so `/healthz` can tell a
@@ -146,7 +149,7 @@ impl<S: Stage> Driver<S> {
                 _ = ticks.tick() => {
                     self.progress.tick(name);
                     self.summarise_checkpoints(false);
-                    Ok(true)
+                    self.release_idle(stopping).await.map(|()| true)
                 }
                 event = events.recv() => match event {
                     None => Ok(false),
@@ -260,6 +263,22 @@ impl<S: Stage> Driver<S> {
         );
     }
 
+    /// With `idle_release` set and no batch in hand, lets idle partitions
+    /// judge their held events, and delivers what they produce as a batch.
+    async fn release_idle(&mut self, stopping: bool) -> Result<(), PipelineError> {
+        let idle_after = self.settings.idle_release;
+        if idle_after.is_zero() || stopping || self.batch.deadline().is_some() {
+            return Ok(());
+        }
+        let released = self
+            .stage
+            .release_idle(std::time::Instant::now(), idle_after, &mut self.outbox)?;
+        if released > 0 {
+            self.flush(Flush::Routine).await?;
+        }
+        Ok(())
+    }
+
     async fn flush(&mut self, kind: Flush) -> Result<(), PipelineError> {
         let records = self.batch.take();
         if !records.is_empty() {
@@ -276,6 +295,7 @@ impl<S: Stage> Driver<S> {
         let checkpoint_due = self.settings.exactly_once
             || kind == Flush::Final
             || self.last_checkpoint.elapsed() >= self.settings.checkpoint_interval;
+        self.stage.group_generation(group_generation(self.source.consumer()));
         if self.settings.exactly_once {
             let started = std::time::Instant::now();
             let before = self.outbox.len();

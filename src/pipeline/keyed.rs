@@ -11,15 +11,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::partitions::PartitionBook;
 use super::stage::{Progress, Stage};
 use crate::alert::Output;
 use crate::alert::owner::attach_owners;
-use crate::checkpoint::{Checkpoint, PartitionId, PartitionSnapshot, SnapshotFile};
+use crate::checkpoint::{Checkpoint, KeyLedger, PartitionId, PartitionSnapshot, SnapshotFile, encode_incremental};
+use crate::config::kafka::ChangelogFormat;
 use crate::counts::Counts;
 use crate::decode::{Decoded, Decoder};
-use crate::engine::Engine;
+use crate::engine::{Engine, Quarantined};
 use crate::enrich::GeoIp;
 use crate::event::AccessEvent;
 use crate::event::Fingerprinter;
@@ -41,6 +43,14 @@ struct PartitionState {
     /// Generation of the last checkpoint written or read.
     generation: Option<u64>,
     checkpointed_offset: Option<i64>,
+    /// When the partition last had a record (wall clock), for
+    /// `kafka.idle_release`.
+    last_input: Option<Instant>,
+    /// Held events were judged for idleness since the last checkpoint: the
+    /// state moved though the offset did not.
+    released_since_checkpoint: bool,
+    /// Where the partition's key entries are in the changelog.
+    ledger: KeyLedger,
 }
 
 /// One engine per partition.
@@ -52,6 +62,8 @@ pub struct KeyedStage {
     partitions: PartitionBook<PartitionState>,
     progress: Arc<Progress>,
     scratch_outputs: Vec<Output>,
+    /// Events the engine quarantined, on their way to the dead-letter topic.
+    scratch_quarantined: Vec<Quarantined>,
     /// Where calls for the view across keys go, keyed by source network;
     /// `None` keeps the view in each partition's engine.
     source_topic: Option<String>,
@@ -60,6 +72,11 @@ pub struct KeyedStage {
     /// Owners put on alerts and revocation requests, kept up to date from
     /// the owners topic.
     owners: Option<SharedOwners>,
+    /// The consumer group generation of this member, recorded in every
+    /// checkpoint so a zombie's later write loses to the current owner's.
+    group_generation: Option<i32>,
+    /// How checkpoints are laid out in the changelog.
+    changelog_format: ChangelogFormat,
 }
 
 impl KeyedStage {
@@ -78,15 +95,24 @@ impl KeyedStage {
             partitions: PartitionBook::new(STAGE, Arc::clone(&progress)),
             progress,
             scratch_outputs: Vec::new(),
+            scratch_quarantined: Vec::new(),
             source_topic: None,
             fingerprinter: Fingerprinter::unkeyed(),
             owners: None,
+            group_generation: None,
+            changelog_format: ChangelogFormat::Full,
         }
     }
 
     /// Puts the owners of `owners` on alerts and revocation requests.
     pub fn with_owners(mut self, owners: SharedOwners) -> KeyedStage {
         self.owners = Some(owners);
+        self
+    }
+
+    /// Writes checkpoints in `format` (whole partitions by default).
+    pub fn with_changelog_format(mut self, format: ChangelogFormat) -> KeyedStage {
+        self.changelog_format = format;
         self
     }
 
@@ -181,9 +207,14 @@ impl KeyedStage {
             self.progress.saw_event_time(STAGE, newest);
         }
         let replayed = event_offsets.partition_point(|offset| *offset < state.replay_below);
+        // Each event's input offset goes with it, to name the record should
+        // the event be quarantined (offsets are never negative).
+        let origins: Vec<u64> = event_offsets.iter().map(|offset| *offset as u64).collect();
         if replayed > 0 {
             self.scratch_outputs.clear();
-            state.engine.process(&events[..replayed], &mut self.scratch_outputs);
+            state
+                .engine
+                .process_with_origins(&events[..replayed], &origins[..replayed], &mut self.scratch_outputs);
             self.scratch_outputs.clear();
             // Their observations were delivered before, like their alerts.
             state.engine.across_mut().take_observations();
@@ -191,42 +222,23 @@ impl KeyedStage {
         let mut outputs = std::mem::take(&mut self.scratch_outputs);
         outputs.clear();
         if replayed < events.len() {
-            state.engine.process(&events[replayed..], &mut outputs);
+            state
+                .engine
+                .process_with_origins(&events[replayed..], &origins[replayed..], &mut outputs);
         }
-        if let Some(owners) = &self.owners
-            && outputs.iter().any(|output| !matches!(output, Output::Digest(_)))
-        {
-            let book = owners.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            attach_owners(&book, &mut outputs);
-        }
-        let mut result = Ok(());
-        for output in &outputs {
-            counts.count_output(output);
-            if let Err(error) = outbox.push_output(&self.topics, output) {
-                result = Err(error);
-                break;
-            }
-        }
-        if let Some(topic) = &self.source_topic {
-            for observation in state.engine.across_mut().take_observations() {
-                let record = ObservationRecord::of(&observation);
-                match serde_json::to_vec(&record) {
-                    Ok(json) => outbox.push_repartitioned(
-                        topic,
-                        Network::of(observation.ip).to_string(),
-                        json,
-                        Some(observation.ts_ms),
-                    ),
-                    Err(err) => {
-                        result = Err(KafkaSinkError::Encode {
-                            topic: topic.clone(),
-                            detail: err.to_string(),
-                        });
-                        break;
-                    }
-                }
-            }
-        }
+        attach_shared_owners(self.owners.as_ref(), &mut outputs);
+        let result = emit(
+            Emit {
+                topics: &self.topics,
+                source_topic: self.source_topic.as_deref(),
+                quarantined: &mut self.scratch_quarantined,
+            },
+            id,
+            state,
+            &outputs,
+            outbox,
+            counts,
+        );
         outputs.clear();
         self.scratch_outputs = outputs;
         let stats = state.engine.stats();
@@ -239,8 +251,126 @@ impl KeyedStage {
             stats.late_events.saturating_sub(stats_before.1),
         );
         owned.next_offset = Some(last_offset + 1);
+        state.last_input = Some(Instant::now());
         counts.events += events.len() as u64;
         result
+    }
+}
+
+/// Where [`emit`] sends what a partition's engine produced.
+struct Emit<'a> {
+    topics: &'a OutputTopics,
+    source_topic: Option<&'a str>,
+    quarantined: &'a mut Vec<Quarantined>,
+}
+
+/// Puts into the outbox what a partition's engine produced: its outputs,
+/// the calls for the view across keys (to the source topic, when that view
+/// runs apart) and the events it quarantined (to the dead-letter topic,
+/// like other rejects, except those of records whose outputs were
+/// delivered before the partition came here).
+/// Puts the owners known now on the alerts and revocation requests in
+/// `outputs` (digests carry none).
+fn attach_shared_owners(owners: Option<&SharedOwners>, outputs: &mut [Output]) {
+    if let Some(owners) = owners
+        && outputs.iter().any(|output| !matches!(output, Output::Digest(_)))
+    {
+        let book = owners.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        attach_owners(&book, outputs);
+    }
+}
+
+fn emit(
+    to: Emit<'_>,
+    id: &PartitionId,
+    state: &mut PartitionState,
+    outputs: &[Output],
+    outbox: &mut Outbox,
+    counts: &mut Counts,
+) -> Result<(), KafkaSinkError> {
+    for output in outputs {
+        counts.count_output(output);
+        outbox.push_output(to.topics, output)?;
+    }
+    if let Some(topic) = to.source_topic {
+        for observation in state.engine.across_mut().take_observations() {
+            let record = ObservationRecord::of(&observation);
+            let json = serde_json::to_vec(&record).map_err(|err| KafkaSinkError::Encode {
+                topic: topic.to_string(),
+                detail: err.to_string(),
+            })?;
+            outbox.push_repartitioned(
+                topic,
+                Network::of(observation.ip).to_string(),
+                json,
+                Some(observation.ts_ms),
+            );
+        }
+    }
+    state.engine.take_quarantined(to.quarantined);
+    for event in to.quarantined.drain(..) {
+        if (event.origin as i64) < state.replay_below {
+            continue;
+        }
+        counts.rejected += 1;
+        *counts.rejected_by_reason.entry("future_event".to_string()).or_default() += 1;
+        outbox.push_quarantined(to.topics, id, &event);
+    }
+    Ok(())
+}
+
+impl KeyedStage {
+    /// Judges the events held for ordering by every partition that has had
+    /// no record for `idle_after` of wall-clock time at `now`, as if its
+    /// input's time had moved past them (`kafka.idle_release`); returns how
+    /// many partitions let events go. Partitions still replaying records
+    /// whose outputs were delivered before are left alone.
+    pub fn release_idle_partitions(
+        &mut self,
+        now: Instant,
+        idle_after: Duration,
+        outbox: &mut Outbox,
+    ) -> Result<usize, KafkaSinkError> {
+        let mut released = 0;
+        let mut counts = Counts::default();
+        let mut outputs = std::mem::take(&mut self.scratch_outputs);
+        let mut result = Ok(());
+        for (id, owned) in self.partitions.iter_mut() {
+            let state = &mut owned.state;
+            let replaying = owned.next_offset.is_none_or(|next| next < state.replay_below);
+            let idle = state
+                .last_input
+                .is_none_or(|last| now.saturating_duration_since(last) >= idle_after);
+            if replaying || !idle || state.engine.held_events() == 0 {
+                continue;
+            }
+            outputs.clear();
+            state.engine.release_held(&mut outputs);
+            state.released_since_checkpoint = true;
+            state.last_input = Some(now);
+            released += 1;
+            tracing::info!(partition = %id, outputs = outputs.len(), "idle partition: held events judged");
+            attach_shared_owners(self.owners.as_ref(), &mut outputs);
+            result = emit(
+                Emit {
+                    topics: &self.topics,
+                    source_topic: self.source_topic.as_deref(),
+                    quarantined: &mut self.scratch_quarantined,
+                },
+                id,
+                state,
+                &outputs,
+                outbox,
+                &mut counts,
+            );
+            if result.is_err() {
+                break;
+            }
+        }
+        outputs.clear();
+        self.scratch_outputs = outputs;
+        self.progress.add_counts(&counts);
+        result.map(|()| released)
     }
 }
 
@@ -256,15 +386,19 @@ impl Stage for KeyedStage {
             if self.source_topic.is_some() {
                 engine.across_mut().spray_elsewhere();
             }
+            let mut ledger = partition.ledger;
+            let mut restored_incremental = false;
             let (next_offset, generation) = match partition.checkpoint {
                 Some(Checkpoint {
                     next_offset,
                     generation,
                     snapshot,
+                    incremental,
                     ..
                 }) => match engine.check_snapshot(&snapshot) {
                     Ok(()) => {
                         engine.restore(snapshot);
+                        restored_incremental = incremental;
                         (Some(next_offset), Some(generation))
                     }
                     Err(error) => {
@@ -285,6 +419,19 @@ impl Stage for KeyedStage {
                 },
                 None => (None, None),
             };
+            if !restored_incremental {
+                // Key entries of state not restored are deleted by the next
+                // checkpoint.
+                ledger.forget_state();
+            }
+            if self.changelog_format == ChangelogFormat::Incremental {
+                // Every key is written by the first checkpoint, unless its
+                // entry in the changelog is what was restored.
+                engine.track_changes();
+                if restored_incremental {
+                    engine.clear_changes();
+                }
+            }
             tracing::info!(
                 partition = %partition.id,
                 keys = engine.keys_tracked(),
@@ -297,6 +444,9 @@ impl Stage for KeyedStage {
                 replay_below: partition.committed.unwrap_or(i64::MIN),
                 generation,
                 checkpointed_offset: next_offset,
+                last_input: None,
+                released_since_checkpoint: false,
+                ledger,
             };
             (next_offset, state)
         });
@@ -343,24 +493,38 @@ impl Stage for KeyedStage {
                 continue;
             };
             let state = &mut owned.state;
-            let moved = state.checkpointed_offset != Some(next_offset);
+            let moved = state.checkpointed_offset != Some(next_offset) || state.released_since_checkpoint;
             let never_checkpointed = state.generation.is_none();
             if !moved || !(due || never_checkpointed) {
                 continue;
             }
             let generation = state.generation.map_or(0, |generation| generation + 1);
-            outbox.push_checkpoint(
-                &self.topics,
-                &Checkpoint {
-                    partition: id.clone(),
-                    next_offset,
-                    generation,
-                    group_generation: None,
-                    snapshot: state.engine.snapshot(),
+            let incremental = self.changelog_format == ChangelogFormat::Incremental;
+            let checkpoint = Checkpoint {
+                partition: id.clone(),
+                next_offset,
+                generation,
+                group_generation: self.group_generation,
+                snapshot: if incremental {
+                    state.engine.shared_snapshot()
+                } else {
+                    state.engine.snapshot()
                 },
-            )?;
+                incremental,
+            };
+            if incremental {
+                let mut changed = Vec::new();
+                state.engine.changed_keys(|bits, key| changed.push((bits, key)));
+                let messages = encode_incremental(&checkpoint, &changed, &mut state.ledger)?;
+                drop(changed);
+                state.engine.clear_changes();
+                outbox.push_changelog(&self.topics, id, messages);
+            } else {
+                outbox.push_checkpoint(&self.topics, &checkpoint)?;
+            }
             state.generation = Some(generation);
             state.checkpointed_offset = Some(next_offset);
+            state.released_since_checkpoint = false;
             written += 1;
         }
         Progress::add(&self.progress.checkpoints, written as u64);
@@ -375,6 +539,19 @@ impl Stage for KeyedStage {
 
     fn committed(&mut self, offsets: &[(PartitionId, i64)]) {
         self.partitions.committed(offsets);
+    }
+
+    fn group_generation(&mut self, generation: Option<i32>) {
+        self.group_generation = generation;
+    }
+
+    fn release_idle(
+        &mut self,
+        now: Instant,
+        idle_after: Duration,
+        outbox: &mut Outbox,
+    ) -> Result<usize, KafkaSinkError> {
+        self.release_idle_partitions(now, idle_after, outbox)
     }
 }
 
@@ -445,7 +622,9 @@ mod tests {
                 generation: 3,
                 group_generation: None,
                 snapshot: Engine::new(Arc::new(Model::default_model()), geo()).snapshot(),
+                incremental: false,
             }),
+            ledger: KeyLedger::default(),
             committed,
         }]);
     }
@@ -551,6 +730,188 @@ mod tests {
         assert!(stage.offsets_to_commit().is_empty());
     }
 
+    /// The changelog as a compacted topic keeps it, read back.
+    fn read_back(changelog: &[crate::sink::kafka::OutgoingMessage]) -> crate::checkpoint::Restored {
+        let mut assembler = crate::checkpoint::CheckpointAssembler::new([id()]);
+        for message in changelog {
+            let value = (!message.tombstone).then_some(message.payload.as_slice());
+            assembler.push(message.key.as_deref().unwrap_or_default().as_bytes(), value);
+        }
+        assembler.finish()
+    }
+
+    #[test]
+    fn an_incremental_changelog_restores_the_state_a_whole_checkpoint_would() {
+        let records = records();
+        let mut writer = stage().with_changelog_format(ChangelogFormat::Incremental);
+        assign(&mut writer, None, None);
+        let mut changelog = Vec::new();
+        let mut key_entries = Vec::new();
+        for chunk in records.chunks(4) {
+            let mut outbox = Outbox::default();
+            writer.process(chunk, &mut outbox).unwrap();
+            writer.checkpoint(true, &mut outbox).unwrap();
+            let written: Vec<_> = outbox
+                .messages
+                .into_iter()
+                .filter(|message| message.topic == "changelog")
+                .collect();
+            key_entries.push(
+                written
+                    .iter()
+                    .filter(|message| message.key.as_deref().is_some_and(|key| key.contains("/k/")))
+                    .count(),
+            );
+            changelog.extend(written);
+        }
+        assert!(key_entries.iter().all(|entries| *entries <= 1), "{key_entries:?}");
+        let restored = read_back(&changelog);
+        assert!(restored.fallbacks.is_empty(), "{:?}", restored.fallbacks);
+        let checkpoint = restored.checkpoints[&id()].clone();
+        assert!(checkpoint.incremental);
+        assert_eq!(checkpoint.next_offset, records.len() as i64);
+        let whole = owned(&writer).state.engine.snapshot();
+        assert_eq!(
+            serde_json::to_string(&checkpoint.snapshot).unwrap(),
+            serde_json::to_string(&whole).unwrap(),
+            "the same state as a whole checkpoint"
+        );
+
+        // A restart from it writes nothing for keys that did not change.
+        let mut restarted = stage().with_changelog_format(ChangelogFormat::Incremental);
+        restarted.assigned(vec![AssignedPartition {
+            id: id(),
+            checkpoint: Some(checkpoint),
+            ledger: restored.ledgers[&id()].clone(),
+            committed: Some(records.len() as i64),
+        }]);
+        let mut outbox = Outbox::default();
+        restarted.group_generation(Some(2));
+        restarted
+            .partitions
+            .get_mut(&id())
+            .unwrap()
+            .state
+            .released_since_checkpoint = true;
+        assert_eq!(restarted.checkpoint(true, &mut outbox).unwrap(), 1);
+        assert!(
+            outbox
+                .messages
+                .iter()
+                .all(|message| !message.key.as_deref().unwrap_or_default().contains("/k/")),
+            "no key entry rewritten"
+        );
+        changelog.extend(outbox.messages);
+        let again = read_back(&changelog);
+        assert!(again.fallbacks.is_empty(), "{:?}", again.fallbacks);
+        assert_eq!(again.checkpoints[&id()].group_generation, Some(2));
+        assert_eq!(again.checkpoints[&id()].snapshot.keys.len(), whole.keys.len());
+    }
+
+    #[test]
+    fn an_idle_partition_judges_its_held_events_only_when_idle_long_enough() {
+        let records = records();
+        let mut stage = stage();
+        assign(&mut stage, Some(0), None);
+        let mut outbox = Outbox::default();
+        // Everything up to the travel and one call after it: the travel is
+        // held, waiting for the input's time to pass it.
+        stage.process(&records[..records.len() - 1], &mut outbox).unwrap();
+        let alerts = |outbox: &Outbox| outbox.messages.iter().filter(|m| m.topic == "alerts").count();
+        assert_eq!(alerts(&outbox), 0, "held for ordering");
+        outbox.clear();
+        let now = Instant::now();
+        let idle = Duration::from_secs(30);
+        assert_eq!(
+            stage.release_idle_partitions(now, idle, &mut outbox).unwrap(),
+            0,
+            "not idle yet"
+        );
+        assert!(outbox.is_empty());
+        assert_eq!(
+            stage
+                .release_idle_partitions(now + Duration::from_secs(31), idle, &mut outbox)
+                .unwrap(),
+            1
+        );
+        assert!(alerts(&outbox) > 0, "the travel is judged once the partition is idle");
+        let mut again = Outbox::default();
+        assert_eq!(
+            stage
+                .release_idle_partitions(now + Duration::from_secs(90), idle, &mut again)
+                .unwrap(),
+            0,
+            "nothing left to let go"
+        );
+        assert_eq!(
+            stage.checkpoint(true, &mut again).unwrap(),
+            1,
+            "the state moved without a new offset"
+        );
+    }
+
+    #[test]
+    fn a_far_future_event_is_dead_lettered_with_the_record_it_came_from() {
+        let mut records = records();
+        let other = event(T0 + DAY, "AKIAKEYEDSTAGE000002", ip("london", 1), "/v1/orders", 200);
+        let far = event(4_070_908_800_000, KEY, ip("london", 1), "/v1/orders", 200);
+        let at = records.len() / 2;
+        for (shift, payload) in [serde_json::to_vec(&other).unwrap(), serde_json::to_vec(&far).unwrap()]
+            .into_iter()
+            .enumerate()
+        {
+            records.insert(
+                at + shift,
+                InputRecord {
+                    topic: Arc::from("access"),
+                    partition: 0,
+                    offset: 0,
+                    timestamp_ms: None,
+                    payload: Some(payload),
+                },
+            );
+        }
+        for (offset, record) in records.iter_mut().enumerate() {
+            record.offset = offset as i64;
+        }
+        let mut stage = stage();
+        assign(&mut stage, Some(0), None);
+        let mut outbox = Outbox::default();
+        stage.process(&records, &mut outbox).unwrap();
+        let letters: Vec<_> = outbox
+            .messages
+            .iter()
+            .filter(|m| {
+                m.headers
+                    .iter()
+                    .any(|(name, value)| *name == "reason" && value == b"future_event")
+            })
+            .collect();
+        assert_eq!(letters.len(), 1, "{:?}", topics_of(&outbox));
+        let offset = letters[0]
+            .headers
+            .iter()
+            .find(|(name, _)| *name == "source_offset")
+            .unwrap();
+        assert_eq!(offset.1, (at + 1).to_string().into_bytes());
+        assert!(!String::from_utf8_lossy(&letters[0].payload).contains(KEY));
+    }
+
+    #[test]
+    fn checkpoints_carry_the_group_generation_of_the_member_that_wrote_them() {
+        let records = records();
+        let mut stage = stage();
+        assign(&mut stage, None, None);
+        let mut outbox = Outbox::default();
+        stage.process(&records[..5], &mut outbox).unwrap();
+        outbox.clear();
+        stage.group_generation(Some(12));
+        assert_eq!(stage.checkpoint(true, &mut outbox).unwrap(), 1);
+        let manifest: crate::checkpoint::Manifest =
+            serde_json::from_slice(&outbox.messages.last().unwrap().payload).unwrap();
+        assert_eq!(manifest.group_generation, Some(12));
+    }
+
     #[test]
     fn a_checkpoint_of_another_model_starts_the_partition_empty_instead_of_failing() {
         let mut stage = stage();
@@ -564,7 +925,9 @@ mod tests {
                 generation: 3,
                 group_generation: None,
                 snapshot,
+                incremental: false,
             }),
+            ledger: KeyLedger::default(),
             committed: Some(5),
         }]);
         let owned = owned(&stage);

@@ -336,6 +336,7 @@ impl Pipeline {
             checkpoint_interval: self.kafka.checkpoint_interval,
             exactly_once: self.kafka.exactly_once,
             dead_letter_max_bytes: self.kafka.dead_letter_max_bytes,
+            idle_release: self.kafka.idle_release,
         }
     }
 
@@ -367,7 +368,8 @@ impl Pipeline {
         )
         .with_source_topic(self.kafka.source_topic.clone())
         .with_fingerprinter(self.config.fingerprint.resolved.clone())
-        .with_owners(owners);
+        .with_owners(owners)
+        .with_changelog_format(self.kafka.changelog_format);
         let sink = self
             .sink(format!("{}-{}", self.kafka.group_id, self.kafka.instance_name()))
             .await?;
@@ -503,7 +505,91 @@ async fn prepare_topics(kafka: &KafkaConfig) -> Result<TopicLayout, PipelineErro
             topic: kafka.changelog_topic.clone(),
             problem: "does not exist; create it with cleanup.policy=compact or set create_topics = true".into(),
         })?;
+    if kafka.skip_changelog_check {
+        tracing::warn!(topic = %kafka.changelog_topic, "changelog check skipped (kafka.skip_changelog_check)");
+    } else {
+        let mut keyed = Vec::new();
+        for topic in kafka.keyed_topics() {
+            if let Some(count) = partition_count(&probe, &topic)? {
+                keyed.push((topic, count));
+            }
+        }
+        let policy = changelog_cleanup_policy(kafka).await;
+        if let Some(problem) = changelog_problem(policy.as_deref(), changelog_partitions, &keyed) {
+            return Err(PipelineError::Topic {
+                topic: kafka.changelog_topic.clone(),
+                problem: format!("{problem}; or set kafka.skip_changelog_check = true to start anyway"),
+            });
+        }
+    }
     Ok(TopicLayout { changelog_partitions })
+}
+
+/// The changelog's `cleanup.policy` as the broker describes it; `None`,
+/// with a warning, when the broker cannot say (librdkafka's mock cluster
+/// has no DescribeConfigs): the partition counts are still checked.
+async fn changelog_cleanup_policy(kafka: &KafkaConfig) -> Option<String> {
+    use rdkafka::admin::ResourceSpecifier;
+    let admin: AdminClient<DefaultClientContext> = match kafka.client_config().create() {
+        Ok(admin) => admin,
+        Err(error) => {
+            tracing::warn!(%error, "cannot check the changelog's cleanup.policy: no admin client");
+            return None;
+        }
+    };
+    let options = AdminOptions::new().request_timeout(Some(std::time::Duration::from_secs(15)));
+    let described = admin
+        .describe_configs(&[ResourceSpecifier::Topic(&kafka.changelog_topic)], &options)
+        .await;
+    let policy = match described {
+        Ok(results) => results.into_iter().find_map(|result| match result {
+            Ok(resource) => Some(resource.get("cleanup.policy").and_then(|entry| entry.value.clone())),
+            Err(code) => {
+                tracing::warn!(topic = %kafka.changelog_topic, error = %code, "cannot describe the changelog's configuration");
+                None
+            }
+        }),
+        Err(error) => {
+            tracing::warn!(topic = %kafka.changelog_topic, %error, "cannot describe the changelog's configuration");
+            None
+        }
+    };
+    match policy {
+        Some(Some(policy)) => Some(policy),
+        _ => {
+            tracing::warn!(
+                topic = %kafka.changelog_topic,
+                "the changelog's cleanup.policy is unknown; make sure it includes compact"
+            );
+            None
+        }
+    }
+}
+
+/// What is wrong with an existing changelog, if anything: a cleanup policy
+/// without `compact` (retention would delete checkpoints still in use), or
+/// a partition count other than a keyed topic's (each input partition's
+/// checkpoints must have a changelog partition of their own, as Kafka
+/// Streams requires). `policy` is `None` when the broker could not say.
+fn changelog_problem(policy: Option<&str>, changelog_partitions: i32, keyed: &[(String, i32)]) -> Option<String> {
+    if let Some(policy) = policy
+        && !policy.split(',').any(|part| part.trim() == "compact")
+    {
+        return Some(format!(
+            "cleanup.policy is `{policy}` but must include `compact`, or retention deletes the checkpoints \
+             the state is restored from; set it with `kafka-configs --alter --entity-type topics \
+             --add-config cleanup.policy=compact`"
+        ));
+    }
+    keyed
+        .iter()
+        .find(|(_, count)| *count != changelog_partitions)
+        .map(|(topic, count)| {
+            format!(
+                "has {changelog_partitions} partitions but the keyed topic {topic} has {count}; they must match \
+                 (recreate the changelog with {count} partitions: its state is rebuilt from the input)"
+            )
+        })
 }
 
 async fn create_topics(kafka: &KafkaConfig, missing: &[(String, bool)], partitions: i32) -> Result<(), PipelineError> {
@@ -691,6 +777,21 @@ mod tests {
         let pipeline = Pipeline::new(config, Arc::new(Model::default_model()), Arc::new(GeoIp::empty())).unwrap();
         let future = pipeline.run(CancellationToken::new());
         assert_send(&future);
+    }
+
+    #[test]
+    fn a_changelog_that_is_not_compacted_or_has_other_partitions_is_named() {
+        let keyed = [("access".to_string(), 6)];
+        assert_eq!(changelog_problem(Some("compact"), 6, &keyed), None);
+        assert_eq!(changelog_problem(Some("compact,delete"), 6, &keyed), None);
+        assert_eq!(changelog_problem(None, 6, &keyed), None, "unknown policy: counts only");
+        let delete = changelog_problem(Some("delete"), 6, &keyed).unwrap();
+        assert!(delete.contains("`delete`") && delete.contains("compact"), "{delete}");
+        let count = changelog_problem(Some("compact"), 3, &keyed).unwrap();
+        assert!(
+            count.contains("3 partitions") && count.contains("access has 6"),
+            "{count}"
+        );
     }
 
     #[test]

@@ -138,6 +138,7 @@ mod tests {
         AssignedPartition {
             id: PartitionId::new("access", partition),
             checkpoint: None,
+            ledger: Default::default(),
             committed,
         }
     }

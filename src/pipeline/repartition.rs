@@ -154,6 +154,7 @@ mod tests {
         stage.assigned(vec![AssignedPartition {
             id: PartitionId::new("raw", 0),
             checkpoint: None,
+            ledger: Default::default(),
             committed: None,
         }]);
         stage

@@ -32,6 +32,21 @@ pub trait Stage: Send {
     fn offsets_to_commit(&self) -> Vec<(PartitionId, i64)>;
     /// The offsets were committed.
     fn committed(&mut self, offsets: &[(PartitionId, i64)]);
+    /// The consumer group generation of this member now, told before each
+    /// checkpoint, for stages whose checkpoints record it.
+    fn group_generation(&mut self, _generation: Option<i32>) {}
+    /// Lets go of events held for ordering by partitions that have had no
+    /// record for `idle_after` of wall-clock time at `now`, appending what
+    /// they produce; returns how many partitions did. Only stages that hold
+    /// events do anything.
+    fn release_idle(
+        &mut self,
+        _now: Instant,
+        _idle_after: Duration,
+        _outbox: &mut Outbox,
+    ) -> Result<usize, KafkaSinkError> {
+        Ok(0)
+    }
 }
 
 /// Counters a caller can watch while the pipeline runs.

@@ -16,9 +16,10 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::TopicPartitionList;
 
 use crate::alert::Output;
-use crate::checkpoint::{ChangelogMessage, Checkpoint, CheckpointError, encode_checkpoint};
+use crate::checkpoint::{ChangelogMessage, Checkpoint, CheckpointError, PartitionId, encode_checkpoint};
 use crate::config::KafkaConfig;
 use crate::decode::Rejection;
+use crate::engine::Quarantined;
 use crate::ocsf::AlertFormat;
 use crate::source::kafka::group::InputRecord;
 
@@ -83,6 +84,9 @@ pub struct OutgoingMessage {
     /// Message timestamp in epoch milliseconds; `None` lets the producer
     /// use the current time.
     pub timestamp_ms: Option<i64>,
+    /// Produce a null value (a tombstone, which compaction deletes the
+    /// key with) instead of `payload`.
+    pub tombstone: bool,
 }
 
 /// Messages a stage wants written, in order. Filled without I/O.
@@ -179,6 +183,7 @@ impl Outbox {
                     payload,
                     headers: vec![("id", alert.id.as_bytes().to_vec())],
                     timestamp_ms: None,
+                    tombstone: false,
                 });
             }
             if !routing.format.native() {
@@ -216,6 +221,7 @@ impl Outbox {
             payload,
             headers: vec![("id", id.as_bytes().to_vec())],
             timestamp_ms: None,
+            tombstone: false,
         });
         Ok(())
     }
@@ -243,6 +249,39 @@ impl Outbox {
             payload: original[..kept].to_vec(),
             headers,
             timestamp_ms: None,
+            tombstone: false,
+        });
+    }
+
+    /// A dead letter for an event the engine quarantined as too far ahead
+    /// of its input's time (`future_event`): the event as the engine held
+    /// it (key by fingerprint only, never the raw id), with the headers of
+    /// any dead letter naming the input record it came from. The original
+    /// bytes are gone by then: quarantine happens batches later, once the
+    /// input's time has moved on without confirming the event.
+    pub fn push_quarantined(&mut self, topics: &OutputTopics, source: &PartitionId, event: &Quarantined) {
+        let payload = serde_json::to_vec(event).unwrap_or_default();
+        let detail = format!(
+            "event time {} is too far ahead of the input's time {} and no other key confirmed it",
+            event.ts, event.input_time
+        );
+        let kept = payload.len().min(self.dead_letter_max_bytes);
+        self.messages.push(OutgoingMessage {
+            topic: topics.dead_letter.clone(),
+            partition: None,
+            key: None,
+            headers: vec![
+                ("reason", b"future_event".to_vec()),
+                ("reason_detail", detail.into_bytes()),
+                ("source_topic", source.topic.as_bytes().to_vec()),
+                ("source_partition", source.partition.to_string().into_bytes()),
+                ("source_offset", event.origin.to_string().into_bytes()),
+                ("original_size", payload.len().to_string().into_bytes()),
+                ("truncated", (kept < payload.len()).to_string().into_bytes()),
+            ],
+            payload: payload[..kept].to_vec(),
+            timestamp_ms: None,
+            tombstone: false,
         });
     }
 
@@ -263,13 +302,21 @@ impl Outbox {
             payload: canonical_json,
             headers: Vec::new(),
             timestamp_ms,
+            tombstone: false,
         });
     }
 
     /// A checkpoint's chunks and manifest, in the order they must be written.
     pub fn push_checkpoint(&mut self, topics: &OutputTopics, checkpoint: &Checkpoint) -> Result<(), KafkaSinkError> {
-        let partition = checkpoint.partition.changelog_partition(topics.changelog_partitions);
-        for ChangelogMessage { key, value } in encode_checkpoint(checkpoint)? {
+        self.push_changelog(topics, &checkpoint.partition, encode_checkpoint(checkpoint)?);
+        Ok(())
+    }
+
+    /// Changelog messages of one partition's checkpoint, in order, to the
+    /// changelog partition of that partition.
+    pub fn push_changelog(&mut self, topics: &OutputTopics, source: &PartitionId, messages: Vec<ChangelogMessage>) {
+        let partition = source.changelog_partition(topics.changelog_partitions);
+        for ChangelogMessage { key, value, tombstone } in messages {
             self.messages.push(OutgoingMessage {
                 topic: topics.changelog.clone(),
                 partition: Some(partition),
@@ -277,9 +324,9 @@ impl Outbox {
                 payload: value,
                 headers: Vec::new(),
                 timestamp_ms: None,
+                tombstone,
             });
         }
-        Ok(())
     }
 }
 
@@ -580,9 +627,10 @@ fn enqueue(producer: &FutureProducer, message: &OutgoingMessage) -> Result<Deliv
             value: Some(value),
         });
     }
-    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&message.topic)
-        .payload(message.payload.as_slice())
-        .headers(headers);
+    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&message.topic).headers(headers);
+    if !message.tombstone {
+        record = record.payload(message.payload.as_slice());
+    }
     if let Some(key) = &message.key {
         record = record.key(key.as_str());
     }
@@ -736,6 +784,7 @@ mod tests {
             payload: vec![b'x'; bytes],
             headers: Vec::new(),
             timestamp_ms: None,
+            tombstone: false,
         }
     }
 
@@ -769,6 +818,7 @@ mod tests {
             generation: 0,
             group_generation: None,
             snapshot: crate::engine::EngineSnapshot::default(),
+            incremental: false,
         };
         let mut outbox = Outbox::default();
         outbox.push_checkpoint(&topics(), &checkpoint).unwrap();

@@ -70,6 +70,12 @@ fn fault_config(brokers: &str, prefix: &str, dir: &Path) -> Config {
     let mut config = test_config(brokers, prefix, true);
     config.geoip.city = Some(city);
     config.geoip.asn = Some(asn);
+    // `KEYWATCH_TEST_CHANGELOG_FORMAT=incremental` runs the faults against
+    // incremental checkpoints.
+    if std::env::var("KEYWATCH_TEST_CHANGELOG_FORMAT").is_ok_and(|format| format == "incremental") {
+        config.kafka.as_mut().expect("kafka section").changelog_format =
+            keywatch::config::kafka::ChangelogFormat::Incremental;
+    }
     config
 }
 

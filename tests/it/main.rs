@@ -21,6 +21,7 @@ mod faults;
 mod generate_eval;
 mod geoip;
 mod inventory;
+mod kafka_clog;
 mod kafka_compose;
 mod kafka_mock;
 mod kafka_ops;

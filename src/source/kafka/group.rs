@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::range::read_checkpoints;
 use super::{KafkaSourceError, METADATA_TIMEOUT, POLL_INTERVAL};
-use crate::checkpoint::{Checkpoint, PartitionId};
+use crate::checkpoint::{Checkpoint, KeyLedger, PartitionId};
 use crate::config::KafkaConfig;
 
 /// One input record, detached from the consumer.
@@ -76,6 +76,9 @@ pub struct AssignedPartition {
     /// The newest checkpoint in the changelog; consumption starts at its
     /// `next_offset`.
     pub checkpoint: Option<Checkpoint>,
+    /// Where the partition's key entries are in the changelog (incremental
+    /// checkpoints), whatever checkpoint was restored.
+    pub ledger: KeyLedger,
     /// The group's committed offset: outputs of records below it were
     /// already delivered before this assignment.
     pub committed: Option<i64>,
@@ -166,6 +169,27 @@ pub struct GroupContext {
 
 /// The group consumer keywatch uses.
 pub type GroupConsumer = BaseConsumer<GroupContext>;
+
+/// The consumer group generation this member joined in, as the group
+/// coordinator gave it; `None` before the first join. Written into every
+/// checkpoint, so a restore prefers the current owner's checkpoints over a
+/// zombie's that a rebalance has already replaced.
+pub fn group_generation<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Option<i32> {
+    let client = consumer.client().native_ptr();
+    // SAFETY: `client` is the live handle of `consumer`, borrowed for this
+    // call. librdkafka returns a new metadata object (or null) that this
+    // function alone owns, reads once and destroys before returning.
+    let generation = unsafe {
+        let metadata = rdkafka::bindings::rd_kafka_consumer_group_metadata(client);
+        if metadata.is_null() {
+            return None;
+        }
+        let generation = rdkafka::bindings::rd_kafka_consumer_group_metadata_generation_id(metadata);
+        rdkafka::bindings::rd_kafka_consumer_group_metadata_destroy(metadata);
+        generation
+    };
+    (generation >= 0).then_some(generation)
+}
 
 impl ClientContext for GroupContext {}
 
@@ -299,6 +323,7 @@ fn restore_partitions(
     let crate::checkpoint::Restored {
         mut checkpoints,
         fallbacks,
+        mut ledgers,
     } = restored;
     let committed: HashMap<(String, i32), Offset> =
         match consumer.committed_offsets(partitions.clone(), METADATA_TIMEOUT) {
@@ -314,6 +339,7 @@ fn restore_partitions(
         .map(|id| AssignedPartition {
             id: id.clone(),
             checkpoint: checkpoints.remove(id),
+            ledger: ledgers.remove(id).unwrap_or_default(),
             committed: match committed.get(&(id.topic.clone(), id.partition)) {
                 Some(Offset::Offset(offset)) => Some(*offset),
                 _ => None,
