@@ -71,6 +71,13 @@ pub struct RevocationRequest {
     pub incident_id: String,
     pub alert_ids: Vec<String>,
     pub model: String,
+    /// Why this is strong evidence: `stolen_key_pattern` or
+    /// `agreeing_detectors` (absent in requests of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basis: Option<crate::revoke::evidence::Basis>,
+    /// The detectors that make the evidence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detectors: Vec<Detector>,
 }
 
 /// One key's low findings of one UTC day (schemas/digest.schema.json):

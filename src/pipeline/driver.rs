@@ -146,7 +146,7 @@ impl<S: Stage> Driver<S> {
                 _ = ticks.tick() => {
                     self.progress.tick(name);
                     self.summarise_checkpoints(false);
-                    Ok(true)
+                    self.idle(stopping).await.map(|()| true)
                 }
                 event = events.recv() => match event {
                     None => Ok(false),
@@ -219,6 +219,20 @@ impl<S: Stage> Driver<S> {
             }
             SourceEvent::Failed(error) => Err(error.into()),
         }
+    }
+
+    /// Lets the stage do its wall-clock work; delivers what it produced
+    /// with the batch in hand.
+    async fn idle(&mut self, stopping: bool) -> Result<(), PipelineError> {
+        if stopping {
+            return Ok(());
+        }
+        let before = self.outbox.len();
+        self.stage.idle(&mut self.outbox)?;
+        if self.outbox.len() > before {
+            self.flush(Flush::Routine).await?;
+        }
+        Ok(())
     }
 
     /// Counts checkpoints once they are durable: debug per batch, and an

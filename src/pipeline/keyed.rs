@@ -183,7 +183,11 @@ impl KeyedStage {
         }
         let mut result = Ok(());
         for output in &outputs {
-            counts.count_output(output);
+            // Revocation requests are candidates here: the gate stage counts
+            // what it sends or shadows.
+            if !matches!(output, Output::Revocation(_)) {
+                counts.count_output(output);
+            }
             if let Err(error) = outbox.push_output(&self.topics, output) {
                 result = Err(error);
                 break;

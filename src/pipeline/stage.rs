@@ -32,6 +32,12 @@ pub trait Stage: Send {
     fn offsets_to_commit(&self) -> Vec<(PartitionId, i64)>;
     /// The offsets were committed.
     fn committed(&mut self, offsets: &[(PartitionId, i64)]);
+    /// Called about once a second while the stage runs, records or not:
+    /// work driven by the wall clock (re-sends of unacknowledged revocation
+    /// requests). What it appends is delivered like a batch's outputs.
+    fn idle(&mut self, _outbox: &mut Outbox) -> Result<(), KafkaSinkError> {
+        Ok(())
+    }
 }
 
 /// Counters a caller can watch while the pipeline runs.

@@ -107,6 +107,7 @@ impl Run {
         counts: &mut Counts,
         outputs: &mut OutputFiles,
     ) -> Result<(), ReplayError> {
+        counts.revocations_shadow += outputs.gate_outputs(&mut self.emitted)?;
         for output in &self.emitted {
             counts.count_output(output);
             outputs.write_output(output)?;

@@ -172,7 +172,10 @@ pub fn replay_from_kafka(
         None => None,
     };
     let consumer = range_consumer(kafka, "replay")?;
-    let mut files = OutputFiles::create(&options.out_dir)?;
+    let mut files = OutputFiles::create(&options.out_dir)?.with_gate(
+        crate::revoke::RevocationGate::new(&model.policy, &model.label()),
+        crate::owners::OwnerBook::default(),
+    );
     let mut summary = ReplayKafkaSummary::default();
     let range = (options.start_ms.unwrap_or(i64::MIN), options.end_ms.unwrap_or(i64::MAX));
 
@@ -417,6 +420,7 @@ impl PartitionReplay<'_> {
         producer: Option<&ThreadedProducer<DeliveryCounter>>,
         options: &ReplayKafkaOptions,
     ) -> Result<(), ReplayKafkaError> {
+        summary.counts.revocations_shadow += files.gate_outputs(&mut self.outputs)?;
         for output in &self.outputs {
             files.write_output(output)?;
             summary.counts.count_output(output);

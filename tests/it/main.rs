@@ -29,3 +29,4 @@ mod kafka_support;
 mod kafka_tansu;
 mod module_layers;
 mod replay;
+mod revocation;
