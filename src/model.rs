@@ -1009,7 +1009,11 @@ mod tests {
                 "max_requests = { count = 0, per = \"1h\" }",
                 "policy.max_requests",
             ),
-            ("min_agreeing_detectors = 2", "min_agreeing_detectors = 1", "policy.min_agreeing_detectors"),
+            (
+                "min_agreeing_detectors = 2",
+                "min_agreeing_detectors = 1",
+                "policy.min_agreeing_detectors",
+            ),
             ("mode = \"shadow\"", "mode = \"maybe\"", "mode"),
         ] {
             let text = DEFAULT_MODEL_TOML.replace(from, to);

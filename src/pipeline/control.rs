@@ -183,10 +183,12 @@ pub fn start_reader(
                     feed.set_ready();
                 }
                 acks.assign_when_there();
-                control.poll(|payload, offset| match serde_json::from_slice::<ControlMessage>(payload) {
-                    Ok(message) => feed.push_control(message),
-                    Err(error) => tracing::warn!(offset, %error, "unreadable control message skipped"),
-                });
+                control.poll(
+                    |payload, offset| match serde_json::from_slice::<ControlMessage>(payload) {
+                        Ok(message) => feed.push_control(message),
+                        Err(error) => tracing::warn!(offset, %error, "unreadable control message skipped"),
+                    },
+                );
                 if control.caught_up() {
                     feed.set_ready();
                 }

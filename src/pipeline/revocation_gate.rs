@@ -37,7 +37,7 @@ use crate::model::Model;
 use crate::owners::OwnerBook;
 use crate::revoke::resend::Resends;
 use crate::revoke::{Mode, RevocationGate, Route, Verdict};
-use crate::sink::kafka::{KafkaSinkError, OutgoingMessage, Outbox, OutputTopics};
+use crate::sink::kafka::{KafkaSinkError, Outbox, OutgoingMessage, OutputTopics};
 use crate::source::kafka::group::{AssignedPartition, InputRecord};
 
 /// The stage's name in logs and progress.
@@ -101,7 +101,11 @@ impl GateStage {
         let (mode, acks) = self.feed.take();
         let mode = mode.map_or(self.model_mode, |control| control.mode);
         if mode != self.gate.mode() {
-            let source = if mode == self.model_mode { "model" } else { "control topic" };
+            let source = if mode == self.model_mode {
+                "model"
+            } else {
+                "control topic"
+            };
             tracing::warn!(from = %self.gate.mode(), to = %mode, source, "revocation mode switched");
             metrics::counter!("keywatch_revocation_mode_switches_total", "to" => mode.as_str()).increment(1);
             self.gate.set_mode(mode);
@@ -114,7 +118,13 @@ impl GateStage {
         }
     }
 
-    fn push_request(&self, topic: &str, request: &RevocationRequest, attempt: u32, outbox: &mut Outbox) -> Result<(), KafkaSinkError> {
+    fn push_request(
+        &self,
+        topic: &str,
+        request: &RevocationRequest,
+        attempt: u32,
+        outbox: &mut Outbox,
+    ) -> Result<(), KafkaSinkError> {
         let payload = serde_json::to_vec(request).map_err(|error| KafkaSinkError::Encode {
             topic: topic.to_string(),
             detail: error.to_string(),
@@ -357,18 +367,27 @@ mod tests {
         let mut outbox = Outbox::default();
         stage.process(&[record(0), record(1)], &mut outbox).unwrap();
         assert_eq!(topics_of(&outbox), vec!["shadow", "shadow"]);
-        assert_eq!(outbox.messages[0].payload, candidate(0), "same format as a real request");
+        assert_eq!(
+            outbox.messages[0].payload,
+            candidate(0),
+            "same format as a real request"
+        );
     }
 
     #[test]
     fn an_unacknowledged_request_is_sent_again_with_the_same_idempotency_key_and_an_acked_one_is_not() {
-        let (mut stage, feed) = stage(Mode::Enforce, Duration::ZERO);
+        let (mut stage, feed) = stage(Mode::Enforce, Duration::from_millis(200));
         let mut outbox = Outbox::default();
         stage.process(&[record(0), record(1)], &mut outbox).unwrap();
         let first: Vec<(Vec<u8>, Vec<u8>)> = outbox
             .messages
             .iter()
-            .filter(|message| message.headers.iter().any(|(name, value)| *name == "attempt" && value == b"1"))
+            .filter(|message| {
+                message
+                    .headers
+                    .iter()
+                    .any(|(name, value)| *name == "attempt" && value == b"1")
+            })
             .map(|message| (message.payload.clone(), message.headers[0].1.clone()))
             .collect();
         assert_eq!(first.len(), 2);
@@ -379,6 +398,9 @@ mod tests {
             detail: None,
         });
         outbox.clear();
+        stage.idle(&mut outbox).unwrap();
+        assert!(outbox.is_empty(), "nothing goes again before the timeout");
+        std::thread::sleep(Duration::from_millis(250));
         stage.idle(&mut outbox).unwrap();
         assert_eq!(outbox.len(), 1, "only the unacknowledged request goes again");
         let again = &outbox.messages[0];
@@ -401,7 +423,15 @@ mod tests {
         }]);
         let mut outbox = Outbox::default();
         stage.process(&[record(0), record(1), record(2)], &mut outbox).unwrap();
-        assert_eq!(topics_of(&outbox), vec!["revocations"], "only the record at the committed offset");
-        assert_eq!(stage.gate().state().requests().count(), 3, "the earlier ones are in the state");
+        assert_eq!(
+            topics_of(&outbox),
+            vec!["revocations"],
+            "only the record at the committed offset"
+        );
+        assert_eq!(
+            stage.gate().state().requests().count(),
+            3,
+            "the earlier ones are in the state"
+        );
     }
 }

@@ -60,7 +60,9 @@ pub fn strong_evidence(
     let mut agreeing: Vec<Detector> = vec![detector];
     let mut families: Vec<&'static str> = vec![family(detector)];
     for (other, other_severity) in incident {
-        if other_severity < policy.agreeing_min_severity || agreeing.contains(&other) || other == Detector::RevocationHeld
+        if other_severity < policy.agreeing_min_severity
+            || agreeing.contains(&other)
+            || other == Detector::RevocationHeld
         {
             continue;
         }
@@ -84,7 +86,10 @@ mod tests {
     #[test]
     fn a_high_stolen_key_pattern_is_enough_alone() {
         let verdict = strong_evidence(&policy(), Detector::ImpossibleTravel, Severity::High, []);
-        assert_eq!(verdict, Some((Basis::StolenKeyPattern, vec![Detector::ImpossibleTravel])));
+        assert_eq!(
+            verdict,
+            Some((Basis::StolenKeyPattern, vec![Detector::ImpossibleTravel]))
+        );
     }
 
     #[test]
@@ -105,7 +110,10 @@ mod tests {
                 &policy,
                 Detector::NewCountry,
                 Severity::High,
-                [(Detector::NewAsn, Severity::High), (Detector::NewRegion, Severity::Medium)]
+                [
+                    (Detector::NewAsn, Severity::High),
+                    (Detector::NewRegion, Severity::Medium)
+                ]
             ),
             None,
             "three detectors of one family are one sign"
@@ -118,7 +126,10 @@ mod tests {
             &policy(),
             Detector::SensitiveEndpoint,
             Severity::Medium,
-            [(Detector::NewCountry, Severity::Medium), (Detector::NewClient, Severity::Low)],
+            [
+                (Detector::NewCountry, Severity::Medium),
+                (Detector::NewClient, Severity::Low),
+            ],
         );
         assert_eq!(
             verdict,

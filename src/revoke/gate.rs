@@ -46,11 +46,24 @@ const MAX_UNMATCHED_ACKS: usize = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "reason")]
 pub enum HoldReason {
-    NeverRevoke { entry: String },
+    NeverRevoke {
+        entry: String,
+    },
     CriticalKey,
-    Cooldown { last_request: String },
-    GlobalCap { count: u32, per: String, in_window: u32 },
-    OwnerCap { bucket: String, count: u32, per: String, in_window: u32 },
+    Cooldown {
+        last_request: String,
+    },
+    GlobalCap {
+        count: u32,
+        per: String,
+        in_window: u32,
+    },
+    OwnerCap {
+        bucket: String,
+        count: u32,
+        per: String,
+        in_window: u32,
+    },
 }
 
 impl HoldReason {
@@ -339,7 +352,11 @@ impl RevocationGate {
         state.clock_ms = state.clock_ms.max(ts_ms);
         let clock = state.clock_ms;
         let longest = self.max_requests.per.max(self.max_requests_per_owner.per).as_millis() as i64;
-        while state.passed.front().is_some_and(|passed| passed.ts_ms <= clock - longest) {
+        while state
+            .passed
+            .front()
+            .is_some_and(|passed| passed.ts_ms <= clock - longest)
+        {
             state.passed.pop_front();
         }
         let cooldown = self.cooldown_ms;
@@ -354,7 +371,9 @@ impl RevocationGate {
             HoldReason::NeverRevoke { entry } => {
                 format!("revocation held: the key is on never_revoke ({entry}); decide by hand")
             }
-            HoldReason::CriticalKey => "revocation held: the key's owner entry says critical; decide by hand".to_string(),
+            HoldReason::CriticalKey => {
+                "revocation held: the key's owner entry says critical; decide by hand".to_string()
+            }
             HoldReason::GlobalCap { count, per, .. } => format!(
                 "revocation held: the cap of {count} requests per {per} over all keys is reached; decide by hand"
             ),
@@ -380,7 +399,11 @@ impl RevocationGate {
         Alert {
             id: stable_id(
                 "al",
-                &[&request.key_fingerprint, Detector::RevocationHeld.as_str(), &request.idempotency_key],
+                &[
+                    &request.key_fingerprint,
+                    Detector::RevocationHeld.as_str(),
+                    &request.idempotency_key,
+                ],
             ),
             incident_id: request.incident_id.clone(),
             key_fingerprint: request.key_fingerprint.clone(),
@@ -485,6 +508,8 @@ mod tests {
     use std::time::Duration;
 
     const HOUR: i64 = 3_600_000;
+    /// 2026-01-05T00:00:00Z.
+    const T0: i64 = 1_767_571_200_000;
 
     fn policy() -> PolicyModel {
         let mut policy = Model::default_model().policy;
@@ -497,7 +522,7 @@ mod tests {
             idempotency_key: stable_id("rv", &[fingerprint, incident]),
             key_fingerprint: fingerprint.to_string(),
             key_hint: "****".into(),
-            ts: format_ts(ts_ms),
+            ts: format_ts(T0 + ts_ms),
             severity: Severity::High,
             reason: "impossible_travel: test".into(),
             incident_id: stable_id("in", &[fingerprint, incident]),
@@ -569,7 +594,9 @@ mod tests {
             })
         )));
         assert_eq!(held_reasons(&alerts), vec!["max_requests"; 4]);
-        let Output::Alert(first) = &alerts[0] else { unreachable!() };
+        let Output::Alert(first) = &alerts[0] else {
+            unreachable!()
+        };
         assert_eq!(first.key_fingerprint, "kf_1");
         assert_eq!(first.evidence["held_key_fingerprint"], "kf_1");
         assert_eq!(first.evidence["count"], 1);
@@ -629,7 +656,9 @@ mod tests {
         let statuses = key_revocation_statuses(gate.state());
         assert_eq!(statuses["kf_ok"].1.status, RequestStatus::Pending);
         assert_eq!(statuses["kf_pay"].1.held.as_deref(), Some("never_revoke"));
-        let Output::Alert(team) = &alerts[1] else { unreachable!() };
+        let Output::Alert(team) = &alerts[1] else {
+            unreachable!()
+        };
         assert_eq!(team.evidence["entry"], "team:payments");
         assert_eq!(gate.state().passed.len(), 1, "held keys take no room in the caps");
     }
@@ -685,7 +714,10 @@ mod tests {
         let mut alerts = Vec::new();
         let first = request("kf_a", "i", HOUR);
         let second = request("kf_b", "i", HOUR);
-        assert!(!gate.acknowledge(&second.idempotency_key, "revoked"), "an early ack waits");
+        assert!(
+            !gate.acknowledge(&second.idempotency_key, "revoked"),
+            "an early ack waits"
+        );
         gate.judge(&first, &owners, &mut alerts);
         gate.judge(&second, &owners, &mut alerts);
         assert!(!gate.is_pending(&second.idempotency_key), "the early ack applied");

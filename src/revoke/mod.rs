@@ -121,8 +121,14 @@ mod tests {
             NeverRevoke::parse("kf_0123"),
             Some(NeverRevoke::Fingerprint("kf_0123".into()))
         );
-        assert_eq!(NeverRevoke::parse("owner: alice"), Some(NeverRevoke::Owner("alice".into())));
-        assert_eq!(NeverRevoke::parse("team:payments"), Some(NeverRevoke::Team("payments".into())));
+        assert_eq!(
+            NeverRevoke::parse("owner: alice"),
+            Some(NeverRevoke::Owner("alice".into()))
+        );
+        assert_eq!(
+            NeverRevoke::parse("team:payments"),
+            Some(NeverRevoke::Team("payments".into()))
+        );
         assert_eq!(NeverRevoke::parse("team:"), None);
         assert_eq!(NeverRevoke::parse("alice"), None);
         assert_eq!(NeverRevoke::parse("kf_"), None);

@@ -256,14 +256,18 @@ async fn the_control_topic_overrides_the_model_mode_and_shadow_mode_sends_nothin
     .await;
     let ends = end_offsets(&brokers, &input);
     wait_until("the input to be consumed", cluster.catch_up(), || {
-        ends.iter()
-            .all(|(partition, end)| *end == 0 || committed_anywhere(&[&pipeline.progress], "keyed", &input, *partition) == Some(*end))
+        ends.iter().all(|(partition, end)| {
+            *end == 0 || committed_anywhere(&[&pipeline.progress], "keyed", &input, *partition) == Some(*end)
+        })
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let summary = pipeline.stop().await;
     assert_eq!(summary.counts.revocations, 0);
-    assert!(read_topic(&brokers, &kafka.revocations_topic).is_empty(), "shadow mode sends nothing");
+    assert!(
+        read_topic(&brokers, &kafka.revocations_topic).is_empty(),
+        "shadow mode sends nothing"
+    );
     let shadow = read_topic(&brokers, &kafka.revocations_shadow_topic);
     assert_eq!(shadow.len() as u64, summary.counts.revocations_shadow);
     for message in &shadow {

@@ -69,7 +69,10 @@ fn shadow_mode_writes_the_would_be_requests_sends_none_and_is_byte_identical_acr
     let events = generate(dir.path());
     let first = dir.path().join("first");
     replay(dir.path(), &events, &first, None, "4096");
-    assert!(lines(&first.join("revocations.jsonl")).is_empty(), "shadow mode sends nothing");
+    assert!(
+        lines(&first.join("revocations.jsonl")).is_empty(),
+        "shadow mode sends nothing"
+    );
     let shadow = lines(&first.join("revocations.shadow.jsonl"));
     assert!(!shadow.is_empty(), "the generated attacks ask for revocations");
     for request in &shadow {
@@ -97,7 +100,10 @@ fn a_cap_of_one_per_day_lets_one_request_through_per_day_and_raises_a_cap_alert_
     let events = generate(dir.path());
     let wide = [
         ("mode = \"shadow\"", "mode = \"enforce\""),
-        ("max_requests = { count = 5, per = \"1h\" }", "max_requests = { count = 100000, per = \"1h\" }"),
+        (
+            "max_requests = { count = 5, per = \"1h\" }",
+            "max_requests = { count = 100000, per = \"1h\" }",
+        ),
         (
             "max_requests_per_owner = { count = 2, per = \"1h\" }",
             "max_requests_per_owner = { count = 100000, per = \"1h\" }",
@@ -108,7 +114,11 @@ fn a_cap_of_one_per_day_lets_one_request_through_per_day_and_raises_a_cap_alert_
     let uncapped = dir.path().join("uncapped");
     replay(dir.path(), &events, &uncapped, Some(&uncapped_model), "4096");
     let candidates = lines(&uncapped.join("revocations.jsonl"));
-    assert!(candidates.len() >= 2, "needs several candidates, got {}", candidates.len());
+    assert!(
+        candidates.len() >= 2,
+        "needs several candidates, got {}",
+        candidates.len()
+    );
 
     for (name, per) in [("day", "1d"), ("ever", "3650d")] {
         let mut capped = wide;
@@ -130,9 +140,16 @@ fn a_cap_of_one_per_day_lets_one_request_through_per_day_and_raises_a_cap_alert_
             assert_eq!(sent.len(), 1, "a cap of one in the window lets exactly one through");
         }
         for pair in sent.windows(2) {
-            assert!(ts_ms(&pair[1]) - ts_ms(&pair[0]) >= 86_400_000, "two sent within one day");
+            assert!(
+                ts_ms(&pair[1]) - ts_ms(&pair[0]) >= 86_400_000,
+                "two sent within one day"
+            );
         }
-        assert_eq!(sent.len() + held.len(), candidates.len(), "every other candidate is held, with an alert");
+        assert_eq!(
+            sent.len() + held.len(),
+            candidates.len(),
+            "every other candidate is held, with an alert"
+        );
         let held_keys: BTreeSet<&str> = held
             .iter()
             .map(|alert| {
