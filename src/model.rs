@@ -386,13 +386,13 @@ pub struct PolicyModel {
     /// written to the shadow output only (`shadow`), or no requests at all
     /// (`off`). A mode on the control topic overrides it in `run`.
     #[serde(default)]
-    pub mode: crate::revoke::Mode,
+    pub mode: RevocationMode,
     /// Lowest severity that asks for a revocation on its own.
     pub min_severity: Severity,
     /// Stolen-key patterns: a finding of one of these at `min_severity` or
     /// above is strong evidence alone.
     pub detectors: Vec<Detector>,
-    /// Detectors of distinct families (see `crate::revoke::evidence`)
+    /// Detectors of distinct families (see `crate::alert::evidence`)
     /// alerting at `agreeing_min_severity` or above within one incident are
     /// strong evidence too. 0 turns agreement off.
     #[serde(default = "default_min_agreeing_detectors")]
@@ -424,6 +424,79 @@ pub struct PolicyModel {
     /// Sends of one request, the first included, before it is marked failed.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+}
+
+/// What happens to a request the gate lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RevocationMode {
+    /// Sent to the revocation service.
+    Enforce,
+    /// Written to the shadow output only: what enforcement would send.
+    #[default]
+    Shadow,
+    /// Neither sent nor written.
+    Off,
+}
+
+impl RevocationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationMode::Enforce => "enforce",
+            RevocationMode::Shadow => "shadow",
+            RevocationMode::Off => "off",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RevocationMode> {
+        match text.trim() {
+            "enforce" => Some(RevocationMode::Enforce),
+            "shadow" => Some(RevocationMode::Shadow),
+            "off" => Some(RevocationMode::Off),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for RevocationMode {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// One entry of the policy's `never_revoke` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NeverRevoke {
+    /// `kf_...`: one key.
+    Fingerprint(String),
+    /// `owner:NAME`: every key of that owner.
+    Owner(String),
+    /// `team:NAME`: every key of that team.
+    Team(String),
+}
+
+impl NeverRevoke {
+    /// `None` when the entry names none of the three.
+    pub fn parse(entry: &str) -> Option<NeverRevoke> {
+        let entry = entry.trim();
+        let named = |name: &str| Some(name.trim().to_string()).filter(|name| !name.is_empty());
+        if let Some(owner) = entry.strip_prefix("owner:") {
+            return named(owner).map(NeverRevoke::Owner);
+        }
+        if let Some(team) = entry.strip_prefix("team:") {
+            return named(team).map(NeverRevoke::Team);
+        }
+        (entry.starts_with("kf_") && entry.len() > 3).then(|| NeverRevoke::Fingerprint(entry.to_string()))
+    }
+
+    /// Whether the entry covers the key with this fingerprint and owner.
+    pub fn covers(&self, fingerprint: &str, owner: Option<&crate::owners::Owner>) -> bool {
+        match self {
+            NeverRevoke::Fingerprint(listed) => listed == fingerprint,
+            NeverRevoke::Owner(name) => owner.and_then(|owner| owner.owner.as_deref()) == Some(name.as_str()),
+            NeverRevoke::Team(name) => owner.and_then(|owner| owner.team.as_deref()) == Some(name.as_str()),
+        }
+    }
 }
 
 /// A rate limit: `count` within any `per` of event time.
@@ -471,12 +544,8 @@ fn default_max_attempts() -> u32 {
 
 impl PolicyModel {
     /// The mode the model asks for, `revoke = false` read as `off`.
-    pub fn effective_mode(&self) -> crate::revoke::Mode {
-        if self.revoke {
-            self.mode
-        } else {
-            crate::revoke::Mode::Off
-        }
+    pub fn effective_mode(&self) -> RevocationMode {
+        if self.revoke { self.mode } else { RevocationMode::Off }
     }
 }
 
@@ -857,7 +926,7 @@ impl Model {
             return Err(invalid("policy.max_attempts", "must be at least 1".into()));
         }
         for entry in &policy.never_revoke {
-            if crate::revoke::NeverRevoke::parse(entry).is_none() {
+            if NeverRevoke::parse(entry).is_none() {
                 return Err(invalid(
                     "policy.never_revoke",
                     format!("`{entry}` is not a kf_ fingerprint, owner:NAME or team:NAME"),
@@ -985,7 +1054,7 @@ mod tests {
     #[test]
     fn the_policy_defaults_to_shadow_and_reads_older_files_and_bad_entries() {
         let policy = Model::default_model().policy;
-        assert_eq!(policy.effective_mode(), crate::revoke::Mode::Shadow);
+        assert_eq!(policy.effective_mode(), RevocationMode::Shadow);
         assert_eq!(policy.max_requests.count, 5);
         assert_eq!(policy.cooldown, Duration::from_secs(86_400));
         // An older file: `revoke` and no mode, caps or lists.
@@ -999,9 +1068,9 @@ mod tests {
             )
         };
         let off = Model::parse(&older("false"), "old.toml").unwrap().policy;
-        assert_eq!(off.effective_mode(), crate::revoke::Mode::Off, "revoke = false is off");
+        assert_eq!(off.effective_mode(), RevocationMode::Off, "revoke = false is off");
         let on = Model::parse(&older("true"), "old.toml").unwrap().policy;
-        assert_eq!(on.effective_mode(), crate::revoke::Mode::Shadow);
+        assert_eq!(on.effective_mode(), RevocationMode::Shadow);
         for (from, to, field) in [
             ("never_revoke = []", "never_revoke = [\"alice\"]", "policy.never_revoke"),
             (

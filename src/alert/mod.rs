@@ -4,6 +4,7 @@
 
 pub mod cap;
 pub mod digest;
+pub mod evidence;
 pub mod policy;
 
 use serde::{Deserialize, Serialize};
@@ -74,7 +75,7 @@ pub struct RevocationRequest {
     /// Why this is strong evidence: `stolen_key_pattern` or
     /// `agreeing_detectors` (absent in requests of older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub basis: Option<crate::revoke::evidence::Basis>,
+    pub basis: Option<evidence::Basis>,
     /// The detectors that make the evidence.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub detectors: Vec<Detector>,

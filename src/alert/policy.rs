@@ -124,13 +124,13 @@ pub fn dispose(
     };
     // Evidence may embed input text: bounded before anyone reads it.
     super::cap::cap_alert(&mut alert, super::cap::MAX_ALERT_BYTES);
-    // Strong evidence only (crate::revoke::evidence); the request is a
+    // Strong evidence only (super::evidence); the request is a
     // candidate that the revocation gate still judges.
     let policy = &model.policy;
     let incident_start = memory.incident_start;
-    let evidence = (policy.effective_mode() != crate::revoke::Mode::Off && !memory.incident_revoked)
+    let evidence = (policy.effective_mode() != crate::model::RevocationMode::Off && !memory.incident_revoked)
         .then(|| {
-            crate::revoke::evidence::strong_evidence(
+            super::evidence::strong_evidence(
                 policy,
                 alert.detector,
                 alert.severity,
@@ -262,7 +262,7 @@ mod tests {
 
     fn model() -> Model {
         let mut model = Model::default_model();
-        model.policy.mode = crate::revoke::Mode::Off;
+        model.policy.mode = crate::model::RevocationMode::Off;
         model
     }
 

@@ -6,86 +6,16 @@
 //! and re-sends are tracked in its state too. docs/REVOCATION.md is the
 //! runbook for the revocation service's owner.
 
-pub mod evidence;
 pub mod gate;
 pub mod resend;
 
 use serde::{Deserialize, Serialize};
 
+// The mode and `never_revoke` entries are model values, and the evidence
+// rule runs where alerts are made; both live below this module.
+pub use crate::alert::evidence;
+pub use crate::model::{NeverRevoke, RevocationMode as Mode};
 pub use gate::{GateState, RequestState, RequestStatus, RevocationGate, Route, Verdict, key_revocation_statuses};
-
-/// What happens to a request the gate lets through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Sent to the revocation service.
-    Enforce,
-    /// Written to the shadow output only: what enforcement would send.
-    #[default]
-    Shadow,
-    /// Neither sent nor written.
-    Off,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Enforce => "enforce",
-            Mode::Shadow => "shadow",
-            Mode::Off => "off",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Mode> {
-        match text.trim() {
-            "enforce" => Some(Mode::Enforce),
-            "shadow" => Some(Mode::Shadow),
-            "off" => Some(Mode::Off),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(self.as_str())
-    }
-}
-
-/// One entry of the policy's `never_revoke` list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NeverRevoke {
-    /// `kf_...`: one key.
-    Fingerprint(String),
-    /// `owner:NAME`: every key of that owner.
-    Owner(String),
-    /// `team:NAME`: every key of that team.
-    Team(String),
-}
-
-impl NeverRevoke {
-    /// `None` when the entry names none of the three.
-    pub fn parse(entry: &str) -> Option<NeverRevoke> {
-        let entry = entry.trim();
-        let named = |name: &str| Some(name.trim().to_string()).filter(|name| !name.is_empty());
-        if let Some(owner) = entry.strip_prefix("owner:") {
-            return named(owner).map(NeverRevoke::Owner);
-        }
-        if let Some(team) = entry.strip_prefix("team:") {
-            return named(team).map(NeverRevoke::Team);
-        }
-        (entry.starts_with("kf_") && entry.len() > 3).then(|| NeverRevoke::Fingerprint(entry.to_string()))
-    }
-
-    /// Whether the entry covers the key with this fingerprint and owner.
-    pub fn covers(&self, fingerprint: &str, owner: Option<&crate::owners::Owner>) -> bool {
-        match self {
-            NeverRevoke::Fingerprint(listed) => listed == fingerprint,
-            NeverRevoke::Owner(name) => owner.and_then(|owner| owner.owner.as_deref()) == Some(name.as_str()),
-            NeverRevoke::Team(name) => owner.and_then(|owner| owner.team.as_deref()) == Some(name.as_str()),
-        }
-    }
-}
 
 /// A message of the control topic: the runtime kill switch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
