@@ -78,6 +78,14 @@ for topic in keywatch-access keywatch-repartition keywatch-alerts keywatch-revoc
     create_topic "$topic" --partitions 3
 done
 create_topic keywatch-changelog --partitions 3 --config cleanup.policy=compact
+for topic in keywatch-revocations-shadow keywatch-revocation-acks; do
+    create_topic "$topic" --partitions 3
+done
+# One partition each: one revocation gate judges every key; one order of
+# kill-switch messages.
+for topic in keywatch-revocation-candidates keywatch-control; do
+    create_topic "$topic" --partitions 1
+done
 
 echo "tansu ready on $host:$port (log: $log_file)"
 echo "run the Kafka tests with KEYWATCH_TEST_BROKERS=$host:$port"

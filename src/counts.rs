@@ -33,6 +33,10 @@ pub struct Counts {
     pub digest_findings: u64,
     /// Revocation requests.
     pub revocations: u64,
+    /// Revocation requests the gate let through in shadow mode: written to
+    /// the shadow output, not sent.
+    #[serde(default)]
+    pub revocations_shadow: u64,
 }
 
 impl Counts {
@@ -77,6 +81,7 @@ impl Counts {
         add_map(&mut self.alerts_by_severity, &other.alerts_by_severity);
         add_map(&mut self.alerts_by_detector, &other.alerts_by_detector);
         self.revocations += other.revocations;
+        self.revocations_shadow += other.revocations_shadow;
         self.digests += other.digests;
         self.digest_findings += other.digest_findings;
     }

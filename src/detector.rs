@@ -145,6 +145,10 @@ detector_registry! {
     /// Judged per key, before the event joins the baseline, on the
     /// organisation's table of the event's epoch.
     UnfamiliarNetwork => "unfamiliar_network", Before, escalatable: false;
+    /// A revocation request held back by the revocation gate (a cap,
+    /// `never_revoke`, a critical key): not sent, a person decides.
+    /// Raised by the gate over all keys, not by a check.
+    RevocationHeld => "revocation_held", AcrossKeys, escalatable: false;
 }
 
 impl std::fmt::Display for Detector {

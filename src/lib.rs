@@ -54,6 +54,7 @@ pub mod owners;
 pub mod pipeline;
 pub mod private_file;
 pub mod replay;
+pub mod revoke;
 pub mod setup;
 pub mod sink;
 pub mod source;

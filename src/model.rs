@@ -373,16 +373,180 @@ fn default_true() -> bool {
     true
 }
 
-/// Which alerts ask for a revocation.
+/// Which alerts ask for a revocation, and the safety gate every request
+/// passes before it is sent (see `crate::revoke` and docs/REVOCATION.md).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyModel {
-    /// Revocation requests are off when false.
+    /// Older model files: `revoke = false` is `mode = "off"`; `true` leaves
+    /// the mode as `mode` says (its default when absent).
+    #[serde(default = "default_true")]
     pub revoke: bool,
-    /// Lowest severity that asks for a revocation.
+    /// What happens to a request the gate lets through: sent (`enforce`),
+    /// written to the shadow output only (`shadow`), or no requests at all
+    /// (`off`). A mode on the control topic overrides it in `run`.
+    #[serde(default)]
+    pub mode: RevocationMode,
+    /// Lowest severity that asks for a revocation on its own.
     pub min_severity: Severity,
-    /// Detectors allowed to ask for a revocation (signs of a stolen key).
+    /// Stolen-key patterns: a finding of one of these at `min_severity` or
+    /// above is strong evidence alone.
     pub detectors: Vec<Detector>,
+    /// Detectors of distinct families (see `crate::alert::evidence`)
+    /// alerting at `agreeing_min_severity` or above within one incident are
+    /// strong evidence too. 0 turns agreement off.
+    #[serde(default = "default_min_agreeing_detectors")]
+    pub min_agreeing_detectors: usize,
+    #[serde(default = "default_agreeing_min_severity")]
+    pub agreeing_min_severity: Severity,
+    /// At most `count` requests per `per` of event time over all keys.
+    #[serde(default = "default_max_requests")]
+    pub max_requests: RequestCap,
+    /// At most `count` requests per `per` for the keys of one owner; keys
+    /// with no owner share one bucket, `unowned`.
+    #[serde(default = "default_max_requests_per_owner")]
+    pub max_requests_per_owner: RequestCap,
+    /// Keys never revoked automatically: `kf_...` fingerprints,
+    /// `owner:NAME` or `team:NAME`.
+    #[serde(default)]
+    pub never_revoke: Vec<String>,
+    /// Keys whose owner entry says `criticality = critical` are held like
+    /// `never_revoke` ones.
+    #[serde(default = "default_true")]
+    pub hold_critical: bool,
+    /// No second request for one key within this event time of the last.
+    #[serde(default = "default_cooldown", with = "humantime_serde")]
+    pub cooldown: Duration,
+    /// A sent request not acknowledged within this wall-clock time is sent
+    /// again, with the same idempotency key (`run` only).
+    #[serde(default = "default_ack_timeout", with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// Sends of one request, the first included, before it is marked failed.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+/// What happens to a request the gate lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RevocationMode {
+    /// Sent to the revocation service.
+    Enforce,
+    /// Written to the shadow output only: what enforcement would send.
+    #[default]
+    Shadow,
+    /// Neither sent nor written.
+    Off,
+}
+
+impl RevocationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationMode::Enforce => "enforce",
+            RevocationMode::Shadow => "shadow",
+            RevocationMode::Off => "off",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RevocationMode> {
+        match text.trim() {
+            "enforce" => Some(RevocationMode::Enforce),
+            "shadow" => Some(RevocationMode::Shadow),
+            "off" => Some(RevocationMode::Off),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for RevocationMode {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// One entry of the policy's `never_revoke` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NeverRevoke {
+    /// `kf_...`: one key.
+    Fingerprint(String),
+    /// `owner:NAME`: every key of that owner.
+    Owner(String),
+    /// `team:NAME`: every key of that team.
+    Team(String),
+}
+
+impl NeverRevoke {
+    /// `None` when the entry names none of the three.
+    pub fn parse(entry: &str) -> Option<NeverRevoke> {
+        let entry = entry.trim();
+        let named = |name: &str| Some(name.trim().to_string()).filter(|name| !name.is_empty());
+        if let Some(owner) = entry.strip_prefix("owner:") {
+            return named(owner).map(NeverRevoke::Owner);
+        }
+        if let Some(team) = entry.strip_prefix("team:") {
+            return named(team).map(NeverRevoke::Team);
+        }
+        (entry.starts_with("kf_") && entry.len() > 3).then(|| NeverRevoke::Fingerprint(entry.to_string()))
+    }
+
+    /// Whether the entry covers the key with this fingerprint and owner.
+    pub fn covers(&self, fingerprint: &str, owner: Option<&crate::owners::Owner>) -> bool {
+        match self {
+            NeverRevoke::Fingerprint(listed) => listed == fingerprint,
+            NeverRevoke::Owner(name) => owner.and_then(|owner| owner.owner.as_deref()) == Some(name.as_str()),
+            NeverRevoke::Team(name) => owner.and_then(|owner| owner.team.as_deref()) == Some(name.as_str()),
+        }
+    }
+}
+
+/// A rate limit: `count` within any `per` of event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestCap {
+    pub count: u32,
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+}
+
+fn default_min_agreeing_detectors() -> usize {
+    2
+}
+
+fn default_agreeing_min_severity() -> Severity {
+    Severity::Medium
+}
+
+fn default_max_requests() -> RequestCap {
+    RequestCap {
+        count: 5,
+        per: Duration::from_secs(3600),
+    }
+}
+
+fn default_max_requests_per_owner() -> RequestCap {
+    RequestCap {
+        count: 2,
+        per: Duration::from_secs(3600),
+    }
+}
+
+fn default_cooldown() -> Duration {
+    Duration::from_secs(86_400)
+}
+
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+
+impl PolicyModel {
+    /// The mode the model asks for, `revoke = false` read as `off`.
+    pub fn effective_mode(&self) -> RevocationMode {
+        if self.revoke { self.mode } else { RevocationMode::Off }
+    }
 }
 
 /// The view across keys: state kept per source network and for the whole
@@ -720,11 +884,52 @@ impl Model {
                 "state.max_endpoint_templates and state.max_client_families must be at least 16",
             ));
         }
+        self.validate_policy(origin)?;
         for pattern in &self.endpoints.sensitive_patterns {
             if pattern.is_empty() {
                 return Err(invalid(
                     "endpoints.sensitive_patterns",
                     "an empty pattern matches nothing",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Caps of at least one request over at least a second, and
+    /// `never_revoke` entries that name a fingerprint, owner or team.
+    fn validate_policy(&self, origin: &str) -> Result<(), ModelError> {
+        let invalid = |field: &str, problem: String| ModelError::Invalid {
+            path: origin.to_string(),
+            field: field.to_string(),
+            problem,
+        };
+        let policy = &self.policy;
+        for (field, cap) in [
+            ("policy.max_requests", policy.max_requests),
+            ("policy.max_requests_per_owner", policy.max_requests_per_owner),
+        ] {
+            if cap.count == 0 || cap.per.as_millis() < 1000 {
+                return Err(invalid(
+                    field,
+                    "needs count of at least 1 and per of at least 1s (mode = \"off\" stops requests)".into(),
+                ));
+            }
+        }
+        if policy.min_agreeing_detectors == 1 {
+            return Err(invalid(
+                "policy.min_agreeing_detectors",
+                "1 would let any one detector revoke; use 0 (off) or at least 2".into(),
+            ));
+        }
+        if policy.max_attempts == 0 {
+            return Err(invalid("policy.max_attempts", "must be at least 1".into()));
+        }
+        for entry in &policy.never_revoke {
+            if NeverRevoke::parse(entry).is_none() {
+                return Err(invalid(
+                    "policy.never_revoke",
+                    format!("`{entry}` is not a kf_ fingerprint, owner:NAME or team:NAME"),
                 ));
             }
         }
@@ -844,6 +1049,47 @@ mod tests {
         assert_ne!(text, DEFAULT_MODEL_TOML, "the hosting list was found");
         let err = Model::parse(&text, "kinds.toml").unwrap_err().to_string();
         assert!(err.contains("networks.") && err.contains("AS16509"), "{err}");
+    }
+
+    #[test]
+    fn the_policy_defaults_to_shadow_and_reads_older_files_and_bad_entries() {
+        let policy = Model::default_model().policy;
+        assert_eq!(policy.effective_mode(), RevocationMode::Shadow);
+        assert_eq!(policy.max_requests.count, 5);
+        assert_eq!(policy.cooldown, Duration::from_secs(86_400));
+        // An older file: `revoke` and no mode, caps or lists.
+        let start = DEFAULT_MODEL_TOML.find("[policy]").unwrap();
+        let end = start + DEFAULT_MODEL_TOML[start..].find("\n[networks]").unwrap();
+        let older = |revoke: &str| {
+            format!(
+                "{}[policy]\nrevoke = {revoke}\nmin_severity = \"high\"\ndetectors = [\"impossible_travel\"]\n{}",
+                &DEFAULT_MODEL_TOML[..start],
+                &DEFAULT_MODEL_TOML[end..]
+            )
+        };
+        let off = Model::parse(&older("false"), "old.toml").unwrap().policy;
+        assert_eq!(off.effective_mode(), RevocationMode::Off, "revoke = false is off");
+        let on = Model::parse(&older("true"), "old.toml").unwrap().policy;
+        assert_eq!(on.effective_mode(), RevocationMode::Shadow);
+        for (from, to, field) in [
+            ("never_revoke = []", "never_revoke = [\"alice\"]", "policy.never_revoke"),
+            (
+                "max_requests = { count = 5, per = \"1h\" }",
+                "max_requests = { count = 0, per = \"1h\" }",
+                "policy.max_requests",
+            ),
+            (
+                "min_agreeing_detectors = 2",
+                "min_agreeing_detectors = 1",
+                "policy.min_agreeing_detectors",
+            ),
+            ("mode = \"shadow\"", "mode = \"maybe\"", "mode"),
+        ] {
+            let text = DEFAULT_MODEL_TOML.replace(from, to);
+            assert_ne!(text, DEFAULT_MODEL_TOML, "{from}");
+            let err = Model::parse(&text, "p.toml").unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
     }
 
     #[test]

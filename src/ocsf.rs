@@ -305,7 +305,9 @@ fn severity_caption(severity: Severity) -> &'static str {
 fn analytic_type(detector: Detector) -> (u8, &'static str) {
     match detector {
         // A fixed rule over the key's uses: a speed, a count of keys.
-        Detector::ImpossibleTravel | Detector::ConcurrentUse | Detector::SourceSpray => (1, "Rule"),
+        Detector::ImpossibleTravel | Detector::ConcurrentUse | Detector::SourceSpray | Detector::RevocationHeld => {
+            (1, "Rule")
+        }
         // A tail probability under the key's own fitted distribution.
         Detector::RateSpike
         | Detector::RateSurge
@@ -345,6 +347,7 @@ fn title(detector: Detector) -> &'static str {
         Detector::AuthFailureSpike => "API key refused far more often than usual",
         Detector::SourceSpray => "One source calling with many API keys",
         Detector::UnfamiliarNetwork => "New API key used from a network unfamiliar to the organisation",
+        Detector::RevocationHeld => "Revocation of an API key held back by policy",
     }
 }
 
@@ -520,6 +523,14 @@ pub fn profile(detector: Detector) -> Profile {
                 ("organisation_networks", "/organisation_networks"),
                 ("organisation_places", "/organisation_places"),
             ],
+        ),
+        // Not an observation of the key but a policy decision about it: the
+        // cap or rule reached, against the requests in its window.
+        Detector::RevocationHeld => profile(
+            "Frequency Analysis",
+            "HELD",
+            &[("reason", "/reason"), ("in_window", "/in_window")],
+            &[("count", "/count"), ("per", "/per")],
         ),
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod cap;
 pub mod digest;
+pub mod evidence;
 pub mod owner;
 pub mod policy;
 
@@ -81,6 +82,13 @@ pub struct RevocationRequest {
     /// the key has no entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
+    /// Why this is strong evidence: `stolen_key_pattern` or
+    /// `agreeing_detectors` (absent in requests of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basis: Option<evidence::Basis>,
+    /// The detectors that make the evidence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detectors: Vec<Detector>,
 }
 
 /// One key's low findings of one UTC day (schemas/digest.schema.json):

@@ -125,14 +125,29 @@ pub fn dispose(
     };
     // Evidence may embed input text: bounded before anyone reads it.
     super::cap::cap_alert(&mut alert, super::cap::MAX_ALERT_BYTES);
+    // Strong evidence only (super::evidence); the request is a
+    // candidate that the revocation gate still judges.
     let policy = &model.policy;
-    let revoke = policy.revoke
-        && !memory.incident_revoked
-        && alert.severity >= policy.min_severity
-        && policy.detectors.contains(&alert.detector);
-    let revocation = revoke.then(|| {
+    let incident_start = memory.incident_start;
+    let evidence = (policy.effective_mode() != crate::model::RevocationMode::Off && !memory.incident_revoked)
+        .then(|| {
+            super::evidence::strong_evidence(
+                policy,
+                alert.detector,
+                alert.severity,
+                memory
+                    .last_fired
+                    .iter()
+                    .filter(|fired| fired.ts_ms >= incident_start)
+                    .map(|fired| (fired.detector, fired.severity)),
+            )
+        })
+        .flatten();
+    let revocation = evidence.map(|(basis, detectors)| {
         memory.incident_revoked = true;
         RevocationRequest {
+            basis: Some(basis),
+            detectors,
             idempotency_key: stable_id("rv", &[&state.fingerprint, &incident_id]),
             key_fingerprint: state.fingerprint.clone(),
             key_hint: state.hint.clone(),
@@ -249,7 +264,7 @@ mod tests {
 
     fn model() -> Model {
         let mut model = Model::default_model();
-        model.policy.revoke = false;
+        model.policy.mode = crate::model::RevocationMode::Off;
         model
     }
 

@@ -73,6 +73,26 @@ pub struct KafkaConfig {
     /// fingerprint.
     #[serde(default = "default_digests_topic")]
     pub digests_topic: String,
+    /// Revocation requests the gate let through in shadow mode: what
+    /// enforcement would send, in the same format, never read by the
+    /// revocation service (docs/REVOCATION.md).
+    #[serde(default = "default_revocations_shadow_topic")]
+    pub revocations_shadow_topic: String,
+    /// Internal topic of revocation candidates, one partition: the keyed
+    /// stage writes every request the engine asks for, the gate stage
+    /// (group `<group_id>-revocation-gate`) judges them over all keys, so
+    /// caps hold for the whole deployment.
+    #[serde(default = "default_revocation_candidates_topic")]
+    pub revocation_candidates_topic: String,
+    /// The kill switch: JSON `{"mode":"enforce"|"shadow"|"off","at":..,"by":..}`;
+    /// the newest message's mode overrides the model's. Read from its start
+    /// by every instance, outside any group.
+    #[serde(default = "default_control_topic")]
+    pub control_topic: String,
+    /// Acknowledgements written by the revocation service:
+    /// `{"idempotency_key":..,"status":"revoked"|"rejected"|..}`.
+    #[serde(default = "default_revocation_acks_topic")]
+    pub revocation_acks_topic: String,
     /// Input records that could not be decoded, byte for byte, with the
     /// headers `reason`, `reason_detail`, `source_topic`, `source_partition`,
     /// `source_offset` and, for multi-event records, `source_index`.
@@ -243,6 +263,22 @@ fn default_digests_topic() -> String {
     "keywatch-digests".to_string()
 }
 
+fn default_revocations_shadow_topic() -> String {
+    "keywatch-revocations-shadow".to_string()
+}
+
+fn default_revocation_candidates_topic() -> String {
+    "keywatch-revocation-candidates".to_string()
+}
+
+fn default_control_topic() -> String {
+    "keywatch-control".to_string()
+}
+
+fn default_revocation_acks_topic() -> String {
+    "keywatch-revocation-acks".to_string()
+}
+
 fn default_dead_letter_topic() -> String {
     "keywatch-dead-letter".to_string()
 }
@@ -351,6 +387,10 @@ impl KafkaConfig {
             ocsf_alerts_topic: default_ocsf_alerts_topic(),
             revocations_topic: default_revocations_topic(),
             digests_topic: default_digests_topic(),
+            revocations_shadow_topic: default_revocations_shadow_topic(),
+            revocation_candidates_topic: default_revocation_candidates_topic(),
+            control_topic: default_control_topic(),
+            revocation_acks_topic: default_revocation_acks_topic(),
             dead_letter_topic: default_dead_letter_topic(),
             changelog_topic: default_changelog_topic(),
             replay_topic: None,
@@ -392,6 +432,11 @@ impl KafkaConfig {
     /// The consumer group of the source stage (the view across keys).
     pub fn source_group_id(&self) -> String {
         format!("{}-by-source", self.group_id)
+    }
+
+    /// The consumer group of the revocation gate stage.
+    pub fn revocation_gate_group_id(&self) -> String {
+        format!("{}-revocation-gate", self.group_id)
     }
 
     /// The consumer group of the repartition stage.
@@ -503,6 +548,10 @@ impl KafkaConfig {
             ("dead_letter_topic", &self.dead_letter_topic),
             ("changelog_topic", &self.changelog_topic),
             ("source_topic", &self.source_topic),
+            ("revocations_shadow_topic", &self.revocations_shadow_topic),
+            ("revocation_candidates_topic", &self.revocation_candidates_topic),
+            ("control_topic", &self.control_topic),
+            ("revocation_acks_topic", &self.revocation_acks_topic),
         ];
         if !self.input_keyed_by_key_id {
             outputs.push(("repartition_topic", &self.repartition_topic));

@@ -97,8 +97,14 @@ pub fn run_demo(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         &kafka.source_topic,
         &kafka.dead_letter_topic,
         &kafka.changelog_topic,
+        &kafka.revocations_shadow_topic,
+        &kafka.revocation_acks_topic,
     ] {
         cluster.create_topic(topic, PARTITIONS, 1)?;
+    }
+    // The revocation gate judges all keys on one partition.
+    for topic in [&kafka.revocation_candidates_topic, &kafka.control_topic] {
+        cluster.create_topic(topic, 1, 1)?;
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -543,6 +543,8 @@ mod tests {
             alert_ids: vec!["al_1".into()],
             model: "m@1".into(),
             owner: None,
+            basis: None,
+            detectors: Vec::new(),
         };
         let inventory = build(
             &[snapshot],

@@ -149,7 +149,10 @@ impl<S: Stage> Driver<S> {
                 _ = ticks.tick() => {
                     self.progress.tick(name);
                     self.summarise_checkpoints(false);
-                    self.release_idle(stopping).await.map(|()| true)
+                    match self.release_idle(stopping).await {
+                        Ok(()) => self.idle(stopping).await.map(|()| true),
+                        Err(error) => Err(error),
+                    }
                 }
                 event = events.recv() => match event {
                     None => Ok(false),
@@ -222,6 +225,20 @@ impl<S: Stage> Driver<S> {
             }
             SourceEvent::Failed(error) => Err(error.into()),
         }
+    }
+
+    /// Lets the stage do its wall-clock work; delivers what it produced
+    /// with the batch in hand.
+    async fn idle(&mut self, stopping: bool) -> Result<(), PipelineError> {
+        if stopping {
+            return Ok(());
+        }
+        let before = self.outbox.len();
+        self.stage.idle(&mut self.outbox)?;
+        if self.outbox.len() > before {
+            self.flush(Flush::Routine).await?;
+        }
+        Ok(())
     }
 
     /// Counts checkpoints once they are durable: debug per batch, and an

@@ -289,7 +289,11 @@ fn emit(
     counts: &mut Counts,
 ) -> Result<(), KafkaSinkError> {
     for output in outputs {
-        counts.count_output(output);
+        // Revocation requests are candidates here: the gate stage counts
+        // what it sends or shadows.
+        if !matches!(output, Output::Revocation(_)) {
+            counts.count_output(output);
+        }
         outbox.push_output(to.topics, output)?;
     }
     if let Some(topic) = to.source_topic {

@@ -11,7 +11,11 @@
 //!   writes the calls the view across keys needs to the source topic,
 //!   keyed by source network;
 //! - the [`by_source`] stage runs the source view (`source_spray`) per
-//!   partition of the source topic.
+//!   partition of the source topic;
+//! - the [`revocation_gate`] stage judges the revocation candidates of all
+//!   keys (one-partition candidates topic) with the policy's caps, then
+//!   sends, shadows or drops them by mode; the [`control`] reader feeds it
+//!   the kill switch and the service's acknowledgements.
 //!
 //! Per batch: produce outputs, wait for their delivery, write due
 //! checkpoints to the compacted changelog, then commit offsets
@@ -23,6 +27,7 @@
 //! leave the group.
 
 pub mod by_source;
+pub mod control;
 pub mod driver;
 pub mod health;
 pub mod keyed;
@@ -30,6 +35,7 @@ pub mod metrics;
 pub mod micro_batch;
 pub mod partitions;
 pub mod repartition;
+pub mod revocation_gate;
 pub mod stage;
 
 use std::collections::BTreeMap;
@@ -55,6 +61,10 @@ use crate::source::kafka::range::{partition_count, range_consumer, read_checkpoi
 
 pub use driver::DriverSettings;
 pub use stage::{Progress, ProgressSnapshot};
+
+/// How long the revocation gate waits for the control topic to be read
+/// before it starts.
+const CONTROL_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a run did, counted over both stages.
 pub type RunSummary = ProgressSnapshot;
@@ -214,12 +224,15 @@ impl Pipeline {
             }
             None => None,
         };
-        let result = self.run_stages(&layout, &stop, &owners).await;
+        let feed = Arc::new(control::ControlFeed::default());
+        let reader = control::start_reader(&self.kafka, Arc::clone(&feed), stages_done.clone())?;
+        let result = self.run_stages(&layout, &stop, &owners, &feed).await;
         stages_done.cancel();
         owners_done.cancel();
         if let Some(follower) = owners_follower {
             let _ = tokio::task::spawn_blocking(move || follower.join()).await;
         }
+        let _ = tokio::task::spawn_blocking(move || reader.join()).await;
         if let Some(health) = health {
             let _ = health.await;
         }
@@ -262,7 +275,17 @@ impl Pipeline {
         layout: &TopicLayout,
         stop: &CancellationToken,
         owners: &SharedOwners,
+        feed: &Arc<control::ControlFeed>,
     ) -> Result<(), PipelineError> {
+        let gate = async {
+            let result = self
+                .run_revocation_gate(layout, stop.clone(), Arc::clone(feed), Arc::clone(owners))
+                .await;
+            if result.is_err() {
+                stop.cancel();
+            }
+            result
+        };
         let keyed = async {
             let result = self.run_keyed(layout, stop.clone(), Arc::clone(owners)).await;
             if result.is_err() {
@@ -278,9 +301,10 @@ impl Pipeline {
             result
         };
         if self.kafka.input_keyed_by_key_id {
-            let (keyed_result, source_result) = tokio::join!(keyed, by_source);
+            let (keyed_result, source_result, gate_result) = tokio::join!(keyed, by_source, gate);
             keyed_result?;
             source_result?;
+            gate_result?;
         } else {
             let repartition = async {
                 let result = self.run_repartition(layout, stop.clone()).await;
@@ -289,17 +313,19 @@ impl Pipeline {
                 }
                 result
             };
-            let (keyed_result, repartition_result, source_result) = tokio::join!(keyed, repartition, by_source);
+            let (keyed_result, repartition_result, source_result, gate_result) =
+                tokio::join!(keyed, repartition, by_source, gate);
             keyed_result?;
             repartition_result?;
             source_result?;
+            gate_result?;
         }
         Ok(())
     }
 
     /// The stages this configuration runs, by name.
     fn stage_names(&self) -> Vec<&'static str> {
-        let mut names = vec![keyed::STAGE, by_source::STAGE];
+        let mut names = vec![keyed::STAGE, by_source::STAGE, revocation_gate::STAGE];
         if !self.kafka.input_keyed_by_key_id {
             names.push(repartition::STAGE);
         }
@@ -359,11 +385,14 @@ impl Pipeline {
         cancel: CancellationToken,
         owners: SharedOwners,
     ) -> Result<(), PipelineError> {
+        // The engines' revocation requests are candidates for the gate stage.
+        let mut topics = self.output_topics(layout);
+        topics.revocations = self.kafka.revocation_candidates_topic.clone();
         let stage = keyed::KeyedStage::new(
             Arc::clone(&self.model),
             Arc::clone(&self.geo),
             self.config.input.keyed_topics_decoder(self.kafka.input_keyed_by_key_id),
-            self.output_topics(layout),
+            topics,
             Arc::clone(&self.progress),
         )
         .with_source_topic(self.kafka.source_topic.clone())
@@ -412,6 +441,44 @@ impl Pipeline {
         let group_id = self.kafka.source_group_id();
         self.run_stage_without_changelog(stage, &group_id, std::slice::from_ref(&self.kafka.source_topic), cancel)
             .await
+    }
+
+    /// The revocation gate over all keys, fed by the keyed stage through the
+    /// candidates topic; rebuilds its state from that topic's start.
+    async fn run_revocation_gate(
+        &self,
+        layout: &TopicLayout,
+        cancel: CancellationToken,
+        feed: Arc<control::ControlFeed>,
+        owners: SharedOwners,
+    ) -> Result<(), PipelineError> {
+        let topics = revocation_gate::GateTopics {
+            outputs: self.output_topics(layout),
+            shadow: self.kafka.revocations_shadow_topic.clone(),
+        };
+        // The newest kill-switch message must be known before the first
+        // candidate is routed, or a restart would send under the model's mode.
+        if !feed.wait_ready(CONTROL_CATCH_UP).await {
+            tracing::error!(
+                topic = %self.kafka.control_topic,
+                "the control topic was not read to its end in time; routing by the model's mode until it is"
+            );
+        }
+        let stage =
+            revocation_gate::GateStage::new(&self.model, topics, feed, Arc::clone(&self.progress)).with_owners(owners);
+        let group_id = self.kafka.revocation_gate_group_id();
+        let sink = self.sink(format!("{group_id}-{}", self.kafka.instance_name())).await?;
+        let (source, events) = KafkaSource::start(
+            &self.kafka,
+            &group_id,
+            std::slice::from_ref(&self.kafka.revocation_candidates_topic),
+            RestoreFrom::Beginning,
+            self.channel_capacity(),
+            self.group_watch(revocation_gate::STAGE),
+            cancel.clone(),
+        )?;
+        let driver = driver::Driver::new(stage, source, sink, self.driver_settings(), Arc::clone(&self.progress));
+        driver.run(events, cancel, |_| Ok(())).await
     }
 
     async fn run_repartition(&self, layout: &TopicLayout, cancel: CancellationToken) -> Result<(), PipelineError> {
@@ -491,6 +558,8 @@ async fn prepare_topics(kafka: &KafkaConfig) -> Result<TopicLayout, PipelineErro
     if kafka.alert_format.ocsf() {
         wanted.push((kafka.ocsf_alerts_topic.clone(), false));
     }
+    wanted.push((kafka.revocations_shadow_topic.clone(), false));
+    wanted.push((kafka.revocation_acks_topic.clone(), false));
     let mut missing = Vec::new();
     for (topic, compacted) in wanted {
         if partition_count(&probe, &topic)?.is_none() {
@@ -499,6 +568,27 @@ async fn prepare_topics(kafka: &KafkaConfig) -> Result<TopicLayout, PipelineErro
     }
     if !missing.is_empty() && kafka.create_topics {
         create_topics(kafka, &missing, partitions).await?;
+    }
+    // One partition each: the candidates so that one gate judges every key
+    // (the caps are global), the control topic so that "newest" is one order.
+    let mut single = Vec::new();
+    for topic in [&kafka.revocation_candidates_topic, &kafka.control_topic] {
+        if partition_count(&probe, topic)?.is_none() {
+            single.push((topic.clone(), false));
+        }
+    }
+    if !single.is_empty() && kafka.create_topics {
+        create_topics(kafka, &single, 1).await?;
+    }
+    if let Some(count) = partition_count(&probe, &kafka.revocation_candidates_topic)?
+        && count != 1
+    {
+        return Err(PipelineError::Topic {
+            topic: kafka.revocation_candidates_topic.clone(),
+            problem: format!(
+                "has {count} partitions; it needs exactly one so that the revocation caps hold over all keys"
+            ),
+        });
     }
     let changelog_partitions =
         partition_count(&probe, &kafka.changelog_topic)?.ok_or_else(|| PipelineError::Topic {

@@ -47,6 +47,12 @@ pub trait Stage: Send {
     ) -> Result<usize, KafkaSinkError> {
         Ok(0)
     }
+    /// Called about once a second while the stage runs, records or not:
+    /// work driven by the wall clock (re-sends of unacknowledged revocation
+    /// requests). What it appends is delivered like a batch's outputs.
+    fn idle(&mut self, _outbox: &mut Outbox) -> Result<(), KafkaSinkError> {
+        Ok(())
+    }
 }
 
 /// Counters a caller can watch while the pipeline runs.

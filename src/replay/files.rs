@@ -115,6 +115,7 @@ impl Run<'_> {
         outputs: &mut OutputFiles,
     ) -> Result<(), ReplayError> {
         attach_owners(self.owners, &mut self.emitted);
+        counts.revocations_shadow += outputs.gate_outputs(&mut self.emitted)?;
         for output in &self.emitted {
             counts.count_output(output);
             outputs.write_output(output)?;

@@ -177,7 +177,10 @@ pub fn replay_from_kafka(
         None => None,
     };
     let consumer = range_consumer(kafka, "replay")?;
-    let mut files = OutputFiles::create_with_format(&options.out_dir, kafka.alert_format)?;
+    let mut files = OutputFiles::create_with_format(&options.out_dir, kafka.alert_format)?.with_gate(
+        crate::revoke::RevocationGate::new(&model.policy, &model.label()),
+        (*options.owners).clone(),
+    );
     let mut summary = ReplayKafkaSummary::default();
     let range = (options.start_ms.unwrap_or(i64::MIN), options.end_ms.unwrap_or(i64::MAX));
 
@@ -423,6 +426,7 @@ impl PartitionReplay<'_> {
         options: &ReplayKafkaOptions,
     ) -> Result<(), ReplayKafkaError> {
         attach_owners(&options.owners, &mut self.outputs);
+        summary.counts.revocations_shadow += files.gate_outputs(&mut self.outputs)?;
         for output in &self.outputs {
             files.write_output(output)?;
             summary.counts.count_output(output);

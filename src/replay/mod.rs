@@ -123,6 +123,9 @@ impl Serialize for ReplaySummary {
         fields.serialize_field("alerts_by_detector", &counts.alerts_by_detector)?;
         fields.serialize_field("suppressed", &self.suppressed)?;
         fields.serialize_field("revocations", &counts.revocations)?;
+        if counts.revocations_shadow > 0 {
+            fields.serialize_field("revocations_shadow", &counts.revocations_shadow)?;
+        }
         fields.serialize_field("rejected", &counts.rejected)?;
         fields.serialize_field("rejected_by_reason", &counts.rejected_by_reason)?;
         fields.serialize_field("skipped_no_key", &counts.no_key)?;
@@ -148,7 +151,7 @@ impl ReplaySummary {
         };
         let counts = &self.counts;
         format!(
-            "records       {}\nevents        {}\nkeys          {}\nalerts        {} ({})\n  detectors   {}\ndigests       {} (folding {} low findings)\nsuppressed    {} (repeats inside the suppression window)\nrevocations   {}\nrejected      {} ({})\nno api key    {} (skipped)\nlate events   {}\n",
+            "records       {}\nevents        {}\nkeys          {}\nalerts        {} ({})\n  detectors   {}\ndigests       {} (folding {} low findings)\nsuppressed    {} (repeats inside the suppression window)\nrevocations   {} (shadow {})\nrejected      {} ({})\nno api key    {} (skipped)\nlate events   {}\n",
             counts.records,
             counts.events,
             self.keys,
@@ -159,6 +162,7 @@ impl ReplaySummary {
             counts.digest_findings,
             self.suppressed,
             counts.revocations,
+            counts.revocations_shadow,
             counts.rejected,
             join(&counts.rejected_by_reason),
             counts.no_key,
@@ -187,7 +191,12 @@ pub fn run_cli(args: &ReplayArgs) -> Result<(), ReplayError> {
         return Err(ReplayError::Usage("give at least one --input file".into()));
     }
     let mut engine = setup.engine();
-    let mut outputs = OutputFiles::create_with_format(&args.out, args.alert_format)?;
+    // Owners (for per-owner caps and never_revoke by owner or team) come
+    // from the owners file; without one every key is unowned.
+    let mut outputs = OutputFiles::create_with_format(&args.out, args.alert_format)?.with_gate(
+        crate::revoke::RevocationGate::new(&setup.model.policy, &setup.model.label()),
+        (*owners).clone(),
+    );
     let bar = files::progress_bar(&args.input, args.no_progress);
     let started = std::time::Instant::now();
     let stop = stop_on_sigint();
@@ -211,7 +220,7 @@ pub fn run_cli(args: &ReplayArgs) -> Result<(), ReplayError> {
     let elapsed = started.elapsed().as_secs_f64();
     print!("{}", summary.render());
     println!(
-        "took          {elapsed:.1}s ({:.0} events/s)\nwrote         {}/{}revocations.jsonl, digests.jsonl, rejected.jsonl, summary.json",
+        "took          {elapsed:.1}s ({:.0} events/s)\nwrote         {}/{}revocations.jsonl, revocations.shadow.jsonl, digests.jsonl, rejected.jsonl, summary.json",
         summary.counts.events as f64 / elapsed.max(1e-9),
         args.out.display(),
         alert_files(args.alert_format),

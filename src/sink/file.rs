@@ -12,6 +12,8 @@ use serde::Serialize;
 use super::Rejected;
 use crate::alert::Output;
 use crate::ocsf::AlertFormat;
+use crate::owners::OwnerBook;
+use crate::revoke::RevocationGate;
 
 /// Why an output file could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -80,11 +82,13 @@ impl JsonlWriter {
 }
 
 /// The files of a replay: `alerts.jsonl`, `revocations.jsonl`,
-/// `digests.jsonl`, `rejected.jsonl`, and `alerts.ocsf.jsonl` when alerts
-/// are written in OCSF too.
+/// `revocations.shadow.jsonl`, `digests.jsonl`, `rejected.jsonl`, and
+/// `alerts.ocsf.jsonl` when alerts are written in OCSF too.
 pub struct OutputFiles {
     pub alerts: JsonlWriter,
     pub revocations: JsonlWriter,
+    /// Requests the revocation gate let through in shadow mode.
+    pub shadow: JsonlWriter,
     pub digests: JsonlWriter,
     pub rejected: JsonlWriter,
     /// OCSF Detection Findings, when the alert format asks for them.
@@ -92,6 +96,10 @@ pub struct OutputFiles {
     /// Which formats alerts are written in. With OCSF alone,
     /// `alerts.jsonl` is still created (emptied) but gets no line.
     pub alert_format: AlertFormat,
+    /// Judges revocation requests before they are written; without one
+    /// (older callers) they are written as the engine made them.
+    gate: Option<(RevocationGate, OwnerBook)>,
+    shadow_scratch: Vec<crate::alert::RevocationRequest>,
 }
 
 impl OutputFiles {
@@ -103,10 +111,13 @@ impl OutputFiles {
         Ok(OutputFiles {
             alerts: JsonlWriter::create(&dir.join("alerts.jsonl"))?,
             revocations: JsonlWriter::create(&dir.join("revocations.jsonl"))?,
+            shadow: JsonlWriter::create(&dir.join("revocations.shadow.jsonl"))?,
             digests: JsonlWriter::create(&dir.join("digests.jsonl"))?,
             rejected: JsonlWriter::create(&dir.join("rejected.jsonl"))?,
             ocsf_alerts: None,
             alert_format: AlertFormat::Native,
+            gate: None,
+            shadow_scratch: Vec::new(),
         })
     }
 
@@ -118,6 +129,34 @@ impl OutputFiles {
             files.ocsf_alerts = Some(JsonlWriter::create(&dir.join(crate::ocsf::OCSF_ALERTS_FILE))?);
         }
         Ok(files)
+    }
+
+    /// Passes every revocation request through `gate` (with `owners` for
+    /// owner caps and `never_revoke` by owner or team) before writing.
+    pub fn with_gate(mut self, gate: RevocationGate, owners: OwnerBook) -> OutputFiles {
+        self.gate = Some((gate, owners));
+        self
+    }
+
+    /// The gate, for its state (request statuses) after a replay.
+    pub fn gate(&self) -> Option<&RevocationGate> {
+        self.gate.as_ref().map(|(gate, _)| gate)
+    }
+
+    /// Judges the revocation requests among `outputs` in place (see
+    /// [`RevocationGate::pass_outputs`]) and writes those routed to shadow
+    /// mode to `revocations.shadow.jsonl`; returns how many. Call before
+    /// counting and writing `outputs`.
+    pub fn gate_outputs(&mut self, outputs: &mut Vec<Output>) -> Result<u64, SinkError> {
+        let Some((gate, owners)) = &mut self.gate else {
+            return Ok(0);
+        };
+        self.shadow_scratch.clear();
+        gate.pass_outputs(outputs, owners, &mut self.shadow_scratch);
+        for request in &self.shadow_scratch {
+            self.shadow.write(request)?;
+        }
+        Ok(self.shadow_scratch.len() as u64)
     }
 
     pub fn write_output(&mut self, output: &Output) -> Result<(), SinkError> {
@@ -143,6 +182,7 @@ impl OutputFiles {
     pub fn sync(&mut self) -> Result<(), SinkError> {
         self.alerts.sync()?;
         self.revocations.sync()?;
+        self.shadow.sync()?;
         self.digests.sync()?;
         if let Some(ocsf_alerts) = self.ocsf_alerts.as_mut() {
             ocsf_alerts.sync()?;
@@ -176,7 +216,13 @@ mod tests {
         std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let mut files = OutputFiles::create(&dir).expect("created");
         files.sync().expect("synced");
-        for name in ["alerts.jsonl", "revocations.jsonl", "digests.jsonl", "rejected.jsonl"] {
+        for name in [
+            "alerts.jsonl",
+            "revocations.jsonl",
+            "revocations.shadow.jsonl",
+            "digests.jsonl",
+            "rejected.jsonl",
+        ] {
             let mode = std::fs::metadata(dir.join(name)).expect("exists").permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }

@@ -224,3 +224,55 @@ async fn a_source_spraying_keys_over_every_partition_is_one_incident_out_of_run(
         "the source topic holds fingerprints, never raw keys"
     );
 }
+
+/// The kill switch on the control topic, read from its start: the model
+/// says enforce, the newest control message says shadow, so the pipeline
+/// sends no request and writes each to the shadow topic, in the request
+/// format; then `off` drops them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_topic_overrides_the_model_mode_and_shadow_mode_sends_nothing() {
+    use rdkafka::producer::FutureRecord;
+    let cluster = Brokers::mock();
+    let brokers = cluster.bootstrap_servers();
+    let (config, input) = cluster.prepare("killswitch", true).await;
+    let kafka = kafka_of(&config).clone();
+    let control = producer(&brokers, false);
+    for mode in ["off", "shadow"] {
+        let payload = format!(r#"{{"mode":"{mode}","at":"2026-01-01T00:00:00Z","by":"test"}}"#);
+        control
+            .send(
+                FutureRecord::<str, str>::to(&kafka.control_topic).payload(&payload),
+                std::time::Duration::from_secs(5),
+            )
+            .await
+            .expect("control message");
+    }
+    let records = travel_scenario(8, 16, 0);
+    produce(&brokers, &input, &records, Placement::KeyedByKeyId).await;
+    let pipeline = RunningPipeline::start(&config);
+    wait_until("shadow requests", cluster.catch_up(), || {
+        pipeline.progress.snapshot().counts.revocations_shadow > 0
+    })
+    .await;
+    let ends = end_offsets(&brokers, &input);
+    wait_until("the input to be consumed", cluster.catch_up(), || {
+        ends.iter().all(|(partition, end)| {
+            *end == 0 || committed_anywhere(&[&pipeline.progress], "keyed", &input, *partition) == Some(*end)
+        })
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let summary = pipeline.stop().await;
+    assert_eq!(summary.counts.revocations, 0);
+    assert!(
+        read_topic(&brokers, &kafka.revocations_topic).is_empty(),
+        "shadow mode sends nothing"
+    );
+    let shadow = read_topic(&brokers, &kafka.revocations_shadow_topic);
+    assert_eq!(shadow.len() as u64, summary.counts.revocations_shadow);
+    for message in &shadow {
+        let request: keywatch::alert::RevocationRequest =
+            serde_json::from_slice(&message.payload).expect("the request format");
+        assert_eq!(message.key.as_deref(), Some(request.key_fingerprint.as_str()));
+    }
+}

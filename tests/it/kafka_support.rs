@@ -49,8 +49,14 @@ pub fn geo() -> Arc<GeoIp> {
     Arc::new(test_world::geoip())
 }
 
+/// The default model with revocation requests sent (the default is shadow
+/// mode) and caps too wide to hold any back: the scenarios check requests.
 pub fn model() -> Arc<Model> {
-    Arc::new(Model::default_model())
+    let mut model = Model::default_model();
+    model.policy.mode = keywatch::revoke::Mode::Enforce;
+    model.policy.max_requests.count = 10_000;
+    model.policy.max_requests_per_owner.count = 10_000;
+    Arc::new(model)
 }
 
 /// One canonical access event as JSON text.
@@ -400,6 +406,10 @@ pub fn test_config(brokers: &str, prefix: &str, keyed: bool) -> Config {
     kafka.dead_letter_topic = format!("{prefix}-dlq");
     kafka.changelog_topic = format!("{prefix}-changelog");
     kafka.source_topic = format!("{prefix}-by-source");
+    kafka.revocations_shadow_topic = format!("{prefix}-revocations-shadow");
+    kafka.revocation_candidates_topic = format!("{prefix}-revocation-candidates");
+    kafka.control_topic = format!("{prefix}-control");
+    kafka.revocation_acks_topic = format!("{prefix}-revocation-acks");
     kafka.batch_max_events = 100;
     kafka.batch_max_wait = Duration::from_millis(50);
     kafka.checkpoint_interval = Duration::from_millis(200);
@@ -425,8 +435,16 @@ pub fn topics_of(config: &Config) -> Vec<String> {
         kafka.changelog_topic.clone(),
         kafka.repartition_topic.clone(),
         kafka.source_topic.clone(),
+        kafka.revocations_shadow_topic.clone(),
+        kafka.revocation_acks_topic.clone(),
     ]);
     topics
+}
+
+/// The topics of a test configuration that have one partition.
+pub fn single_partition_topics_of(config: &Config) -> Vec<String> {
+    let kafka = config.kafka.as_ref().expect("kafka section");
+    vec![kafka.revocation_candidates_topic.clone(), kafka.control_topic.clone()]
 }
 
 /// Waits until `done` holds, polling; panics with `what` after `timeout`.
@@ -673,6 +691,9 @@ impl Brokers {
                 for topic in topics_of(&config) {
                     cluster.create_topic(&topic, PARTITIONS, 1).expect("topic");
                 }
+                for topic in single_partition_topics_of(&config) {
+                    cluster.create_topic(&topic, 1, 1).expect("topic");
+                }
                 config
             }
             Brokers::Real(brokers) => {
@@ -711,7 +732,12 @@ pub struct RunningPipeline {
 impl RunningPipeline {
     /// Starts `keywatch run` with `config` over the test world.
     pub fn start(config: &Config) -> RunningPipeline {
-        let pipeline = Pipeline::new(config.clone(), model(), geo()).expect("pipeline");
+        RunningPipeline::start_with_model(config, model())
+    }
+
+    /// Starts `keywatch run` with `config` and `model` over the test world.
+    pub fn start_with_model(config: &Config, model: Arc<Model>) -> RunningPipeline {
+        let pipeline = Pipeline::new(config.clone(), model, geo()).expect("pipeline");
         let progress = pipeline.progress();
         let cancel = CancellationToken::new();
         let handle = tokio::spawn(pipeline.run(cancel.clone()));

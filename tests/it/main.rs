@@ -33,3 +33,4 @@ mod kafka_tansu;
 mod module_layers;
 mod ocsf;
 mod replay;
+mod revocation;

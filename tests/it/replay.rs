@@ -177,7 +177,9 @@ fn replay_detects_rejects_and_is_deterministic() {
         let errors: Vec<String> = alert_schema.iter_errors(alert).map(|err| err.to_string()).collect();
         assert!(errors.is_empty(), "{errors:?} in {alert}");
     }
-    let revocations = read_lines(&first.join("revocations.jsonl"));
+    // Shadow mode by default: the requests are written, none is sent.
+    assert!(read_lines(&first.join("revocations.jsonl")).is_empty());
+    let revocations = read_lines(&first.join("revocations.shadow.jsonl"));
     assert!(!revocations.is_empty(), "impossible travel asks for a revocation");
     let revocation_schema = validator("revocation.schema.json");
     for request in &revocations {
@@ -193,7 +195,7 @@ fn replay_detects_rejects_and_is_deterministic() {
         assert!(errors.is_empty(), "{errors:?} in {digest}");
     }
     let everything = std::fs::read_to_string(first.join("alerts.jsonl")).unwrap()
-        + &std::fs::read_to_string(first.join("revocations.jsonl")).unwrap()
+        + &std::fs::read_to_string(first.join("revocations.shadow.jsonl")).unwrap()
         + &std::fs::read_to_string(first.join("digests.jsonl")).unwrap();
     assert!(!everything.contains("AKIAREPLAYTEST"), "no raw key in outputs");
 
@@ -204,6 +206,7 @@ fn replay_detects_rejects_and_is_deterministic() {
         for file in [
             "alerts.jsonl",
             "revocations.jsonl",
+            "revocations.shadow.jsonl",
             "digests.jsonl",
             "rejected.jsonl",
             "summary.json",

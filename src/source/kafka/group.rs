@@ -158,6 +158,10 @@ pub enum RestoreFrom {
     Nothing,
     /// Checkpoints from the changelog topic of this configuration.
     Changelog(Box<KafkaConfig>),
+    /// Nothing, and consumption starts at the partition's first record: a
+    /// stage that rebuilds its state from its whole input (the revocation
+    /// gate) and produces only what lies past the committed offset.
+    Beginning,
 }
 
 /// The consumer context: rebalance callbacks that talk to the processing task.
@@ -242,6 +246,17 @@ impl GroupContext {
         let restored = restore_partitions(&self.restore, consumer, partitions, &ids);
         match restored {
             Ok(assigned) => {
+                if matches!(self.restore, RestoreFrom::Beginning) {
+                    for partition in &assigned {
+                        if let Err(error) = partitions.set_partition_offset(
+                            &partition.id.topic,
+                            partition.id.partition,
+                            Offset::Beginning,
+                        ) {
+                            tracing::error!(partition = %partition.id, %error, "cannot set the start offset");
+                        }
+                    }
+                }
                 for partition in &assigned {
                     if let Some(checkpoint) = &partition.checkpoint {
                         let offset = Offset::Offset(checkpoint.next_offset);
@@ -314,7 +329,7 @@ fn restore_partitions(
 ) -> Result<Vec<AssignedPartition>, KafkaSourceError> {
     let started = Instant::now();
     let restored = match restore {
-        RestoreFrom::Nothing => Default::default(),
+        RestoreFrom::Nothing | RestoreFrom::Beginning => Default::default(),
         RestoreFrom::Changelog(kafka) => read_checkpoints(kafka, ids).map_err(|source| KafkaSourceError::Restore {
             partitions: describe(ids),
             source: Box::new(source),
@@ -370,6 +385,7 @@ fn restore_partitions(
     let elapsed = started.elapsed();
     let source = match restore {
         RestoreFrom::Nothing => "none",
+        RestoreFrom::Beginning => "beginning",
         RestoreFrom::Changelog(_) => "changelog",
     };
     for partition in &assigned {
