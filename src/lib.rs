@@ -29,6 +29,7 @@
 //! - [`check_config`] validates everything a run would load, without running.
 
 pub mod alert;
+pub mod allowlist;
 pub mod baseline;
 pub mod check_config;
 pub mod checkpoint;
@@ -42,6 +43,7 @@ pub mod engine;
 pub mod enrich;
 pub mod eval;
 pub mod event;
+pub mod feedback;
 pub mod fleet;
 pub mod generate;
 pub mod model;

@@ -136,6 +136,11 @@ mod tests {
             summary: "new endpoints".into(),
             evidence,
             model: "default@1".into(),
+            revision: 1,
+            count: 1,
+            first_seen: String::new(),
+            last_seen: String::new(),
+            peak_score: 0.0,
         }
     }
 

@@ -44,13 +44,36 @@ pub struct AlertMemory {
 }
 
 /// The last alert of one detector on one subject (a country, a network,
-/// an endpoint) of a key.
+/// an endpoint) of a key: while its update window lasts, repeats update it
+/// (same id, next revision) instead of raising new alerts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fired {
     pub detector: Detector,
     pub subject: String,
+    /// Event time of the alert's first finding: the window runs from it.
     pub ts_ms: i64,
+    /// Highest severity so far.
     pub severity: Severity,
+    /// The alert's id; empty for a low finding folded into a digest (and
+    /// in snapshots made before alerts had revisions).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub alert_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub incident_id: String,
+    /// The last revision sent.
+    #[serde(default)]
+    pub revision: u32,
+    /// Findings folded in, sent or not.
+    #[serde(default)]
+    pub count: u64,
+    /// Event time of the newest finding folded in.
+    #[serde(default)]
+    pub last_ms: i64,
+    #[serde(default)]
+    pub peak_score: f64,
+    /// Start of the event-time span of the alert's first finding.
+    #[serde(default)]
+    pub window_start_ms: i64,
 }
 
 /// What is new about one event for its key, worked out once, after the
@@ -70,7 +93,9 @@ pub struct Novelty {
     /// The event arrived after the input's watermark had passed it: judged
     /// at the key's newest time, so it is not judged on travel and does not
     /// move the key's places or last located use.
-    pub late: bool,
+    pub late: bool,    /// The call came from an allowlisted network (`[allowlist]`): it
+    /// raises no geography finding and does not move the key's places.
+    pub allowlisted: bool,
 }
 
 /// Everything keywatch knows about one key.
@@ -94,6 +119,9 @@ pub struct KeyState {
     /// is not a 401) is judged against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before_eviction: Option<Dormancy>,
+    /// Analysts' verdicts and expectations in force for the key.
+    #[serde(default, skip_serializing_if = "crate::feedback::KeyFeedback::is_empty")]
+    pub feedback: crate::feedback::KeyFeedback,
 }
 
 /// What is kept of a key evicted for silence: enough to judge its return
@@ -128,6 +156,7 @@ impl KeyState {
             auth: Default::default(),
             alerts: Default::default(),
             before_eviction: None,
+            feedback: Default::default(),
         }
     }
 
@@ -226,7 +255,7 @@ impl KeyState {
             .count(failure, failure && self.is_familiar_source(event, model));
         self.endpoints.absorb(event.endpoint_id, ts_ms, &model.endpoints);
         self.clients.add(event.client_id, ts_ms, model.client.max_clients);
-        if !novelty.late {
+        if !novelty.late && !novelty.allowlisted {
             self.geo
                 .absorb(ts_ms, event.ip, &event.geo, novelty.region_overlap.as_ref(), &model.geo);
         }
@@ -256,6 +285,7 @@ impl KeyState {
             first_endpoint_use: self.is_judged_first_use(event, &model.endpoints),
             region_overlap: self.judged_region_overlap(event, &model.geo),
             late: false,
+            allowlisted: false,
         }
     }
 

@@ -22,6 +22,8 @@ use crate::engine::Engine;
 use crate::enrich::GeoIp;
 use crate::event::AccessEvent;
 use crate::event::Fingerprinter;
+use crate::feedback::Outcome;
+use super::feedback_feed::FeedbackFeed;
 use crate::fleet::spray::{Network, ObservationRecord};
 use crate::model::Model;
 use crate::sink::kafka::{KafkaSinkError, Outbox, OutputTopics};
@@ -38,6 +40,8 @@ struct PartitionState {
     replay_below: i64,
     /// Generation of the last checkpoint written or read.
     generation: Option<u64>,
+    /// Entries of the feedback feed handed to the engine.
+    feedback_seen: usize,
     checkpointed_offset: Option<i64>,
 }
 
@@ -55,6 +59,9 @@ pub struct KeyedStage {
     source_topic: Option<String>,
     /// How each partition's engine fingerprints keys.
     fingerprinter: Fingerprinter,
+    /// Analysts' feedback (`kafka.feedback_topic`) and where its audit goes.
+    feedback: Option<Arc<FeedbackFeed>>,
+    feedback_audit_topic: Option<String>,
 }
 
 impl KeyedStage {
@@ -75,7 +82,17 @@ impl KeyedStage {
             scratch_outputs: Vec::new(),
             source_topic: None,
             fingerprinter: Fingerprinter::unkeyed(),
+            feedback: None,
+            feedback_audit_topic: None,
         }
+    }
+
+    /// Hands the entries of `feed` to every partition's engine, and the
+    /// audit of those applied to `audit_topic` (else to the log only).
+    pub fn with_feedback(mut self, feed: Arc<FeedbackFeed>, audit_topic: Option<String>) -> KeyedStage {
+        self.feedback = Some(feed);
+        self.feedback_audit_topic = audit_topic;
+        self
     }
 
     /// Fingerprints keys with `fingerprinter` (unkeyed by default).
@@ -164,6 +181,13 @@ impl KeyedStage {
             return Ok(());
         };
         let state = &mut owned.state;
+        if let Some(feed) = &self.feedback {
+            let mut entries = Vec::new();
+            state.feedback_seen = feed.entries_since(state.feedback_seen, &mut entries);
+            for entry in entries {
+                state.engine.add_feedback(entry);
+            }
+        }
         let stats_before = (state.engine.stats().suppressed, state.engine.stats().late_events);
         if let Some(newest) = events.iter().map(|event| event.ts_ms).max() {
             self.progress.saw_event_time(STAGE, newest);
@@ -211,6 +235,7 @@ impl KeyedStage {
         }
         outputs.clear();
         self.scratch_outputs = outputs;
+        audit_feedback(&mut state.engine, id, self.feedback_audit_topic.as_deref(), outbox);
         let stats = state.engine.stats();
         Progress::add(
             &self.progress.suppressed,
@@ -223,6 +248,26 @@ impl KeyedStage {
         owned.next_offset = Some(last_offset + 1);
         counts.events += events.len() as u64;
         result
+    }
+}
+
+/// Sends the audit of feedback the engine applied (or refused) to the
+/// audit topic and the log. An entry names one key, held by one partition:
+/// the other partitions' "unmatched" records are noise, logged at debug.
+fn audit_feedback(engine: &mut Engine, partition: &PartitionId, topic: Option<&str>, outbox: &mut Outbox) {
+    let mut audit = Vec::new();
+    engine.take_feedback_audit(&mut audit);
+    for record in audit {
+        let json = serde_json::to_string(&record).unwrap_or_default();
+        if !matches!(record.outcome, Outcome::Applied | Outcome::Refused) {
+            tracing::debug!(%partition, audit = %json, "feedback not for this partition's keys");
+            continue;
+        }
+        tracing::info!(%partition, audit = %json, "feedback");
+        if let Some(topic) = topic {
+            let key = record.key_fingerprint.clone().unwrap_or_default();
+            outbox.push_repartitioned(topic, key, json.into_bytes(), None);
+        }
     }
 }
 
@@ -274,11 +319,22 @@ impl Stage for KeyedStage {
                 committed_offset = partition.committed,
                 "engine restored"
             );
+            // Entries read before: those the restored clock has passed
+            // were applied before the checkpoint.
+            let mut feedback_seen = 0;
+            if let Some(feed) = &self.feedback {
+                let mut entries = Vec::new();
+                feedback_seen = feed.entries_since(0, &mut entries);
+                for entry in entries {
+                    engine.add_feedback_backlog(entry);
+                }
+            }
             let state = PartitionState {
                 engine,
                 replay_below: partition.committed.unwrap_or(i64::MIN),
                 generation,
                 checkpointed_offset: next_offset,
+                feedback_seen,
             };
             (next_offset, state)
         });

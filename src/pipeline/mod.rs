@@ -24,6 +24,7 @@
 
 pub mod by_source;
 pub mod driver;
+pub mod feedback_feed;
 pub mod health;
 pub mod keyed;
 pub mod metrics;
@@ -318,6 +319,16 @@ impl Pipeline {
         )
         .with_source_topic(self.kafka.source_topic.clone())
         .with_fingerprinter(self.config.fingerprint.resolved.clone());
+        let stage = match &self.kafka.feedback_topic {
+            Some(topic) => {
+                let feed = feedback_feed::FeedbackFeed::start(&self.kafka, topic).map_err(|err| PipelineError::Topic {
+                    topic: topic.clone(),
+                    problem: err.to_string(),
+                })?;
+                stage.with_feedback(Arc::new(feed), self.kafka.feedback_audit_topic.clone())
+            }
+            None => stage,
+        };
         let sink = self
             .sink(format!("{}-{}", self.kafka.group_id, self.kafka.instance_name()))
             .await?;

@@ -72,6 +72,9 @@ pub struct OutputFiles {
     pub revocations: JsonlWriter,
     pub digests: JsonlWriter,
     pub rejected: JsonlWriter,
+    /// `feedback.jsonl`, the audit of analysts' feedback, when a replay
+    /// was given some.
+    pub feedback: Option<JsonlWriter>,
 }
 
 impl OutputFiles {
@@ -85,7 +88,14 @@ impl OutputFiles {
             revocations: JsonlWriter::create(&dir.join("revocations.jsonl"))?,
             digests: JsonlWriter::create(&dir.join("digests.jsonl"))?,
             rejected: JsonlWriter::create(&dir.join("rejected.jsonl"))?,
+            feedback: None,
         })
+    }
+
+    /// Adds `feedback.jsonl` in `dir`.
+    pub fn with_feedback(mut self, dir: &Path) -> Result<OutputFiles, SinkError> {
+        self.feedback = Some(JsonlWriter::create(&dir.join("feedback.jsonl"))?);
+        Ok(self)
     }
 
     pub fn write_output(&mut self, output: &Output) -> Result<(), SinkError> {
@@ -104,6 +114,9 @@ impl OutputFiles {
         self.alerts.sync()?;
         self.revocations.sync()?;
         self.digests.sync()?;
+        if let Some(feedback) = &mut self.feedback {
+            feedback.sync()?;
+        }
         self.rejected.sync()
     }
 }

@@ -246,6 +246,11 @@ fn alert(id: &str, fingerprint: &str, ts: &str, severity: Severity, detector: &s
         summary: "test".to_string(),
         evidence: serde_json::json!({}),
         model: "test/1".to_string(),
+        revision: 1,
+        count: 1,
+        first_seen: String::new(),
+        last_seen: String::new(),
+        peak_score: 0.0,
     }
 }
 
