@@ -653,9 +653,7 @@ impl Engine {
         let place = Whereabouts {
             country: row.geo.country.0,
             asn: row.geo.asn,
-            from: novelty
-                .travel
-                .map(|jump| (jump.previous.country, jump.previous.asn)),
+            from: novelty.travel.map(|jump| (jump.previous.country, jump.previous.asn)),
         };
         for mut finding in findings.drain(..) {
             if novelty.allowlisted && is_geography(finding.detector) {
@@ -663,12 +661,14 @@ impl Engine {
                 continue;
             }
             if !state.feedback.is_empty() {
-                match state.feedback.effect(&finding, &place, ts_ms) {
+                match state.feedback.effect(finding.detector, &finding.subject, &place, ts_ms) {
                     Some(Effect::Silence) => {
                         self.stats.silenced_by_feedback += 1;
                         continue;
                     }
-                    Some(Effect::Confirm(analyst)) => crate::feedback::confirm(&mut finding, &analyst),
+                    Some(Effect::Confirm(analyst)) => {
+                        crate::feedback::confirm(&mut finding.severity, &mut finding.evidence, &analyst)
+                    }
                     None => {}
                 }
             }
@@ -800,10 +800,7 @@ impl Engine {
                     None => None,
                 }
             }
-            (None, Some(id)) => self
-                .keys
-                .iter()
-                .position(|state| crate::feedback::holds_alert(&state.alerts, id)),
+            (None, Some(id)) => self.keys.iter().position(|state| state.alerts.holds_alert(id)),
             (None, None) => None,
         };
         let Some(index) = target else {
@@ -815,7 +812,7 @@ impl Engine {
             );
         };
         let state = &mut self.keys[index];
-        let rules = crate::feedback::rules_for(&entry, &state.alerts);
+        let rules = state.alerts.feedback_rules(&entry);
         if rules.is_empty() {
             let mut audit = FeedbackAudit::new(
                 Outcome::Unmatched,

@@ -30,8 +30,6 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::baseline::AlertMemory;
-use crate::detect::Finding;
 use crate::detector::{Detector, Severity};
 use crate::event::{format_ts, parse_ts};
 
@@ -119,7 +117,7 @@ impl FeedbackEntry {
             return Err(format!("`alert_id` {id:?} is no alert (al_) or incident (in_) id"));
         }
         if let Some(fingerprint) = &self.key_fingerprint
-            && crate::fleet::spray::fingerprint_bits(fingerprint).is_none()
+            && !is_fingerprint(fingerprint)
         {
             return Err("`key_fingerprint` is not kf_ and 32 hex digits (raw key ids are not accepted)".into());
         }
@@ -145,6 +143,12 @@ impl FeedbackEntry {
             .and_then(parse_ts)
             .unwrap_or_else(|| self.at_ms().saturating_add(DEFAULT_EXPIRY_MS))
     }
+}
+
+/// Whether `text` is a key fingerprint: `kf_` and 32 lowercase hex digits.
+fn is_fingerprint(text: &str) -> bool {
+    text.strip_prefix("kf_")
+        .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// Reads a feedback file of JSON lines (blank lines and `#` comments
@@ -236,19 +240,19 @@ pub enum Effect {
 }
 
 impl Rule {
-    fn covers(&self, finding: &Finding, place: &Whereabouts) -> bool {
-        if self.detector.is_some_and(|detector| detector != finding.detector) {
+    fn covers(&self, detector: Detector, subject: &str, place: &Whereabouts) -> bool {
+        if self.detector.is_some_and(|own| own != detector) {
             return false;
         }
-        let geography = crate::allowlist::is_geography(finding.detector);
-        let subject = finding.subject.as_str();
+        let geography = crate::allowlist::is_geography(detector);
         match &self.value {
             RuleValue::Any => true,
             RuleValue::Country(code) => {
                 let code = code.as_bytes();
                 subject.eq_ignore_ascii_case(&self.value_text())
                     || (geography
-                        && (place.country.as_slice() == code || place.from.is_some_and(|(from, _)| from.as_slice() == code)))
+                        && (place.country.as_slice() == code
+                            || place.from.is_some_and(|(from, _)| from.as_slice() == code)))
             }
             RuleValue::Asn(asn) => {
                 subject.eq_ignore_ascii_case(&self.value_text())
@@ -299,9 +303,9 @@ impl KeyFeedback {
         self.rules.push(rule);
     }
 
-    /// What the rules in force at `ts_ms` do to `finding`: silence wins
-    /// over confirmation.
-    pub fn effect(&mut self, finding: &Finding, place: &Whereabouts, ts_ms: i64) -> Option<Effect> {
+    /// What the rules in force at `ts_ms` do to a finding of `detector`
+    /// about `subject`: silence wins over confirmation.
+    pub fn effect(&mut self, detector: Detector, subject: &str, place: &Whereabouts, ts_ms: i64) -> Option<Effect> {
         if self.rules.iter().any(|rule| rule.until_ms <= ts_ms) {
             self.rules.retain(|rule| rule.until_ms > ts_ms);
         }
@@ -309,7 +313,7 @@ impl KeyFeedback {
         for rule in self
             .rules
             .iter()
-            .filter(|rule| rule.from_ms <= ts_ms && rule.covers(finding, place))
+            .filter(|rule| rule.from_ms <= ts_ms && rule.covers(detector, subject, place))
         {
             match rule.verdict {
                 Verdict::FalsePositive | Verdict::ExpectedChange => return Some(Effect::Silence),
@@ -320,14 +324,15 @@ impl KeyFeedback {
     }
 }
 
-/// Raises a confirmed finding one step and says who confirmed it.
-pub fn confirm(finding: &mut Finding, analyst: &str) {
-    finding.severity = match finding.severity {
+/// Raises a confirmed finding one step and says in its evidence who
+/// confirmed it.
+pub fn confirm(severity: &mut Severity, evidence: &mut serde_json::Value, analyst: &str) {
+    *severity = match *severity {
         Severity::Low => Severity::Medium,
         Severity::Medium => Severity::High,
         Severity::High | Severity::Critical => Severity::Critical,
     };
-    if let serde_json::Value::Object(fields) = &mut finding.evidence {
+    if let serde_json::Value::Object(fields) = evidence {
         fields.insert("confirmed_by".into(), serde_json::Value::from(analyst));
     }
 }
@@ -335,7 +340,10 @@ pub fn confirm(finding: &mut Finding, analyst: &str) {
 /// The rules an entry makes with a scope of its own, or `None` when it
 /// takes its scope from an alert.
 pub fn scoped_rule(entry: &FeedbackEntry) -> Option<Rule> {
-    let scope = entry.scope.as_ref().filter(|scope| scope.detector.is_some() || scope.value.is_some());
+    let scope = entry
+        .scope
+        .as_ref()
+        .filter(|scope| scope.detector.is_some() || scope.value.is_some());
     if scope.is_none() && entry.alert_id.is_some() {
         return None;
     }
@@ -363,32 +371,6 @@ pub fn alert_rule(entry: &FeedbackEntry, detector: Detector, subject: &str) -> R
         until_ms: entry.expires_ms(),
         analyst: entry.analyst.clone(),
     }
-}
-
-/// Whether a key's alerting memory holds the alert or incident `id`.
-pub fn holds_alert(memory: &AlertMemory, id: &str) -> bool {
-    memory.incident_id.as_deref() == Some(id)
-        || memory.incident_alert_ids.iter().any(|alert| alert == id)
-        || memory
-            .last_fired
-            .iter()
-            .any(|fired| fired.alert_id == id || fired.incident_id == id)
-}
-
-/// The rules an entry makes on a key: its own scope's, or, for an alert
-/// or incident without a scope, one per alert of it still open on the key
-/// (its detector and subject). Empty when it names an alert no longer open.
-pub fn rules_for(entry: &FeedbackEntry, memory: &AlertMemory) -> Vec<Rule> {
-    if let Some(rule) = scoped_rule(entry) {
-        return vec![rule];
-    }
-    let id = entry.alert_id.as_deref().unwrap_or_default();
-    memory
-        .last_fired
-        .iter()
-        .filter(|fired| !fired.alert_id.is_empty() && (fired.alert_id == id || fired.incident_id == id))
-        .map(|fired| alert_rule(entry, fired.detector, &fired.subject))
-        .collect()
 }
 
 /// Entries waiting for the engine's clock to reach their `at`, in order of
@@ -508,16 +490,8 @@ mod tests {
         FeedbackEntry::parse(line).expect("a valid entry")
     }
 
-    fn finding(detector: Detector, subject: &str) -> Finding {
-        Finding {
-            detector,
-            severity: Severity::Medium,
-            score: 0.5,
-            window_start_ms: 0,
-            subject: subject.into(),
-            summary: String::new(),
-            evidence: serde_json::json!({}),
-        }
+    fn finding(detector: Detector, subject: &str) -> (Detector, String) {
+        (detector, subject.to_string())
     }
 
     const KEY: &str = "kf_0123456789abcdef0123456789abcdef";
@@ -533,8 +507,12 @@ mod tests {
         ] {
             assert!(FeedbackEntry::parse(line).is_err(), "{line}");
         }
-        let whole_key = format!(r#"{{"key_fingerprint":"{KEY}","verdict":"false_positive","at":"2026-01-01T00:00:00Z"}}"#);
-        assert!(FeedbackEntry::parse(&whole_key).is_err(), "silencing a whole key needs a scope");
+        let whole_key =
+            format!(r#"{{"key_fingerprint":"{KEY}","verdict":"false_positive","at":"2026-01-01T00:00:00Z"}}"#);
+        assert!(
+            FeedbackEntry::parse(&whole_key).is_err(),
+            "silencing a whole key needs a scope"
+        );
     }
 
     #[test]
@@ -559,16 +537,36 @@ mod tests {
         };
         let at = entry.at_ms();
         let travel = finding(Detector::ImpossibleTravel, "");
-        assert_eq!(rules.effect(&travel, &from_brazil, at - 1), None, "not before `at`");
-        assert_eq!(rules.effect(&travel, &from_brazil, at), Some(Effect::Silence));
-        assert_eq!(rules.effect(&travel, &back_from_brazil, at), Some(Effect::Silence));
         assert_eq!(
-            rules.effect(&finding(Detector::RateSpike, ""), &from_brazil, at),
+            rules.effect(travel.0, &travel.1, &from_brazil, at - 1),
+            None,
+            "not before `at`"
+        );
+        assert_eq!(
+            rules.effect(travel.0, &travel.1, &from_brazil, at),
+            Some(Effect::Silence)
+        );
+        assert_eq!(
+            rules.effect(travel.0, &travel.1, &back_from_brazil, at),
+            Some(Effect::Silence)
+        );
+        assert_eq!(
+            rules.effect(
+                finding(Detector::RateSpike, "").0,
+                &finding(Detector::RateSpike, "").1,
+                &from_brazil,
+                at
+            ),
             None,
             "a country says nothing of rates"
         );
         assert_eq!(
-            rules.effect(&finding(Detector::NewCountry, "BR"), &from_brazil, entry.expires_ms()),
+            rules.effect(
+                finding(Detector::NewCountry, "BR").0,
+                &finding(Detector::NewCountry, "BR").1,
+                &from_brazil,
+                entry.expires_ms()
+            ),
             None,
             "over at expiry"
         );
@@ -599,9 +597,8 @@ mod tests {
     fn the_book_releases_entries_in_order_of_at_then_arrival_and_only_when_due() {
         let mut book = FeedbackBook::new();
         for (at, note) in [("02", "b"), ("01", "a"), ("02", "c")] {
-            let line = format!(
-                r#"{{"alert_id":"al_x","verdict":"confirmed","note":"{note}","at":"2026-01-{at}T00:00:00Z"}}"#
-            );
+            let line =
+                format!(r#"{{"alert_id":"al_x","verdict":"confirmed","note":"{note}","at":"2026-01-{at}T00:00:00Z"}}"#);
             assert!(book.add(entry(&line)).is_ok());
         }
         let day2 = parse_ts("2026-01-02T00:00:00Z").unwrap();
@@ -722,7 +719,13 @@ mod tests {
                 "revisions go up one by one: {revisions:?}"
             );
             assert!(
-                (revisions.len() as u64) < lines.iter().filter(|alert| alert.id == first.id).map(|alert| alert.count).max().unwrap(),
+                (revisions.len() as u64)
+                    < lines
+                        .iter()
+                        .filter(|alert| alert.id == first.id)
+                        .map(|alert| alert.count)
+                        .max()
+                        .unwrap(),
                 "fewer updates than repeats: {revisions:?}"
             );
         }
@@ -745,7 +748,10 @@ mod tests {
                     .count()
             };
             let at = format_ts(start + 40 * 60_000);
-            assert!(later_lines(&before, &at) > 0, "without feedback the incident goes on: {before:#?}");
+            assert!(
+                later_lines(&before, &at) > 0,
+                "without feedback the incident goes on: {before:#?}"
+            );
 
             let feedback = [entry(format!(
                 r#"{{"alert_id":"{incident}","verdict":"expected_change","analyst":"ana","note":"dual-site rollout","at":"{at}"}}"#
@@ -762,7 +768,12 @@ mod tests {
             assert_eq!(audit.len(), 1);
             assert_eq!(audit[0].outcome, Outcome::Applied);
             assert!(audit[0].rules >= 1);
-            assert!(audit[0].key_fingerprint.as_deref().is_some_and(|fingerprint| fingerprint.starts_with("kf_")));
+            assert!(
+                audit[0]
+                    .key_fingerprint
+                    .as_deref()
+                    .is_some_and(|fingerprint| fingerprint.starts_with("kf_"))
+            );
         }
 
         #[test]
@@ -793,7 +804,10 @@ mod tests {
                 .map(|batch| {
                     let mut engine = engine_with(Model::default_model());
                     let (lines, audit) = run(&mut engine, &events, &feedback, *batch);
-                    let audit = audit.iter().map(|record| serde_json::to_string(record).unwrap()).collect();
+                    let audit = audit
+                        .iter()
+                        .map(|record| serde_json::to_string(record).unwrap())
+                        .collect();
                     (lines, audit)
                 })
                 .collect();

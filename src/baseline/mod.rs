@@ -43,6 +43,35 @@ pub struct AlertMemory {
     pub digest: Option<digest::PendingDigest>,
 }
 
+impl AlertMemory {
+    /// Whether the key's alerting memory holds the alert or incident `id`
+    /// (for feedback naming only an alert).
+    pub fn holds_alert(&self, id: &str) -> bool {
+        self.incident_id.as_deref() == Some(id)
+            || self.incident_alert_ids.iter().any(|alert| alert == id)
+            || self
+                .last_fired
+                .iter()
+                .any(|fired| fired.alert_id == id || fired.incident_id == id)
+    }
+
+    /// The rules a feedback entry makes on the key: its own scope's, or,
+    /// for an alert or incident without a scope, one per alert of it still
+    /// open on the key (its detector and subject). Empty when it names an
+    /// alert no longer open.
+    pub fn feedback_rules(&self, entry: &crate::feedback::FeedbackEntry) -> Vec<crate::feedback::Rule> {
+        if let Some(rule) = crate::feedback::scoped_rule(entry) {
+            return vec![rule];
+        }
+        let id = entry.alert_id.as_deref().unwrap_or_default();
+        self.last_fired
+            .iter()
+            .filter(|fired| !fired.alert_id.is_empty() && (fired.alert_id == id || fired.incident_id == id))
+            .map(|fired| crate::feedback::alert_rule(entry, fired.detector, &fired.subject))
+            .collect()
+    }
+}
+
 /// The last alert of one detector on one subject (a country, a network,
 /// an endpoint) of a key: while its update window lasts, repeats update it
 /// (same id, next revision) instead of raising new alerts.
@@ -93,7 +122,8 @@ pub struct Novelty {
     /// The event arrived after the input's watermark had passed it: judged
     /// at the key's newest time, so it is not judged on travel and does not
     /// move the key's places or last located use.
-    pub late: bool,    /// The call came from an allowlisted network (`[allowlist]`): it
+    pub late: bool,
+    /// The call came from an allowlisted network (`[allowlist]`): it
     /// raises no geography finding and does not move the key's places.
     pub allowlisted: bool,
 }

@@ -425,15 +425,15 @@ fn spray_alert(
         incident.alert_id.clone()
     } else {
         stable_id(
-        "al",
-        &[
-            Detector::SourceSpray.as_str(),
-            &source,
-            &ts.to_string(),
-            &key_count.to_string(),
-            &incident.calls.to_string(),
-        ],
-    )
+            "al",
+            &[
+                Detector::SourceSpray.as_str(),
+                &source,
+                &ts.to_string(),
+                &key_count.to_string(),
+                &incident.calls.to_string(),
+            ],
+        )
     };
     let score = (key_count as f64 / (key_count as f64 + 20.0)).clamp(0.0, 1.0);
     let refused_share = incident.refused_share();
@@ -623,7 +623,10 @@ mod tests {
         assert!(listed.windows(2).all(|pair| pair[0] < pair[1]), "{listed:?}");
         assert_eq!(listed.last(), Some(&300), "the incident's end lists every key");
         let ids: BTreeSet<&String> = alerts.iter().map(|alert| &alert.id).collect();
-        assert_eq!(ids.len(), alerts.len(), "alert ids differ");
+        assert_eq!(ids.len(), 1, "later alerts are revisions of the first");
+        let revisions: Vec<u32> = alerts.iter().map(|alert| alert.revision).collect();
+        let expected: Vec<u32> = (1..=alerts.len() as u32).collect();
+        assert_eq!(revisions, expected);
     }
 
     #[test]

@@ -63,10 +63,12 @@ impl FeedbackFeed {
                     error,
                 })?;
         }
-        consumer.assign(&assignment).map_err(|error| FeedbackFeedError::Assign {
-            topic: topic.to_string(),
-            error,
-        })?;
+        consumer
+            .assign(&assignment)
+            .map_err(|error| FeedbackFeedError::Assign {
+                topic: topic.to_string(),
+                error,
+            })?;
         let entries = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (into, stopping) = (Arc::clone(&entries), Arc::clone(&stop));

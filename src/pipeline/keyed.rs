@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::feedback_feed::FeedbackFeed;
 use super::partitions::PartitionBook;
 use super::stage::{Progress, Stage};
 use crate::alert::Output;
@@ -23,7 +24,6 @@ use crate::enrich::GeoIp;
 use crate::event::AccessEvent;
 use crate::event::Fingerprinter;
 use crate::feedback::Outcome;
-use super::feedback_feed::FeedbackFeed;
 use crate::fleet::spray::{Network, ObservationRecord};
 use crate::model::Model;
 use crate::sink::kafka::{KafkaSinkError, Outbox, OutputTopics};

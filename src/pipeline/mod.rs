@@ -321,10 +321,11 @@ impl Pipeline {
         .with_fingerprinter(self.config.fingerprint.resolved.clone());
         let stage = match &self.kafka.feedback_topic {
             Some(topic) => {
-                let feed = feedback_feed::FeedbackFeed::start(&self.kafka, topic).map_err(|err| PipelineError::Topic {
-                    topic: topic.clone(),
-                    problem: err.to_string(),
-                })?;
+                let feed =
+                    feedback_feed::FeedbackFeed::start(&self.kafka, topic).map_err(|err| PipelineError::Topic {
+                        topic: topic.clone(),
+                        problem: err.to_string(),
+                    })?;
                 stage.with_feedback(Arc::new(feed), self.kafka.feedback_audit_topic.clone())
             }
             None => stage,
