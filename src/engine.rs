@@ -743,7 +743,7 @@ impl Engine {
                 Outcome::Refused,
                 self.clock_ms,
                 "too many entries waiting for their time",
-                entry,
+                *entry,
             ));
         }
     }

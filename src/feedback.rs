@@ -392,9 +392,9 @@ impl FeedbackBook {
     }
 
     /// Adds a checked entry; gives it back when the book is full.
-    pub fn add(&mut self, entry: FeedbackEntry) -> Result<(), FeedbackEntry> {
+    pub fn add(&mut self, entry: FeedbackEntry) -> Result<(), Box<FeedbackEntry>> {
         if self.pending.len() >= MAX_PENDING {
-            return Err(entry);
+            return Err(Box::new(entry));
         }
         let at_ms = entry.at_ms();
         // After every entry at or before its time: ties keep arrival order.
