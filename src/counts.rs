@@ -25,7 +25,10 @@ pub struct Counts {
     pub rejected_by_reason: BTreeMap<String, u64>,
     /// Events without an API key, skipped.
     pub no_key: u64,
+    /// Distinct alerts (first revisions); updates are counted apart.
     pub alerts: u64,
+    /// Updates of alerts already sent (revision 2 and above).
+    pub alert_updates: u64,
     pub alerts_by_severity: BTreeMap<String, u64>,
     pub alerts_by_detector: BTreeMap<String, u64>,
     /// Daily digests of low findings, and the findings they fold.
@@ -49,6 +52,7 @@ impl Counts {
     /// Counts one output of the engine.
     pub fn count_output(&mut self, output: &Output) {
         match output {
+            Output::Alert(alert) if alert.revision > 1 => self.alert_updates += 1,
             Output::Alert(alert) => {
                 self.alerts += 1;
                 *self
@@ -78,6 +82,7 @@ impl Counts {
         add_map(&mut self.rejected_by_reason, &other.rejected_by_reason);
         self.no_key += other.no_key;
         self.alerts += other.alerts;
+        self.alert_updates += other.alert_updates;
         add_map(&mut self.alerts_by_severity, &other.alerts_by_severity);
         add_map(&mut self.alerts_by_detector, &other.alerts_by_detector);
         self.revocations += other.revocations;

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alert::Output;
 use crate::alert::policy::{Disposition, dispose, flush_digest, flush_digest_before};
+use crate::allowlist::{Allowlist, is_geography};
 use crate::baseline::auth::AuthBaseline;
 use crate::baseline::{AlertMemory, Dormancy, KeyState};
 use crate::detect::{self, Context, Finding};
@@ -36,6 +37,7 @@ use crate::enrich::client::client_family;
 use crate::enrich::endpoint::{SensitiveMatcher, normalize_endpoint};
 use crate::enrich::{GeoCache, GeoIp, NetworkKinds, ResolvedEvent};
 use crate::event::{AccessEvent, Fingerprinter, key_hint};
+use crate::feedback::{Effect, FeedbackAudit, FeedbackBook, FeedbackEntry, Outcome, Whereabouts};
 use crate::fleet::spray::fingerprint_bits;
 use crate::fleet::{Across, AcrossSnapshot, Hint};
 use crate::model::Model;
@@ -75,6 +77,15 @@ pub struct EngineStats {
     /// Events quarantined as too far ahead of the input's clock.
     #[serde(default)]
     pub future_events: u64,
+    /// Repeats sent as updates of their alert (same id, next revision).
+    #[serde(default)]
+    pub alert_updates: u64,
+    /// Findings dropped by analysts' feedback or expectations in force.
+    #[serde(default)]
+    pub silenced_by_feedback: u64,
+    /// Geography findings of calls from allowlisted networks, dropped.
+    #[serde(default)]
+    pub allowlisted: u64,
 }
 
 impl EngineStats {
@@ -82,6 +93,12 @@ impl EngineStats {
         match disposition {
             Disposition::Alerted { revocation } => {
                 self.alerts += 1;
+                if revocation {
+                    self.revocations += 1;
+                }
+            }
+            Disposition::Updated { revocation } => {
+                self.alert_updates += 1;
                 if revocation {
                     self.revocations += 1;
                 }
@@ -296,6 +313,12 @@ pub struct Engine {
     /// Which keys changed since the last incremental checkpoint (see
     /// [`Engine::track_changes`]); untouched when not tracking.
     changes: Changes,
+    /// Networks whose calls raise no geography finding.
+    allowlist: Allowlist,
+    /// Analysts' feedback waiting for the clock to reach its time.
+    feedback: FeedbackBook,
+    /// Audit records of feedback handled, for [`Engine::take_feedback_audit`].
+    feedback_audit: Vec<FeedbackAudit>,
 }
 
 /// The keys whose state changed since the last incremental checkpoint: a
@@ -335,6 +358,8 @@ impl Engine {
         let max_ahead_ms = model.time.max_ahead.as_millis() as i64;
         let (endpoint_rebuild_at, client_rebuild_at) =
             (model.state.max_endpoint_templates, model.state.max_client_families);
+        // Checked when the model was loaded.
+        let allowlist = Allowlist::new(&model.allowlist).unwrap_or_default();
         Engine {
             across: Across::new(&model.across_keys, &model_label),
             model_label,
@@ -371,6 +396,9 @@ impl Engine {
             quarantined: Vec::new(),
             fingerprinter: Fingerprinter::unkeyed(),
             changes: Changes::default(),
+            allowlist,
+            feedback: FeedbackBook::new(),
+            feedback_audit: Vec::new(),
         }
     }
 
@@ -591,6 +619,11 @@ impl Engine {
     /// travel checks, and leaves the key's places alone.
     fn judge(&mut self, held: Row, late: bool, out: &mut Vec<Output>) {
         self.advance_clock(held.ts_ms, held.key_bits);
+        if let Some(clock_ms) = self.clock_ms
+            && self.feedback.is_due(clock_ms)
+        {
+            self.apply_due_feedback(clock_ms);
+        }
         let Some(key_index) = self.state_index(held.key_bits) else {
             tracing::error!("an event's key has no state; event skipped");
             return;
@@ -629,6 +662,11 @@ impl Engine {
             novelty.region_overlap = None;
             novelty.late = true;
         }
+        if !self.allowlist.is_empty() && self.allowlist.contains(row.ip, row.geo.asn) {
+            novelty.travel = None;
+            novelty.region_overlap = None;
+            novelty.allowlisted = true;
+        }
         let ctx = Context {
             model,
             geo: &self.geo,
@@ -639,8 +677,12 @@ impl Engine {
         };
         // Familiar before the event joins the key's baseline: a network the
         // key or the organisation already uses (or one GeoIP cannot name).
-        let network_familiar =
-            row.geo.asn == 0 || state.geo.asns.contains(row.geo.asn) || self.across.org_knows(row.geo.asn);
+        // An allowlisted network (corporate egress, a VPN) carries many keys
+        // by design: not a source spraying keys.
+        let network_familiar = novelty.allowlisted
+            || row.geo.asn == 0
+            || state.geo.asns.contains(row.geo.asn)
+            || self.across.org_knows(row.geo.asn);
         let learned = state.has_learned(ts_ms, &model.across_keys.org_learned);
         let established = learned && state.geo.is_established_at(&row.geo, ts_ms, &model.geo);
         let findings = &mut self.findings;
@@ -648,7 +690,28 @@ impl Engine {
         detect::judge(Phase::Before, state, &row, &ctx, findings);
         state.absorb(&row, &ctx.novelty, model);
         detect::judge(Phase::After, state, &row, &ctx, findings);
-        for finding in findings.drain(..) {
+        let place = Whereabouts {
+            country: row.geo.country.0,
+            asn: row.geo.asn,
+            from: novelty.travel.map(|jump| (jump.previous.country, jump.previous.asn)),
+        };
+        for mut finding in findings.drain(..) {
+            if novelty.allowlisted && is_geography(finding.detector) {
+                self.stats.allowlisted += 1;
+                continue;
+            }
+            if !state.feedback.is_empty() {
+                match state.feedback.effect(finding.detector, &finding.subject, &place, ts_ms) {
+                    Some(Effect::Silence) => {
+                        self.stats.silenced_by_feedback += 1;
+                        continue;
+                    }
+                    Some(Effect::Confirm(analyst)) => {
+                        crate::feedback::confirm(&mut finding.severity, &mut finding.evidence, &analyst)
+                    }
+                    None => {}
+                }
+            }
             let disposition = dispose(state, finding, ts_ms, model, &self.model_label, out);
             if let Disposition::Alerted { revocation: true } = disposition
                 && let Some(Output::Revocation(request)) = out.last()
@@ -712,6 +775,113 @@ impl Engine {
             flush_digest(&mut self.keys[index], &self.model_label, out);
             self.changes.mark(index);
         }
+        for entry in self.feedback.take_pending() {
+            self.feedback_audit.push(FeedbackAudit::new(
+                Outcome::NotReached,
+                self.clock_ms,
+                "the input ended before its time",
+                entry,
+            ));
+        }
+    }
+
+    /// Adds analysts' feedback (checked with [`FeedbackEntry::check`]); it
+    /// takes effect when the engine's clock (the newest event time judged)
+    /// reaches its `at`, or at the next event judged if the clock is past it.
+    pub fn add_feedback(&mut self, entry: FeedbackEntry) {
+        if let Err(entry) = self.feedback.add(entry) {
+            self.feedback_audit.push(FeedbackAudit::new(
+                Outcome::Refused,
+                self.clock_ms,
+                "too many entries waiting for their time",
+                *entry,
+            ));
+        }
+    }
+
+    /// [`Engine::add_feedback`] for entries read again after a restart:
+    /// those whose time the restored clock has passed were applied before
+    /// the snapshot and are skipped. Returns whether it was added.
+    pub fn add_feedback_backlog(&mut self, entry: FeedbackEntry) -> bool {
+        if self.clock_ms.is_some_and(|clock_ms| entry.at_ms() <= clock_ms) {
+            return false;
+        }
+        self.add_feedback(entry);
+        true
+    }
+
+    /// Audit records of the feedback handled since the last call.
+    pub fn take_feedback_audit(&mut self, into: &mut Vec<FeedbackAudit>) {
+        into.append(&mut self.feedback_audit);
+    }
+
+    /// Feedback entries waiting for their time.
+    pub fn feedback_pending(&self) -> usize {
+        self.feedback.len()
+    }
+
+    /// Applies every entry due at `clock_ms`, in order.
+    fn apply_due_feedback(&mut self, clock_ms: i64) {
+        while let Some(entry) = self.feedback.pop_due(clock_ms) {
+            let audit = self.apply_feedback(entry, clock_ms);
+            // A driver that never takes them (the Kafka stages log them)
+            // must not grow this without bound.
+            if self.feedback_audit.len() < MAX_QUARANTINED_KEPT {
+                self.feedback_audit.push(audit);
+            }
+        }
+    }
+
+    /// Turns one entry into rules in its key's state. The key is the
+    /// entry's fingerprint, else the key holding its alert or incident id
+    /// (a scan: entries are rare). A key seen only in 401s gets full state
+    /// to hold the rules.
+    fn apply_feedback(&mut self, entry: FeedbackEntry, clock_ms: i64) -> FeedbackAudit {
+        let target = match (&entry.key_fingerprint, &entry.alert_id) {
+            (Some(fingerprint), _) => {
+                let bits = fingerprint_key(fingerprint);
+                match self.by_fingerprint.get(&bits).copied() {
+                    Some(index) if index & LIGHT == 0 => Some(index as usize),
+                    Some(light_index) => {
+                        self.return_lent_light();
+                        self.lend_light(light_index & !LIGHT);
+                        self.keep_lent_light_as_full();
+                        Some(self.keys.len() - 1)
+                    }
+                    None => None,
+                }
+            }
+            (None, Some(id)) => self.keys.iter().position(|state| state.alerts.holds_alert(id)),
+            (None, None) => None,
+        };
+        let Some(index) = target else {
+            return FeedbackAudit::new(
+                Outcome::Unmatched,
+                Some(clock_ms),
+                "no key with state holds this fingerprint or alert",
+                entry,
+            );
+        };
+        let state = &mut self.keys[index];
+        let rules = state.alerts.feedback_rules(&entry);
+        if rules.is_empty() {
+            let mut audit = FeedbackAudit::new(
+                Outcome::Unmatched,
+                Some(clock_ms),
+                "the alert is no longer open on the key: give a scope",
+                entry,
+            );
+            audit.key_fingerprint = Some(state.fingerprint.clone());
+            return audit;
+        }
+        let count = rules.len();
+        for rule in rules {
+            state.feedback.add(rule, clock_ms);
+        }
+        let mut audit = FeedbackAudit::new(Outcome::Applied, Some(clock_ms), "", entry);
+        audit.key_fingerprint = Some(state.fingerprint.clone());
+        audit.rules = count;
+        audit
     }
 
     /// The view across keys, for drivers that share its halves (Kafka).
@@ -1320,6 +1490,9 @@ impl Engine {
         self.stats.late_events += snapshot.stats.late_events;
         self.stats.digested += snapshot.stats.digested;
         self.stats.future_events += snapshot.stats.future_events;
+        self.stats.alert_updates += snapshot.stats.alert_updates;
+        self.stats.silenced_by_feedback += snapshot.stats.silenced_by_feedback;
+        self.stats.allowlisted += snapshot.stats.allowlisted;
         self.restore_time(snapshot.time);
     }
 

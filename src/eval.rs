@@ -12,6 +12,10 @@
 //! severity, the false-alert rate at the minimum severity and at all, and the
 //! incidents reached only below the minimum severity.
 //!
+//! Alerts are counted by distinct id ([`distinct_alerts`]): the SOC receives
+//! one alert and its updates (revisions), and an alert's severity is the
+//! highest of its revisions.
+//!
 //! The label, benign-case and run-metadata records are defined here and
 //! written by [`crate::generate`], so the two sides cannot drift apart. The
 //! scorecard is rendered here too, as the full table of `keywatch eval` and
@@ -193,7 +197,10 @@ pub struct Scorecard {
     /// Event time from an incident's start to its first matching alert.
     pub median_time_to_detect_s: Option<f64>,
     pub p95_time_to_detect_s: Option<f64>,
+    /// Distinct alerts (by id): what a SOC is sent, updates not counted.
     pub alerts_total: usize,
+    /// Alert lines read: first revisions and updates.
+    pub alert_lines: usize,
     /// Alerts and false alerts of each severity, lowest first.
     pub alerts_by_severity: Vec<SeverityCount>,
     /// Alerts at or above the minimum severity.
@@ -364,6 +371,9 @@ pub fn score_with_digests(
             })
             .unwrap_or_default()
     };
+    let alert_lines = alerts.len();
+    let distinct = distinct_alerts(alerts);
+    let alerts = &distinct[..];
     let grace_ms = i64::try_from(options.grace.as_millis()).unwrap_or(i64::MAX);
     let alert_times: Vec<Option<i64>> = alerts.iter().map(|alert| parse_ts(&alert.ts)).collect();
     let counted = |position: usize| alerts[position].severity >= options.min_severity;
@@ -554,6 +564,7 @@ pub fn score_with_digests(
         median_time_to_detect_s: percentile(&times, 0.5),
         p95_time_to_detect_s: percentile(&times, 0.95),
         alerts_total: alerts.len(),
+        alert_lines,
         alerts_by_severity,
         alerts_counted,
         alerts_below_min_severity: alerts.len() - alerts_counted,
@@ -576,6 +587,38 @@ pub fn score_with_digests(
         benign_cases: benign_scores,
         incident_outcomes: outcomes,
     }
+}
+
+/// One alert per id, as the SOC keeps it: repeats of a finding go out as
+/// updates (the same id, a higher revision), and so do the later alerts of
+/// a spray incident. Each keeps its first line's time and window (when it
+/// was raised), the highest severity of its lines (severity only rises)
+/// and every key any of them listed; ids keep the order they first appear
+/// in. Old files, whose ids never repeat, are unchanged.
+pub fn distinct_alerts(alerts: &[Alert]) -> Vec<Alert> {
+    let mut position_of: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut distinct: Vec<Alert> = Vec::new();
+    for alert in alerts {
+        match position_of.get(alert.id.as_str()) {
+            None => {
+                position_of.insert(alert.id.as_str(), distinct.len());
+                distinct.push(alert.clone());
+            }
+            Some(&position) => {
+                let kept = &mut distinct[position];
+                kept.severity = kept.severity.max(alert.severity);
+                kept.revision = kept.revision.max(alert.revision);
+                kept.count = kept.count.max(alert.count);
+                kept.peak_score = kept.peak_score.max(alert.peak_score).max(alert.score);
+                for key in &alert.keys {
+                    if !kept.keys.contains(key) {
+                        kept.keys.push(key.clone());
+                    }
+                }
+            }
+        }
+    }
+    distinct
 }
 
 /// `4m 12s`, `1h 03m`, `12s`, or `-` when absent.
@@ -661,9 +704,10 @@ pub fn render_table(card: &Scorecard) -> String {
     );
     let _ = writeln!(
         out,
-        "All alerts       {} per 1,000 judged key-days, every severity, true or false ({})",
+        "All alerts       {} per 1,000 judged key-days, every severity, true or false ({} distinct ids, {} lines with updates)",
         rate(card.alerts_all_severities_per_1k_judged_key_days),
-        card.alerts_total
+        card.alerts_total,
+        card.alert_lines
     );
     let _ = writeln!(
         out,
@@ -949,7 +993,7 @@ mod tests {
 
     fn alert(fingerprint: &str, ts: &str, severity: Severity, detector: &str) -> Alert {
         Alert {
-            id: format!("al_{fingerprint}_{ts}"),
+            id: format!("al_{fingerprint}_{ts}_{detector}"),
             incident_id: String::new(),
             key_fingerprint: fingerprint.to_string(),
             key_hint: "****".to_string(),
@@ -966,6 +1010,11 @@ mod tests {
             evidence: serde_json::Value::Null,
             model: "test".to_string(),
             owner: None,
+            revision: 1,
+            count: 1,
+            first_seen: String::new(),
+            last_seen: String::new(),
+            peak_score: 0.0,
         }
     }
 

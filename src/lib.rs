@@ -32,6 +32,7 @@
 //!   flags that say which keys to retire (`keywatch keys`).
 
 pub mod alert;
+pub mod allowlist;
 pub mod baseline;
 pub mod check_config;
 pub mod checkpoint;
@@ -45,6 +46,7 @@ pub mod engine;
 pub mod enrich;
 pub mod eval;
 pub mod event;
+pub mod feedback;
 pub mod fleet;
 pub mod generate;
 pub mod inventory;

@@ -67,6 +67,10 @@ pub struct Model {
     /// defaults below apply.
     #[serde(default)]
     pub state: StateModel,
+    /// Networks whose calls never raise geography findings (corporate
+    /// egress, known VPNs). Optional in model files: absent, none.
+    #[serde(default, skip_serializing_if = "crate::allowlist::AllowlistModel::is_empty")]
+    pub allowlist: crate::allowlist::AllowlistModel,
 }
 
 /// Event time of one input (a file replay, one Kafka partition). Events are
@@ -367,6 +371,18 @@ pub struct AlertModel {
     /// count towards correlation, which raises them to medium.
     #[serde(default = "default_true")]
     pub digest_lows: bool,
+    /// Repeats of an alert's finding (same detector and subject) within
+    /// this event time of its first finding update that alert (same id,
+    /// next revision) instead of raising new ones; absent, `suppress`.
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub update_window: Option<Duration>,
+}
+
+impl AlertModel {
+    /// The update window in milliseconds (`update_window`, else `suppress`).
+    pub fn update_window_ms(&self) -> i64 {
+        self.update_window.unwrap_or(self.suppress).as_millis() as i64
+    }
 }
 
 fn default_true() -> bool {
@@ -833,6 +849,9 @@ impl Model {
             return Err(invalid("rate.surge_window", "may hold at most 64 spike windows"));
         }
         self.validate_networks(origin)?;
+        if let Err(problem) = crate::allowlist::Allowlist::new(&self.allowlist) {
+            return Err(invalid("allowlist.cidrs", &problem.to_string()));
+        }
         let time = &self.time;
         if time.max_ahead <= time.max_out_of_order {
             return Err(invalid("time.max_ahead", "must be longer than time.max_out_of_order"));

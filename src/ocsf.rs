@@ -926,6 +926,11 @@ mod tests {
             evidence,
             model: "default@1".into(),
             owner: None,
+            revision: 1,
+            count: 1,
+            first_seen: "2026-01-11T09:00:00.000Z".into(),
+            last_seen: "2026-01-11T09:00:00.000Z".into(),
+            peak_score: 0.97,
         }
     }
 

@@ -159,6 +159,11 @@ mod tests {
             evidence,
             model: "default@1".into(),
             owner: None,
+            revision: 1,
+            count: 1,
+            first_seen: String::new(),
+            last_seen: String::new(),
+            peak_score: 0.0,
         }
     }
 

@@ -63,6 +63,43 @@ pub struct Alert {
     /// the key has no entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
+    /// 1 for an alert's first line. Repeats of its finding within the
+    /// update window go out again as lines with the same id and a higher
+    /// revision: consumers keep the highest revision of each id.
+    #[serde(default = "first_revision")]
+    pub revision: u32,
+    /// Findings folded into the alert up to this revision (1 at first).
+    #[serde(default = "first_revision_count")]
+    pub count: u64,
+    /// Event time of the alert's first finding (its first revision's `ts`).
+    #[serde(default)]
+    pub first_seen: String,
+    /// Event time of the newest finding folded in.
+    #[serde(default)]
+    pub last_seen: String,
+    /// Highest score among the findings folded in.
+    #[serde(default)]
+    pub peak_score: f64,
+}
+
+fn first_revision() -> u32 {
+    1
+}
+
+fn first_revision_count() -> u64 {
+    1
+}
+
+impl Alert {
+    /// Fills the lifecycle fields of a first revision from `ts` and `score`.
+    pub fn first_revision(mut self) -> Alert {
+        self.revision = 1;
+        self.count = 1;
+        self.first_seen = self.ts.clone();
+        self.last_seen = self.ts.clone();
+        self.peak_score = self.score;
+        self
+    }
 }
 
 /// A request to revoke a key (schemas/revocation.schema.json).

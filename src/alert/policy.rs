@@ -1,5 +1,6 @@
-//! Turns findings into alerts: suppression of repeats, grouping into
-//! incidents, escalation of correlated findings, and the revocation policy.
+//! Turns findings into alerts: repeats as updates of their alert (same id,
+//! next revision, a bounded number of them), grouping into incidents,
+//! escalation of correlated findings, and the revocation policy.
 
 use crate::alert::digest::{digest_of, low_finding};
 use crate::alert::{Alert, Output, RevocationRequest, Window, stable_id};
@@ -20,6 +21,10 @@ pub enum Disposition {
     Alerted {
         revocation: bool,
     },
+    /// A repeat sent as an update of its alert (same id, next revision).
+    Updated {
+        revocation: bool,
+    },
     Suppressed,
     /// Folded into the key's daily digest.
     Digested,
@@ -37,7 +42,6 @@ pub fn dispose(
 ) -> Disposition {
     let memory = &mut state.alerts;
     let incident_gap_ms = model.alerts.incident_gap.as_millis() as i64;
-    let suppress_ms = model.alerts.suppress.as_millis() as i64;
 
     let incident_open = memory.incident_id.is_some() && trigger_ts_ms - memory.incident_last <= incident_gap_ms;
     if incident_open
@@ -54,28 +58,81 @@ pub fn dispose(
         finding.severity = Severity::Medium;
     }
 
-    // Suppression is per detector and subject: a repeat of the same finding
-    // is quiet for a while, a new country after a suppressed one is not.
+    // Repeats are per detector and subject: a repeat of the same finding
+    // within the update window updates its alert (same id, next revision),
+    // a new country after it is a new alert.
+    let update_window_ms = model.alerts.update_window_ms();
     memory
         .last_fired
-        .retain(|fired| trigger_ts_ms - fired.ts_ms < suppress_ms);
-    match memory
+        .retain(|fired| trigger_ts_ms - fired.ts_ms < update_window_ms);
+    let current_incident = memory.incident_id.clone().filter(|_| incident_open);
+    let position = memory
         .last_fired
-        .iter_mut()
-        .find(|fired| fired.detector == finding.detector && fired.subject == finding.subject)
-    {
-        Some(fired) if finding.severity <= fired.severity => return Disposition::Suppressed,
-        Some(fired) => {
-            fired.ts_ms = trigger_ts_ms;
-            fired.severity = finding.severity;
+        .iter()
+        .position(|fired| fired.detector == finding.detector && fired.subject == finding.subject);
+    if let Some(position) = position {
+        let fired = &mut memory.last_fired[position];
+        // Only an alert that went out, in the incident still open, is
+        // updated; a digested low or an alert of an ended incident
+        // suppresses repeats as before and is replaced by a higher severity.
+        let updatable = !fired.alert_id.is_empty() && current_incident.as_deref() == Some(fired.incident_id.as_str());
+        if updatable {
+            fired.count += 1;
+            fired.last_ms = trigger_ts_ms;
+            fired.peak_score = fired.peak_score.max(finding.score);
+            if !is_update_due(fired, finding.severity) {
+                return Disposition::Suppressed;
+            }
+            fired.severity = fired.severity.max(finding.severity);
+            fired.revision += 1;
+            let update = fired.clone();
+            join_incident(memory, true, String::new, finding.detector, trigger_ts_ms);
+            let alert = Alert {
+                id: update.alert_id.clone(),
+                incident_id: update.incident_id.clone(),
+                key_fingerprint: state.fingerprint.clone(),
+                key_hint: state.hint.clone(),
+                keys: Vec::new(),
+                detector: finding.detector,
+                severity: update.severity,
+                score: finding.score,
+                ts: format_ts(trigger_ts_ms),
+                window: Window {
+                    start: format_ts(update.window_start_ms.min(finding.window_start_ms).min(trigger_ts_ms)),
+                    end: format_ts(trigger_ts_ms),
+                },
+                summary: finding.summary,
+                evidence: finding.evidence,
+                model: model_label.to_string(),
+                revision: update.revision,
+                count: update.count,
+                first_seen: format_ts(update.ts_ms),
+                last_seen: format_ts(trigger_ts_ms),
+                peak_score: update.peak_score,
+                owner: None,
+            };
+            let revocation = send_alert(state, alert, update.incident_id, model, model_label, out);
+            return Disposition::Updated { revocation };
         }
-        None => memory.last_fired.push(Fired {
-            detector: finding.detector,
-            subject: finding.subject.clone(),
-            ts_ms: trigger_ts_ms,
-            severity: finding.severity,
-        }),
+        if finding.severity <= fired.severity {
+            return Disposition::Suppressed;
+        }
+        memory.last_fired.remove(position);
     }
+    let entry = memory.last_fired.len();
+    memory.last_fired.push(Fired {
+        detector: finding.detector,
+        subject: finding.subject.clone(),
+        ts_ms: trigger_ts_ms,
+        severity: finding.severity,
+        alert_id: String::new(),
+        incident_id: String::new(),
+        revision: 1,
+        count: 1,
+        last_ms: trigger_ts_ms,
+        peak_score: finding.score,
+        window_start_ms: finding.window_start_ms.min(trigger_ts_ms),
+    });
 
     if finding.severity == Severity::Low && model.alerts.digest_lows {
         fold_into_digest(state, finding, trigger_ts_ms, incident_open, model_label, out);
@@ -103,8 +160,11 @@ pub fn dispose(
         memory.incident_alert_ids.remove(0);
     }
     let incident_id = memory.incident_id.clone().unwrap_or_default();
+    let fired = &mut memory.last_fired[entry];
+    fired.alert_id = id.clone();
+    fired.incident_id = incident_id.clone();
 
-    let mut alert = Alert {
+    let alert = Alert {
         id,
         incident_id: incident_id.clone(),
         key_fingerprint: state.fingerprint.clone(),
@@ -122,7 +182,38 @@ pub fn dispose(
         evidence: finding.evidence,
         model: model_label.to_string(),
         owner: None,
-    };
+        revision: 1,
+        count: 1,
+        first_seen: String::new(),
+        last_seen: String::new(),
+        peak_score: 0.0,
+    }
+    .first_revision();
+    let revocation = send_alert(state, alert, incident_id, model, model_label, out);
+    Disposition::Alerted { revocation }
+}
+
+/// Whether a repeat folded into `fired` (its count already raised) is sent
+/// as an update: when it raises the alert's severity, or when the count
+/// reaches a power of two (2, 4, 8, ...). A key hammering one finding thus
+/// sends about log2(repeats) updates, not one per event, and which repeats
+/// are sent depends on the repeats only.
+fn is_update_due(fired: &Fired, severity: Severity) -> bool {
+    severity > fired.severity || fired.count.is_power_of_two()
+}
+
+/// Sends an alert (a first revision or an update) of the key's open
+/// incident `incident_id`, with the revocation request the policy asks for;
+/// returns whether one was asked for.
+fn send_alert(
+    state: &mut KeyState,
+    mut alert: Alert,
+    incident_id: String,
+    model: &Model,
+    model_label: &str,
+    out: &mut Vec<Output>,
+) -> bool {
+    let memory = &mut state.alerts;
     // Evidence may embed input text: bounded before anyone reads it.
     super::cap::cap_alert(&mut alert, super::cap::MAX_ALERT_BYTES);
     // Strong evidence only (super::evidence); the request is a
@@ -163,9 +254,9 @@ pub fn dispose(
     out.push(Output::Alert(alert));
     if let Some(request) = revocation {
         out.push(Output::Revocation(request));
-        return Disposition::Alerted { revocation: true };
+        return true;
     }
-    Disposition::Alerted { revocation: false }
+    false
 }
 
 /// Adds a low finding to the key's digest of the day. It still joins the
@@ -269,7 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn repeats_are_suppressed_per_detector_and_subject() {
+    fn repeats_update_their_alert_per_detector_and_subject() {
         let model = model();
         let mut state = KeyState::new("kf_a".into(), "****".into(), 0, 12);
         let mut out = Vec::new();
@@ -285,27 +376,67 @@ mod tests {
             )
         };
         let alerted = Disposition::Alerted { revocation: false };
+        let updated = Disposition::Updated { revocation: false };
         assert_eq!(judge("FR", Severity::Medium, hour, &mut out), alerted);
         assert_eq!(
             judge("FR", Severity::Medium, 2 * hour, &mut out),
-            Disposition::Suppressed
+            updated,
+            "a first repeat updates the alert"
         );
         assert_eq!(
             judge("BR", Severity::Medium, 3 * hour, &mut out),
             alerted,
-            "a new country after a suppressed one still alerts"
+            "a new country after a repeat still alerts"
         );
         assert_eq!(
             judge("FR", Severity::High, 3 * hour, &mut out),
-            alerted,
-            "a higher severity breaks through"
+            updated,
+            "a higher severity goes out as an update"
         );
         assert_eq!(
             judge("FR", Severity::High, 10 * hour, &mut out),
             alerted,
-            "suppression ends after its time"
+            "after the window a repeat is a new alert"
         );
-        assert_eq!(out.len(), 4);
+        let alerts: Vec<&Alert> = out
+            .iter()
+            .filter_map(|output| match output {
+                Output::Alert(alert) => Some(alert),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(alerts.len(), 5);
+        assert_eq!(alerts[1].id, alerts[0].id);
+        assert_eq!((alerts[1].revision, alerts[1].count), (2, 2));
+        assert_eq!(alerts[3].id, alerts[0].id);
+        assert_eq!((alerts[3].revision, alerts[3].severity), (3, Severity::High));
+        assert_ne!(alerts[4].id, alerts[0].id);
+        assert_eq!(alerts[4].revision, 1);
+    }
+
+    #[test]
+    fn a_hammered_finding_sends_updates_only_at_powers_of_two() {
+        let model = model();
+        let mut state = KeyState::new("kf_a".into(), "****".into(), 0, 12);
+        let mut out = Vec::new();
+        for minute in 0..100 {
+            dispose(
+                &mut state,
+                finding(Detector::SensitiveEndpoint, "/admin", Severity::Medium),
+                1_000 + minute * 60_000,
+                &model,
+                "m",
+                &mut out,
+            );
+        }
+        let sent: Vec<(u32, u64)> = out
+            .iter()
+            .filter_map(|output| match output {
+                Output::Alert(alert) => Some((alert.revision, alert.count)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, [(1, 1), (2, 2), (3, 4), (4, 8), (5, 16), (6, 32), (7, 64)]);
     }
 
     #[test]

@@ -56,14 +56,66 @@ pub struct RevocationMark {
     pub incident_id: String,
 }
 
+impl AlertMemory {
+    /// Whether the key's alerting memory holds the alert or incident `id`
+    /// (for feedback naming only an alert).
+    pub fn holds_alert(&self, id: &str) -> bool {
+        self.incident_id.as_deref() == Some(id)
+            || self.incident_alert_ids.iter().any(|alert| alert == id)
+            || self
+                .last_fired
+                .iter()
+                .any(|fired| fired.alert_id == id || fired.incident_id == id)
+    }
+
+    /// The rules a feedback entry makes on the key: its own scope's, or,
+    /// for an alert or incident without a scope, one per alert of it still
+    /// open on the key (its detector and subject). Empty when it names an
+    /// alert no longer open.
+    pub fn feedback_rules(&self, entry: &crate::feedback::FeedbackEntry) -> Vec<crate::feedback::Rule> {
+        if let Some(rule) = crate::feedback::scoped_rule(entry) {
+            return vec![rule];
+        }
+        let id = entry.alert_id.as_deref().unwrap_or_default();
+        self.last_fired
+            .iter()
+            .filter(|fired| !fired.alert_id.is_empty() && (fired.alert_id == id || fired.incident_id == id))
+            .map(|fired| crate::feedback::alert_rule(entry, fired.detector, &fired.subject))
+            .collect()
+    }
+}
+
 /// The last alert of one detector on one subject (a country, a network,
-/// an endpoint) of a key.
+/// an endpoint) of a key: while its update window lasts, repeats update it
+/// (same id, next revision) instead of raising new alerts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fired {
     pub detector: Detector,
     pub subject: String,
+    /// Event time of the alert's first finding: the window runs from it.
     pub ts_ms: i64,
+    /// Highest severity so far.
     pub severity: Severity,
+    /// The alert's id; empty for a low finding folded into a digest (and
+    /// in snapshots made before alerts had revisions).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub alert_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub incident_id: String,
+    /// The last revision sent.
+    #[serde(default)]
+    pub revision: u32,
+    /// Findings folded in, sent or not.
+    #[serde(default)]
+    pub count: u64,
+    /// Event time of the newest finding folded in.
+    #[serde(default)]
+    pub last_ms: i64,
+    #[serde(default)]
+    pub peak_score: f64,
+    /// Start of the event-time span of the alert's first finding.
+    #[serde(default)]
+    pub window_start_ms: i64,
 }
 
 /// What is new about one event for its key, worked out once, after the
@@ -84,6 +136,9 @@ pub struct Novelty {
     /// at the key's newest time, so it is not judged on travel and does not
     /// move the key's places or last located use.
     pub late: bool,
+    /// The call came from an allowlisted network (`[allowlist]`): it
+    /// raises no geography finding and does not move the key's places.
+    pub allowlisted: bool,
 }
 
 /// Everything keywatch knows about one key.
@@ -107,6 +162,9 @@ pub struct KeyState {
     /// is not a 401) is judged against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before_eviction: Option<Dormancy>,
+    /// Analysts' verdicts and expectations in force for the key.
+    #[serde(default, skip_serializing_if = "crate::feedback::KeyFeedback::is_empty")]
+    pub feedback: crate::feedback::KeyFeedback,
 }
 
 /// What is kept of a key evicted for silence: enough to judge its return
@@ -141,6 +199,7 @@ impl KeyState {
             auth: Default::default(),
             alerts: Default::default(),
             before_eviction: None,
+            feedback: Default::default(),
         }
     }
 
@@ -239,7 +298,7 @@ impl KeyState {
             .count(failure, failure && self.is_familiar_source(event, model));
         self.endpoints.absorb(event.endpoint_id, ts_ms, &model.endpoints);
         self.clients.add(event.client_id, ts_ms, model.client.max_clients);
-        if !novelty.late {
+        if !novelty.late && !novelty.allowlisted {
             self.geo
                 .absorb(ts_ms, event.ip, &event.geo, novelty.region_overlap.as_ref(), &model.geo);
         }
@@ -269,6 +328,7 @@ impl KeyState {
             first_endpoint_use: self.is_judged_first_use(event, &model.endpoints),
             region_overlap: self.judged_region_overlap(event, &model.geo),
             late: false,
+            allowlisted: false,
         }
     }
 

@@ -112,6 +112,16 @@ pub struct KafkaConfig {
     /// has no owner any more. Entries override `owners_file`.
     #[serde(default)]
     pub owners_topic: Option<String>,
+    /// Analysts' feedback and expectations (docs/FEEDBACK.md), JSON one
+    /// per message. Every instance reads all of it from the beginning, as
+    /// no group member; each partition's engine applies the entries for
+    /// its keys by event time. One partition keeps entries in order.
+    #[serde(default)]
+    pub feedback_topic: Option<String>,
+    /// Where the audit of applied feedback goes, keyed by key fingerprint;
+    /// absent, to the log only.
+    #[serde(default)]
+    pub feedback_audit_topic: Option<String>,
     /// Most input records in one micro-batch.
     #[serde(default = "default_batch_max_events")]
     pub batch_max_events: usize,
@@ -395,6 +405,8 @@ impl KafkaConfig {
             changelog_topic: default_changelog_topic(),
             replay_topic: None,
             owners_topic: None,
+            feedback_topic: None,
+            feedback_audit_topic: None,
             batch_max_events: default_batch_max_events(),
             batch_max_bytes: default_batch_max_bytes(),
             batch_max_wait: default_batch_max_wait(),

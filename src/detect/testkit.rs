@@ -70,8 +70,22 @@ pub fn history(key: &str, place: &str, days: i64, per_hour: i64, endpoints: &[&s
 
 /// Runs events through the engine in one batch, then judges what the
 /// engine holds to order them (the batch is all there is for now); returns
-/// the alerts.
+/// the alerts as a consumer keeps them: one per id, its highest revision,
+/// in the order ids first appeared.
 pub fn alerts(engine: &mut Engine, events: &[AccessEvent<'_>]) -> Vec<Alert> {
+    let mut kept: Vec<Alert> = Vec::new();
+    for alert in alert_lines(engine, events) {
+        match kept.iter_mut().find(|earlier| earlier.id == alert.id) {
+            Some(earlier) if alert.revision > earlier.revision => *earlier = alert,
+            Some(_) => {}
+            None => kept.push(alert),
+        }
+    }
+    kept
+}
+
+/// [`alerts`] with every line the engine sent: first revisions and updates.
+pub fn alert_lines(engine: &mut Engine, events: &[AccessEvent<'_>]) -> Vec<Alert> {
     let mut out = Vec::new();
     engine.process(events, &mut out);
     engine.release_held(&mut out);

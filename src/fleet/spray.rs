@@ -127,6 +127,11 @@ struct KeyCalls {
 #[derive(Debug, Clone)]
 struct Incident {
     id: String,
+    /// The id of the incident's first alert, which its later alerts reuse
+    /// as revisions of it; empty until the first goes out.
+    alert_id: String,
+    /// Event time of the first alert.
+    first_alert_ts: i64,
     window_start: i64,
     last_ts: i64,
     alerts: usize,
@@ -312,6 +317,8 @@ impl SourceView {
         let window_start = source.keys.values().map(|calls| calls.last_ts).min().unwrap_or(ts);
         let mut incident = Incident {
             id: String::new(),
+            alert_id: String::new(),
+            first_alert_ts: ts,
             window_start,
             last_ts: ts,
             alerts: 0,
@@ -340,6 +347,7 @@ impl SourceView {
             ],
         );
         let alert = spray_alert(network, &incident, &observation, &self.model_label, window_ms);
+        incident.alert_id = alert.id.clone();
         incident.alerts = 1;
         self.alerts += 1;
         out.push(Output::Alert(alert));
@@ -412,16 +420,22 @@ fn spray_alert(
     let ts = trigger.ts_ms;
     let source = network.to_string();
     let key_count = incident.keys.len();
-    let id = stable_id(
-        "al",
-        &[
-            Detector::SourceSpray.as_str(),
-            &source,
-            &ts.to_string(),
-            &key_count.to_string(),
-            &incident.calls.to_string(),
-        ],
-    );
+    // Later alerts of an incident are revisions of its first.
+    let id = if !incident.alert_id.is_empty() {
+        incident.alert_id.clone()
+    } else {
+        stable_id(
+            "al",
+            &[
+                Detector::SourceSpray.as_str(),
+                &source,
+                &ts.to_string(),
+                &key_count.to_string(),
+                &incident.calls.to_string(),
+            ],
+        )
+    };
+    let score = (key_count as f64 / (key_count as f64 + 20.0)).clamp(0.0, 1.0);
     let refused_share = incident.refused_share();
     let countries: Vec<String> = incident
         .countries
@@ -435,7 +449,7 @@ fn spray_alert(
         key_hint: trigger.hint.as_str().to_string(),
         detector: Detector::SourceSpray,
         severity: incident.severity,
-        score: (key_count as f64 / (key_count as f64 + 20.0)).clamp(0.0, 1.0),
+        score,
         ts: format_ts(ts),
         window: Window {
             start: format_ts(incident.window_start.min(ts)),
@@ -461,6 +475,13 @@ fn spray_alert(
         model: model_label.to_string(),
         keys: incident.keys.iter().map(|key| fingerprint_text(*key)).collect(),
         owner: None,
+        revision: (incident.alerts + 1) as u32,
+        // Calls folded into the incident.
+        count: incident.calls,
+        first_seen: format_ts(incident.first_alert_ts.min(ts)),
+        last_seen: format_ts(ts),
+        // The score grows with the keys, which only grow.
+        peak_score: score,
     };
     // A spray's address list grows with the attack: bounded like every alert.
     crate::alert::cap::cap_alert(&mut alert, crate::alert::cap::MAX_ALERT_BYTES);
@@ -603,7 +624,10 @@ mod tests {
         assert!(listed.windows(2).all(|pair| pair[0] < pair[1]), "{listed:?}");
         assert_eq!(listed.last(), Some(&300), "the incident's end lists every key");
         let ids: BTreeSet<&String> = alerts.iter().map(|alert| &alert.id).collect();
-        assert_eq!(ids.len(), alerts.len(), "alert ids differ");
+        assert_eq!(ids.len(), 1, "later alerts are revisions of the first");
+        let revisions: Vec<u32> = alerts.iter().map(|alert| alert.revision).collect();
+        let expected: Vec<u32> = (1..=alerts.len() as u32).collect();
+        assert_eq!(revisions, expected);
     }
 
     #[test]

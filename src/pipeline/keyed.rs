@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::feedback_feed::FeedbackFeed;
 use super::partitions::PartitionBook;
 use super::stage::{Progress, Stage};
 use crate::alert::Output;
@@ -25,6 +26,7 @@ use crate::engine::{Engine, Quarantined};
 use crate::enrich::GeoIp;
 use crate::event::AccessEvent;
 use crate::event::Fingerprinter;
+use crate::feedback::Outcome;
 use crate::fleet::spray::{Network, ObservationRecord};
 use crate::model::Model;
 use crate::owners::SharedOwners;
@@ -42,6 +44,8 @@ struct PartitionState {
     replay_below: i64,
     /// Generation of the last checkpoint written or read.
     generation: Option<u64>,
+    /// Entries of the feedback feed handed to the engine.
+    feedback_seen: usize,
     checkpointed_offset: Option<i64>,
     /// When the partition last had a record (wall clock), for
     /// `kafka.idle_release`.
@@ -77,6 +81,9 @@ pub struct KeyedStage {
     group_generation: Option<i32>,
     /// How checkpoints are laid out in the changelog.
     changelog_format: ChangelogFormat,
+    /// Analysts' feedback (`kafka.feedback_topic`) and where its audit goes.
+    feedback: Option<Arc<FeedbackFeed>>,
+    feedback_audit_topic: Option<String>,
 }
 
 impl KeyedStage {
@@ -101,6 +108,8 @@ impl KeyedStage {
             owners: None,
             group_generation: None,
             changelog_format: ChangelogFormat::Full,
+            feedback: None,
+            feedback_audit_topic: None,
         }
     }
 
@@ -113,6 +122,14 @@ impl KeyedStage {
     /// Writes checkpoints in `format` (whole partitions by default).
     pub fn with_changelog_format(mut self, format: ChangelogFormat) -> KeyedStage {
         self.changelog_format = format;
+        self
+    }
+
+    /// Hands the entries of `feed` to every partition's engine, and the
+    /// audit of those applied to `audit_topic` (else to the log only).
+    pub fn with_feedback(mut self, feed: Arc<FeedbackFeed>, audit_topic: Option<String>) -> KeyedStage {
+        self.feedback = Some(feed);
+        self.feedback_audit_topic = audit_topic;
         self
     }
 
@@ -202,6 +219,13 @@ impl KeyedStage {
             return Ok(());
         };
         let state = &mut owned.state;
+        if let Some(feed) = &self.feedback {
+            let mut entries = Vec::new();
+            state.feedback_seen = feed.entries_since(state.feedback_seen, &mut entries);
+            for entry in entries {
+                state.engine.add_feedback(entry);
+            }
+        }
         let stats_before = (state.engine.stats().suppressed, state.engine.stats().late_events);
         if let Some(newest) = events.iter().map(|event| event.ts_ms).max() {
             self.progress.saw_event_time(STAGE, newest);
@@ -241,6 +265,7 @@ impl KeyedStage {
         );
         outputs.clear();
         self.scratch_outputs = outputs;
+        audit_feedback(&mut state.engine, id, self.feedback_audit_topic.as_deref(), outbox);
         let stats = state.engine.stats();
         Progress::add(
             &self.progress.suppressed,
@@ -264,11 +289,6 @@ struct Emit<'a> {
     quarantined: &'a mut Vec<Quarantined>,
 }
 
-/// Puts into the outbox what a partition's engine produced: its outputs,
-/// the calls for the view across keys (to the source topic, when that view
-/// runs apart) and the events it quarantined (to the dead-letter topic,
-/// like other rejects, except those of records whose outputs were
-/// delivered before the partition came here).
 /// Puts the owners known now on the alerts and revocation requests in
 /// `outputs` (digests carry none).
 fn attach_shared_owners(owners: Option<&SharedOwners>, outputs: &mut [Output]) {
@@ -280,6 +300,11 @@ fn attach_shared_owners(owners: Option<&SharedOwners>, outputs: &mut [Output]) {
     }
 }
 
+/// Puts into the outbox what a partition's engine produced: its outputs,
+/// the calls for the view across keys (to the source topic, when that view
+/// runs apart) and the events it quarantined (to the dead-letter topic,
+/// like other rejects, except those of records whose outputs were
+/// delivered before the partition came here).
 fn emit(
     to: Emit<'_>,
     id: &PartitionId,
@@ -378,6 +403,26 @@ impl KeyedStage {
     }
 }
 
+/// Sends the audit of feedback the engine applied (or refused) to the
+/// audit topic and the log. An entry names one key, held by one partition:
+/// the other partitions' "unmatched" records are noise, logged at debug.
+fn audit_feedback(engine: &mut Engine, partition: &PartitionId, topic: Option<&str>, outbox: &mut Outbox) {
+    let mut audit = Vec::new();
+    engine.take_feedback_audit(&mut audit);
+    for record in audit {
+        let json = serde_json::to_string(&record).unwrap_or_default();
+        if !matches!(record.outcome, Outcome::Applied | Outcome::Refused) {
+            tracing::debug!(%partition, audit = %json, "feedback not for this partition's keys");
+            continue;
+        }
+        tracing::info!(%partition, audit = %json, "feedback");
+        if let Some(topic) = topic {
+            let key = record.key_fingerprint.clone().unwrap_or_default();
+            outbox.push_repartitioned(topic, key, json.into_bytes(), None);
+        }
+    }
+}
+
 impl Stage for KeyedStage {
     fn name(&self) -> &'static str {
         STAGE
@@ -443,6 +488,16 @@ impl Stage for KeyedStage {
                 committed_offset = partition.committed,
                 "engine restored"
             );
+            // Entries read before: those the restored clock has passed
+            // were applied before the checkpoint.
+            let mut feedback_seen = 0;
+            if let Some(feed) = &self.feedback {
+                let mut entries = Vec::new();
+                feedback_seen = feed.entries_since(0, &mut entries);
+                for entry in entries {
+                    engine.add_feedback_backlog(entry);
+                }
+            }
             let state = PartitionState {
                 engine,
                 replay_below: partition.committed.unwrap_or(i64::MIN),
@@ -451,6 +506,7 @@ impl Stage for KeyedStage {
                 last_input: None,
                 released_since_checkpoint: false,
                 ledger,
+                feedback_seen,
             };
             (next_offset, state)
         });

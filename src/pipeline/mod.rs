@@ -29,6 +29,7 @@
 pub mod by_source;
 pub mod control;
 pub mod driver;
+pub mod feedback_feed;
 pub mod health;
 pub mod keyed;
 pub mod metrics;
@@ -399,6 +400,17 @@ impl Pipeline {
         .with_fingerprinter(self.config.fingerprint.resolved.clone())
         .with_owners(owners)
         .with_changelog_format(self.kafka.changelog_format);
+        let stage = match &self.kafka.feedback_topic {
+            Some(topic) => {
+                let feed =
+                    feedback_feed::FeedbackFeed::start(&self.kafka, topic).map_err(|err| PipelineError::Topic {
+                        topic: topic.clone(),
+                        problem: err.to_string(),
+                    })?;
+                stage.with_feedback(Arc::new(feed), self.kafka.feedback_audit_topic.clone())
+            }
+            None => stage,
+        };
         let sink = self
             .sink(format!("{}-{}", self.kafka.group_id, self.kafka.instance_name()))
             .await?;

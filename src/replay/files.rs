@@ -121,6 +121,13 @@ impl Run<'_> {
             outputs.write_output(output)?;
         }
         self.emitted.clear();
+        if let Some(feedback) = &mut outputs.feedback {
+            let mut audit = Vec::new();
+            engine.take_feedback_audit(&mut audit);
+            for record in &audit {
+                feedback.write(record)?;
+            }
+        }
         engine.take_quarantined(&mut self.quarantined);
         for event in self.quarantined.drain(..) {
             counts.rejected += 1;

@@ -71,6 +71,11 @@ pub struct ReplayArgs {
     /// snapshot file format), for `keywatch keys --snapshot`.
     #[arg(long, value_name = "FILE", conflicts_with = "from_kafka")]
     pub save_snapshot: Option<PathBuf>,
+    /// Analysts' feedback and expectations, JSON lines (see docs/FEEDBACK.md),
+    /// applied when the replay's event time reaches each entry's `at`; what
+    /// became of each entry goes to feedback.jsonl.
+    #[arg(long, conflicts_with = "from_kafka")]
+    pub feedback: Option<PathBuf>,
 }
 
 /// Why a replay could not run.
@@ -90,6 +95,8 @@ pub enum ReplayError {
     Snapshot(crate::checkpoint::CheckpointError),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Feedback(#[from] crate::feedback::FeedbackError),
     #[error("interrupted: stopped reading on SIGINT; outputs and summary.json hold everything read before")]
     Interrupted,
 }
@@ -151,13 +158,14 @@ impl ReplaySummary {
         };
         let counts = &self.counts;
         format!(
-            "records       {}\nevents        {}\nkeys          {}\nalerts        {} ({})\n  detectors   {}\ndigests       {} (folding {} low findings)\nsuppressed    {} (repeats inside the suppression window)\nrevocations   {} (shadow {})\nrejected      {} ({})\nno api key    {} (skipped)\nlate events   {}\n",
+            "records       {}\nevents        {}\nkeys          {}\nalerts        {} ({})\n  detectors   {}\n  updates     {} (repeats sent as new revisions of an alert)\ndigests       {} (folding {} low findings)\nsuppressed    {} (repeats inside the suppression window)\nrevocations   {} (shadow {})\nrejected      {} ({})\nno api key    {} (skipped)\nlate events   {}\n",
             counts.records,
             counts.events,
             self.keys,
             counts.alerts,
             join(&counts.alerts_by_severity),
             join(&counts.alerts_by_detector),
+            counts.alert_updates,
             counts.digests,
             counts.digest_findings,
             self.suppressed,
@@ -197,6 +205,12 @@ pub fn run_cli(args: &ReplayArgs) -> Result<(), ReplayError> {
         crate::revoke::RevocationGate::new(&setup.model.policy, &setup.model.label()),
         (*owners).clone(),
     );
+    if let Some(path) = &args.feedback {
+        for entry in crate::feedback::read_feedback_file(path)? {
+            engine.add_feedback(entry);
+        }
+        outputs = outputs.with_feedback(&args.out)?;
+    }
     let bar = files::progress_bar(&args.input, args.no_progress);
     let started = std::time::Instant::now();
     let stop = stop_on_sigint();

@@ -421,6 +421,11 @@ impl RevocationGate {
             evidence,
             model: self.model_label.clone(),
             owner: request.owner.clone(),
+            revision: 1,
+            count: 1,
+            first_seen: request.ts.clone(),
+            last_seen: request.ts.clone(),
+            peak_score: 1.0,
         }
     }
 

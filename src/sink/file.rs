@@ -100,6 +100,9 @@ pub struct OutputFiles {
     /// (older callers) they are written as the engine made them.
     gate: Option<(RevocationGate, OwnerBook)>,
     shadow_scratch: Vec<crate::alert::RevocationRequest>,
+    /// `feedback.jsonl`, the audit of analysts' feedback, when a replay
+    /// was given some.
+    pub feedback: Option<JsonlWriter>,
 }
 
 impl OutputFiles {
@@ -118,6 +121,7 @@ impl OutputFiles {
             alert_format: AlertFormat::Native,
             gate: None,
             shadow_scratch: Vec::new(),
+            feedback: None,
         })
     }
 
@@ -159,6 +163,12 @@ impl OutputFiles {
         Ok(self.shadow_scratch.len() as u64)
     }
 
+    /// Adds `feedback.jsonl` in `dir`.
+    pub fn with_feedback(mut self, dir: &Path) -> Result<OutputFiles, SinkError> {
+        self.feedback = Some(JsonlWriter::create(&dir.join("feedback.jsonl"))?);
+        Ok(self)
+    }
+
     pub fn write_output(&mut self, output: &Output) -> Result<(), SinkError> {
         match output {
             Output::Alert(alert) => {
@@ -186,6 +196,9 @@ impl OutputFiles {
         self.digests.sync()?;
         if let Some(ocsf_alerts) = self.ocsf_alerts.as_mut() {
             ocsf_alerts.sync()?;
+        }
+        if let Some(feedback) = &mut self.feedback {
+            feedback.sync()?;
         }
         self.rejected.sync()
     }

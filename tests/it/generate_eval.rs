@@ -247,6 +247,11 @@ fn alert(id: &str, fingerprint: &str, ts: &str, severity: Severity, detector: &s
         evidence: serde_json::json!({}),
         model: "test/1".to_string(),
         owner: None,
+        revision: 1,
+        count: 1,
+        first_seen: String::new(),
+        last_seen: String::new(),
+        peak_score: 0.0,
     }
 }
 
