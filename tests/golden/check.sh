@@ -44,7 +44,7 @@ for seed in 1 2 3; do
     "$bin" replay --input "$input/events.jsonl" --geoip-city "$input/geoip-city.mmdb" \
         --geoip-asn "$input/geoip-asn.mmdb" --out "$work/seed-$seed" --no-progress >/dev/null
 done
-files=(seed-{1,2,3}/{alerts,revocations,digests}.jsonl)
+files=(seed-{1,2,3}/{alerts,revocations,revocations.shadow,digests}.jsonl)
 if [[ $demo == 1 ]]; then
     rm -rf "$work/demo"
     "$bin" demo --plain --out "$work/demo" >/dev/null

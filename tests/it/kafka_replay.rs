@@ -30,6 +30,9 @@ fn cluster_for(
     {
         cluster.create_topic(topic, PARTITIONS, 1).expect("topic");
     }
+    for topic in single_partition_topics_of(config) {
+        cluster.create_topic(&topic, 1, 1).expect("topic");
+    }
     config.kafka.as_mut().unwrap().brokers = cluster.bootstrap_servers();
     cluster
 }
@@ -155,9 +158,11 @@ async fn replay_continues_from_a_snapshot_saved_by_run() {
         .unwrap()
         .save_snapshot_to(snapshot_dir.path().to_path_buf());
     let progress = pipeline.progress();
+    // The input's end, read before the pipeline starts: a blocking query of
+    // the broker must not hold up the test runtime the pipeline runs on.
+    let ends = end_offsets(&brokers, &input);
     let cancel = CancellationToken::new();
     let handle = tokio::spawn(pipeline.run(cancel.clone()));
-    let ends = end_offsets(&brokers, &input);
     wait_caught_up(&[&progress], "keyed", &input, &ends, Duration::from_secs(90)).await;
     cancel.cancel();
     handle.await.unwrap().expect("clean shutdown");

@@ -94,9 +94,15 @@ fn replay_writes_one_valid_ocsf_finding_per_alert_and_the_same_bytes_every_time(
             finding["severity_id"].as_u64(),
             Some(severity_id(alert["severity"].as_str().unwrap()))
         );
+        // A first revision is a Create, a later one an Update.
+        let type_uid = if alert["revision"].as_u64() == Some(1) {
+            200401
+        } else {
+            200402
+        };
         assert_eq!(
             (finding["class_uid"].as_u64(), finding["type_uid"].as_u64()),
-            (Some(2004), Some(200401))
+            (Some(2004), Some(type_uid))
         );
         assert_eq!(finding["unmapped"]["evidence"], alert["evidence"]);
         assert_eq!(
