@@ -437,6 +437,13 @@ impl Engine {
 
     /// Events waiting in the reorder buffer for the input's time to pass
     /// them (not counting those held far ahead).
+    /// The event time before which no more revocation candidate can come
+    /// from in-order events: every event still to come that is not late is
+    /// at least this new ([`order`]). `i64::MIN` before the first release.
+    pub fn candidate_watermark(&self) -> i64 {
+        self.time.released_ms.unwrap_or(i64::MIN)
+    }
+
     pub fn held_events(&self) -> usize {
         self.time.held.len()
     }

@@ -30,7 +30,8 @@ use crate::feedback::Outcome;
 use crate::fleet::spray::{Network, ObservationRecord};
 use crate::model::Model;
 use crate::owners::SharedOwners;
-use crate::sink::kafka::{KafkaSinkError, Outbox, OutputTopics};
+use crate::revoke::watermark::{InputWatermark, WatermarkRecord};
+use crate::sink::kafka::{KafkaSinkError, OutgoingMessage, Outbox, OutputTopics};
 use crate::source::kafka::group::{AssignedPartition, InputRecord};
 
 /// The stage's name in logs and progress.
@@ -55,7 +56,15 @@ struct PartitionState {
     released_since_checkpoint: bool,
     /// Where the partition's key entries are in the changelog.
     ledger: KeyLedger,
+    /// When the partition came here (wall clock).
+    assigned_at: Instant,
+    /// The last watermark written to the candidates topic: (released, idle).
+    reported_watermark: Option<(Option<i64>, bool)>,
 }
+
+/// A partition without any event for this long (wall clock) reports that
+/// it has none, so that it does not hold the revocation gate back.
+const EMPTY_PARTITION_AFTER: Duration = Duration::from_secs(5);
 
 /// One engine per partition.
 pub struct KeyedStage {
@@ -84,6 +93,9 @@ pub struct KeyedStage {
     /// Analysts' feedback (`kafka.feedback_topic`) and where its audit goes.
     feedback: Option<Arc<FeedbackFeed>>,
     feedback_audit_topic: Option<String>,
+    /// With the revocation gate downstream: how many keyed partitions there
+    /// are, for the watermarks written after the candidates.
+    candidate_watermarks: Option<u32>,
 }
 
 impl KeyedStage {
@@ -110,7 +122,17 @@ impl KeyedStage {
             changelog_format: ChangelogFormat::Full,
             feedback: None,
             feedback_audit_topic: None,
+            candidate_watermarks: None,
         }
+    }
+
+    /// Writes each partition's watermark to the revocation candidates topic
+    /// (the `revocations` output topic) after its candidates, so that the
+    /// gate judges candidates in event-time order ([`crate::revoke::watermark`]);
+    /// `inputs` is the number of keyed partitions (0 when unknown).
+    pub fn with_candidate_watermarks(mut self, inputs: u32) -> KeyedStage {
+        self.candidate_watermarks = Some(inputs);
+        self
     }
 
     /// Puts the owners of `owners` on alerts and revocation requests.
@@ -275,6 +297,9 @@ impl KeyedStage {
             &self.progress.late_events,
             stats.late_events.saturating_sub(stats_before.1),
         );
+        if let Some(inputs) = self.candidate_watermarks {
+            report_watermark(&self.topics.revocations, inputs, id, state, false, outbox);
+        }
         owned.next_offset = Some(last_offset + 1);
         state.last_input = Some(Instant::now());
         counts.events += events.len() as u64;
@@ -395,12 +420,50 @@ impl KeyedStage {
             if result.is_err() {
                 break;
             }
+            if let Some(inputs) = self.candidate_watermarks {
+                report_watermark(&self.topics.revocations, inputs, id, state, true, outbox);
+            }
         }
         outputs.clear();
         self.scratch_outputs = outputs;
         self.progress.add_counts(&counts);
         result.map(|()| released)
     }
+}
+
+/// Writes how far a partition's engine has judged to the candidates topic,
+/// when that changed since the last report.
+fn report_watermark(
+    topic: &str,
+    inputs: u32,
+    id: &PartitionId,
+    state: &mut PartitionState,
+    idle: bool,
+    outbox: &mut Outbox,
+) {
+    let watermark = state.engine.candidate_watermark();
+    let released_ms = (watermark > i64::MIN).then_some(watermark);
+    if state.reported_watermark == Some((released_ms, idle)) {
+        return;
+    }
+    state.reported_watermark = Some((released_ms, idle));
+    let record = WatermarkRecord {
+        watermark: InputWatermark {
+            input: id.to_string(),
+            released_ms,
+            idle,
+            inputs,
+        },
+    };
+    outbox.messages.push(OutgoingMessage {
+        topic: topic.to_string(),
+        partition: None,
+        key: Some(format!("watermark:{id}")),
+        payload: serde_json::to_vec(&record).unwrap_or_default(),
+        headers: Vec::new(),
+        timestamp_ms: None,
+        tombstone: false,
+    });
 }
 
 /// Sends the audit of feedback the engine applied (or refused) to the
@@ -507,6 +570,8 @@ impl Stage for KeyedStage {
                 released_since_checkpoint: false,
                 ledger,
                 feedback_seen,
+                assigned_at: Instant::now(),
+                reported_watermark: None,
             };
             (next_offset, state)
         });
@@ -612,6 +677,25 @@ impl Stage for KeyedStage {
         outbox: &mut Outbox,
     ) -> Result<usize, KafkaSinkError> {
         self.release_idle_partitions(now, idle_after, outbox)
+    }
+
+    fn idle(&mut self, outbox: &mut Outbox) -> Result<(), KafkaSinkError> {
+        // Partitions not heard of yet by the gate: restored ones say how far
+        // they had judged, ones without any event that they have none.
+        let Some(inputs) = self.candidate_watermarks else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        for (id, owned) in self.partitions.iter_mut() {
+            let state = &mut owned.state;
+            let restored = state.engine.candidate_watermark() > i64::MIN;
+            let empty = state.last_input.is_none()
+                && now.saturating_duration_since(state.assigned_at) >= EMPTY_PARTITION_AFTER;
+            if state.reported_watermark.is_none() && (restored || empty) {
+                report_watermark(&self.topics.revocations, inputs, id, state, false, outbox);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -154,6 +154,8 @@ pub struct Pipeline {
 #[derive(Debug, Clone)]
 struct TopicLayout {
     changelog_partitions: i32,
+    /// Partitions of the keyed stage's topics, summed (0 when unknown).
+    keyed_partitions: u32,
 }
 
 impl Pipeline {
@@ -399,7 +401,8 @@ impl Pipeline {
         .with_source_topic(self.kafka.source_topic.clone())
         .with_fingerprinter(self.config.fingerprint.resolved.clone())
         .with_owners(owners)
-        .with_changelog_format(self.kafka.changelog_format);
+        .with_changelog_format(self.kafka.changelog_format)
+        .with_candidate_watermarks(layout.keyed_partitions);
         let stage = match &self.kafka.feedback_topic {
             Some(topic) => {
                 let feed =
@@ -624,7 +627,14 @@ async fn prepare_topics(kafka: &KafkaConfig) -> Result<TopicLayout, PipelineErro
             });
         }
     }
-    Ok(TopicLayout { changelog_partitions })
+    let mut keyed_partitions = 0;
+    for topic in kafka.keyed_topics() {
+        keyed_partitions += partition_count(&probe, &topic)?.unwrap_or(0).max(0) as u32;
+    }
+    Ok(TopicLayout {
+        changelog_partitions,
+        keyed_partitions,
+    })
 }
 
 /// The changelog's `cleanup.policy` as the broker describes it; `None`,

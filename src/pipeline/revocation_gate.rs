@@ -4,9 +4,12 @@
 //! judges the candidates of every key of the deployment with one
 //! [`RevocationGate`]: the caps hold over all keys, not per partition.
 //!
-//! Candidates are judged in the order of the candidates topic (the gate's
-//! clock, the newest candidate event time, keeps the caps honest whatever
-//! that order). Requests let through go to the revocations topic (enforce),
+//! Candidates are judged in event-time order, as replay judges them: each
+//! keyed partition writes its watermark to the candidates topic after its
+//! candidates ([`crate::revoke::watermark`]), and the gate judges a
+//! candidate once every keyed partition has reported past it, so which
+//! candidate a cap lets through does not depend on how the partitions'
+//! batches interleaved. Requests let through go to the revocations topic (enforce),
 //! the shadow topic (shadow) or nowhere (off); held ones raise
 //! `revocation_held` alerts on the alerts topic.
 //!
@@ -36,6 +39,7 @@ use crate::counts::Counts;
 use crate::model::Model;
 use crate::owners::SharedOwners;
 use crate::revoke::resend::Resends;
+use crate::revoke::watermark::{Upstream, WatermarkRecord};
 use crate::revoke::{Mode, RevocationGate, Route, Verdict};
 use crate::sink::kafka::{KafkaSinkError, Outbox, OutgoingMessage, OutputTopics};
 use crate::source::kafka::group::{AssignedPartition, InputRecord};
@@ -68,6 +72,8 @@ pub struct GateStage {
     ack_timeout: Duration,
     progress: Arc<Progress>,
     scratch: Vec<Output>,
+    /// How far every keyed partition has judged.
+    upstream: Upstream,
 }
 
 impl GateStage {
@@ -83,6 +89,7 @@ impl GateStage {
             ack_timeout: model.policy.ack_timeout,
             progress,
             scratch: Vec::new(),
+            upstream: Upstream::default(),
         }
     }
 
@@ -145,6 +152,56 @@ impl GateStage {
         Ok(())
     }
 
+    /// Judges one candidate and delivers the verdict; only the state moves
+    /// when `replayed` (delivered before the restart).
+    fn decide(
+        &mut self,
+        request: &RevocationRequest,
+        replayed: bool,
+        now: Instant,
+        outbox: &mut Outbox,
+        counts: &mut Counts,
+    ) -> Result<(), KafkaSinkError> {
+        self.scratch.clear();
+        let verdict = {
+            let owners = self.owners.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.gate.judge(request, &owners, &mut self.scratch)
+        };
+        if replayed {
+            // Judged and delivered before the restart: state only, but a
+            // request still waiting for its acknowledgement is watched.
+            if self.gate.is_pending(&request.idempotency_key) {
+                self.resends.sent(request, now);
+            }
+            return Ok(());
+        }
+        match verdict {
+            Verdict::Pass(Route::Send) => {
+                self.push_request(&self.topics.outputs.revocations, request, 1, outbox)?;
+                self.resends.sent(request, now);
+                counts.revocations += 1;
+            }
+            Verdict::Pass(Route::Shadow) => {
+                self.push_request(&self.topics.shadow, request, 1, outbox)?;
+                counts.revocations_shadow += 1;
+            }
+            Verdict::Pass(Route::Drop) => {
+                tracing::warn!(idempotency_key = %request.idempotency_key, "revocation request dropped: mode is off");
+                metrics::counter!("keywatch_revocations_dropped_total").increment(1);
+            }
+            Verdict::Held(reason) => {
+                tracing::warn!(idempotency_key = %request.idempotency_key, reason = reason.kind(), "revocation request held back");
+                metrics::counter!("keywatch_revocations_held_total", "reason" => reason.kind()).increment(1);
+            }
+            Verdict::Duplicate => {}
+        }
+        for output in &self.scratch {
+            counts.count_output(output);
+            outbox.push_output(&self.topics.outputs, output)?;
+        }
+        Ok(())
+    }
+
     /// Sends again what waited `ack_timeout` for its acknowledgement.
     fn resend_due(&mut self, now: Instant, outbox: &mut Outbox) -> Result<(), KafkaSinkError> {
         for request in self.resends.due(now, self.ack_timeout) {
@@ -202,51 +259,26 @@ impl Stage for GateStage {
             let Some(owned) = self.partitions.claim(record) else {
                 continue;
             };
+            // What this record lets the gate judge was delivered before the
+            // restart when the record itself was.
             let replayed = record.offset < owned.state.replay_below;
             let payload = record.payload.as_deref().unwrap_or_default();
-            let Ok(request) = serde_json::from_slice::<RevocationRequest>(payload) else {
+            if let Ok(request) = serde_json::from_slice::<RevocationRequest>(payload) {
+                if let Some(ts_ms) = crate::event::parse_ts(&request.ts) {
+                    newest_event_ms = newest_event_ms.max(ts_ms);
+                }
+                if let Some(late) = self.gate.offer(request) {
+                    metrics::counter!("keywatch_revocation_late_candidates_total").increment(1);
+                    self.decide(&late, replayed, now, outbox, &mut counts)?;
+                }
+            } else if let Ok(WatermarkRecord { watermark }) = serde_json::from_slice::<WatermarkRecord>(payload) {
+                self.upstream.note(&watermark);
+            } else {
                 tracing::warn!(partition = %record.partition_id(), offset = record.offset, "unreadable revocation candidate skipped");
                 continue;
-            };
-            if let Some(ts_ms) = crate::event::parse_ts(&request.ts) {
-                newest_event_ms = newest_event_ms.max(ts_ms);
             }
-            self.scratch.clear();
-            let verdict = {
-                let owners = self.owners.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-                self.gate.judge(&request, &owners, &mut self.scratch)
-            };
-            if replayed {
-                // Judged and delivered before the restart: state only, but a
-                // request still waiting for its acknowledgement is watched.
-                if self.gate.is_pending(&request.idempotency_key) {
-                    self.resends.sent(&request, now);
-                }
-                continue;
-            }
-            match verdict {
-                Verdict::Pass(Route::Send) => {
-                    self.push_request(&self.topics.outputs.revocations, &request, 1, outbox)?;
-                    self.resends.sent(&request, now);
-                    counts.revocations += 1;
-                }
-                Verdict::Pass(Route::Shadow) => {
-                    self.push_request(&self.topics.shadow, &request, 1, outbox)?;
-                    counts.revocations_shadow += 1;
-                }
-                Verdict::Pass(Route::Drop) => {
-                    tracing::warn!(idempotency_key = %request.idempotency_key, "revocation request dropped: mode is off");
-                    metrics::counter!("keywatch_revocations_dropped_total").increment(1);
-                }
-                Verdict::Held(reason) => {
-                    tracing::warn!(idempotency_key = %request.idempotency_key, reason = reason.kind(), "revocation request held back");
-                    metrics::counter!("keywatch_revocations_held_total", "reason" => reason.kind()).increment(1);
-                }
-                Verdict::Duplicate => {}
-            }
-            for output in &self.scratch {
-                counts.count_output(output);
-                outbox.push_output(&self.topics.outputs, output)?;
+            while let Some(request) = self.gate.take_ready(self.upstream.watermark()) {
+                self.decide(&request, replayed, now, outbox, &mut counts)?;
             }
         }
         self.scratch.clear();
@@ -279,6 +311,7 @@ impl Stage for GateStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::revoke::watermark::InputWatermark;
     use crate::revoke::{AckMessage, ControlMessage};
 
     fn topics() -> GateTopics {
@@ -333,6 +366,14 @@ mod tests {
         model.policy.max_requests_per_owner.count = 100;
         let feed = Arc::new(ControlFeed::default());
         let mut stage = GateStage::new(&model, topics(), Arc::clone(&feed), Arc::new(Progress::default()));
+        // One keyed partition, always far ahead: candidates are judged as
+        // they come.
+        stage.upstream.note(&InputWatermark {
+            input: "in/0".into(),
+            released_ms: Some(i64::MAX - 1),
+            idle: false,
+            inputs: 1,
+        });
         stage.assigned(vec![AssignedPartition {
             id: PartitionId::new("candidates", 0),
             checkpoint: None,
@@ -442,5 +483,102 @@ mod tests {
             3,
             "the earlier ones are in the state"
         );
+    }
+
+    /// A candidate of key `index` at minute `minute`, on the candidates
+    /// topic at `offset`.
+    fn candidate_at(offset: i64, index: i64, minute: i64) -> InputRecord {
+        let fingerprint = format!("kf_{index:032x}");
+        let mut request: RevocationRequest = serde_json::from_slice(&candidate(index)).unwrap();
+        request.ts = crate::event::format_ts(1_700_000_000_000 + minute * 60_000);
+        request.key_fingerprint = fingerprint;
+        InputRecord {
+            payload: Some(serde_json::to_vec(&request).unwrap()),
+            ..record(offset)
+        }
+    }
+
+    fn watermark_at(offset: i64, input: &str, minute: i64) -> InputRecord {
+        let record_of = WatermarkRecord {
+            watermark: InputWatermark {
+                input: input.into(),
+                released_ms: Some(1_700_000_000_000 + minute * 60_000),
+                idle: false,
+                inputs: 2,
+            },
+        };
+        InputRecord {
+            payload: Some(serde_json::to_vec(&record_of).unwrap()),
+            ..record(offset)
+        }
+    }
+
+    /// What a gate with a global cap of 1 sends and holds for `records`.
+    fn capped_outputs(records: &[InputRecord]) -> Vec<(String, Vec<u8>)> {
+        let mut model = Model::default_model();
+        model.policy.mode = Mode::Enforce;
+        model.policy.max_requests.count = 1;
+        let feed = Arc::new(ControlFeed::default());
+        let mut stage = GateStage::new(&model, topics(), feed, Arc::new(Progress::default()));
+        stage.assigned(vec![AssignedPartition {
+            id: PartitionId::new("candidates", 0),
+            checkpoint: None,
+            committed: None,
+            ledger: Default::default(),
+        }]);
+        let mut outbox = Outbox::default();
+        stage.process(records, &mut outbox).unwrap();
+        outbox
+            .messages
+            .iter()
+            .map(|message| (message.topic.clone(), message.payload.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_cap_lets_through_the_earliest_candidate_whatever_order_the_partitions_wrote_in() {
+        // Keyed partition 0 has a candidate at minute 10, partition 1 one at
+        // minute 5; the cap of one lets through the earlier, in both orders.
+        let partition_0_first = [
+            candidate_at(0, 1, 10),
+            watermark_at(1, "in/0", 20),
+            candidate_at(2, 2, 5),
+            watermark_at(3, "in/1", 20),
+        ];
+        let partition_1_first = [
+            candidate_at(0, 2, 5),
+            watermark_at(1, "in/1", 20),
+            candidate_at(2, 1, 10),
+            watermark_at(3, "in/0", 20),
+        ];
+        let one = capped_outputs(&partition_0_first);
+        let other = capped_outputs(&partition_1_first);
+        assert_eq!(one, other, "same verdicts in the same order");
+        let sent: Vec<RevocationRequest> = one
+            .iter()
+            .filter(|(topic, _)| topic == "revocations")
+            .map(|(_, payload)| serde_json::from_slice(payload).unwrap())
+            .collect();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].key_fingerprint, format!("kf_{:032x}", 2), "the earlier candidate");
+        assert!(one.iter().any(|(topic, _)| topic == "alerts"), "the other is held with an alert");
+    }
+
+    #[test]
+    fn nothing_is_judged_until_every_keyed_partition_has_reported_past_it() {
+        let records = [candidate_at(0, 1, 10), watermark_at(1, "in/0", 20)];
+        assert!(capped_outputs(&records).is_empty(), "partition 1 has not reported");
+        let records = [
+            candidate_at(0, 1, 10),
+            watermark_at(1, "in/0", 20),
+            watermark_at(2, "in/1", 10),
+        ];
+        assert!(capped_outputs(&records).is_empty(), "partition 1 is at minute 10, not past it");
+        let records = [
+            candidate_at(0, 1, 10),
+            watermark_at(1, "in/0", 20),
+            watermark_at(2, "in/1", 11),
+        ];
+        assert_eq!(capped_outputs(&records).len(), 1);
     }
 }

@@ -56,6 +56,7 @@ pub fn replay_files(
         emitted: Vec::new(),
         quarantined: Vec::new(),
         origins: Vec::new(),
+        finished: false,
     };
     let batch_size = batch_size.max(1);
     if inputs.len() == 1 {
@@ -87,6 +88,7 @@ pub fn replay_files(
     // digest of its last day goes out.
     run.emitted.clear();
     engine.finish(&mut run.emitted);
+    run.finished = true;
     run.write(engine, &mut summary.counts, outputs)?;
     outputs.sync()?;
     let stats = engine.stats();
@@ -104,9 +106,21 @@ struct Run<'a> {
     emitted: Vec<Output>,
     quarantined: Vec<Quarantined>,
     origins: Vec<u64>,
+    /// The input is over: every revocation candidate is judged.
+    finished: bool,
 }
 
 impl Run<'_> {
+    /// How far the revocation gate may judge candidates (see
+    /// [`Engine::candidate_watermark`]).
+    fn candidate_watermark(&self, engine: &Engine) -> i64 {
+        if self.finished {
+            i64::MAX
+        } else {
+            engine.candidate_watermark()
+        }
+    }
+
     /// Writes what the engine emitted and quarantined.
     fn write(
         &mut self,
@@ -115,7 +129,8 @@ impl Run<'_> {
         outputs: &mut OutputFiles,
     ) -> Result<(), ReplayError> {
         attach_owners(self.owners, &mut self.emitted);
-        counts.revocations_shadow += outputs.gate_outputs(&mut self.emitted)?;
+        let watermark = self.candidate_watermark(engine);
+        counts.revocations_shadow += outputs.gate_outputs(&mut self.emitted, watermark)?;
         for output in &self.emitted {
             counts.count_output(output);
             outputs.write_output(output)?;

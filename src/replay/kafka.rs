@@ -252,6 +252,10 @@ pub fn replay_from_kafka(
             tracing::info!(partition = %id, from = start, to = high, "partition replayed");
         }
     }
+    // Every partition is read: the revocation candidates are judged.
+    let mut outputs = Vec::new();
+    summary.counts.revocations_shadow += files.gate_outputs(&mut outputs, i64::MAX)?;
+    write_outputs(&outputs, &mut files, &mut summary, producer.as_ref(), options)?;
     for id in snapshots.keys() {
         tracing::warn!(partition = %id, "snapshot partition not found in the topics; ignored");
     }
@@ -426,17 +430,31 @@ impl PartitionReplay<'_> {
         options: &ReplayKafkaOptions,
     ) -> Result<(), ReplayKafkaError> {
         attach_owners(&options.owners, &mut self.outputs);
-        summary.counts.revocations_shadow += files.gate_outputs(&mut self.outputs)?;
-        for output in &self.outputs {
-            files.write_output(output)?;
-            summary.counts.count_output(output);
-            if let (Output::Alert(alert), Some(producer), Some(topic)) = (output, producer, &options.to_topic) {
-                produce_alert(producer, topic, alert)?;
-                summary.produced += 1;
-            }
-        }
-        Ok(())
+        // Partitions are read one after another: their candidates wait in
+        // the gate until every partition is read, then are judged in event
+        // time order, as `run`'s gate judges them across partitions.
+        summary.counts.revocations_shadow += files.gate_outputs(&mut self.outputs, i64::MIN)?;
+        write_outputs(&self.outputs, files, summary, producer, options)
     }
+}
+
+/// Writes `outputs` (and produces their alerts with `--to-topic`).
+fn write_outputs(
+    outputs: &[Output],
+    files: &mut OutputFiles,
+    summary: &mut ReplayKafkaSummary,
+    producer: Option<&ThreadedProducer<DeliveryCounter>>,
+    options: &ReplayKafkaOptions,
+) -> Result<(), ReplayKafkaError> {
+    for output in outputs {
+        files.write_output(output)?;
+        summary.counts.count_output(output);
+        if let (Output::Alert(alert), Some(producer), Some(topic)) = (output, producer, &options.to_topic) {
+            produce_alert(producer, topic, alert)?;
+            summary.produced += 1;
+        }
+    }
+    Ok(())
 }
 
 fn produce_alert(

@@ -12,6 +12,19 @@
 //! Caps and cooldown count in the gate's clock: the newest event time of a
 //! candidate seen so far, which never goes back, so a cap of N per window
 //! holds over every window of that clock whatever order candidates come in.
+//!
+//! Which candidate a cap lets through depends on the order they are judged
+//! in, so the drivers do not judge them as they come: they [`offer`] them,
+//! and the gate judges them in event-time order (then idempotency key) once
+//! the drivers' watermark says no earlier candidate can come
+//! ([`take_ready`]). Replay's watermark is its engine's; `run`'s is the
+//! lowest over every keyed partition, so live and replay judge the same
+//! candidates in the same order whatever the partitions' interleaving. A
+//! candidate older than what was judged already (from a late event) is
+//! judged at once and counted.
+//!
+//! [`offer`]: RevocationGate::offer
+//! [`take_ready`]: RevocationGate::take_ready
 //! The verdict does not depend on the mode; the mode only routes a request
 //! let through (sent, shadow, dropped), so switching modes changes no alert
 //! and no later verdict.
@@ -209,6 +222,12 @@ pub struct RevocationGate {
     max_attempts: u32,
     model_label: String,
     state: GateState,
+    /// Candidates waiting for the watermark, by (event time, idempotency key).
+    pending: BTreeMap<(i64, String), RevocationRequest>,
+    /// Event time of the newest candidate taken from `pending`.
+    judged_through: i64,
+    /// Candidates that came older than `judged_through` (judged at once).
+    late_candidates: u64,
 }
 
 impl RevocationGate {
@@ -228,6 +247,9 @@ impl RevocationGate {
             max_attempts: policy.max_attempts.max(1),
             model_label: model_label.to_string(),
             state: GateState::default(),
+            pending: BTreeMap::new(),
+            judged_through: i64::MIN,
+            late_candidates: 0,
         }
     }
 
@@ -429,18 +451,70 @@ impl RevocationGate {
         }
     }
 
-    /// Judges the candidates among `outputs` in place, in order: a request
-    /// let through stays (enforce), goes to `shadow` (shadow) or goes
-    /// (off); a held one is replaced by its alert, if any. Replay's driver.
-    pub fn pass_outputs(&mut self, outputs: &mut Vec<Output>, owners: &OwnerBook, shadow: &mut Vec<RevocationRequest>) {
-        if !outputs.iter().any(|output| matches!(output, Output::Revocation(_))) {
-            return;
+    /// Takes a candidate to judge in event-time order. Returns it back when
+    /// it is older than candidates judged already: judge it at once.
+    pub fn offer(&mut self, request: RevocationRequest) -> Option<RevocationRequest> {
+        if self.state.requests.contains_key(&request.idempotency_key) {
+            // Delivered twice (a keyed partition redoing a batch): judged.
+            return None;
+        }
+        let ts_ms = parse_ts(&request.ts).unwrap_or(i64::MIN);
+        if ts_ms < self.judged_through {
+            self.late_candidates += 1;
+            return Some(request);
+        }
+        self.pending.insert((ts_ms, request.idempotency_key.clone()), request);
+        None
+    }
+
+    /// The next candidate to judge now that no candidate older than
+    /// `watermark` can come (`i64::MAX` at the end of the input).
+    pub fn take_ready(&mut self, watermark: i64) -> Option<RevocationRequest> {
+        let entry = self.pending.first_entry()?;
+        let ts_ms = entry.key().0;
+        if ts_ms >= watermark && watermark != i64::MAX {
+            return None;
+        }
+        self.judged_through = self.judged_through.max(ts_ms);
+        Some(entry.remove())
+    }
+
+    /// Candidates offered and not judged yet.
+    pub fn pending_candidates(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Candidates that came older than candidates judged already.
+    pub fn late_candidates(&self) -> u64 {
+        self.late_candidates
+    }
+
+    /// Offers the candidates among `outputs` and judges, in event-time
+    /// order, those `watermark` lets go (see [`RevocationGate::take_ready`]):
+    /// a request let through is appended (enforce), goes to `shadow`
+    /// (shadow) or goes (off); a held one is replaced by its alert, if any.
+    /// Replay's driver.
+    pub fn pass_outputs(
+        &mut self,
+        outputs: &mut Vec<Output>,
+        watermark: i64,
+        owners: &OwnerBook,
+        shadow: &mut Vec<RevocationRequest>,
+    ) {
+        let mut late = Vec::new();
+        if outputs.iter().any(|output| matches!(output, Output::Revocation(_))) {
+            for output in std::mem::take(outputs) {
+                match output {
+                    Output::Revocation(request) => late.extend(self.offer(request)),
+                    other => outputs.push(other),
+                }
+            }
         }
         let mut alerts = Vec::new();
-        for output in std::mem::take(outputs) {
-            let Output::Revocation(request) = output else {
-                outputs.push(output);
-                continue;
+        let mut ready = late.into_iter();
+        loop {
+            let Some(request) = ready.next().or_else(|| self.take_ready(watermark)) else {
+                break;
             };
             match self.judge(&request, owners, &mut alerts) {
                 Verdict::Pass(Route::Send) => outputs.push(Output::Revocation(request)),
@@ -751,5 +825,20 @@ mod tests {
             Verdict::Held(HoldReason::Cooldown { .. })
         ));
         assert!(!json.contains("sk_"), "fingerprints only");
+    }
+
+    #[test]
+    fn offered_candidates_are_judged_in_event_time_order_once_the_watermark_passes() {
+        let mut gate = RevocationGate::new(&policy(), "m");
+        assert!(gate.offer(request("kf_b", "late", 3 * HOUR)).is_none());
+        assert!(gate.offer(request("kf_a", "early", HOUR)).is_none());
+        assert!(gate.take_ready(T0 + HOUR).is_none(), "not before the watermark passes it");
+        assert_eq!(gate.take_ready(T0 + 2 * HOUR).map(|r| r.key_fingerprint), Some("kf_a".to_string()));
+        assert!(gate.take_ready(T0 + 2 * HOUR).is_none());
+        let behind = gate.offer(request("kf_c", "behind", 0)).expect("older than judged: at once");
+        assert_eq!(behind.key_fingerprint, "kf_c");
+        assert_eq!(gate.late_candidates(), 1);
+        assert_eq!(gate.take_ready(i64::MAX).map(|r| r.key_fingerprint), Some("kf_b".to_string()));
+        assert_eq!(gate.pending_candidates(), 0);
     }
 }

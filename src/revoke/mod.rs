@@ -8,6 +8,7 @@
 
 pub mod gate;
 pub mod resend;
+pub mod watermark;
 
 use serde::{Deserialize, Serialize};
 

@@ -147,16 +147,17 @@ impl OutputFiles {
         self.gate.as_ref().map(|(gate, _)| gate)
     }
 
-    /// Judges the revocation requests among `outputs` in place (see
-    /// [`RevocationGate::pass_outputs`]) and writes those routed to shadow
+    /// Judges the revocation requests among `outputs`, and those held
+    /// before, as far as the engine's `watermark` lets (see
+    /// [`RevocationGate::pass_outputs`]), and writes those routed to shadow
     /// mode to `revocations.shadow.jsonl`; returns how many. Call before
     /// counting and writing `outputs`.
-    pub fn gate_outputs(&mut self, outputs: &mut Vec<Output>) -> Result<u64, SinkError> {
+    pub fn gate_outputs(&mut self, outputs: &mut Vec<Output>, watermark: i64) -> Result<u64, SinkError> {
         let Some((gate, owners)) = &mut self.gate else {
             return Ok(0);
         };
         self.shadow_scratch.clear();
-        gate.pass_outputs(outputs, owners, &mut self.shadow_scratch);
+        gate.pass_outputs(outputs, watermark, owners, &mut self.shadow_scratch);
         for request in &self.shadow_scratch {
             self.shadow.write(request)?;
         }
