@@ -134,6 +134,7 @@ mod tests {
             config,
             model: std::sync::Arc::new(crate::model::Model::default_model()),
             geo: std::sync::Arc::new(crate::enrich::GeoIp::empty()),
+            fingerprint_source: crate::setup::FingerprintSource::ChosenUnkeyed,
         };
         let text = summary(None, None, &setup);
         assert!(

@@ -138,6 +138,8 @@ pub struct Setup {
     pub config: Config,
     pub model: Arc<Model>,
     pub geo: Arc<GeoIp>,
+    /// Where the fingerprint secret came from (`run` refuses none).
+    pub fingerprint_source: FingerprintSource,
 }
 
 impl Setup {
@@ -183,6 +185,7 @@ impl Setup {
             config,
             model: Arc::new(model),
             geo: Arc::new(geo),
+            fingerprint_source: source,
         })
     }
 

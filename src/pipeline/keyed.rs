@@ -31,7 +31,7 @@ use crate::fleet::spray::{Network, ObservationRecord};
 use crate::model::Model;
 use crate::owners::SharedOwners;
 use crate::revoke::watermark::{InputWatermark, WatermarkRecord};
-use crate::sink::kafka::{KafkaSinkError, OutgoingMessage, Outbox, OutputTopics};
+use crate::sink::kafka::{KafkaSinkError, Outbox, OutgoingMessage, OutputTopics};
 use crate::source::kafka::group::{AssignedPartition, InputRecord};
 
 /// The stage's name in logs and progress.
@@ -272,16 +272,16 @@ impl KeyedStage {
                 .engine
                 .process_with_origins(&events[replayed..], &origins[replayed..], &mut outputs);
         }
-        attach_shared_owners(self.owners.as_ref(), &mut outputs);
         let result = emit(
             Emit {
                 topics: &self.topics,
+                owners: self.owners.as_ref(),
                 source_topic: self.source_topic.as_deref(),
                 quarantined: &mut self.scratch_quarantined,
             },
             id,
             state,
-            &outputs,
+            &mut outputs,
             outbox,
             counts,
         );
@@ -310,6 +310,8 @@ impl KeyedStage {
 /// Where [`emit`] sends what a partition's engine produced.
 struct Emit<'a> {
     topics: &'a OutputTopics,
+    /// Owners put on alerts and revocation requests before they go.
+    owners: Option<&'a SharedOwners>,
     source_topic: Option<&'a str>,
     quarantined: &'a mut Vec<Quarantined>,
 }
@@ -334,11 +336,12 @@ fn emit(
     to: Emit<'_>,
     id: &PartitionId,
     state: &mut PartitionState,
-    outputs: &[Output],
+    outputs: &mut [Output],
     outbox: &mut Outbox,
     counts: &mut Counts,
 ) -> Result<(), KafkaSinkError> {
-    for output in outputs {
+    attach_shared_owners(to.owners, outputs);
+    for output in outputs.iter() {
         // Revocation requests are candidates here: the gate stage counts
         // what it sends or shadows.
         if !matches!(output, Output::Revocation(_)) {
@@ -404,16 +407,16 @@ impl KeyedStage {
             state.last_input = Some(now);
             released += 1;
             tracing::info!(partition = %id, outputs = outputs.len(), "idle partition: held events judged");
-            attach_shared_owners(self.owners.as_ref(), &mut outputs);
             result = emit(
                 Emit {
                     topics: &self.topics,
+                    owners: self.owners.as_ref(),
                     source_topic: self.source_topic.as_deref(),
                     quarantined: &mut self.scratch_quarantined,
                 },
                 id,
                 state,
-                &outputs,
+                &mut outputs,
                 outbox,
                 &mut counts,
             );
@@ -689,8 +692,8 @@ impl Stage for KeyedStage {
         for (id, owned) in self.partitions.iter_mut() {
             let state = &mut owned.state;
             let restored = state.engine.candidate_watermark() > i64::MIN;
-            let empty = state.last_input.is_none()
-                && now.saturating_duration_since(state.assigned_at) >= EMPTY_PARTITION_AFTER;
+            let empty =
+                state.last_input.is_none() && now.saturating_duration_since(state.assigned_at) >= EMPTY_PARTITION_AFTER;
             if state.reported_watermark.is_none() && (restored || empty) {
                 report_watermark(&self.topics.revocations, inputs, id, state, false, outbox);
             }

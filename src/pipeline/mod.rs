@@ -95,6 +95,11 @@ pub enum PipelineError {
     Setup(#[from] SetupError),
     #[error("the configuration has no [kafka] section")]
     NoKafkaSection,
+    #[error(
+        "no fingerprint secret: set fingerprint.secret_file, --fingerprint-key-file or KEYWATCH_FINGERPRINT_KEY \
+         (shared with the revocation service), or fingerprint.unkeyed = true for tests and demos only"
+    )]
+    NoFingerprintSecret,
     #[error("topic {topic}: {problem}")]
     Topic { topic: String, problem: String },
     #[error(transparent)]
@@ -836,6 +841,11 @@ async fn cancel_on_signal(cancel: CancellationToken) {
 pub fn run_cli(args: &RunArgs) -> Result<(), PipelineError> {
     let setup = Setup::load(&args.engine.overrides(Some(args.config.clone())))?;
     let kafka = setup.config.kafka.clone().ok_or(PipelineError::NoKafkaSection)?;
+    // Unkeyed fingerprints let anyone holding a guessed key id confirm it
+    // from any alert: a deployment chooses them explicitly or not at all.
+    if setup.fingerprint_source == crate::setup::FingerprintSource::NoSecret {
+        return Err(PipelineError::NoFingerprintSecret);
+    }
     if let Some(path) = &args.export_snapshot {
         let partitions = export_snapshot(&kafka, path)?;
         eprintln!(

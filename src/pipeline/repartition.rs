@@ -108,16 +108,9 @@ impl Stage for RepartitionStage {
                 rejections.clear();
             }
         }
-        self.progress.add_counts(&counts);
         Progress::add(&self.progress.repartitioned, repartitioned);
-        if newest_event_ms > i64::MIN {
-            self.progress.saw_event_time(STAGE, newest_event_ms);
-        }
+        self.progress.end_batch(STAGE, &counts, newest_event_ms);
         Ok(())
-    }
-
-    fn checkpoint(&mut self, _due: bool, _outbox: &mut Outbox) -> Result<usize, KafkaSinkError> {
-        Ok(0)
     }
 
     fn offsets_to_commit(&self) -> Vec<(PartitionId, i64)> {

@@ -283,15 +283,8 @@ impl Stage for GateStage {
         }
         self.scratch.clear();
         self.resend_due(now, outbox)?;
-        self.progress.add_counts(&counts);
-        if newest_event_ms > i64::MIN {
-            self.progress.saw_event_time(STAGE, newest_event_ms);
-        }
+        self.progress.end_batch(STAGE, &counts, newest_event_ms);
         Ok(())
-    }
-
-    fn checkpoint(&mut self, _due: bool, _outbox: &mut Outbox) -> Result<usize, KafkaSinkError> {
-        Ok(0)
     }
 
     fn offsets_to_commit(&self) -> Vec<(PartitionId, i64)> {
@@ -560,8 +553,15 @@ mod tests {
             .map(|(_, payload)| serde_json::from_slice(payload).unwrap())
             .collect();
         assert_eq!(sent.len(), 1);
-        assert_eq!(sent[0].key_fingerprint, format!("kf_{:032x}", 2), "the earlier candidate");
-        assert!(one.iter().any(|(topic, _)| topic == "alerts"), "the other is held with an alert");
+        assert_eq!(
+            sent[0].key_fingerprint,
+            format!("kf_{:032x}", 2),
+            "the earlier candidate"
+        );
+        assert!(
+            one.iter().any(|(topic, _)| topic == "alerts"),
+            "the other is held with an alert"
+        );
     }
 
     #[test]
@@ -573,7 +573,10 @@ mod tests {
             watermark_at(1, "in/0", 20),
             watermark_at(2, "in/1", 10),
         ];
-        assert!(capped_outputs(&records).is_empty(), "partition 1 is at minute 10, not past it");
+        assert!(
+            capped_outputs(&records).is_empty(),
+            "partition 1 is at minute 10, not past it"
+        );
         let records = [
             candidate_at(0, 1, 10),
             watermark_at(1, "in/0", 20),

@@ -27,7 +27,10 @@ pub trait Stage: Send {
     fn process(&mut self, records: &[InputRecord], outbox: &mut Outbox) -> Result<(), KafkaSinkError>;
     /// Appends checkpoints: of every partition that moved since its last
     /// one when `due`, otherwise only of partitions that never had one.
-    fn checkpoint(&mut self, due: bool, outbox: &mut Outbox) -> Result<usize, KafkaSinkError>;
+    /// Stages without state in a changelog write none.
+    fn checkpoint(&mut self, _due: bool, _outbox: &mut Outbox) -> Result<usize, KafkaSinkError> {
+        Ok(0)
+    }
     /// Next offsets that may be committed now that the outbox was delivered.
     fn offsets_to_commit(&self) -> Vec<(PartitionId, i64)>;
     /// The offsets were committed.
@@ -118,6 +121,15 @@ impl Progress {
     pub(crate) fn add_counts(&self, batch: &Counts) {
         if let Ok(mut counts) = self.counts.lock() {
             counts.add(batch);
+        }
+    }
+
+    /// Ends a stage's batch: adds what it counted and, when it saw any
+    /// event time (`i64::MIN` when none), the newest.
+    pub(crate) fn end_batch(&self, stage: &'static str, batch: &Counts, newest_event_ms: i64) {
+        self.add_counts(batch);
+        if newest_event_ms > i64::MIN {
+            self.saw_event_time(stage, newest_event_ms);
         }
     }
 

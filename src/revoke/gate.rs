@@ -832,13 +832,24 @@ mod tests {
         let mut gate = RevocationGate::new(&policy(), "m");
         assert!(gate.offer(request("kf_b", "late", 3 * HOUR)).is_none());
         assert!(gate.offer(request("kf_a", "early", HOUR)).is_none());
-        assert!(gate.take_ready(T0 + HOUR).is_none(), "not before the watermark passes it");
-        assert_eq!(gate.take_ready(T0 + 2 * HOUR).map(|r| r.key_fingerprint), Some("kf_a".to_string()));
+        assert!(
+            gate.take_ready(T0 + HOUR).is_none(),
+            "not before the watermark passes it"
+        );
+        assert_eq!(
+            gate.take_ready(T0 + 2 * HOUR).map(|r| r.key_fingerprint),
+            Some("kf_a".to_string())
+        );
         assert!(gate.take_ready(T0 + 2 * HOUR).is_none());
-        let behind = gate.offer(request("kf_c", "behind", 0)).expect("older than judged: at once");
+        let behind = gate
+            .offer(request("kf_c", "behind", 0))
+            .expect("older than judged: at once");
         assert_eq!(behind.key_fingerprint, "kf_c");
         assert_eq!(gate.late_candidates(), 1);
-        assert_eq!(gate.take_ready(i64::MAX).map(|r| r.key_fingerprint), Some("kf_b".to_string()));
+        assert_eq!(
+            gate.take_ready(i64::MAX).map(|r| r.key_fingerprint),
+            Some("kf_b".to_string())
+        );
         assert_eq!(gate.pending_candidates(), 0);
     }
 }

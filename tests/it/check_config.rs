@@ -1,7 +1,8 @@
 //! `keywatch check-config` run as a process: a valid config and model pass
 //! with exit 0; an unknown field, a NaN, a negative number and a missing
 //! GeoIP file each fail with exit 2 and a message naming the file and the
-//! field (or path); a SASL password is never printed.
+//! field (or path); a SASL password is never printed. `keywatch run`
+//! refuses a config without a fingerprint secret unless unkeyed is chosen.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -135,4 +136,24 @@ fn missing_geoip_file_names_the_path() {
     let missing = std::env::temp_dir().join("keywatch-check-config-no-such-city.mmdb");
     let (output, _dir) = check_written("", DEFAULT_MODEL_TOML, &["--geoip-city".as_ref(), missing.as_os_str()]);
     assert_fails_naming(&output, &[&missing.display().to_string()]);
+}
+
+#[test]
+fn run_refuses_to_start_without_a_fingerprint_secret_unless_unkeyed_is_chosen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, _) = write_files(dir.path(), "", DEFAULT_MODEL_TOML);
+    let output = Command::new(env!("CARGO_BIN_EXE_keywatch"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("KEYWATCH_FINGERPRINT_KEY")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("keywatch run starts");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "no secret, no start: {stderr}");
+    assert!(stderr.contains("no fingerprint secret"), "{stderr}");
+    assert!(
+        stderr.contains("fingerprint.unkeyed = true"),
+        "it names the way out: {stderr}"
+    );
 }

@@ -173,7 +173,7 @@ fn the_start_up_line_is_json_with_a_summary_and_no_secret() {
     let config = dir.path().join("kw.toml");
     std::fs::write(
         &config,
-        "[kafka]\nbrokers = \"127.0.0.1:9\"\ninput_topics = [\"in\"]\ninstance_id = \"kw-7\"\n\
+        "[fingerprint]\nunkeyed = true\n[kafka]\nbrokers = \"127.0.0.1:9\"\ninput_topics = [\"in\"]\ninstance_id = \"kw-7\"\n\
          [kafka.properties]\n\"sasl.password\" = \"hunter2-secret\"\n",
     )
     .expect("write config");

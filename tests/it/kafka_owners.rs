@@ -21,6 +21,10 @@ async fn owners_on_the_owners_topic_reach_alerts_and_revocations_in_run() {
         mock.create_topic(&owners_topic, 1, 1).expect("owners topic");
     }
     kafka_of_mut(&mut config).owners_topic = Some(owners_topic.clone());
+    // The revocation gate judges a candidate once every keyed partition's
+    // event time has passed it; at the end of the input, idle partitions
+    // let their held events and candidates go.
+    kafka_of_mut(&mut config).idle_release = Duration::from_secs(1);
     let fingerprinter = Fingerprinter::unkeyed();
     let owned = fingerprinter.fingerprint(&key_id(1));
     let disowned = fingerprinter.fingerprint(&key_id(3));
@@ -40,12 +44,21 @@ async fn owners_on_the_owners_topic_reach_alerts_and_revocations_in_run() {
 
     let kafka = kafka_of(&config).clone();
     let pipeline = RunningPipeline::start(&config);
-    wait_until("alerts on both travelling keys", cluster.catch_up(), || {
-        let alerts = read_alerts(&brokers, &kafka.alerts_topic);
-        [&owned, &disowned]
-            .iter()
-            .all(|key| alerts.iter().any(|alert| &&alert.key_fingerprint == key))
-    })
+    wait_until(
+        "alerts on both travelling keys and a revocation",
+        cluster.catch_up(),
+        || {
+            let alerts = read_alerts(&brokers, &kafka.alerts_topic);
+            let revoked = read_topic(&brokers, &kafka.revocations_topic).iter().any(|message| {
+                serde_json::from_slice::<RevocationRequest>(&message.payload)
+                    .is_ok_and(|request| request.key_fingerprint == owned)
+            });
+            revoked
+                && [&owned, &disowned]
+                    .iter()
+                    .all(|key| alerts.iter().any(|alert| &&alert.key_fingerprint == key))
+        },
+    )
     .await;
     pipeline.stop().await;
 

@@ -417,10 +417,13 @@ pub fn test_config(brokers: &str, prefix: &str, keyed: bool) -> Config {
     kafka.topic_replication_factor = 1;
     kafka.properties.insert("session.timeout.ms".into(), "6000".into());
     kafka.properties.insert("heartbeat.interval.ms".into(), "500".into());
-    Config {
+    let mut config = Config {
         kafka: Some(kafka),
         ..Config::default()
-    }
+    };
+    // Test keys are not secrets: `run` needs unkeyed fingerprints chosen.
+    config.fingerprint.unkeyed = true;
+    config
 }
 
 /// The topics a test configuration names.
