@@ -50,7 +50,12 @@ fn cpu_time() -> Duration {
     // Fields after the command name, which is in parentheses.
     let after_name = stat.rsplit(')').next().unwrap_or("");
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |index: usize| fields.get(index).and_then(|field| field.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime and stime are the 14th and 15th fields of the whole line.
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }

@@ -175,7 +175,11 @@ mod tests {
             "?only=query",
             "/v1/caf\u{e9}/12345678",
         ] {
-            assert_eq!(normalize_endpoint(endpoint, &mut scratch), by_segment(endpoint), "{endpoint:?}");
+            assert_eq!(
+                normalize_endpoint(endpoint, &mut scratch),
+                by_segment(endpoint),
+                "{endpoint:?}"
+            );
         }
     }
 
