@@ -477,7 +477,7 @@ impl Engine {
             }
             Arrival::InOrder => {
                 self.time.ahead_run = 0;
-                self.time.held.push(std::cmp::Reverse(row));
+                self.time.held.push(row);
                 self.time.advance(row.ts_ms);
                 self.settle(out);
             }
@@ -1174,7 +1174,7 @@ impl Engine {
     /// the event being judged).
     fn evict_silent(&mut self, now_ms: i64, judging: u128) {
         let cutoff = now_ms.saturating_sub(self.model.state.evict_after.as_millis() as i64);
-        let mut held: rustc_hash::FxHashSet<u128> = self.time.held.iter().map(|row| row.0.key_bits).collect();
+        let mut held: rustc_hash::FxHashSet<u128> = self.time.held.iter().map(|row| row.key_bits).collect();
         held.extend(self.time.ahead.iter().map(|row| row.key_bits));
         held.insert(judging);
         for (slot, entry) in self.light.iter_mut().enumerate() {
@@ -1517,7 +1517,7 @@ impl Engine {
             origin: row.origin,
             arrived_clock_ms: row.arrived_clock_ms,
         };
-        let mut held: Vec<Row> = self.time.held.iter().map(|row| row.0).collect();
+        let mut held: Vec<Row> = self.time.held.iter().copied().collect();
         held.sort();
         EventTimeSnapshot {
             clock_ms: self.time.clock_ms,
@@ -1569,7 +1569,7 @@ impl Engine {
             if into_ahead {
                 self.time.ahead.push(row);
             } else {
-                self.time.held.push(std::cmp::Reverse(row));
+                self.time.held.push(row);
             }
         }
     }

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use super::{DecodeError, Scalar, expect_object};
+use super::{DecodeError, Scalar, expect_object, parse_record};
 use crate::event::{AccessEvent, MAX_TS_MS, MIN_TS_MS, parse_ts};
 
 /// The record as it came: every field optional and of any type, so that
@@ -41,7 +41,7 @@ struct RawCanonical<'a> {
 /// Decodes one canonical record.
 pub fn decode_canonical(record: &[u8]) -> Result<AccessEvent<'_>, DecodeError> {
     expect_object(record)?;
-    let raw: RawCanonical<'_> = serde_json::from_slice(record)?;
+    let raw: RawCanonical<'_> = parse_record(record)?;
     // The key comes first: an event without one is skipped, not rejected,
     // whatever else is wrong with it.
     let key_id = key_field(raw.key_id, "key_id")?;

@@ -26,13 +26,17 @@
 //! text that is not an address is still `bad_ip`.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::canonical::{key_field, optional, required};
-use super::{DecodeError, ObjectOr, Scalar, expect_object};
+use super::{DecodeError, ObjectOr, Scalar, expect_object, parse_record};
 use crate::event::{AccessEvent, MAX_TS_MS, MIN_TS_MS, parse_ts};
 
 /// The source address of a call made through an AWS service (see the module
@@ -193,7 +197,7 @@ pub(crate) fn decode_records_document<'a>(
 /// Decodes one CloudTrail event object.
 pub fn decode_event(record: &[u8]) -> Result<AccessEvent<'_>, DecodeError> {
     expect_object(record)?;
-    let raw: RawCloudTrail<'_> = serde_json::from_slice(record)?;
+    let raw: RawCloudTrail<'_> = parse_record(record)?;
     // The key first: AWS service events have neither a key nor an IP, and
     // they must be skipped as keyless, not rejected for their IP.
     let key_id = match raw.user_identity {
@@ -237,12 +241,77 @@ pub fn decode_event(record: &[u8]) -> Result<AccessEvent<'_>, DecodeError> {
         key_id,
         ip,
         method: Cow::Borrowed(method_for_read_only(raw.read_only.as_ref())),
-        endpoint: Cow::Owned(format!("{service}:{event_name}")),
+        endpoint: endpoint_of(service, &event_name),
         status,
         user_agent,
         bytes_out: bytes_out(raw.additional_event_data),
         request_id,
     })
+}
+
+/// At most this many distinct CloudTrail endpoints are kept for the life of
+/// the process (a few MB at most); AWS has some tens of thousands of
+/// `service:action` pairs, so real traffic never reaches it. Past it, a new
+/// endpoint is built per event, as crafted input may name endless ones.
+const MAX_SHARED_ENDPOINTS: usize = 1 << 17;
+
+/// Endpoints come from outside: the sets' hashers are randomly seeded.
+type EndpointSet = HashSet<&'static str, ahash::RandomState>;
+
+/// Endpoints kept for the life of the process, shared by every thread.
+static SHARED_ENDPOINTS: Mutex<Option<EndpointSet>> = Mutex::new(None);
+/// How many endpoints [`SHARED_ENDPOINTS`] holds, read without its lock.
+static SHARED_ENDPOINT_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's view of [`SHARED_ENDPOINTS`] (no lock per event) and
+    /// the scratch the endpoint is written into to look it up.
+    static LOCAL_ENDPOINTS: RefCell<(EndpointSet, String)> =
+        RefCell::new((EndpointSet::with_hasher(ahash::RandomState::new()), String::new()));
+}
+
+/// The endpoint `service:action` of a CloudTrail event. It is made of two
+/// fields apart in the record, so it cannot borrow from it; it borrows from
+/// a process-wide table instead, which every endpoint joins once: decoding
+/// allocates nothing per event once an endpoint has been seen.
+fn endpoint_of(service: &str, event_name: &str) -> Cow<'static, str> {
+    LOCAL_ENDPOINTS.with(|local| {
+        let Ok(mut local) = local.try_borrow_mut() else {
+            return Cow::Owned(format!("{service}:{event_name}"));
+        };
+        let (seen, scratch) = &mut *local;
+        scratch.clear();
+        scratch.push_str(service);
+        scratch.push(':');
+        scratch.push_str(event_name);
+        if let Some(endpoint) = seen.get(scratch.as_str()) {
+            return Cow::Borrowed(*endpoint);
+        }
+        match shared_endpoint(scratch) {
+            Some(endpoint) => {
+                seen.insert(endpoint);
+                Cow::Borrowed(endpoint)
+            }
+            None => Cow::Owned(scratch.clone()),
+        }
+    })
+}
+
+/// `endpoint` from the process-wide table, added if there is room.
+fn shared_endpoint(endpoint: &str) -> Option<&'static str> {
+    let mut shared = SHARED_ENDPOINTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let table = shared.get_or_insert_with(|| EndpointSet::with_hasher(ahash::RandomState::new()));
+    if let Some(kept) = table.get(endpoint) {
+        return Some(kept);
+    }
+    if SHARED_ENDPOINT_COUNT.load(Ordering::Relaxed) >= MAX_SHARED_ENDPOINTS {
+        return None;
+    }
+    // Kept until the process ends, by design: bounded above.
+    let kept: &'static str = Box::leak(endpoint.to_owned().into_boxed_str());
+    table.insert(kept);
+    SHARED_ENDPOINT_COUNT.store(table.len(), Ordering::Relaxed);
+    Some(kept)
 }
 
 /// CloudTrail writes RFC 3339 UTC; events exported again by a SIEM or an
@@ -595,6 +664,21 @@ mod tests {
         for (code, status) in cases {
             assert_eq!(status_for_error_code(code), status, "{code}");
         }
+    }
+
+    /// The endpoint is the same text whether it comes from the shared table
+    /// or is built, and the second event of an endpoint borrows it.
+    #[test]
+    fn endpoints_are_shared_not_built_per_event() {
+        let first = endpoint_of("iam", "CreateAccessKey");
+        let second = endpoint_of("iam", "CreateAccessKey");
+        assert_eq!(first, "iam:CreateAccessKey");
+        match (&first, &second) {
+            (Cow::Borrowed(a), Cow::Borrowed(b)) => assert!(std::ptr::eq(*a, *b), "one shared copy"),
+            other => panic!("expected borrowed endpoints, got {other:?}"),
+        }
+        assert_eq!(endpoint_of("s3", ""), "s3:");
+        assert_eq!(endpoint_of("", "x:y"), ":x:y");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use ipnet::IpNet;
 
 use super::canonical::{check_ts_range, key_field, optional};
-use super::{DecodeError, Scalar, expect_object};
+use super::{DecodeError, Scalar, expect_object, parse_record};
 use crate::event::{AccessEvent, parse_ts};
 
 /// Where each canonical field is found in a gateway's JSON record.
@@ -157,7 +157,7 @@ impl Default for FieldMapping {
 /// Decodes one record through `mapping`.
 pub fn decode_mapped<'a>(record: &'a [u8], mapping: &FieldMapping) -> Result<AccessEvent<'a>, DecodeError> {
     expect_object(record)?;
-    let root: RawObject<'a> = serde_json::from_slice(record)?;
+    let root: RawObject<'a> = parse_record(record)?;
     let lookup = |path: &str| -> Result<Option<Scalar<'a>>, DecodeError> { root.lookup(path).map(optional) };
 
     let key_id = key_field(lookup(&mapping.key_id)?, "key_id")?;

@@ -14,7 +14,7 @@
 //! strings have been seen.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
@@ -117,8 +117,80 @@ impl PartialOrd for Row {
     }
 }
 impl Ord for Row {
+    /// The order of [`Row::order_key`], field by field: almost every pair
+    /// differs in time, so most comparisons end at the first field without
+    /// building the tuple.
     fn cmp(&self, other: &Row) -> Ordering {
-        self.order_key().cmp(&other.order_key())
+        self.ts_ms
+            .cmp(&other.ts_ms)
+            .then_with(|| self.key_bits.cmp(&other.key_bits))
+            .then_with(|| self.ip.cmp(&other.ip))
+            .then_with(|| self.status.cmp(&other.status))
+            .then_with(|| self.bytes_out.cmp(&other.bytes_out))
+            .then_with(|| self.text_hash.cmp(&other.text_hash))
+    }
+}
+
+/// The reorder buffer: rows waiting for the watermark, taken smallest
+/// first in [`Row`] order.
+///
+/// Input is almost always in event-time order, so a row not smaller than
+/// the newest in order joins the sorted run at its end (no comparison but
+/// that one); only a row that arrives out of order goes to a heap. Taking
+/// the smallest compares the two heads. Rows equal in order hold the same
+/// content (the order covers everything judging reads), so which of two
+/// equal rows leaves first changes nothing.
+#[derive(Default)]
+pub(crate) struct ReorderBuffer {
+    /// Rows in arrival order that are also in [`Row`] order.
+    in_order: VecDeque<Row>,
+    /// Rows that arrived out of order.
+    out_of_order: BinaryHeap<Reverse<Row>>,
+}
+
+impl ReorderBuffer {
+    pub(crate) fn push(&mut self, row: Row) {
+        match self.in_order.back() {
+            Some(newest) if row < *newest => self.out_of_order.push(Reverse(row)),
+            _ => self.in_order.push_back(row),
+        }
+    }
+
+    /// The smallest row, if any.
+    pub(crate) fn peek(&self) -> Option<&Row> {
+        match (self.in_order.front(), self.out_of_order.peek()) {
+            (Some(run), Some(Reverse(heap))) => Some(if heap < run { heap } else { run }),
+            (run, heap) => run.or(heap.map(|Reverse(row)| row)),
+        }
+    }
+
+    /// Takes the smallest row.
+    pub(crate) fn pop(&mut self) -> Option<Row> {
+        let from_heap = match (self.in_order.front(), self.out_of_order.peek()) {
+            (Some(run), Some(Reverse(heap))) => heap < run,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        if from_heap {
+            self.out_of_order.pop().map(|Reverse(row)| row)
+        } else {
+            self.in_order.pop_front()
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.in_order.len() + self.out_of_order.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.in_order.is_empty() && self.out_of_order.is_empty()
+    }
+
+    /// Every held row, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Row> {
+        self.in_order
+            .iter()
+            .chain(self.out_of_order.iter().map(|Reverse(row)| row))
     }
 }
 
@@ -150,7 +222,7 @@ pub(crate) struct EventTime {
     pub clock_ms: Option<i64>,
     /// Newest event time judged in order: older arrivals are late.
     pub released_ms: Option<i64>,
-    pub held: BinaryHeap<Reverse<Row>>,
+    pub held: ReorderBuffer,
     /// Rows too far ahead, in arrival order.
     pub ahead: Vec<Row>,
     /// Arrivals in a row that were all too far ahead.
@@ -182,17 +254,17 @@ impl EventTime {
     /// The next row the watermark has passed, if any.
     pub(crate) fn pop_ready(&mut self, max_out_of_order_ms: i64) -> Option<Row> {
         let watermark = self.clock_ms?.saturating_sub(max_out_of_order_ms);
-        if self.held.peek()?.0.ts_ms > watermark {
+        if self.held.peek()?.ts_ms > watermark {
             return None;
         }
-        let row = self.held.pop()?.0;
+        let row = self.held.pop()?;
         self.note_released(row.ts_ms);
         Some(row)
     }
 
     /// The next held row whatever the watermark (end of input).
     pub(crate) fn pop_any(&mut self) -> Option<Row> {
-        let row = self.held.pop()?.0;
+        let row = self.held.pop()?;
         self.note_released(row.ts_ms);
         Some(row)
     }
@@ -261,7 +333,7 @@ impl EventTime {
                 return;
             }
             for row in scratch.iter() {
-                self.held.push(Reverse(*row));
+                self.held.push(*row);
                 self.advance(row.ts_ms);
             }
         }
@@ -374,7 +446,7 @@ mod tests {
         let rows = [row(30, 1), row(10, 2), row(10, 1), row(20, 9)];
         let mut time = EventTime::default();
         for row in rows.iter().rev() {
-            time.held.push(Reverse(*row));
+            time.held.push(*row);
             time.advance(row.ts_ms);
         }
         time.advance(1_000);

@@ -7,36 +7,56 @@
 /// `/v1/orders/9120` are one endpoint. Returns the input itself when nothing
 /// changes, so the common case copies nothing.
 pub fn normalize_endpoint<'a>(endpoint: &'a str, scratch: &'a mut String) -> &'a str {
-    let path = endpoint.split(['?', '#']).next().unwrap_or(endpoint);
-    let needs_template = path.split('/').any(is_id_segment);
-    if !needs_template {
-        return path;
-    }
-    scratch.clear();
-    for (index, segment) in path.split('/').enumerate() {
-        if index > 0 {
+    // Byte searches: `?`, `#` and `/` are ASCII, so every cut is at a char
+    // boundary.
+    let path = match memchr::memchr2(b'?', b'#', endpoint.as_bytes()) {
+        Some(end) => &endpoint[..end],
+        None => endpoint,
+    };
+    // One pass over the segments: nothing is copied until the first id
+    // segment, and then only what is needed. Runs on every event.
+    let mut templated = false;
+    let mut start = 0;
+    loop {
+        let end = memchr::memchr(b'/', &path.as_bytes()[start..]).map_or(path.len(), |slash| start + slash);
+        let segment = &path[start..end];
+        if is_id_segment(segment) {
+            if !templated {
+                templated = true;
+                scratch.clear();
+                scratch.push_str(&path[..start]);
+            }
+            scratch.push_str("{id}");
+        } else if templated {
+            scratch.push_str(segment);
+        }
+        if end == path.len() {
+            break;
+        }
+        if templated {
             scratch.push('/');
         }
-        scratch.push_str(if is_id_segment(segment) { "{id}" } else { segment });
+        start = end + 1;
     }
-    scratch.as_str()
+    if templated { scratch.as_str() } else { path }
 }
 
 fn is_id_segment(segment: &str) -> bool {
-    if segment.is_empty() {
-        return false;
-    }
     let bytes = segment.as_bytes();
-    if bytes.iter().all(u8::is_ascii_digit) {
-        return true;
-    }
-    let token_chars = bytes
-        .iter()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-    if !token_chars {
+    if bytes.is_empty() {
         return false;
     }
-    if bytes.len() >= 8 && bytes.iter().any(u8::is_ascii_digit) {
+    // One pass: a byte that is neither a digit nor a token character
+    // settles it (such a segment is not all digits either).
+    let mut digits = 0;
+    for &byte in bytes {
+        if byte.is_ascii_digit() {
+            digits += 1;
+        } else if !(byte.is_ascii_alphabetic() || matches!(byte, b'-' | b'_' | b'.' | b':')) {
+            return false;
+        }
+    }
+    if digits == bytes.len() || (bytes.len() >= 8 && digits > 0) {
         return true;
     }
     // Prefixed random ids without digits (`vol_KTTwLGYFdxSfHB`): a long
@@ -127,6 +147,40 @@ mod tests {
             normalize_endpoint("/v1/payment-methods/getUserProfile", &mut scratch),
             "/v1/payment-methods/getUserProfile"
         );
+    }
+
+    /// The one-pass templating gives what templating each segment on its
+    /// own gives, on paths with ids anywhere, empty segments and queries.
+    #[test]
+    fn one_pass_templating_matches_segment_by_segment() {
+        let by_segment = |endpoint: &str| -> String {
+            let path = endpoint.split(['?', '#']).next().unwrap_or(endpoint);
+            path.split('/')
+                .map(|segment| if is_id_segment(segment) { "{id}" } else { segment })
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        let mut scratch = String::new();
+        for endpoint in [
+            "",
+            "/",
+            "//",
+            "8812",
+            "8812/",
+            "/8812",
+            "/v1/8812/x/9120?y=1#z",
+            "a/b/c",
+            "/v1/orders/8812//refund/",
+            "/v1/volumes/vol_KTTwLGYFdxSfHB/attach#frag",
+            "?only=query",
+            "/v1/caf\u{e9}/12345678",
+        ] {
+            assert_eq!(
+                normalize_endpoint(endpoint, &mut scratch),
+                by_segment(endpoint),
+                "{endpoint:?}"
+            );
+        }
     }
 
     #[test]

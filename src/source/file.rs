@@ -175,7 +175,7 @@ fn read_line_capped(reader: &mut dyn BufRead, buffer: &mut Vec<u8>, limit: usize
         if available.is_empty() {
             return Ok((consumed, length));
         }
-        let (chunk, found_newline) = match available.iter().position(|b| *b == b'\n') {
+        let (chunk, found_newline) = match memchr::memchr(b'\n', available) {
             Some(position) => (&available[..position], true),
             None => (available, false),
         };
