@@ -1,0 +1,112 @@
+//! File replay from Parquet against file replay from JSON lines, of the
+//! same generated events, in the same run, on one core: events per second
+//! of each and their ratio (issue 12's target: Parquet at least 3x JSON).
+//! Both replays must give byte-identical alerts, revocations and digests,
+//! checked here too.
+//!
+//! `cargo bench --bench parquet_replay`; the run's size and the number of
+//! rounds (alternating JSON and Parquet, best of each kept) come from
+//! `KEYWATCH_BENCH_KEYS` (default 1000), `KEYWATCH_BENCH_DAYS` (default 5)
+//! and `KEYWATCH_BENCH_ROUNDS` (default 3).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use keywatch::decode::Format;
+use keywatch::generate::{DEFAULT_START, GenerateConfig, Generation};
+use keywatch::ocsf::AlertFormat;
+use keywatch::replay::files::replay_files;
+use keywatch::setup::{Overrides, Setup};
+use keywatch::sink::file::OutputFiles;
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One replay of `input` as `format` into `out`; returns events and seconds.
+fn replay(setup: &Setup, input: &Path, format: Format, out: &Path) -> (u64, f64) {
+    let _ = std::fs::remove_dir_all(out);
+    let owners = setup.owners(None).expect("no owners file");
+    let mut engine = setup.engine();
+    let mut outputs = OutputFiles::create_with_format(out, AlertFormat::Native)
+        .expect("output folder")
+        .with_gate(
+            keywatch::revoke::RevocationGate::new(&setup.model.policy, &setup.model.label()),
+            owners.clone(),
+        );
+    let mut decoder = setup.config.input.decoder();
+    decoder.format = format;
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let summary = replay_files(
+        &[input.to_path_buf()],
+        &decoder,
+        &mut engine,
+        setup.config.input.batch_size,
+        &mut outputs,
+        None,
+        &stop,
+        &owners,
+    )
+    .expect("replay");
+    (summary.counts.events, started.elapsed().as_secs_f64())
+}
+
+fn main() {
+    let keys = setting("KEYWATCH_BENCH_KEYS", 1000) as usize;
+    let days = setting("KEYWATCH_BENCH_DAYS", 5) as u32;
+    let rounds = setting("KEYWATCH_BENCH_ROUNDS", 3).max(1);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path();
+    let generation = Generation::new(GenerateConfig::new(keys, days, 1, DEFAULT_START).expect("run size"));
+    generation.write_to(run).expect("events.jsonl");
+    generation.write_parquet_to(run).expect("events.parquet");
+    let size = |name: &str| std::fs::metadata(run.join(name)).map(|meta| meta.len()).unwrap_or(0);
+    println!(
+        "run: {keys} keys, {days} days; events.jsonl {:.1} MB, events.parquet {:.1} MB",
+        size("events.jsonl") as f64 / 1e6,
+        size("events.parquet") as f64 / 1e6
+    );
+    let setup = Setup::load(&Overrides {
+        geoip_city: Some(run.join("geoip-city.mmdb")),
+        geoip_asn: Some(run.join("geoip-asn.mmdb")),
+        ..Overrides::default()
+    })
+    .expect("setup");
+
+    let inputs: [(&str, PathBuf, Format); 2] = [
+        ("json lines (auto)", run.join("events.jsonl"), Format::Auto),
+        ("parquet", run.join("events.parquet"), Format::Parquet),
+    ];
+    let mut best = [f64::INFINITY; 2];
+    let mut events = [0u64; 2];
+    for round in 0..rounds {
+        for (index, (name, input, format)) in inputs.iter().enumerate() {
+            let out = run.join(format!("out-{index}"));
+            let (count, seconds) = replay(&setup, input, format.clone(), &out);
+            println!(
+                "round {round}: {name:<18} {count} events in {seconds:.2} s = {:.3} M events/s",
+                count as f64 / seconds / 1e6
+            );
+            events[index] = count;
+            best[index] = best[index].min(seconds);
+        }
+    }
+    for name in ["alerts.jsonl", "revocations.jsonl", "revocations.shadow.jsonl", "digests.jsonl"] {
+        let json = std::fs::read(run.join("out-0").join(name)).expect("json output");
+        let parquet = std::fs::read(run.join("out-1").join(name)).expect("parquet output");
+        assert!(json == parquet, "{name} differs between the JSON and the Parquet replay");
+    }
+    assert_eq!(events[0], events[1], "both replays judge every event");
+    let rate = |index: usize| events[index] as f64 / best[index];
+    println!(
+        "best of {rounds}: json {:.3} M events/s, parquet {:.3} M events/s, parquet/json = {:.2}x (outputs identical)",
+        rate(0) / 1e6,
+        rate(1) / 1e6,
+        rate(1) / rate(0)
+    );
+}
