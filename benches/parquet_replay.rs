@@ -2,7 +2,9 @@
 //! same generated events, in the same run, on one core: events per second
 //! of each and their ratio (issue 12's target: Parquet at least 3x JSON).
 //! Both replays must give byte-identical alerts, revocations and digests,
-//! checked here too.
+//! checked here too. The input stage alone (reading and decoding every
+//! event, no engine) is measured for both as well, to show what bounds the
+//! replay ratio.
 //!
 //! `cargo bench --bench parquet_replay`; the run's size and the number of
 //! rounds (alternating JSON and Parquet, best of each kept) come from
@@ -13,7 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use keywatch::decode::Format;
+use std::hint::black_box;
+
+use keywatch::decode::{Decoded, FieldMapping, Format};
+use keywatch::source::file::RecordReader;
+use keywatch::source::parquet::ParquetInput;
 use keywatch::generate::{DEFAULT_START, GenerateConfig, Generation};
 use keywatch::ocsf::AlertFormat;
 use keywatch::replay::files::replay_files;
@@ -56,6 +62,42 @@ fn replay(setup: &Setup, input: &Path, format: Format, out: &Path) -> (u64, f64)
     (summary.counts.events, started.elapsed().as_secs_f64())
 }
 
+/// Reads and decodes every event of `input` without the engine; returns
+/// events and seconds.
+fn decode_only(setup: &Setup, input: &Path, format: Format) -> (u64, f64) {
+    let mut decoder = setup.config.input.decoder();
+    decoder.format = format.clone();
+    let started = Instant::now();
+    let mut events = 0u64;
+    if format == Format::Parquet {
+        let mut reader = ParquetInput::open(input, &FieldMapping::default()).expect("parquet input");
+        while let Some(batch) = reader.next_batch().expect("batch") {
+            let view = reader.plan().view(&batch).expect("columns");
+            for row in 0..view.rows() {
+                if let Ok(event) = view.event(row) {
+                    black_box(&event);
+                    events += 1;
+                }
+            }
+        }
+    } else {
+        let mut reader = RecordReader::open(input, decoder.max_record_bytes).expect("json input");
+        let (mut buffer, mut spans) = (Vec::new(), Vec::new());
+        while reader.next_batch(&mut buffer, &mut spans, 4096).expect("batch") {
+            let mut scratch = Vec::new();
+            for span in &spans {
+                for item in decoder.decode_record(&buffer[span.range.clone()], &mut scratch) {
+                    if let Decoded::Event(event) = item {
+                        black_box(&event);
+                        events += 1;
+                    }
+                }
+            }
+        }
+    }
+    (events, started.elapsed().as_secs_f64())
+}
+
 fn main() {
     let keys = setting("KEYWATCH_BENCH_KEYS", 1000) as usize;
     let days = setting("KEYWATCH_BENCH_DAYS", 5) as u32;
@@ -82,10 +124,17 @@ fn main() {
         ("json lines (auto)", run.join("events.jsonl"), Format::Auto),
         ("parquet", run.join("events.parquet"), Format::Parquet),
     ];
+    let mut best_decode = [f64::INFINITY; 2];
     let mut best = [f64::INFINITY; 2];
     let mut events = [0u64; 2];
     for round in 0..rounds {
         for (index, (name, input, format)) in inputs.iter().enumerate() {
+            let (decoded, decode_seconds) = decode_only(&setup, input, format.clone());
+            println!(
+                "round {round}: {name:<18} input stage alone: {decoded} events in {decode_seconds:.2} s = {:.3} M events/s",
+                decoded as f64 / decode_seconds / 1e6
+            );
+            best_decode[index] = best_decode[index].min(decode_seconds);
             let out = run.join(format!("out-{index}"));
             let (count, seconds) = replay(&setup, input, format.clone(), &out);
             println!(
@@ -103,6 +152,13 @@ fn main() {
     }
     assert_eq!(events[0], events[1], "both replays judge every event");
     let rate = |index: usize| events[index] as f64 / best[index];
+    let decode_rate = |index: usize| events[index] as f64 / best_decode[index];
+    println!(
+        "best of {rounds}, input stage alone: json {:.3} M events/s, parquet {:.3} M events/s, parquet/json = {:.2}x",
+        decode_rate(0) / 1e6,
+        decode_rate(1) / 1e6,
+        decode_rate(1) / decode_rate(0)
+    );
     println!(
         "best of {rounds}: json {:.3} M events/s, parquet {:.3} M events/s, parquet/json = {:.2}x (outputs identical)",
         rate(0) / 1e6,

@@ -199,6 +199,10 @@ impl ColumnPlan {
                     .join(", "),
             })
         };
+        // The key first, as the decoder judges it first.
+        let key_id = required("key_id", &mapping.key_id, Wants::Text)?;
+        let ts = required("ts", &mapping.ts, Wants::Time)?;
+        let ip = required("ip", &mapping.ip, Wants::Text)?;
         let method = match &mapping.default_method {
             Some(_) => resolve("method", &mapping.method, Wants::Text)?,
             None => Some(required("method", &mapping.method, Wants::Text)?),
@@ -208,9 +212,9 @@ impl ColumnPlan {
             None => Some(required("status", &mapping.status, Wants::Number)?),
         };
         Ok(ColumnPlan {
-            ts: required("ts", &mapping.ts, Wants::Time)?,
-            key_id: required("key_id", &mapping.key_id, Wants::Text)?,
-            ip: required("ip", &mapping.ip, Wants::Text)?,
+            ts,
+            key_id,
+            ip,
             method,
             endpoint: required("endpoint", &mapping.endpoint, Wants::Text)?,
             status,
@@ -554,7 +558,13 @@ impl<'b> BatchView<'b> {
         };
         let ip = match self.ip.get(row) {
             None => return Err(DecodeError::MissingField("ip")),
-            Some(text) => mapped_ip(Cow::Borrowed(text), &mapping.trusted_proxies)?,
+            // One plain address (the common case) is its own client
+            // whatever the trusted proxies; anything else (a list, a port,
+            // spaces) takes the mapping's full rule.
+            Some(text) => match text.parse() {
+                Ok(ip) => ip,
+                _ => mapped_ip(Cow::Borrowed(text), &mapping.trusted_proxies)?,
+            },
         };
         let method = match (text(&self.method), &mapping.default_method) {
             (Some(method), _) => Cow::Borrowed(method),

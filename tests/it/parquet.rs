@@ -41,6 +41,7 @@ fn generate(out: &Path, format: &str) {
 }
 
 fn replay(input: &Path, format: &str, dir: &Path, out: &Path, extra: &[&str]) -> Output {
+    let (city, asn) = (dir.join("geoip-city.mmdb"), dir.join("geoip-asn.mmdb"));
     let mut args = vec![
         "replay",
         "--input",
@@ -48,9 +49,9 @@ fn replay(input: &Path, format: &str, dir: &Path, out: &Path, extra: &[&str]) ->
         "--format",
         format,
         "--geoip-city",
-        dir.join("geoip-city.mmdb").to_str().unwrap().to_string().leak(),
+        city.to_str().unwrap(),
         "--geoip-asn",
-        dir.join("geoip-asn.mmdb").to_str().unwrap().to_string().leak(),
+        asn.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
         "--no-progress",
