@@ -18,13 +18,13 @@ use std::time::Instant;
 use std::hint::black_box;
 
 use keywatch::decode::{Decoded, FieldMapping, Format};
-use keywatch::source::file::RecordReader;
-use keywatch::source::parquet::ParquetInput;
 use keywatch::generate::{DEFAULT_START, GenerateConfig, Generation};
 use keywatch::ocsf::AlertFormat;
 use keywatch::replay::files::replay_files;
 use keywatch::setup::{Overrides, Setup};
 use keywatch::sink::file::OutputFiles;
+use keywatch::source::file::RecordReader;
+use keywatch::source::parquet::ParquetInput;
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -145,10 +145,18 @@ fn main() {
             best[index] = best[index].min(seconds);
         }
     }
-    for name in ["alerts.jsonl", "revocations.jsonl", "revocations.shadow.jsonl", "digests.jsonl"] {
+    for name in [
+        "alerts.jsonl",
+        "revocations.jsonl",
+        "revocations.shadow.jsonl",
+        "digests.jsonl",
+    ] {
         let json = std::fs::read(run.join("out-0").join(name)).expect("json output");
         let parquet = std::fs::read(run.join("out-1").join(name)).expect("parquet output");
-        assert!(json == parquet, "{name} differs between the JSON and the Parquet replay");
+        assert!(
+            json == parquet,
+            "{name} differs between the JSON and the Parquet replay"
+        );
     }
     assert_eq!(events[0], events[1], "both replays judge every event");
     let rate = |index: usize| events[index] as f64 / best[index];

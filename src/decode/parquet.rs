@@ -226,19 +226,17 @@ impl ColumnPlan {
     }
 
     fn paths(&self) -> impl Iterator<Item = &ColumnPath> {
-        [&self.ts, &self.key_id, &self.ip, &self.endpoint]
+        [&self.ts, &self.key_id, &self.ip, &self.endpoint].into_iter().chain(
+            [
+                &self.method,
+                &self.status,
+                &self.user_agent,
+                &self.bytes_out,
+                &self.request_id,
+            ]
             .into_iter()
-            .chain(
-                [
-                    &self.method,
-                    &self.status,
-                    &self.user_agent,
-                    &self.bytes_out,
-                    &self.request_id,
-                ]
-                .into_iter()
-                .flatten(),
-            )
+            .flatten(),
+        )
     }
 
     /// The top-level columns the mapping reads, in schema order: the only
@@ -265,7 +263,8 @@ impl ColumnPlan {
             let (array, nulls) = leaf(columns, &path.steps);
             TextColumn::new(array, nulls).ok_or_else(|| unsupported(field, path, array, Wants::Text))
         };
-        let optional_text = |path: &Option<ColumnPath>, field: &'static str| path.as_ref().map(|path| text(path, field)).transpose();
+        let optional_text =
+            |path: &Option<ColumnPath>, field: &'static str| path.as_ref().map(|path| text(path, field)).transpose();
         let number = |path: &ColumnPath, field: &'static str| -> Result<ValueColumn<'b>, ColumnError> {
             let (array, nulls) = leaf(columns, &path.steps);
             ValueColumn::new(array, nulls).ok_or_else(|| unsupported(field, path, array, Wants::Number))
@@ -319,7 +318,10 @@ enum TextArray<'b> {
     View(&'b StringViewArray),
     /// Dictionary-encoded text (Parquet's dictionary pages read as such):
     /// each row's key indexes the values.
-    Dictionary { keys: &'b [i32], values: Box<TextArray<'b>> },
+    Dictionary {
+        keys: &'b [i32],
+        values: Box<TextArray<'b>>,
+    },
 }
 
 impl<'b> TextArray<'b> {
@@ -535,7 +537,10 @@ impl<'b> BatchView<'b> {
     pub fn event(&self, row: usize) -> Result<AccessEvent<'b>, DecodeError> {
         let mapping = &self.plan.mapping;
         let text = |column: &Option<TextColumn<'b>>| column.as_ref().and_then(|column| column.get(row));
-        let key_id = key_field(self.key_id.get(row).map(|key| Scalar::Str(Cow::Borrowed(key))), "key_id")?;
+        let key_id = key_field(
+            self.key_id.get(row).map(|key| Scalar::Str(Cow::Borrowed(key))),
+            "key_id",
+        )?;
         if key_id.len() > MAX_KEY_ID_BYTES {
             return Err(DecodeError::KeyTooLong {
                 length: key_id.len(),
@@ -575,7 +580,10 @@ impl<'b> BatchView<'b> {
             None => return Err(DecodeError::MissingField("endpoint")),
             Some(endpoint) => Cow::Borrowed(endpoint),
         };
-        let status = match (self.status.as_ref().and_then(|column| column.get(row)), mapping.default_status) {
+        let status = match (
+            self.status.as_ref().and_then(|column| column.get(row)),
+            mapping.default_status,
+        ) {
             (Some(value), _) => number(value, "status", &mapping.status)
                 .and_then(|status| u16::try_from(status).map_err(|_| not_a_number("status", &mapping.status)))?,
             (None, Some(default)) => default,
@@ -609,7 +617,8 @@ impl<'b> BatchView<'b> {
             }
             let _ = write!(text, "{}:{}", serde_json::Value::from(path), value);
         };
-        let show_text = |column: &TextColumn<'b>| column.get(row).map_or(serde_json::Value::Null, serde_json::Value::from);
+        let show_text =
+            |column: &TextColumn<'b>| column.get(row).map_or(serde_json::Value::Null, serde_json::Value::from);
         let show_value = |column: &ValueColumn<'b>| match column.get(row) {
             None => serde_json::Value::Null,
             Some(Value::EpochMs(millis)) => serde_json::Value::from(millis.to_string()),
@@ -689,11 +698,23 @@ mod tests {
         .with_timezone("UTC");
         RecordBatch::try_from_iter([
             ("ts", Arc::new(ts) as ArrayRef),
-            ("key_id", text_array(&[Some("k1"), Some("k2"), None, Some("  Bearer k4 ")])),
-            ("ip", text_array(&[Some("192.0.2.1"), Some("nope"), Some("192.0.2.3"), Some("192.0.2.4")])),
-            ("method", text_array(&[Some("GET"), Some("GET"), Some("POST"), Some("PUT")])),
+            (
+                "key_id",
+                text_array(&[Some("k1"), Some("k2"), None, Some("  Bearer k4 ")]),
+            ),
+            (
+                "ip",
+                text_array(&[Some("192.0.2.1"), Some("nope"), Some("192.0.2.3"), Some("192.0.2.4")]),
+            ),
+            (
+                "method",
+                text_array(&[Some("GET"), Some("GET"), Some("POST"), Some("PUT")]),
+            ),
             ("endpoint", Arc::new(endpoints.finish()) as ArrayRef),
-            ("status", Arc::new(UInt16Array::from(vec![200, 200, 201, 404])) as ArrayRef),
+            (
+                "status",
+                Arc::new(UInt16Array::from(vec![200, 200, 201, 404])) as ArrayRef,
+            ),
         ])
         .expect("a valid batch")
     }
@@ -735,7 +756,10 @@ mod tests {
         ]);
         let request = StructArray::new(
             request_fields,
-            vec![text_array(&[Some("kg_1"), Some("kg_2")]), text_array(&[Some("/x"), Some("/y")])],
+            vec![
+                text_array(&[Some("kg_1"), Some("kg_2")]),
+                text_array(&[Some("/x"), Some("/y")]),
+            ],
             Some(NullBuffer::from(vec![true, false])),
         );
         let mut started = Int64Builder::new();
@@ -744,7 +768,10 @@ mod tests {
         let batch = RecordBatch::try_from_iter([
             ("started", Arc::new(started.finish()) as ArrayRef),
             ("request", Arc::new(request) as ArrayRef),
-            ("http.client", text_array(&[Some("203.0.113.9, 10.0.0.1"), Some("203.0.113.9")])),
+            (
+                "http.client",
+                text_array(&[Some("203.0.113.9, 10.0.0.1"), Some("203.0.113.9")]),
+            ),
         ])
         .expect("a valid batch");
         let mapping: FieldMapping = toml::from_str(
@@ -788,7 +815,10 @@ mod tests {
             ..FieldMapping::default()
         };
         let mistyped = ColumnPlan::new(&batch.schema(), &mapping).expect_err("status is not text");
-        assert!(matches!(mistyped, ColumnError::UnsupportedType { field: "ip", .. }), "{mistyped}");
+        assert!(
+            matches!(mistyped, ColumnError::UnsupportedType { field: "ip", .. }),
+            "{mistyped}"
+        );
     }
 
     #[test]

@@ -50,7 +50,11 @@ pub enum EventsFormat {
 pub fn events_schema() -> SchemaRef {
     let dictionary = || DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
     Arc::new(Schema::new(vec![
-        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
         Field::new("key_id", DataType::Utf8, false),
         Field::new("ip", DataType::Utf8, false),
         Field::new("method", dictionary(), false),

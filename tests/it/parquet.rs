@@ -65,7 +65,10 @@ fn read(path: &Path) -> String {
 }
 
 fn read_lines(path: &Path) -> Vec<Value> {
-    read(path).lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    read(path)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
 }
 
 #[test]
@@ -86,7 +89,13 @@ fn generated_parquet_replays_to_the_same_alerts_as_json_lines() {
 
     let from_json = dir.path().join("from-json");
     let from_parquet = dir.path().join("from-parquet");
-    succeeded(&replay(&json_run.join("events.jsonl"), "auto", &json_run, &from_json, &[]));
+    succeeded(&replay(
+        &json_run.join("events.jsonl"),
+        "auto",
+        &json_run,
+        &from_json,
+        &[],
+    ));
     succeeded(&replay(
         &parquet_run.join("events.parquet"),
         "parquet",
@@ -137,7 +146,11 @@ fn write_rows_with_bad_ones(dir: &Path) -> (std::path::PathBuf, std::path::PathB
             _ => format!("2026-01-05T10:00:0{row}Z"),
         });
         keys.push((row != 3).then(|| format!("AKIAPARQUETTEST{:05}", row % 2)));
-        ips.push(if row == 4 { "999.1.1.1".to_string() } else { format!("192.0.2.{row}") });
+        ips.push(if row == 4 {
+            "999.1.1.1".to_string()
+        } else {
+            format!("192.0.2.{row}")
+        });
         statuses.append_value(200);
     }
     let as_refs = |values: &[String]| values.iter().map(|value| Some(value.as_str())).collect::<Vec<_>>();
@@ -174,19 +187,34 @@ fn bad_rows_are_rejected_like_json_lines_and_the_rest_processed() {
     let from_parquet = dir.path().join("from-parquet");
     let from_json = dir.path().join("from-json");
     succeeded(&keywatch(&[
-        "replay", "--format", "parquet", "--input", parquet.to_str().unwrap(), "--out",
-        from_parquet.to_str().unwrap(), "--no-progress",
+        "replay",
+        "--format",
+        "parquet",
+        "--input",
+        parquet.to_str().unwrap(),
+        "--out",
+        from_parquet.to_str().unwrap(),
+        "--no-progress",
     ]));
     succeeded(&keywatch(&[
-        "replay", "--format", "canonical", "--input", json.to_str().unwrap(), "--out",
-        from_json.to_str().unwrap(), "--no-progress",
+        "replay",
+        "--format",
+        "canonical",
+        "--input",
+        json.to_str().unwrap(),
+        "--out",
+        from_json.to_str().unwrap(),
+        "--no-progress",
     ]));
     let summary: Value = serde_json::from_str(&read(&from_parquet.join("summary.json"))).unwrap();
     assert_eq!(summary["records"], 8);
     assert_eq!(summary["events"], 5, "the rows around the bad ones are processed");
     assert_eq!(summary["skipped_no_key"], 1);
     assert_eq!(summary["rejected"], 2);
-    assert_eq!(read(&from_parquet.join("summary.json")), read(&from_json.join("summary.json")));
+    assert_eq!(
+        read(&from_parquet.join("summary.json")),
+        read(&from_json.join("summary.json"))
+    );
 
     let rejected = read_lines(&from_parquet.join("rejected.jsonl"));
     let as_json = read_lines(&from_json.join("rejected.jsonl"));
@@ -214,9 +242,17 @@ fn bad_rows_are_rejected_like_json_lines_and_the_rest_processed() {
         ]
     );
     assert_eq!(shown(&rejected), shown(&as_json), "same reasons and rows as JSON");
-    assert!(rejected[0]["source"]["file"].as_str().unwrap().ends_with("rows.parquet"));
+    assert!(
+        rejected[0]["source"]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("rows.parquet")
+    );
     let excerpts = read(&from_parquet.join("rejected.jsonl"));
-    assert!(excerpts.contains("999.1.1.1") && !excerpts.contains("AKIAPARQUETTEST"), "{excerpts}");
+    assert!(
+        excerpts.contains("999.1.1.1") && !excerpts.contains("AKIAPARQUETTEST"),
+        "{excerpts}"
+    );
 }
 
 #[test]
@@ -230,7 +266,12 @@ fn mapped_and_nested_columns_are_read_through_the_config_mapping() {
     let request = StructArray::new(
         request_fields,
         vec![
-            text(&[Some("kg_live_a"), Some("kg_live_b"), Some("kg_live_a"), Some("kg_live_b")]),
+            text(&[
+                Some("kg_live_a"),
+                Some("kg_live_b"),
+                Some("kg_live_a"),
+                Some("kg_live_b"),
+            ]),
             text(&[Some("/v2/items"); 4]),
         ],
         None,
@@ -266,12 +307,21 @@ default_status = 200
     .unwrap();
     let out = dir.path().join("out");
     let run = keywatch(&[
-        "replay", "--config", config.to_str().unwrap(), "--input", input.to_str().unwrap(), "--out",
-        out.to_str().unwrap(), "--no-progress",
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--no-progress",
     ]);
     succeeded(&run);
     let summary: Value = serde_json::from_str(&read(&out.join("summary.json"))).unwrap();
-    assert_eq!((summary["events"].as_u64(), summary["keys"].as_u64()), (Some(4), Some(2)));
+    assert_eq!(
+        (summary["events"].as_u64(), summary["keys"].as_u64()),
+        (Some(4), Some(2))
+    );
     assert_eq!(summary["rejected"], 0);
 
     // A mapping naming a column the file lacks is refused before any row.
@@ -281,12 +331,21 @@ default_status = 200
     )
     .unwrap();
     let refused = keywatch(&[
-        "replay", "--config", config.to_str().unwrap(), "--input", input.to_str().unwrap(), "--out",
-        dir.path().join("refused").to_str().unwrap(), "--no-progress",
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        dir.path().join("refused").to_str().unwrap(),
+        "--no-progress",
     ]);
     assert_eq!(refused.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("api_key") && stderr.contains("gateway.parquet"), "{stderr}");
+    assert!(
+        stderr.contains("api_key") && stderr.contains("gateway.parquet"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -295,8 +354,14 @@ fn a_file_that_is_not_parquet_is_refused_cleanly() {
     let input = dir.path().join("events.jsonl");
     std::fs::write(&input, "{\"ts\":\"2026-01-05T00:00:00Z\",\"key_id\":\"k\"}\n").unwrap();
     let run = keywatch(&[
-        "replay", "--format", "parquet", "--input", input.to_str().unwrap(), "--out",
-        dir.path().join("out").to_str().unwrap(), "--no-progress",
+        "replay",
+        "--format",
+        "parquet",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        dir.path().join("out").to_str().unwrap(),
+        "--no-progress",
     ]);
     assert_eq!(run.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&run.stderr);

@@ -72,7 +72,10 @@ impl Run<'_> {
         let mut rows_before = 0u64;
         while !stop.load(Ordering::Relaxed) {
             let Some(batch) = input.next_batch()? else { break };
-            let view = input.plan().view(&batch).map_err(|source| column_error(&name, source))?;
+            let view = input
+                .plan()
+                .view(&batch)
+                .map_err(|source| column_error(&name, source))?;
             // Events borrow from this batch's arrays: one vector per batch
             // of rows, nothing per event.
             let mut batch_events = Vec::with_capacity(view.rows());
