@@ -153,7 +153,9 @@ fn write_rows_with_bad_ones(dir: &Path) -> (std::path::PathBuf, std::path::PathB
         });
         statuses.append_value(200);
     }
-    let as_refs = |values: &[String]| values.iter().map(|value| Some(value.as_str())).collect::<Vec<_>>();
+    fn as_refs(values: &[String]) -> Vec<Option<&str>> {
+        values.iter().map(|value| Some(value.as_str())).collect()
+    }
     let key_refs: Vec<Option<&str>> = keys.iter().map(Option::as_deref).collect();
     let batch = RecordBatch::try_from_iter([
         ("ts", text(&as_refs(&ts))),
