@@ -77,10 +77,10 @@ pub struct FingerprintConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputConfig {
-    /// `auto`, `canonical`, `cloudtrail` or `mapped`.
+    /// `auto`, `canonical`, `cloudtrail`, `mapped` or `parquet` (file replay only).
     #[serde(default = "default_format")]
     pub format: Format,
-    /// Field mapping for `format = "mapped"`.
+    /// Field mapping for `format = "mapped"` (and the columns of `parquet`).
     #[serde(default)]
     pub mapping: Option<FieldMapping>,
     /// Records (lines, messages) longer than this many bytes are rejected.

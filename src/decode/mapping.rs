@@ -208,7 +208,7 @@ pub fn decode_mapped<'a>(record: &'a [u8], mapping: &FieldMapping) -> Result<Acc
     })
 }
 
-fn mapped_ts(value: Scalar<'_>, format: TsFormat, path: &str) -> Result<i64, DecodeError> {
+pub(crate) fn mapped_ts(value: Scalar<'_>, format: TsFormat, path: &str) -> Result<i64, DecodeError> {
     let bad = |value: &dyn fmt::Display| DecodeError::BadTimestamp(value.to_string());
     match (format, value) {
         (TsFormat::Rfc3339, Scalar::Str(text)) => parse_ts(&text).ok_or_else(|| bad(&text)),
@@ -246,7 +246,7 @@ fn epoch_float(value: f64, to_millis: f64) -> Result<i64, DecodeError> {
 /// the right-most entry that is not one of `trusted_proxies` (see
 /// [`FieldMapping::ip`]); an unparsable entry at or right of it makes the
 /// record a `bad_ip`, since nothing left of it can be trusted.
-fn mapped_ip(text: Cow<'_, str>, trusted_proxies: &[IpNet]) -> Result<IpAddr, DecodeError> {
+pub(crate) fn mapped_ip(text: Cow<'_, str>, trusted_proxies: &[IpNet]) -> Result<IpAddr, DecodeError> {
     let parse = |entry: &str| {
         let entry = entry.trim();
         entry
@@ -295,7 +295,7 @@ mod cidr_list {
     }
 }
 
-fn mapped_number(value: Scalar<'_>, field: &'static str, path: &str) -> Result<u64, DecodeError> {
+pub(crate) fn mapped_number(value: Scalar<'_>, field: &'static str, path: &str) -> Result<u64, DecodeError> {
     match value {
         Scalar::UInt(number) => Ok(number),
         Scalar::Str(text) => text.trim().parse().map_err(|_| not_a_number(field, path)),
@@ -303,7 +303,7 @@ fn mapped_number(value: Scalar<'_>, field: &'static str, path: &str) -> Result<u
     }
 }
 
-fn not_a_number(field: &'static str, path: &str) -> DecodeError {
+pub(crate) fn not_a_number(field: &'static str, path: &str) -> DecodeError {
     DecodeError::WrongType {
         field,
         detail: format!("at `{path}`: expected a non-negative integer in range"),

@@ -12,6 +12,7 @@
 pub mod canonical;
 pub mod cloudtrail;
 pub mod mapping;
+pub mod parquet;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -100,6 +101,9 @@ pub enum Format {
     Cloudtrail,
     /// Another JSON gateway log, read through a field mapping.
     Mapped,
+    /// Parquet files (file replay only), columns found through the field
+    /// mapping (canonical names without one); see [`parquet`].
+    Parquet,
 }
 
 /// Longest key id accepted, in bytes. Real API keys and tokens are far
@@ -210,6 +214,12 @@ impl Decoder {
             Format::Cloudtrail => true,
             Format::Auto => cloudtrail::looks_like_cloudtrail(record),
             Format::Canonical | Format::Mapped => false,
+            Format::Parquet => {
+                out.push(Err(DecodeError::MalformedJson(
+                    "parquet is read a file at a time by `keywatch replay`, not record by record".to_string(),
+                )));
+                return;
+            }
         };
         if record.len() > self.max_record_bytes {
             out.push(Err(DecodeError::Oversized {

@@ -9,7 +9,8 @@
 //! whole run. The same configuration always produces the same bytes.
 //!
 //! Files written to the output folder:
-//! `events.jsonl` (canonical access events in time order), `labels.jsonl`
+//! `events.jsonl` (canonical access events in time order; `events.parquet`
+//! with `--format parquet`, see [`parquet`]), `labels.jsonl`
 //! (incidents), `benign.jsonl` (benign hard cases), `meta.json`, and
 //! `geoip-city.mmdb` / `geoip-asn.mmdb` covering every address used.
 
@@ -17,6 +18,7 @@ pub mod attacks;
 pub mod benign;
 pub mod catalog;
 pub mod owners_file;
+pub mod parquet;
 pub mod plan;
 pub mod profile;
 pub mod random;
@@ -77,6 +79,11 @@ pub struct GenerateArgs {
     /// keys owned, some past their expiry, some with no owner at all.
     #[arg(long)]
     pub owners: bool,
+    /// How the events are written: `jsonl` (events.jsonl) or `parquet`
+    /// (events.parquet, for `keywatch replay --format parquet`). The events,
+    /// labels and other files are the same either way.
+    #[arg(long, value_enum, default_value_t = parquet::EventsFormat::Jsonl)]
+    pub format: parquet::EventsFormat,
 }
 
 /// Why generation could not run.
@@ -496,7 +503,10 @@ pub fn run_cli(args: &GenerateArgs) -> Result<(), GenerateError> {
         .with_abandoned_keys(args.abandoned_keys);
     let started = std::time::Instant::now();
     let generation = Generation::new(config);
-    let summary = generation.write_to(&args.out)?;
+    let summary = match args.format {
+        parquet::EventsFormat::Jsonl => generation.write_to(&args.out)?,
+        parquet::EventsFormat::Parquet => generation.write_parquet_to(&args.out)?,
+    };
     if args.owners {
         let owners = generation.write_owners(&args.out)?;
         println!(

@@ -5,6 +5,8 @@
 //! watermark. A stop flag (SIGINT) ends the reading cleanly: what is held is
 //! judged and every output is flushed.
 
+mod parquet;
+
 use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -59,7 +61,18 @@ pub fn replay_files(
         finished: false,
     };
     let batch_size = batch_size.max(1);
-    if inputs.len() == 1 {
+    if decoder.format == crate::decode::Format::Parquet {
+        run.parquet(
+            inputs,
+            decoder,
+            engine,
+            batch_size,
+            outputs,
+            progress,
+            stop,
+            &mut summary,
+        )?;
+    } else if inputs.len() == 1 {
         run.one_input(
             &inputs[0],
             decoder,

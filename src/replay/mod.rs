@@ -23,7 +23,8 @@ use crate::source::file::SourceError;
 /// Command-line options of `keywatch replay`.
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
-    /// Input files (plain or gzip); `-` reads standard input.
+    /// Input files (plain or gzip; Parquet with `--format parquet`); `-`
+    /// reads standard input (not for Parquet).
     #[arg(long, num_args = 1.., required_unless_present = "from_kafka")]
     pub input: Vec<PathBuf>,
     /// Input format (overrides the config; `auto` when neither says).
@@ -85,6 +86,8 @@ pub enum ReplayError {
     Setup(#[from] SetupError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    Parquet(#[from] crate::source::parquet::ParquetSourceError),
     #[error(transparent)]
     Sink(#[from] SinkError),
     #[error(transparent)]

@@ -2,6 +2,7 @@
 
 pub mod file;
 pub mod kafka;
+pub mod parquet;
 
 use serde::{Deserialize, Serialize};
 

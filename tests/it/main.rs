@@ -32,5 +32,6 @@ mod kafka_support;
 mod kafka_tansu;
 mod module_layers;
 mod ocsf;
+mod parquet;
 mod replay;
 mod revocation;

@@ -1,0 +1,230 @@
+//! Replay of Parquet files (`--format parquet`): each Arrow batch of rows
+//! becomes events borrowed from its columns, handed to the engine in
+//! micro-batches exactly as decoded JSON lines are. A row is a record: its
+//! 1-based number in the file is the `line` of its rejections and of its
+//! origin, so a Parquet file and the JSON lines file of the same events
+//! give the same outputs. Several files are merged by event time as JSON
+//! inputs are.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use indicatif::ProgressBar;
+
+use super::{ReplayError, ReplaySummary, Run, origin_of};
+use crate::counts::Counts;
+use crate::decode::parquet::BatchView;
+use crate::decode::{DecodeError, Decoder};
+use crate::engine::Engine;
+use crate::event::AccessEvent;
+use crate::sink::Rejected;
+use crate::sink::file::OutputFiles;
+use crate::source::SourceRef;
+use crate::source::parquet::ParquetInput;
+
+impl Run<'_> {
+    /// Replays Parquet `inputs`, found through the decoder's mapping
+    /// (canonical column names without one).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn parquet(
+        &mut self,
+        inputs: &[PathBuf],
+        decoder: &Decoder,
+        engine: &mut Engine,
+        batch_size: usize,
+        outputs: &mut OutputFiles,
+        progress: Option<&ProgressBar>,
+        stop: &AtomicBool,
+        summary: &mut ReplaySummary,
+    ) -> Result<(), ReplayError> {
+        let mapping = decoder.mapping.clone().unwrap_or_default();
+        let mut opened = Vec::with_capacity(inputs.len());
+        for path in inputs {
+            let input = ParquetInput::open(path, &mapping)?;
+            self.names.push(input.name().to_string());
+            opened.push(input);
+        }
+        if opened.len() == 1 {
+            let input = opened.pop().expect("one input");
+            self.one_parquet(input, engine, batch_size, outputs, progress, stop, &mut summary.counts)
+        } else {
+            self.merged_parquet(opened, engine, batch_size, outputs, progress, stop, &mut summary.counts)
+        }
+    }
+
+    /// One file, streamed: events borrow from the batch's columns.
+    #[allow(clippy::too_many_arguments)]
+    fn one_parquet(
+        &mut self,
+        mut input: ParquetInput,
+        engine: &mut Engine,
+        batch_size: usize,
+        outputs: &mut OutputFiles,
+        progress: Option<&ProgressBar>,
+        stop: &AtomicBool,
+        counts: &mut Counts,
+    ) -> Result<(), ReplayError> {
+        let name = input.name().to_string();
+        if let Some(bar) = progress {
+            bar.set_message(name.clone());
+        }
+        let mut rows_before = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let Some(batch) = input.next_batch()? else { break };
+            let view = input
+                .plan()
+                .view(&batch)
+                .map_err(|source| column_error(&name, source))?;
+            // Events borrow from this batch's arrays: one vector per batch
+            // of rows, nothing per event.
+            let mut batch_events = Vec::with_capacity(view.rows());
+            self.origins.clear();
+            let origins = &mut self.origins;
+            decode_rows(&view, &name, rows_before, counts, outputs, |event, line| {
+                batch_events.push(event);
+                origins.push(origin_of(0, line));
+            })?;
+            rows_before += view.rows() as u64;
+            let origins = std::mem::take(&mut self.origins);
+            for (chunk, origins) in batch_events.chunks(batch_size).zip(origins.chunks(batch_size)) {
+                self.emitted.clear();
+                engine.process_with_origins(chunk, origins, &mut self.emitted);
+                counts.events += chunk.len() as u64;
+                self.write(engine, counts, outputs)?;
+            }
+            self.origins = origins;
+            if let Some(bar) = progress {
+                bar.set_position(input.bytes_estimate());
+            }
+        }
+        Ok(())
+    }
+
+    /// Several files merged by event time: each event fed comes from the
+    /// file whose next event is oldest (the first file on ties), so the
+    /// order does not depend on batch sizes. Events are detached from their
+    /// batches to wait in each file's queue.
+    #[allow(clippy::too_many_arguments)]
+    fn merged_parquet(
+        &mut self,
+        inputs: Vec<ParquetInput>,
+        engine: &mut Engine,
+        batch_size: usize,
+        outputs: &mut OutputFiles,
+        progress: Option<&ProgressBar>,
+        stop: &AtomicBool,
+        counts: &mut Counts,
+    ) -> Result<(), ReplayError> {
+        let mut lanes: Vec<ParquetLane> = inputs
+            .into_iter()
+            .map(|input| ParquetLane {
+                input,
+                queue: VecDeque::new(),
+                rows_before: 0,
+                done: false,
+            })
+            .collect();
+        let mut batch: Vec<AccessEvent<'static>> = Vec::with_capacity(batch_size);
+        loop {
+            let mut oldest: Option<(i64, usize)> = None;
+            for (index, lane) in lanes.iter_mut().enumerate() {
+                while lane.queue.is_empty() && !lane.done && !stop.load(Ordering::Relaxed) {
+                    let Some(rows) = lane.input.next_batch()? else {
+                        lane.done = true;
+                        break;
+                    };
+                    let name = lane.input.name().to_string();
+                    let view = lane
+                        .input
+                        .plan()
+                        .view(&rows)
+                        .map_err(|source| column_error(&name, source))?;
+                    let queue = &mut lane.queue;
+                    decode_rows(&view, &name, lane.rows_before, counts, outputs, |event, line| {
+                        queue.push_back((event.into_owned(), origin_of(index, line)));
+                    })?;
+                    lane.rows_before += view.rows() as u64;
+                }
+                if let Some((event, _)) = lane.queue.front()
+                    && oldest.is_none_or(|(ts_ms, _)| event.ts_ms < ts_ms)
+                {
+                    oldest = Some((event.ts_ms, index));
+                }
+            }
+            let next = oldest.and_then(|(_, index)| lanes[index].queue.pop_front());
+            let exhausted = next.is_none();
+            if let Some((event, origin)) = next {
+                batch.push(event);
+                self.origins.push(origin);
+            }
+            if batch.len() >= batch_size || (exhausted && !batch.is_empty()) {
+                self.emitted.clear();
+                engine.process_with_origins(&batch, &self.origins, &mut self.emitted);
+                counts.events += batch.len() as u64;
+                batch.clear();
+                self.origins.clear();
+                self.write(engine, counts, outputs)?;
+                if let Some(bar) = progress {
+                    bar.set_position(lanes.iter().map(|lane| lane.input.bytes_estimate()).sum());
+                }
+            }
+            if exhausted {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// One file of a merged replay and its decoded events waiting, with their
+/// origins.
+struct ParquetLane {
+    input: ParquetInput,
+    queue: VecDeque<(AccessEvent<'static>, u64)>,
+    rows_before: u64,
+    done: bool,
+}
+
+fn column_error(name: &str, source: crate::decode::parquet::ColumnError) -> ReplayError {
+    ReplayError::Parquet(crate::source::parquet::ParquetSourceError::Columns {
+        path: name.to_string(),
+        source,
+    })
+}
+
+/// Decodes every row of `view`: events go to `on_event` with their 1-based
+/// row number in the file, rows without a key are counted, other bad rows
+/// go to the rejected output with their reason and row.
+fn decode_rows<'b>(
+    view: &BatchView<'b>,
+    name: &str,
+    rows_before: u64,
+    counts: &mut Counts,
+    outputs: &mut OutputFiles,
+    mut on_event: impl FnMut(AccessEvent<'b>, u64),
+) -> Result<(), ReplayError> {
+    counts.records += view.rows() as u64;
+    for row in 0..view.rows() {
+        let line = rows_before + row as u64 + 1;
+        match view.event(row) {
+            Ok(event) => on_event(event, line),
+            Err(DecodeError::NoKey) => counts.no_key += 1,
+            Err(error) => {
+                counts.count_rejected(&error);
+                let source = SourceRef::File {
+                    file: name.to_string(),
+                    line,
+                    index: None,
+                };
+                let excerpt = view.row_excerpt(row);
+                outputs.write_rejected(&Rejected::new(
+                    &error,
+                    source,
+                    excerpt.as_bytes(),
+                    &view.key_field_names(),
+                ))?;
+            }
+        }
+    }
+    Ok(())
+}
