@@ -163,7 +163,10 @@ impl ManyKeysTraffic {
                 AccessEvent {
                     ts_ms: self.ts_ms,
                     key_id: Cow::Owned(self.keys[key].clone()),
-                    ip: synthetic_host((key * 7 + self.random.below(2)) % NETWORKS, 1 + self.random.below(4) as u8),
+                    ip: synthetic_host(
+                        (key * 7 + self.random.below(2)) % NETWORKS,
+                        1 + self.random.below(4) as u8,
+                    ),
                     method: Cow::Borrowed("GET"),
                     endpoint: Cow::Borrowed(ENDPOINTS[(key + self.random.below(2)) % ENDPOINTS.len()]),
                     status: if self.random.below(200) == 0 { 404 } else { 200 },
@@ -215,7 +218,10 @@ fn engine_many_keys(criterion: &mut Criterion) {
             out.clear();
         }
     }
-    assert!(engine.keys_tracked() >= MANY_KEYS, "every key has state after the warm-up");
+    assert!(
+        engine.keys_tracked() >= MANY_KEYS,
+        "every key has state after the warm-up"
+    );
     let mut floor: ahash::AHashMap<String, FloorState> = ahash::AHashMap::with_capacity(MANY_KEYS);
 
     let mut group = criterion.benchmark_group("engine_100k");
