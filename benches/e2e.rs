@@ -442,7 +442,7 @@ struct Placed {
 /// (a key's later events are left out once its partition is full: a few
 /// keys make most of the traffic), and the run's GeoIP databases.
 fn generated_records(count: usize, partitions: i32) -> Result<(Vec<Placed>, GeoIp), BenchError> {
-    use std::hash::{BuildHasher, Hash, Hasher};
+    use std::hash::BuildHasher;
     let config = GenerateConfig::new(2_000, 10, 1, DEFAULT_START).map_err(|error| failed(error.to_string()))?;
     let generation = Generation::new(config);
     let hasher = rustc_hash::FxBuildHasher;
@@ -453,9 +453,7 @@ fn generated_records(count: usize, partitions: i32) -> Result<(Vec<Placed>, GeoI
             return Err(());
         }
         let payload = serde_json::to_vec(event).map_err(|_| ())?;
-        let mut state = hasher.build_hasher();
-        event.key_id.as_ref().hash(&mut state);
-        let partition = (state.finish() % partitions as u64) as usize;
+        let partition = (hasher.hash_one(event.key_id.as_ref()) % partitions as u64) as usize;
         if filled[partition] + payload.len() <= PARTITION_BUDGET {
             filled[partition] += payload.len();
             records.push(Placed {
