@@ -1,11 +1,12 @@
 //! Resident memory of engine state, measured from the process's resident
 //! set (`/proc/self/statm`, Linux only): bytes per tracked key at 100,000
-//! keys with a few days of ordinary history each, and the resident set
-//! after a spray of 1,000,000 one-off key ids. Not a Criterion bench: each
+//! and at 1,000,000 keys with a few days of ordinary history each, and the
+//! resident set after a spray of 1,000,000 one-off key ids. Not a Criterion bench: each
 //! scenario runs once in its own process, so the two do not share an
 //! allocator's high-water mark.
 //!
-//! `cargo bench --bench state_memory -- keys` and `... -- spray` (release),
+//! `cargo bench --bench state_memory -- keys`, `... -- keys-1m` and
+//! `... -- spray` (release),
 //! or `cargo test --bench state_memory -- keys` for a debug build, which
 //! lays memory out the same way.
 
@@ -70,17 +71,16 @@ fn call(ts_ms: i64, key_id: String, ip: std::net::IpAddr, endpoint: String, stat
     }
 }
 
-/// 100,000 keys, each used from its own two networks on four endpoints,
-/// 10 calls a day for 3 days, in time order, fed in small batches so the
-/// events themselves never take much memory.
-fn keys_scenario(engine: &mut Engine) -> usize {
-    const KEYS: usize = 100_000;
+/// `keys` keys (100,000 or 1,000,000), each used from its own two networks
+/// on four endpoints, 10 calls a day for 3 days, in time order, fed in small
+/// batches so the events themselves never take much memory.
+fn keys_scenario(engine: &mut Engine, keys: usize) -> usize {
     let mut random = BenchRng::seeded(7);
     let mut outputs = Vec::new();
     let mut batch = Vec::with_capacity(10_000);
     for slot in 0..30i64 {
         let ts = T0 + slot * 2 * HOUR + (slot / 10) * 4 * HOUR;
-        for key in 0..KEYS {
+        for key in 0..keys {
             let network = (key * 7 + random.below(2)) % NETWORKS;
             let endpoint = ENDPOINTS[(key + slot as usize) % 4].replace("{id}", &random.below(1_000).to_string());
             batch.push(call(
@@ -98,7 +98,7 @@ fn keys_scenario(engine: &mut Engine) -> usize {
         }
     }
     engine.process(&batch, &mut outputs);
-    KEYS
+    keys
 }
 
 /// 1,000,000 key ids tried once each (refused with 401) from a few hundred
@@ -130,16 +130,16 @@ fn spray_scenario(engine: &mut Engine) -> usize {
 fn main() {
     let scenario = std::env::args()
         .skip(1)
-        .find(|arg| arg == "keys" || arg == "spray")
+        .find(|arg| arg == "keys" || arg == "keys-1m" || arg == "spray")
         .unwrap_or_else(|| "keys".to_string());
     let geo = geo();
     let mut engine = Engine::new(Arc::new(Model::default_model()), geo);
     let before = resident_bytes();
     let started = std::time::Instant::now();
-    let count = if scenario == "spray" {
-        spray_scenario(&mut engine)
-    } else {
-        keys_scenario(&mut engine)
+    let count = match scenario.as_str() {
+        "spray" => spray_scenario(&mut engine),
+        "keys-1m" => keys_scenario(&mut engine, 1_000_000),
+        _ => keys_scenario(&mut engine, 100_000),
     };
     let after = resident_bytes();
     let grown = after.saturating_sub(before);
