@@ -33,4 +33,5 @@ mod kafka_tansu;
 mod module_layers;
 mod ocsf;
 mod replay;
+mod replay_threads;
 mod revocation;
