@@ -36,7 +36,12 @@ fn cpu_seconds(stat: &str) -> f64 {
     let text = std::fs::read_to_string(stat).unwrap_or_default();
     let after_name = text.rsplit(')').next().unwrap_or_default();
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |index: usize| fields.get(index).and_then(|field| field.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // Fields 14 and 15 of the file (utime, stime), in ticks of 1/100 s.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -48,9 +53,8 @@ struct Measure {
 }
 
 fn write_input(dir: &Path, events: usize) -> (PathBuf, Arc<GeoIp>) {
-    let generation = Generation::new(
-        GenerateConfig::new(2_000, 30, 1, "2026-01-05T00:00:00Z").expect("a valid generation config"),
-    );
+    let generation =
+        Generation::new(GenerateConfig::new(2_000, 30, 1, "2026-01-05T00:00:00Z").expect("a valid generation config"));
     let path = dir.join("events.jsonl");
     let mut writer = std::io::BufWriter::new(std::fs::File::create(&path).expect("input file"));
     let mut written = 0usize;
@@ -78,10 +82,7 @@ fn replay(input: &Path, geo: &Arc<GeoIp>, out: &Path, threads: usize) -> Measure
     let mut engine = Engine::new(Arc::clone(&model), Arc::clone(geo));
     let mut outputs = OutputFiles::create_with_format(out, AlertFormat::Native)
         .expect("output folder")
-        .with_gate(
-            RevocationGate::new(&model.policy, &model.label()),
-            OwnerBook::default(),
-        );
+        .with_gate(RevocationGate::new(&model.policy, &model.label()), OwnerBook::default());
     let owners = OwnerBook::default();
     let stop = AtomicBool::new(false);
     let inputs = [input.to_path_buf()];
@@ -91,7 +92,16 @@ fn replay(input: &Path, geo: &Arc<GeoIp>, out: &Path, threads: usize) -> Measure
     let decoder = config.input.decoder();
     let batch_size = config.input.batch_size;
     let summary = if threads == 1 {
-        files::replay_files(&inputs, &decoder, &mut engine, batch_size, &mut outputs, None, &stop, &owners)
+        files::replay_files(
+            &inputs,
+            &decoder,
+            &mut engine,
+            batch_size,
+            &mut outputs,
+            None,
+            &stop,
+            &owners,
+        )
     } else {
         parallel::replay_files_parallel(
             &inputs,
@@ -153,7 +163,13 @@ fn main() {
             measures[slot].push(replay(&input, &geo, &out, threads));
         }
         for &threads in &counts {
-            for file in ["alerts.jsonl", "revocations.jsonl", "digests.jsonl", "rejected.jsonl", "summary.json"] {
+            for file in [
+                "alerts.jsonl",
+                "revocations.jsonl",
+                "digests.jsonl",
+                "rejected.jsonl",
+                "summary.json",
+            ] {
                 let one = std::fs::read(dir.path().join("out-1").join(file)).unwrap_or_default();
                 let many = std::fs::read(dir.path().join(format!("out-{threads}")).join(file)).unwrap_or_default();
                 assert!(one == many, "{file} differs at {threads} threads");

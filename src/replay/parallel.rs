@@ -34,12 +34,13 @@ use super::{ReplayError, ReplaySummary};
 use crate::counts::Counts;
 use crate::decode::Decoder;
 use crate::engine::Engine;
+use crate::enrich::client::client_family;
+use crate::enrich::endpoint::normalize_endpoint;
 use crate::event::AccessEvent;
 use crate::owners::OwnerBook;
 use crate::sink::Rejected;
 use crate::sink::file::OutputFiles;
-use crate::source::file::{RecordReader, RecordSpan};
-use crate::source::file::SourceError;
+use crate::source::file::{RecordReader, RecordSpan, SourceError};
 
 /// Decoded batches each decoder may have ready ahead of the engine: enough
 /// to hide the jitter of one batch, few enough to bound memory.
@@ -98,7 +99,24 @@ impl DecodedBatch {
         }
     }
 
-    fn push(&mut self, event: &AccessEvent<'_>, line: u64) {
+    /// Keeps an event. Its endpoint is kept as its template and its user
+    /// agent as its client family, worked out here on the decoder's thread:
+    /// the engine reads an event's endpoint only through
+    /// [`normalize_endpoint`] and its user agent only through
+    /// [`client_family`], which give back what they are given for a
+    /// template and a family, so the engine's view is unchanged and the
+    /// judging thread has less to do.
+    fn push(&mut self, event: &AccessEvent<'_>, line: u64, scratch_path: &mut String) {
+        let template = normalize_endpoint(&event.endpoint, scratch_path);
+        let endpoint = self.pack(template);
+        let family = client_family(&event.user_agent);
+        // A family ending in a tab or other space that `trim` takes is not
+        // its own family: such an agent goes to the engine as it came.
+        let user_agent = if client_family(family) == family {
+            family
+        } else {
+            &event.user_agent
+        };
         let packed = PackedEvent {
             ts_ms: event.ts_ms,
             ip: event.ip,
@@ -106,8 +124,8 @@ impl DecodedBatch {
             bytes_out: event.bytes_out,
             key_id: self.pack(&event.key_id),
             method: self.pack(&event.method),
-            endpoint: self.pack(&event.endpoint),
-            user_agent: self.pack(&event.user_agent),
+            endpoint,
+            user_agent: self.pack(user_agent),
             request_id: event.request_id.as_deref().map(|id| self.pack(id)),
             line,
         };
@@ -147,6 +165,7 @@ fn decode_batch(decoder: &Decoder, name: &str, buffer: &[u8], spans: &[RecordSpa
         ..DecodedBatch::default()
     };
     let mut scratch = Vec::new();
+    let mut scratch_path = String::new();
     let mut counts = Counts::default();
     let mut rejected = Vec::new();
     for span in spans {
@@ -162,7 +181,7 @@ fn decode_batch(decoder: &Decoder, name: &str, buffer: &[u8], spans: &[RecordSpa
                 rejected.push(rejection.clone());
                 Ok(())
             },
-            |event| batch.push(&event, span.line),
+            |event| batch.push(&event, span.line, &mut scratch_path),
         );
     }
     batch.counts = counts;
@@ -494,6 +513,32 @@ mod tests {
     }
 
     #[test]
+    fn templates_and_families_are_their_own_template_and_family() {
+        let endpoints = [
+            "/v1/orders/8812?x=1",
+            "/v1/customers/cus_KTTwLGYFdxSfHB/cards/4f0e7c1a-aa1b-4c2e-9d1f-0123456789ab",
+            "/v2/search#top",
+            "/",
+            "",
+            "/v1/{id}/x",
+            "/files/report-2026.pdf",
+        ];
+        for endpoint in endpoints {
+            let mut scratch = String::new();
+            let template = normalize_endpoint(endpoint, &mut scratch).to_string();
+            let mut again = String::new();
+            assert_eq!(normalize_endpoint(&template, &mut again), template, "{endpoint}");
+        }
+        for agent in ["aws-cli/2.15.0 Python/3.11", "Mozilla/5.0 (X11)", "curl", "", "  (x) ", "a;b"] {
+            let family = client_family(agent);
+            assert_eq!(client_family(family), family, "{agent}");
+        }
+        // The one kind of agent whose family is not its own family, which
+        // the decoder therefore passes on unchanged.
+        assert_ne!(client_family(client_family("curl\t/1")), client_family("curl\t/1"));
+    }
+
+    #[test]
     fn a_decoded_batch_gives_back_the_events_and_rejections_of_one_thread() {
         let lines = [
             r#"{"ts":"2026-03-01T12:00:00Z","key_id":"AKIAIOSFODNN7EXAMPLE","ip":"192.0.2.1","method":"GET","endpoint":"/v1/a\u0020b","status":200,"user_agent":"sdk/1","bytes_out":5,"request_id":"r1"}"#,
@@ -544,8 +589,22 @@ mod tests {
         let unpacked: Vec<(AccessEvent<'static>, u64)> = (0..batch.len())
             .map(|index| (batch.event(index).into_owned(), batch.events[index].line))
             .collect();
-        assert_eq!(unpacked, events);
+        assert_eq!(unpacked.len(), events.len());
+        for ((packed, packed_line), (event, line)) in unpacked.iter().zip(&events) {
+            assert_eq!(packed_line, line);
+            let mut scratch = String::new();
+            let template = normalize_endpoint(&event.endpoint, &mut scratch).to_string();
+            assert_eq!(packed.endpoint, template, "the endpoint goes as its template");
+            assert_eq!(packed.user_agent, client_family(&event.user_agent));
+            let same_otherwise = AccessEvent {
+                endpoint: packed.endpoint.clone(),
+                user_agent: packed.user_agent.clone(),
+                ..event.clone()
+            };
+            assert_eq!(packed, &same_otherwise);
+        }
         assert_eq!(unpacked[0].0.endpoint, "/v1/a b", "unescaped text survives packing");
+        assert_eq!(unpacked[0].0.user_agent, "sdk");
         assert_eq!(unpacked[0].0.request_id.as_deref(), Some("r1"));
     }
 }

@@ -158,12 +158,7 @@ fn replay_on_several_threads_is_byte_identical_to_one_thread_for_one_file_and_me
     // give back one stream.
     let mut parts = Vec::new();
     for part in 0..3 {
-        let text: Vec<&str> = lines
-            .iter()
-            .skip(part)
-            .step_by(3)
-            .map(String::as_str)
-            .collect();
+        let text: Vec<&str> = lines.iter().skip(part).step_by(3).map(String::as_str).collect();
         let path = dir.path().join(format!("part-{part}.jsonl"));
         std::fs::write(&path, text.join("\n") + "\n").unwrap();
         parts.push(path);
@@ -185,16 +180,22 @@ fn replay_on_several_threads_is_byte_identical_to_one_thread_for_one_file_and_me
         for detector in ["source_spray", "revocation_held", "impossible_travel"] {
             assert!(detectors.contains(&detector), "{name}: no {detector} in {detectors:?}");
         }
-        assert!(!lines_of(&reference.join("revocations.jsonl")).is_empty(), "{name}: no revocation");
-        assert!(!lines_of(&reference.join("digests.jsonl")).is_empty(), "{name}: no digest");
+        assert!(
+            !lines_of(&reference.join("revocations.jsonl")).is_empty(),
+            "{name}: no revocation"
+        );
+        assert!(
+            !lines_of(&reference.join("digests.jsonl")).is_empty(),
+            "{name}: no digest"
+        );
         let audit = lines_of(&reference.join("feedback.jsonl"));
         assert!(audit.len() >= 4, "{name}: feedback audit {audit:?}");
         let rejected = std::fs::read_to_string(reference.join("rejected.jsonl")).unwrap();
         for reason in ["future_event", "malformed_json"] {
             assert!(rejected.contains(reason), "{name}: no {reason} rejection");
         }
-        let summary: Value = serde_json::from_str(&std::fs::read_to_string(reference.join("summary.json")).unwrap())
-            .unwrap();
+        let summary: Value =
+            serde_json::from_str(&std::fs::read_to_string(reference.join("summary.json")).unwrap()).unwrap();
         assert!(summary["late_events"].as_u64().unwrap_or(0) > 0, "{name}: {summary}");
         assert!(summary["skipped_no_key"].as_u64().unwrap_or(0) > 0, "{name}: {summary}");
 
@@ -209,7 +210,15 @@ fn replay_on_several_threads_is_byte_identical_to_one_thread_for_one_file_and_me
 #[test]
 fn zero_threads_is_refused_with_a_message_naming_the_option() {
     let output = Command::new(env!("CARGO_BIN_EXE_keywatch"))
-        .args(["replay", "--input", "/nonexistent.jsonl", "--out", "/tmp/never", "--threads", "0"])
+        .args([
+            "replay",
+            "--input",
+            "/nonexistent.jsonl",
+            "--out",
+            "/tmp/never",
+            "--threads",
+            "0",
+        ])
         .output()
         .expect("keywatch runs");
     assert!(!output.status.success());
