@@ -26,7 +26,7 @@ const OUTPUTS: [&str; 7] = [
 /// Generated traffic (with its GeoIP databases and owners file in `dir`),
 /// made messy: returns the lines.
 fn messy_lines(dir: &Path) -> Vec<String> {
-    let generation = Generation::new(GenerateConfig::new(45, 6, 11, "2026-01-05T00:00:00Z").unwrap());
+    let generation = Generation::new(GenerateConfig::new(60, 5, 11, "2026-01-05T00:00:00Z").unwrap());
     generation.write_to(dir).unwrap();
     generation.write_owners(dir).unwrap();
     let text = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
