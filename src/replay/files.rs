@@ -195,10 +195,19 @@ impl Run<'_> {
             let mut scratch = Vec::new();
             self.origins.clear();
             for span in &spans {
-                decode_span(decoder, &buffer, span, &name, &mut scratch, counts, |rejected| Ok(outputs.write_rejected(rejected)?), |event| {
-                    events.push(event);
-                    self.origins.push(origin_of(0, span.line));
-                })?;
+                decode_span(
+                    decoder,
+                    &buffer,
+                    span,
+                    &name,
+                    &mut scratch,
+                    counts,
+                    |rejected| Ok(outputs.write_rejected(rejected)?),
+                    |event| {
+                        events.push(event);
+                        self.origins.push(origin_of(0, span.line));
+                    },
+                )?;
             }
             // A whole CloudTrail document is one record of many events:
             // hand them to the engine in batches too.
@@ -260,9 +269,18 @@ impl Run<'_> {
                     let mut scratch = Vec::new();
                     for span in &spans {
                         let queue = &mut lane.queue;
-                        decode_span(decoder, &buffer, span, &name, &mut scratch, counts, |rejected| Ok(outputs.write_rejected(rejected)?), |event| {
-                            queue.push_back((event.into_owned(), origin_of(index, span.line)));
-                        })?;
+                        decode_span(
+                            decoder,
+                            &buffer,
+                            span,
+                            &name,
+                            &mut scratch,
+                            counts,
+                            |rejected| Ok(outputs.write_rejected(rejected)?),
+                            |event| {
+                                queue.push_back((event.into_owned(), origin_of(index, span.line)));
+                            },
+                        )?;
                     }
                 }
                 if let Some((event, _)) = lane.queue.front()

@@ -351,9 +351,25 @@ pub fn replay_files_parallel(
         // The streams are dropped when this returns, so the threads of an
         // input left unread (an error) end instead of waiting to send.
         if streams.len() == 1 {
-            one_input(&mut run, &mut streams[0], engine, batch_size, outputs, progress, &mut summary)
+            one_input(
+                &mut run,
+                &mut streams[0],
+                engine,
+                batch_size,
+                outputs,
+                progress,
+                &mut summary,
+            )
         } else {
-            merged(&mut run, &mut streams, engine, batch_size, outputs, progress, &mut summary)
+            merged(
+                &mut run,
+                &mut streams,
+                engine,
+                batch_size,
+                outputs,
+                progress,
+                &mut summary,
+            )
         }
     })?;
     run.finish(engine, outputs, stop, &mut summary)?;
@@ -529,7 +545,14 @@ mod tests {
             let mut again = String::new();
             assert_eq!(normalize_endpoint(&template, &mut again), template, "{endpoint}");
         }
-        for agent in ["aws-cli/2.15.0 Python/3.11", "Mozilla/5.0 (X11)", "curl", "", "  (x) ", "a;b"] {
+        for agent in [
+            "aws-cli/2.15.0 Python/3.11",
+            "Mozilla/5.0 (X11)",
+            "curl",
+            "",
+            "  (x) ",
+            "a;b",
+        ] {
             let family = client_family(agent);
             assert_eq!(client_family(family), family, "{agent}");
         }
