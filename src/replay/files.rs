@@ -31,7 +31,7 @@ use crate::source::file::{RecordReader, RecordSpan};
 const LINE_BITS: u32 = 48;
 
 /// What the engine is told of an event's origin: input index and line.
-fn origin_of(input: usize, line: u64) -> u64 {
+pub(super) fn origin_of(input: usize, line: u64) -> u64 {
     ((input as u64) << LINE_BITS) | (line & ((1 << LINE_BITS) - 1))
 }
 
@@ -95,32 +95,20 @@ pub fn replay_files(
             &mut summary,
         )?;
     }
-    summary.interrupted = stop.load(Ordering::Relaxed);
-    // The input is over: held events are judged, the view across keys
-    // judges the observations it held back to order them, and every key's
-    // digest of its last day goes out.
-    run.emitted.clear();
-    engine.finish(&mut run.emitted);
-    run.finished = true;
-    run.write(engine, &mut summary.counts, outputs)?;
-    outputs.sync()?;
-    let stats = engine.stats();
-    summary.keys = engine.keys_tracked() as u64;
-    summary.suppressed = stats.suppressed;
-    summary.late_events = stats.late_events;
+    run.finish(engine, outputs, stop, &mut summary)?;
     Ok(summary)
 }
 
-/// Scratch shared by the ways of reading.
-struct Run<'a> {
-    owners: &'a OwnerBook,
+/// Scratch shared by the ways of reading (here and in [`super::parallel`]).
+pub(super) struct Run<'a> {
+    pub(super) owners: &'a OwnerBook,
     /// Input names by index, for quarantined events' sources.
-    names: Vec<String>,
-    emitted: Vec<Output>,
-    quarantined: Vec<Quarantined>,
-    origins: Vec<u64>,
+    pub(super) names: Vec<String>,
+    pub(super) emitted: Vec<Output>,
+    pub(super) quarantined: Vec<Quarantined>,
+    pub(super) origins: Vec<u64>,
     /// The input is over: every revocation candidate is judged.
-    finished: bool,
+    pub(super) finished: bool,
 }
 
 impl Run<'_> {
@@ -134,8 +122,32 @@ impl Run<'_> {
         }
     }
 
+    /// The input is over: held events are judged, the view across keys
+    /// judges the observations it held back to order them, every key's
+    /// digest of its last day goes out, and the summary takes the engine's
+    /// figures.
+    pub(super) fn finish(
+        &mut self,
+        engine: &mut Engine,
+        outputs: &mut OutputFiles,
+        stop: &AtomicBool,
+        summary: &mut ReplaySummary,
+    ) -> Result<(), ReplayError> {
+        summary.interrupted = stop.load(Ordering::Relaxed);
+        self.emitted.clear();
+        engine.finish(&mut self.emitted);
+        self.finished = true;
+        self.write(engine, &mut summary.counts, outputs)?;
+        outputs.sync()?;
+        let stats = engine.stats();
+        summary.keys = engine.keys_tracked() as u64;
+        summary.suppressed = stats.suppressed;
+        summary.late_events = stats.late_events;
+        Ok(())
+    }
+
     /// Writes what the engine emitted and quarantined.
-    fn write(
+    pub(super) fn write(
         &mut self,
         engine: &mut Engine,
         counts: &mut Counts,
@@ -211,10 +223,19 @@ impl Run<'_> {
             let mut scratch = Vec::new();
             self.origins.clear();
             for span in &spans {
-                decode_span(decoder, &buffer, span, &name, &mut scratch, counts, outputs, |event| {
-                    events.push(event);
-                    self.origins.push(origin_of(0, span.line));
-                })?;
+                decode_span(
+                    decoder,
+                    &buffer,
+                    span,
+                    &name,
+                    &mut scratch,
+                    counts,
+                    |rejected| Ok(outputs.write_rejected(rejected)?),
+                    |event| {
+                        events.push(event);
+                        self.origins.push(origin_of(0, span.line));
+                    },
+                )?;
             }
             // A whole CloudTrail document is one record of many events:
             // hand them to the engine in batches too.
@@ -276,9 +297,18 @@ impl Run<'_> {
                     let mut scratch = Vec::new();
                     for span in &spans {
                         let queue = &mut lane.queue;
-                        decode_span(decoder, &buffer, span, &name, &mut scratch, counts, outputs, |event| {
-                            queue.push_back((event.into_owned(), origin_of(index, span.line)));
-                        })?;
+                        decode_span(
+                            decoder,
+                            &buffer,
+                            span,
+                            &name,
+                            &mut scratch,
+                            counts,
+                            |rejected| Ok(outputs.write_rejected(rejected)?),
+                            |event| {
+                                queue.push_back((event.into_owned(), origin_of(index, span.line)));
+                            },
+                        )?;
                     }
                 }
                 if let Some((event, _)) = lane.queue.front()
@@ -319,17 +349,17 @@ struct Lane {
     done: bool,
 }
 
-/// Decodes one record: events go to `on_event`, rejections to the
-/// rejected output.
+/// Decodes one record: events go to `on_event`, rejections to
+/// `on_rejected` (the rejected output).
 #[allow(clippy::too_many_arguments)]
-fn decode_span<'a>(
+pub(super) fn decode_span<'a>(
     decoder: &Decoder,
     buffer: &'a [u8],
     span: &RecordSpan,
     name: &str,
     scratch: &mut Vec<Result<AccessEvent<'a>, DecodeError>>,
     counts: &mut Counts,
-    outputs: &mut OutputFiles,
+    mut on_rejected: impl FnMut(&Rejected) -> Result<(), ReplayError>,
     mut on_event: impl FnMut(AccessEvent<'a>),
 ) -> Result<(), ReplayError> {
     counts.records += 1;
@@ -360,7 +390,7 @@ fn decode_span<'a>(
                     line: span.line,
                     index: rejection.index,
                 };
-                outputs.write_rejected(&Rejected::new(
+                on_rejected(&Rejected::new(
                     &rejection.error,
                     source,
                     record,

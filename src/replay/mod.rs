@@ -5,6 +5,7 @@
 
 pub mod files;
 pub mod kafka;
+pub mod parallel;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -77,6 +78,10 @@ pub struct ReplayArgs {
     /// became of each entry goes to feedback.jsonl.
     #[arg(long, conflicts_with = "from_kafka")]
     pub feedback: Option<PathBuf>,
+    /// Threads of a file replay (default: every core): one judges, the
+    /// others decode ahead; the outputs are those of one thread, byte for byte.
+    #[arg(long, conflicts_with = "from_kafka")]
+    pub threads: Option<usize>,
 }
 
 /// Why a replay could not run.
@@ -188,6 +193,10 @@ impl ReplaySummary {
 
 /// Runs the command.
 pub fn run_cli(args: &ReplayArgs) -> Result<(), ReplayError> {
+    let threads = args.threads.unwrap_or_else(parallel::default_threads);
+    if threads == 0 {
+        return Err(ReplayError::Usage("--threads must be at least 1".into()));
+    }
     let overrides = Overrides {
         format: args.format.clone(),
         batch_size: args.batch_size,
@@ -217,16 +226,32 @@ pub fn run_cli(args: &ReplayArgs) -> Result<(), ReplayError> {
     let bar = files::progress_bar(&args.input, args.no_progress);
     let started = std::time::Instant::now();
     let stop = stop_on_sigint();
-    let summary = files::replay_files(
-        &args.input,
-        &setup.config.input.decoder(),
-        &mut engine,
-        setup.config.input.batch_size,
-        &mut outputs,
-        bar.as_ref(),
-        &stop,
-        &owners,
-    )?;
+    // Parquet is read column-wise by its own reader, on one thread.
+    let parquet = setup.config.input.decoder().format == crate::decode::Format::Parquet;
+    let summary = if threads == 1 || parquet {
+        files::replay_files(
+            &args.input,
+            &setup.config.input.decoder(),
+            &mut engine,
+            setup.config.input.batch_size,
+            &mut outputs,
+            bar.as_ref(),
+            &stop,
+            &owners,
+        )?
+    } else {
+        parallel::replay_files_parallel(
+            &args.input,
+            &setup.config.input.decoder(),
+            &mut engine,
+            setup.config.input.batch_size,
+            threads,
+            &mut outputs,
+            bar.as_ref(),
+            &stop,
+            &owners,
+        )?
+    };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

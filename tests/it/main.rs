@@ -34,4 +34,5 @@ mod module_layers;
 mod ocsf;
 mod parquet;
 mod replay;
+mod replay_threads;
 mod revocation;

@@ -1,0 +1,634 @@
+//! `keywatch replay --threads N`: file replay on several cores with outputs
+//! byte for byte those of one thread.
+//!
+//! Reading, decoding and judging are split into stages on their own
+//! threads. Per input, a reader thread cuts the file into record batches
+//! (the same batches one thread reads), `N - 1` decoder threads decode them
+//! by turns, and the calling thread takes the decoded batches back in the
+//! order they were read and feeds them to the one engine exactly as
+//! [`super::files`] does: same micro-batches, same origins, rejections
+//! written at the same points. Every decision of the engine, and so every
+//! output, is that of one thread by construction; only where the work is
+//! done changes.
+//!
+//! Why one engine and not one per key shard: the engine's per-key decisions
+//! also read state shared by every key, in the order one engine builds it
+//! (the reorder buffer's watermark, which decides which events are late;
+//! eviction at the first event of a day, sparing keys with held events;
+//! the organisation table of each epoch, which judges new keys; the
+//! interned endpoint and client ids that break ties in evidence; feedback
+//! falling due on the engine's clock; the two keys that confirm a jump of
+//! the clock). Engines that each see a share of the keys build each of
+//! these differently, so their alerts would differ from one thread's. See
+//! BENCHMARKS.md for what bounds the speedup.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use indicatif::ProgressBar;
+
+use super::files::{Run, decode_span, origin_of};
+use super::{ReplayError, ReplaySummary};
+use crate::counts::Counts;
+use crate::decode::Decoder;
+use crate::engine::Engine;
+use crate::enrich::client::client_family;
+use crate::enrich::endpoint::normalize_endpoint;
+use crate::event::AccessEvent;
+use crate::owners::OwnerBook;
+use crate::sink::Rejected;
+use crate::sink::file::OutputFiles;
+use crate::source::file::{RecordReader, RecordSpan, SourceError};
+
+/// Decoded batches each decoder may have ready ahead of the engine: enough
+/// to hide the jitter of one batch, few enough to bound memory.
+const BATCHES_AHEAD: usize = 2;
+
+/// The number of threads `--threads` means when not given: every core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// A string of a decoded event, as a range of its batch's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Text {
+    start: usize,
+    end: usize,
+}
+
+/// A decoded event detached from the record buffer: its strings are
+/// ranges of the batch's text, so detaching costs a copy of the bytes but
+/// no allocation per event.
+#[derive(Debug, Clone, Copy)]
+struct PackedEvent {
+    ts_ms: i64,
+    ip: std::net::IpAddr,
+    status: u16,
+    bytes_out: u64,
+    key_id: Text,
+    method: Text,
+    endpoint: Text,
+    user_agent: Text,
+    request_id: Option<Text>,
+    /// The record's line, for the event's origin.
+    line: u64,
+}
+
+/// One batch of records as the reader read it, decoded: its events, its
+/// rejections (ready to write) and its counts.
+#[derive(Debug, Default)]
+pub(crate) struct DecodedBatch {
+    text: String,
+    events: Vec<PackedEvent>,
+    rejected: Vec<Rejected>,
+    /// Records, rejections and events without a key of the batch.
+    counts: Counts,
+    /// Bytes the input's reader had read when it cut this batch.
+    bytes_read: u64,
+}
+
+impl DecodedBatch {
+    fn pack(&mut self, text: &str) -> Text {
+        let start = self.text.len();
+        self.text.push_str(text);
+        Text {
+            start,
+            end: self.text.len(),
+        }
+    }
+
+    /// Keeps an event. Its endpoint is kept as its template and its user
+    /// agent as its client family, worked out here on the decoder's thread:
+    /// the engine reads an event's endpoint only through
+    /// [`normalize_endpoint`] and its user agent only through
+    /// [`client_family`], which give back what they are given for a
+    /// template and a family, so the engine's view is unchanged and the
+    /// judging thread has less to do.
+    fn push(&mut self, event: &AccessEvent<'_>, line: u64, scratch_path: &mut String) {
+        let template = normalize_endpoint(&event.endpoint, scratch_path);
+        let endpoint = self.pack(template);
+        let family = client_family(&event.user_agent);
+        // A family ending in a tab or other space that `trim` takes is not
+        // its own family: such an agent goes to the engine as it came.
+        let user_agent = if client_family(family) == family {
+            family
+        } else {
+            &event.user_agent
+        };
+        let packed = PackedEvent {
+            ts_ms: event.ts_ms,
+            ip: event.ip,
+            status: event.status,
+            bytes_out: event.bytes_out,
+            key_id: self.pack(&event.key_id),
+            method: self.pack(&event.method),
+            endpoint,
+            user_agent: self.pack(user_agent),
+            request_id: event.request_id.as_deref().map(|id| self.pack(id)),
+            line,
+        };
+        self.events.push(packed);
+    }
+
+    fn text(&self, text: Text) -> &str {
+        self.text.get(text.start..text.end).unwrap_or_default()
+    }
+
+    /// The `index`th event, borrowing its strings from the batch.
+    fn event(&self, index: usize) -> AccessEvent<'_> {
+        let packed = &self.events[index];
+        AccessEvent {
+            ts_ms: packed.ts_ms,
+            key_id: self.text(packed.key_id).into(),
+            ip: packed.ip,
+            method: self.text(packed.method).into(),
+            endpoint: self.text(packed.endpoint).into(),
+            status: packed.status,
+            user_agent: self.text(packed.user_agent).into(),
+            bytes_out: packed.bytes_out,
+            request_id: packed.request_id.map(|id| self.text(id).into()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+}
+
+/// Decodes one batch the way one thread does ([`decode_span`]), keeping
+/// rejections to write and events to judge.
+fn decode_batch(decoder: &Decoder, name: &str, buffer: &[u8], spans: &[RecordSpan], bytes_read: u64) -> DecodedBatch {
+    let mut batch = DecodedBatch {
+        bytes_read,
+        ..DecodedBatch::default()
+    };
+    let mut scratch = Vec::new();
+    let mut scratch_path = String::new();
+    let mut counts = Counts::default();
+    let mut rejected = Vec::new();
+    for span in spans {
+        // Rejections are kept, never fail here.
+        let _ = decode_span(
+            decoder,
+            buffer,
+            span,
+            name,
+            &mut scratch,
+            &mut counts,
+            |rejection| {
+                rejected.push(rejection.clone());
+                Ok(())
+            },
+            |event| batch.push(&event, span.line, &mut scratch_path),
+        );
+    }
+    batch.counts = counts;
+    batch.rejected = rejected;
+    batch
+}
+
+/// Raw batches from the reader to a decoder.
+enum Raw {
+    Batch {
+        buffer: Vec<u8>,
+        spans: Vec<RecordSpan>,
+        bytes_read: u64,
+    },
+    Failed(SourceError),
+}
+
+/// The decoded batches of one input, in the order they were read: batch
+/// `n` went to decoder `n % decoders`, so it comes back from there.
+pub(crate) struct Ordered<T> {
+    from_decoders: Vec<Receiver<T>>,
+    next: usize,
+    ended: bool,
+}
+
+impl<T> Ordered<T> {
+    fn new(from_decoders: Vec<Receiver<T>>) -> Ordered<T> {
+        Ordered {
+            from_decoders,
+            next: 0,
+            ended: false,
+        }
+    }
+
+    /// The next batch in reading order; `None` once the input is over (the
+    /// decoder due next has closed: the reader sent it nothing more).
+    pub(crate) fn next_batch(&mut self) -> Option<T> {
+        if self.ended || self.from_decoders.is_empty() {
+            return None;
+        }
+        let due = self.next % self.from_decoders.len();
+        match self.from_decoders[due].recv() {
+            Ok(batch) => {
+                self.next += 1;
+                Some(batch)
+            }
+            Err(_) => {
+                self.ended = true;
+                None
+            }
+        }
+    }
+}
+
+/// Starts the reader and decoders of one input inside `scope`; returns the
+/// input's name and its decoded batches in reading order. The threads end
+/// when the input ends, `stop` is set, or the returned stream is dropped.
+fn spawn_input<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    mut reader: RecordReader,
+    decoder: &'scope Decoder,
+    batch_size: usize,
+    decoders: usize,
+    stop: &'scope AtomicBool,
+) -> (String, Ordered<Result<DecodedBatch, SourceError>>) {
+    let name = reader.name().to_string();
+    let decoders = decoders.max(1);
+    let mut to_decoders: Vec<SyncSender<Raw>> = Vec::with_capacity(decoders);
+    let mut from_decoders = Vec::with_capacity(decoders);
+    // Record buffers go back to the reader once decoded, so a long replay
+    // does not allocate (and fault in) a fresh buffer per batch.
+    let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(decoders * (BATCHES_AHEAD + 2));
+    for _ in 0..decoders {
+        let (raw_tx, raw_rx) = sync_channel::<Raw>(BATCHES_AHEAD);
+        let (decoded_tx, decoded_rx) = sync_channel(BATCHES_AHEAD);
+        to_decoders.push(raw_tx);
+        from_decoders.push(decoded_rx);
+        let name = name.clone();
+        let recycle = recycle_tx.clone();
+        scope.spawn(move || {
+            for raw in raw_rx {
+                let decoded = match raw {
+                    Raw::Batch {
+                        buffer,
+                        spans,
+                        bytes_read,
+                    } => {
+                        let batch = decode_batch(decoder, &name, &buffer, &spans, bytes_read);
+                        let _ = recycle.try_send(buffer);
+                        Ok(batch)
+                    }
+                    Raw::Failed(error) => Err(error),
+                };
+                if decoded_tx.send(decoded).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(recycle_tx);
+    scope.spawn(move || {
+        let mut spans = Vec::new();
+        for turn in 0.. {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let mut buffer = recycle_rx.try_recv().unwrap_or_default();
+            let raw = match reader.next_batch(&mut buffer, &mut spans, batch_size) {
+                Ok(false) => return,
+                Ok(true) => Raw::Batch {
+                    buffer,
+                    spans: std::mem::take(&mut spans),
+                    bytes_read: reader.bytes_read,
+                },
+                Err(error) => Raw::Failed(error),
+            };
+            let failed = matches!(raw, Raw::Failed(_));
+            if to_decoders[turn % decoders].send(raw).is_err() || failed {
+                return;
+            }
+        }
+    });
+    (name, Ordered::new(from_decoders))
+}
+
+/// [`super::files::replay_files`] on `threads` threads: the same outputs
+/// and summary, byte for byte.
+#[allow(clippy::too_many_arguments)]
+pub fn replay_files_parallel(
+    inputs: &[PathBuf],
+    decoder: &Decoder,
+    engine: &mut Engine,
+    batch_size: usize,
+    threads: usize,
+    outputs: &mut OutputFiles,
+    progress: Option<&ProgressBar>,
+    stop: &AtomicBool,
+    owners: &OwnerBook,
+) -> Result<ReplaySummary, ReplayError> {
+    let mut summary = ReplaySummary::default();
+    let mut run = Run {
+        owners,
+        names: Vec::new(),
+        emitted: Vec::new(),
+        quarantined: Vec::new(),
+        origins: Vec::new(),
+        finished: false,
+    };
+    let batch_size = batch_size.max(1);
+    // The calling thread judges; the others decode.
+    let decoders = threads.saturating_sub(1).max(1);
+    let mut readers = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        readers.push(
+            RecordReader::open(input, decoder.max_record_bytes)?
+                .with_byte_budgets(decoder.max_batch_bytes, decoder.max_document_bytes),
+        );
+    }
+    std::thread::scope(|scope| {
+        let mut streams = Vec::with_capacity(readers.len());
+        // Several inputs share the decoders' threads between them.
+        let per_input = decoders.div_ceil(readers.len()).max(1);
+        for reader in readers {
+            let (name, stream) = spawn_input(scope, reader, decoder, batch_size, per_input, stop);
+            run.names.push(name);
+            streams.push(stream);
+        }
+        // The streams are dropped when this returns, so the threads of an
+        // input left unread (an error) end instead of waiting to send.
+        if streams.len() == 1 {
+            one_input(
+                &mut run,
+                &mut streams[0],
+                engine,
+                batch_size,
+                outputs,
+                progress,
+                &mut summary,
+            )
+        } else {
+            merged(
+                &mut run,
+                &mut streams,
+                engine,
+                batch_size,
+                outputs,
+                progress,
+                &mut summary,
+            )
+        }
+    })?;
+    run.finish(engine, outputs, stop, &mut summary)?;
+    Ok(summary)
+}
+
+/// Writes a batch's rejections and adds its counts, as one thread does
+/// while decoding it.
+fn take_decoded(batch: &DecodedBatch, counts: &mut Counts, outputs: &mut OutputFiles) -> Result<(), ReplayError> {
+    counts.add(&batch.counts);
+    for rejected in &batch.rejected {
+        outputs.write_rejected(rejected)?;
+    }
+    Ok(())
+}
+
+/// One input: [`super::files`]'s `one_input` with batches decoded ahead.
+fn one_input(
+    run: &mut Run<'_>,
+    stream: &mut Ordered<Result<DecodedBatch, SourceError>>,
+    engine: &mut Engine,
+    batch_size: usize,
+    outputs: &mut OutputFiles,
+    progress: Option<&ProgressBar>,
+    summary: &mut ReplaySummary,
+) -> Result<(), ReplayError> {
+    let counts = &mut summary.counts;
+    while let Some(batch) = stream.next_batch() {
+        let batch = batch?;
+        take_decoded(&batch, counts, outputs)?;
+        // The events borrow the batch's text: one allocation per batch, as
+        // with one thread, none per event.
+        let events: Vec<AccessEvent<'_>> = (0..batch.len()).map(|index| batch.event(index)).collect();
+        run.origins.clear();
+        run.origins
+            .extend(batch.events.iter().map(|event| origin_of(0, event.line)));
+        let origins = std::mem::take(&mut run.origins);
+        for (chunk, origins) in events.chunks(batch_size).zip(origins.chunks(batch_size)) {
+            run.emitted.clear();
+            engine.process_with_origins(chunk, origins, &mut run.emitted);
+            counts.events += chunk.len() as u64;
+            run.write(engine, counts, outputs)?;
+        }
+        run.origins = origins;
+        if let Some(bar) = progress {
+            bar.set_position(batch.bytes_read);
+        }
+    }
+    Ok(())
+}
+
+/// Several inputs merged by event time: [`super::files`]'s `merged`, each
+/// input's batches decoded ahead; an input's next batch is taken (and its
+/// rejections written) exactly when one thread would read it.
+fn merged(
+    run: &mut Run<'_>,
+    streams: &mut [Ordered<Result<DecodedBatch, SourceError>>],
+    engine: &mut Engine,
+    batch_size: usize,
+    outputs: &mut OutputFiles,
+    progress: Option<&ProgressBar>,
+    summary: &mut ReplaySummary,
+) -> Result<(), ReplayError> {
+    let counts = &mut summary.counts;
+    let mut queues: Vec<VecDeque<(AccessEvent<'static>, u64)>> = vec![VecDeque::new(); streams.len()];
+    let mut done = vec![false; streams.len()];
+    let mut bytes_read = vec![0u64; streams.len()];
+    let mut batch: Vec<AccessEvent<'static>> = Vec::with_capacity(batch_size);
+    loop {
+        let mut oldest: Option<(i64, usize)> = None;
+        for (index, stream) in streams.iter_mut().enumerate() {
+            while queues[index].is_empty() && !done[index] {
+                let Some(decoded) = stream.next_batch() else {
+                    done[index] = true;
+                    break;
+                };
+                let decoded = decoded?;
+                take_decoded(&decoded, counts, outputs)?;
+                bytes_read[index] = decoded.bytes_read;
+                for (position, packed) in decoded.events.iter().enumerate() {
+                    queues[index].push_back((decoded.event(position).into_owned(), origin_of(index, packed.line)));
+                }
+            }
+            if let Some((event, _)) = queues[index].front()
+                && oldest.is_none_or(|(ts_ms, _)| event.ts_ms < ts_ms)
+            {
+                oldest = Some((event.ts_ms, index));
+            }
+        }
+        let next = oldest.and_then(|(_, index)| queues[index].pop_front());
+        let exhausted = next.is_none();
+        if let Some((event, origin)) = next {
+            batch.push(event);
+            run.origins.push(origin);
+        }
+        if batch.len() >= batch_size || (exhausted && !batch.is_empty()) {
+            run.emitted.clear();
+            engine.process_with_origins(&batch, &run.origins, &mut run.emitted);
+            counts.events += batch.len() as u64;
+            batch.clear();
+            run.origins.clear();
+            run.write(engine, counts, outputs)?;
+            if let Some(bar) = progress {
+                bar.set_position(bytes_read.iter().sum());
+            }
+        }
+        if exhausted {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Format;
+
+    #[test]
+    fn batches_come_back_in_reading_order_whatever_decoder_finishes_first() {
+        let decoders = 3;
+        let mut senders = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..decoders {
+            let (sender, receiver) = sync_channel::<usize>(16);
+            senders.push(sender);
+            receivers.push(receiver);
+        }
+        // Batches 0..10 by turns; the last decoder's are sent first, as
+        // if it were faster.
+        for decoder in (0..decoders).rev() {
+            for batch in (decoder..10).step_by(decoders) {
+                senders[decoder].send(batch).unwrap();
+            }
+        }
+        drop(senders);
+        let mut ordered = Ordered::new(receivers);
+        let got: Vec<usize> = std::iter::from_fn(|| ordered.next_batch()).collect();
+        assert_eq!(got, (0..10).collect::<Vec<_>>());
+        assert_eq!(ordered.next_batch(), None, "an ended stream stays ended");
+    }
+
+    #[test]
+    fn the_stream_ends_at_the_first_decoder_with_nothing_more() {
+        // Four batches over three decoders: the fifth is due from decoder
+        // 1, which has closed; decoder 2 closing too must not matter.
+        let (first, first_rx) = sync_channel::<usize>(4);
+        let (second, second_rx) = sync_channel::<usize>(4);
+        let (third, third_rx) = sync_channel::<usize>(4);
+        first.send(0).unwrap();
+        second.send(1).unwrap();
+        third.send(2).unwrap();
+        first.send(3).unwrap();
+        drop((first, second, third));
+        let mut ordered = Ordered::new(vec![first_rx, second_rx, third_rx]);
+        let got: Vec<usize> = std::iter::from_fn(|| ordered.next_batch()).collect();
+        assert_eq!(got, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn templates_and_families_are_their_own_template_and_family() {
+        let endpoints = [
+            "/v1/orders/8812?x=1",
+            "/v1/customers/cus_KTTwLGYFdxSfHB/cards/4f0e7c1a-aa1b-4c2e-9d1f-0123456789ab",
+            "/v2/search#top",
+            "/",
+            "",
+            "/v1/{id}/x",
+            "/files/report-2026.pdf",
+        ];
+        for endpoint in endpoints {
+            let mut scratch = String::new();
+            let template = normalize_endpoint(endpoint, &mut scratch).to_string();
+            let mut again = String::new();
+            assert_eq!(normalize_endpoint(&template, &mut again), template, "{endpoint}");
+        }
+        for agent in [
+            "aws-cli/2.15.0 Python/3.11",
+            "Mozilla/5.0 (X11)",
+            "curl",
+            "",
+            "  (x) ",
+            "a;b",
+        ] {
+            let family = client_family(agent);
+            assert_eq!(client_family(family), family, "{agent}");
+        }
+        // The one kind of agent whose family is not its own family, which
+        // the decoder therefore passes on unchanged.
+        assert_ne!(client_family(client_family("curl\t/1")), client_family("curl\t/1"));
+    }
+
+    #[test]
+    fn a_decoded_batch_gives_back_the_events_and_rejections_of_one_thread() {
+        let lines = [
+            r#"{"ts":"2026-03-01T12:00:00Z","key_id":"AKIAIOSFODNN7EXAMPLE","ip":"192.0.2.1","method":"GET","endpoint":"/v1/a\u0020b","status":200,"user_agent":"sdk/1","bytes_out":5,"request_id":"r1"}"#,
+            "{not json",
+            r#"{"ts":"2026-03-01T12:00:01Z","ip":"192.0.2.1","method":"GET","endpoint":"/","status":200}"#,
+            r#"{"ts":"2026-03-01T12:00:02Z","key_id":"AKIAIOSFODNN7EXAMPLF","ip":"2001:db8::1","method":"POST","endpoint":"/v1/b","status":401}"#,
+        ];
+        let mut buffer = Vec::new();
+        let mut spans = Vec::new();
+        for (index, line) in lines.iter().enumerate() {
+            let start = buffer.len();
+            buffer.extend_from_slice(line.as_bytes());
+            spans.push(RecordSpan {
+                range: start..buffer.len(),
+                line: index as u64 + 1,
+                oversized: None,
+            });
+            buffer.push(b'\n');
+        }
+        let decoder = Decoder::new(Format::Auto, None, 1 << 20);
+        let batch = decode_batch(&decoder, "input.jsonl", &buffer, &spans, 99);
+
+        let mut counts = Counts::default();
+        let mut rejected = Vec::new();
+        let mut events = Vec::new();
+        let mut scratch = Vec::new();
+        for span in &spans {
+            decode_span(
+                &decoder,
+                &buffer,
+                span,
+                "input.jsonl",
+                &mut scratch,
+                &mut counts,
+                |rejection| {
+                    rejected.push(rejection.clone());
+                    Ok(())
+                },
+                |event| events.push((event.into_owned(), span.line)),
+            )
+            .unwrap();
+        }
+        assert_eq!(batch.counts, counts);
+        assert_eq!(batch.rejected, rejected);
+        assert_eq!(batch.rejected.len(), 1);
+        assert_eq!(batch.counts.no_key, 1);
+        assert_eq!(batch.bytes_read, 99);
+        let unpacked: Vec<(AccessEvent<'static>, u64)> = (0..batch.len())
+            .map(|index| (batch.event(index).into_owned(), batch.events[index].line))
+            .collect();
+        assert_eq!(unpacked.len(), events.len());
+        for ((packed, packed_line), (event, line)) in unpacked.iter().zip(&events) {
+            assert_eq!(packed_line, line);
+            let mut scratch = String::new();
+            let template = normalize_endpoint(&event.endpoint, &mut scratch).to_string();
+            assert_eq!(packed.endpoint, template, "the endpoint goes as its template");
+            assert_eq!(packed.user_agent, client_family(&event.user_agent));
+            let same_otherwise = AccessEvent {
+                endpoint: packed.endpoint.clone(),
+                user_agent: packed.user_agent.clone(),
+                ..event.clone()
+            };
+            assert_eq!(packed, &same_otherwise);
+        }
+        assert_eq!(unpacked[0].0.endpoint, "/v1/a b", "unescaped text survives packing");
+        assert_eq!(unpacked[0].0.user_agent, "sdk");
+        assert_eq!(unpacked[0].0.request_id.as_deref(), Some("r1"));
+    }
+}
