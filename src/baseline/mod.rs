@@ -39,12 +39,14 @@ pub struct AlertMemory {
     /// Whether a revocation was requested in the open incident.
     pub incident_revoked: bool,
     /// Low findings of the key's current UTC day, not yet sent as a digest.
+    /// Boxed, as the revocation mark: few keys have either, and a box
+    /// costs every other key a pointer instead of the whole record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<digest::PendingDigest>,
+    pub digest: Option<Box<digest::PendingDigest>>,
     /// The last revocation request made for the key, kept across incidents
     /// so that the key inventory can say the key was revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_revocation: Option<RevocationMark>,
+    pub last_revocation: Option<Box<RevocationMark>>,
 }
 
 /// What a key remembers of the last revocation request made for it.
@@ -159,9 +161,10 @@ pub struct KeyState {
     pub alerts: AlertMemory,
     /// The key's use before its state was evicted for silence, when it had
     /// enough history to be judged dormant: its return (its first call that
-    /// is not a 401) is judged against it.
+    /// is not a 401) is judged against it. Boxed: only keys back from
+    /// eviction have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub before_eviction: Option<Dormancy>,
+    pub before_eviction: Option<Box<Dormancy>>,
     /// Analysts' verdicts and expectations in force for the key.
     #[serde(default, skip_serializing_if = "crate::feedback::KeyFeedback::is_empty")]
     pub feedback: crate::feedback::KeyFeedback,
@@ -207,8 +210,8 @@ impl KeyState {
     /// back from eviction that has had no authenticated call yet, the use
     /// it had before.
     pub fn use_history(&self) -> Dormancy {
-        match self.before_eviction {
-            Some(before) => before,
+        match self.before_eviction.as_deref() {
+            Some(before) => *before,
             None => Dormancy {
                 first_ts: self.first_ts,
                 last_ts: self.last_ts,
@@ -225,7 +228,7 @@ impl KeyState {
             last_ts: self.last_ts,
             events: self.events,
         };
-        let record = self.before_eviction.unwrap_or(own);
+        let record = self.before_eviction.as_deref().copied().unwrap_or(own);
         (record.events >= model.min_events && record.last_ts - record.first_ts >= model.min_age.as_millis() as i64)
             .then_some(record)
     }
