@@ -410,3 +410,47 @@ impl KeyState {
         self.clients.remap(client_map);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The boxed and sliced parts of the compact layout serialise as the
+    /// plain records and lists they hold, so snapshots and changelog
+    /// entries written before it still load, and those written now load in
+    /// older readers of the same version.
+    #[test]
+    fn boxed_parts_serialise_as_the_plain_records_snapshots_hold() {
+        let mut state = KeyState::new("kf_a".into(), "AKIA…0001".into(), 1_000, 12);
+        state.before_eviction = Some(Box::new(Dormancy {
+            first_ts: 1,
+            last_ts: 2,
+            events: 3,
+        }));
+        state.alerts.last_revocation = Some(Box::new(RevocationMark {
+            ts_ms: 4,
+            idempotency_key: "rv_1".into(),
+            incident_id: "in_1".into(),
+        }));
+        state.alerts.digest = Some(Box::new(digest::PendingDigest::new(5)));
+        let json = serde_json::to_value(&state).unwrap();
+        assert_eq!(
+            json["before_eviction"],
+            serde_json::json!({"first_ts": 1, "last_ts": 2, "events": 3})
+        );
+        assert_eq!(
+            json["alerts"]["last_revocation"],
+            serde_json::json!({"ts_ms": 4, "idempotency_key": "rv_1", "incident_id": "in_1"})
+        );
+        assert_eq!(
+            json["alerts"]["digest"],
+            serde_json::json!({"day": 5, "findings": 0, "entries": []})
+        );
+        assert_eq!(json["rate"]["recent"], serde_json::json!(vec![0; 11]));
+        assert_eq!(json["volume"]["recent"], serde_json::json!(vec![0.0; 11]));
+        assert_eq!(json["volume"]["recent_big"], serde_json::json!(vec![0; 11]));
+        let back: KeyState = serde_json::from_value(json).unwrap();
+        assert_eq!(back, state);
+        assert!(back.check_shape(12).is_ok());
+    }
+}
