@@ -153,4 +153,23 @@ fn main() {
         grown as f64 / count as f64,
         started.elapsed().as_secs_f64(),
     );
+    print_layout();
+}
+
+/// The fixed part of a key's state and its biggest parts, in bytes: what
+/// every tracked key costs before its tables' entries.
+fn print_layout() {
+    use keywatch::baseline::{AlertMemory, KeyState, TopK, geo, rate, topk, volume};
+    use std::mem::size_of;
+    println!(
+        "layout: KeyState {} (geo {}, rate {}, volume {}, alerts {}, one top-K table {}); entry {}, place {}",
+        size_of::<KeyState>(),
+        size_of::<geo::GeoBaseline>(),
+        size_of::<rate::RateBaseline>(),
+        size_of::<volume::VolumeBaseline>(),
+        size_of::<AlertMemory>(),
+        size_of::<TopK>(),
+        size_of::<topk::Entry>(),
+        size_of::<geo::Place>(),
+    );
 }

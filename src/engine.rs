@@ -288,9 +288,9 @@ pub struct Engine {
     /// Interner sizes that trigger the next rebuild.
     endpoint_rebuild_at: usize,
     client_rebuild_at: usize,
-    /// Per key state index: its fingerprint's bits and its hint, for the
-    /// view across keys.
-    key_ids: Vec<(u128, Hint)>,
+    /// Per key state index: its fingerprint's bits, for the view across
+    /// keys (which takes the hint from the state: not kept twice).
+    key_ids: Vec<u128>,
     across: Across,
     endpoints: Interner,
     endpoint_sensitive: Vec<bool>,
@@ -723,18 +723,18 @@ impl Engine {
             if let Disposition::Alerted { revocation: true } = disposition
                 && let Some(Output::Revocation(request)) = out.last()
             {
-                state.alerts.last_revocation = Some(crate::baseline::RevocationMark {
+                state.alerts.last_revocation = Some(Box::new(crate::baseline::RevocationMark {
                     ts_ms,
                     idempotency_key: request.idempotency_key.clone(),
                     incident_id: request.incident_id.clone(),
-                });
+                }));
             }
             self.stats.count(disposition);
         }
         state.count_event(ts_ms);
         self.changes.mark(key_index);
         self.stats.events += 1;
-        let (key, hint) = self.key_ids[key_index];
+        let (key, hint) = (self.key_ids[key_index], Hint::new(&self.keys[key_index].hint));
         let first_across = out.len();
         self.across.after_event(
             &row,
@@ -904,7 +904,7 @@ impl Engine {
     /// indexes.
     fn intern_key(&mut self, key_id: &str, ts_ms: i64, unauthenticated: bool) -> u128 {
         if let Some(index) = self.key_index.get(key_id) {
-            return self.key_ids[*index as usize].0;
+            return self.key_ids[*index as usize];
         }
         let fingerprint = self.fingerprinter.fingerprint(key_id);
         let bits = fingerprint_key(&fingerprint);
@@ -941,9 +941,9 @@ impl Engine {
             None => {
                 let index = self.keys.len() as u32;
                 let hint = key_hint(key_id);
-                self.key_ids.push((bits, Hint::new(&hint)));
+                self.key_ids.push(bits);
                 let mut state = KeyState::new(fingerprint, hint, ts_ms, self.windows_per_long());
-                state.before_eviction = self.dormant.remove(&bits);
+                state.before_eviction = self.dormant.remove(&bits).map(Box::new);
                 self.keys.push(state);
                 self.changes.mark(index as usize);
                 self.by_fingerprint.insert(bits, index);
@@ -1010,7 +1010,7 @@ impl Engine {
         state.events = record.events;
         state.auth = record.auth.clone();
         let bits = fingerprint_key(&record.fingerprint);
-        self.key_ids.push((bits, Hint::new(&state.hint)));
+        self.key_ids.push(bits);
         self.keys.push(state);
         self.lent_light = Some(slot);
         (self.keys.len() - 1) as u32
@@ -1025,10 +1025,10 @@ impl Engine {
         self.light[slot as usize] = None;
         self.free_light.push(slot);
         let index = (self.keys.len() - 1) as u32;
-        let bits = self.key_ids[index as usize].0;
+        let bits = self.key_ids[index as usize];
         self.by_fingerprint.insert(bits, index);
         let state = &mut self.keys[index as usize];
-        state.before_eviction = self.dormant.remove(&bits);
+        state.before_eviction = self.dormant.remove(&bits).map(Box::new);
         self.changes.mark(index as usize);
     }
 
@@ -1194,7 +1194,7 @@ impl Engine {
             .keys
             .iter()
             .zip(&self.key_ids)
-            .any(|(state, id)| evictable(state, id.0))
+            .any(|(state, id)| evictable(state, *id))
         {
             return;
         }
@@ -1204,20 +1204,20 @@ impl Engine {
         let mut new_index: Vec<u32> = Vec::with_capacity(old_keys.len());
         let mut evicted = 0usize;
         for (index, (state, key_id)) in old_keys.into_iter().zip(old_ids).enumerate() {
-            if evictable(&state, key_id.0) {
+            if evictable(&state, key_id) {
                 new_index.push(u32::MAX);
                 if self.changes.tracking {
-                    self.changes.evicted.push(key_id.0);
+                    self.changes.evicted.push(key_id);
                 }
-                self.by_fingerprint.remove(&key_id.0);
+                self.by_fingerprint.remove(&key_id);
                 if let Some(record) = state.dormancy_record(&self.model.rate.dormant) {
-                    self.dormant.insert(key_id.0, record);
+                    self.dormant.insert(key_id, record);
                 }
                 evicted += 1;
                 continue;
             }
             new_index.push(self.keys.len() as u32);
-            self.by_fingerprint.insert(key_id.0, self.keys.len() as u32);
+            self.by_fingerprint.insert(key_id, self.keys.len() as u32);
             if old_dirty.get(index).copied().unwrap_or(false) {
                 self.changes.mark(self.keys.len());
             }
@@ -1283,7 +1283,7 @@ impl Engine {
         let keys_end = self.keys_end();
         for (index, dirty) in self.changes.dirty.iter().enumerate() {
             if *dirty && index < keys_end {
-                visit(self.key_ids[index].0, Some(&self.keys[index]));
+                visit(self.key_ids[index], Some(&self.keys[index]));
             }
         }
         for bits in &self.changes.evicted {
@@ -1446,7 +1446,7 @@ impl Engine {
                     }
                     let index = self.keys.len() as u32;
                     self.by_fingerprint.insert(bits, index);
-                    self.key_ids.push((bits, Hint::new(&state.hint)));
+                    self.key_ids.push(bits);
                     self.keys.push(state);
                     self.changes.mark(index as usize);
                 }
@@ -2013,7 +2013,7 @@ mod tests {
         assert_eq!(fresh.check_snapshot(&other_model).unwrap_err().reason(), "model");
 
         let mut empty_ring = good.clone();
-        empty_ring.keys[0].rate.recent.clear();
+        empty_ring.keys[0].rate.recent = Box::new([]);
         assert_eq!(fresh.check_snapshot(&empty_ring).unwrap_err().reason(), "inconsistent");
 
         let mut older = good;

@@ -286,7 +286,7 @@ fn fold_into_digest(
     join_incident(memory, incident_open, incident_id, finding.detector, trigger_ts_ms);
     memory
         .digest
-        .get_or_insert_with(|| PendingDigest::new(day_of(trigger_ts_ms)))
+        .get_or_insert_with(|| Box::new(PendingDigest::new(day_of(trigger_ts_ms))))
         .add(low_finding(finding), trigger_ts_ms);
 }
 
@@ -328,7 +328,7 @@ pub fn flush_digest_before(state: &mut KeyState, ts_ms: i64, model_label: &str, 
 pub fn flush_digest(state: &mut KeyState, model_label: &str, out: &mut Vec<Output>) {
     if let Some(pending) = state.alerts.digest.take() {
         out.push(Output::Digest(digest_of(
-            pending,
+            *pending,
             &state.fingerprint,
             &state.hint,
             model_label,

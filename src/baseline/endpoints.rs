@@ -81,7 +81,7 @@ impl EndpointBaseline {
         if let Some(slot) = self.window_counts.iter_mut().find(|(slot_id, _)| *slot_id == id) {
             slot.1 += 1;
         } else if self.window_counts.len() < capacity {
-            self.window_counts.push((id, 1));
+            super::topk::push_compact(&mut self.window_counts, (id, 1));
         } else {
             self.window_other += 1;
         }

@@ -207,7 +207,7 @@ impl PlaceTable {
             overlap_reported: false,
         };
         if self.entries.len() < capacity {
-            self.entries.push(place);
+            super::topk::push_compact(&mut self.entries, place);
             return;
         }
         let lightest = super::topk::lightest(&self.entries, |place| (place.weight, place.last_ts));

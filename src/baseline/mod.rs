@@ -39,12 +39,14 @@ pub struct AlertMemory {
     /// Whether a revocation was requested in the open incident.
     pub incident_revoked: bool,
     /// Low findings of the key's current UTC day, not yet sent as a digest.
+    /// Boxed, as the revocation mark: few keys have either, and a box
+    /// costs every other key a pointer instead of the whole record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<digest::PendingDigest>,
+    pub digest: Option<Box<digest::PendingDigest>>,
     /// The last revocation request made for the key, kept across incidents
     /// so that the key inventory can say the key was revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_revocation: Option<RevocationMark>,
+    pub last_revocation: Option<Box<RevocationMark>>,
 }
 
 /// What a key remembers of the last revocation request made for it.
@@ -159,9 +161,10 @@ pub struct KeyState {
     pub alerts: AlertMemory,
     /// The key's use before its state was evicted for silence, when it had
     /// enough history to be judged dormant: its return (its first call that
-    /// is not a 401) is judged against it.
+    /// is not a 401) is judged against it. Boxed: only keys back from
+    /// eviction have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub before_eviction: Option<Dormancy>,
+    pub before_eviction: Option<Box<Dormancy>>,
     /// Analysts' verdicts and expectations in force for the key.
     #[serde(default, skip_serializing_if = "crate::feedback::KeyFeedback::is_empty")]
     pub feedback: crate::feedback::KeyFeedback,
@@ -207,8 +210,8 @@ impl KeyState {
     /// back from eviction that has had no authenticated call yet, the use
     /// it had before.
     pub fn use_history(&self) -> Dormancy {
-        match self.before_eviction {
-            Some(before) => before,
+        match self.before_eviction.as_deref() {
+            Some(before) => *before,
             None => Dormancy {
                 first_ts: self.first_ts,
                 last_ts: self.last_ts,
@@ -225,7 +228,7 @@ impl KeyState {
             last_ts: self.last_ts,
             events: self.events,
         };
-        let record = self.before_eviction.unwrap_or(own);
+        let record = self.before_eviction.as_deref().copied().unwrap_or(own);
         (record.events >= model.min_events && record.last_ts - record.first_ts >= model.min_age.as_millis() as i64)
             .then_some(record)
     }
@@ -405,5 +408,49 @@ impl KeyState {
             *id = endpoint_map(*id);
         }
         self.clients.remap(client_map);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The boxed and sliced parts of the compact layout serialise as the
+    /// plain records and lists they hold, so snapshots and changelog
+    /// entries written before it still load, and those written now load in
+    /// older readers of the same version.
+    #[test]
+    fn boxed_parts_serialise_as_the_plain_records_snapshots_hold() {
+        let mut state = KeyState::new("kf_a".into(), "AKIA…0001".into(), 1_000, 12);
+        state.before_eviction = Some(Box::new(Dormancy {
+            first_ts: 1,
+            last_ts: 2,
+            events: 3,
+        }));
+        state.alerts.last_revocation = Some(Box::new(RevocationMark {
+            ts_ms: 4,
+            idempotency_key: "rv_1".into(),
+            incident_id: "in_1".into(),
+        }));
+        state.alerts.digest = Some(Box::new(digest::PendingDigest::new(5)));
+        let json = serde_json::to_value(&state).unwrap();
+        assert_eq!(
+            json["before_eviction"],
+            serde_json::json!({"first_ts": 1, "last_ts": 2, "events": 3})
+        );
+        assert_eq!(
+            json["alerts"]["last_revocation"],
+            serde_json::json!({"ts_ms": 4, "idempotency_key": "rv_1", "incident_id": "in_1"})
+        );
+        assert_eq!(
+            json["alerts"]["digest"],
+            serde_json::json!({"day": 5, "findings": 0, "entries": []})
+        );
+        assert_eq!(json["rate"]["recent"], serde_json::json!(vec![0; 11]));
+        assert_eq!(json["volume"]["recent"], serde_json::json!(vec![0.0; 11]));
+        assert_eq!(json["volume"]["recent_big"], serde_json::json!(vec![0; 11]));
+        let back: KeyState = serde_json::from_value(json).unwrap();
+        assert_eq!(back, state);
+        assert!(back.check_shape(12).is_ok());
     }
 }

@@ -141,7 +141,8 @@ pub struct RateBaseline {
     pub count: u32,
     /// Calls in the short windows before the current one that make up the
     /// long window, indexed by window number modulo their count.
-    pub recent: Vec<u32>,
+    /// A boxed slice: the ring never changes length.
+    pub recent: Box<[u32]>,
     /// Expected calls per short window by UTC hour (bias-corrected EWMA numerator).
     pub profile: [f32; 24],
     /// EWMA weight accumulated per hour (for bias correction).
@@ -232,7 +233,7 @@ impl RateBaseline {
         RateBaseline {
             window: i64::MIN,
             count: 0,
-            recent: vec![0; windows_per_long.saturating_sub(1).max(1)],
+            recent: vec![0; windows_per_long.saturating_sub(1).max(1)].into_boxed_slice(),
             profile: [0.0; 24],
             profile_weight: [0.0; 24],
             dispersion: [0.0; 24],

@@ -18,7 +18,7 @@ impl RecentTimes {
     /// Records an occurrence at `ts_ms` in `times` (oldest first).
     pub fn record(&self, times: &mut Vec<i64>, ts_ms: i64) {
         times.retain(|ts| ts_ms - *ts <= self.span_ms);
-        times.push(ts_ms);
+        super::topk::push_compact(times, ts_ms);
         if times.len() > self.max_kept {
             times.remove(1);
         }

@@ -101,7 +101,7 @@ impl TopK {
             last_ts: ts_ms,
         };
         if self.entries.len() < capacity {
-            self.entries.push(new_entry);
+            push_compact(&mut self.entries, new_entry);
             return;
         }
         let lightest = lightest(&self.entries, |entry| (entry.weight, entry.last_ts));
@@ -129,6 +129,17 @@ impl Default for TopK {
     fn default() -> Self {
         TopK::new()
     }
+}
+
+/// Pushes onto a per-key table, growing it by a quarter (at least one
+/// slot) instead of doubling: most keys use one or two countries, networks
+/// and clients, and a doubling `Vec` starts at four slots. Growth stays
+/// amortised, and a table that is not growing never allocates.
+pub fn push_compact<T>(entries: &mut Vec<T>, item: T) {
+    if entries.len() == entries.capacity() {
+        entries.reserve_exact((entries.len() / 4).max(1));
+    }
+    entries.push(item);
 }
 
 /// The index of the entry to evict from a full table: the lightest, the
@@ -162,6 +173,18 @@ mod tests {
         assert_eq!(table.other, 1.0);
         assert_eq!(table.evicted, 1);
         assert!((table.share(1) - 10.0 / 12.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_table_of_one_item_holds_one_slot_and_grows_by_a_quarter() {
+        let mut table = TopK::new();
+        table.add(1, 0, 64);
+        assert_eq!(table.entries.capacity(), 1);
+        for id in 2..=8 {
+            table.add(id, 0, 64);
+        }
+        assert_eq!(table.entries.len(), 8);
+        assert!(table.entries.capacity() <= 10, "{}", table.entries.capacity());
     }
 
     #[test]

@@ -27,9 +27,10 @@ pub struct VolumeBaseline {
     pub big: u16,
     /// Bytes of the short windows before the current one that make up the
     /// long window, indexed like the rate's `recent`.
-    pub recent: Vec<f32>,
+    /// Rings are boxed slices: they never change length.
+    pub recent: Box<[f32]>,
     /// Big calls of the same windows.
-    pub recent_big: Vec<u16>,
+    pub recent_big: Box<[u16]>,
     /// EWMA numerator of ln(bytes per call) over closed windows with calls.
     pub log_per_call: f32,
     /// EWMA weight, for bias correction.
@@ -53,8 +54,8 @@ impl VolumeBaseline {
         VolumeBaseline {
             bytes: 0.0,
             big: 0,
-            recent: vec![0.0; slots],
-            recent_big: vec![0; slots],
+            recent: vec![0.0; slots].into_boxed_slice(),
+            recent_big: vec![0; slots].into_boxed_slice(),
             log_per_call: 0.0,
             weight: 0.0,
             usual: 0.0,

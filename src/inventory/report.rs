@@ -523,11 +523,11 @@ mod tests {
         let remembered = "kf_00000000000000000000000000000020";
         let from_outputs = "kf_00000000000000000000000000000021";
         let mut memory = state(remembered, T0, T0 + DAY_MS, 100);
-        memory.alerts.last_revocation = Some(crate::baseline::RevocationMark {
+        memory.alerts.last_revocation = Some(Box::new(crate::baseline::RevocationMark {
             ts_ms: T0 + DAY_MS,
             idempotency_key: "rv_1".into(),
             incident_id: "in_1".into(),
-        });
+        }));
         let snapshot = EngineSnapshot {
             keys: vec![memory, state(from_outputs, T0, T0 + DAY_MS, 100)],
             ..EngineSnapshot::default()
