@@ -116,6 +116,26 @@ fn main() {
             .and_then(|index| args.get(index + 1))
             .cloned()
     };
+    // `cargo test --all-targets` runs this without `--bench`: a smoke run of
+    // the replay pair on a small input, so the suite checks the harness
+    // works without spending minutes on it.
+    let smoke = !args.iter().any(|arg| arg == "--bench");
+    if smoke {
+        let sizes = Sizes {
+            replay_keys: 60,
+            replay_days: 5,
+            rounds: 1,
+            kafka_events: 0,
+            kafka_partitions: 1,
+            latency_seconds: 0,
+        };
+        println!("e2e smoke run (as a test): replay only, 60 keys, 5 days");
+        if let Err(error) = replay_bench(&sizes) {
+            eprintln!("e2e smoke run failed: {error}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let mut sizes = Sizes::new(quick);
     if let Some(events) = value_of("--kafka-events").and_then(|text| text.parse().ok()) {
         sizes.kafka_events = events;

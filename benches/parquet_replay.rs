@@ -34,7 +34,12 @@ fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which may hold spaces) close with `)`.
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |index: usize| fields.get(index).and_then(|text| text.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|text| text.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of the line, 12 and 13 here; the
     // clock tick is 100 Hz on Linux.
     (ticks(11) + ticks(12)) / 100.0
@@ -113,9 +118,12 @@ fn decode_only(setup: &Setup, input: &Path, format: Format) -> (u64, f64) {
 }
 
 fn main() {
-    let keys = setting("KEYWATCH_BENCH_KEYS", 1000) as usize;
+    // Run as a test (`cargo test --all-targets`, no `--bench`): a small
+    // input, one round; the outputs are still compared.
+    let benching = std::env::args().any(|arg| arg == "--bench");
+    let keys = setting("KEYWATCH_BENCH_KEYS", if benching { 1000 } else { 60 }) as usize;
     let days = setting("KEYWATCH_BENCH_DAYS", 5) as u32;
-    let rounds = setting("KEYWATCH_BENCH_ROUNDS", 3).max(1);
+    let rounds = setting("KEYWATCH_BENCH_ROUNDS", if benching { 3 } else { 1 }).max(1);
     let dir = tempfile::tempdir().expect("temp dir");
     let run = dir.path();
     let generation = Generation::new(GenerateConfig::new(keys, days, 1, DEFAULT_START).expect("run size"));
