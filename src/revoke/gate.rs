@@ -512,10 +512,7 @@ impl RevocationGate {
         }
         let mut alerts = Vec::new();
         let mut ready = late.into_iter();
-        loop {
-            let Some(request) = ready.next().or_else(|| self.take_ready(watermark)) else {
-                break;
-            };
+        while let Some(request) = ready.next().or_else(|| self.take_ready(watermark)) {
             match self.judge(&request, owners, &mut alerts) {
                 Verdict::Pass(Route::Send) => outputs.push(Output::Revocation(request)),
                 Verdict::Pass(Route::Shadow) => shadow.push(request),
