@@ -52,14 +52,7 @@ pub fn replay_files(
     owners: &OwnerBook,
 ) -> Result<ReplaySummary, ReplayError> {
     let mut summary = ReplaySummary::default();
-    let mut run = Run {
-        owners,
-        names: Vec::new(),
-        emitted: Vec::new(),
-        quarantined: Vec::new(),
-        origins: Vec::new(),
-        finished: false,
-    };
+    let mut run = Run::new(owners);
     let batch_size = batch_size.max(1);
     if decoder.format == crate::decode::Format::Parquet {
         run.parquet(
@@ -111,7 +104,19 @@ pub(super) struct Run<'a> {
     pub(super) finished: bool,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// Empty scratch for a replay putting the owners of `owners` on outputs.
+    pub(super) fn new(owners: &'a OwnerBook) -> Run<'a> {
+        Run {
+            owners,
+            names: Vec::new(),
+            emitted: Vec::new(),
+            quarantined: Vec::new(),
+            origins: Vec::new(),
+            finished: false,
+        }
+    }
+
     /// How far the revocation gate may judge candidates (see
     /// [`Engine::candidate_watermark`]).
     fn candidate_watermark(&self, engine: &Engine) -> i64 {

@@ -322,14 +322,7 @@ pub fn replay_files_parallel(
     owners: &OwnerBook,
 ) -> Result<ReplaySummary, ReplayError> {
     let mut summary = ReplaySummary::default();
-    let mut run = Run {
-        owners,
-        names: Vec::new(),
-        emitted: Vec::new(),
-        quarantined: Vec::new(),
-        origins: Vec::new(),
-        finished: false,
-    };
+    let mut run = Run::new(owners);
     let batch_size = batch_size.max(1);
     // The calling thread judges; the others decode.
     let decoders = threads.saturating_sub(1).max(1);
