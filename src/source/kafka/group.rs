@@ -167,6 +167,8 @@ pub enum RestoreFrom {
 /// The consumer context: rebalance callbacks that talk to the processing task.
 pub struct GroupContext {
     events: Mutex<Option<mpsc::Sender<SourceEvent>>>,
+    /// The group generation of the last assignment (-1 before one).
+    generation: std::sync::atomic::AtomicI32,
     restore: RestoreFrom,
     group_id: String,
 }
@@ -178,7 +180,20 @@ pub type GroupConsumer = BaseConsumer<GroupContext>;
 /// coordinator gave it; `None` before the first join. Written into every
 /// checkpoint, so a restore prefers the current owner's checkpoints over a
 /// zombie's that a rebalance has already replaced.
-pub fn group_generation<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Option<i32> {
+///
+/// Read from what the last assignment recorded: librdkafka's group
+/// metadata may only be asked for on the polling thread inside a rebalance
+/// callback, where the group's state is settled. Asked for from another
+/// thread while the group rejoins (after a broker outage) it reads a member
+/// id being replaced, and the process crashed with SIGSEGV.
+pub fn group_generation(consumer: &GroupConsumer) -> Option<i32> {
+    let generation = consumer.context().generation.load(std::sync::atomic::Ordering::Relaxed);
+    (generation >= 0).then_some(generation)
+}
+
+/// The generation librdkafka reports for `consumer` now: call only on the
+/// polling thread, in a rebalance callback.
+fn joined_generation<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Option<i32> {
     let client = consumer.client().native_ptr();
     // SAFETY: `client` is the live handle of `consumer`, borrowed for this
     // call. librdkafka returns a new metadata object (or null) that this
@@ -241,6 +256,9 @@ impl GroupContext {
     }
 
     fn assign(&self, consumer: &GroupConsumer, partitions: &mut TopicPartitionList) {
+        if let Some(generation) = joined_generation(consumer) {
+            self.generation.store(generation, std::sync::atomic::Ordering::Relaxed);
+        }
         let ids = partition_ids(partitions);
         tracing::info!(group = %self.group_id, partitions = %describe(&ids), "partitions assigned");
         let restored = restore_partitions(&self.restore, consumer, partitions, &ids);
@@ -435,6 +453,7 @@ impl KafkaSource {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         let context = GroupContext {
             events: Mutex::new(Some(sender.clone())),
+            generation: std::sync::atomic::AtomicI32::new(-1),
             restore,
             group_id: group_id.to_string(),
         };
