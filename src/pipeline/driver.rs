@@ -38,9 +38,6 @@ pub struct DriverSettings {
 /// quiet stage from a stuck one.
 const TICK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Most channel events handled per turn of the select loop.
-const DRAIN_MAX: usize = 1024;
-
 /// How often checkpoints are summed up in an info line.
 const CHECKPOINT_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -159,10 +156,7 @@ impl<S: Stage> Driver<S> {
                 }
                 event = events.recv() => match event {
                     None => Ok(false),
-                    Some(event) => match self.handle(event, stopping).await {
-                        Ok(()) => self.drain_waiting(&mut events, stopping).await.map(|()| true),
-                        Err(error) => Err(error),
-                    },
+                    Some(event) => self.handle(event, stopping).await.map(|()| true),
                 },
             };
             match step {
@@ -182,25 +176,6 @@ impl<S: Stage> Driver<S> {
         self.source.join().await;
         tracing::info!(stage = name, ok = result.is_ok(), "stage stopped");
         result
-    }
-
-    /// Handles, in order, the events already waiting in the channel, up to
-    /// [`DRAIN_MAX`]: under load a turn of the select loop per record (a
-    /// timer armed and dropped, a task wake-up) cost more than the record's
-    /// processing. Bounded, so cancellation and batch deadlines are still
-    /// seen promptly; the order of events, hence every output, is unchanged.
-    async fn drain_waiting(
-        &mut self,
-        events: &mut mpsc::Receiver<SourceEvent>,
-        stopping: bool,
-    ) -> Result<(), PipelineError> {
-        for _ in 0..DRAIN_MAX {
-            match events.try_recv() {
-                Ok(event) => self.handle(event, stopping).await?,
-                Err(_) => break,
-            }
-        }
-        Ok(())
     }
 
     async fn handle(&mut self, event: SourceEvent, stopping: bool) -> Result<(), PipelineError> {
