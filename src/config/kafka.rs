@@ -206,6 +206,13 @@ pub struct KafkaConfig {
     /// `/healthz` fails when a stage's loop has not ticked for this long.
     #[serde(default = "default_health_stale_after", with = "humantime_serde")]
     pub health_stale_after: Duration,
+    /// How long SIGINT or SIGTERM waits for the stages to finish the batch
+    /// in hand, deliver it, checkpoint and commit. Past it the process exits
+    /// with status 3 without committing what is still undelivered (a broker
+    /// that accepts no writes, for example): that input is read again after
+    /// the restart, and its alerts keep their ids.
+    #[serde(default = "default_stop_timeout", with = "humantime_serde")]
+    pub stop_timeout: Duration,
     /// Skip the start-up check of the changelog topic: when it exists, its
     /// `cleanup.policy` must include `compact` (otherwise retention deletes
     /// checkpoints and the state is lost) and its partition count must equal
@@ -350,6 +357,10 @@ fn default_health_stale_after() -> Duration {
     Duration::from_secs(60)
 }
 
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+
 /// Bounds of `dead_letter_max_bytes`: room for a useful excerpt, and below
 /// the brokers' default message limit with room for headers.
 const DEAD_LETTER_MAX_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=900 * 1024;
@@ -424,6 +435,7 @@ impl KafkaConfig {
             rejoin_idle_after: default_rejoin_idle_after(),
             health_listen: None,
             health_stale_after: default_health_stale_after(),
+            stop_timeout: default_stop_timeout(),
             skip_changelog_check: false,
             changelog_format: ChangelogFormat::default(),
             idle_release: Duration::ZERO,
@@ -623,6 +635,9 @@ impl KafkaConfig {
         if self.health_stale_after < Duration::from_secs(1) {
             return invalid("health_stale_after", "must be at least 1s".into());
         }
+        if self.stop_timeout < Duration::from_secs(1) {
+            return invalid("stop_timeout", "must be at least 1s".into());
+        }
         if self.topic_replication_factor == 0 || self.topic_replication_factor < -1 {
             return invalid(
                 "topic_replication_factor",
@@ -787,6 +802,7 @@ properties = { "security.protocol" = "plaintext", "linger.ms" = "5" }
             ("session_timeout = \"1s\"", "kafka.session_timeout"),
             ("rejoin_idle_after = \"0s\"", "kafka.rejoin_idle_after"),
             ("health_stale_after = \"0s\"", "kafka.health_stale_after"),
+            ("stop_timeout = \"0s\"", "kafka.stop_timeout"),
             ("properties = { \"group.instance.id\" = \"x\" }", "group.instance.id"),
         ];
         for (extra, expected) in cases {

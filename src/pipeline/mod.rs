@@ -837,6 +837,26 @@ async fn cancel_on_signal(cancel: CancellationToken) {
     cancel.cancel();
 }
 
+/// Exit status of a stop that did not finish within `stop_timeout`.
+pub const STOP_TIMED_OUT_EXIT: i32 = 3;
+
+/// Once `cancel` fires, gives the stages `timeout` to finish their batch,
+/// deliver, checkpoint and commit, then ends the process: a stage waiting on
+/// a broker that accepts no writes would otherwise hold the stop for the
+/// producer's whole message timeout. Nothing undelivered has been committed,
+/// so what it held is read again after the restart.
+async fn exit_if_stop_stalls(cancel: CancellationToken, timeout: std::time::Duration) {
+    cancel.cancelled().await;
+    tokio::time::sleep(timeout).await;
+    tracing::error!(
+        stop_timeout_s = timeout.as_secs(),
+        exit_status = STOP_TIMED_OUT_EXIT,
+        "the stop did not finish within stop_timeout (outputs not confirmed by the broker); \
+         exiting without committing them: that input is read again after the restart"
+    );
+    std::process::exit(STOP_TIMED_OUT_EXIT);
+}
+
 /// Runs the command.
 pub fn run_cli(args: &RunArgs) -> Result<(), PipelineError> {
     let setup = Setup::load(&args.engine.overrides(Some(args.config.clone())))?;
@@ -862,6 +882,7 @@ pub fn run_cli(args: &RunArgs) -> Result<(), PipelineError> {
     runtime.block_on(async {
         let cancel = CancellationToken::new();
         let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
+        tokio::spawn(exit_if_stop_stalls(cancel.clone(), kafka.stop_timeout));
         let mut pipeline = Pipeline::new(setup.config, setup.model, setup.geo)?;
         if let Some(dir) = &args.save_snapshot {
             pipeline = pipeline.save_snapshot_to(dir.clone());

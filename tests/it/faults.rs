@@ -454,7 +454,8 @@ impl Drop for Tansu {
 }
 
 /// Makes every topic of `config` as `.ci/start-tansu.sh` does for the
-/// example config: three partitions each, the changelog compacted.
+/// example config: three partitions each, the changelog compacted, and the
+/// candidates and control topics with one partition.
 async fn create_all_topics(brokers: &str, config: &Config) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let kafka = kafka_of(config);
@@ -463,10 +464,13 @@ async fn create_all_topics(brokers: &str, config: &Config) {
         .create()
         .expect("admin client");
     let topics = topics_of(config);
+    let single = single_partition_topics_of(config);
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|name| {
-            let topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1));
+        .map(|name| (name, PARTITIONS))
+        .chain(single.iter().map(|name| (name, 1)))
+        .map(|(name, partitions)| {
+            let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
             if *name == kafka.changelog_topic {
                 topic.set("cleanup.policy", "compact")
             } else {
@@ -488,12 +492,16 @@ async fn create_all_topics(brokers: &str, config: &Config) {
 
 /// What this proves: an outage of the broker does not make keywatch exit,
 /// and when a broker answers again on the same address keywatch is still
-/// running and stops cleanly. The tansu built here keeps its data in memory,
+/// running and stops, cleanly or by its stop timeout. The tansu built here keeps its data in memory,
 /// so the broker that comes back is empty: whether keywatch resumes on a
 /// broker that kept its data is not shown here (see docs/OPERATIONS.md).
+/// Such a broker answers fetches for the topics it lost with a zero topic
+/// id, which made the unpatched librdkafka 2.12.1 die with SIGSEGV (about
+/// one run in three; see `vendor/rdkafka-sys/PATCHED.md`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_killed_mid_run_leaves_keywatch_running_through_the_outage_and_the_return_and_it_stops_cleanly() {
-    let test = "a_broker_killed_mid_run_leaves_keywatch_running_through_the_outage_and_the_return_and_it_stops_cleanly";
+async fn a_broker_killed_mid_run_leaves_keywatch_running_through_the_outage_and_the_return_and_it_stops_within_its_stop_timeout()
+ {
+    let test = "a_broker_killed_mid_run_leaves_keywatch_running_through_the_outage_and_the_return_and_it_stops_within_its_stop_timeout";
     // The test runs its own broker, but only where the broker tests run.
     if real_brokers(test).is_none() {
         return;
@@ -506,7 +514,8 @@ async fn a_broker_killed_mid_run_leaves_keywatch_running_through_the_outage_and_
     let brokers = format!("127.0.0.1:{port}");
     let broker_log = dir.path().join("tansu.log");
     let mut tansu = Tansu::start(&binary, port, &broker_log).await;
-    let config = fault_config(&brokers, &unique_prefix("kw-brokerdown"), dir.path());
+    let mut config = fault_config(&brokers, &unique_prefix("kw-brokerdown"), dir.path());
+    kafka_of_mut(&mut config).stop_timeout = Duration::from_secs(5);
     let kafka = kafka_of(&config).clone();
     let input = kafka.input_topics[0].clone();
     create_topics(&brokers, &[(input.as_str(), PARTITIONS)]).await;
@@ -536,10 +545,15 @@ async fn a_broker_killed_mid_run_leaves_keywatch_running_through_the_outage_and_
         run.assert_running("after the broker came back");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The broker that came back is empty: a write of the last batch may
+    // never be confirmed, and then `stop_timeout` (5 s here) ends the wait
+    // with its own status and an error naming it, never a hang.
     let status = run.terminate(Duration::from_secs(30));
+    let stalled = status.code() == Some(keywatch::pipeline::STOP_TIMED_OUT_EXIT)
+        && std::fs::read_to_string(&log).is_ok_and(|text| text.contains("the stop did not finish within stop_timeout"));
     assert!(
-        status.success(),
-        "a clean stop after the outage: {status}\n{}",
+        status.success() || stalled,
+        "a clean stop, or the stop timeout's exit, after the outage: {status}\n{}",
         tail(&log)
     );
     tansu.kill();

@@ -155,7 +155,10 @@ async fn rejected_records_are_one_bounded_dead_letter_each_and_never_stop_the_gr
     let running = RunningPipeline::start(&config);
     wait_caught_up(&[&running.progress], "keyed", &input, &ends, Duration::from_secs(120)).await;
     let ready = ready_within(health, Duration::from_secs(30)).await;
-    assert!(ready.starts_with("HTTP/1.0 200"), "ready once every stage is assigned: {ready}");
+    assert!(
+        ready.starts_with("HTTP/1.0 200"),
+        "ready once every stage is assigned: {ready}"
+    );
     assert!(http_get(health, "/healthz").await.starts_with("HTTP/1.0 200"));
     running.stop().await;
 

@@ -680,6 +680,44 @@ fn group_lag(consumer: &GroupConsumer, topics: &[String]) -> Option<(i64, i64)> 
     Some((lag, committed_total))
 }
 
+/// How often one repeated consumer error is written to the log: during a
+/// broker outage librdkafka returns the same error from every poll.
+const REPEATED_ERROR_EVERY: Duration = Duration::from_secs(10);
+
+/// Writes a consumer error when it first appears, then at most once per
+/// [`REPEATED_ERROR_EVERY`] with the number of repeats in between.
+#[derive(Debug, Default)]
+struct RepeatedErrors {
+    /// The last error written, when, and its repeats since.
+    last: Option<(String, Instant, u64)>,
+}
+
+impl RepeatedErrors {
+    /// Returns whether the error was written.
+    fn report(&mut self, error: &str, now: Instant) -> bool {
+        if let Some((last, at, repeats)) = &mut self.last
+            && last == error
+            && now.duration_since(*at) < REPEATED_ERROR_EVERY
+        {
+            *repeats += 1;
+            return false;
+        }
+        self.flush();
+        tracing::warn!(%error, "kafka consumer error");
+        self.last = Some((error.to_string(), now, 0));
+        true
+    }
+
+    /// Writes how often the last error repeated since it was written.
+    fn flush(&mut self) {
+        if let Some((error, _, repeats)) = self.last.take()
+            && repeats > 0
+        {
+            tracing::warn!(%error, repeats, "kafka consumer error repeated");
+        }
+    }
+}
+
 fn poll_loop(
     consumer: Arc<GroupConsumer>,
     sender: mpsc::Sender<SourceEvent>,
@@ -689,6 +727,7 @@ fn poll_loop(
 ) {
     let mut topics = HashMap::new();
     let mut idle = IdleWatch::new(Instant::now());
+    let mut errors = RepeatedErrors::default();
     let mut next_lag_check = Instant::now() + LAG_INTERVAL;
     while !cancel.is_cancelled() && !sender.is_closed() {
         if Instant::now() >= next_lag_check {
@@ -706,10 +745,11 @@ fn poll_loop(
             Some(Err(error)) => {
                 // librdkafka reports broker and partition trouble here and
                 // recovers by itself; the records are not lost.
-                tracing::warn!(%error, "kafka consumer error");
+                errors.report(&error.to_string(), Instant::now());
             }
         }
     }
+    errors.flush();
     // Leaving the group revokes the assignment through the rebalance
     // callback, so the task checkpoints and commits before the partitions
     // move. Records polled meanwhile are not forwarded: they were neither
@@ -740,6 +780,18 @@ mod tests {
     use super::*;
 
     const LIMIT: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_repeated_consumer_error_is_written_once_per_interval_and_a_new_one_at_once() {
+        let mut errors = RepeatedErrors::default();
+        let start = Instant::now();
+        assert!(errors.report("AllBrokersDown", start));
+        assert!(!errors.report("AllBrokersDown", start + Duration::from_millis(100)));
+        assert!(!errors.report("AllBrokersDown", start + Duration::from_secs(9)));
+        assert!(errors.report("AllBrokersDown", start + REPEATED_ERROR_EVERY));
+        assert!(errors.report("UnknownTopicOrPartition", start + REPEATED_ERROR_EVERY));
+        assert!(errors.report("AllBrokersDown", start + REPEATED_ERROR_EVERY));
+    }
 
     #[test]
     fn an_idle_member_rejoins_only_when_lag_waits_and_nobody_commits() {
