@@ -285,18 +285,6 @@ impl RateBaseline {
         most.max(floor)
     }
 
-    /// The quietest learned value of the window's hour and its neighbours,
-    /// without floor: what a silence is judged against.
-    fn quiet_expected(&self, window: i64, window_ms: i64, neighbours: usize) -> f64 {
-        let hour = hour_of_day(window * window_ms);
-        let mut least = self.learned(hour);
-        for offset in 1..=neighbours {
-            least = least.min(self.learned((hour + offset) % 24));
-            least = least.min(self.learned((hour + 24 - offset % 24) % 24));
-        }
-        least
-    }
-
     /// Overdispersion (variance / mean) of a short window, at least 1: the
     /// largest of its hour and the neighbouring hours.
     pub fn dispersion_at(&self, window: i64, window_ms: i64, neighbours: usize) -> f64 {
@@ -402,7 +390,238 @@ impl RateBaseline {
     /// to expect it before it has been judged; once a rise has lasted the
     /// model's `sustained_for`, it is a new regime and is learned at the
     /// usual pace.
+    ///
+    /// A sparse key closes dozens of empty windows at each call, so the
+    /// empty ones take a shorter road with the same arithmetic: closing a
+    /// window changes only its own hour of the profile, so what the
+    /// neighbouring hours contribute is taken once per run of windows in
+    /// one hour, and the calls in the long window are kept as a running
+    /// sum. Every value is the one the step-by-step fit gives, bit for bit
+    /// (the maximum and minimum of the same values do not depend on their
+    /// order); the tests hold the step-by-step path as the reference.
     fn advance(&mut self, target: i64, model: &RateModel, alpha: f64, robust: bool) {
+        let slots = self.recent.len() as i64;
+        let gap = target - self.window;
+        let closes = gap.min(MAX_EMPTY_WINDOWS);
+        let steps = StepModel::of(model, alpha, robust);
+        let mut silence = Silence::default();
+        // Calls in the windows before the one being closed.
+        let mut earlier = self.recent.iter().map(|slot| u64::from(*slot)).sum::<u64>();
+
+        let first = self.window;
+        let count = self.count;
+        let hour = hour_of_day(first * steps.window_ms);
+        let fit = WindowFit {
+            own: self.learned(hour).max(steps.floor),
+            judged: self.expected(first, steps.window_ms, steps.floor, steps.neighbours),
+            judged_dispersion: self.dispersion_at(first, steps.window_ms, steps.neighbours),
+        };
+        let mut became_sustained = self.close_fitted(first, hour, count, earlier + u64::from(count), fit, &steps);
+        let slot = first.rem_euclid(slots) as usize;
+        earlier = earlier - u64::from(self.recent[slot]) + u64::from(count);
+        self.recent[slot] = count;
+
+        let mut run_hour = usize::MAX;
+        let mut around = Around::NONE;
+        for step in 1..closes {
+            let window = first + step;
+            let hour = hour_of_day(window * steps.window_ms);
+            if hour != run_hour {
+                around = self.around(hour, steps.neighbours);
+                run_hour = hour;
+            }
+            let weight = f64::from(self.profile_weight[hour]);
+            let (learned, learned_dispersion) = if weight > 0.0 {
+                (
+                    f64::from(self.profile[hour]) / weight,
+                    (f64::from(self.dispersion[hour]) / weight).max(1.0),
+                )
+            } else {
+                (0.0, 1.0)
+            };
+            let dispersion = learned_dispersion.max(around.most_dispersion);
+            self.count_silent(&mut silence, learned.min(around.least), dispersion, &steps);
+            let fit = WindowFit {
+                own: learned.max(steps.floor),
+                judged: learned.max(around.most).max(steps.floor),
+                judged_dispersion: dispersion,
+            };
+            became_sustained |= self.close_fitted(window, hour, 0, earlier, fit, &steps);
+            let slot = window.rem_euclid(slots) as usize;
+            earlier -= u64::from(self.recent[slot]);
+            self.recent[slot] = 0;
+        }
+        if gap > closes {
+            // Every window of the long window lies in the skipped silence.
+            self.recent.iter_mut().for_each(|slot| *slot = 0);
+        }
+        self.silence = silence;
+        if became_sustained {
+            self.sustained_window = target;
+        }
+        self.window = target;
+        self.count = 0;
+        self.spike_threshold = None;
+        self.surge_threshold = None;
+    }
+
+    /// What the hours around `hour` (not `hour` itself) contribute to the
+    /// fits of its windows; NaN, which `f64::max` and `f64::min` pass over,
+    /// where there are none.
+    fn around(&self, hour: usize, neighbours: usize) -> Around {
+        let mut around = Around::NONE;
+        for offset in 1..=neighbours {
+            for other in [(hour + offset) % 24, (hour + 24 - offset % 24) % 24] {
+                if other != hour {
+                    let learned = self.learned(other);
+                    around.most = around.most.max(learned);
+                    around.least = around.least.min(learned);
+                    around.most_dispersion = around.most_dispersion.max(self.learned_dispersion(other));
+                }
+            }
+        }
+        around
+    }
+
+    /// Counts an empty window into the silence under way, from the
+    /// quietest `expected` value around its hour and its `dispersion`.
+    fn count_silent(&self, silence: &mut Silence, expected: f64, dispersion: f64, steps: &StepModel) {
+        // P(0) of a negative binomial of mean m and variance d*m is
+        // d^(-m/(d-1)); of a Poisson, e^-m.
+        let log_p_none = if dispersion <= 1.05 {
+            -expected
+        } else {
+            -expected * dispersion.ln() / (dispersion - 1.0)
+        };
+        if silence.windows == 0 {
+            let hourly = expected * HOUR_MS as f64 / steps.window_ms as f64;
+            silence.began_busy = hourly > 0.0 && hourly >= steps.drop_busy_share * self.peak_hourly(steps.window_ms);
+        }
+        silence.windows += 1;
+        silence.expected += expected as f32;
+        silence.log_p_none += log_p_none as f32;
+    }
+
+    /// Closes one short window of UTC `hour` fitted by `fit`: its count
+    /// joins the profile, the key's record of bursts and its level.
+    /// `long_count` is the calls of the long window ending with it. Returns
+    /// whether the window made the current elevated run sustained.
+    fn close_fitted(
+        &mut self,
+        window: i64,
+        hour: usize,
+        count: u32,
+        long_count: u64,
+        fit: WindowFit,
+        steps: &StepModel,
+    ) -> bool {
+        let model = steps.model;
+        let (alpha, level_alpha) = (steps.alpha, steps.level_alpha);
+        let WindowFit {
+            own,
+            judged,
+            judged_dispersion,
+        } = fit;
+        let end_ms = (window + 1) * steps.window_ms;
+        let observed = f64::from(count);
+        let spread = (judged_dispersion * judged).sqrt();
+        let burst_ms = steps.burst_ms;
+
+        // The key's own record of bursts, short and long.
+        let spike_burst = (u64::from(count) >= model.min_spike_count
+            && observed > judged + model.burst_sd * spread + 1.0)
+            .then(|| observed / judged);
+        self.spike_record.observe(spike_burst, end_ms, burst_ms);
+        let mut surge_burst = None;
+        if long_count >= model.min_surge_count {
+            let (long_expected, long_dispersion) = self.long_fit(window, model);
+            let long_observed = long_count as f64;
+            if long_observed > long_expected + model.burst_sd * (long_dispersion * long_expected).sqrt() + 1.0 {
+                surge_burst = Some(long_observed / long_expected);
+            }
+        }
+        self.surge_record.observe(surge_burst, end_ms, burst_ms);
+
+        // The level: a burst moves it a little, a lasting rise all the way.
+        let ratio = (observed / judged).min(model.sustained_cap);
+        self.level = ((1.0 - level_alpha) * f64::from(self.level) + level_alpha * ratio) as f32;
+        let sustained = |elevated: u32| u64::from(elevated) >= steps.sustained_windows;
+        let mut became_sustained = false;
+        if f64::from(self.level) >= model.sustained_ratio && long_count >= model.min_surge_count {
+            self.elevated_min = if self.elevated_windows == 0 {
+                self.level
+            } else {
+                self.elevated_min.min(self.level)
+            };
+            self.elevated_windows += 1;
+            became_sustained = u64::from(self.elevated_windows) == steps.sustained_windows;
+        } else {
+            if sustained(self.elevated_windows) {
+                // The episode is over: it is part of what the key does.
+                self.sustained_record
+                    .raise(f64::from(self.elevated_min), end_ms, burst_ms);
+            }
+            self.elevated_windows = 0;
+        }
+
+        let limit = judged + model.outlier_sd * spread + 1.0;
+        // A window at the sustained ratio itself (with a cushion for small
+        // counts), or any window above expectation while the level is
+        // rising toward it, is held back too: otherwise the profile (and
+        // the busiest neighbour hour it is judged by) would learn a rise
+        // within the hour, before it had lasted long enough to be judged.
+        let watched = observed > judged
+            && (f64::from(self.level) >= WATCH_SHARE * model.sustained_ratio
+                || observed >= model.sustained_ratio * judged + 2.0);
+        if steps.robust && (observed > limit || watched) && !sustained(self.elevated_windows) {
+            // An outlier: it moves the profile only a tenth as fast, toward
+            // the limit, and leaves the dispersion alone, so an anomaly under
+            // way is judged against the key's usual self rather than
+            // against itself.
+            let slow = alpha / 10.0;
+            let weight = f64::from(self.profile_weight[hour]);
+            self.profile[hour] = ((1.0 - slow) * f64::from(self.profile[hour]) + slow * limit * weight) as f32;
+            self.closed_windows += 1;
+            return became_sustained;
+        }
+        let deviation = ((observed - own).powi(2) / own).min(MAX_DEVIATION);
+        self.dispersion[hour] = ((1.0 - alpha) * f64::from(self.dispersion[hour]) + alpha * deviation) as f32;
+        self.profile[hour] = ((1.0 - alpha) * f64::from(self.profile[hour]) + alpha * observed) as f32;
+        self.profile_weight[hour] = ((1.0 - alpha) * f64::from(self.profile_weight[hour]) + alpha) as f32;
+        self.closed_windows += 1;
+        became_sustained
+    }
+
+    /// Calls in the long window ending with the current short window.
+    pub fn long_window_count(&self) -> u64 {
+        self.recent.iter().map(|count| u64::from(*count)).sum::<u64>() + u64::from(self.count)
+    }
+}
+
+/// The step-by-step path [`RateBaseline::advance`] replaced, kept as the
+/// reference its shorter road must match bit for bit.
+#[cfg(test)]
+impl RateBaseline {
+    /// The quietest learned value of the window's hour and its neighbours,
+    /// without floor: what a silence is judged against.
+    fn quiet_expected(&self, window: i64, window_ms: i64, neighbours: usize) -> f64 {
+        let hour = hour_of_day(window * window_ms);
+        let mut least = self.learned(hour);
+        for offset in 1..=neighbours {
+            least = least.min(self.learned((hour + offset) % 24));
+            least = least.min(self.learned((hour + 24 - offset % 24) % 24));
+        }
+        least
+    }
+
+    /// Moves to window `target`, closing the current and any empty ones.
+    ///
+    /// With `robust`, a closed window far above what was expected moves the
+    /// profile only slowly, so a burst under way does not teach the baseline
+    /// to expect it before it has been judged; once a rise has lasted the
+    /// model's `sustained_for`, it is a new regime and is learned at the
+    /// usual pace.
+    fn advance_stepwise(&mut self, target: i64, model: &RateModel, alpha: f64, robust: bool) {
         let slots = self.recent.len() as i64;
         let gap = target - self.window;
         let closes = gap.min(MAX_EMPTY_WINDOWS);
@@ -413,9 +632,9 @@ impl RateBaseline {
             let window = self.window + step;
             let count = if step == 0 { self.count } else { 0 };
             if step > 0 {
-                self.add_to_silence(&mut silence, window, model);
+                self.add_to_silence_stepwise(&mut silence, window, model);
             }
-            became_sustained |= self.close_window(window, count, model, alpha, level_alpha, robust);
+            became_sustained |= self.close_window_stepwise(window, count, model, alpha, level_alpha, robust);
             self.recent[window.rem_euclid(slots) as usize] = count;
         }
         if gap > closes {
@@ -433,7 +652,7 @@ impl RateBaseline {
     }
 
     /// Counts an empty window into the silence under way.
-    fn add_to_silence(&self, silence: &mut Silence, window: i64, model: &RateModel) {
+    fn add_to_silence_stepwise(&self, silence: &mut Silence, window: i64, model: &RateModel) {
         let (window_ms, neighbours) = (model.window_ms(), model.seasonal_neighbours);
         let expected = self.quiet_expected(window, window_ms, neighbours);
         let dispersion = self.dispersion_at(window, window_ms, neighbours);
@@ -456,7 +675,7 @@ impl RateBaseline {
     /// Closes one short window: its count joins the profile, the key's
     /// record of bursts and its level. Returns whether the window made the
     /// current elevated run sustained.
-    fn close_window(
+    fn close_window_stepwise(
         &mut self,
         window: i64,
         count: u32,
@@ -541,10 +760,63 @@ impl RateBaseline {
         self.closed_windows += 1;
         became_sustained
     }
+}
 
-    /// Calls in the long window ending with the current short window.
-    pub fn long_window_count(&self) -> u64 {
-        self.recent.iter().map(|count| u64::from(*count)).sum::<u64>() + u64::from(self.count)
+/// A short window's fit: its own hour's learned calls (floored), and the
+/// expectation and overdispersion it is judged by.
+#[derive(Debug, Clone, Copy)]
+struct WindowFit {
+    own: f64,
+    judged: f64,
+    judged_dispersion: f64,
+}
+
+/// What the hours around one hour contribute to its windows' fits: the
+/// most and least learned calls and the most overdispersion.
+#[derive(Debug, Clone, Copy)]
+struct Around {
+    most: f64,
+    least: f64,
+    most_dispersion: f64,
+}
+
+impl Around {
+    /// No neighbouring hours: NaN is passed over by `f64::max` and `f64::min`.
+    const NONE: Around = Around {
+        most: f64::NAN,
+        least: f64::NAN,
+        most_dispersion: f64::NAN,
+    };
+}
+
+/// The model's values every closed window reads, derived once per advance.
+struct StepModel<'a> {
+    model: &'a RateModel,
+    alpha: f64,
+    level_alpha: f64,
+    robust: bool,
+    window_ms: i64,
+    floor: f64,
+    neighbours: usize,
+    burst_ms: i64,
+    sustained_windows: u64,
+    drop_busy_share: f64,
+}
+
+impl<'a> StepModel<'a> {
+    fn of(model: &'a RateModel, alpha: f64, robust: bool) -> StepModel<'a> {
+        StepModel {
+            model,
+            alpha,
+            level_alpha: model.level_alpha(),
+            robust,
+            window_ms: model.window_ms(),
+            floor: model.window_floor(),
+            neighbours: model.seasonal_neighbours,
+            burst_ms: model.burst_memory.as_millis() as i64,
+            sustained_windows: model.sustained_windows(),
+            drop_busy_share: model.drop_busy_share,
+        }
     }
 }
 
@@ -671,5 +943,159 @@ mod tests {
         evening.count += 1;
         evening.advance_to(day7 + 23 * HOUR_MS, &model, model.window_alpha(), true);
         assert!(!evening.silence.began_busy, "{:?}", evening.silence);
+    }
+
+    /// A small deterministic generator for the randomised states below.
+    struct Draws(u64);
+
+    impl Draws {
+        fn next(&mut self) -> u64 {
+            // xorshift64*
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, bound: u64) -> u64 {
+            self.next() % bound.max(1)
+        }
+        fn unit(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        }
+        /// Often zero, otherwise spread over several orders of magnitude.
+        fn amount(&mut self, scale: f64) -> f32 {
+            match self.below(4) {
+                0 => 0.0,
+                _ => (scale * self.unit().powi(3)) as f32,
+            }
+        }
+    }
+
+    fn random_record(draws: &mut Draws, window_ms: i64) -> Record {
+        Record {
+            log_ratio: draws.amount(4.0),
+            pending: if draws.below(3) == 0 { draws.amount(4.0) } else { 0.0 },
+            ts_ms: draws.below(1_000) as i64 * window_ms,
+        }
+    }
+
+    fn random_state(draws: &mut Draws, model: &RateModel) -> RateBaseline {
+        let window_ms = model.window_ms();
+        let mut rate = RateBaseline::new(1 + draws.below(24) as usize);
+        rate.window = 10_000 + draws.below(500) as i64;
+        rate.count = match draws.below(3) {
+            0 => 0,
+            1 => draws.below(5) as u32,
+            _ => draws.below(2_000) as u32,
+        };
+        for slot in rate.recent.iter_mut() {
+            *slot = if draws.below(2) == 0 {
+                0
+            } else {
+                draws.below(400) as u32
+            };
+        }
+        for hour in 0..24 {
+            let weight = if draws.below(5) == 0 { 0.0 } else { draws.unit() as f32 };
+            rate.profile_weight[hour] = weight;
+            rate.profile[hour] = draws.amount(60.0) * weight;
+            rate.dispersion[hour] = draws.amount(80.0) * weight;
+        }
+        rate.closed_windows = draws.below(100_000);
+        rate.spike_record = random_record(draws, window_ms);
+        rate.surge_record = random_record(draws, window_ms);
+        rate.sustained_record = random_record(draws, window_ms);
+        rate.level = (draws.unit() * 12.0) as f32;
+        rate.elevated_windows = draws.below(40) as u32;
+        rate.elevated_min = (draws.unit() * 6.0) as f32;
+        rate
+    }
+
+    /// Models that reach every branch of closing a window: no, one and
+    /// more neighbours than a day has hours, long windows judged from a
+    /// single call, spikes from none.
+    fn varied_models() -> Vec<RateModel> {
+        let mut models = Vec::new();
+        for neighbours in [1, 0, 2, 13, 30] {
+            let mut varied = model();
+            varied.seasonal_neighbours = neighbours;
+            models.push(varied);
+        }
+        let mut eager = model();
+        eager.min_surge_count = 1;
+        eager.min_spike_count = 0;
+        eager.sustained_ratio = 1.5;
+        models.push(eager);
+        let mut shy = model();
+        shy.min_surge_count = 3;
+        shy.outlier_sd = 0.5;
+        shy.burst_sd = 0.5;
+        models.push(shy);
+        models
+    }
+
+    #[test]
+    fn closing_runs_of_windows_matches_the_step_by_step_path_bit_for_bit() {
+        let mut draws = Draws(0x0123_4567_89ab_cdef);
+        let mut compared = 0;
+        for model in varied_models() {
+            let alpha = model.window_alpha();
+            for _ in 0..1_500 {
+                let state = random_state(&mut draws, &model);
+                let gap = match draws.below(6) {
+                    0 => 1,
+                    1 => 1 + draws.below(12) as i64,
+                    2 => 1 + draws.below(300) as i64,
+                    3 => MAX_EMPTY_WINDOWS - 2 + draws.below(5) as i64,
+                    _ => 1 + draws.below(700) as i64,
+                };
+                let robust = draws.below(4) != 0;
+                let target = state.window + gap;
+                let mut fast = state.clone();
+                fast.advance(target, &model, alpha, robust);
+                let mut reference = state.clone();
+                reference.advance_stepwise(target, &model, alpha, robust);
+                // Debug prints every float in a form that reads back to the
+                // same bits (and tells -0 from 0): equal text, equal state.
+                assert_eq!(
+                    format!("{fast:?}"),
+                    format!("{reference:?}"),
+                    "from {state:?}, gap {gap}, robust {robust}"
+                );
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 7 * 1_500);
+    }
+
+    #[test]
+    fn a_learned_week_then_sparse_calls_stays_identical_to_the_step_by_step_path() {
+        // States grown by the baseline itself rather than drawn: a busy
+        // week, then calls hours apart, each advance compared.
+        let model = model();
+        let alpha = model.window_alpha();
+        let mut fast = RateBaseline::new(12);
+        learn(
+            &mut fast,
+            &model,
+            7,
+            |day, hour| if (8..20).contains(&hour) { 30 + day } else { 2 },
+        );
+        let mut reference = fast.clone();
+        let mut draws = Draws(42);
+        let mut ts = 7 * 86_400_000;
+        for _ in 0..400 {
+            ts += draws.below(6 * HOUR_MS as u64) as i64;
+            let robust = draws.below(3) != 0;
+            let calls = draws.below(40) as u32;
+            let target = ts.div_euclid(model.window_ms());
+            if target > fast.window {
+                fast.advance(target, &model, alpha, robust);
+                reference.advance_stepwise(target, &model, alpha, robust);
+            }
+            fast.count += calls;
+            reference.count += calls;
+            assert_eq!(format!("{fast:?}"), format!("{reference:?}"));
+        }
     }
 }
