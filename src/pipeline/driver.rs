@@ -38,6 +38,13 @@ pub struct DriverSettings {
 /// quiet stage from a stuck one.
 const TICK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Most channel events handled per turn of the select loop.
+const DRAIN_MAX: usize = 1024;
+
+/// Where the batch-age timer starts, before a batch has a deadline; it is
+/// never awaited then.
+const BATCH_TIMER_IDLE: Duration = Duration::from_secs(3600);
+
 /// How often checkpoints are summed up in an info line.
 const CHECKPOINT_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -127,17 +134,27 @@ impl<S: Stage> Driver<S> {
         let mut stopping = false;
         let mut ticks = tokio::time::interval(TICK_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The cancellation and batch-age futures live across turns of the
+        // loop: built afresh per turn, as they were, each record registered
+        // and dropped a timer and a cancellation waiter, which cost more
+        // than the record's processing under load. The timer is reset only
+        // when the batch's deadline changes (a batch's first record).
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        let batch_age = tokio::time::sleep(BATCH_TIMER_IDLE);
+        tokio::pin!(batch_age);
+        let mut armed_for: Option<Instant> = None;
         let result: Result<(), PipelineError> = loop {
-            // A far deadline when the batch is empty: the branch is disabled
-            // then, but its future is still built.
-            let deadline = self
-                .batch
-                .deadline()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            let has_deadline = self.batch.deadline().is_some();
+            let deadline = self.batch.deadline();
+            if deadline != armed_for {
+                if let Some(deadline) = deadline {
+                    batch_age.as_mut().reset(deadline);
+                }
+                armed_for = deadline;
+            }
             let step: Result<bool, PipelineError> = tokio::select! {
                 biased;
-                _ = cancel.cancelled(), if !stopping => {
+                _ = &mut cancelled, if !stopping => {
                     stopping = true;
                     tracing::info!(stage = name, "stopping: finishing the batch in hand");
                     match self.flush(Flush::Final).await {
@@ -145,7 +162,7 @@ impl<S: Stage> Driver<S> {
                         Err(error) => Err(error),
                     }
                 }
-                _ = tokio::time::sleep_until(deadline), if has_deadline => self.flush(Flush::Routine).await.map(|()| true),
+                _ = &mut batch_age, if deadline.is_some() => self.flush(Flush::Routine).await.map(|()| true),
                 _ = ticks.tick() => {
                     self.progress.tick(name);
                     self.summarise_checkpoints(false);
@@ -156,7 +173,10 @@ impl<S: Stage> Driver<S> {
                 }
                 event = events.recv() => match event {
                     None => Ok(false),
-                    Some(event) => self.handle(event, stopping).await.map(|()| true),
+                    Some(event) => match self.handle(event, stopping).await {
+                        Ok(()) => self.drain_waiting(&mut events, stopping).await.map(|()| true),
+                        Err(error) => Err(error),
+                    },
                 },
             };
             match step {
@@ -178,12 +198,36 @@ impl<S: Stage> Driver<S> {
         result
     }
 
+    /// Handles, in order, the events already waiting in the channel, up to
+    /// [`DRAIN_MAX`]: under load a turn of the select loop and a task
+    /// wake-up per record cost more than the record's processing. Bounded,
+    /// so cancellation and batch deadlines are still seen promptly; the
+    /// order of events, hence every output, is unchanged.
+    ///
+    /// This was once taken out because `keywatch run` died with SIGSEGV
+    /// after a broker outage with it; that crash is not caused here: it
+    /// happens without this drain too, inside librdkafka's fetch leader
+    /// discovery (BENCHMARKS.md, "The SIGSEGV after a broker outage").
+    async fn drain_waiting(
+        &mut self,
+        events: &mut mpsc::Receiver<SourceEvent>,
+        stopping: bool,
+    ) -> Result<(), PipelineError> {
+        for _ in 0..DRAIN_MAX {
+            match events.try_recv() {
+                Ok(event) => self.handle(event, stopping).await?,
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
     async fn handle(&mut self, event: SourceEvent, stopping: bool) -> Result<(), PipelineError> {
         match event {
             SourceEvent::Record(record) => {
                 // After the final flush, nothing more is processed: these
                 // records are not committed and will be read again.
-                if !stopping && self.batch.push(record, Instant::now()) {
+                if !stopping && self.batch.push_with(record, Instant::now) {
                     self.flush(Flush::Routine).await?;
                 }
                 Ok(())

@@ -42,8 +42,14 @@ impl MicroBatch {
     /// Adds a record; returns true when the batch is full and must be
     /// processed now.
     pub fn push(&mut self, record: InputRecord, now: Instant) -> bool {
+        self.push_with(record, || now)
+    }
+
+    /// [`MicroBatch::push`], reading the clock only for a batch's first
+    /// record, the only one whose arrival sets the deadline.
+    pub fn push_with(&mut self, record: InputRecord, now: impl FnOnce() -> Instant) -> bool {
         if self.records.is_empty() {
-            self.deadline = Some(now + self.max_wait);
+            self.deadline = Some(now() + self.max_wait);
         }
         self.bytes = self.bytes.saturating_add(record.payload.as_ref().map_or(0, Vec::len));
         self.records.push(record);

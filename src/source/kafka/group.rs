@@ -181,11 +181,11 @@ pub type GroupConsumer = BaseConsumer<GroupContext>;
 /// checkpoint, so a restore prefers the current owner's checkpoints over a
 /// zombie's that a rebalance has already replaced.
 ///
-/// Read from what the last assignment recorded: librdkafka's group
-/// metadata may only be asked for on the polling thread inside a rebalance
-/// callback, where the group's state is settled. Asked for from another
-/// thread while the group rejoins (after a broker outage) it reads a member
-/// id being replaced, and the process crashed with SIGSEGV.
+/// Read from what the last assignment recorded, where the group's state is
+/// settled, rather than asked of librdkafka from another thread while the
+/// group may be rejoining. (This was first blamed for a SIGSEGV after a
+/// broker outage; a core dump put that crash in librdkafka's fetch leader
+/// discovery instead: BENCHMARKS.md, "The SIGSEGV after a broker outage".)
 pub fn group_generation(consumer: &GroupConsumer) -> Option<i32> {
     let generation = consumer.context().generation.load(std::sync::atomic::Ordering::Relaxed);
     (generation >= 0).then_some(generation)
