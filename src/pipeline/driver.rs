@@ -227,7 +227,7 @@ impl<S: Stage> Driver<S> {
             SourceEvent::Record(record) => {
                 // After the final flush, nothing more is processed: these
                 // records are not committed and will be read again.
-                if !stopping && self.batch.push_with(record, Instant::now) {
+                if !stopping && self.batch.push(record, Instant::now) {
                     self.flush(Flush::Routine).await?;
                 }
                 Ok(())

@@ -40,14 +40,9 @@ impl MicroBatch {
     }
 
     /// Adds a record; returns true when the batch is full and must be
-    /// processed now.
-    pub fn push(&mut self, record: InputRecord, now: Instant) -> bool {
-        self.push_with(record, || now)
-    }
-
-    /// [`MicroBatch::push`], reading the clock only for a batch's first
-    /// record, the only one whose arrival sets the deadline.
-    pub fn push_with(&mut self, record: InputRecord, now: impl FnOnce() -> Instant) -> bool {
+    /// processed now. `now` is read only for a batch's first record, the
+    /// only one whose arrival sets the deadline.
+    pub fn push(&mut self, record: InputRecord, now: impl FnOnce() -> Instant) -> bool {
         if self.records.is_empty() {
             self.deadline = Some(now() + self.max_wait);
         }
@@ -105,9 +100,9 @@ mod tests {
     fn closes_on_size() {
         let mut batch = MicroBatch::new(3, Duration::from_secs(60));
         let now = Instant::now();
-        assert!(!batch.push(record(0, 0), now));
-        assert!(!batch.push(record(0, 1), now));
-        assert!(batch.push(record(1, 0), now), "third record fills it");
+        assert!(!batch.push(record(0, 0), || now));
+        assert!(!batch.push(record(0, 1), || now));
+        assert!(batch.push(record(1, 0), || now), "third record fills it");
         let records = batch.take();
         assert_eq!(records.len(), 3);
         assert!(batch.records.is_empty() && batch.deadline().is_none());
@@ -121,13 +116,13 @@ mod tests {
             payload: Some(vec![b'x'; bytes]),
             ..record(0, offset)
         };
-        assert!(!batch.push(sized(0, 4), now));
-        assert!(!batch.push(sized(1, 5), now));
-        assert!(batch.push(sized(2, 1), now), "10 bytes fill it");
+        assert!(!batch.push(sized(0, 4), || now));
+        assert!(!batch.push(sized(1, 5), || now));
+        assert!(batch.push(sized(2, 1), || now), "10 bytes fill it");
         assert_eq!(batch.take().len(), 3);
-        assert!(!batch.push(sized(3, 9), now), "the count restarts after take");
+        assert!(!batch.push(sized(3, 9), || now), "the count restarts after take");
         batch.retain(|_| false);
-        assert!(batch.push(sized(4, 10), now), "retain recounts");
+        assert!(batch.push(sized(4, 10), || now), "retain recounts");
     }
 
     #[test]
@@ -135,8 +130,8 @@ mod tests {
         let mut batch = MicroBatch::new(100, Duration::from_millis(200));
         assert_eq!(batch.deadline(), None);
         let first = Instant::now();
-        batch.push(record(0, 0), first);
-        batch.push(record(0, 1), first + Duration::from_millis(150));
+        batch.push(record(0, 0), || first);
+        batch.push(record(0, 1), || first + Duration::from_millis(150));
         assert_eq!(
             batch.deadline(),
             Some(first + Duration::from_millis(200)),
@@ -144,7 +139,7 @@ mod tests {
         );
         batch.take();
         let later = first + Duration::from_secs(5);
-        batch.push(record(0, 2), later);
+        batch.push(record(0, 2), || later);
         assert_eq!(batch.deadline(), Some(later + Duration::from_millis(200)));
     }
 
@@ -152,8 +147,8 @@ mod tests {
     fn retain_drops_revoked_partitions() {
         let mut batch = MicroBatch::new(10, Duration::from_secs(1));
         let now = Instant::now();
-        batch.push(record(0, 0), now);
-        batch.push(record(1, 0), now);
+        batch.push(record(0, 0), || now);
+        batch.push(record(1, 0), || now);
         batch.retain(|record| record.partition != 1);
         assert_eq!(batch.records.len(), 1);
         batch.retain(|_| false);
