@@ -1346,13 +1346,20 @@ impl Engine {
             }
             light.push(record);
         }
+        light.sort_unstable_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
         EngineSnapshot {
             version: SNAPSHOT_VERSION,
             model: self.model_label.clone(),
             endpoints: self.endpoints.names.iter().map(|name| name.to_string()).collect(),
             clients: self.clients.names.iter().map(|name| name.to_string()).collect(),
             keys: if with_keys {
-                self.keys[..keys_end].to_vec()
+                let mut keys = self.keys[..keys_end].to_vec();
+                // In fingerprint order, as an incremental checkpoint reads
+                // back: where a key sits in the engine depends on restarts
+                // and evictions, never on an output, and must not make two
+                // snapshots of the same state differ.
+                keys.sort_unstable_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+                keys
             } else {
                 Vec::new()
             },
@@ -1702,6 +1709,47 @@ mod tests {
         second.process(&events[split..], &mut out);
         second.finish(&mut out);
         assert_eq!(out, whole);
+    }
+
+    #[test]
+    fn where_keys_sit_in_the_engine_changes_neither_its_snapshot_nor_its_outputs() {
+        let events = workload();
+        let split = events.len() * 9 / 10;
+        let mut first = crate::detect::testkit::new_engine();
+        let mut out_first = Vec::new();
+        first.process(&events[..split], &mut out_first);
+        let snapshot = first.snapshot();
+        assert!(snapshot.keys.len() >= 2, "a workload of several keys");
+        assert!(
+            snapshot
+                .keys
+                .windows(2)
+                .all(|pair| pair[0].fingerprint < pair[1].fingerprint),
+            "keys in fingerprint order"
+        );
+        // A restore from a changelog that lists the keys in another order
+        // puts them elsewhere in the engine.
+        let mut reversed = snapshot.clone();
+        reversed.keys.reverse();
+        let mut second = crate::detect::testkit::new_engine();
+        second.restore(reversed);
+        assert_eq!(
+            serde_json::to_string(&second.snapshot()).unwrap(),
+            serde_json::to_string(&snapshot).unwrap()
+        );
+        let mut third = crate::detect::testkit::new_engine();
+        third.restore(snapshot);
+        let (mut out_second, mut out_third) = (Vec::new(), Vec::new());
+        second.process(&events[split..], &mut out_second);
+        second.finish(&mut out_second);
+        third.process(&events[split..], &mut out_third);
+        third.finish(&mut out_third);
+        assert!(!out_third.is_empty(), "the rest of the workload has outputs");
+        assert_eq!(out_second, out_third);
+        assert_eq!(
+            serde_json::to_string(&second.snapshot()).unwrap(),
+            serde_json::to_string(&third.snapshot()).unwrap()
+        );
     }
 
     #[test]

@@ -220,11 +220,11 @@ pub struct KafkaConfig {
     /// repartition topic otherwise). Off, a mismatch stops the start.
     #[serde(default)]
     pub skip_changelog_check: bool,
-    /// How checkpoints are laid out in the changelog: `full` writes each
-    /// partition's whole state at every checkpoint; `incremental` writes one
-    /// entry per key, only for keys changed since the previous checkpoint
-    /// (tombstones for evicted keys), plus a small entry for what the
-    /// partition shares. Both are read back whatever this says.
+    /// How checkpoints are laid out in the changelog: `incremental` (the
+    /// default) writes one entry per key, only for keys changed since the
+    /// previous checkpoint (tombstones for evicted keys), plus a small entry
+    /// for what the partition shares; `full` writes each partition's whole
+    /// state at every checkpoint. Both are read back whatever this says.
     #[serde(default)]
     pub changelog_format: ChangelogFormat,
     /// Wall-clock idleness after which a partition with no new records
@@ -246,9 +246,9 @@ pub struct KafkaConfig {
 #[serde(rename_all = "snake_case")]
 pub enum ChangelogFormat {
     /// The whole state of a partition at every checkpoint.
-    #[default]
     Full,
     /// Only the keys changed since the previous checkpoint.
+    #[default]
     Incremental,
 }
 

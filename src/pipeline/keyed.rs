@@ -119,7 +119,7 @@ impl KeyedStage {
             fingerprinter: Fingerprinter::unkeyed(),
             owners: None,
             group_generation: None,
-            changelog_format: ChangelogFormat::Full,
+            changelog_format: ChangelogFormat::default(),
             feedback: None,
             feedback_audit_topic: None,
             candidate_watermarks: None,

@@ -76,11 +76,10 @@ fn fault_config(brokers: &str, prefix: &str, dir: &Path) -> Config {
     kafka_of_mut(&mut config).rejoin_idle_after = REJOIN_IDLE_AFTER;
     config.geoip.city = Some(city);
     config.geoip.asn = Some(asn);
-    // `KEYWATCH_TEST_CHANGELOG_FORMAT=incremental` runs the faults against
-    // incremental checkpoints.
-    if std::env::var("KEYWATCH_TEST_CHANGELOG_FORMAT").is_ok_and(|format| format == "incremental") {
-        config.kafka.as_mut().expect("kafka section").changelog_format =
-            keywatch::config::kafka::ChangelogFormat::Incremental;
+    // `KEYWATCH_TEST_CHANGELOG_FORMAT=full` runs the faults against whole
+    // checkpoints (the default is incremental).
+    if std::env::var("KEYWATCH_TEST_CHANGELOG_FORMAT").is_ok_and(|format| format == "full") {
+        config.kafka.as_mut().expect("kafka section").changelog_format = keywatch::config::kafka::ChangelogFormat::Full;
     }
     config
 }
