@@ -394,11 +394,19 @@ impl Generation {
             writer.write_all(b"\n").map_err(write_error(&events_path))
         })?;
         writer.flush().map_err(write_error(&events_path))?;
+        self.write_beside_events(dir, &counts)
+    }
 
+    /// Writes what goes beside the events (labels, benign cases, meta, the
+    /// GeoIP databases) into `dir`, once the events are written.
+    pub(crate) fn write_beside_events(
+        &self,
+        dir: &Path,
+        counts: &EventCounts,
+    ) -> Result<GenerateSummary, GenerateError> {
         self.write_labels(dir)?;
-        self.write_meta(dir, &counts)?;
+        self.write_meta(dir, counts)?;
         self.write_geoip_databases(dir)?;
-
         Ok(GenerateSummary {
             events: counts.events,
             incidents: self.labels().len(),

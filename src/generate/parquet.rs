@@ -172,18 +172,7 @@ impl Generation {
         let mut writer = EventsWriter::create(&events_path).map_err(write_error(&events_path))?;
         let counts = self.for_each_event(|event| writer.push(event).map_err(write_error(&events_path)))?;
         writer.finish().map_err(write_error(&events_path))?;
-
-        self.write_labels(dir)?;
-        self.write_meta(dir, &counts)?;
-        self.write_geoip_databases(dir)?;
-
-        Ok(GenerateSummary {
-            events: counts.events,
-            incidents: self.labels().len(),
-            benign_cases: self.benign_cases().len(),
-            benign_key_days: counts.benign_key_days,
-            judged_key_days: counts.judged_key_days,
-        })
+        self.write_beside_events(dir, &counts)
     }
 }
 

@@ -245,12 +245,7 @@ impl<'a> Run<'a> {
             // A whole CloudTrail document is one record of many events:
             // hand them to the engine in batches too.
             let origins = std::mem::take(&mut self.origins);
-            for (chunk, origins) in events.chunks(batch_size).zip(origins.chunks(batch_size)) {
-                self.emitted.clear();
-                engine.process_with_origins(chunk, origins, &mut self.emitted);
-                counts.events += chunk.len() as u64;
-                self.write(engine, counts, outputs)?;
-            }
+            self.feed(engine, &events, &origins, batch_size, counts, outputs)?;
             self.origins = origins;
             if let Some(bar) = progress {
                 bar.set_position(reader.bytes_read);
@@ -259,10 +254,7 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Several inputs read together, merged by event time: each event fed
-    /// comes from the input whose next event is oldest (the first input on
-    /// ties), so the merged order does not depend on the batch size. Events
-    /// are detached from their buffers to wait in each input's queue.
+    /// Several inputs read together, merged by event time ([`Run::merge`]).
     #[allow(clippy::too_many_arguments)]
     fn merged(
         &mut self,
@@ -275,68 +267,98 @@ impl<'a> Run<'a> {
         stop: &AtomicBool,
         summary: &mut ReplaySummary,
     ) -> Result<(), ReplayError> {
-        let counts = &mut summary.counts;
         let mut lanes = Vec::with_capacity(inputs.len());
         for input in inputs {
             let reader = RecordReader::open(input, decoder.max_record_bytes)?
                 .with_byte_budgets(decoder.max_batch_bytes, decoder.max_document_bytes);
             self.names.push(reader.name().to_string());
-            lanes.push(Lane {
+            lanes.push(JsonLane {
+                name: reader.name().to_string(),
                 reader,
-                queue: VecDeque::new(),
-                done: false,
+                decoder,
+                batch_size,
+                buffer: Vec::new(),
+                spans: Vec::new(),
             });
         }
-        let mut buffer = Vec::new();
-        let mut spans = Vec::new();
+        self.merge(
+            &mut lanes,
+            engine,
+            batch_size,
+            outputs,
+            progress,
+            stop,
+            &mut summary.counts,
+        )
+    }
+
+    /// Hands `events` to the engine in micro-batches of `batch_size` and
+    /// writes what comes out of each.
+    pub(super) fn feed(
+        &mut self,
+        engine: &mut Engine,
+        events: &[AccessEvent<'_>],
+        origins: &[u64],
+        batch_size: usize,
+        counts: &mut Counts,
+        outputs: &mut OutputFiles,
+    ) -> Result<(), ReplayError> {
+        for (chunk, origins) in events.chunks(batch_size).zip(origins.chunks(batch_size)) {
+            self.emitted.clear();
+            engine.process_with_origins(chunk, origins, &mut self.emitted);
+            counts.events += chunk.len() as u64;
+            self.write(engine, counts, outputs)?;
+        }
+        Ok(())
+    }
+
+    /// Several inputs merged by event time: each event fed comes from the
+    /// input whose next event is oldest (the first input on ties), so the
+    /// merged order does not depend on the batch size. Events are detached
+    /// from their buffers to wait in each input's queue. A lane is refilled
+    /// only when its queue is empty, so each input's rejections are written
+    /// at the same point of the merge however its batches were decoded.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn merge<L: Lane>(
+        &mut self,
+        lanes: &mut [L],
+        engine: &mut Engine,
+        batch_size: usize,
+        outputs: &mut OutputFiles,
+        progress: Option<&ProgressBar>,
+        stop: &AtomicBool,
+        counts: &mut Counts,
+    ) -> Result<(), ReplayError> {
+        let mut queues: Vec<VecDeque<(AccessEvent<'static>, u64)>> = vec![VecDeque::new(); lanes.len()];
+        let mut done = vec![false; lanes.len()];
         let mut batch: Vec<AccessEvent<'static>> = Vec::with_capacity(batch_size);
+        let mut origins: Vec<u64> = Vec::with_capacity(batch_size);
         loop {
             let mut oldest: Option<(i64, usize)> = None;
             for (index, lane) in lanes.iter_mut().enumerate() {
-                while lane.queue.is_empty() && !lane.done && !stop.load(Ordering::Relaxed) {
-                    if !lane.reader.next_batch(&mut buffer, &mut spans, batch_size)? {
-                        lane.done = true;
-                        break;
-                    }
-                    let name = lane.reader.name().to_string();
-                    let mut scratch = Vec::new();
-                    for span in &spans {
-                        let queue = &mut lane.queue;
-                        decode_span(
-                            decoder,
-                            &buffer,
-                            span,
-                            &name,
-                            &mut scratch,
-                            counts,
-                            |rejected| Ok(outputs.write_rejected(rejected)?),
-                            |event| {
-                                queue.push_back((event.into_owned(), origin_of(index, span.line)));
-                            },
-                        )?;
+                while queues[index].is_empty() && !done[index] && !stop.load(Ordering::Relaxed) {
+                    if !lane.refill(index, &mut queues[index], counts, outputs)? {
+                        done[index] = true;
                     }
                 }
-                if let Some((event, _)) = lane.queue.front()
+                if let Some((event, _)) = queues[index].front()
                     && oldest.is_none_or(|(ts_ms, _)| event.ts_ms < ts_ms)
                 {
                     oldest = Some((event.ts_ms, index));
                 }
             }
-            let next = oldest.and_then(|(_, index)| lanes[index].queue.pop_front());
+            let next = oldest.and_then(|(_, index)| queues[index].pop_front());
             let exhausted = next.is_none();
             if let Some((event, origin)) = next {
                 batch.push(event);
-                self.origins.push(origin);
+                origins.push(origin);
             }
             if batch.len() >= batch_size || (exhausted && !batch.is_empty()) {
-                self.emitted.clear();
-                engine.process_with_origins(&batch, &self.origins, &mut self.emitted);
-                counts.events += batch.len() as u64;
+                self.feed(engine, &batch, &origins, batch_size, counts, outputs)?;
                 batch.clear();
-                self.origins.clear();
-                self.write(engine, counts, outputs)?;
+                origins.clear();
                 if let Some(bar) = progress {
-                    bar.set_position(lanes.iter().map(|lane| lane.reader.bytes_read).sum());
+                    bar.set_position(lanes.iter().map(Lane::bytes_read).sum());
                 }
             }
             if exhausted {
@@ -346,12 +368,67 @@ impl<'a> Run<'a> {
     }
 }
 
-/// One input of a merged replay: its reader and its decoded events waiting
-/// to be merged, with their origins.
-struct Lane {
+/// One input of a merged replay ([`Run::merge`]), however it is read.
+pub(super) trait Lane {
+    /// Reads and decodes the input's next batch: its events, detached from
+    /// their buffer, go to the back of `queue` with their origins (`index`
+    /// is the input's), its rejections to `outputs`. `false` when the input
+    /// is over.
+    fn refill(
+        &mut self,
+        index: usize,
+        queue: &mut VecDeque<(AccessEvent<'static>, u64)>,
+        counts: &mut Counts,
+        outputs: &mut OutputFiles,
+    ) -> Result<bool, ReplayError>;
+
+    /// How far the input has been read, for the progress bar.
+    fn bytes_read(&self) -> u64;
+}
+
+/// A file of JSON lines or documents in a merged replay.
+struct JsonLane<'d> {
     reader: RecordReader,
-    queue: VecDeque<(AccessEvent<'static>, u64)>,
-    done: bool,
+    name: String,
+    decoder: &'d Decoder,
+    batch_size: usize,
+    buffer: Vec<u8>,
+    spans: Vec<RecordSpan>,
+}
+
+impl Lane for JsonLane<'_> {
+    fn refill(
+        &mut self,
+        index: usize,
+        queue: &mut VecDeque<(AccessEvent<'static>, u64)>,
+        counts: &mut Counts,
+        outputs: &mut OutputFiles,
+    ) -> Result<bool, ReplayError> {
+        if !self
+            .reader
+            .next_batch(&mut self.buffer, &mut self.spans, self.batch_size)?
+        {
+            return Ok(false);
+        }
+        let mut scratch = Vec::new();
+        for span in &self.spans {
+            decode_span(
+                self.decoder,
+                &self.buffer,
+                span,
+                &self.name,
+                &mut scratch,
+                counts,
+                |rejected| Ok(outputs.write_rejected(rejected)?),
+                |event| queue.push_back((event.into_owned(), origin_of(index, span.line))),
+            )?;
+        }
+        Ok(true)
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.reader.bytes_read
+    }
 }
 
 /// Decodes one record: events go to `on_event`, rejections to

@@ -29,7 +29,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use indicatif::ProgressBar;
 
-use super::files::{Run, decode_span, origin_of};
+use super::files::{Lane, Run, decode_span, origin_of};
 use super::{ReplayError, ReplaySummary};
 use crate::counts::Counts;
 use crate::decode::Decoder;
@@ -362,6 +362,7 @@ pub fn replay_files_parallel(
                 batch_size,
                 outputs,
                 progress,
+                stop,
                 &mut summary,
             )
         }
@@ -401,12 +402,7 @@ fn one_input(
         run.origins
             .extend(batch.events.iter().map(|event| origin_of(0, event.line)));
         let origins = std::mem::take(&mut run.origins);
-        for (chunk, origins) in events.chunks(batch_size).zip(origins.chunks(batch_size)) {
-            run.emitted.clear();
-            engine.process_with_origins(chunk, origins, &mut run.emitted);
-            counts.events += chunk.len() as u64;
-            run.write(engine, counts, outputs)?;
-        }
+        run.feed(engine, &events, &origins, batch_size, counts, outputs)?;
         run.origins = origins;
         if let Some(bar) = progress {
             bar.set_position(batch.bytes_read);
@@ -415,9 +411,10 @@ fn one_input(
     Ok(())
 }
 
-/// Several inputs merged by event time: [`super::files`]'s `merged`, each
-/// input's batches decoded ahead; an input's next batch is taken (and its
+/// Several inputs merged by event time ([`Run::merge`]), each input's
+/// batches decoded ahead; an input's next batch is taken (and its
 /// rejections written) exactly when one thread would read it.
+#[allow(clippy::too_many_arguments)]
 fn merged(
     run: &mut Run<'_>,
     streams: &mut [Ordered<Result<DecodedBatch, SourceError>>],
@@ -425,54 +422,52 @@ fn merged(
     batch_size: usize,
     outputs: &mut OutputFiles,
     progress: Option<&ProgressBar>,
+    stop: &AtomicBool,
     summary: &mut ReplaySummary,
 ) -> Result<(), ReplayError> {
-    let counts = &mut summary.counts;
-    let mut queues: Vec<VecDeque<(AccessEvent<'static>, u64)>> = vec![VecDeque::new(); streams.len()];
-    let mut done = vec![false; streams.len()];
-    let mut bytes_read = vec![0u64; streams.len()];
-    let mut batch: Vec<AccessEvent<'static>> = Vec::with_capacity(batch_size);
-    loop {
-        let mut oldest: Option<(i64, usize)> = None;
-        for (index, stream) in streams.iter_mut().enumerate() {
-            while queues[index].is_empty() && !done[index] {
-                let Some(decoded) = stream.next_batch() else {
-                    done[index] = true;
-                    break;
-                };
-                let decoded = decoded?;
-                take_decoded(&decoded, counts, outputs)?;
-                bytes_read[index] = decoded.bytes_read;
-                for (position, packed) in decoded.events.iter().enumerate() {
-                    queues[index].push_back((decoded.event(position).into_owned(), origin_of(index, packed.line)));
-                }
-            }
-            if let Some((event, _)) = queues[index].front()
-                && oldest.is_none_or(|(ts_ms, _)| event.ts_ms < ts_ms)
-            {
-                oldest = Some((event.ts_ms, index));
-            }
+    let mut lanes: Vec<DecodedLane<'_>> = streams
+        .iter_mut()
+        .map(|stream| DecodedLane { stream, bytes_read: 0 })
+        .collect();
+    run.merge(
+        &mut lanes,
+        engine,
+        batch_size,
+        outputs,
+        progress,
+        stop,
+        &mut summary.counts,
+    )
+}
+
+/// One input of a merged replay, decoded ahead by its own threads.
+struct DecodedLane<'s> {
+    stream: &'s mut Ordered<Result<DecodedBatch, SourceError>>,
+    bytes_read: u64,
+}
+
+impl Lane for DecodedLane<'_> {
+    fn refill(
+        &mut self,
+        index: usize,
+        queue: &mut VecDeque<(AccessEvent<'static>, u64)>,
+        counts: &mut Counts,
+        outputs: &mut OutputFiles,
+    ) -> Result<bool, ReplayError> {
+        let Some(decoded) = self.stream.next_batch() else {
+            return Ok(false);
+        };
+        let decoded = decoded?;
+        take_decoded(&decoded, counts, outputs)?;
+        self.bytes_read = decoded.bytes_read;
+        for (position, packed) in decoded.events.iter().enumerate() {
+            queue.push_back((decoded.event(position).into_owned(), origin_of(index, packed.line)));
         }
-        let next = oldest.and_then(|(_, index)| queues[index].pop_front());
-        let exhausted = next.is_none();
-        if let Some((event, origin)) = next {
-            batch.push(event);
-            run.origins.push(origin);
-        }
-        if batch.len() >= batch_size || (exhausted && !batch.is_empty()) {
-            run.emitted.clear();
-            engine.process_with_origins(&batch, &run.origins, &mut run.emitted);
-            counts.events += batch.len() as u64;
-            batch.clear();
-            run.origins.clear();
-            run.write(engine, counts, outputs)?;
-            if let Some(bar) = progress {
-                bar.set_position(bytes_read.iter().sum());
-            }
-        }
-        if exhausted {
-            return Ok(());
-        }
+        Ok(true)
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.bytes_read
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::ProgressBar;
 
-use super::{ReplayError, ReplaySummary, Run, origin_of};
+use super::{Lane, ReplayError, ReplaySummary, Run, origin_of};
 use crate::counts::Counts;
 use crate::decode::parquet::BatchView;
 use crate::decode::{DecodeError, Decoder};
@@ -87,12 +87,7 @@ impl Run<'_> {
             })?;
             rows_before += view.rows() as u64;
             let origins = std::mem::take(&mut self.origins);
-            for (chunk, origins) in batch_events.chunks(batch_size).zip(origins.chunks(batch_size)) {
-                self.emitted.clear();
-                engine.process_with_origins(chunk, origins, &mut self.emitted);
-                counts.events += chunk.len() as u64;
-                self.write(engine, counts, outputs)?;
-            }
+            self.feed(engine, &batch_events, &origins, batch_size, counts, outputs)?;
             self.origins = origins;
             if let Some(bar) = progress {
                 bar.set_position(input.bytes_estimate());
@@ -101,10 +96,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Several files merged by event time: each event fed comes from the
-    /// file whose next event is oldest (the first file on ties), so the
-    /// order does not depend on batch sizes. Events are detached from their
-    /// batches to wait in each file's queue.
+    /// Several files merged by event time ([`Run::merge`]).
     #[allow(clippy::too_many_arguments)]
     fn merged_parquet(
         &mut self,
@@ -118,71 +110,45 @@ impl Run<'_> {
     ) -> Result<(), ReplayError> {
         let mut lanes: Vec<ParquetLane> = inputs
             .into_iter()
-            .map(|input| ParquetLane {
-                input,
-                queue: VecDeque::new(),
-                rows_before: 0,
-                done: false,
-            })
+            .map(|input| ParquetLane { input, rows_before: 0 })
             .collect();
-        let mut batch: Vec<AccessEvent<'static>> = Vec::with_capacity(batch_size);
-        loop {
-            let mut oldest: Option<(i64, usize)> = None;
-            for (index, lane) in lanes.iter_mut().enumerate() {
-                while lane.queue.is_empty() && !lane.done && !stop.load(Ordering::Relaxed) {
-                    let Some(rows) = lane.input.next_batch()? else {
-                        lane.done = true;
-                        break;
-                    };
-                    let name = lane.input.name().to_string();
-                    let view = lane
-                        .input
-                        .plan()
-                        .view(&rows)
-                        .map_err(|source| column_error(&name, source))?;
-                    let queue = &mut lane.queue;
-                    decode_rows(&view, &name, lane.rows_before, counts, outputs, |event, line| {
-                        queue.push_back((event.into_owned(), origin_of(index, line)));
-                    })?;
-                    lane.rows_before += view.rows() as u64;
-                }
-                if let Some((event, _)) = lane.queue.front()
-                    && oldest.is_none_or(|(ts_ms, _)| event.ts_ms < ts_ms)
-                {
-                    oldest = Some((event.ts_ms, index));
-                }
-            }
-            let next = oldest.and_then(|(_, index)| lanes[index].queue.pop_front());
-            let exhausted = next.is_none();
-            if let Some((event, origin)) = next {
-                batch.push(event);
-                self.origins.push(origin);
-            }
-            if batch.len() >= batch_size || (exhausted && !batch.is_empty()) {
-                self.emitted.clear();
-                engine.process_with_origins(&batch, &self.origins, &mut self.emitted);
-                counts.events += batch.len() as u64;
-                batch.clear();
-                self.origins.clear();
-                self.write(engine, counts, outputs)?;
-                if let Some(bar) = progress {
-                    bar.set_position(lanes.iter().map(|lane| lane.input.bytes_estimate()).sum());
-                }
-            }
-            if exhausted {
-                return Ok(());
-            }
-        }
+        self.merge(&mut lanes, engine, batch_size, outputs, progress, stop, counts)
     }
 }
 
-/// One file of a merged replay and its decoded events waiting, with their
-/// origins.
+/// One file of a merged replay and the rows read from it so far.
 struct ParquetLane {
     input: ParquetInput,
-    queue: VecDeque<(AccessEvent<'static>, u64)>,
     rows_before: u64,
-    done: bool,
+}
+
+impl Lane for ParquetLane {
+    fn refill(
+        &mut self,
+        index: usize,
+        queue: &mut VecDeque<(AccessEvent<'static>, u64)>,
+        counts: &mut Counts,
+        outputs: &mut OutputFiles,
+    ) -> Result<bool, ReplayError> {
+        let Some(rows) = self.input.next_batch()? else {
+            return Ok(false);
+        };
+        let name = self.input.name().to_string();
+        let view = self
+            .input
+            .plan()
+            .view(&rows)
+            .map_err(|source| column_error(&name, source))?;
+        decode_rows(&view, &name, self.rows_before, counts, outputs, |event, line| {
+            queue.push_back((event.into_owned(), origin_of(index, line)));
+        })?;
+        self.rows_before += view.rows() as u64;
+        Ok(true)
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.input.bytes_estimate()
+    }
 }
 
 fn column_error(name: &str, source: crate::decode::parquet::ColumnError) -> ReplayError {
