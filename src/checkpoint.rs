@@ -65,8 +65,9 @@ pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
 
 const CHUNK_MAGIC: &[u8; 4] = b"KWC1";
 const CHUNK_HEADER_BYTES: usize = 12;
-/// Key entries: `KWK1`, the generation (8 bytes, big endian), then the
-/// gzip-compressed key state, or nothing for a key evicted.
+/// Key entries: `KWK1`, the generation (8 bytes, big endian), then the key
+/// state compressed as a zlib stream (gzip in entries written by earlier
+/// builds; the reader takes both), or nothing for a key evicted.
 const KEY_MAGIC: &[u8; 4] = b"KWK1";
 /// Largest key entry, compressed or inflated.
 pub const MAX_KEY_ENTRY_BYTES: u64 = 64 << 20;
@@ -363,16 +364,62 @@ fn entry_digest(key: &str, value: &[u8]) -> u128 {
     u128::from_be_bytes(bytes)
 }
 
-fn key_entry_value(generation: u64, state: Option<&KeyState>) -> Result<Vec<u8>, String> {
-    let mut value = Vec::with_capacity(256);
-    value.extend_from_slice(KEY_MAGIC);
-    value.extend_from_slice(&generation.to_be_bytes());
-    if let Some(state) = state {
-        let mut encoder = flate2::write::GzEncoder::new(value, flate2::Compression::fast());
-        serde_json::to_writer(&mut encoder, state).map_err(|err| err.to_string())?;
-        value = encoder.finish().map_err(|err| err.to_string())?;
+/// Writes key entries with one compressor and one text buffer for all of
+/// them: a compressor's state is hundreds of kilobytes, and making one per
+/// key cost far more than compressing the key.
+struct KeyEntryEncoder {
+    compress: flate2::Compress,
+    json: Vec<u8>,
+}
+
+impl KeyEntryEncoder {
+    fn new() -> KeyEntryEncoder {
+        KeyEntryEncoder {
+            compress: flate2::Compress::new(flate2::Compression::fast(), true),
+            json: Vec::new(),
+        }
     }
-    Ok(value)
+
+    fn value(&mut self, generation: u64, state: Option<&KeyState>) -> Result<Vec<u8>, String> {
+        let mut value = Vec::with_capacity(256);
+        value.extend_from_slice(KEY_MAGIC);
+        value.extend_from_slice(&generation.to_be_bytes());
+        let Some(state) = state else {
+            return Ok(value);
+        };
+        self.json.clear();
+        serde_json::to_writer(&mut self.json, state).map_err(|err| err.to_string())?;
+        self.compress.reset();
+        value.reserve(self.json.len() / 2 + 64);
+        loop {
+            let read = self.compress.total_in() as usize;
+            let status = self
+                .compress
+                .compress_vec(&self.json[read..], &mut value, flate2::FlushCompress::Finish)
+                .map_err(|err| err.to_string())?;
+            if status == flate2::Status::StreamEnd {
+                return Ok(value);
+            }
+            // The output was full: give it room and go on.
+            value.reserve(value.capacity().max(256));
+        }
+    }
+}
+
+/// The key state of an entry's compressed part: a zlib stream, or gzip as
+/// earlier builds wrote it; at most `limit + 1` bytes are inflated.
+fn inflate_key_entry(compressed: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut json = Vec::new();
+    if compressed.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::GzDecoder::new(compressed)
+            .take(limit + 1)
+            .read_to_end(&mut json)?;
+    } else {
+        flate2::read::ZlibDecoder::new(compressed)
+            .take(limit + 1)
+            .read_to_end(&mut json)?;
+    }
+    Ok(json)
 }
 
 /// Lays an incremental checkpoint out as changelog messages, in the order
@@ -393,6 +440,7 @@ pub fn encode_incremental(
         detail,
     };
     let mut messages = Vec::with_capacity(changed.len() + 4);
+    let mut encoder = KeyEntryEncoder::new();
     for (bits, state) in changed {
         let slots = ledger.keys.entry(*bits).or_default();
         let current = slots.current();
@@ -401,7 +449,7 @@ pub fn encode_incremental(
         }
         let target = current.map_or(0, |slot| 1 - slot);
         let key = partition.key_entry_key(*bits, target);
-        let value = key_entry_value(generation, *state).map_err(encode_error)?;
+        let value = encoder.value(generation, *state).map_err(encode_error)?;
         if let Some(slot) = current {
             if let SlotUse::Live(digest) = slots.slots[slot as usize] {
                 ledger.digest ^= digest;
@@ -793,10 +841,7 @@ impl CheckpointAssembler {
                 if value.len() as u64 > MAX_KEY_ENTRY_BYTES {
                     return Err(corrupt(format!("the entry of key {bits:032x} is too large")));
                 }
-                let mut json = Vec::new();
-                flate2::read::GzDecoder::new(&value[CHUNK_HEADER_BYTES..])
-                    .take(MAX_KEY_ENTRY_BYTES + 1)
-                    .read_to_end(&mut json)
+                let json = inflate_key_entry(&value[CHUNK_HEADER_BYTES..], MAX_KEY_ENTRY_BYTES)
                     .map_err(|err| corrupt(format!("cannot decompress the entry of key {bits:032x}: {err}")))?;
                 inflated += json.len() as u64;
                 if json.len() as u64 > MAX_KEY_ENTRY_BYTES || inflated > MAX_SNAPSHOT_BYTES {
@@ -954,6 +999,50 @@ mod tests {
         }
     }
 
+    #[test]
+    fn key_entries_read_back_from_zlib_and_from_the_gzip_of_earlier_builds() {
+        let engine = {
+            use crate::detect::testkit::{T0, event, ip, new_engine};
+            let mut engine = new_engine();
+            let mut out = Vec::new();
+            engine.process(
+                &[event(T0, "AKIAENTRYFORMAT00001", ip("london", 1), "/v1/orders", 200)],
+                &mut out,
+            );
+            engine.release_held(&mut out);
+            engine
+        };
+        let state = &engine.snapshot().keys[0];
+        let json = serde_json::to_vec(state).unwrap();
+        let mut encoder = KeyEntryEncoder::new();
+        // Twice through one encoder: its reset leaves nothing of the first.
+        for _ in 0..2 {
+            let value = encoder.value(7, Some(state)).unwrap();
+            assert_eq!(&value[..4], KEY_MAGIC);
+            assert_eq!(value[4..CHUNK_HEADER_BYTES], 7u64.to_be_bytes());
+            assert_eq!(
+                inflate_key_entry(&value[CHUNK_HEADER_BYTES..], MAX_KEY_ENTRY_BYTES).unwrap(),
+                json
+            );
+        }
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gzip, &json).unwrap();
+        let gzip = gzip.finish().unwrap();
+        assert_eq!(inflate_key_entry(&gzip, MAX_KEY_ENTRY_BYTES).unwrap(), json);
+        // The limit holds for both: one byte past it is read, no more.
+        let value = encoder.value(7, Some(state)).unwrap();
+        let limit = 100;
+        assert_eq!(
+            inflate_key_entry(&value[CHUNK_HEADER_BYTES..], limit).unwrap().len() as u64,
+            limit + 1
+        );
+        assert_eq!(inflate_key_entry(&gzip, limit).unwrap().len() as u64, limit + 1);
+        assert_eq!(
+            encoder.value(7, None).unwrap().len(),
+            CHUNK_HEADER_BYTES,
+            "a gone marker"
+        );
+    }
     #[test]
     fn partition_ids_round_trip_and_spread_over_the_changelog() {
         let id = PartitionId::new("access-logs.v2", 7);
