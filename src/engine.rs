@@ -723,7 +723,7 @@ impl Engine {
             if let Disposition::Alerted { revocation: true } = disposition
                 && let Some(Output::Revocation(request)) = out.last()
             {
-                state.alerts.last_revocation = Some(Box::new(crate::baseline::RevocationMark {
+                state.alerts.make_mut().last_revocation = Some(Box::new(crate::baseline::RevocationMark {
                     ts_ms,
                     idempotency_key: request.idempotency_key.clone(),
                     incident_id: request.incident_id.clone(),

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::compact::CompactVec;
+
 const DAY_MS: i64 = 86_400_000;
 
 /// One remembered item.
@@ -21,7 +23,7 @@ pub struct Entry {
 /// event-time day, so an update costs a short linear scan and no float power.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopK {
-    pub entries: Vec<Entry>,
+    pub entries: CompactVec<Entry>,
     /// Weight of items that were evicted or never fit.
     pub other: f64,
     /// Items evicted so far: a saturated table cannot say "never seen".
@@ -33,7 +35,7 @@ pub struct TopK {
 impl TopK {
     pub fn new() -> TopK {
         TopK {
-            entries: Vec::new(),
+            entries: CompactVec::new(),
             other: 0.0,
             evicted: 0,
             decay_day: i64::MIN,
@@ -101,7 +103,7 @@ impl TopK {
             last_ts: ts_ms,
         };
         if self.entries.len() < capacity {
-            push_compact(&mut self.entries, new_entry);
+            self.entries.push(new_entry);
             return;
         }
         let lightest = lightest(&self.entries, |entry| (entry.weight, entry.last_ts));
@@ -129,17 +131,6 @@ impl Default for TopK {
     fn default() -> Self {
         TopK::new()
     }
-}
-
-/// Pushes onto a per-key table, growing it by a quarter (at least one
-/// slot) instead of doubling: most keys use one or two countries, networks
-/// and clients, and a doubling `Vec` starts at four slots. Growth stays
-/// amortised, and a table that is not growing never allocates.
-pub fn push_compact<T>(entries: &mut Vec<T>, item: T) {
-    if entries.len() == entries.capacity() {
-        entries.reserve_exact((entries.len() / 4).max(1));
-    }
-    entries.push(item);
 }
 
 /// The index of the entry to evict from a full table: the lightest, the
@@ -176,7 +167,7 @@ mod tests {
     }
 
     #[test]
-    fn a_table_of_one_item_holds_one_slot_and_grows_by_a_quarter() {
+    fn a_table_holds_as_many_slots_as_items() {
         let mut table = TopK::new();
         table.add(1, 0, 64);
         assert_eq!(table.entries.capacity(), 1);
@@ -184,7 +175,7 @@ mod tests {
             table.add(id, 0, 64);
         }
         assert_eq!(table.entries.len(), 8);
-        assert!(table.entries.capacity() <= 10, "{}", table.entries.capacity());
+        assert_eq!(table.entries.capacity(), 8);
     }
 
     #[test]
