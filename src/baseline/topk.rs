@@ -13,10 +13,19 @@ pub struct Entry {
     pub id: u32,
     /// Decayed weight (one call adds 1).
     pub weight: f64,
-    /// Calls ever counted while remembered.
-    pub count: u64,
+    /// Calls ever counted while remembered, saturating: no detector reads
+    /// it, and 32 bits make an entry 32 bytes instead of 40. Snapshots
+    /// written with a larger count read back saturated.
+    #[serde(deserialize_with = "saturating_u32")]
+    pub count: u32,
     pub first_ts: i64,
     pub last_ts: i64,
+}
+
+/// Reads a count written as any unsigned integer, saturating at `u32::MAX`.
+fn saturating_u32<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let count = u64::deserialize(deserializer)?;
+    Ok(u32::try_from(count).unwrap_or(u32::MAX))
 }
 
 /// Top-K items with exponentially decaying weights. Decay is applied once per
@@ -91,7 +100,7 @@ impl TopK {
     pub fn add(&mut self, id: u32, ts_ms: i64, capacity: usize) {
         if let Some(entry) = self.entries.iter_mut().find(|entry| entry.id == id) {
             entry.weight += 1.0;
-            entry.count += 1;
+            entry.count = entry.count.saturating_add(1);
             entry.last_ts = ts_ms;
             return;
         }
@@ -176,6 +185,18 @@ mod tests {
         }
         assert_eq!(table.entries.len(), 8);
         assert_eq!(table.entries.capacity(), 8);
+    }
+
+    #[test]
+    fn an_entry_is_32_bytes_and_reads_a_larger_count_saturated() {
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        let json = r#"{"id":1,"weight":2.0,"count":5000000000,"first_ts":0,"last_ts":1}"#;
+        let entry: Entry = serde_json::from_str(json).unwrap();
+        assert_eq!(entry.count, u32::MAX);
+        let mut table = TopK::new();
+        table.entries.push(entry);
+        table.add(1, 2, 4);
+        assert_eq!(table.entries[0].count, u32::MAX);
     }
 
     #[test]
