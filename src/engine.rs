@@ -47,12 +47,8 @@ pub use order::{EventTimeSnapshot, HeldEvent};
 /// Snapshot layout version. Version 2 added the evicted keys' dormancy
 /// records, the engine's clock, light keys and the input's event time;
 /// version 1 snapshots still load (their
-/// missing fields take defaults). Version 3 keeps the same fields but holds
-/// each key's hour-of-day rate profile on a 16-bit grid
-/// (`baseline::coded`): older snapshots load with those values rounded to
-/// the nearest point of it, and a build before version 3 refuses a version
-/// 3 snapshot rather than take its state for unrounded.
-pub const SNAPSHOT_VERSION: u32 = 3;
+/// missing fields take defaults).
+pub const SNAPSHOT_VERSION: u32 = 2;
 /// Key ids up to this length are remembered raw, to skip hashing them on
 /// every call; longer ones (bearer tokens) are fingerprinted each time.
 const INDEXED_KEY_ID_BYTES: usize = 128;

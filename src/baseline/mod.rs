@@ -9,7 +9,6 @@
 //! judged. Detectors only read.
 
 pub mod auth;
-pub mod coded;
 pub mod compact;
 pub mod digest;
 pub mod endpoints;
@@ -528,17 +527,16 @@ mod tests {
         assert!(back.check_shape(12).is_ok());
     }
 
-    /// A key's state in the compact layout (coded profile, boxed alert
-    /// memory, boxed-slice tables) written to a snapshot reads back to the
+    /// A key's state in the compact layout (boxed alert memory, boxed-slice
+    /// tables, 32-bit top-K counts) written to a snapshot reads back to the
     /// same state, and writes the same snapshot again, bit for bit.
     #[test]
     fn a_snapshot_of_the_compact_layout_round_trips_bit_for_bit() {
         let mut state = KeyState::new("kf_a".into(), "…0001".into(), 1_000, 12);
         for hour in 0..24 {
-            let draw = coded::draw(hour as i64, 1);
-            state.rate.profile[hour] = coded::encode(0.37 * hour as f64 + 1e-6, draw);
-            state.rate.profile_weight[hour] = coded::encode(1.0 - 0.9f64.powi(hour as i32), draw);
-            state.rate.dispersion[hour] = coded::encode(1.5 + hour as f64 / 7.0, draw);
+            state.rate.profile[hour] = 0.37 * hour as f32 + 1e-6;
+            state.rate.profile_weight[hour] = 1.0 - 0.9f32.powi(hour as i32);
+            state.rate.dispersion[hour] = 1.5 + hour as f32 / 7.0;
         }
         state.clients.add(3, 1_000, 8);
         state.clients.add(4, 2_000, 8);
@@ -548,23 +546,5 @@ mod tests {
         let back: KeyState = serde_json::from_str(&json).unwrap();
         assert_eq!(back, state);
         assert_eq!(serde_json::to_string(&back).unwrap(), json);
-    }
-
-    /// A snapshot written before the profile was coded holds any `f32`: it
-    /// loads rounded to the nearest code, and from then on round-trips.
-    #[test]
-    fn an_older_snapshot_profile_loads_rounded_to_the_nearest_code() {
-        let state = KeyState::new("kf_a".into(), "…0001".into(), 1_000, 12);
-        let mut json = serde_json::to_value(&state).unwrap();
-        let older: Vec<f32> = (0..24).map(|hour| 0.123_456_7 * (hour as f32 + 1.0)).collect();
-        json["rate"]["profile"] = serde_json::json!(older);
-        let back: KeyState = serde_json::from_value(json).unwrap();
-        for (hour, value) in older.iter().enumerate() {
-            let code = back.rate.profile[hour];
-            assert_eq!(code, coded::encode(f64::from(*value), coded::NEAREST));
-            assert!((coded::value(code) - f64::from(*value)).abs() <= f64::from(*value) * 5e-4);
-        }
-        let again: KeyState = serde_json::from_str(&serde_json::to_string(&back).unwrap()).unwrap();
-        assert_eq!(again, back);
     }
 }

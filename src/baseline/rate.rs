@@ -6,7 +6,6 @@
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{DiscreteCDF, NegativeBinomial, Poisson};
 
-use super::coded;
 use crate::model::RateModel;
 
 const HOUR_MS: i64 = 3_600_000;
@@ -144,19 +143,14 @@ pub struct RateBaseline {
     /// long window, indexed by window number modulo their count.
     /// A boxed slice: the ring never changes length.
     pub recent: Box<[u32]>,
-    /// Expected calls per short window by UTC hour (bias-corrected EWMA
-    /// numerator). This and the two arrays below are 16-bit codes
-    /// ([`coded`]), written as `f32` values in snapshots.
-    #[serde(with = "coded::as_f32")]
-    pub profile: [u16; 24],
+    /// Expected calls per short window by UTC hour (bias-corrected EWMA numerator).
+    pub profile: [f32; 24],
     /// EWMA weight accumulated per hour (for bias correction).
-    #[serde(with = "coded::as_f32")]
-    pub profile_weight: [u16; 24],
+    pub profile_weight: [f32; 24],
     /// EWMA of `(count - expected)^2 / expected` over closed windows, by UTC
     /// hour (bias-corrected by `profile_weight`): a CI job that bursts at
     /// nine every morning makes nine o'clock noisy, not the whole day.
-    #[serde(with = "coded::as_f32")]
-    pub dispersion: [u16; 24],
+    pub dispersion: [f32; 24],
     pub closed_windows: u64,
     /// The key's own biggest short-window burst (windows far beyond the fit).
     pub spike_record: Record,
@@ -255,12 +249,6 @@ impl Settled {
 /// hour look noisy for weeks.
 const MAX_DEVIATION: f64 = 64.0;
 
-/// Which value of a closed window a rounding draw is for ([`coded::draw`]):
-/// each array has its own, so their roundings are independent.
-const PROFILE_DRAW: u64 = 1;
-const WEIGHT_DRAW: u64 = 2;
-const DISPERSION_DRAW: u64 = 3;
-
 /// Share of the model's `sustained_ratio` from which the level is watched:
 /// windows above expectation then teach the profile only slowly.
 const WATCH_SHARE: f64 = 0.6;
@@ -271,9 +259,9 @@ impl RateBaseline {
             window: i64::MIN,
             count: 0,
             recent: vec![0; windows_per_long.saturating_sub(1).max(1)].into_boxed_slice(),
-            profile: [0; 24],
-            profile_weight: [0; 24],
-            dispersion: [0; 24],
+            profile: [0.0; 24],
+            profile_weight: [0.0; 24],
+            dispersion: [0.0; 24],
             closed_windows: 0,
             spike_record: Record::default(),
             surge_record: Record::default(),
@@ -290,9 +278,9 @@ impl RateBaseline {
 
     /// Learned calls per short window in UTC `hour` (0 before any).
     fn learned(&self, hour: usize) -> f64 {
-        let weight = coded::value(self.profile_weight[hour]);
+        let weight = f64::from(self.profile_weight[hour]);
         if weight > 0.0 {
-            coded::value(self.profile[hour]) / weight
+            f64::from(self.profile[hour]) / weight
         } else {
             0.0
         }
@@ -300,9 +288,9 @@ impl RateBaseline {
 
     /// Learned overdispersion of UTC `hour`, at least 1.
     fn learned_dispersion(&self, hour: usize) -> f64 {
-        let weight = coded::value(self.profile_weight[hour]);
+        let weight = f64::from(self.profile_weight[hour]);
         if weight > 0.0 {
-            (coded::value(self.dispersion[hour]) / weight).max(1.0)
+            (f64::from(self.dispersion[hour]) / weight).max(1.0)
         } else {
             1.0
         }
@@ -467,11 +455,11 @@ impl RateBaseline {
                 around = self.around(hour, steps.neighbours);
                 run_hour = hour;
             }
-            let weight = coded::value(self.profile_weight[hour]);
+            let weight = f64::from(self.profile_weight[hour]);
             let (learned, learned_dispersion) = if weight > 0.0 {
                 (
-                    coded::value(self.profile[hour]) / weight,
-                    (coded::value(self.dispersion[hour]) / weight).max(1.0),
+                    f64::from(self.profile[hour]) / weight,
+                    (f64::from(self.dispersion[hour]) / weight).max(1.0),
                 )
             } else {
                 (0.0, 1.0)
@@ -616,27 +604,15 @@ impl RateBaseline {
             // way is judged against the key's usual self rather than
             // against itself.
             let slow = alpha / 10.0;
-            let weight = coded::value(self.profile_weight[hour]);
-            self.profile[hour] = coded::encode(
-                (1.0 - slow) * coded::value(self.profile[hour]) + slow * limit * weight,
-                coded::draw(window, PROFILE_DRAW),
-            );
+            let weight = f64::from(self.profile_weight[hour]);
+            self.profile[hour] = ((1.0 - slow) * f64::from(self.profile[hour]) + slow * limit * weight) as f32;
             self.closed_windows += 1;
             return became_sustained;
         }
         let deviation = ((observed - own).powi(2) / own).min(MAX_DEVIATION);
-        self.dispersion[hour] = coded::encode(
-            (1.0 - alpha) * coded::value(self.dispersion[hour]) + alpha * deviation,
-            coded::draw(window, DISPERSION_DRAW),
-        );
-        self.profile[hour] = coded::encode(
-            (1.0 - alpha) * coded::value(self.profile[hour]) + alpha * observed,
-            coded::draw(window, PROFILE_DRAW),
-        );
-        self.profile_weight[hour] = coded::encode(
-            (1.0 - alpha) * coded::value(self.profile_weight[hour]) + alpha,
-            coded::draw(window, WEIGHT_DRAW),
-        );
+        self.dispersion[hour] = ((1.0 - alpha) * f64::from(self.dispersion[hour]) + alpha * deviation) as f32;
+        self.profile[hour] = ((1.0 - alpha) * f64::from(self.profile[hour]) + alpha * observed) as f32;
+        self.profile_weight[hour] = ((1.0 - alpha) * f64::from(self.profile_weight[hour]) + alpha) as f32;
         self.closed_windows += 1;
         became_sustained
     }
@@ -797,27 +773,15 @@ impl RateBaseline {
             // way is judged against the key's usual self rather than
             // against itself.
             let slow = alpha / 10.0;
-            let weight = coded::value(self.profile_weight[hour]);
-            self.profile[hour] = coded::encode(
-                (1.0 - slow) * coded::value(self.profile[hour]) + slow * limit * weight,
-                coded::draw(window, PROFILE_DRAW),
-            );
+            let weight = f64::from(self.profile_weight[hour]);
+            self.profile[hour] = ((1.0 - slow) * f64::from(self.profile[hour]) + slow * limit * weight) as f32;
             self.closed_windows += 1;
             return became_sustained;
         }
         let deviation = ((observed - own).powi(2) / own).min(MAX_DEVIATION);
-        self.dispersion[hour] = coded::encode(
-            (1.0 - alpha) * coded::value(self.dispersion[hour]) + alpha * deviation,
-            coded::draw(window, DISPERSION_DRAW),
-        );
-        self.profile[hour] = coded::encode(
-            (1.0 - alpha) * coded::value(self.profile[hour]) + alpha * observed,
-            coded::draw(window, PROFILE_DRAW),
-        );
-        self.profile_weight[hour] = coded::encode(
-            (1.0 - alpha) * coded::value(self.profile_weight[hour]) + alpha,
-            coded::draw(window, WEIGHT_DRAW),
-        );
+        self.dispersion[hour] = ((1.0 - alpha) * f64::from(self.dispersion[hour]) + alpha * deviation) as f32;
+        self.profile[hour] = ((1.0 - alpha) * f64::from(self.profile[hour]) + alpha * observed) as f32;
+        self.profile_weight[hour] = ((1.0 - alpha) * f64::from(self.profile_weight[hour]) + alpha) as f32;
         self.closed_windows += 1;
         became_sustained
     }
@@ -1058,9 +1022,9 @@ mod tests {
         }
         for hour in 0..24 {
             let weight = if draws.below(5) == 0 { 0.0 } else { draws.unit() as f32 };
-            rate.profile_weight[hour] = coded::encode(f64::from(weight), coded::NEAREST);
-            rate.profile[hour] = coded::encode(f64::from(draws.amount(60.0) * weight), coded::NEAREST);
-            rate.dispersion[hour] = coded::encode(f64::from(draws.amount(80.0) * weight), coded::NEAREST);
+            rate.profile_weight[hour] = weight;
+            rate.profile[hour] = draws.amount(60.0) * weight;
+            rate.dispersion[hour] = draws.amount(80.0) * weight;
         }
         rate.closed_windows = draws.below(100_000);
         rate.spike_record = random_record(draws, window_ms);
