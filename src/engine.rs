@@ -1912,7 +1912,11 @@ mod tests {
             "the last located use is the owner's"
         );
         let endpoint_counts = |table: &crate::baseline::TopK| -> Vec<(u32, u64)> {
-            table.entries.iter().map(|entry| (entry.id, u64::from(entry.count))).collect()
+            table
+                .entries
+                .iter()
+                .map(|entry| (entry.id, u64::from(entry.count)))
+                .collect()
         };
         assert_eq!(
             endpoint_counts(&engine.keys[0].endpoints.endpoints),
