@@ -12,8 +12,10 @@
 
 mod support;
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use keywatch::engine::Engine;
 use keywatch::enrich::GeoIp;
@@ -35,6 +37,51 @@ const ENDPOINTS: [&str; 6] = [
     "/v1/items",
     "/v2/search",
 ];
+
+/// The system allocator, counting live heap bytes and live allocations by
+/// requested size (in 8-byte classes up to 4 KiB, larger ones together),
+/// so the bench can say where the resident bytes go: how many allocations
+/// a key costs (each carries malloc's header and rounding) and of what size.
+struct Counting;
+
+const SIZE_CLASSES: usize = 513;
+static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+static LIVE_BY_SIZE: [AtomicI64; SIZE_CLASSES] = [const { AtomicI64::new(0) }; SIZE_CLASSES];
+
+fn size_class(size: usize) -> usize {
+    size.div_ceil(8).min(SIZE_CLASSES - 1)
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged; the
+// counters are only read by this bench.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        LIVE_BY_SIZE[size_class(layout.size())].fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        LIVE_BY_SIZE[size_class(layout.size())].fetch_sub(1, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        LIVE_BY_SIZE[size_class(layout.size())].fetch_sub(1, Ordering::Relaxed);
+        LIVE_BY_SIZE[size_class(new_size)].fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Live allocations per size class, to subtract a "before" from an "after".
+fn live_by_size() -> Vec<i64> {
+    LIVE_BY_SIZE.iter().map(|count| count.load(Ordering::Relaxed)).collect()
+}
 
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -135,6 +182,8 @@ fn main() {
     let geo = geo();
     let mut engine = Engine::new(Arc::new(Model::default_model()), geo);
     let before = resident_bytes();
+    let heap_before = LIVE_BYTES.load(Ordering::Relaxed);
+    let sizes_before = live_by_size();
     let started = std::time::Instant::now();
     let count = match scenario.as_str() {
         "spray" => spray_scenario(&mut engine),
@@ -153,6 +202,38 @@ fn main() {
         grown as f64 / count as f64,
         started.elapsed().as_secs_f64(),
     );
+    let heap_grown = LIVE_BYTES.load(Ordering::Relaxed) - heap_before;
+    let grown_by_size: Vec<i64> = live_by_size()
+        .iter()
+        .zip(&sizes_before)
+        .map(|(after, before)| after - before)
+        .collect();
+    let allocations: i64 = grown_by_size.iter().sum();
+    println!(
+        "heap: {:.0} bytes requested and {:.2} allocations live per id; {} events held for ordering",
+        heap_grown as f64 / count as f64,
+        allocations as f64 / count as f64,
+        engine.held_events(),
+    );
+    let mut classes: Vec<(usize, i64)> = grown_by_size
+        .into_iter()
+        .enumerate()
+        .filter(|(_, live)| *live > 0)
+        .collect();
+    classes.sort_by_key(|(class, live)| std::cmp::Reverse(*live * (*class as i64 * 8).max(1)));
+    let top: Vec<String> = classes
+        .iter()
+        .take(12)
+        .map(|(class, live)| {
+            let size = if *class == SIZE_CLASSES - 1 {
+                "large".to_string()
+            } else {
+                format!("{}", class * 8)
+            };
+            format!("{size} B x {:.2}", *live as f64 / count as f64)
+        })
+        .collect();
+    println!("live allocations per id by size (up to): {}", top.join(", "));
     print_layout();
 }
 

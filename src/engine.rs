@@ -723,7 +723,7 @@ impl Engine {
             if let Disposition::Alerted { revocation: true } = disposition
                 && let Some(Output::Revocation(request)) = out.last()
             {
-                state.alerts.last_revocation = Some(Box::new(crate::baseline::RevocationMark {
+                state.alerts.make_mut().last_revocation = Some(Box::new(crate::baseline::RevocationMark {
                     ts_ms,
                     idempotency_key: request.idempotency_key.clone(),
                     incident_id: request.incident_id.clone(),
@@ -1942,7 +1942,7 @@ mod tests {
             table
                 .entries
                 .iter()
-                .map(|entry| (entry.id, entry.count, entry.last_ts))
+                .map(|entry| (entry.id, u64::from(entry.count), entry.last_ts))
                 .collect()
         };
         assert_eq!(
@@ -1960,7 +1960,11 @@ mod tests {
             "the last located use is the owner's"
         );
         let endpoint_counts = |table: &crate::baseline::TopK| -> Vec<(u32, u64)> {
-            table.entries.iter().map(|entry| (entry.id, entry.count)).collect()
+            table
+                .entries
+                .iter()
+                .map(|entry| (entry.id, u64::from(entry.count)))
+                .collect()
         };
         assert_eq!(
             endpoint_counts(&engine.keys[0].endpoints.endpoints),

@@ -5,7 +5,7 @@
 use crate::alert::digest::{digest_of, low_finding};
 use crate::alert::{Alert, Output, RevocationRequest, Window, stable_id};
 use crate::baseline::digest::{PendingDigest, day_of};
-use crate::baseline::{AlertMemory, Fired, KeyState};
+use crate::baseline::{AlertRecord, Fired, KeyState};
 use crate::detect::Finding;
 use crate::detector::{Detector, Severity};
 use crate::event::format_ts;
@@ -40,7 +40,7 @@ pub fn dispose(
     model_label: &str,
     out: &mut Vec<Output>,
 ) -> Disposition {
-    let memory = &mut state.alerts;
+    let memory = state.alerts.make_mut();
     let incident_gap_ms = model.alerts.incident_gap.as_millis() as i64;
 
     let incident_open = memory.incident_id.is_some() && trigger_ts_ms - memory.incident_last <= incident_gap_ms;
@@ -213,7 +213,7 @@ fn send_alert(
     model_label: &str,
     out: &mut Vec<Output>,
 ) -> bool {
-    let memory = &mut state.alerts;
+    let memory = state.alerts.make_mut();
     // Evidence may embed input text: bounded before anyone reads it.
     super::cap::cap_alert(&mut alert, super::cap::MAX_ALERT_BYTES);
     // Strong evidence only (super::evidence); the request is a
@@ -271,7 +271,7 @@ fn fold_into_digest(
 ) {
     flush_digest_before(state, trigger_ts_ms, model_label, out);
     let (fingerprint, events) = (&state.fingerprint, state.events);
-    let memory = &mut state.alerts;
+    let memory = state.alerts.make_mut();
     let incident_id = || {
         stable_id(
             "in",
@@ -293,7 +293,7 @@ fn fold_into_digest(
 /// Opens a new incident unless one is open (its id made by `new_id`), and
 /// records `detector` in it at `ts_ms`.
 fn join_incident(
-    memory: &mut AlertMemory,
+    memory: &mut AlertRecord,
     incident_open: bool,
     new_id: impl FnOnce() -> String,
     detector: Detector,
@@ -326,7 +326,10 @@ pub fn flush_digest_before(state: &mut KeyState, ts_ms: i64, model_label: &str, 
 
 /// Sends the key's pending digest, whatever its day (the end of a replay).
 pub fn flush_digest(state: &mut KeyState, model_label: &str, out: &mut Vec<Output>) {
-    if let Some(pending) = state.alerts.digest.take() {
+    if state.alerts.digest.is_none() {
+        return;
+    }
+    if let Some(pending) = state.alerts.make_mut().digest.take() {
         out.push(Output::Digest(digest_of(
             *pending,
             &state.fingerprint,

@@ -24,7 +24,9 @@ pub struct AuthBaseline {
     pub level_weight: f64,
     /// Threshold of the current window, settled once when first needed.
     #[serde(skip)]
-    pub threshold: Option<u64>,
+    /// Never 0 (a tail threshold is at least 1), so the `Option` costs no
+    /// tag.
+    pub threshold: Option<std::num::NonZeroU64>,
 }
 
 /// Smoothing per window.
@@ -95,6 +97,6 @@ impl AuthBaseline {
             return;
         }
         let threshold = tail_threshold(self.usual_failures(), DISPERSION, model.p_value).max(model.min_failures);
-        self.threshold = Some(threshold);
+        self.threshold = std::num::NonZeroU64::new(threshold.max(1));
     }
 }

@@ -21,7 +21,7 @@ pub struct EndpointBaseline {
     pub window: i64,
     /// Calls per endpoint id in the current mix window (bounded: new ids past
     /// the bound are counted only in `window_other`).
-    pub window_counts: Vec<(u32, u32)>,
+    pub window_counts: super::compact::CompactVec<(u32, u32)>,
     pub window_other: u32,
     pub window_total: u32,
     /// Window total at which the mix is judged next.
@@ -31,7 +31,7 @@ pub struct EndpointBaseline {
     #[serde(skip)]
     pub mix_check_due: bool,
     /// Times of recent first uses of endpoints.
-    pub recent_new: Vec<i64>,
+    pub recent_new: super::compact::CompactVec<i64>,
 }
 
 impl EndpointBaseline {
@@ -81,7 +81,7 @@ impl EndpointBaseline {
         if let Some(slot) = self.window_counts.iter_mut().find(|(slot_id, _)| *slot_id == id) {
             slot.1 += 1;
         } else if self.window_counts.len() < capacity {
-            super::topk::push_compact(&mut self.window_counts, (id, 1));
+            self.window_counts.push((id, 1));
         } else {
             self.window_other += 1;
         }

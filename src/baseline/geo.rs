@@ -46,7 +46,7 @@ pub struct GeoBaseline {
     /// Located uses counted.
     pub located: u64,
     /// Times the key jumped between two distant places too fast, recently.
-    pub jumps: Vec<i64>,
+    pub jumps: super::compact::CompactVec<i64>,
 }
 
 /// A move from the last located use to a new one, faster than travel
@@ -138,7 +138,7 @@ pub struct Place {
 /// found together.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlaceTable {
-    pub entries: Vec<Place>,
+    pub entries: super::compact::CompactVec<Place>,
     pub other: f64,
     /// Places evicted so far: a saturated table cannot say "never seen".
     pub evicted: u32,
@@ -148,7 +148,7 @@ pub struct PlaceTable {
 impl Default for PlaceTable {
     fn default() -> Self {
         PlaceTable {
-            entries: Vec::new(),
+            entries: super::compact::CompactVec::new(),
             other: 0.0,
             evicted: 0,
             decay_day: i64::MIN,
@@ -207,7 +207,7 @@ impl PlaceTable {
             overlap_reported: false,
         };
         if self.entries.len() < capacity {
-            super::topk::push_compact(&mut self.entries, place);
+            self.entries.push(place);
             return;
         }
         let lightest = super::topk::lightest(&self.entries, |place| (place.weight, place.last_ts));

@@ -9,6 +9,7 @@
 //! judged. Detectors only read.
 
 pub mod auth;
+pub mod compact;
 pub mod digest;
 pub mod endpoints;
 pub mod geo;
@@ -24,9 +25,82 @@ use crate::enrich::ResolvedEvent;
 use crate::model::{EndpointModel, GeoModel, Learning, Model};
 pub use topk::TopK;
 
-/// Alerting memory of one key: suppression and the open incident.
+/// Alerting memory of one key: suppression, the open incident, the pending
+/// digest and the last revocation. Most keys never raise a finding, so the
+/// record lives behind one box made at the first write: a key without
+/// alerts pays a pointer instead of the whole record. Reads go through
+/// `Deref` (an empty record when there is none); writes go through
+/// [`AlertMemory::make_mut`], so no read can allocate. It serialises as the
+/// record itself, so snapshots do not change.
+#[derive(Clone, Default)]
+pub struct AlertMemory(Option<Box<AlertRecord>>);
+
+/// What a key without alerts remembers: nothing.
+static NO_ALERTS: AlertRecord = AlertRecord {
+    last_fired: Vec::new(),
+    incident_id: None,
+    incident_start: 0,
+    incident_last: 0,
+    incident_detectors: Vec::new(),
+    incident_alert_ids: Vec::new(),
+    incident_revoked: false,
+    digest: None,
+    last_revocation: None,
+};
+
+impl AlertMemory {
+    /// The record, made (empty) on first use.
+    pub fn make_mut(&mut self) -> &mut AlertRecord {
+        self.0.get_or_insert_with(|| Box::new(NO_ALERTS.clone()))
+    }
+}
+
+impl std::ops::Deref for AlertMemory {
+    type Target = AlertRecord;
+
+    fn deref(&self) -> &AlertRecord {
+        self.0.as_deref().unwrap_or(&NO_ALERTS)
+    }
+}
+
+impl PartialEq for AlertMemory {
+    fn eq(&self, other: &AlertMemory) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for AlertMemory {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(formatter)
+    }
+}
+
+impl From<AlertRecord> for AlertMemory {
+    /// Boxes the record unless it is empty.
+    fn from(record: AlertRecord) -> AlertMemory {
+        if record == NO_ALERTS {
+            AlertMemory(None)
+        } else {
+            AlertMemory(Some(Box::new(record)))
+        }
+    }
+}
+
+impl Serialize for AlertMemory {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for AlertMemory {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<AlertMemory, D::Error> {
+        AlertRecord::deserialize(deserializer).map(AlertMemory::from)
+    }
+}
+
+/// The alerting memory of a key that has raised a finding.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct AlertMemory {
+pub struct AlertRecord {
     /// Per detector and subject: the last alert, while it still suppresses
     /// repeats.
     pub last_fired: Vec<Fired>,
@@ -39,8 +113,7 @@ pub struct AlertMemory {
     /// Whether a revocation was requested in the open incident.
     pub incident_revoked: bool,
     /// Low findings of the key's current UTC day, not yet sent as a digest.
-    /// Boxed, as the revocation mark: few keys have either, and a box
-    /// costs every other key a pointer instead of the whole record.
+    /// Boxed, as the revocation mark: few keys with alerts have either.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<Box<digest::PendingDigest>>,
     /// The last revocation request made for the key, kept across incidents
@@ -58,7 +131,7 @@ pub struct RevocationMark {
     pub incident_id: String,
 }
 
-impl AlertMemory {
+impl AlertRecord {
     /// Whether the key's alerting memory holds the alert or incident `id`
     /// (for feedback naming only an alert).
     pub fn holds_alert(&self, id: &str) -> bool {
@@ -427,12 +500,12 @@ mod tests {
             last_ts: 2,
             events: 3,
         }));
-        state.alerts.last_revocation = Some(Box::new(RevocationMark {
+        state.alerts.make_mut().last_revocation = Some(Box::new(RevocationMark {
             ts_ms: 4,
             idempotency_key: "rv_1".into(),
             incident_id: "in_1".into(),
         }));
-        state.alerts.digest = Some(Box::new(digest::PendingDigest::new(5)));
+        state.alerts.make_mut().digest = Some(Box::new(digest::PendingDigest::new(5)));
         let json = serde_json::to_value(&state).unwrap();
         assert_eq!(
             json["before_eviction"],
@@ -452,5 +525,26 @@ mod tests {
         let back: KeyState = serde_json::from_value(json).unwrap();
         assert_eq!(back, state);
         assert!(back.check_shape(12).is_ok());
+    }
+
+    /// A key's state in the compact layout (boxed alert memory, boxed-slice
+    /// tables, 32-bit top-K counts) written to a snapshot reads back to the
+    /// same state, and writes the same snapshot again, bit for bit.
+    #[test]
+    fn a_snapshot_of_the_compact_layout_round_trips_bit_for_bit() {
+        let mut state = KeyState::new("kf_a".into(), "…0001".into(), 1_000, 12);
+        for hour in 0..24 {
+            state.rate.profile[hour] = 0.37 * hour as f32 + 1e-6;
+            state.rate.profile_weight[hour] = 1.0 - 0.9f32.powi(hour as i32);
+            state.rate.dispersion[hour] = 1.5 + hour as f32 / 7.0;
+        }
+        state.clients.add(3, 1_000, 8);
+        state.clients.add(4, 2_000, 8);
+        state.geo.jumps.push(1_500);
+        state.alerts.make_mut().incident_id = Some("in_1".into());
+        let json = serde_json::to_string(&state).unwrap();
+        let back: KeyState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, state);
+        assert_eq!(serde_json::to_string(&back).unwrap(), json);
     }
 }

@@ -173,9 +173,9 @@ pub struct RateBaseline {
     pub silence: Silence,
     /// Thresholds for the current window, settled once when first needed.
     #[serde(skip)]
-    pub spike_threshold: Option<Thresholds>,
+    pub spike_threshold: Settled,
     #[serde(skip)]
-    pub surge_threshold: Option<Thresholds>,
+    pub surge_threshold: Settled,
 }
 
 /// What a window is compared with for high severity, as a multiple of its
@@ -219,6 +219,31 @@ impl Thresholds {
     }
 }
 
+/// A window's thresholds once settled, in the space of the three counts:
+/// `low` is never 0 (a threshold is at least 1), so 0 stands for "not
+/// settled yet" instead of an `Option`'s tag and padding (16 bytes a key).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settled([u64; 3]);
+
+impl Settled {
+    pub const NONE: Settled = Settled([0; 3]);
+
+    /// `thresholds` as settled; a `low` of 0, which [`Thresholds::settle`]
+    /// never gives, would read back as not settled.
+    pub fn of(thresholds: Thresholds) -> Settled {
+        Settled([thresholds.low, thresholds.medium, thresholds.high])
+    }
+
+    pub fn get(self) -> Option<Thresholds> {
+        let [low, medium, high] = self.0;
+        (low != 0).then_some(Thresholds { low, medium, high })
+    }
+
+    pub fn is_none(self) -> bool {
+        self.0[0] == 0
+    }
+}
+
 /// A window's deviation adds at most this to the dispersion estimate, so one
 /// extreme window (or the first day after a shift of hours) cannot make an
 /// hour look noisy for weeks.
@@ -246,8 +271,8 @@ impl RateBaseline {
             sustained_record: Record::default(),
             sustained_window: i64::MIN,
             silence: Silence::default(),
-            spike_threshold: None,
-            surge_threshold: None,
+            spike_threshold: Settled::NONE,
+            surge_threshold: Settled::NONE,
         }
     }
 
@@ -355,7 +380,7 @@ impl RateBaseline {
         if self.spike_threshold.is_none() && u64::from(self.count) >= model.min_spike_count {
             let (expected, dispersion) = self.spike_fit(model);
             let record = self.spike_record.ratio_at(ts_ms, burst_ms);
-            self.spike_threshold = Some(Thresholds::settle(
+            self.spike_threshold = Settled::of(Thresholds::settle(
                 expected,
                 dispersion,
                 record,
@@ -367,7 +392,7 @@ impl RateBaseline {
         if self.surge_threshold.is_none() && self.long_window_count() >= model.min_surge_count {
             let (expected, dispersion) = self.surge_fit(model);
             let record = self.surge_record.ratio_at(ts_ms, burst_ms);
-            self.surge_threshold = Some(Thresholds::settle(
+            self.surge_threshold = Settled::of(Thresholds::settle(
                 expected,
                 dispersion,
                 record,
@@ -461,8 +486,8 @@ impl RateBaseline {
         }
         self.window = target;
         self.count = 0;
-        self.spike_threshold = None;
-        self.surge_threshold = None;
+        self.spike_threshold = Settled::NONE;
+        self.surge_threshold = Settled::NONE;
     }
 
     /// What the hours around `hour` (not `hour` itself) contribute to the
@@ -647,8 +672,8 @@ impl RateBaseline {
         }
         self.window = target;
         self.count = 0;
-        self.spike_threshold = None;
-        self.surge_threshold = None;
+        self.spike_threshold = Settled::NONE;
+        self.surge_threshold = Settled::NONE;
     }
 
     /// Counts an empty window into the silence under way.

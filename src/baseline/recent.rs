@@ -16,9 +16,9 @@ pub struct RecentTimes {
 
 impl RecentTimes {
     /// Records an occurrence at `ts_ms` in `times` (oldest first).
-    pub fn record(&self, times: &mut Vec<i64>, ts_ms: i64) {
+    pub fn record(&self, times: &mut super::compact::CompactVec<i64>, ts_ms: i64) {
         times.retain(|ts| ts_ms - *ts <= self.span_ms);
-        super::topk::push_compact(times, ts_ms);
+        times.push(ts_ms);
         if times.len() > self.max_kept {
             times.remove(1);
         }
@@ -54,7 +54,7 @@ mod tests {
                 max_kept: 64,
             },
         ] {
-            let mut times = Vec::new();
+            let mut times = super::super::compact::CompactVec::new();
             // A burst past the number kept, then times just inside and just
             // outside the span.
             let burst = (0..100i64).map(|step| step * 10_000);

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::compact::CompactVec;
+
 const DAY_MS: i64 = 86_400_000;
 
 /// One remembered item.
@@ -11,17 +13,26 @@ pub struct Entry {
     pub id: u32,
     /// Decayed weight (one call adds 1).
     pub weight: f64,
-    /// Calls ever counted while remembered.
-    pub count: u64,
+    /// Calls ever counted while remembered, saturating: no detector reads
+    /// it, and 32 bits make an entry 32 bytes instead of 40. Snapshots
+    /// written with a larger count read back saturated.
+    #[serde(deserialize_with = "saturating_u32")]
+    pub count: u32,
     pub first_ts: i64,
     pub last_ts: i64,
+}
+
+/// Reads a count written as any unsigned integer, saturating at `u32::MAX`.
+fn saturating_u32<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let count = u64::deserialize(deserializer)?;
+    Ok(u32::try_from(count).unwrap_or(u32::MAX))
 }
 
 /// Top-K items with exponentially decaying weights. Decay is applied once per
 /// event-time day, so an update costs a short linear scan and no float power.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopK {
-    pub entries: Vec<Entry>,
+    pub entries: CompactVec<Entry>,
     /// Weight of items that were evicted or never fit.
     pub other: f64,
     /// Items evicted so far: a saturated table cannot say "never seen".
@@ -33,7 +44,7 @@ pub struct TopK {
 impl TopK {
     pub fn new() -> TopK {
         TopK {
-            entries: Vec::new(),
+            entries: CompactVec::new(),
             other: 0.0,
             evicted: 0,
             decay_day: i64::MIN,
@@ -89,7 +100,7 @@ impl TopK {
     pub fn add(&mut self, id: u32, ts_ms: i64, capacity: usize) {
         if let Some(entry) = self.entries.iter_mut().find(|entry| entry.id == id) {
             entry.weight += 1.0;
-            entry.count += 1;
+            entry.count = entry.count.saturating_add(1);
             entry.last_ts = ts_ms;
             return;
         }
@@ -101,7 +112,7 @@ impl TopK {
             last_ts: ts_ms,
         };
         if self.entries.len() < capacity {
-            push_compact(&mut self.entries, new_entry);
+            self.entries.push(new_entry);
             return;
         }
         let lightest = lightest(&self.entries, |entry| (entry.weight, entry.last_ts));
@@ -129,17 +140,6 @@ impl Default for TopK {
     fn default() -> Self {
         TopK::new()
     }
-}
-
-/// Pushes onto a per-key table, growing it by a quarter (at least one
-/// slot) instead of doubling: most keys use one or two countries, networks
-/// and clients, and a doubling `Vec` starts at four slots. Growth stays
-/// amortised, and a table that is not growing never allocates.
-pub fn push_compact<T>(entries: &mut Vec<T>, item: T) {
-    if entries.len() == entries.capacity() {
-        entries.reserve_exact((entries.len() / 4).max(1));
-    }
-    entries.push(item);
 }
 
 /// The index of the entry to evict from a full table: the lightest, the
@@ -176,7 +176,7 @@ mod tests {
     }
 
     #[test]
-    fn a_table_of_one_item_holds_one_slot_and_grows_by_a_quarter() {
+    fn a_table_holds_as_many_slots_as_items() {
         let mut table = TopK::new();
         table.add(1, 0, 64);
         assert_eq!(table.entries.capacity(), 1);
@@ -184,7 +184,19 @@ mod tests {
             table.add(id, 0, 64);
         }
         assert_eq!(table.entries.len(), 8);
-        assert!(table.entries.capacity() <= 10, "{}", table.entries.capacity());
+        assert_eq!(table.entries.capacity(), 8);
+    }
+
+    #[test]
+    fn an_entry_is_32_bytes_and_reads_a_larger_count_saturated() {
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        let json = r#"{"id":1,"weight":2.0,"count":5000000000,"first_ts":0,"last_ts":1}"#;
+        let entry: Entry = serde_json::from_str(json).unwrap();
+        assert_eq!(entry.count, u32::MAX);
+        let mut table = TopK::new();
+        table.entries.push(entry);
+        table.add(1, 2, 4);
+        assert_eq!(table.entries[0].count, u32::MAX);
     }
 
     #[test]

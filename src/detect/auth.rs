@@ -35,7 +35,7 @@ pub fn check_auth_failures(state: &KeyState, event: &ResolvedEvent, ctx: &Contex
     // The window's threshold was settled when the event was counted; the
     // spike is reported once, when the failures reach it.
     let failures = u64::from(state.auth.failures);
-    if state.auth.threshold != Some(failures) {
+    if state.auth.threshold.map(std::num::NonZeroU64::get) != Some(failures) {
         return;
     }
     let expected = state.auth.usual_failures();

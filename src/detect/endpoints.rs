@@ -147,7 +147,7 @@ pub fn check_mix_shift(state: &KeyState, event: &ResolvedEvent, ctx: &Context, o
     }
     let window_ms = endpoint_model.mix_window.as_millis() as i64;
     let total = f64::from(state.endpoints.window_total);
-    let mut window_top: Vec<(u32, u32)> = state.endpoints.window_counts.clone();
+    let mut window_top: Vec<(u32, u32)> = state.endpoints.window_counts.to_vec();
     window_top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let observed: Vec<String> = window_top
         .iter()

@@ -118,6 +118,7 @@ pub fn check_rate(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out: &
     if state
         .rate
         .spike_threshold
+        .get()
         .is_some_and(|thresholds| thresholds.reached_by(count))
     {
         // The fitted mean and dispersion only explain the alert.
@@ -145,7 +146,7 @@ pub fn check_rate(state: &KeyState, event: &ResolvedEvent, ctx: &Context, out: &
     let start = (state.rate.window + 1 - windows) * window_ms;
     // The long window also jumps as old windows leave it: its first call
     // in a new short window reports a level already passed.
-    if let Some(thresholds) = state.rate.surge_threshold
+    if let Some(thresholds) = state.rate.surge_threshold.get()
         && (thresholds.reached_by(long_count) || state.rate.count == 1 && long_count >= thresholds.low)
     {
         let (expected, dispersion) = state.rate.surge_fit(rate_model);

@@ -523,7 +523,7 @@ mod tests {
         let remembered = "kf_00000000000000000000000000000020";
         let from_outputs = "kf_00000000000000000000000000000021";
         let mut memory = state(remembered, T0, T0 + DAY_MS, 100);
-        memory.alerts.last_revocation = Some(Box::new(crate::baseline::RevocationMark {
+        memory.alerts.make_mut().last_revocation = Some(Box::new(crate::baseline::RevocationMark {
             ts_ms: T0 + DAY_MS,
             idempotency_key: "rv_1".into(),
             incident_id: "in_1".into(),
