@@ -18,6 +18,7 @@
 //! judged without travel checks. An event far ahead of the clock waits
 //! apart until other keys confirm the jump, or is quarantined.
 
+mod key_index;
 pub mod order;
 
 use std::collections::HashMap;
@@ -41,7 +42,8 @@ use crate::feedback::{Effect, FeedbackAudit, FeedbackBook, FeedbackEntry, Outcom
 use crate::fleet::spray::fingerprint_bits;
 use crate::fleet::{Across, AcrossSnapshot, Hint};
 use crate::model::Model;
-use order::{Arrival, EventTime, HeldText, Row};
+use key_index::KeyIndex;
+use order::{Arrival, EventTime, HeldText, NO_STATE_HINT, Row};
 pub use order::{EventTimeSnapshot, HeldEvent};
 
 /// Snapshot layout version. Version 2 added the evicted keys' dormancy
@@ -49,9 +51,6 @@ pub use order::{EventTimeSnapshot, HeldEvent};
 /// version 1 snapshots still load (their
 /// missing fields take defaults).
 pub const SNAPSHOT_VERSION: u32 = 2;
-/// Key ids up to this length are remembered raw, to skip hashing them on
-/// every call; longer ones (bearer tokens) are fingerprinted each time.
-const INDEXED_KEY_ID_BYTES: usize = 128;
 /// Marks state indexes of light keys in the fingerprint index.
 const LIGHT: u32 = 1 << 31;
 /// Event time of a day: eviction runs once per day of the engine's clock.
@@ -211,6 +210,27 @@ fn fingerprint_key(fingerprint: &str) -> u128 {
     })
 }
 
+/// Hints the CPU to load `len` bytes from `start` into its caches. It
+/// changes nothing the program reads, only when memory arrives.
+#[inline(always)]
+fn prefetch_bytes(start: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        const CACHE_LINE: usize = 64;
+        let mut offset = 0;
+        while offset < len {
+            // SAFETY: a prefetch never faults and reads nothing the program
+            // sees, whatever the address; `wrapping_add` keeps the pointer
+            // arithmetic defined.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset).cast()) };
+            offset += CACHE_LINE;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (start, len);
+}
+
 /// Strings interned to dense ids. Endpoint templates and client families
 /// come from outside, so the index's hasher is randomly seeded: crafted
 /// paths cannot collide on purpose. Ids follow first appearance in `names`;
@@ -265,10 +285,8 @@ pub struct Engine {
     /// The kind of each network seen, classified once per ASN.
     network_kinds: NetworkKinds,
     sensitive: SensitiveMatcher,
-    /// Raw key id to state index; lives only in memory. Key ids come from
-    /// outside, so this map's hasher is randomly seeded: crafted ids cannot
-    /// collide on purpose. No output depends on its order.
-    key_index: HashMap<Box<str>, u32, ahash::RandomState>,
+    /// Raw key id to state index; lives only in memory.
+    key_index: KeyIndex,
     /// Fingerprint bits to state index, or to light slot with [`LIGHT`]
     /// set. Raw ids of light keys are not kept in `key_index`.
     by_fingerprint: FxHashMap<u128, u32>,
@@ -369,7 +387,7 @@ impl Engine {
             model,
             geo,
             geo_cache: GeoCache::new(1 << 16),
-            key_index: HashMap::with_hasher(ahash::RandomState::new()),
+            key_index: KeyIndex::default(),
             by_fingerprint: FxHashMap::default(),
             keys: Vec::new(),
             dormant: FxHashMap::default(),
@@ -574,7 +592,7 @@ impl Engine {
     /// buffer's own ids. Endpoint and client ids of the engine, which enter
     /// outputs on ties, are given at release, in release order.
     fn hold(&mut self, event: &AccessEvent<'_>, origin: u64) -> Row {
-        let key_bits = self.intern_key(&event.key_id, event.ts_ms, event.status == 401);
+        let (key_bits, state_hint) = self.intern_key(&event.key_id, event.ts_ms, event.status == 401);
         let template = normalize_endpoint(&event.endpoint, &mut self.scratch_path);
         let ids = [
             self.held_methods.intern(&event.method),
@@ -584,6 +602,7 @@ impl Engine {
         Row {
             ts_ms: event.ts_ms,
             key_bits,
+            state_hint,
             ip: event.ip,
             status: event.status,
             bytes_out: event.bytes_out,
@@ -631,10 +650,11 @@ impl Engine {
         {
             self.apply_due_feedback(clock_ms);
         }
-        let Some(key_index) = self.state_index(held.key_bits) else {
+        let Some(key_index) = self.judged_state_index(&held) else {
             tracing::error!("an event's key has no state; event skipped");
             return;
         };
+        self.prefetch_next_state();
         let endpoint_id = self.release_endpoint(held.endpoint);
         let client_id = self.release_client(held.client);
         let mut geo = self.geo_cache.lookup(&self.geo, held.ip);
@@ -900,17 +920,17 @@ impl Engine {
     /// if it has none: a light record for a key seen only in 401s, full
     /// state otherwise (a light key's first authenticated call makes its
     /// state full). Held events name their key by these bits; the state
-    /// index is looked up when the event is judged, since eviction moves
-    /// indexes.
-    fn intern_key(&mut self, key_id: &str, ts_ms: i64, unauthenticated: bool) -> u128 {
+    /// index returned beside them (or [`NO_STATE_HINT`] for a light key) is
+    /// only a hint when the event is judged, since eviction moves indexes.
+    fn intern_key(&mut self, key_id: &str, ts_ms: i64, unauthenticated: bool) -> (u128, u32) {
         if let Some(index) = self.key_index.get(key_id) {
-            return self.key_ids[*index as usize];
+            return (self.key_ids[index as usize], index);
         }
         let fingerprint = self.fingerprinter.fingerprint(key_id);
         let bits = fingerprint_key(&fingerprint);
         let index = match self.by_fingerprint.get(&bits).copied() {
             Some(index) if index & LIGHT == 0 => index,
-            Some(_) if unauthenticated => return bits,
+            Some(_) if unauthenticated => return (bits, NO_STATE_HINT),
             Some(light_index) => {
                 self.lend_light(light_index & !LIGHT);
                 self.keep_lent_light_as_full();
@@ -936,7 +956,7 @@ impl Engine {
                     }
                 };
                 self.by_fingerprint.insert(bits, slot | LIGHT);
-                return bits;
+                return (bits, NO_STATE_HINT);
             }
             None => {
                 let index = self.keys.len() as u32;
@@ -950,12 +970,34 @@ impl Engine {
                 index
             }
         };
-        // Long ids are fingerprinted on every call instead: a spray of long
-        // one-off ids must not cost their length each in memory.
-        if key_id.len() <= INDEXED_KEY_ID_BYTES {
-            self.key_index.insert(key_id.into(), index);
+        self.key_index.insert(key_id, index);
+        (bits, index)
+    }
+
+    /// Starts loading the state of the key of the next row to be judged
+    /// while this one is: with many keys, each event's state is far from
+    /// the cache, and judging one event takes far longer than the load.
+    fn prefetch_next_state(&self) {
+        let Some(next) = self.time.held.peek() else {
+            return;
+        };
+        if let Some(state) = self.keys.get(next.state_hint as usize) {
+            prefetch_bytes(std::ptr::from_ref(state).cast(), std::mem::size_of::<KeyState>());
         }
-        bits
+    }
+
+    /// [`Engine::state_index`] of a held row's key, without a second hash
+    /// lookup when the index noted at holding still holds that key: a full
+    /// key's bits are at most one index's in `key_ids`, and
+    /// `by_fingerprint` maps them to that index, except for the index of a
+    /// light key lent out (none is between events).
+    fn judged_state_index(&mut self, held: &Row) -> Option<usize> {
+        let hint = held.state_hint as usize;
+        if self.lent_light.is_none() && self.key_ids.get(hint) == Some(&held.key_bits) {
+            debug_assert_eq!(self.by_fingerprint.get(&held.key_bits), Some(&held.state_hint));
+            return Some(hint);
+        }
+        self.state_index(held.key_bits)
     }
 
     /// The state index of a key to judge an event of: a light key is lent
@@ -1224,7 +1266,7 @@ impl Engine {
             self.keys.push(state);
             self.key_ids.push(key_id);
         }
-        self.key_index.retain(|_, index| {
+        self.key_index.retain(|index| {
             let moved = new_index[*index as usize];
             *index = moved;
             moved != u32::MAX
@@ -1563,6 +1605,7 @@ impl Engine {
             let row = Row {
                 ts_ms: held.ts_ms,
                 key_bits,
+                state_hint: NO_STATE_HINT,
                 ip: held.ip,
                 status: held.status,
                 bytes_out: held.bytes_out,

@@ -71,12 +71,20 @@ impl HeldText {
     }
 }
 
+/// [`Row::state_hint`] of a row whose key's state index is not known.
+pub(crate) const NO_STATE_HINT: u32 = u32::MAX;
+
 /// One held event, resolved only as far as ordering and judging need.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Row {
     pub ts_ms: i64,
     /// The key's fingerprint bits: content, unlike its state index.
     pub key_bits: u128,
+    /// The key's state index when the row was held ([`NO_STATE_HINT`] for
+    /// a light key or a restored row). Eviction and restores move indexes,
+    /// so it is only a hint, checked against the key's bits when judged;
+    /// it takes no part in the order.
+    pub state_hint: u32,
     pub ip: IpAddr,
     pub status: u16,
     pub bytes_out: u64,
@@ -429,6 +437,7 @@ mod tests {
         Row {
             ts_ms,
             key_bits,
+            state_hint: NO_STATE_HINT,
             ip: IpAddr::from([192, 0, 2, 1]),
             status: 200,
             bytes_out: 0,

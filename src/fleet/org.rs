@@ -10,9 +10,9 @@
 //! use, whatever the batches, partitions or restarts. Items unused by
 //! learned keys for `org_horizon` leave the table.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::detect::org::{Cell, OrgContribution, OrgTable};
 use crate::enrich::GeoInfo;
@@ -26,7 +26,62 @@ pub struct Pending {
     pub clients: BTreeSet<u32>,
     pub places: BTreeSet<Cell>,
     /// Learned keys that called, by fingerprint bits.
-    pub keys: BTreeSet<u128>,
+    pub keys: LearnedKeys,
+}
+
+/// The learned keys of a bucket: every call of a learned key looks its
+/// key up here, so a hash set (O(1), one probe) rather than an ordered
+/// set (a search down a tree of up to every key). Only the count is read;
+/// a snapshot lists the keys in ascending order, as an ordered set did.
+/// Fingerprint bits come from key ids chosen outside, so the hasher is
+/// randomly seeded.
+#[derive(Debug, Clone, Default)]
+pub struct LearnedKeys(HashSet<u128, ahash::RandomState>);
+
+impl LearnedKeys {
+    pub fn insert(&mut self, key: u128) -> bool {
+        self.0.insert(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn extend(&mut self, other: LearnedKeys) {
+        self.0.extend(other.0);
+    }
+}
+
+impl PartialEq for LearnedKeys {
+    fn eq(&self, other: &LearnedKeys) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl FromIterator<u128> for LearnedKeys {
+    fn from_iter<I: IntoIterator<Item = u128>>(keys: I) -> LearnedKeys {
+        let mut set = LearnedKeys::default();
+        set.0.extend(keys);
+        set
+    }
+}
+
+impl Serialize for LearnedKeys {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut sorted: Vec<u128> = self.0.iter().copied().collect();
+        sorted.sort_unstable();
+        serializer.collect_seq(sorted)
+    }
+}
+
+impl<'de> Deserialize<'de> for LearnedKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<LearnedKeys, D::Error> {
+        Ok(Vec::<u128>::deserialize(deserializer)?.into_iter().collect())
+    }
 }
 
 /// The organisation baseline of one process (or one Kafka partition).
@@ -179,5 +234,37 @@ impl OrgBaseline {
             mine.keys.extend(pending.keys);
         }
         self.dropped_late += other.dropped_late;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learned_keys_serialise_as_the_ascending_list_an_ordered_set_gave_and_read_back_equal() {
+        let keys = [u128::MAX, 7, 1 << 100, 0, 42];
+        let mut learned = LearnedKeys::default();
+        for key in keys {
+            learned.insert(key);
+        }
+        let ordered: BTreeSet<u128> = keys.into_iter().collect();
+        let json = serde_json::to_string(&learned).unwrap();
+        assert_eq!(json, serde_json::to_string(&ordered).unwrap());
+        let back: LearnedKeys = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, learned);
+        assert_eq!(back.len(), 5);
+    }
+
+    #[test]
+    fn a_key_calling_twice_in_a_bucket_counts_once() {
+        let model = AcrossKeysModel::default();
+        let mut org = OrgBaseline::default();
+        let geo = GeoInfo::default();
+        org.contribute(0, 9, &geo, 0, &model);
+        org.contribute(1, 9, &geo, 0, &model);
+        org.contribute(2, 10, &geo, 0, &model);
+        let keys: usize = org.pending.values().map(|pending| pending.keys.len()).sum();
+        assert_eq!(keys, 2);
     }
 }
