@@ -573,6 +573,9 @@ fn bare_consume(brokers: &str, topic: &str, ends: &BTreeMap<i32, i64>) -> Result
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
+        // As the pipeline's consumers do: with librdkafka's 1 s default, a
+        // consumer whose local queue filled up fetched nothing for a second.
+        .set("fetch.queue.backoff.ms", "10")
         .create()?;
     let mut assignment = TopicPartitionList::new();
     for partition in ends.keys() {

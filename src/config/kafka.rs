@@ -22,6 +22,10 @@ pub const RESERVED_PROPERTIES: &[&str] = &[
     "group.instance.id",
 ];
 
+/// `fetch.queue.backoff.ms` of the group consumers: how long a full local
+/// queue postpones the next fetch.
+const FETCH_QUEUE_BACKOFF_MS: u64 = 10;
+
 /// Kafka settings for `keywatch run` and `keywatch replay --from-kafka`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +126,12 @@ pub struct KafkaConfig {
     /// absent, to the log only.
     #[serde(default)]
     pub feedback_audit_topic: Option<String>,
+    /// Threads that judge the partitions of a micro-batch at once; `0`
+    /// (the default) uses every core. Each partition's keys are judged by
+    /// one engine, so the outputs, and their order, are the same whatever
+    /// the number; more threads than the instance's partitions add nothing.
+    #[serde(default)]
+    pub judge_threads: usize,
     /// Most input records in one micro-batch.
     #[serde(default = "default_batch_max_events")]
     pub batch_max_events: usize,
@@ -422,6 +432,7 @@ impl KafkaConfig {
             batch_max_bytes: default_batch_max_bytes(),
             batch_max_wait: default_batch_max_wait(),
             checkpoint_interval: default_checkpoint_interval(),
+            judge_threads: 0,
             exactly_once: false,
             instance_id: None,
             allow_missing_checkpoint: false,
@@ -440,6 +451,14 @@ impl KafkaConfig {
             changelog_format: ChangelogFormat::default(),
             idle_release: Duration::ZERO,
             properties: BTreeMap::new(),
+        }
+    }
+
+    /// Threads `judge_threads` means: every core when it is 0.
+    pub fn judging_threads(&self) -> usize {
+        match self.judge_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            threads => threads,
         }
     }
 
@@ -500,6 +519,13 @@ impl KafkaConfig {
     pub fn producer_config(&self, transactional_id: Option<&str>) -> ClientConfig {
         let mut config = self.client_config();
         config.set("enable.idempotence", "true");
+        // Every batch waits for its outputs' acknowledgements before the
+        // next is judged, so messages lingering in the producer for a
+        // larger request only delay that wait (librdkafka's default is
+        // 5 ms a batch); the outbox already hands them over together.
+        if !self.properties.contains_key("linger.ms") && !self.properties.contains_key("queue.buffering.max.ms") {
+            config.set("linger.ms", "0");
+        }
         if let Some(id) = transactional_id {
             config.set("transactional.id", id);
         }
@@ -524,6 +550,7 @@ impl KafkaConfig {
         if !self.properties.contains_key("session.timeout.ms") {
             config.set("session.timeout.ms", self.session_timeout.as_millis().to_string());
         }
+        self.fetch_soon_after_a_full_queue(&mut config);
         if !self.properties.contains_key("auto.offset.reset") {
             // A new group reads what is retained rather than only what comes
             // next: a detector should see the history it can.
@@ -544,7 +571,19 @@ impl KafkaConfig {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed");
+        self.fetch_soon_after_a_full_queue(&mut config);
         config
+    }
+
+    /// Catching up on a backlog, a consumer fills its local queue faster
+    /// than keywatch judges it; librdkafka then waits
+    /// `fetch.queue.backoff.ms` before fetching again, 1 s by default, and
+    /// keywatch sat idle for most of each second once it had drained the
+    /// queue. Unless the properties say otherwise, it waits 10 ms.
+    fn fetch_soon_after_a_full_queue(&self, config: &mut ClientConfig) {
+        if !self.properties.contains_key("fetch.queue.backoff.ms") {
+            config.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS.to_string());
+        }
     }
 
     /// Checks the section; returns the offending field and the problem.
@@ -775,6 +814,49 @@ properties = { "security.protocol" = "plaintext", "linger.ms" = "5" }
             kafka.range_consumer_config("replay").get("group.id"),
             Some("keywatch-replay")
         );
+    }
+
+    #[test]
+    fn clients_do_not_wait_for_librdkafka_defaults_that_idle_a_catching_up_pipeline_unless_told_to() {
+        let mut kafka = KafkaConfig::new("b:9092", vec!["in".into()]);
+        assert_eq!(kafka.producer_config(None).get("linger.ms"), Some("0"));
+        assert_eq!(
+            kafka.group_consumer_config("g").get("fetch.queue.backoff.ms"),
+            Some("10")
+        );
+        assert_eq!(
+            kafka.range_consumer_config("r").get("fetch.queue.backoff.ms"),
+            Some("10")
+        );
+        kafka.properties.insert("linger.ms".into(), "5".into());
+        kafka.properties.insert("fetch.queue.backoff.ms".into(), "1000".into());
+        assert_eq!(kafka.producer_config(None).get("linger.ms"), Some("5"));
+        assert_eq!(
+            kafka.group_consumer_config("g").get("fetch.queue.backoff.ms"),
+            Some("1000")
+        );
+        assert_eq!(
+            kafka.range_consumer_config("r").get("fetch.queue.backoff.ms"),
+            Some("1000")
+        );
+        kafka.properties.remove("linger.ms");
+        kafka.properties.insert("queue.buffering.max.ms".into(), "20".into());
+        assert_eq!(
+            kafka.producer_config(None).get("linger.ms"),
+            None,
+            "the alias is left to librdkafka"
+        );
+    }
+
+    #[test]
+    fn judge_threads_of_zero_means_every_core() {
+        let mut kafka = KafkaConfig::new("b:9092", vec!["in".into()]);
+        assert_eq!(
+            kafka.judging_threads(),
+            std::thread::available_parallelism().map_or(1, usize::from)
+        );
+        kafka.judge_threads = 3;
+        assert_eq!(kafka.judging_threads(), 3);
     }
 
     #[test]

@@ -10,11 +10,12 @@
 //! are not produced twice.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::feedback_feed::FeedbackFeed;
-use super::partitions::PartitionBook;
+use super::partitions::{OwnedPartition, PartitionBook};
 use super::stage::{Progress, Stage};
 use crate::alert::Output;
 use crate::alert::owner::attach_owners;
@@ -74,9 +75,11 @@ pub struct KeyedStage {
     topics: OutputTopics,
     partitions: PartitionBook<PartitionState>,
     progress: Arc<Progress>,
-    scratch_outputs: Vec<Output>,
-    /// Events the engine quarantined, on their way to the dead-letter topic.
-    scratch_quarantined: Vec<Quarantined>,
+    /// Buffers of each judging thread, kept from batch to batch; the first
+    /// is the calling thread's.
+    scratch: Vec<Scratch>,
+    /// Threads that judge the partitions of a batch (at least 1).
+    judge_threads: usize,
     /// Where calls for the view across keys go, keyed by source network;
     /// `None` keeps the view in each partition's engine.
     source_topic: Option<String>,
@@ -113,8 +116,8 @@ impl KeyedStage {
             topics,
             partitions: PartitionBook::new(STAGE, Arc::clone(&progress)),
             progress,
-            scratch_outputs: Vec::new(),
-            scratch_quarantined: Vec::new(),
+            scratch: vec![Scratch::default()],
+            judge_threads: 1,
             source_topic: None,
             fingerprinter: Fingerprinter::unkeyed(),
             owners: None,
@@ -155,6 +158,13 @@ impl KeyedStage {
         self
     }
 
+    /// Judges the partitions of a batch on up to `threads` threads (one by
+    /// default); the outputs are the same whatever the number.
+    pub fn with_judge_threads(mut self, threads: usize) -> KeyedStage {
+        self.judge_threads = threads.max(1);
+        self
+    }
+
     /// Fingerprints keys with `fingerprinter` (unkeyed by default).
     pub fn with_fingerprinter(mut self, fingerprinter: Fingerprinter) -> KeyedStage {
         self.fingerprinter = fingerprinter;
@@ -185,6 +195,35 @@ impl KeyedStage {
             .collect()
     }
 
+    /// What judging reads, beside the partitions and the judging threads'
+    /// buffers, which it changes.
+    fn split(&mut self) -> (Judge<'_>, &mut PartitionBook<PartitionState>, &mut Vec<Scratch>) {
+        let KeyedStage {
+            topics,
+            decoder,
+            owners,
+            source_topic,
+            progress,
+            feedback,
+            feedback_audit_topic,
+            candidate_watermarks,
+            partitions,
+            scratch,
+            ..
+        } = self;
+        let judge = Judge {
+            topics,
+            decoder,
+            owners: owners.as_ref(),
+            source_topic: source_topic.as_deref(),
+            progress,
+            feedback: feedback.as_deref(),
+            feedback_audit_topic: feedback_audit_topic.as_deref(),
+            candidate_watermarks: *candidate_watermarks,
+        };
+        (judge, partitions, scratch)
+    }
+
     /// Keys with state, over all owned partitions.
     pub fn keys_tracked(&self) -> usize {
         self.partitions
@@ -192,21 +231,55 @@ impl KeyedStage {
             .map(|(_, owned)| owned.state.engine.keys_tracked())
             .sum()
     }
+}
 
-    fn process_partition(
-        &mut self,
+/// What judging a partition reads and leaves unchanged: shared by the
+/// threads that judge the partitions of a batch.
+struct Judge<'a> {
+    topics: &'a OutputTopics,
+    decoder: &'a Decoder,
+    owners: Option<&'a SharedOwners>,
+    source_topic: Option<&'a str>,
+    progress: &'a Progress,
+    feedback: Option<&'a FeedbackFeed>,
+    feedback_audit_topic: Option<&'a str>,
+    candidate_watermarks: Option<u32>,
+}
+
+/// Buffers a judging thread reuses from batch to batch.
+#[derive(Default)]
+struct Scratch {
+    outputs: Vec<Output>,
+    /// Events the engine quarantined, on their way to the dead-letter topic.
+    quarantined: Vec<Quarantined>,
+}
+
+impl<'a> Judge<'a> {
+    fn emit_to<'s>(&'s self, scratch: &'s mut Vec<Quarantined>) -> Emit<'s> {
+        Emit {
+            topics: self.topics,
+            owners: self.owners,
+            source_topic: self.source_topic,
+            quarantined: scratch,
+        }
+    }
+
+    /// Decodes and judges one partition's records of a batch, in offset
+    /// order, putting what comes out into `outbox`. It reads and changes
+    /// only this partition's state, so partitions can be judged on
+    /// different threads.
+    fn partition(
+        &self,
+        scratch: &mut Scratch,
         id: &PartitionId,
+        owned: &mut OwnedPartition<PartitionState>,
         records: &[&InputRecord],
         outbox: &mut Outbox,
         counts: &mut Counts,
     ) -> Result<(), KafkaSinkError> {
-        let Some(owned) = self.partitions.get_mut(id) else {
-            tracing::debug!(partition = %id, records = records.len(), "records of a partition not owned, skipped");
-            return Ok(());
-        };
         let mut events: Vec<AccessEvent<'_>> = Vec::with_capacity(records.len());
         let mut event_offsets: Vec<i64> = Vec::with_capacity(records.len());
-        let mut scratch = Vec::new();
+        let mut decoded = Vec::new();
         let mut rejections = Vec::new();
         let mut last_offset = None;
         for record in records {
@@ -215,7 +288,7 @@ impl KeyedStage {
             }
             last_offset = Some(record.offset);
             let payload = record.payload.as_deref().unwrap_or_default();
-            for item in self.decoder.decode_record(payload, &mut scratch) {
+            for item in self.decoder.decode_record(payload, &mut decoded) {
                 match item {
                     Decoded::Event(event) => {
                         events.push(event);
@@ -233,7 +306,7 @@ impl KeyedStage {
             }
             // One dead letter per record, naming every element that failed.
             if !rejections.is_empty() {
-                outbox.push_dead_letter(&self.topics, record, &rejections);
+                outbox.push_dead_letter(self.topics, record, &rejections);
                 rejections.clear();
             }
         }
@@ -241,7 +314,7 @@ impl KeyedStage {
             return Ok(());
         };
         let state = &mut owned.state;
-        if let Some(feed) = &self.feedback {
+        if let Some(feed) = self.feedback {
             let mut entries = Vec::new();
             state.feedback_seen = feed.entries_since(state.feedback_seen, &mut entries);
             for entry in entries {
@@ -256,38 +329,31 @@ impl KeyedStage {
         // Each event's input offset goes with it, to name the record should
         // the event be quarantined (offsets are never negative).
         let origins: Vec<u64> = event_offsets.iter().map(|offset| *offset as u64).collect();
+        let outputs = &mut scratch.outputs;
         if replayed > 0 {
-            self.scratch_outputs.clear();
+            outputs.clear();
             state
                 .engine
-                .process_with_origins(&events[..replayed], &origins[..replayed], &mut self.scratch_outputs);
-            self.scratch_outputs.clear();
+                .process_with_origins(&events[..replayed], &origins[..replayed], outputs);
             // Their observations were delivered before, like their alerts.
             state.engine.across_mut().take_observations();
         }
-        let mut outputs = std::mem::take(&mut self.scratch_outputs);
         outputs.clear();
         if replayed < events.len() {
             state
                 .engine
-                .process_with_origins(&events[replayed..], &origins[replayed..], &mut outputs);
+                .process_with_origins(&events[replayed..], &origins[replayed..], outputs);
         }
         let result = emit(
-            Emit {
-                topics: &self.topics,
-                owners: self.owners.as_ref(),
-                source_topic: self.source_topic.as_deref(),
-                quarantined: &mut self.scratch_quarantined,
-            },
+            self.emit_to(&mut scratch.quarantined),
             id,
             state,
-            &mut outputs,
+            outputs,
             outbox,
             counts,
         );
         outputs.clear();
-        self.scratch_outputs = outputs;
-        audit_feedback(&mut state.engine, id, self.feedback_audit_topic.as_deref(), outbox);
+        audit_feedback(&mut state.engine, id, self.feedback_audit_topic, outbox);
         let stats = state.engine.stats();
         Progress::add(
             &self.progress.suppressed,
@@ -304,6 +370,38 @@ impl KeyedStage {
         state.last_input = Some(Instant::now());
         counts.events += events.len() as u64;
         result
+    }
+}
+
+/// One partition's share of a batch, judged by whichever thread takes it.
+struct Share<'b> {
+    id: &'b PartitionId,
+    owned: Option<&'b mut OwnedPartition<PartitionState>>,
+    records: &'b [&'b InputRecord],
+    outbox: Outbox,
+    counts: Counts,
+    result: Result<(), KafkaSinkError>,
+}
+
+/// Takes shares off `shares` until none is left, judging each.
+fn judge_shares(judge: &Judge<'_>, scratch: &mut Scratch, shares: &[Mutex<Share<'_>>], next: &AtomicUsize) {
+    loop {
+        let index = next.fetch_add(1, Ordering::Relaxed);
+        let Some(share) = shares.get(index) else {
+            return;
+        };
+        let mut share = share.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Share {
+            id,
+            owned,
+            records,
+            outbox,
+            counts,
+            result,
+        } = &mut *share;
+        if let Some(owned) = owned.as_deref_mut() {
+            *result = judge.partition(scratch, id, owned, records, outbox, counts);
+        }
     }
 }
 
@@ -390,9 +488,10 @@ impl KeyedStage {
     ) -> Result<usize, KafkaSinkError> {
         let mut released = 0;
         let mut counts = Counts::default();
-        let mut outputs = std::mem::take(&mut self.scratch_outputs);
+        let (judge, partitions, scratch) = self.split();
+        let Scratch { outputs, quarantined } = &mut scratch[0];
         let mut result = Ok(());
-        for (id, owned) in self.partitions.iter_mut() {
+        for (id, owned) in partitions.iter_mut() {
             let state = &mut owned.state;
             let replaying = owned.next_offset.is_none_or(|next| next < state.replay_below);
             let idle = state
@@ -402,33 +501,20 @@ impl KeyedStage {
                 continue;
             }
             outputs.clear();
-            state.engine.release_held(&mut outputs);
+            state.engine.release_held(outputs);
             state.released_since_checkpoint = true;
             state.last_input = Some(now);
             released += 1;
             tracing::info!(partition = %id, outputs = outputs.len(), "idle partition: held events judged");
-            result = emit(
-                Emit {
-                    topics: &self.topics,
-                    owners: self.owners.as_ref(),
-                    source_topic: self.source_topic.as_deref(),
-                    quarantined: &mut self.scratch_quarantined,
-                },
-                id,
-                state,
-                &mut outputs,
-                outbox,
-                &mut counts,
-            );
+            result = emit(judge.emit_to(quarantined), id, state, outputs, outbox, &mut counts);
             if result.is_err() {
                 break;
             }
-            if let Some(inputs) = self.candidate_watermarks {
-                report_watermark(&self.topics.revocations, inputs, id, state, true, outbox);
+            if let Some(inputs) = judge.candidate_watermarks {
+                report_watermark(&judge.topics.revocations, inputs, id, state, true, outbox);
             }
         }
         outputs.clear();
-        self.scratch_outputs = outputs;
         self.progress.add_counts(&counts);
         result.map(|()| released)
     }
@@ -600,11 +686,64 @@ impl Stage for KeyedStage {
             records: records.len() as u64,
             ..Counts::default()
         };
+        let threads = self.judge_threads.min(groups.len()).max(1);
+        if self.scratch.len() < threads {
+            self.scratch.resize_with(threads, Scratch::default);
+        }
+        let (judge, partitions, scratch) = self.split();
+        let mut owned: HashMap<&PartitionId, &mut OwnedPartition<PartitionState>> = partitions.iter_mut().collect();
         let mut result = Ok(());
-        for (id, group) in &groups {
-            result = self.process_partition(id, group, outbox, &mut counts);
-            if result.is_err() {
-                break;
+        if threads == 1 {
+            let scratch = &mut scratch[0];
+            for (id, group) in &groups {
+                let Some(partition) = owned.remove(id) else {
+                    tracing::debug!(partition = %id, records = group.len(), "records of a partition not owned, skipped");
+                    continue;
+                };
+                result = judge.partition(scratch, id, partition, group, outbox, &mut counts);
+                if result.is_err() {
+                    break;
+                }
+            }
+        } else {
+            // Each partition's engine is independent of the others', so
+            // the partitions of a batch are judged on several threads; their
+            // outputs are then put in the outbox in the order one thread
+            // would have put them there.
+            let shares: Vec<Mutex<Share<'_>>> = groups
+                .iter()
+                .map(|(id, group)| {
+                    let partition = owned.remove(id);
+                    if partition.is_none() {
+                        tracing::debug!(partition = %id, records = group.len(), "records of a partition not owned, skipped");
+                    }
+                    Mutex::new(Share {
+                        id,
+                        owned: partition,
+                        records: group,
+                        outbox: outbox.empty_like(),
+                        counts: Counts::default(),
+                        result: Ok(()),
+                    })
+                })
+                .collect();
+            let next = AtomicUsize::new(0);
+            let (mine, others) = scratch.split_at_mut(1);
+            std::thread::scope(|scope| {
+                for scratch in others.iter_mut().take(threads - 1) {
+                    let (judge, shares, next) = (&judge, &shares, &next);
+                    scope.spawn(move || judge_shares(judge, scratch, shares, next));
+                }
+                judge_shares(&judge, &mut mine[0], &shares, &next);
+            });
+            for share in shares {
+                let mut share = share.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+                outbox.messages.append(&mut share.outbox.messages);
+                counts.add(&share.counts);
+                if share.result.is_err() {
+                    result = share.result;
+                    break;
+                }
             }
         }
         self.progress.add_counts(&counts);
@@ -707,7 +846,6 @@ mod tests {
     use super::*;
     use crate::decode::Format;
     use crate::detect::testkit::{DAY, ENDPOINTS, HOUR, T0, event, geo, history, ip};
-    use crate::pipeline::partitions::OwnedPartition;
 
     const KEY: &str = "AKIAKEYEDSTAGE000001";
 
@@ -787,6 +925,73 @@ mod tests {
 
     fn topics_of(outbox: &Outbox) -> Vec<&str> {
         outbox.messages.iter().map(|message| message.topic.as_str()).collect()
+    }
+
+    /// `records()` for key `key`, on partition `partition`.
+    fn records_of(key: &str, partition: i32) -> Vec<InputRecord> {
+        records()
+            .into_iter()
+            .map(|mut record| {
+                let payload = String::from_utf8(record.payload.take().unwrap()).unwrap();
+                record.payload = Some(payload.replace(KEY, key).into_bytes());
+                record.partition = partition;
+                record
+            })
+            .collect()
+    }
+
+    #[test]
+    fn partitions_judged_on_several_threads_give_the_outputs_and_state_of_one_thread() {
+        const PARTITIONS: i32 = 5;
+        // The partitions' records interleaved, as a consumer hands them over.
+        let per_partition: Vec<Vec<InputRecord>> = (0..PARTITIONS)
+            .map(|partition| records_of(&format!("AKIAKEYEDSTAGE00000{partition}"), partition))
+            .collect();
+        let mut batch = Vec::new();
+        for index in 0..per_partition[0].len() {
+            for partition in per_partition.iter().rev() {
+                batch.push(partition[index].clone());
+            }
+        }
+        let run = |threads: usize| {
+            let mut stage = stage().with_judge_threads(threads);
+            stage.assigned(
+                (0..PARTITIONS)
+                    .map(|partition| AssignedPartition {
+                        id: PartitionId::new("access", partition),
+                        checkpoint: None,
+                        ledger: KeyLedger::default(),
+                        committed: None,
+                    })
+                    .collect(),
+            );
+            let mut outbox = Outbox::default();
+            for chunk in batch.chunks(37) {
+                stage.process(chunk, &mut outbox).unwrap();
+            }
+            let progress = stage.progress.counts();
+            (
+                outbox.messages,
+                serde_json::to_string(&stage.snapshots()).unwrap(),
+                progress,
+            )
+        };
+        let (one_outputs, one_state, one_counts) = run(1);
+        let alerts = one_outputs.iter().filter(|message| message.topic == "alerts").count();
+        assert!(
+            alerts >= PARTITIONS as usize,
+            "each partition's travel is flagged: {alerts}"
+        );
+        assert_eq!(
+            one_outputs.iter().filter(|message| message.topic == "dlq").count(),
+            PARTITIONS as usize
+        );
+        for threads in [2, 4, 8] {
+            let (outputs, state, counts) = run(threads);
+            assert_eq!(outputs, one_outputs, "{threads} threads");
+            assert_eq!(state, one_state, "{threads} threads");
+            assert_eq!(counts, one_counts, "{threads} threads");
+        }
     }
 
     #[test]

@@ -407,6 +407,7 @@ impl Pipeline {
         .with_fingerprinter(self.config.fingerprint.resolved.clone())
         .with_owners(owners)
         .with_changelog_format(self.kafka.changelog_format)
+        .with_judge_threads(self.kafka.judging_threads())
         .with_candidate_watermarks(layout.keyed_partitions);
         let stage = match &self.kafka.feedback_topic {
             Some(topic) => {

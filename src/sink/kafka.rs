@@ -154,6 +154,11 @@ impl Outbox {
         }
     }
 
+    /// An empty outbox with this one's limits, to be appended to it.
+    pub fn empty_like(&self) -> Outbox {
+        Outbox::with_dead_letter_limit(self.dead_letter_max_bytes)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
     }
