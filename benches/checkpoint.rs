@@ -71,18 +71,7 @@ fn engine() -> Engine {
 }
 
 fn checkpoint(engine: &Engine, incremental: bool) -> Checkpoint {
-    Checkpoint {
-        partition: PartitionId::new("access", 0),
-        next_offset: 1,
-        generation: 1,
-        group_generation: Some(1),
-        snapshot: if incremental {
-            engine.shared_snapshot()
-        } else {
-            engine.snapshot()
-        },
-        incremental,
-    }
+    Checkpoint::of(engine, PartitionId::new("access", 0), 1, 1, Some(1), incremental)
 }
 
 fn bench_checkpoint(c: &mut Criterion) {

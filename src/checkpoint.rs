@@ -158,6 +158,34 @@ pub struct Checkpoint {
     pub incremental: bool,
 }
 
+impl Checkpoint {
+    /// The checkpoint of `engine` as it is now, for the records of
+    /// `partition` before `next_offset`. An incremental one carries only
+    /// what the partition shares: its keys go in entries of their own
+    /// ([`encode_incremental`]).
+    pub fn of(
+        engine: &crate::engine::Engine,
+        partition: PartitionId,
+        next_offset: i64,
+        generation: u64,
+        group_generation: Option<i32>,
+        incremental: bool,
+    ) -> Checkpoint {
+        Checkpoint {
+            partition,
+            next_offset,
+            generation,
+            group_generation,
+            snapshot: if incremental {
+                engine.shared_snapshot()
+            } else {
+                engine.snapshot()
+            },
+            incremental,
+        }
+    }
+}
+
 /// The small message that makes a checkpoint's chunks valid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -1453,17 +1481,8 @@ mod tests {
         engine.release_held(&mut out);
         let id = PartitionId::new("access", 0);
         let mut ledger = KeyLedger::default();
-        let checkpoint_of = |engine: &crate::engine::Engine, generation: u64, incremental: bool| Checkpoint {
-            partition: id.clone(),
-            next_offset: generation as i64,
-            generation,
-            group_generation: Some(1),
-            snapshot: if incremental {
-                engine.shared_snapshot()
-            } else {
-                engine.snapshot()
-            },
-            incremental,
+        let checkpoint_of = |engine: &crate::engine::Engine, generation: u64, incremental: bool| {
+            Checkpoint::of(engine, id.clone(), generation as i64, generation, Some(1), incremental)
         };
         let encode = |engine: &crate::engine::Engine, generation: u64, ledger: &mut KeyLedger| {
             let mut changed = Vec::new();

@@ -767,18 +767,14 @@ impl Stage for KeyedStage {
             }
             let generation = state.generation.map_or(0, |generation| generation + 1);
             let incremental = self.changelog_format == ChangelogFormat::Incremental;
-            let checkpoint = Checkpoint {
-                partition: id.clone(),
+            let checkpoint = Checkpoint::of(
+                &state.engine,
+                id.clone(),
                 next_offset,
                 generation,
-                group_generation: self.group_generation,
-                snapshot: if incremental {
-                    state.engine.shared_snapshot()
-                } else {
-                    state.engine.snapshot()
-                },
+                self.group_generation,
                 incremental,
-            };
+            );
             if incremental {
                 let mut changed = Vec::new();
                 state.engine.changed_keys(|bits, key| changed.push((bits, key)));

@@ -52,43 +52,15 @@ pub fn replay_files(
     owners: &OwnerBook,
 ) -> Result<ReplaySummary, ReplayError> {
     let mut summary = ReplaySummary::default();
-    let mut run = Run::new(owners);
-    let batch_size = batch_size.max(1);
+    let mut run = Run::new(owners, batch_size, progress, stop);
     if decoder.format == crate::decode::Format::Parquet {
-        run.parquet(
-            inputs,
-            decoder,
-            engine,
-            batch_size,
-            outputs,
-            progress,
-            stop,
-            &mut summary,
-        )?;
+        run.parquet(inputs, decoder, engine, outputs, &mut summary)?;
     } else if inputs.len() == 1 {
-        run.one_input(
-            &inputs[0],
-            decoder,
-            engine,
-            batch_size,
-            outputs,
-            progress,
-            stop,
-            &mut summary,
-        )?;
+        run.one_input(&inputs[0], decoder, engine, outputs, &mut summary)?;
     } else {
-        run.merged(
-            inputs,
-            decoder,
-            engine,
-            batch_size,
-            outputs,
-            progress,
-            stop,
-            &mut summary,
-        )?;
+        run.merged(inputs, decoder, engine, outputs, &mut summary)?;
     }
-    run.finish(engine, outputs, stop, &mut summary)?;
+    run.finish(engine, outputs, &mut summary)?;
     Ok(summary)
 }
 
@@ -102,11 +74,22 @@ pub(super) struct Run<'a> {
     pub(super) origins: Vec<u64>,
     /// The input is over: every revocation candidate is judged.
     pub(super) finished: bool,
+    /// Events per micro-batch handed to the engine (at least 1).
+    pub(super) batch_size: usize,
+    pub(super) progress: Option<&'a ProgressBar>,
+    /// Reading stops when this is set.
+    pub(super) stop: &'a AtomicBool,
 }
 
 impl<'a> Run<'a> {
-    /// Empty scratch for a replay putting the owners of `owners` on outputs.
-    pub(super) fn new(owners: &'a OwnerBook) -> Run<'a> {
+    /// Empty scratch for a replay putting the owners of `owners` on
+    /// outputs, feeding the engine `batch_size` events at a time.
+    pub(super) fn new(
+        owners: &'a OwnerBook,
+        batch_size: usize,
+        progress: Option<&'a ProgressBar>,
+        stop: &'a AtomicBool,
+    ) -> Run<'a> {
         Run {
             owners,
             names: Vec::new(),
@@ -114,6 +97,9 @@ impl<'a> Run<'a> {
             quarantined: Vec::new(),
             origins: Vec::new(),
             finished: false,
+            batch_size: batch_size.max(1),
+            progress,
+            stop,
         }
     }
 
@@ -135,10 +121,9 @@ impl<'a> Run<'a> {
         &mut self,
         engine: &mut Engine,
         outputs: &mut OutputFiles,
-        stop: &AtomicBool,
         summary: &mut ReplaySummary,
     ) -> Result<(), ReplayError> {
-        summary.interrupted = stop.load(Ordering::Relaxed);
+        summary.interrupted = self.stop.load(Ordering::Relaxed);
         self.emitted.clear();
         engine.finish(&mut self.emitted);
         self.finished = true;
@@ -199,16 +184,12 @@ impl<'a> Run<'a> {
     }
 
     /// One input, streamed: events borrow from the batch's buffer.
-    #[allow(clippy::too_many_arguments)]
     fn one_input(
         &mut self,
         input: &Path,
         decoder: &Decoder,
         engine: &mut Engine,
-        batch_size: usize,
         outputs: &mut OutputFiles,
-        progress: Option<&ProgressBar>,
-        stop: &AtomicBool,
         summary: &mut ReplaySummary,
     ) -> Result<(), ReplayError> {
         let counts = &mut summary.counts;
@@ -218,10 +199,10 @@ impl<'a> Run<'a> {
             .with_byte_budgets(decoder.max_batch_bytes, decoder.max_document_bytes);
         let name = reader.name().to_string();
         self.names.push(name.clone());
-        if let Some(bar) = progress {
+        if let Some(bar) = self.progress {
             bar.set_message(name.clone());
         }
-        while !stop.load(Ordering::Relaxed) && reader.next_batch(&mut buffer, &mut spans, batch_size)? {
+        while !self.stop.load(Ordering::Relaxed) && reader.next_batch(&mut buffer, &mut spans, self.batch_size)? {
             // Events borrow from this batch's buffer: one allocation per
             // batch, none per event.
             let mut events = Vec::with_capacity(spans.len());
@@ -245,9 +226,9 @@ impl<'a> Run<'a> {
             // A whole CloudTrail document is one record of many events:
             // hand them to the engine in batches too.
             let origins = std::mem::take(&mut self.origins);
-            self.feed(engine, &events, &origins, batch_size, counts, outputs)?;
+            self.feed(engine, &events, &origins, counts, outputs)?;
             self.origins = origins;
-            if let Some(bar) = progress {
+            if let Some(bar) = self.progress {
                 bar.set_position(reader.bytes_read);
             }
         }
@@ -255,16 +236,12 @@ impl<'a> Run<'a> {
     }
 
     /// Several inputs read together, merged by event time ([`Run::merge`]).
-    #[allow(clippy::too_many_arguments)]
     fn merged(
         &mut self,
         inputs: &[PathBuf],
         decoder: &Decoder,
         engine: &mut Engine,
-        batch_size: usize,
         outputs: &mut OutputFiles,
-        progress: Option<&ProgressBar>,
-        stop: &AtomicBool,
         summary: &mut ReplaySummary,
     ) -> Result<(), ReplayError> {
         let mut lanes = Vec::with_capacity(inputs.len());
@@ -276,20 +253,12 @@ impl<'a> Run<'a> {
                 name: reader.name().to_string(),
                 reader,
                 decoder,
-                batch_size,
+                batch_size: self.batch_size,
                 buffer: Vec::new(),
                 spans: Vec::new(),
             });
         }
-        self.merge(
-            &mut lanes,
-            engine,
-            batch_size,
-            outputs,
-            progress,
-            stop,
-            &mut summary.counts,
-        )
+        self.merge(&mut lanes, engine, outputs, &mut summary.counts)
     }
 
     /// Hands `events` to the engine in micro-batches of `batch_size` and
@@ -299,11 +268,10 @@ impl<'a> Run<'a> {
         engine: &mut Engine,
         events: &[AccessEvent<'_>],
         origins: &[u64],
-        batch_size: usize,
         counts: &mut Counts,
         outputs: &mut OutputFiles,
     ) -> Result<(), ReplayError> {
-        for (chunk, origins) in events.chunks(batch_size).zip(origins.chunks(batch_size)) {
+        for (chunk, origins) in events.chunks(self.batch_size).zip(origins.chunks(self.batch_size)) {
             self.emitted.clear();
             engine.process_with_origins(chunk, origins, &mut self.emitted);
             counts.events += chunk.len() as u64;
@@ -318,25 +286,21 @@ impl<'a> Run<'a> {
     /// from their buffers to wait in each input's queue. A lane is refilled
     /// only when its queue is empty, so each input's rejections are written
     /// at the same point of the merge however its batches were decoded.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn merge<L: Lane>(
         &mut self,
         lanes: &mut [L],
         engine: &mut Engine,
-        batch_size: usize,
         outputs: &mut OutputFiles,
-        progress: Option<&ProgressBar>,
-        stop: &AtomicBool,
         counts: &mut Counts,
     ) -> Result<(), ReplayError> {
         let mut queues: Vec<VecDeque<(AccessEvent<'static>, u64)>> = vec![VecDeque::new(); lanes.len()];
         let mut done = vec![false; lanes.len()];
-        let mut batch: Vec<AccessEvent<'static>> = Vec::with_capacity(batch_size);
-        let mut origins: Vec<u64> = Vec::with_capacity(batch_size);
+        let mut batch: Vec<AccessEvent<'static>> = Vec::with_capacity(self.batch_size);
+        let mut origins: Vec<u64> = Vec::with_capacity(self.batch_size);
         loop {
             let mut oldest: Option<(i64, usize)> = None;
             for (index, lane) in lanes.iter_mut().enumerate() {
-                while queues[index].is_empty() && !done[index] && !stop.load(Ordering::Relaxed) {
+                while queues[index].is_empty() && !done[index] && !self.stop.load(Ordering::Relaxed) {
                     if !lane.refill(index, &mut queues[index], counts, outputs)? {
                         done[index] = true;
                     }
@@ -353,11 +317,11 @@ impl<'a> Run<'a> {
                 batch.push(event);
                 origins.push(origin);
             }
-            if batch.len() >= batch_size || (exhausted && !batch.is_empty()) {
-                self.feed(engine, &batch, &origins, batch_size, counts, outputs)?;
+            if batch.len() >= self.batch_size || (exhausted && !batch.is_empty()) {
+                self.feed(engine, &batch, &origins, counts, outputs)?;
                 batch.clear();
                 origins.clear();
-                if let Some(bar) = progress {
+                if let Some(bar) = self.progress {
                     bar.set_position(lanes.iter().map(Lane::bytes_read).sum());
                 }
             }

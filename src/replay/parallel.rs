@@ -322,8 +322,8 @@ pub fn replay_files_parallel(
     owners: &OwnerBook,
 ) -> Result<ReplaySummary, ReplayError> {
     let mut summary = ReplaySummary::default();
-    let mut run = Run::new(owners);
-    let batch_size = batch_size.max(1);
+    let mut run = Run::new(owners, batch_size, progress, stop);
+    let batch_size = run.batch_size;
     // The calling thread judges; the others decode.
     let decoders = threads.saturating_sub(1).max(1);
     let mut readers = Vec::with_capacity(inputs.len());
@@ -345,29 +345,12 @@ pub fn replay_files_parallel(
         // The streams are dropped when this returns, so the threads of an
         // input left unread (an error) end instead of waiting to send.
         if streams.len() == 1 {
-            one_input(
-                &mut run,
-                &mut streams[0],
-                engine,
-                batch_size,
-                outputs,
-                progress,
-                &mut summary,
-            )
+            one_input(&mut run, &mut streams[0], engine, outputs, &mut summary)
         } else {
-            merged(
-                &mut run,
-                &mut streams,
-                engine,
-                batch_size,
-                outputs,
-                progress,
-                stop,
-                &mut summary,
-            )
+            merged(&mut run, &mut streams, engine, outputs, &mut summary)
         }
     })?;
-    run.finish(engine, outputs, stop, &mut summary)?;
+    run.finish(engine, outputs, &mut summary)?;
     Ok(summary)
 }
 
@@ -386,9 +369,7 @@ fn one_input(
     run: &mut Run<'_>,
     stream: &mut Ordered<Result<DecodedBatch, SourceError>>,
     engine: &mut Engine,
-    batch_size: usize,
     outputs: &mut OutputFiles,
-    progress: Option<&ProgressBar>,
     summary: &mut ReplaySummary,
 ) -> Result<(), ReplayError> {
     let counts = &mut summary.counts;
@@ -402,9 +383,9 @@ fn one_input(
         run.origins
             .extend(batch.events.iter().map(|event| origin_of(0, event.line)));
         let origins = std::mem::take(&mut run.origins);
-        run.feed(engine, &events, &origins, batch_size, counts, outputs)?;
+        run.feed(engine, &events, &origins, counts, outputs)?;
         run.origins = origins;
-        if let Some(bar) = progress {
+        if let Some(bar) = run.progress {
             bar.set_position(batch.bytes_read);
         }
     }
@@ -414,30 +395,18 @@ fn one_input(
 /// Several inputs merged by event time ([`Run::merge`]), each input's
 /// batches decoded ahead; an input's next batch is taken (and its
 /// rejections written) exactly when one thread would read it.
-#[allow(clippy::too_many_arguments)]
 fn merged(
     run: &mut Run<'_>,
     streams: &mut [Ordered<Result<DecodedBatch, SourceError>>],
     engine: &mut Engine,
-    batch_size: usize,
     outputs: &mut OutputFiles,
-    progress: Option<&ProgressBar>,
-    stop: &AtomicBool,
     summary: &mut ReplaySummary,
 ) -> Result<(), ReplayError> {
     let mut lanes: Vec<DecodedLane<'_>> = streams
         .iter_mut()
         .map(|stream| DecodedLane { stream, bytes_read: 0 })
         .collect();
-    run.merge(
-        &mut lanes,
-        engine,
-        batch_size,
-        outputs,
-        progress,
-        stop,
-        &mut summary.counts,
-    )
+    run.merge(&mut lanes, engine, outputs, &mut summary.counts)
 }
 
 /// One input of a merged replay, decoded ahead by its own threads.

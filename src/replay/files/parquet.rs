@@ -8,9 +8,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use indicatif::ProgressBar;
+use std::sync::atomic::Ordering;
 
 use super::{Lane, ReplayError, ReplaySummary, Run, origin_of};
 use crate::counts::Counts;
@@ -26,16 +24,12 @@ use crate::source::parquet::ParquetInput;
 impl Run<'_> {
     /// Replays Parquet `inputs`, found through the decoder's mapping
     /// (canonical column names without one).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn parquet(
         &mut self,
         inputs: &[PathBuf],
         decoder: &Decoder,
         engine: &mut Engine,
-        batch_size: usize,
         outputs: &mut OutputFiles,
-        progress: Option<&ProgressBar>,
-        stop: &AtomicBool,
         summary: &mut ReplaySummary,
     ) -> Result<(), ReplayError> {
         let mapping = decoder.mapping.clone().unwrap_or_default();
@@ -47,30 +41,26 @@ impl Run<'_> {
         }
         if opened.len() == 1 {
             let input = opened.pop().expect("one input");
-            self.one_parquet(input, engine, batch_size, outputs, progress, stop, &mut summary.counts)
+            self.one_parquet(input, engine, outputs, &mut summary.counts)
         } else {
-            self.merged_parquet(opened, engine, batch_size, outputs, progress, stop, &mut summary.counts)
+            self.merged_parquet(opened, engine, outputs, &mut summary.counts)
         }
     }
 
     /// One file, streamed: events borrow from the batch's columns.
-    #[allow(clippy::too_many_arguments)]
     fn one_parquet(
         &mut self,
         mut input: ParquetInput,
         engine: &mut Engine,
-        batch_size: usize,
         outputs: &mut OutputFiles,
-        progress: Option<&ProgressBar>,
-        stop: &AtomicBool,
         counts: &mut Counts,
     ) -> Result<(), ReplayError> {
         let name = input.name().to_string();
-        if let Some(bar) = progress {
+        if let Some(bar) = self.progress {
             bar.set_message(name.clone());
         }
         let mut rows_before = 0u64;
-        while !stop.load(Ordering::Relaxed) {
+        while !self.stop.load(Ordering::Relaxed) {
             let Some(batch) = input.next_batch()? else { break };
             let view = input
                 .plan()
@@ -87,9 +77,9 @@ impl Run<'_> {
             })?;
             rows_before += view.rows() as u64;
             let origins = std::mem::take(&mut self.origins);
-            self.feed(engine, &batch_events, &origins, batch_size, counts, outputs)?;
+            self.feed(engine, &batch_events, &origins, counts, outputs)?;
             self.origins = origins;
-            if let Some(bar) = progress {
+            if let Some(bar) = self.progress {
                 bar.set_position(input.bytes_estimate());
             }
         }
@@ -97,22 +87,18 @@ impl Run<'_> {
     }
 
     /// Several files merged by event time ([`Run::merge`]).
-    #[allow(clippy::too_many_arguments)]
     fn merged_parquet(
         &mut self,
         inputs: Vec<ParquetInput>,
         engine: &mut Engine,
-        batch_size: usize,
         outputs: &mut OutputFiles,
-        progress: Option<&ProgressBar>,
-        stop: &AtomicBool,
         counts: &mut Counts,
     ) -> Result<(), ReplayError> {
         let mut lanes: Vec<ParquetLane> = inputs
             .into_iter()
             .map(|input| ParquetLane { input, rows_before: 0 })
             .collect();
-        self.merge(&mut lanes, engine, batch_size, outputs, progress, stop, counts)
+        self.merge(&mut lanes, engine, outputs, counts)
     }
 }
 
