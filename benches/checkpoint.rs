@@ -8,6 +8,10 @@
 //!
 //! `cargo bench --bench checkpoint`
 
+/// The binary's allocator, so that what is measured is what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod support;
 
 use std::borrow::Cow;

@@ -17,6 +17,10 @@
 //! size and key count are realistic: 10k events over 2k keys, with a
 //! power-law-ish key popularity as in real API traffic.
 
+/// The binary's allocator, so that what is measured is what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod support;
 
 use std::hint::black_box;

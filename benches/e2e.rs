@@ -16,6 +16,10 @@
 //! events. Resident memory per key is `benches/state_memory.rs`.
 //! Inputs go to a temporary folder that is deleted at the end.
 
+/// The binary's allocator, so that what is measured is what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;

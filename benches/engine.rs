@@ -15,6 +15,10 @@
 //! next, while the CPU time a batch takes moves far less (cache and memory
 //! contention still reach it, on both sides alike).
 
+/// The binary's allocator, so that what is measured is what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod support;
 
 use std::borrow::Cow;

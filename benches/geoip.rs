@@ -2,6 +2,10 @@
 //! address mixes shaped like API traffic, against ~2k-network City and ASN
 //! databases of the test world's synthetic networks.
 
+/// The binary's allocator, so that what is measured is what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod support;
 
 use std::hint::black_box;

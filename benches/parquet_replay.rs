@@ -13,6 +13,10 @@
 //! `KEYWATCH_BENCH_KEYS` (default 1000), `KEYWATCH_BENCH_DAYS` (default 5)
 //! and `KEYWATCH_BENCH_ROUNDS` (default 3).
 
+/// The binary's allocator, so that what is measured is what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 

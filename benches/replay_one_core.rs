@@ -13,6 +13,10 @@
 //! where EVENTS.jsonl comes from `keywatch generate` (its folder also holds
 //! the `geoip-city.mmdb` and `geoip-asn.mmdb` the replay uses).
 
+/// The binary's allocator, so that what is measured is what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -14,6 +14,10 @@
 //!
 //! `cargo bench --bench replay_threads` (`-- 2 3` for other thread counts).
 
+/// The binary's allocator, so that what is measured is what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -12,7 +12,7 @@
 
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -38,10 +38,10 @@ const ENDPOINTS: [&str; 6] = [
     "/v2/search",
 ];
 
-/// The system allocator, counting live heap bytes and live allocations by
+/// The binary's allocator (mimalloc), counting live heap bytes and live allocations by
 /// requested size (in 8-byte classes up to 4 KiB, larger ones together),
 /// so the bench can say where the resident bytes go: how many allocations
-/// a key costs (each carries malloc's header and rounding) and of what size.
+/// a key costs (each is rounded up to a size class) and of what size.
 struct Counting;
 
 const SIZE_CLASSES: usize = 513;
@@ -52,26 +52,26 @@ fn size_class(size: usize) -> usize {
     size.div_ceil(8).min(SIZE_CLASSES - 1)
 }
 
-// SAFETY: every call is passed on to the system allocator unchanged; the
+// SAFETY: every call is passed on to mimalloc unchanged; the
 // counters are only read by this bench.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
         LIVE_BY_SIZE[size_class(layout.size())].fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
         LIVE_BY_SIZE[size_class(layout.size())].fetch_sub(1, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
         LIVE_BY_SIZE[size_class(layout.size())].fetch_sub(1, Ordering::Relaxed);
         LIVE_BY_SIZE[size_class(new_size)].fetch_add(1, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
     }
 }
 
