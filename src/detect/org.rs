@@ -179,15 +179,17 @@ pub fn check_unfamiliar_network(state: &KeyState, event: &ResolvedEvent, ctx: &C
     let geo = &event.geo;
     // Only a call the API served proves the key works: guessed and revoked
     // ids are refused or throttled, and the source view judges whoever
-    // sprays them.
-    if org.is_empty()
-        || event.status >= 400
-        || !org.saw_born(state.first_ts, model.org_epoch.as_millis() as i64)
+    // sprays them. Every test is pure, so they are ordered by cost: most
+    // calls are from learned keys and end at the cheap ones, before
+    // `is_empty` walks the organisation's buckets.
+    if event.status >= 400
         || geo.asn == 0
         || !geo.has_location
         || state.has_learned(event.ts_ms, &model.org_learned)
-        || org.asns.contains_key(&geo.asn)
+        || !org.saw_born(state.first_ts, model.org_epoch.as_millis() as i64)
         || state.geo.asns.contains(geo.asn)
+        || org.asns.contains_key(&geo.asn)
+        || org.is_empty()
     {
         return;
     }
