@@ -17,7 +17,6 @@ pub mod parquet;
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::LazyLock;
 
 use serde::Serialize;
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -26,7 +25,7 @@ use crate::event::AccessEvent;
 
 pub use canonical::canonical_key_id;
 pub use cloudtrail::{SERVICE_SOURCE_IP, is_records_document, is_service_principal};
-pub use mapping::{FieldMapping, TsFormat};
+pub use mapping::{FieldMapping, MappedDecoder, TsFormat};
 
 /// Why one record could not become an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,8 +115,12 @@ pub const MAX_KEY_ID_BYTES: usize = 2048;
 pub struct Decoder {
     pub format: Format,
     /// Used by [`Format::Mapped`]; without one, the canonical field names are
-    /// looked up at the top level of each record.
+    /// looked up at the top level of each record. Compiled by
+    /// [`Decoder::new`]: set it there, not afterwards.
     pub mapping: Option<FieldMapping>,
+    /// `mapping` (or the default) compiled once, so that no record pays for
+    /// reading the mapping's paths.
+    mapped: MappedDecoder,
     /// Records longer than this are rejected unread. A CloudTrail
     /// `{"Records":[...]}` document is a whole file rather than one record,
     /// so the limit applies to each of its events instead.
@@ -155,14 +158,13 @@ pub struct Rejection {
     pub index: Option<u32>,
 }
 
-/// The mapping used by [`Format::Mapped`] when none is configured; config
-/// validation normally prevents that, but the decoder must not panic on it.
-static DEFAULT_MAPPING: LazyLock<FieldMapping> = LazyLock::new(FieldMapping::default);
-
 impl Decoder {
     pub fn new(format: Format, mapping: Option<FieldMapping>, max_record_bytes: usize) -> Self {
         Decoder {
             format,
+            // Without a mapping (config validation normally prevents it for
+            // `mapped`), the default one: the decoder must not panic.
+            mapped: MappedDecoder::new(mapping.clone().unwrap_or_default()),
             mapping,
             max_record_bytes,
             max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
@@ -231,7 +233,12 @@ impl Decoder {
         let event = if wants_cloudtrail {
             cloudtrail::decode_event(record)
         } else if self.format == Format::Mapped {
-            mapping::decode_mapped(record, self.mapping.as_ref().unwrap_or(&DEFAULT_MAPPING))
+            debug_assert_eq!(
+                self.mapped.mapping(),
+                &self.mapping.clone().unwrap_or_default(),
+                "Decoder::mapping changed after Decoder::new compiled it"
+            );
+            self.mapped.decode(record)
         } else {
             canonical::decode_canonical(record)
         };
