@@ -115,9 +115,9 @@ pub const MAX_KEY_ID_BYTES: usize = 2048;
 pub struct Decoder {
     pub format: Format,
     /// Used by [`Format::Mapped`]; without one, the canonical field names are
-    /// looked up at the top level of each record. Compiled by
-    /// [`Decoder::new`]: set it there, not afterwards.
-    pub mapping: Option<FieldMapping>,
+    /// looked up at the top level of each record. Private: it is compiled
+    /// into `mapped` by [`Decoder::new`], and must not change after.
+    mapping: Option<FieldMapping>,
     /// `mapping` (or the default) compiled once, so that no record pays for
     /// reading the mapping's paths.
     mapped: MappedDecoder,
@@ -170,6 +170,11 @@ impl Decoder {
             max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
         }
+    }
+
+    /// The field mapping of [`Format::Mapped`], as given to [`Decoder::new`].
+    pub fn mapping(&self) -> Option<&FieldMapping> {
+        self.mapping.as_ref()
     }
 
     /// The same decoder with these byte budgets (see the fields).
@@ -233,11 +238,6 @@ impl Decoder {
         let event = if wants_cloudtrail {
             cloudtrail::decode_event(record)
         } else if self.format == Format::Mapped {
-            debug_assert_eq!(
-                self.mapped.mapping(),
-                &self.mapping.clone().unwrap_or_default(),
-                "Decoder::mapping changed after Decoder::new compiled it"
-            );
             self.mapped.decode(record)
         } else {
             canonical::decode_canonical(record)
