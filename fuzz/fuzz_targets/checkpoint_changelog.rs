@@ -98,11 +98,27 @@ fuzz_target!(|input: &[u8]| {
     for (key, value) in &messages {
         assembler.push(key, value.as_deref());
     }
-    if let Ok(checkpoints) = assembler.finish() {
-        let wanted = wanted();
-        assert!(
-            checkpoints.keys().all(|id| wanted.contains(id)),
-            "a checkpoint of a partition nobody asked for came back"
-        );
+    // Whatever the bytes, restoring never fails as a whole (a partition
+    // whose checkpoint cannot be read falls back alone, to an older
+    // generation or to empty state), and nothing comes back for a partition
+    // nobody asked for.
+    let restored = assembler.finish();
+    let wanted = wanted();
+    assert!(
+        restored.checkpoints.keys().all(|id| wanted.contains(id)),
+        "a checkpoint of a partition nobody asked for came back"
+    );
+    assert!(
+        restored.fallbacks.keys().all(|id| wanted.contains(id)),
+        "a fallback for a partition nobody asked for came back"
+    );
+    for (id, fallback) in &restored.fallbacks {
+        // An older generation comes back restored; no usable one, empty.
+        let expected = if restored.checkpoints.contains_key(id) {
+            "previous_generation"
+        } else {
+            "empty_state"
+        };
+        assert_eq!(fallback.reason, expected, "the fallback of {id:?} names the wrong state");
     }
 });

@@ -1,6 +1,7 @@
 //! Fuzzes the mapped JSON-lines format with a custom field mapping that uses
 //! every kind of path (nested objects, a dotted name read whole, an array
-//! index) and defaults for method and status. The first byte of the input
+//! index), defaults for method and status, and trusted proxies for an
+//! `X-Forwarded-For` list. The first byte of the input
 //! picks the timestamp format, the rest is the record. See common.rs for the
 //! properties checked.
 #![no_main]
@@ -11,6 +12,11 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 
 fn mapping(ts_format: TsFormat) -> FieldMapping {
+    // Trusted proxies are read from configuration text (CIDR or a single
+    // address), so they are made the same way here.
+    let with_proxies: FieldMapping =
+        serde_json::from_str(r#"{"trusted_proxies": ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]}"#)
+            .expect("a valid trusted-proxy list");
     FieldMapping {
         ts: "request.time".into(),
         ts_format,
@@ -24,6 +30,7 @@ fn mapping(ts_format: TsFormat) -> FieldMapping {
         user_agent: "request.headers.user-agent".into(),
         bytes_out: "response.bytes".into(),
         request_id: "id".into(),
+        trusted_proxies: with_proxies.trusted_proxies,
     }
 }
 
