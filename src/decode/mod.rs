@@ -114,12 +114,9 @@ pub const MAX_KEY_ID_BYTES: usize = 2048;
 #[derive(Debug, Clone)]
 pub struct Decoder {
     pub format: Format,
-    /// Used by [`Format::Mapped`]; without one, the canonical field names are
-    /// looked up at the top level of each record. Private: it is compiled
-    /// into `mapped` by [`Decoder::new`], and must not change after.
-    mapping: Option<FieldMapping>,
-    /// `mapping` (or the default) compiled once, so that no record pays for
-    /// reading the mapping's paths.
+    /// The field mapping of [`Format::Mapped`] (without one, the canonical
+    /// field names at the top level of each record), compiled once by
+    /// [`Decoder::new`] so that no record pays for reading its paths.
     mapped: MappedDecoder,
     /// Records longer than this are rejected unread. A CloudTrail
     /// `{"Records":[...]}` document is a whole file rather than one record,
@@ -164,17 +161,17 @@ impl Decoder {
             format,
             // Without a mapping (config validation normally prevents it for
             // `mapped`), the default one: the decoder must not panic.
-            mapped: MappedDecoder::new(mapping.clone().unwrap_or_default()),
-            mapping,
+            mapped: MappedDecoder::new(mapping.unwrap_or_default()),
             max_record_bytes,
             max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
         }
     }
 
-    /// The field mapping of [`Format::Mapped`], as given to [`Decoder::new`].
-    pub fn mapping(&self) -> Option<&FieldMapping> {
-        self.mapping.as_ref()
+    /// The field mapping of [`Format::Mapped`]: the one given to
+    /// [`Decoder::new`], or the default (canonical names) without one.
+    pub fn mapping(&self) -> &FieldMapping {
+        self.mapped.mapping()
     }
 
     /// The same decoder with these byte budgets (see the fields).
@@ -272,8 +269,9 @@ impl Decoder {
     /// and always the canonical `key_id` and CloudTrail's `accessKeyId`,
     /// since `auto` may read either.
     pub fn key_field_names(&self) -> [&str; 4] {
-        let mapped = match (&self.format, &self.mapping) {
-            (Format::Mapped, Some(mapping)) => mapping.key_id.as_str(),
+        // Without a configured mapping, the default's key path is `key_id`.
+        let mapped = match self.format {
+            Format::Mapped => self.mapped.mapping().key_id.as_str(),
             _ => "key_id",
         };
         let leaf = mapped.rsplit('.').next().unwrap_or(mapped);

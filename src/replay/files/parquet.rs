@@ -32,7 +32,7 @@ impl Run<'_> {
         outputs: &mut OutputFiles,
         summary: &mut ReplaySummary,
     ) -> Result<(), ReplayError> {
-        let mapping = decoder.mapping().cloned().unwrap_or_default();
+        let mapping = decoder.mapping().clone();
         let mut opened = Vec::with_capacity(inputs.len());
         for path in inputs {
             let input = ParquetInput::open(path, &mapping)?;
