@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use ipnet::IpNet;
 
 use super::canonical::{check_ts_range, key_field, optional};
-use super::{DecodeError, Scalar, expect_object, parse_record};
+use super::{DecodeError, Scalar, expect_object, parse_record, scalar_visits};
 use crate::event::{AccessEvent, parse_ts};
 
 /// Where each canonical field is found in a gateway's JSON record.
@@ -551,33 +551,7 @@ impl<'de> Visitor<'de> for NodeVisitor<'_, '_, 'de> {
         formatter.write_str("any json value")
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Scalar::Null)
-    }
-
-    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
-        Ok(Scalar::Bool(value))
-    }
-
-    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
-        Ok(Scalar::Int(value))
-    }
-
-    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
-        Ok(Scalar::UInt(value))
-    }
-
-    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
-        Ok(Scalar::Float(value))
-    }
-
-    fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<Self::Value, E> {
-        Ok(Scalar::Str(Cow::Borrowed(value)))
-    }
-
-    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
-        Ok(Scalar::Str(Cow::Owned(value.to_owned())))
-    }
+    scalar_visits!('de);
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
         let keys = &self.node.keys;

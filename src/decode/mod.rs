@@ -351,6 +351,49 @@ impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
     }
 }
 
+/// The [`Visitor`] methods that read a JSON scalar as a [`Scalar`], for the
+/// visitors that read any value (`$de` is the visitor's input lifetime).
+macro_rules! scalar_visits {
+    ($de:lifetime) => {
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Scalar::Null)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Scalar::Null)
+        }
+
+        fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+            Ok(Scalar::Bool(value))
+        }
+
+        fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+            Ok(Scalar::Int(value))
+        }
+
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+            Ok(Scalar::UInt(value))
+        }
+
+        fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+            Ok(Scalar::Float(value))
+        }
+
+        fn visit_borrowed_str<E: de::Error>(self, value: &$de str) -> Result<Self::Value, E> {
+            Ok(Scalar::Str(Cow::Borrowed(value)))
+        }
+
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+            Ok(Scalar::Str(Cow::Owned(value.to_owned())))
+        }
+
+        fn visit_string<E: de::Error>(self, value: String) -> Result<Self::Value, E> {
+            Ok(Scalar::Str(Cow::Owned(value)))
+        }
+    };
+}
+pub(crate) use scalar_visits;
+
 struct ScalarVisitor<'a>(PhantomData<Scalar<'a>>);
 
 impl<'de: 'a, 'a> Visitor<'de> for ScalarVisitor<'a> {
@@ -360,41 +403,7 @@ impl<'de: 'a, 'a> Visitor<'de> for ScalarVisitor<'a> {
         formatter.write_str("any json value")
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Scalar::Null)
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Scalar::Null)
-    }
-
-    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
-        Ok(Scalar::Bool(value))
-    }
-
-    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
-        Ok(Scalar::Int(value))
-    }
-
-    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
-        Ok(Scalar::UInt(value))
-    }
-
-    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
-        Ok(Scalar::Float(value))
-    }
-
-    fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<Self::Value, E> {
-        Ok(Scalar::Str(Cow::Borrowed(value)))
-    }
-
-    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
-        Ok(Scalar::Str(Cow::Owned(value.to_owned())))
-    }
-
-    fn visit_string<E: de::Error>(self, value: String) -> Result<Self::Value, E> {
-        Ok(Scalar::Str(Cow::Owned(value)))
-    }
+    scalar_visits!('de);
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
