@@ -246,14 +246,26 @@ impl SourceView {
         self.sources.len()
     }
 
+    /// Judges one observation at the view's clock: the newest event time
+    /// judged so far. In order, that is the observation's own time. A late
+    /// one (behind the clock by more than the reorder lateness: in Kafka,
+    /// key partitions that progress at different speeds, after a catch-up
+    /// or a rebalance) still counts for its key while the window at the
+    /// clock covers it, and is dropped once it does not: so a window never
+    /// joins calls further apart than its length, whatever order they came
+    /// in.
     fn judge(&mut self, observation: Observation, out: &mut Vec<Output>) {
         let ts = observation.ts_ms;
+        let window_ms = self.model.spray_window.as_millis() as i64;
         if ts < self.last_judged_ts {
             self.late += 1;
+            if ts <= self.last_judged_ts - window_ms {
+                return;
+            }
         }
         self.last_judged_ts = self.last_judged_ts.max(ts);
-        self.sweep(ts, out);
-        let window_ms = self.model.spray_window.as_millis() as i64;
+        let now = self.last_judged_ts;
+        self.sweep(now, out);
         let gap_ms = self.model.spray_incident_gap.as_millis() as i64;
         let max_keys = self.model.spray_max_keys;
         let min_keys = self.model.spray_min_keys;
@@ -263,7 +275,7 @@ impl SourceView {
         if source
             .incident
             .as_ref()
-            .is_some_and(|incident| ts - incident.last_ts > gap_ms)
+            .is_some_and(|incident| now - incident.last_ts > gap_ms)
             && let Some(ended) = source.incident.take()
         {
             self.close(network, ended, out);
@@ -272,7 +284,7 @@ impl SourceView {
             return;
         };
         if source.keys.len() >= max_keys {
-            source.keys.retain(|_, calls| calls.last_ts > ts - window_ms);
+            source.keys.retain(|_, calls| calls.last_ts > now - window_ms);
         }
         let known = source.keys.contains_key(&observation.key);
         if known || source.keys.len() < max_keys {
@@ -288,11 +300,11 @@ impl SourceView {
 
         // Only a source with many keys is worth counting them in the window.
         if source.keys.len() >= min_keys {
-            source.keys.retain(|_, calls| calls.last_ts > ts - window_ms);
+            source.keys.retain(|_, calls| calls.last_ts > now - window_ms);
         }
 
         if let Some(incident) = source.incident.as_mut() {
-            incident.last_ts = ts;
+            incident.last_ts = incident.last_ts.max(ts);
             incident.absorb(&observation, max_keys);
             let severity = incident.severity_now(self.model.spray_refused_share);
             let grown = incident.keys.len() >= incident.next_alert_keys;
@@ -379,7 +391,9 @@ impl SourceView {
 
 impl Incident {
     fn absorb(&mut self, observation: &Observation, max_keys: usize) {
-        self.last = *observation;
+        if observation.ts_ms >= self.last.ts_ms {
+            self.last = *observation;
+        }
         if self.keys.len() < max_keys {
             self.keys.insert(observation.key);
         }
@@ -601,6 +615,40 @@ mod tests {
     fn keys_spread_wider_than_the_window_raise_nothing() {
         // 20 keys, one every 40 s: never 20 within 10 minutes.
         assert!(run(&mut view(), &spray(20, 40_000, true)).is_empty());
+    }
+
+    /// `observations` as two streams that reach the view one after the
+    /// other: those at odd positions first, then those at even positions
+    /// (two key partitions, the second far behind the first).
+    fn second_stream_far_behind(observations: &[Observation]) -> Vec<Observation> {
+        let odd = observations.iter().skip(1).step_by(2);
+        let even = observations.iter().step_by(2);
+        odd.chain(even).copied().collect()
+    }
+
+    #[test]
+    fn keys_wider_apart_than_the_window_raise_nothing_even_when_a_stream_arrives_far_behind() {
+        // 40 keys one every 61 s (40 minutes): never 20 within 10 minutes,
+        // in order or not. Behind the clock by more than the reorder
+        // lateness, the second stream's calls count only within the window
+        // at the view's clock.
+        let observations = spray(40, 61_000, false);
+        assert!(run(&mut view(), &observations).is_empty());
+        let mut skewed = view();
+        assert!(run(&mut skewed, &second_stream_far_behind(&observations)).is_empty());
+        assert!(skewed.late > 0, "the second stream came in late");
+    }
+
+    #[test]
+    fn a_spray_within_the_window_is_raised_even_when_half_of_it_arrives_late() {
+        // 20 keys within 190 s, the second half arriving after the first
+        // has moved the clock past the reorder lateness.
+        let observations = spray(20, 10_000, true);
+        let mut skewed = view();
+        let alerts = run(&mut skewed, &second_stream_far_behind(&observations));
+        assert!(skewed.late > 0, "the second stream came in late");
+        assert!(!alerts.is_empty());
+        assert_eq!(alerts[0].keys.len(), 20, "{:#?}", alerts[0]);
     }
 
     #[test]

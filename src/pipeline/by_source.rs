@@ -10,6 +10,16 @@
 //! The view's state is not checkpointed: it spans minutes of event time,
 //! and a restart starts it empty at the committed offset, so a spray cut
 //! by a restart may be raised late or as a second incident.
+//!
+//! Key partitions progress at their own speed (one catching up, one held
+//! by a member that died until its session times out), so one partition's
+//! calls can reach the view long after another's later ones. A call more
+//! than `reorder_lateness` behind the view's clock is judged at that clock:
+//! it counts for its key while the spray window there still covers it and
+//! is dropped once it does not. A spray split that way across partitions
+//! may be raised later or missed; a window never joins calls further apart
+//! than its length, so no spray is made up of keys that were never used
+//! together.
 
 use std::sync::Arc;
 
