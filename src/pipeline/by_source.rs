@@ -76,6 +76,7 @@ impl Stage for SourceStage {
     fn process(&mut self, records: &[InputRecord], outbox: &mut Outbox) -> Result<(), KafkaSinkError> {
         let mut counts = Counts::default();
         let mut newest_event_ms = i64::MIN;
+        let mut late = 0;
         self.outputs.clear();
         for record in records {
             let Some(owned) = self.partitions.claim(record) else {
@@ -90,7 +91,9 @@ impl Stage for SourceStage {
             {
                 Some(observation) => {
                     newest_event_ms = newest_event_ms.max(observation.ts_ms);
-                    owned.state.observe(observation, &mut self.outputs)
+                    let late_before = owned.state.late;
+                    owned.state.observe(observation, &mut self.outputs);
+                    late += owned.state.late - late_before;
                 }
                 None => {
                     tracing::warn!(partition = %record.partition_id(), offset = record.offset, "unreadable observation skipped")
@@ -106,6 +109,9 @@ impl Stage for SourceStage {
             }
         }
         self.outputs.clear();
+        if late > 0 {
+            metrics::counter!("keywatch_source_view_late_total").increment(late);
+        }
         self.progress.end_batch(STAGE, &counts, newest_event_ms);
         result
     }

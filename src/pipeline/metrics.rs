@@ -44,6 +44,12 @@ pub fn install(listen: SocketAddr) -> Result<(), String> {
         "keywatch_late_events_total",
         "Events older than their key's newest event by more than the allowed lateness"
     );
+    metrics::describe_counter!(
+        "keywatch_source_view_late_total",
+        "Calls the source view judged behind its clock by more than its reorder lateness"
+    );
+    // Counted by the source stage as it happens: shown at 0 until then.
+    metrics::counter!("keywatch_source_view_late_total").increment(0);
     metrics::describe_gauge!(
         "keywatch_consumer_lag",
         "High watermark minus position per owned partition and stage"
