@@ -477,20 +477,19 @@ struct Placed {
 
 /// The partition of a key id among `partitions`, as a producer keyed by key
 /// id places it.
-fn partition_of(hasher: &rustc_hash::FxBuildHasher, key: &str, partitions: i32) -> i32 {
+fn partition_of(key: &str, partitions: i32) -> i32 {
     use std::hash::BuildHasher;
-    (hasher.hash_one(key) % partitions as u64) as i32
+    (rustc_hash::FxBuildHasher.hash_one(key) % partitions as u64) as i32
 }
 
 /// The same records placed on `partitions` partitions by the same hash: a
 /// key's records stay on one partition, in order.
 fn placed_on(records: &[Placed], partitions: i32) -> Vec<Placed> {
-    let hasher = rustc_hash::FxBuildHasher;
     records
         .iter()
         .map(|placed| Placed {
             key: placed.key.clone(),
-            partition: partition_of(&hasher, &placed.key, partitions),
+            partition: partition_of(&placed.key, partitions),
             payload: placed.payload.clone(),
         })
         .collect()
@@ -503,7 +502,6 @@ fn placed_on(records: &[Placed], partitions: i32) -> Vec<Placed> {
 fn generated_records(count: usize, partitions: i32) -> Result<(Vec<Placed>, GeoIp), BenchError> {
     let config = GenerateConfig::new(2_000, 10, 1, DEFAULT_START).map_err(|error| failed(error.to_string()))?;
     let generation = Generation::new(config);
-    let hasher = rustc_hash::FxBuildHasher;
     let mut filled = vec![0usize; partitions as usize];
     let mut records = Vec::with_capacity(count);
     let _ = generation.for_each_event(|event| {
@@ -511,7 +509,7 @@ fn generated_records(count: usize, partitions: i32) -> Result<(Vec<Placed>, GeoI
             return Err(());
         }
         let payload = serde_json::to_vec(event).map_err(|_| ())?;
-        let partition = partition_of(&hasher, event.key_id.as_ref(), partitions) as usize;
+        let partition = partition_of(event.key_id.as_ref(), partitions) as usize;
         if filled[partition] + payload.len() <= PARTITION_BUDGET {
             filled[partition] += payload.len();
             records.push(Placed {
@@ -529,7 +527,7 @@ fn generated_records(count: usize, partitions: i32) -> Result<(Vec<Placed>, GeoI
 }
 
 /// Produces `records`, keyed by key id, each on its partition. On a real
-/// broker, one record per batch and one request in flight: after
+/// broker, one record per batch, in order (one request in flight): after
 /// multi-record batches, tansu (0.6, memory storage) reports a high
 /// watermark short of what it stores (111,628 to 116,714 of 120,000 with
 /// 1 MB batches, 119,016 with 100 kB ones; a consumer still reads them
