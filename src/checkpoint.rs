@@ -1306,7 +1306,7 @@ mod tests {
     }
 
     fn key(index: u32, events: u64) -> KeyState {
-        let mut state = KeyState::new(format!("kf_test{index:04}"), "hint".into(), 1_000, 4);
+        let mut state = KeyState::new(format!("kf_test{index:04}").into(), "hint".into(), 1_000, 4);
         state.events = events;
         state
     }
@@ -1349,7 +1349,7 @@ mod tests {
             .snapshot
             .keys
             .iter()
-            .map(|state| (state.fingerprint.clone(), state.events))
+            .map(|state| (state.fingerprint.to_string(), state.events))
             .collect()
     }
 

@@ -39,8 +39,8 @@ use crate::enrich::endpoint::{SensitiveMatcher, normalize_endpoint};
 use crate::enrich::{GeoCache, GeoIp, NetworkKinds, ResolvedEvent};
 use crate::event::{AccessEvent, Fingerprinter, key_hint};
 use crate::feedback::{Effect, FeedbackAudit, FeedbackBook, FeedbackEntry, Outcome, Whereabouts};
-use crate::fleet::spray::fingerprint_bits;
-use crate::fleet::{Across, AcrossSnapshot, Hint};
+use crate::fleet::{Across, AcrossSnapshot};
+use crate::key_text::{Fingerprint, Hint};
 use crate::model::Model;
 use key_index::KeyIndex;
 use order::{Arrival, EventTime, HeldText, NO_STATE_HINT, Row};
@@ -159,8 +159,8 @@ pub struct Quarantined {
 /// call that is not a 401 gives it full state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LightKey {
-    pub fingerprint: Box<str>,
-    pub hint: Box<str>,
+    pub fingerprint: Fingerprint,
+    pub hint: Hint,
     pub first_ts: i64,
     pub last_ts: i64,
     pub events: u64,
@@ -171,7 +171,7 @@ pub struct LightKey {
 /// needs of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DormantRecord {
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     pub first_ts: i64,
     pub last_ts: i64,
     pub events: u64,
@@ -199,15 +199,9 @@ impl RestoreError {
     }
 }
 
-/// The 128 bits a fingerprint is indexed by: its own bits for the usual
-/// `kf_` form, a fixed hash of the text otherwise.
-fn fingerprint_key(fingerprint: &str) -> u128 {
-    fingerprint_bits(fingerprint).unwrap_or_else(|| {
-        let digest = <sha2::Sha256 as sha2::Digest>::digest(fingerprint.as_bytes());
-        let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&digest[..16]);
-        u128::from_be_bytes(bytes)
-    })
+/// The 128 bits the fingerprint `text` is indexed by.
+fn fingerprint_key(text: &str) -> u128 {
+    Fingerprint::new(text).bits()
 }
 
 /// Hints the CPU to load `len` bytes from `start` into its caches. It
@@ -754,7 +748,7 @@ impl Engine {
         state.count_event(ts_ms);
         self.changes.mark(key_index);
         self.stats.events += 1;
-        let (key, hint) = (self.key_ids[key_index], Hint::new(&self.keys[key_index].hint));
+        let (key, hint) = (self.key_ids[key_index], self.keys[key_index].hint);
         let first_across = out.len();
         self.across.after_event(
             &row,
@@ -898,7 +892,7 @@ impl Engine {
                 "the alert is no longer open on the key: give a scope",
                 entry,
             );
-            audit.key_fingerprint = Some(state.fingerprint.clone());
+            audit.key_fingerprint = Some(state.fingerprint.to_string());
             return audit;
         }
         let count = rules.len();
@@ -906,7 +900,7 @@ impl Engine {
             state.feedback.add(rule, clock_ms);
         }
         let mut audit = FeedbackAudit::new(Outcome::Applied, Some(clock_ms), "", entry);
-        audit.key_fingerprint = Some(state.fingerprint.clone());
+        audit.key_fingerprint = Some(state.fingerprint.to_string());
         audit.rules = count;
         audit
     }
@@ -926,8 +920,7 @@ impl Engine {
         if let Some(index) = self.key_index.get(key_id) {
             return (self.key_ids[index as usize], index);
         }
-        let fingerprint = self.fingerprinter.fingerprint(key_id);
-        let bits = fingerprint_key(&fingerprint);
+        let bits = self.fingerprinter.bits(key_id);
         let index = match self.by_fingerprint.get(&bits).copied() {
             Some(index) if index & LIGHT == 0 => index,
             Some(_) if unauthenticated => return (bits, NO_STATE_HINT),
@@ -938,8 +931,8 @@ impl Engine {
             }
             None if unauthenticated => {
                 let record = LightKey {
-                    fingerprint: fingerprint.into(),
-                    hint: key_hint(key_id).into(),
+                    fingerprint: Fingerprint::from_bits(bits),
+                    hint: Hint::new(&key_hint(key_id)),
                     first_ts: ts_ms,
                     last_ts: ts_ms,
                     events: 0,
@@ -960,9 +953,9 @@ impl Engine {
             }
             None => {
                 let index = self.keys.len() as u32;
-                let hint = key_hint(key_id);
+                let hint = Hint::new(&key_hint(key_id));
                 self.key_ids.push(bits);
-                let mut state = KeyState::new(fingerprint, hint, ts_ms, self.windows_per_long());
+                let mut state = KeyState::new(Fingerprint::from_bits(bits), hint, ts_ms, self.windows_per_long());
                 state.before_eviction = self.dormant.remove(&bits).map(Box::new);
                 self.keys.push(state);
                 self.changes.mark(index as usize);
@@ -1028,7 +1021,7 @@ impl Engine {
     /// The fingerprint of a key with state (full or light).
     fn fingerprint_of(&self, bits: u128) -> String {
         match self.by_fingerprint.get(&bits).copied() {
-            Some(index) if index & LIGHT == 0 => self.keys[index as usize].fingerprint.clone(),
+            Some(index) if index & LIGHT == 0 => self.keys[index as usize].fingerprint.to_string(),
             Some(light_index) => self.light[(light_index & !LIGHT) as usize]
                 .as_ref()
                 .map(|record| record.fingerprint.to_string())
@@ -1043,15 +1036,15 @@ impl Engine {
             .as_ref()
             .expect("the index names a live light slot");
         let mut state = KeyState::new(
-            record.fingerprint.to_string(),
-            record.hint.to_string(),
+            record.fingerprint.clone(),
+            record.hint,
             record.first_ts,
             self.windows_per_long(),
         );
         state.last_ts = record.last_ts;
         state.events = record.events;
         state.auth = record.auth.clone();
-        let bits = fingerprint_key(&record.fingerprint);
+        let bits = record.fingerprint.bits();
         self.key_ids.push(bits);
         self.keys.push(state);
         self.lent_light = Some(slot);
@@ -1222,10 +1215,10 @@ impl Engine {
         for (slot, entry) in self.light.iter_mut().enumerate() {
             if entry
                 .as_ref()
-                .is_some_and(|record| record.last_ts < cutoff && !held.contains(&fingerprint_key(&record.fingerprint)))
+                .is_some_and(|record| record.last_ts < cutoff && !held.contains(&record.fingerprint.bits()))
                 && let Some(record) = entry.take()
             {
-                self.by_fingerprint.remove(&fingerprint_key(&record.fingerprint));
+                self.by_fingerprint.remove(&record.fingerprint.bits());
                 self.free_light.push(slot as u32);
             }
         }
@@ -1359,7 +1352,7 @@ impl Engine {
             .dormant
             .iter()
             .map(|(bits, record)| DormantRecord {
-                fingerprint: crate::fleet::spray::fingerprint_text(*bits),
+                fingerprint: Fingerprint::from_bits(*bits),
                 first_ts: record.first_ts,
                 last_ts: record.last_ts,
                 events: record.events,
@@ -1480,7 +1473,7 @@ impl Engine {
         let client_map = |id: u32| client_ids.get(id as usize).copied().unwrap_or(0);
         for mut state in snapshot.keys {
             state.remap(&endpoint_map, &client_map);
-            let bits = fingerprint_key(&state.fingerprint);
+            let bits = state.fingerprint.bits();
             self.dormant.remove(&bits);
             match self.by_fingerprint.get(&bits).copied() {
                 Some(index) if index & LIGHT == 0 => {
@@ -1502,7 +1495,7 @@ impl Engine {
             }
         }
         for record in snapshot.light {
-            let bits = fingerprint_key(&record.fingerprint);
+            let bits = record.fingerprint.bits();
             match self.by_fingerprint.get(&bits).copied() {
                 Some(index) if index & LIGHT == 0 => {}
                 Some(light_index) => self.light[(light_index & !LIGHT) as usize] = Some(record),
@@ -1522,7 +1515,7 @@ impl Engine {
             }
         }
         for record in snapshot.dormant {
-            let bits = fingerprint_key(&record.fingerprint);
+            let bits = record.fingerprint.bits();
             if self.by_fingerprint.contains_key(&bits) {
                 continue;
             }

@@ -165,26 +165,22 @@ impl Fingerprinter {
 
     /// The fingerprint of `key_id`.
     pub fn fingerprint(&self, key_id: &str) -> String {
-        let mut text = String::with_capacity(35);
-        text.push_str("kf_");
+        crate::key_text::fingerprint_text(self.bits(key_id))
+    }
+
+    /// The 128 bits of the fingerprint of `key_id`: the first half of its
+    /// HMAC (keyed) or SHA-256 (unkeyed).
+    pub fn bits(&self, key_id: &str) -> u128 {
+        let mut bytes = [0u8; 16];
         match &self.keyed {
             Some(mac) => {
                 let mut mac = mac.clone();
                 hmac::Mac::update(&mut mac, key_id.as_bytes());
-                let digest = hmac::Mac::finalize(mac).into_bytes();
-                push_hex(&mut text, &digest[..16]);
+                bytes.copy_from_slice(&hmac::Mac::finalize(mac).into_bytes()[..16]);
             }
-            None => push_hex(&mut text, &Sha256::digest(key_id.as_bytes())[..16]),
+            None => bytes.copy_from_slice(&Sha256::digest(key_id.as_bytes())[..16]),
         }
-        text
-    }
-}
-
-fn push_hex(text: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+        u128::from_be_bytes(bytes)
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! - [`source`] reads records from files or Kafka (the only input I/O);
 //! - [`decode`] turns each record into canonical [`event::AccessEvent`]s,
-//!   or rejects it with a reason;
+//!   or rejects it with a reason; in outputs and snapshots a key goes by
+//!   the names of [`key_text`] (its fingerprint and hint), never its raw id;
 //! - [`engine::Engine`], synchronous and free of I/O and clocks, resolves
 //!   each event with [`enrich`] (GeoIP, endpoint templates, client
 //!   families), updates its key's [`baseline`] and asks the [`detect`]ors
@@ -50,6 +51,7 @@ pub mod feedback;
 pub mod fleet;
 pub mod generate;
 pub mod inventory;
+pub mod key_text;
 pub mod model;
 pub mod ocsf;
 pub mod owners;

@@ -90,8 +90,8 @@ pub fn dispose(
             let alert = Alert {
                 id: update.alert_id.clone(),
                 incident_id: update.incident_id.clone(),
-                key_fingerprint: state.fingerprint.clone(),
-                key_hint: state.hint.clone(),
+                key_fingerprint: state.fingerprint.to_string(),
+                key_hint: state.hint.to_string(),
                 keys: Vec::new(),
                 detector: finding.detector,
                 severity: update.severity,
@@ -142,7 +142,7 @@ pub fn dispose(
     let id = stable_id(
         "al",
         &[
-            &state.fingerprint,
+            &state.fingerprint.to_string(),
             finding.detector.as_str(),
             &trigger_ts_ms.to_string(),
             &state.events.to_string(),
@@ -167,8 +167,8 @@ pub fn dispose(
     let alert = Alert {
         id,
         incident_id: incident_id.clone(),
-        key_fingerprint: state.fingerprint.clone(),
-        key_hint: state.hint.clone(),
+        key_fingerprint: state.fingerprint.to_string(),
+        key_hint: state.hint.to_string(),
         keys: Vec::new(),
         detector: finding.detector,
         severity: finding.severity,
@@ -239,9 +239,9 @@ fn send_alert(
         RevocationRequest {
             basis: Some(basis),
             detectors,
-            idempotency_key: stable_id("rv", &[&state.fingerprint, &incident_id]),
-            key_fingerprint: state.fingerprint.clone(),
-            key_hint: state.hint.clone(),
+            idempotency_key: stable_id("rv", &[&state.fingerprint.to_string(), &incident_id]),
+            key_fingerprint: state.fingerprint.to_string(),
+            key_hint: state.hint.to_string(),
             ts: alert.ts.clone(),
             severity: alert.severity,
             reason: format!("{}: {}", alert.detector, alert.summary),
@@ -270,13 +270,13 @@ fn fold_into_digest(
     out: &mut Vec<Output>,
 ) {
     flush_digest_before(state, trigger_ts_ms, model_label, out);
-    let (fingerprint, events) = (&state.fingerprint, state.events);
+    let (fingerprint, events) = (state.fingerprint.to_string(), state.events);
     let memory = state.alerts.make_mut();
     let incident_id = || {
         stable_id(
             "in",
             &[
-                fingerprint,
+                &fingerprint,
                 finding.detector.as_str(),
                 &trigger_ts_ms.to_string(),
                 &events.to_string(),
@@ -332,7 +332,7 @@ pub fn flush_digest(state: &mut KeyState, model_label: &str, out: &mut Vec<Outpu
     if let Some(pending) = state.alerts.make_mut().digest.take() {
         out.push(Output::Digest(digest_of(
             *pending,
-            &state.fingerprint,
+            &state.fingerprint.to_string(),
             &state.hint,
             model_label,
         )));

@@ -219,8 +219,8 @@ pub struct Novelty {
 /// Everything keywatch knows about one key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyState {
-    pub fingerprint: String,
-    pub hint: String,
+    pub fingerprint: crate::key_text::Fingerprint,
+    pub hint: crate::key_text::Hint,
     pub first_ts: i64,
     pub last_ts: i64,
     pub events: u64,
@@ -260,7 +260,12 @@ pub fn is_unauthenticated(event: &ResolvedEvent) -> bool {
 }
 
 impl KeyState {
-    pub fn new(fingerprint: String, hint: String, ts_ms: i64, windows_per_long: usize) -> KeyState {
+    pub fn new(
+        fingerprint: crate::key_text::Fingerprint,
+        hint: crate::key_text::Hint,
+        ts_ms: i64,
+        windows_per_long: usize,
+    ) -> KeyState {
         KeyState {
             fingerprint,
             hint,

@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 use crate::alert::Output;
 use crate::detect::org::{OrgContribution, OrgTable};
 use crate::enrich::ResolvedEvent;
+use crate::key_text::Hint;
 use crate::model::AcrossKeysModel;
 pub use org::OrgBaseline;
-pub use spray::{Hint, Observation, SourceView};
+pub use spray::{Observation, SourceView};
 
 /// The part of the engine's snapshot that belongs to the view across keys.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

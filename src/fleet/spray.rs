@@ -25,49 +25,11 @@ use serde_json::json;
 use crate::alert::{Alert, Output, Window, stable_id};
 use crate::detector::{Detector, Severity};
 use crate::event::format_ts;
+use crate::key_text::{Hint, fingerprint_bits, fingerprint_text};
 use crate::model::AcrossKeysModel;
 
 /// Distinct addresses remembered per incident, for the evidence.
 const MAX_ADDRESSES: usize = 64;
-
-/// A key hint (`****WXYZ`) held inline, so an observation is `Copy`
-/// and the hot path does not allocate for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Hint {
-    bytes: [u8; 40],
-    len: u8,
-}
-
-impl Hint {
-    /// Longer hints (never made by `key_hint`) are replaced by `****`.
-    pub fn new(text: &str) -> Hint {
-        let text = if text.len() <= 40 { text } else { "****" };
-        let mut bytes = [0u8; 40];
-        bytes[..text.len()].copy_from_slice(text.as_bytes());
-        Hint {
-            bytes,
-            len: text.len() as u8,
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("****")
-    }
-}
-
-/// A key fingerprint (`kf_` and 32 hex digits) as its 128 bits.
-pub fn fingerprint_bits(fingerprint: &str) -> Option<u128> {
-    let hex = fingerprint.strip_prefix("kf_")?;
-    if hex.len() != 32 {
-        return None;
-    }
-    u128::from_str_radix(hex, 16).ok()
-}
-
-/// The fingerprint text of 128 bits.
-pub fn fingerprint_text(bits: u128) -> String {
-    format!("kf_{bits:032x}")
-}
 
 /// One call worth the source view's attention: from a network unfamiliar
 /// to its key and to the organisation, or refused on a key not learned

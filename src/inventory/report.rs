@@ -192,7 +192,7 @@ impl Seen {
         asns.sort_unstable();
         asns.dedup();
         Seen {
-            hint: state.hint.clone(),
+            hint: state.hint.to_string(),
             first_ts: state.first_ts,
             last_ts: state.last_ts,
             calls: state.events,
@@ -248,18 +248,18 @@ pub fn build(
     for snapshot in snapshots {
         for record in &snapshot.dormant {
             keep(
-                &record.fingerprint,
+                &record.fingerprint.to_string(),
                 Seen::bare("", record.first_ts, record.last_ts, record.events, Held::Evicted),
             );
         }
         for light in &snapshot.light {
             keep(
-                &light.fingerprint,
+                &light.fingerprint.to_string(),
                 Seen::bare(&light.hint, light.first_ts, light.last_ts, light.events, Held::Light),
             );
         }
         for state in &snapshot.keys {
-            keep(&state.fingerprint, Seen::of_state(state));
+            keep(&state.fingerprint.to_string(), Seen::of_state(state));
         }
     }
     let mut requested: BTreeMap<&str, &RevocationRequest> = BTreeMap::new();
@@ -361,7 +361,7 @@ mod tests {
     const T0: i64 = 1_767_571_200_000;
 
     fn state(fingerprint: &str, first_ts: i64, last_ts: i64, events: u64) -> KeyState {
-        let mut state = KeyState::new(fingerprint.to_string(), "****wxyz".to_string(), first_ts, 24);
+        let mut state = KeyState::new(fingerprint.into(), "****wxyz".into(), first_ts, 24);
         state.last_ts = last_ts;
         state.events = events;
         state
