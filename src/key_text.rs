@@ -38,17 +38,18 @@ impl Fingerprint {
         }
     }
 
-    /// The 128 bits keys are indexed by: the fingerprint's own for the
-    /// usual form, the first 128 bits of SHA-256 of the text otherwise.
+    /// The 128 bits keys are indexed by: the ones the text spells when it
+    /// is `kf_` and 32 hex digits of either case, the first 128 bits of
+    /// SHA-256 of the text otherwise.
     pub fn bits(&self) -> u128 {
         match self {
             Fingerprint::Bits([high, low]) => (u128::from(*high) << 64) | u128::from(*low),
-            Fingerprint::Text(text) => {
+            Fingerprint::Text(text) => fingerprint_bits(text).unwrap_or_else(|| {
                 let digest = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes());
                 let mut bytes = [0u8; 16];
                 bytes.copy_from_slice(&digest[..16]);
                 u128::from_be_bytes(bytes)
-            }
+            }),
         }
     }
 
@@ -273,7 +274,7 @@ mod tests {
     }
 
     #[test]
-    fn other_texts_are_kept_as_they_are_and_indexed_by_a_hash() {
+    fn other_texts_are_kept_as_they_are_and_indexed_by_the_bits_they_spell_or_a_hash() {
         for text in ["kf_a", "kf_0123456789ABCDEF0123456789abcdef", "custom"] {
             let fingerprint = Fingerprint::new(text);
             assert!(matches!(fingerprint, Fingerprint::Text(_)), "{text}");
@@ -281,10 +282,15 @@ mod tests {
             assert_ne!(fingerprint.bits(), 0);
             assert_eq!(fingerprint.bits(), Fingerprint::new(text).bits());
         }
-        assert_ne!(
+        let (upper, lower) = (
             Fingerprint::new("kf_0123456789ABCDEF0123456789abcdef"),
             Fingerprint::new("kf_0123456789abcdef0123456789abcdef"),
-            "the text is what a fingerprint is"
+        );
+        assert_ne!(upper, lower, "the text is what a fingerprint is");
+        assert_eq!(
+            upper.bits(),
+            lower.bits(),
+            "but either case of the hex names the same key"
         );
     }
 
