@@ -112,8 +112,6 @@ pub fn place_of(geo: &GeoInfo) -> Option<(u32, u32)> {
     (geo.asn != 0 || region != 0).then_some((geo.asn, region))
 }
 
-const DAY_MS: i64 = 86_400_000;
-
 /// One place of a key: a network in a region, with a sample address to name
 /// it by in evidence.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -142,7 +140,7 @@ pub struct PlaceTable {
     pub other: f64,
     /// Places evicted so far: a saturated table cannot say "never seen".
     pub evicted: u32,
-    decay_day: i64,
+    decay_day: super::topk::DecayDay,
 }
 
 impl Default for PlaceTable {
@@ -151,7 +149,7 @@ impl Default for PlaceTable {
             entries: super::compact::CompactVec::new(),
             other: 0.0,
             evicted: 0,
-            decay_day: i64::MIN,
+            decay_day: super::topk::DecayDay::UNSET,
         }
     }
 }
@@ -159,20 +157,12 @@ impl Default for PlaceTable {
 impl PlaceTable {
     /// Brings the weights to the event-time day of `ts_ms` (once a day).
     pub fn decay_to(&mut self, ts_ms: i64, half_life_ms: i64) {
-        let day = ts_ms.div_euclid(DAY_MS);
-        if self.decay_day == i64::MIN {
-            self.decay_day = day;
-            return;
+        if let Some(factor) = self.decay_day.advance(ts_ms, half_life_ms) {
+            for entry in &mut self.entries {
+                entry.weight *= factor;
+            }
+            self.other *= factor;
         }
-        if day <= self.decay_day {
-            return;
-        }
-        let factor = 0.5f64.powf(((day - self.decay_day) * DAY_MS) as f64 / half_life_ms.max(1) as f64);
-        for entry in &mut self.entries {
-            entry.weight *= factor;
-        }
-        self.other *= factor;
-        self.decay_day = day;
     }
 
     pub fn get(&self, asn: u32, region: u32) -> Option<&Place> {

@@ -28,6 +28,62 @@ fn saturating_u32<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u
     Ok(u32::try_from(count).unwrap_or(u32::MAX))
 }
 
+/// The event-time day a table's weights are decayed to, in 32 bits. Event
+/// times lie between 2000 and 2100 (`MIN_TS_MS` to `MAX_TS_MS` in
+/// [`crate::event`]), days 10,957 to 47,482, so 32 bits hold every day
+/// exactly; a 64-bit day cost every table 8 bytes with its padding. It
+/// serialises as the 64-bit day (`i64::MIN` before the first), as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecayDay(i32);
+
+impl DecayDay {
+    /// Before the table's first use.
+    pub const UNSET: DecayDay = DecayDay(i32::MIN);
+
+    fn of(day: i64) -> DecayDay {
+        DecayDay(day.clamp(i64::from(i32::MIN) + 1, i64::from(i32::MAX)) as i32)
+    }
+
+    /// Moves to the day of `ts_ms`. Returns the factor the weights decay by
+    /// on the way (their half-life is `half_life_ms`), `None` when the day
+    /// does not move forward or is the first.
+    pub fn advance(&mut self, ts_ms: i64, half_life_ms: i64) -> Option<f64> {
+        let day = ts_ms.div_euclid(DAY_MS);
+        if *self == DecayDay::UNSET {
+            *self = DecayDay::of(day);
+            return None;
+        }
+        let current = i64::from(self.0);
+        if day <= current {
+            return None;
+        }
+        *self = DecayDay::of(day);
+        Some(0.5f64.powf(((day - current) * DAY_MS) as f64 / half_life_ms.max(1) as f64))
+    }
+}
+
+impl Serialize for DecayDay {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let day = if *self == DecayDay::UNSET {
+            i64::MIN
+        } else {
+            i64::from(self.0)
+        };
+        serializer.serialize_i64(day)
+    }
+}
+
+impl<'de> Deserialize<'de> for DecayDay {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<DecayDay, D::Error> {
+        let day = i64::deserialize(deserializer)?;
+        Ok(if day == i64::MIN {
+            DecayDay::UNSET
+        } else {
+            DecayDay::of(day)
+        })
+    }
+}
+
 /// Top-K items with exponentially decaying weights. Decay is applied once per
 /// event-time day, so an update costs a short linear scan and no float power.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,7 +94,7 @@ pub struct TopK {
     /// Items evicted so far: a saturated table cannot say "never seen".
     pub evicted: u32,
     /// Day index the weights are decayed to.
-    decay_day: i64,
+    decay_day: DecayDay,
 }
 
 impl TopK {
@@ -47,26 +103,18 @@ impl TopK {
             entries: CompactVec::new(),
             other: 0.0,
             evicted: 0,
-            decay_day: i64::MIN,
+            decay_day: DecayDay::UNSET,
         }
     }
 
     /// Brings the weights to the event-time day of `ts_ms`.
     pub fn decay_to(&mut self, ts_ms: i64, half_life_ms: i64) {
-        let day = ts_ms.div_euclid(DAY_MS);
-        if self.decay_day == i64::MIN {
-            self.decay_day = day;
-            return;
+        if let Some(factor) = self.decay_day.advance(ts_ms, half_life_ms) {
+            for entry in &mut self.entries {
+                entry.weight *= factor;
+            }
+            self.other *= factor;
         }
-        if day <= self.decay_day {
-            return;
-        }
-        let factor = 0.5f64.powf(((day - self.decay_day) * DAY_MS) as f64 / half_life_ms.max(1) as f64);
-        for entry in &mut self.entries {
-            entry.weight *= factor;
-        }
-        self.other *= factor;
-        self.decay_day = day;
     }
 
     pub fn get(&self, id: u32) -> Option<&Entry> {
@@ -160,6 +208,40 @@ pub fn lightest<T>(entries: &[T], weight_and_last: impl Fn(&T) -> (f64, i64)) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_decay_day_serialises_as_the_64_bit_day_it_stands_for() {
+        let mut day = DecayDay::UNSET;
+        assert_eq!(serde_json::to_string(&day).unwrap(), i64::MIN.to_string());
+        assert_eq!(
+            day.advance(crate::event::MAX_TS_MS - 1, DAY_MS),
+            None,
+            "the first day sets it"
+        );
+        let last = (crate::event::MAX_TS_MS - 1).div_euclid(DAY_MS);
+        assert_eq!(serde_json::to_string(&day).unwrap(), last.to_string());
+        for text in [i64::MIN.to_string(), last.to_string(), "10957".to_string()] {
+            let back: DecayDay = serde_json::from_str(&text).unwrap();
+            assert_eq!(serde_json::to_string(&back).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn a_decay_day_decays_by_the_days_it_moves_and_never_back() {
+        let mut day = DecayDay::UNSET;
+        let start = crate::event::MIN_TS_MS;
+        assert_eq!(day.advance(start, DAY_MS), None);
+        assert_eq!(day.advance(start + DAY_MS / 2, DAY_MS), None, "same day");
+        assert_eq!(day.advance(start + 3 * DAY_MS, DAY_MS), Some(0.125), "three half-lives");
+        assert_eq!(day.advance(start, DAY_MS), None, "an earlier day does not move it");
+        assert_eq!(day.advance(start + 4 * DAY_MS, 2 * DAY_MS), Some(0.5f64.powf(0.5)));
+    }
+
+    #[test]
+    fn a_table_header_takes_32_bytes() {
+        assert_eq!(std::mem::size_of::<TopK>(), 32);
+        assert_eq!(std::mem::size_of::<super::super::geo::PlaceTable>(), 32);
+    }
 
     #[test]
     fn keeps_the_heaviest_and_counts_the_rest_as_other() {
