@@ -150,12 +150,6 @@ impl From<String> for Fingerprint {
     }
 }
 
-impl From<&Fingerprint> for String {
-    fn from(fingerprint: &Fingerprint) -> String {
-        fingerprint.to_string()
-    }
-}
-
 impl Serialize for Fingerprint {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.text(&mut [0; FINGERPRINT_TEXT_LEN]))
