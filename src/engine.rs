@@ -40,7 +40,7 @@ use crate::enrich::{GeoCache, GeoIp, NetworkKinds, ResolvedEvent};
 use crate::event::{AccessEvent, Fingerprinter, key_hint};
 use crate::feedback::{Effect, FeedbackAudit, FeedbackBook, FeedbackEntry, Outcome, Whereabouts};
 use crate::fleet::{Across, AcrossSnapshot};
-use crate::key_text::{Fingerprint, Hint};
+use crate::key_text::{Fingerprint, Hint, index_bits};
 use crate::model::Model;
 use key_index::KeyIndex;
 use order::{Arrival, EventTime, HeldText, NO_STATE_HINT, Row};
@@ -197,11 +197,6 @@ impl RestoreError {
             RestoreError::Key { .. } => "inconsistent",
         }
     }
-}
-
-/// The 128 bits the fingerprint `text` is indexed by.
-fn fingerprint_key(text: &str) -> u128 {
-    Fingerprint::new(text).bits()
 }
 
 /// Hints the CPU to load `len` bytes from `start` into its caches. It
@@ -860,7 +855,7 @@ impl Engine {
     fn apply_feedback(&mut self, entry: FeedbackEntry, clock_ms: i64) -> FeedbackAudit {
         let target = match (&entry.key_fingerprint, &entry.alert_id) {
             (Some(fingerprint), _) => {
-                let bits = fingerprint_key(fingerprint);
+                let bits = index_bits(fingerprint);
                 match self.by_fingerprint.get(&bits).copied() {
                     Some(index) if index & LIGHT == 0 => Some(index as usize),
                     Some(light_index) => {
@@ -1586,7 +1581,7 @@ impl Engine {
             .map(|held| (held, false))
             .chain(time.ahead.into_iter().map(|held| (held, true)))
         {
-            let key_bits = fingerprint_key(&held.key);
+            let key_bits = index_bits(&held.key);
             if !self.by_fingerprint.contains_key(&key_bits) {
                 continue;
             }
@@ -2231,7 +2226,7 @@ mod tests {
                 if matches!(alert.detector.as_str(), "impossible_travel" | "concurrent_use"))
         });
         assert!(!travel, "{out:#?}");
-        let state = &engine.keys[engine.by_fingerprint[&fingerprint_key(&crate::event::key_fingerprint(key))] as usize];
+        let state = &engine.keys[engine.by_fingerprint[&index_bits(&crate::event::key_fingerprint(key))] as usize];
         assert_eq!(
             state.geo.last.map(|last| last.country),
             Some(*b"GB"),

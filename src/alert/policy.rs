@@ -139,10 +139,11 @@ pub fn dispose(
         return Disposition::Digested;
     }
 
+    let fingerprint = state.fingerprint.to_string();
     let id = stable_id(
         "al",
         &[
-            &state.fingerprint.to_string(),
+            &fingerprint,
             finding.detector.as_str(),
             &trigger_ts_ms.to_string(),
             &state.events.to_string(),
@@ -167,7 +168,7 @@ pub fn dispose(
     let alert = Alert {
         id,
         incident_id: incident_id.clone(),
-        key_fingerprint: state.fingerprint.to_string(),
+        key_fingerprint: fingerprint,
         key_hint: state.hint.to_string(),
         keys: Vec::new(),
         detector: finding.detector,
@@ -239,9 +240,9 @@ fn send_alert(
         RevocationRequest {
             basis: Some(basis),
             detectors,
-            idempotency_key: stable_id("rv", &[&state.fingerprint.to_string(), &incident_id]),
-            key_fingerprint: state.fingerprint.to_string(),
-            key_hint: state.hint.to_string(),
+            idempotency_key: stable_id("rv", &[&alert.key_fingerprint, &incident_id]),
+            key_fingerprint: alert.key_fingerprint.clone(),
+            key_hint: alert.key_hint.clone(),
             ts: alert.ts.clone(),
             severity: alert.severity,
             reason: format!("{}: {}", alert.detector, alert.summary),
