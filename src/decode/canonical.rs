@@ -4,6 +4,13 @@
 //! This is the hot path, so the record is parsed once into [`Scalar`]s that
 //! borrow from the input and checked field by field; an event whose strings
 //! need no unescaping is decoded without allocating.
+//!
+//! Almost every record has the plain shape producers write: the known
+//! fields once each, strings without escapes, non-negative integers. Such a
+//! record is read by [`scan_plain`], a single pass over its bytes, into the
+//! same [`RawCanonical`] serde would give; any other record (unknown or
+//! repeated fields, escapes, floats, negative numbers, nesting, malformed
+//! JSON) goes to serde, so every result and every rejection is serde's.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -16,7 +23,7 @@ use crate::event::{AccessEvent, MAX_TS_MS, MIN_TS_MS, parse_ts};
 /// The record as it came: every field optional and of any type, so that
 /// checking (and the error for each problem) happens in one place below.
 /// Unknown fields are ignored so producers can add their own.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default, Debug, PartialEq)]
 struct RawCanonical<'a> {
     #[serde(borrow, default)]
     ts: Option<Scalar<'a>>,
@@ -41,7 +48,10 @@ struct RawCanonical<'a> {
 /// Decodes one canonical record.
 pub fn decode_canonical(record: &[u8]) -> Result<AccessEvent<'_>, DecodeError> {
     expect_object(record)?;
-    let raw: RawCanonical<'_> = parse_record(record)?;
+    let raw: RawCanonical<'_> = match scan_plain(record) {
+        Some(raw) => raw,
+        None => parse_record(record)?,
+    };
     // The key comes first: an event without one is skipped, not rejected,
     // whatever else is wrong with it.
     let key_id = key_field(raw.key_id, "key_id")?;
@@ -61,6 +71,154 @@ pub fn decode_canonical(record: &[u8]) -> Result<AccessEvent<'_>, DecodeError> {
             .map(|value| value.into_text("request_id"))
             .transpose()?,
     })
+}
+
+/// JSON's whitespace, as serde_json skips it between tokens.
+fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\t' | b'\r') = bytes.get(at) {
+        at += 1;
+    }
+    at
+}
+
+/// A string at `at` that needs no unescaping (no backslash, no control
+/// character, which JSON forbids unescaped) and is valid UTF-8: the text
+/// between its quotes and the index after the closing quote.
+fn plain_string(bytes: &[u8], at: usize) -> Option<(&str, usize)> {
+    if bytes.get(at) != Some(&b'"') {
+        return None;
+    }
+    let start = at + 1;
+    let (length, non_ascii) = string_stop(&bytes[start..])?;
+    let end = start + length;
+    if bytes[end] != b'"' {
+        return None;
+    }
+    let raw = &bytes[start..end];
+    let text = if non_ascii {
+        std::str::from_utf8(raw).ok()?
+    } else {
+        // SAFETY: `string_stop` found no byte of 0x80 or over in `raw`, and
+        // ASCII is valid UTF-8.
+        unsafe { std::str::from_utf8_unchecked(raw) }
+    };
+    Some((text, end + 1))
+}
+
+/// The index of the first quote, backslash or control character, and
+/// whether a byte before it is not ASCII; eight bytes at a time: for each
+/// byte, a zero of `word ^ pattern` or a value under 0x20 sets its high bit
+/// in the mask. Carries only run towards higher bytes, so the lowest bit
+/// set marks the first such byte exactly.
+fn string_stop(bytes: &[u8]) -> Option<(usize, bool)> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut high = 0;
+    let mut at = 0;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let quote = word ^ (ONES * u64::from(b'"'));
+        let backslash = word ^ (ONES * u64::from(b'\\'));
+        let mask = (quote.wrapping_sub(ONES) & !quote
+            | backslash.wrapping_sub(ONES) & !backslash
+            | word.wrapping_sub(ONES * 0x20) & !word)
+            & HIGHS;
+        if mask != 0 {
+            let stop = mask.trailing_zeros() / 8;
+            let before = (1u64 << (stop * 8)) - 1;
+            return Some((at + stop as usize, (high | word & HIGHS & before) != 0));
+        }
+        high |= word & HIGHS;
+        at += 8;
+    }
+    let mut non_ascii = high != 0;
+    for (index, &byte) in bytes[at..].iter().enumerate() {
+        if byte == b'"' || byte == b'\\' || byte < 0x20 {
+            return Some((at + index, non_ascii));
+        }
+        non_ascii |= byte >= 0x80;
+    }
+    None
+}
+
+/// A plain value at `at`: a string without escapes (borrowed), a
+/// non-negative integer that fits a `u64` written without a leading zero,
+/// or `null` (an absent field, as serde reads it into an `Option`). `None`
+/// for anything else.
+fn plain_value(bytes: &[u8], at: usize) -> Option<(Option<Scalar<'_>>, usize)> {
+    match bytes.get(at)? {
+        b'"' => plain_string(bytes, at).map(|(value, next)| (Some(Scalar::Str(Cow::Borrowed(value))), next)),
+        b'n' => (bytes.get(at..at + 4)? == b"null").then_some((None, at + 4)),
+        b'0'..=b'9' => {
+            let digits = bytes[at..].iter().take_while(|byte| byte.is_ascii_digit()).count();
+            // 19 digits always fit a u64; more, a leading zero (invalid
+            // JSON), a fraction or an exponent go to serde.
+            if digits > 19 || (digits > 1 && bytes[at] == b'0') {
+                return None;
+            }
+            let end = at + digits;
+            if matches!(bytes.get(end), Some(b'.' | b'e' | b'E')) {
+                return None;
+            }
+            let value = bytes[at..end]
+                .iter()
+                .fold(0u64, |value, digit| value * 10 + u64::from(digit - b'0'));
+            Some((Some(Scalar::UInt(value)), end))
+        }
+        _ => None,
+    }
+}
+
+/// The record read in one pass, when it has the plain shape (see the
+/// module header); `None` sends it to serde.
+fn scan_plain(bytes: &[u8]) -> Option<RawCanonical<'_>> {
+    let mut at = skip_whitespace(bytes, 0);
+    if bytes.get(at) != Some(&b'{') {
+        return None;
+    }
+    at = skip_whitespace(bytes, at + 1);
+    let mut raw = RawCanonical::default();
+    if bytes.get(at) == Some(&b'}') {
+        at += 1;
+    } else {
+        let mut seen = 0u16;
+        loop {
+            let (name, next) = plain_string(bytes, at)?;
+            at = skip_whitespace(bytes, next);
+            if bytes.get(at) != Some(&b':') {
+                return None;
+            }
+            let (value, next) = plain_value(bytes, skip_whitespace(bytes, at + 1))?;
+            let (bit, field) = match name {
+                "ts" => (0, &mut raw.ts),
+                "key_id" => (1, &mut raw.key_id),
+                "ip" => (2, &mut raw.ip),
+                "method" => (3, &mut raw.method),
+                "endpoint" => (4, &mut raw.endpoint),
+                "status" => (5, &mut raw.status),
+                "user_agent" => (6, &mut raw.user_agent),
+                "bytes_out" => (7, &mut raw.bytes_out),
+                "request_id" => (8, &mut raw.request_id),
+                _ => return None,
+            };
+            // A repeated field is an error serde names.
+            if seen & (1 << bit) != 0 {
+                return None;
+            }
+            seen |= 1 << bit;
+            *field = value;
+            at = skip_whitespace(bytes, next);
+            match bytes.get(at) {
+                Some(b',') => at = skip_whitespace(bytes, at + 1),
+                Some(b'}') => {
+                    at += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    (skip_whitespace(bytes, at) == bytes.len()).then_some(raw)
 }
 
 /// A JSON `null` means the same as an absent field.
@@ -135,7 +293,7 @@ pub(crate) fn check_ts_range(millis: i128) -> Result<i64, DecodeError> {
 
 fn ip_field(value: Scalar<'_>) -> Result<IpAddr, DecodeError> {
     let text = value.into_text("ip")?;
-    text.parse().map_err(|_| DecodeError::BadIp(text.into_owned()))
+    super::parse_ip(&text).ok_or_else(|| DecodeError::BadIp(text.into_owned()))
 }
 
 fn status_field(value: Scalar<'_>) -> Result<u16, DecodeError> {
@@ -299,6 +457,106 @@ mod tests {
                     assert!(!detail.is_empty());
                 }
                 other => panic!("{field}={value}: {other:?}"),
+            }
+        }
+    }
+
+    /// The record as serde alone reads it.
+    fn serde_raw(record: &str) -> Option<RawCanonical<'_>> {
+        parse_record::<RawCanonical<'_>>(record.as_bytes()).ok()
+    }
+
+    #[test]
+    fn plain_records_skip_serde_and_read_the_same() {
+        let generated = r#"{"ts":"2025-11-21T14:01:57.350Z","key_id":"sk_live_Ss9Du62xNxxPdRNVEFUQMPZh","ip":"146.70.18.164","method":"GET","endpoint":"/v1/places/pl_JplzArRB8hWLK8","status":200,"user_agent":"mapkit-js/12.30.6 lang/js node/20.11.0 os/linux","bytes_out":2287}"#;
+        let spaced = "{ \"ts\" : 1772368496789 ,\n\t\"key_id\": \"k\", \"ip\":\"10.0.0.1\", \"status\": 0, \"bytes_out\": null, \"method\": \"é\" }\r\n";
+        for record in [generated, spaced, "{}", " {} "] {
+            let plain = scan_plain(record.as_bytes()).unwrap_or_else(|| panic!("{record:?} is plain"));
+            assert_eq!(Some(plain), serde_raw(record), "{record:?}");
+        }
+        let plain = scan_plain(generated.as_bytes()).expect("plain");
+        assert!(matches!(plain.key_id, Some(Scalar::Str(Cow::Borrowed(_)))));
+        assert_eq!(plain.status, Some(Scalar::UInt(200)));
+    }
+
+    #[test]
+    fn records_that_are_not_plain_go_to_serde() {
+        for record in [
+            FULL,
+            r#"{"key_id":"a\"b"}"#,
+            r#"{"key_id":"a","key_id":"b"}"#,
+            r#"{"key_id":"a","key_id":null}"#,
+            "{\"key_id\":\"a\tb\"}",
+            r#"{"status":-1}"#,
+            r#"{"status":1.5}"#,
+            r#"{"status":1e3}"#,
+            r#"{"status":01}"#,
+            r#"{"status":18446744073709551616}"#,
+            r#"{"status":true}"#,
+            r#"{"status":[1]}"#,
+            r#"{"status":1,}"#,
+            r#"{"status":1} x"#,
+            r#"{"status":nul}"#,
+            r#"{"status":nullx}"#,
+            "\u{c}{}",
+            "{\"ts\":1}\u{e9}",
+            "{\"ts\":\"abcdefghijklmn\tq\"}",
+        ] {
+            assert_eq!(scan_plain(record.as_bytes()), None, "{record:?}");
+        }
+        assert_eq!(scan_plain(b"{\"key_id\":\"\xff\"}"), None, "not UTF-8");
+        assert_eq!(
+            scan_plain(b"{\"key_id\":\"abcdefghij\xc3\"}"),
+            None,
+            "not UTF-8 after a chunk"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn string_stop_finds_the_first_quote_backslash_or_control_and_non_ascii_before_it(bytes in proptest::collection::vec(
+            proptest::sample::select(vec![b'a', b'"', b'\\', 0x1f, 0x20, 0x00, 0x7f, 0x80, 0xff, 0xa2, 0xdc]),
+            0..40,
+        )) {
+            let expected = bytes
+                .iter()
+                .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)
+                .map(|stop| (stop, bytes[..stop].iter().any(|&byte| byte >= 0x80)));
+            proptest::prop_assert_eq!(string_stop(&bytes), expected);
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the record, the one-pass reading either declines it or
+        /// reads exactly what serde reads, and serde accepts it.
+        #[test]
+        fn plain_reading_equals_serde(
+            parts in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "ts", "key_id", "ip", "method", "endpoint", "status",
+                        "user_agent", "bytes_out", "request_id", "extra", "k\\u0065y",
+                    ]),
+                    proptest::sample::select(vec![
+                        "\"x\"", "\"\"", "\"a b/é\"", "\"abcdefghijéklmnopqrs\"", "\"abcdefghijklmn\tq\"", "\"a\\\"b\"", "\"\\u00e9\"", "\"a\tb\"",
+                        "0", "7", "00", "01", "-1", "1.5", "2e3", "200",
+                        "1234567890123456789", "18446744073709551615", "18446744073709551616",
+                        "99999999999999999999", "null", "nul", "true", "false", "[1, \"a\"]", "{\"a\": {}}",
+                    ]),
+                    proptest::sample::select(vec!["", " ", "\n", "\t ", "\r", "\u{c}"]),
+                ),
+                0..8,
+            ),
+            open in proptest::sample::select(vec!["{", " {", "\t{", "[", ""]),
+            close in proptest::sample::select(vec!["}", "} ", "}\r\n", ",}", "} x", "", "}}"]),
+        ) {
+            let members: Vec<String> = parts
+                .iter()
+                .map(|(name, value, space)| format!("{space}\"{name}\"{space}:{space}{value}{space}"))
+                .collect();
+            let record = format!("{open}{}{close}", members.join(","));
+            if let Some(plain) = scan_plain(record.as_bytes()) {
+                proptest::prop_assert_eq!(Some(plain), serde_raw(&record), "{:?}", record);
             }
         }
     }

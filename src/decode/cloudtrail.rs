@@ -211,10 +211,10 @@ pub fn decode_event(record: &[u8]) -> Result<AccessEvent<'_>, DecodeError> {
         Some(ObjectOr::Object(identity)) => key_field(identity.access_key_id, "userIdentity.accessKeyId")?,
     };
     let ip_text = required(raw.source_ip_address, "sourceIPAddress")?.into_text("sourceIPAddress")?;
-    let ip: IpAddr = match ip_text.parse() {
-        Ok(ip) => ip,
-        Err(_) if is_service_principal(&ip_text) => SERVICE_SOURCE_IP,
-        Err(_) => return Err(DecodeError::BadIp(ip_text.into_owned())),
+    let ip: IpAddr = match super::parse_ip(&ip_text) {
+        Some(ip) => ip,
+        None if is_service_principal(&ip_text) => SERVICE_SOURCE_IP,
+        None => return Err(DecodeError::BadIp(ip_text.into_owned())),
     };
     let ts_text = required(raw.event_time, "eventTime")?.into_text("eventTime")?;
     let ts_ms = parse_event_time(&ts_text).ok_or_else(|| DecodeError::BadTimestamp(ts_text.clone().into_owned()))?;

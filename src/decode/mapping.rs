@@ -653,10 +653,7 @@ fn epoch_float(value: f64, to_millis: f64) -> Result<i64, DecodeError> {
 pub(crate) fn mapped_ip(text: Cow<'_, str>, trusted_proxies: &[IpNet]) -> Result<IpAddr, DecodeError> {
     let parse = |entry: &str| {
         let entry = entry.trim();
-        entry
-            .parse::<IpAddr>()
-            .or_else(|_| entry.parse::<SocketAddr>().map(|socket| socket.ip()))
-            .ok()
+        super::parse_ip(entry).or_else(|| entry.parse::<SocketAddr>().map(|socket| socket.ip()).ok())
     };
     let mut leftmost_trusted = None;
     for entry in text.rsplit(',') {

@@ -566,9 +566,9 @@ impl<'b> BatchView<'b> {
             // One plain address (the common case) is its own client
             // whatever the trusted proxies; anything else (a list, a port,
             // spaces) takes the mapping's full rule.
-            Some(text) => match text.parse() {
-                Ok(ip) => ip,
-                _ => mapped_ip(Cow::Borrowed(text), &mapping.trusted_proxies)?,
+            Some(text) => match super::parse_ip(text) {
+                Some(ip) => ip,
+                None => mapped_ip(Cow::Borrowed(text), &mapping.trusted_proxies)?,
             },
         };
         let method = match (text(&self.method), &mapping.default_method) {
