@@ -59,6 +59,11 @@ fn is_id_segment(segment: &str) -> bool {
     if digits == bytes.len() || (bytes.len() >= 8 && digits > 0) {
         return true;
     }
+    // The tail below is part of the segment and needs 10 bytes: most
+    // path words end here.
+    if bytes.len() < 10 {
+        return false;
+    }
     // Prefixed random ids without digits (`vol_KTTwLGYFdxSfHB`): a long
     // tail after the last separator mixing upper and lower case, which
     // words in paths (`payment-methods`, `getUser`) do not.
