@@ -286,6 +286,9 @@ pub struct Engine {
     /// event being processed; it goes back to its slot when the next event
     /// is resolved (or gets full state if it raised an alert).
     lent_light: Option<u32>,
+    /// The last lent state given back, kept for its rings (see
+    /// [`Engine::lend_light`]); never read as a key's state.
+    spare_lent: Option<KeyState>,
     keys: Vec<KeyState>,
     /// Keys evicted for silence that may still be judged dormant, by
     /// fingerprint bits.
@@ -383,6 +386,7 @@ impl Engine {
             light: Vec::new(),
             free_light: Vec::new(),
             lent_light: None,
+            spare_lent: None,
             clock_ms: None,
             endpoint_rebuild_at,
             client_rebuild_at,
@@ -1030,12 +1034,26 @@ impl Engine {
         let record = self.light[slot as usize]
             .as_ref()
             .expect("the index names a live light slot");
-        let mut state = KeyState::new(
-            record.fingerprint.clone(),
-            record.hint,
-            record.first_ts,
-            self.windows_per_long(),
-        );
+        // The state given back by the last light key lent, if any: renewed
+        // over its rings, a 401 flood costs no allocation per call.
+        let windows_per_long = self.windows_per_long();
+        let mut state = match self.spare_lent.take() {
+            Some(mut spare) => {
+                spare.renew(
+                    record.fingerprint.clone(),
+                    record.hint,
+                    record.first_ts,
+                    windows_per_long,
+                );
+                spare
+            }
+            None => KeyState::new(
+                record.fingerprint.clone(),
+                record.hint,
+                record.first_ts,
+                windows_per_long,
+            ),
+        };
         state.last_ts = record.last_ts;
         state.events = record.events;
         state.auth = record.auth.clone();
@@ -1088,8 +1106,9 @@ impl Engine {
         if let Some(record) = self.light[slot as usize].as_mut() {
             record.last_ts = state.last_ts;
             record.events = state.events;
-            record.auth = state.auth;
+            record.auth = state.auth.clone();
         }
+        self.spare_lent = Some(state);
     }
 
     /// Keys seen only in 401s.

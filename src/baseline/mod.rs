@@ -266,6 +266,24 @@ impl KeyState {
         ts_ms: i64,
         windows_per_long: usize,
     ) -> KeyState {
+        KeyState::on_windows(
+            fingerprint,
+            hint,
+            ts_ms,
+            rate::RateBaseline::new(windows_per_long),
+            volume::VolumeBaseline::new(windows_per_long),
+        )
+    }
+
+    /// A new key's state with `rate` and `volume` as its (new) windowed
+    /// baselines.
+    fn on_windows(
+        fingerprint: crate::key_text::Fingerprint,
+        hint: crate::key_text::Hint,
+        ts_ms: i64,
+        rate: rate::RateBaseline,
+        volume: volume::VolumeBaseline,
+    ) -> KeyState {
         KeyState {
             fingerprint,
             hint,
@@ -273,8 +291,8 @@ impl KeyState {
             last_ts: ts_ms,
             events: 0,
             geo: Default::default(),
-            rate: rate::RateBaseline::new(windows_per_long),
-            volume: volume::VolumeBaseline::new(windows_per_long),
+            rate,
+            volume,
             endpoints: Default::default(),
             clients: TopK::new(),
             auth: Default::default(),
@@ -282,6 +300,40 @@ impl KeyState {
             before_eviction: None,
             feedback: Default::default(),
         }
+    }
+
+    /// The state [`KeyState::new`] gives, made over this one's rings (the
+    /// only parts a new state allocates, all of a model's length), so that
+    /// a state lent for one event and given back can be lent again without
+    /// allocating. Everything else is dropped and made anew.
+    pub fn renew(
+        &mut self,
+        fingerprint: crate::key_text::Fingerprint,
+        hint: crate::key_text::Hint,
+        ts_ms: i64,
+        windows_per_long: usize,
+    ) {
+        let slots = rate::ring_slots(windows_per_long);
+        if [
+            self.rate.recent.len(),
+            self.volume.recent.len(),
+            self.volume.recent_big.len(),
+        ] != [slots; 3]
+        {
+            // Rings of another model's length.
+            *self = KeyState::new(fingerprint, hint, ts_ms, windows_per_long);
+            return;
+        }
+        let rate_ring = std::mem::take(&mut self.rate.recent);
+        let volume_ring = std::mem::take(&mut self.volume.recent);
+        let big_ring = std::mem::take(&mut self.volume.recent_big);
+        *self = KeyState::on_windows(
+            fingerprint,
+            hint,
+            ts_ms,
+            rate::RateBaseline::with_ring(rate_ring),
+            volume::VolumeBaseline::with_rings(volume_ring, big_ring),
+        );
     }
 
     /// The key's use as dormant detection judges it: its own, or, for a key
@@ -492,6 +544,33 @@ impl KeyState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A renewed state is the new state, whatever the old one held, and
+    /// reuses the rings' allocations when they have the model's length.
+    #[test]
+    fn a_renewed_state_is_a_new_state_on_the_same_rings() {
+        let mut state = KeyState::new("kf_a".into(), "AKIA…0001".into(), 1_000, 12);
+        state.events = 9;
+        state.last_ts = 5_000;
+        state.rate.recent[3] = 7;
+        state.rate.count = 2;
+        state.volume.recent[1] = 2.5;
+        state.volume.recent_big[0] = 4;
+        state.clients.add(3, 2_000, 8);
+        state.auth.failures = 6;
+        state.before_eviction = Some(Box::new(Dormancy {
+            first_ts: 1,
+            last_ts: 2,
+            events: 3,
+        }));
+        state.alerts.make_mut().digest = Some(Box::new(digest::PendingDigest::new(5)));
+        let rings = (state.rate.recent.as_ptr(), state.volume.recent.as_ptr());
+        state.renew("kf_b".into(), "AKIA…0002".into(), 7_000, 12);
+        assert_eq!(state, KeyState::new("kf_b".into(), "AKIA…0002".into(), 7_000, 12));
+        assert_eq!((state.rate.recent.as_ptr(), state.volume.recent.as_ptr()), rings);
+        state.renew("kf_c".into(), "AKIA…0003".into(), 8_000, 24);
+        assert_eq!(state, KeyState::new("kf_c".into(), "AKIA…0003".into(), 8_000, 24));
+    }
 
     /// The boxed and sliced parts of the compact layout serialise as the
     /// plain records and lists they hold, so snapshots and changelog

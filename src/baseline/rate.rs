@@ -253,12 +253,26 @@ const MAX_DEVIATION: f64 = 64.0;
 /// windows above expectation then teach the profile only slowly.
 const WATCH_SHARE: f64 = 0.6;
 
+/// The length of a key's rings of recent windows (rate and volume): the
+/// long window's short windows but the current one.
+pub fn ring_slots(windows_per_long: usize) -> usize {
+    windows_per_long.saturating_sub(1).max(1)
+}
+
 impl RateBaseline {
     pub fn new(windows_per_long: usize) -> RateBaseline {
+        RateBaseline::with_ring(vec![0; ring_slots(windows_per_long)].into_boxed_slice())
+    }
+
+    /// A new baseline on `ring` (the recent windows), zeroed: what
+    /// [`RateBaseline::new`] gives for a ring of that length, without
+    /// allocating one.
+    pub fn with_ring(mut ring: Box<[u32]>) -> RateBaseline {
+        ring.fill(0);
         RateBaseline {
             window: i64::MIN,
             count: 0,
-            recent: vec![0; windows_per_long.saturating_sub(1).max(1)].into_boxed_slice(),
+            recent: ring,
             profile: [0.0; 24],
             profile_weight: [0.0; 24],
             dispersion: [0.0; 24],

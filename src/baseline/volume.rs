@@ -50,12 +50,21 @@ pub struct VolumeBaseline {
 
 impl VolumeBaseline {
     pub fn new(windows_per_long: usize) -> VolumeBaseline {
-        let slots = windows_per_long.saturating_sub(1).max(1);
+        let slots = super::rate::ring_slots(windows_per_long);
+        VolumeBaseline::with_rings(vec![0.0; slots].into_boxed_slice(), vec![0; slots].into_boxed_slice())
+    }
+
+    /// A new baseline on `recent` and `recent_big`, zeroed: what
+    /// [`VolumeBaseline::new`] gives for rings of that length, without
+    /// allocating them.
+    pub fn with_rings(mut recent: Box<[f32]>, mut recent_big: Box<[u16]>) -> VolumeBaseline {
+        recent.fill(0.0);
+        recent_big.fill(0);
         VolumeBaseline {
             bytes: 0.0,
             big: 0,
-            recent: vec![0.0; slots].into_boxed_slice(),
-            recent_big: vec![0; slots].into_boxed_slice(),
+            recent,
+            recent_big,
             log_per_call: 0.0,
             weight: 0.0,
             usual: 0.0,
