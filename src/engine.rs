@@ -263,6 +263,15 @@ impl Interner {
     }
 }
 
+/// What an event's endpoint and user agent are, as a driver hands them over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Texts {
+    /// As logged.
+    Raw,
+    /// Already the endpoint's template and the agent's client family.
+    Resolved,
+}
+
 /// The engine.
 pub struct Engine {
     model: Arc<Model>,
@@ -430,9 +439,27 @@ impl Engine {
     /// [`Engine::process`] with, per event, a number the driver uses to
     /// find the event again should it be quarantined ([`Engine::take_quarantined`]).
     pub fn process_with_origins(&mut self, events: &[AccessEvent<'_>], origins: &[u64], out: &mut Vec<Output>) {
+        self.process_texts(events, origins, Texts::Raw, out);
+    }
+
+    /// [`Engine::process_with_origins`] for events whose texts a driver
+    /// resolved already, on other threads: each endpoint is its
+    /// [`normalize_endpoint`] template and each user agent its
+    /// [`client_family`]. The engine reads them only through those two
+    /// functions, so the outputs are those of the raw events.
+    pub fn process_resolved_with_origins(
+        &mut self,
+        events: &[AccessEvent<'_>],
+        origins: &[u64],
+        out: &mut Vec<Output>,
+    ) {
+        self.process_texts(events, origins, Texts::Resolved, out);
+    }
+
+    fn process_texts(&mut self, events: &[AccessEvent<'_>], origins: &[u64], texts: Texts, out: &mut Vec<Output>) {
         for (index, event) in events.iter().enumerate() {
             let origin = origins.get(index).copied().unwrap_or(0);
-            self.admit(event, origin, out);
+            self.admit(event, origin, texts, out);
         }
     }
 
@@ -467,9 +494,9 @@ impl Engine {
 
     /// Holds one arriving event, then judges whatever the input's clock
     /// now lets go.
-    fn admit(&mut self, event: &AccessEvent<'_>, origin: u64, out: &mut Vec<Output>) {
+    fn admit(&mut self, event: &AccessEvent<'_>, origin: u64, texts: Texts, out: &mut Vec<Output>) {
         let arrival = self.time.arrival(event.ts_ms, self.max_ahead_ms);
-        let row = self.hold(event, origin);
+        let row = self.hold(event, origin, texts);
         match arrival {
             Arrival::Late => {
                 self.time.ahead_run = 0;
@@ -584,13 +611,19 @@ impl Engine {
     /// state (by fingerprint bits for ordering), its texts interned to the
     /// buffer's own ids. Endpoint and client ids of the engine, which enter
     /// outputs on ties, are given at release, in release order.
-    fn hold(&mut self, event: &AccessEvent<'_>, origin: u64) -> Row {
+    fn hold(&mut self, event: &AccessEvent<'_>, origin: u64, texts: Texts) -> Row {
         let (key_bits, state_hint) = self.intern_key(&event.key_id, event.ts_ms, event.status == 401);
-        let template = normalize_endpoint(&event.endpoint, &mut self.scratch_path);
+        let (template, family) = match texts {
+            Texts::Raw => (
+                normalize_endpoint(&event.endpoint, &mut self.scratch_path),
+                client_family(&event.user_agent),
+            ),
+            Texts::Resolved => (&*event.endpoint, &*event.user_agent),
+        };
         let ids = [
             self.held_methods.intern(&event.method),
             self.held_endpoints.intern(template),
-            self.held_clients.intern(client_family(&event.user_agent)),
+            self.held_clients.intern(family),
         ];
         Row {
             ts_ms: event.ts_ms,
@@ -1705,6 +1738,51 @@ mod tests {
         }
         engine.finish(&mut out);
         out
+    }
+
+    /// Events whose endpoints a driver turned into templates and whose
+    /// user agents into client families (as threaded replay's decoders do)
+    /// give the outputs of the events as logged, whatever the agent.
+    #[test]
+    fn resolved_texts_give_the_outputs_of_raw_texts() {
+        let agents = [
+            "aws-cli/2.15.0 Python/3.11",
+            "curl\t/1",
+            "  (x) ",
+            "",
+            "Mozilla/5.0 (X11)",
+        ];
+        let raw: Vec<AccessEvent<'static>> = workload()
+            .into_iter()
+            .enumerate()
+            .map(|(index, mut event)| {
+                if index % 3 == 0 {
+                    event.endpoint = format!("{}/{}?page={index}", event.endpoint, 8_000 + index).into();
+                }
+                event.user_agent = agents[index % agents.len()].into();
+                event
+            })
+            .collect();
+        let mut scratch = String::new();
+        let resolved: Vec<AccessEvent<'static>> = raw
+            .iter()
+            .map(|event| AccessEvent {
+                endpoint: normalize_endpoint(&event.endpoint, &mut scratch).to_string().into(),
+                user_agent: client_family(&event.user_agent).to_string().into(),
+                ..event.clone()
+            })
+            .collect();
+        assert_ne!(raw, resolved);
+        let mut engine = crate::detect::testkit::new_engine();
+        let mut from_raw = Vec::new();
+        engine.process(&raw, &mut from_raw);
+        engine.finish(&mut from_raw);
+        let mut engine = crate::detect::testkit::new_engine();
+        let mut from_resolved = Vec::new();
+        engine.process_resolved_with_origins(&resolved, &[], &mut from_resolved);
+        engine.finish(&mut from_resolved);
+        assert!(from_raw.len() >= 4, "the workload raises alerts");
+        assert_eq!(from_resolved, from_raw);
     }
 
     #[test]

@@ -271,9 +271,28 @@ impl<'a> Run<'a> {
         counts: &mut Counts,
         outputs: &mut OutputFiles,
     ) -> Result<(), ReplayError> {
+        self.feed_texts(engine, events, origins, false, counts, outputs)
+    }
+
+    /// [`Run::feed`], for events whose endpoints are templates and user
+    /// agents client families already when `resolved`
+    /// ([`Engine::process_resolved_with_origins`]).
+    pub(super) fn feed_texts(
+        &mut self,
+        engine: &mut Engine,
+        events: &[AccessEvent<'_>],
+        origins: &[u64],
+        resolved: bool,
+        counts: &mut Counts,
+        outputs: &mut OutputFiles,
+    ) -> Result<(), ReplayError> {
         for (chunk, origins) in events.chunks(self.batch_size).zip(origins.chunks(self.batch_size)) {
             self.emitted.clear();
-            engine.process_with_origins(chunk, origins, &mut self.emitted);
+            if resolved {
+                engine.process_resolved_with_origins(chunk, origins, &mut self.emitted);
+            } else {
+                engine.process_with_origins(chunk, origins, &mut self.emitted);
+            }
             counts.events += chunk.len() as u64;
             self.write(engine, counts, outputs)?;
         }

@@ -103,20 +103,13 @@ impl DecodedBatch {
     /// agent as its client family, worked out here on the decoder's thread:
     /// the engine reads an event's endpoint only through
     /// [`normalize_endpoint`] and its user agent only through
-    /// [`client_family`], which give back what they are given for a
-    /// template and a family, so the engine's view is unchanged and the
-    /// judging thread has less to do.
+    /// [`client_family`], and takes these as they are
+    /// ([`Engine::process_resolved_with_origins`]), so the engine's view is
+    /// unchanged and the judging thread has less to do.
     fn push(&mut self, event: &AccessEvent<'_>, line: u64, scratch_path: &mut String) {
         let template = normalize_endpoint(&event.endpoint, scratch_path);
         let endpoint = self.pack(template);
-        let family = client_family(&event.user_agent);
-        // A family ending in a tab or other space that `trim` takes is not
-        // its own family: such an agent goes to the engine as it came.
-        let user_agent = if client_family(family) == family {
-            family
-        } else {
-            &event.user_agent
-        };
+        let user_agent = client_family(&event.user_agent);
         let packed = PackedEvent {
             ts_ms: event.ts_ms,
             ip: event.ip,
@@ -383,7 +376,7 @@ fn one_input(
         run.origins
             .extend(batch.events.iter().map(|event| origin_of(0, event.line)));
         let origins = std::mem::take(&mut run.origins);
-        run.feed(engine, &events, &origins, counts, outputs)?;
+        run.feed_texts(engine, &events, &origins, true, counts, outputs)?;
         run.origins = origins;
         if let Some(bar) = run.progress {
             bar.set_position(batch.bytes_read);
@@ -484,39 +477,6 @@ mod tests {
         let mut ordered = Ordered::new(vec![first_rx, second_rx, third_rx]);
         let got: Vec<usize> = std::iter::from_fn(|| ordered.next_batch()).collect();
         assert_eq!(got, vec![0, 1, 2, 3]);
-    }
-
-    #[test]
-    fn templates_and_families_are_their_own_template_and_family() {
-        let endpoints = [
-            "/v1/orders/8812?x=1",
-            "/v1/customers/cus_KTTwLGYFdxSfHB/cards/4f0e7c1a-aa1b-4c2e-9d1f-0123456789ab",
-            "/v2/search#top",
-            "/",
-            "",
-            "/v1/{id}/x",
-            "/files/report-2026.pdf",
-        ];
-        for endpoint in endpoints {
-            let mut scratch = String::new();
-            let template = normalize_endpoint(endpoint, &mut scratch).to_string();
-            let mut again = String::new();
-            assert_eq!(normalize_endpoint(&template, &mut again), template, "{endpoint}");
-        }
-        for agent in [
-            "aws-cli/2.15.0 Python/3.11",
-            "Mozilla/5.0 (X11)",
-            "curl",
-            "",
-            "  (x) ",
-            "a;b",
-        ] {
-            let family = client_family(agent);
-            assert_eq!(client_family(family), family, "{agent}");
-        }
-        // The one kind of agent whose family is not its own family, which
-        // the decoder therefore passes on unchanged.
-        assert_ne!(client_family(client_family("curl\t/1")), client_family("curl\t/1"));
     }
 
     #[test]
