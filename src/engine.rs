@@ -265,7 +265,7 @@ impl Interner {
 
 /// What an event's endpoint and user agent are, as a driver hands them over.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Texts {
+pub enum Texts {
     /// As logged.
     Raw,
     /// Already the endpoint's template and the agent's client family.
@@ -442,21 +442,12 @@ impl Engine {
         self.process_texts(events, origins, Texts::Raw, out);
     }
 
-    /// [`Engine::process_with_origins`] for events whose texts a driver
-    /// resolved already, on other threads: each endpoint is its
-    /// [`normalize_endpoint`] template and each user agent its
-    /// [`client_family`]. The engine reads them only through those two
-    /// functions, so the outputs are those of the raw events.
-    pub fn process_resolved_with_origins(
-        &mut self,
-        events: &[AccessEvent<'_>],
-        origins: &[u64],
-        out: &mut Vec<Output>,
-    ) {
-        self.process_texts(events, origins, Texts::Resolved, out);
-    }
-
-    fn process_texts(&mut self, events: &[AccessEvent<'_>], origins: &[u64], texts: Texts, out: &mut Vec<Output>) {
+    /// [`Engine::process_with_origins`] for events whose texts are as
+    /// `texts` says. With [`Texts::Resolved`], a driver resolved them
+    /// already, on other threads: the engine reads an endpoint only through
+    /// [`normalize_endpoint`] and a user agent only through
+    /// [`client_family`], so the outputs are those of the raw events.
+    pub fn process_texts(&mut self, events: &[AccessEvent<'_>], origins: &[u64], texts: Texts, out: &mut Vec<Output>) {
         for (index, event) in events.iter().enumerate() {
             let origin = origins.get(index).copied().unwrap_or(0);
             self.admit(event, origin, texts, out);
@@ -1779,7 +1770,7 @@ mod tests {
         engine.finish(&mut from_raw);
         let mut engine = crate::detect::testkit::new_engine();
         let mut from_resolved = Vec::new();
-        engine.process_resolved_with_origins(&resolved, &[], &mut from_resolved);
+        engine.process_texts(&resolved, &[], Texts::Resolved, &mut from_resolved);
         engine.finish(&mut from_resolved);
         assert!(from_raw.len() >= 4, "the workload raises alerts");
         assert_eq!(from_resolved, from_raw);

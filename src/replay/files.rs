@@ -19,7 +19,7 @@ use crate::alert::Output;
 use crate::alert::owner::attach_owners;
 use crate::counts::Counts;
 use crate::decode::{DecodeError, Decoded, Decoder, Rejection};
-use crate::engine::{Engine, Quarantined};
+use crate::engine::{Engine, Quarantined, Texts};
 use crate::event::AccessEvent;
 use crate::owners::OwnerBook;
 use crate::sink::Rejected;
@@ -271,28 +271,23 @@ impl<'a> Run<'a> {
         counts: &mut Counts,
         outputs: &mut OutputFiles,
     ) -> Result<(), ReplayError> {
-        self.feed_texts(engine, events, origins, false, counts, outputs)
+        self.feed_texts(engine, events, origins, Texts::Raw, counts, outputs)
     }
 
-    /// [`Run::feed`], for events whose endpoints are templates and user
-    /// agents client families already when `resolved`
-    /// ([`Engine::process_resolved_with_origins`]).
+    /// [`Run::feed`], for events whose texts are as `texts` says
+    /// ([`Engine::process_texts`]).
     pub(super) fn feed_texts(
         &mut self,
         engine: &mut Engine,
         events: &[AccessEvent<'_>],
         origins: &[u64],
-        resolved: bool,
+        texts: Texts,
         counts: &mut Counts,
         outputs: &mut OutputFiles,
     ) -> Result<(), ReplayError> {
         for (chunk, origins) in events.chunks(self.batch_size).zip(origins.chunks(self.batch_size)) {
             self.emitted.clear();
-            if resolved {
-                engine.process_resolved_with_origins(chunk, origins, &mut self.emitted);
-            } else {
-                engine.process_with_origins(chunk, origins, &mut self.emitted);
-            }
+            engine.process_texts(chunk, origins, texts, &mut self.emitted);
             counts.events += chunk.len() as u64;
             self.write(engine, counts, outputs)?;
         }

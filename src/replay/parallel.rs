@@ -33,7 +33,7 @@ use super::files::{Lane, Run, decode_span, origin_of};
 use super::{ReplayError, ReplaySummary};
 use crate::counts::Counts;
 use crate::decode::Decoder;
-use crate::engine::Engine;
+use crate::engine::{Engine, Texts};
 use crate::enrich::client::client_family;
 use crate::enrich::endpoint::normalize_endpoint;
 use crate::event::AccessEvent;
@@ -104,7 +104,7 @@ impl DecodedBatch {
     /// the engine reads an event's endpoint only through
     /// [`normalize_endpoint`] and its user agent only through
     /// [`client_family`], and takes these as they are
-    /// ([`Engine::process_resolved_with_origins`]), so the engine's view is
+    /// ([`Engine::process_texts`] with [`Texts::Resolved`]), so the engine's view is
     /// unchanged and the judging thread has less to do.
     fn push(&mut self, event: &AccessEvent<'_>, line: u64, scratch_path: &mut String) {
         let template = normalize_endpoint(&event.endpoint, scratch_path);
@@ -376,7 +376,7 @@ fn one_input(
         run.origins
             .extend(batch.events.iter().map(|event| origin_of(0, event.line)));
         let origins = std::mem::take(&mut run.origins);
-        run.feed_texts(engine, &events, &origins, true, counts, outputs)?;
+        run.feed_texts(engine, &events, &origins, Texts::Resolved, counts, outputs)?;
         run.origins = origins;
         if let Some(bar) = run.progress {
             bar.set_position(batch.bytes_read);
