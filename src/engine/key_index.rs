@@ -12,7 +12,9 @@
 //! Key ids come from outside, so both tables' hashers are randomly seeded:
 //! crafted ids cannot collide on purpose. No output depends on their order.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 /// Key ids up to this length are remembered raw, to skip hashing them on
 /// every call.
@@ -21,10 +23,31 @@ pub(crate) const INDEXED_KEY_ID_BYTES: usize = 128;
 const INLINE_KEY_ID_BYTES: usize = 43;
 
 /// A short key id, zero-padded; its length tells `"a"` from `"a\0"`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// It hashes and compares as its bytes, so the table is searched with the
+/// id's bytes as they are ([`Borrow`]), without building one per lookup.
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct InlineKeyId {
     len: u8,
     bytes: [u8; INLINE_KEY_ID_BYTES],
+}
+
+impl InlineKeyId {
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl Hash for InlineKeyId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl Borrow<[u8]> for InlineKeyId {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
 }
 
 impl InlineKeyId {
@@ -59,9 +82,10 @@ impl Default for KeyIndex {
 
 impl KeyIndex {
     pub(crate) fn get(&self, key_id: &str) -> Option<u32> {
-        match InlineKeyId::new(key_id) {
-            Some(short) => self.short.get(&short).copied(),
-            None => self.long.get(key_id).copied(),
+        if key_id.len() <= INLINE_KEY_ID_BYTES {
+            self.short.get(key_id.as_bytes()).copied()
+        } else {
+            self.long.get(key_id).copied()
         }
     }
 

@@ -7,61 +7,88 @@
 /// `/v1/orders/9120` are one endpoint. Returns the input itself when nothing
 /// changes, so the common case copies nothing.
 pub fn normalize_endpoint<'a>(endpoint: &'a str, scratch: &'a mut String) -> &'a str {
-    // Byte searches: `?`, `#` and `/` are ASCII, so every cut is at a char
+    // One pass over the bytes, classing each by a table: nothing is copied
+    // until the first id segment, and then only what is needed. Runs on
+    // every event. `/`, `?` and `#` are ASCII, so every cut is at a char
     // boundary.
-    let path = match memchr::memchr2(b'?', b'#', endpoint.as_bytes()) {
-        Some(end) => &endpoint[..end],
-        None => endpoint,
-    };
-    // One pass over the segments: nothing is copied until the first id
-    // segment, and then only what is needed. Runs on every event.
+    let bytes = endpoint.as_bytes();
     let mut templated = false;
     let mut start = 0;
+    let mut digits = 0;
+    let mut token = true;
+    let mut at = 0;
     loop {
-        let end = memchr::memchr(b'/', &path.as_bytes()[start..]).map_or(path.len(), |slash| start + slash);
-        let segment = &path[start..end];
-        if is_id_segment(segment) {
-            if !templated {
-                templated = true;
-                scratch.clear();
-                scratch.push_str(&path[..start]);
+        let class = bytes.get(at).map_or(CUT, |&byte| BYTE_CLASS[usize::from(byte)]);
+        match class {
+            DIGIT => digits += 1,
+            TOKEN => {}
+            OTHER => token = false,
+            _ => {
+                let segment = &endpoint[start..at];
+                if token && is_id_segment(segment, digits) {
+                    if !templated {
+                        templated = true;
+                        scratch.clear();
+                        scratch.push_str(&endpoint[..start]);
+                    }
+                    scratch.push_str("{id}");
+                } else if templated {
+                    scratch.push_str(segment);
+                }
+                if class == CUT {
+                    return if templated { scratch.as_str() } else { &endpoint[..at] };
+                }
+                if templated {
+                    scratch.push('/');
+                }
+                start = at + 1;
+                digits = 0;
+                token = true;
             }
-            scratch.push_str("{id}");
-        } else if templated {
-            scratch.push_str(segment);
         }
-        if end == path.len() {
-            break;
-        }
-        if templated {
-            scratch.push('/');
-        }
-        start = end + 1;
+        at += 1;
     }
-    if templated { scratch.as_str() } else { path }
 }
 
-fn is_id_segment(segment: &str) -> bool {
-    let bytes = segment.as_bytes();
-    if bytes.is_empty() {
+/// Byte classes for [`normalize_endpoint`]: a digit; a token character
+/// (ASCII letters and `-_.:`); a segment's end (`/`); the path's end (`?`,
+/// `#`); anything else.
+const DIGIT: u8 = 0;
+const TOKEN: u8 = 1;
+const SLASH: u8 = 2;
+const CUT: u8 = 3;
+const OTHER: u8 = 4;
+
+const BYTE_CLASS: [u8; 256] = {
+    let mut classes = [OTHER; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let value = byte as u8;
+        classes[byte] = match value {
+            b'0'..=b'9' => DIGIT,
+            b'a'..=b'z' | b'A'..=b'Z' | b'-' | b'_' | b'.' | b':' => TOKEN,
+            b'/' => SLASH,
+            b'?' | b'#' => CUT,
+            _ => OTHER,
+        };
+        byte += 1;
+    }
+    classes
+};
+
+/// Whether a segment made only of digits and token characters, `digits`
+/// of them digits, is an id.
+fn is_id_segment(segment: &str, digits: usize) -> bool {
+    let length = segment.len();
+    if length == 0 {
         return false;
     }
-    // One pass: a byte that is neither a digit nor a token character
-    // settles it (such a segment is not all digits either).
-    let mut digits = 0;
-    for &byte in bytes {
-        if byte.is_ascii_digit() {
-            digits += 1;
-        } else if !(byte.is_ascii_alphabetic() || matches!(byte, b'-' | b'_' | b'.' | b':')) {
-            return false;
-        }
-    }
-    if digits == bytes.len() || (bytes.len() >= 8 && digits > 0) {
+    if digits == length || (length >= 8 && digits > 0) {
         return true;
     }
     // The tail below is part of the segment and needs 10 bytes: most
     // path words end here.
-    if bytes.len() < 10 {
+    if length < 10 {
         return false;
     }
     // Prefixed random ids without digits (`vol_KTTwLGYFdxSfHB`): a long
@@ -128,6 +155,59 @@ fn glob_match(parts: &[String], text: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The templating as first written, segment by segment: the reference
+    /// the one-pass version is held to.
+    fn reference_template(endpoint: &str) -> String {
+        fn is_id(segment: &str) -> bool {
+            let bytes = segment.as_bytes();
+            if bytes.is_empty() {
+                return false;
+            }
+            let mut digits = 0;
+            for &byte in bytes {
+                if byte.is_ascii_digit() {
+                    digits += 1;
+                } else if !(byte.is_ascii_alphabetic() || matches!(byte, b'-' | b'_' | b'.' | b':')) {
+                    return false;
+                }
+            }
+            if digits == bytes.len() || (bytes.len() >= 8 && digits > 0) {
+                return true;
+            }
+            let tail = segment.rsplit(['_', '-']).next().unwrap_or(segment);
+            let upper = tail.bytes().filter(u8::is_ascii_uppercase).count();
+            let lower = tail.bytes().filter(u8::is_ascii_lowercase).count();
+            tail.len() >= 10
+                && upper >= 2
+                && lower >= 2
+                && upper + lower == tail.len()
+                && (tail.len() < segment.len() || upper >= 4)
+        }
+        let path = endpoint.split(['?', '#']).next().unwrap_or("");
+        path.split('/')
+            .map(|segment| if is_id(segment) { "{id}" } else { segment })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn one_pass_templating_equals_the_segment_by_segment_reference(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "/", "/", "?", "#", "v1", "orders", "8812", "0", "a1b2c3d4", "3f2a9c1e-0b6d",
+                    "vol_", "KTTwLGYFdxSfHB", "ABCDEFGHIJ", "payment-methods", "getUser", "x=1",
+                    "é", "%20", " ", "-", "_", ".", ":", "", "12345678", "abc.def", "Ab", "CDEFghij",
+                ]),
+                0..12,
+            )
+        ) {
+            let endpoint: String = parts.concat();
+            let mut scratch = String::new();
+            proptest::prop_assert_eq!(normalize_endpoint(&endpoint, &mut scratch), reference_template(&endpoint));
+        }
+    }
+
     #[test]
     fn endpoints_are_templated() {
         let mut scratch = String::new();
@@ -158,13 +238,7 @@ mod tests {
     /// own gives, on paths with ids anywhere, empty segments and queries.
     #[test]
     fn one_pass_templating_matches_segment_by_segment() {
-        let by_segment = |endpoint: &str| -> String {
-            let path = endpoint.split(['?', '#']).next().unwrap_or(endpoint);
-            path.split('/')
-                .map(|segment| if is_id_segment(segment) { "{id}" } else { segment })
-                .collect::<Vec<_>>()
-                .join("/")
-        };
+        let by_segment = reference_template;
         let mut scratch = String::new();
         for endpoint in [
             "",

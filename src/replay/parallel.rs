@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 
 use indicatif::ProgressBar;
 
@@ -148,19 +149,55 @@ impl DecodedBatch {
     fn len(&self) -> usize {
         self.events.len()
     }
+
+    /// Empties the batch for another, keeping what it has allocated.
+    fn reset(&mut self, bytes_read: u64) {
+        self.text.clear();
+        self.events.clear();
+        self.rejected.clear();
+        self.counts = Counts::default();
+        self.bytes_read = bytes_read;
+    }
+}
+
+/// Decoded batches the judging thread is done with, for the decoders to
+/// fill again: a batch's buffers are large enough that a fresh one per
+/// batch is taken from (and faulted in from) the system each time.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Spent(Arc<Mutex<Vec<DecodedBatch>>>);
+
+impl Spent {
+    /// A batch to fill: a spent one if any, else a new one.
+    fn take(&self, bytes_read: u64) -> DecodedBatch {
+        let spent = self.0.lock().ok().and_then(|mut spent| spent.pop());
+        let mut batch = spent.unwrap_or_default();
+        batch.reset(bytes_read);
+        batch
+    }
+
+    /// Keeps a judged batch for reuse, up to as many as can be in flight.
+    fn give_back(&self, batch: DecodedBatch) {
+        if let Ok(mut spent) = self.0.lock()
+            && spent.len() < 2 * (BATCHES_AHEAD + 2)
+        {
+            spent.push(batch);
+        }
+    }
 }
 
 /// Decodes one batch the way one thread does ([`decode_span`]), keeping
 /// rejections to write and events to judge.
-fn decode_batch(decoder: &Decoder, name: &str, buffer: &[u8], spans: &[RecordSpan], bytes_read: u64) -> DecodedBatch {
-    let mut batch = DecodedBatch {
-        bytes_read,
-        ..DecodedBatch::default()
-    };
+fn decode_batch(
+    decoder: &Decoder,
+    name: &str,
+    buffer: &[u8],
+    spans: &[RecordSpan],
+    mut batch: DecodedBatch,
+    scratch_path: &mut String,
+) -> DecodedBatch {
     let mut scratch = Vec::new();
-    let mut scratch_path = String::new();
     let mut counts = Counts::default();
-    let mut rejected = Vec::new();
+    let mut rejected = std::mem::take(&mut batch.rejected);
     for span in spans {
         // Rejections are kept, never fail here.
         let _ = decode_span(
@@ -174,7 +211,7 @@ fn decode_batch(decoder: &Decoder, name: &str, buffer: &[u8], spans: &[RecordSpa
                 rejected.push(rejection.clone());
                 Ok(())
             },
-            |event| batch.push(&event, span.line, &mut scratch_path),
+            |event| batch.push(&event, span.line, scratch_path),
         );
     }
     batch.counts = counts;
@@ -198,6 +235,8 @@ pub(crate) struct Ordered<T> {
     from_decoders: Vec<Receiver<T>>,
     next: usize,
     ended: bool,
+    /// Where judged batches go back to the decoders.
+    spent: Spent,
 }
 
 impl<T> Ordered<T> {
@@ -206,7 +245,13 @@ impl<T> Ordered<T> {
             from_decoders,
             next: 0,
             ended: false,
+            spent: Spent::default(),
         }
+    }
+
+    /// Hands a judged batch back to the decoders for reuse.
+    fn give_back(&self, batch: DecodedBatch) {
+        self.spent.give_back(batch);
     }
 
     /// The next batch in reading order; `None` once the input is over (the
@@ -244,9 +289,10 @@ fn spawn_input<'scope>(
     let decoders = decoders.max(1);
     let mut to_decoders: Vec<SyncSender<Raw>> = Vec::with_capacity(decoders);
     let mut from_decoders = Vec::with_capacity(decoders);
-    // Record buffers go back to the reader once decoded, so a long replay
-    // does not allocate (and fault in) a fresh buffer per batch.
-    let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(decoders * (BATCHES_AHEAD + 2));
+    // Record buffers and their spans go back to the reader once decoded, so
+    // a long replay does not allocate (and fault in) fresh ones per batch.
+    let (recycle_tx, recycle_rx) = sync_channel::<(Vec<u8>, Vec<RecordSpan>)>(decoders * (BATCHES_AHEAD + 2));
+    let spent = Spent::default();
     for _ in 0..decoders {
         let (raw_tx, raw_rx) = sync_channel::<Raw>(BATCHES_AHEAD);
         let (decoded_tx, decoded_rx) = sync_channel(BATCHES_AHEAD);
@@ -254,7 +300,9 @@ fn spawn_input<'scope>(
         from_decoders.push(decoded_rx);
         let name = name.clone();
         let recycle = recycle_tx.clone();
+        let spent = spent.clone();
         scope.spawn(move || {
+            let mut scratch_path = String::new();
             for raw in raw_rx {
                 let decoded = match raw {
                     Raw::Batch {
@@ -262,8 +310,9 @@ fn spawn_input<'scope>(
                         spans,
                         bytes_read,
                     } => {
-                        let batch = decode_batch(decoder, &name, &buffer, &spans, bytes_read);
-                        let _ = recycle.try_send(buffer);
+                        let batch = spent.take(bytes_read);
+                        let batch = decode_batch(decoder, &name, &buffer, &spans, batch, &mut scratch_path);
+                        let _ = recycle.try_send((buffer, spans));
                         Ok(batch)
                     }
                     Raw::Failed(error) => Err(error),
@@ -276,17 +325,16 @@ fn spawn_input<'scope>(
     }
     drop(recycle_tx);
     scope.spawn(move || {
-        let mut spans = Vec::new();
         for turn in 0.. {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            let mut buffer = recycle_rx.try_recv().unwrap_or_default();
+            let (mut buffer, mut spans) = recycle_rx.try_recv().unwrap_or_default();
             let raw = match reader.next_batch(&mut buffer, &mut spans, batch_size) {
                 Ok(false) => return,
                 Ok(true) => Raw::Batch {
                     buffer,
-                    spans: std::mem::take(&mut spans),
+                    spans,
                     bytes_read: reader.bytes_read,
                 },
                 Err(error) => Raw::Failed(error),
@@ -297,7 +345,9 @@ fn spawn_input<'scope>(
             }
         }
     });
-    (name, Ordered::new(from_decoders))
+    let mut ordered = Ordered::new(from_decoders);
+    ordered.spent = spent;
+    (name, ordered)
 }
 
 /// [`super::files::replay_files`] on `threads` threads: the same outputs
@@ -366,23 +416,39 @@ fn one_input(
     summary: &mut ReplaySummary,
 ) -> Result<(), ReplayError> {
     let counts = &mut summary.counts;
+    // The events of each batch borrow its text, in one vector kept from
+    // batch to batch: no allocation per event or per batch.
+    let mut kept: Vec<AccessEvent<'static>> = Vec::new();
     while let Some(batch) = stream.next_batch() {
         let batch = batch?;
         take_decoded(&batch, counts, outputs)?;
-        // The events borrow the batch's text: one allocation per batch, as
-        // with one thread, none per event.
-        let events: Vec<AccessEvent<'_>> = (0..batch.len()).map(|index| batch.event(index)).collect();
+        let mut events = relend(kept);
+        events.extend((0..batch.len()).map(|index| batch.event(index)));
         run.origins.clear();
         run.origins
             .extend(batch.events.iter().map(|event| origin_of(0, event.line)));
         let origins = std::mem::take(&mut run.origins);
         run.feed_texts(engine, &events, &origins, Texts::Resolved, counts, outputs)?;
         run.origins = origins;
+        kept = relend(events);
         if let Some(bar) = run.progress {
             bar.set_position(batch.bytes_read);
         }
+        stream.give_back(batch);
     }
     Ok(())
+}
+
+/// An emptied vector of events, its allocation kept, borrowing for
+/// another lifetime: the vector outlives the batches its events borrow.
+fn relend<'to>(mut events: Vec<AccessEvent<'_>>) -> Vec<AccessEvent<'to>> {
+    events.clear();
+    // Collecting an emptied vector's iterator into one of the same layout
+    // reuses its allocation.
+    events
+        .into_iter()
+        .map(|_| unreachable!("the vector is empty"))
+        .collect()
 }
 
 /// Several inputs merged by event time ([`Run::merge`]), each input's
@@ -425,6 +491,7 @@ impl Lane for DecodedLane<'_> {
         for (position, packed) in decoded.events.iter().enumerate() {
             queue.push_back((decoded.event(position).into_owned(), origin_of(index, packed.line)));
         }
+        self.stream.give_back(decoded);
         Ok(true)
     }
 
@@ -480,6 +547,41 @@ mod tests {
     }
 
     #[test]
+    fn relent_vectors_keep_their_allocation_and_spent_batches_come_back_empty() {
+        let text = String::from("/v1/a");
+        let mut events: Vec<AccessEvent<'_>> = Vec::with_capacity(64);
+        events.push(AccessEvent {
+            ts_ms: 1,
+            key_id: text.as_str().into(),
+            ip: std::net::IpAddr::from([192, 0, 2, 1]),
+            method: "GET".into(),
+            endpoint: text.as_str().into(),
+            status: 200,
+            user_agent: "".into(),
+            bytes_out: 0,
+            request_id: None,
+        });
+        let pointer = events.as_ptr() as usize;
+        let kept: Vec<AccessEvent<'static>> = relend(events);
+        assert!(kept.is_empty());
+        assert!(kept.capacity() >= 64);
+        assert_eq!(kept.as_ptr() as usize, pointer, "the same allocation");
+
+        let spent = Spent::default();
+        let mut batch = spent.take(5);
+        batch.pack("some text");
+        batch.counts.no_key = 3;
+        let capacity = batch.text.capacity();
+        spent.give_back(batch);
+        let again = spent.take(7);
+        assert!(again.text.is_empty() && again.events.is_empty() && again.rejected.is_empty());
+        assert_eq!(again.counts, Counts::default());
+        assert_eq!(again.bytes_read, 7);
+        assert_eq!(again.text.capacity(), capacity, "the spent batch is reused");
+        assert_eq!(spent.take(0).text.capacity(), 0, "none spent: a new batch");
+    }
+
+    #[test]
     fn a_decoded_batch_gives_back_the_events_and_rejections_of_one_thread() {
         let lines = [
             r#"{"ts":"2026-03-01T12:00:00Z","key_id":"AKIAIOSFODNN7EXAMPLE","ip":"192.0.2.1","method":"GET","endpoint":"/v1/a\u0020b","status":200,"user_agent":"sdk/1","bytes_out":5,"request_id":"r1"}"#,
@@ -500,7 +602,14 @@ mod tests {
             buffer.push(b'\n');
         }
         let decoder = Decoder::new(Format::Auto, None, 1 << 20);
-        let batch = decode_batch(&decoder, "input.jsonl", &buffer, &spans, 99);
+        let batch = decode_batch(
+            &decoder,
+            "input.jsonl",
+            &buffer,
+            &spans,
+            Spent::default().take(99),
+            &mut String::new(),
+        );
 
         let mut counts = Counts::default();
         let mut rejected = Vec::new();
