@@ -359,10 +359,21 @@ fn describe_reader_error(error: &MaxMindDbError) -> String {
 /// addresses refills within a batch. Answers never depend on the cache.
 #[derive(Debug)]
 pub struct GeoCache {
-    entries: HashMap<IpAddr, GeoInfo, ahash::RandomState>,
+    /// Keyed by [`cache_key`]: one 128-bit word hashes in one step.
+    entries: HashMap<u128, GeoInfo, ahash::RandomState>,
     capacity: usize,
     hits: u64,
     misses: u64,
+}
+
+/// An address as one word, for the cache: the IPv6 form, IPv4 as the
+/// IPv4-mapped IPv6 address it is looked up as. Two addresses share a word
+/// exactly when the lookup reads them as the same address.
+fn cache_key(ip: IpAddr) -> u128 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().to_bits(),
+        IpAddr::V6(v6) => v6.to_bits(),
+    }
 }
 
 impl GeoCache {
@@ -379,13 +390,13 @@ impl GeoCache {
     }
 
     pub fn lookup(&mut self, geo: &GeoIp, ip: IpAddr) -> GeoInfo {
-        let key = ip.to_canonical();
+        let key = cache_key(ip);
         if let Some(info) = self.entries.get(&key) {
             self.hits += 1;
             return *info;
         }
         self.misses += 1;
-        let info = geo.lookup(key);
+        let info = geo.lookup(ip);
         if self.capacity == 0 {
             return info;
         }
@@ -678,5 +689,25 @@ mod tests {
         cache.lookup(&geo, "81.2.69.1".parse().unwrap());
         cache.lookup(&geo, "::ffff:81.2.69.1".parse().unwrap());
         assert_eq!(cache.hits(), 1);
+    }
+
+    #[test]
+    fn cache_keys_are_distinct_for_addresses_the_lookup_tells_apart() {
+        let key = |text: &str| cache_key(text.parse().unwrap());
+        assert_eq!(key("81.2.69.1"), key("::ffff:81.2.69.1"));
+        let distinct = [
+            "81.2.69.1",
+            "81.2.69.2",
+            "::81.2.69.1",
+            "::1",
+            "0.0.0.0",
+            "::",
+            "2001:db8::1",
+        ];
+        for (index, first) in distinct.iter().enumerate() {
+            for second in &distinct[index + 1..] {
+                assert_ne!(key(first), key(second), "{first} and {second}");
+            }
+        }
     }
 }
