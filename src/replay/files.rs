@@ -258,7 +258,7 @@ impl<'a> Run<'a> {
                 spans: Vec::new(),
             });
         }
-        self.merge(&mut lanes, engine, outputs, &mut summary.counts)
+        self.merge(&mut lanes, Texts::Raw, engine, outputs, &mut summary.counts)
     }
 
     /// Hands `events` to the engine in micro-batches of `batch_size` and
@@ -303,6 +303,7 @@ impl<'a> Run<'a> {
     pub(super) fn merge<L: Lane>(
         &mut self,
         lanes: &mut [L],
+        texts: Texts,
         engine: &mut Engine,
         outputs: &mut OutputFiles,
         counts: &mut Counts,
@@ -332,7 +333,7 @@ impl<'a> Run<'a> {
                 origins.push(origin);
             }
             if batch.len() >= self.batch_size || (exhausted && !batch.is_empty()) {
-                self.feed(engine, &batch, &origins, counts, outputs)?;
+                self.feed_texts(engine, &batch, &origins, texts, counts, outputs)?;
                 batch.clear();
                 origins.clear();
                 if let Some(bar) = self.progress {

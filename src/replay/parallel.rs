@@ -465,7 +465,9 @@ fn merged(
         .iter_mut()
         .map(|stream| DecodedLane { stream, bytes_read: 0 })
         .collect();
-    run.merge(&mut lanes, engine, outputs, &mut summary.counts)
+    // The lanes give the decoders' templates and families (see
+    // [`DecodedBatch::push`]): the engine takes them as they are.
+    run.merge(&mut lanes, Texts::Resolved, engine, outputs, &mut summary.counts)
 }
 
 /// One input of a merged replay, decoded ahead by its own threads.

@@ -2,9 +2,10 @@
 //! with attacks (a spray of guessed keys, stolen keys, digests of low
 //! findings), made messy (events out of order, late events, events dated
 //! far ahead, bad records), with revocations in enforce mode under a cap,
-//! analysts' feedback and an owners file, replayed as one file and as three
-//! files merged by time, gives byte for byte the same outputs and summary
-//! at 1, 2, 3 and 7 threads.
+//! analysts' feedback and an owners file, and user agents whose family
+//! trimming would change, replayed as one file and as three files merged by
+//! time, gives byte for byte the same outputs and summary at 1, 2, 3 and 7
+//! threads.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,6 +42,12 @@ fn messy_lines(dir: &Path) -> Vec<String> {
         let late = lines.remove(index);
         lines.insert(index + 3000, late);
         index += 4000;
+    }
+    // Some user agents whose family ends in a non-ASCII space (`edge\u2003`
+    // before its version): a family that trimming the family again would
+    // change, so the texts the decoders resolve must be taken as they are.
+    for line in lines.iter_mut().skip(11).step_by(97) {
+        *line = line.replacen(r#""user_agent":""#, r#""user_agent":"edge\u2003/"#, 1);
     }
     // Events dated far ahead of the input (quarantined) and bad records.
     let far = r#"{"ts":"2099-01-01T00:00:00Z","key_id":"AKIAFARAHEADKEY00001","ip":"192.0.2.7","method":"GET","endpoint":"/v1/orders","status":200,"user_agent":"x","bytes_out":1}"#;

@@ -14,7 +14,7 @@ use super::{Lane, ReplayError, ReplaySummary, Run, origin_of};
 use crate::counts::Counts;
 use crate::decode::parquet::BatchView;
 use crate::decode::{DecodeError, Decoder};
-use crate::engine::Engine;
+use crate::engine::{Engine, Texts};
 use crate::event::AccessEvent;
 use crate::sink::Rejected;
 use crate::sink::file::OutputFiles;
@@ -98,7 +98,7 @@ impl Run<'_> {
             .into_iter()
             .map(|input| ParquetLane { input, rows_before: 0 })
             .collect();
-        self.merge(&mut lanes, engine, outputs, counts)
+        self.merge(&mut lanes, Texts::Raw, engine, outputs, counts)
     }
 }
 
