@@ -7,13 +7,13 @@
 
 mod parquet;
 
-use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::packed::{PackedEvents, relend};
 use super::{ReplayError, ReplaySummary};
 use crate::alert::Output;
 use crate::alert::owner::attach_owners;
@@ -297,9 +297,11 @@ impl<'a> Run<'a> {
     /// Several inputs merged by event time: each event fed comes from the
     /// input whose next event is oldest (the first input on ties), so the
     /// merged order does not depend on the batch size. Events are detached
-    /// from their buffers to wait in each input's queue. A lane is refilled
-    /// only when its queue is empty, so each input's rejections are written
-    /// at the same point of the merge however its batches were decoded.
+    /// from their buffers to wait in each input's queue, and copied from
+    /// there into the micro-batch ([`PackedEvents`]: no allocation per
+    /// event). A lane is refilled only when its queue is empty, so each
+    /// input's rejections are written at the same point of the merge
+    /// however its batches were decoded.
     pub(super) fn merge<L: Lane>(
         &mut self,
         lanes: &mut [L],
@@ -308,34 +310,44 @@ impl<'a> Run<'a> {
         outputs: &mut OutputFiles,
         counts: &mut Counts,
     ) -> Result<(), ReplayError> {
-        let mut queues: Vec<VecDeque<(AccessEvent<'static>, u64)>> = vec![VecDeque::new(); lanes.len()];
+        let mut queues: Vec<PackedEvents> = (0..lanes.len()).map(|_| PackedEvents::default()).collect();
+        // The next event of each queue.
+        let mut heads = vec![0; lanes.len()];
         let mut done = vec![false; lanes.len()];
-        let mut batch: Vec<AccessEvent<'static>> = Vec::with_capacity(self.batch_size);
+        let mut batch = PackedEvents::default();
+        let mut kept: Vec<AccessEvent<'static>> = Vec::with_capacity(self.batch_size);
         let mut origins: Vec<u64> = Vec::with_capacity(self.batch_size);
         loop {
             let mut oldest: Option<(i64, usize)> = None;
             for (index, lane) in lanes.iter_mut().enumerate() {
-                while queues[index].is_empty() && !done[index] && !self.stop.load(Ordering::Relaxed) {
+                while heads[index] == queues[index].len() && !done[index] && !self.stop.load(Ordering::Relaxed) {
+                    queues[index].clear();
+                    heads[index] = 0;
                     if !lane.refill(index, &mut queues[index], counts, outputs)? {
                         done[index] = true;
                     }
                 }
-                if let Some((event, _)) = queues[index].front()
-                    && oldest.is_none_or(|(ts_ms, _)| event.ts_ms < ts_ms)
-                {
-                    oldest = Some((event.ts_ms, index));
+                if heads[index] < queues[index].len() {
+                    let ts_ms = queues[index].ts_ms(heads[index]);
+                    if oldest.is_none_or(|(oldest_ms, _)| ts_ms < oldest_ms) {
+                        oldest = Some((ts_ms, index));
+                    }
                 }
             }
-            let next = oldest.and_then(|(_, index)| queues[index].pop_front());
-            let exhausted = next.is_none();
-            if let Some((event, origin)) = next {
-                batch.push(event);
-                origins.push(origin);
+            let exhausted = oldest.is_none();
+            if let Some((_, index)) = oldest {
+                let head = heads[index];
+                heads[index] += 1;
+                batch.push(&queues[index].event(head), queues[index].tag(head));
             }
             if batch.len() >= self.batch_size || (exhausted && !batch.is_empty()) {
-                self.feed_texts(engine, &batch, &origins, texts, counts, outputs)?;
-                batch.clear();
+                let mut events = relend(kept);
+                events.extend((0..batch.len()).map(|index| batch.event(index)));
                 origins.clear();
+                origins.extend((0..batch.len()).map(|index| batch.tag(index)));
+                self.feed_texts(engine, &events, &origins, texts, counts, outputs)?;
+                kept = relend(events);
+                batch.clear();
                 if let Some(bar) = self.progress {
                     bar.set_position(lanes.iter().map(Lane::bytes_read).sum());
                 }
@@ -350,13 +362,13 @@ impl<'a> Run<'a> {
 /// One input of a merged replay ([`Run::merge`]), however it is read.
 pub(super) trait Lane {
     /// Reads and decodes the input's next batch: its events, detached from
-    /// their buffer, go to the back of `queue` with their origins (`index`
-    /// is the input's), its rejections to `outputs`. `false` when the input
-    /// is over.
+    /// their buffer, go to the back of `queue` tagged with their origins
+    /// (`index` is the input's), its rejections to `outputs`. `false` when
+    /// the input is over.
     fn refill(
         &mut self,
         index: usize,
-        queue: &mut VecDeque<(AccessEvent<'static>, u64)>,
+        queue: &mut PackedEvents,
         counts: &mut Counts,
         outputs: &mut OutputFiles,
     ) -> Result<bool, ReplayError>;
@@ -379,7 +391,7 @@ impl Lane for JsonLane<'_> {
     fn refill(
         &mut self,
         index: usize,
-        queue: &mut VecDeque<(AccessEvent<'static>, u64)>,
+        queue: &mut PackedEvents,
         counts: &mut Counts,
         outputs: &mut OutputFiles,
     ) -> Result<bool, ReplayError> {
@@ -399,7 +411,7 @@ impl Lane for JsonLane<'_> {
                 &mut scratch,
                 counts,
                 |rejected| Ok(outputs.write_rejected(rejected)?),
-                |event| queue.push_back((event.into_owned(), origin_of(index, span.line))),
+                |event| queue.push(&event, origin_of(index, span.line)),
             )?;
         }
         Ok(true)

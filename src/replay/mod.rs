@@ -5,6 +5,7 @@
 
 pub mod files;
 pub mod kafka;
+mod packed;
 pub mod parallel;
 
 use std::collections::BTreeMap;

@@ -22,7 +22,6 @@
 //! these differently, so their alerts would differ from one thread's. See
 //! BENCHMARKS.md for what bounds the speedup.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -31,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use indicatif::ProgressBar;
 
 use super::files::{Lane, Run, decode_span, origin_of};
+use super::packed::{PackedEvents, relend};
 use super::{ReplayError, ReplaySummary};
 use crate::counts::Counts;
 use crate::decode::Decoder;
@@ -52,37 +52,12 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// A string of a decoded event, as a range of its batch's text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Text {
-    start: usize,
-    end: usize,
-}
-
-/// A decoded event detached from the record buffer: its strings are
-/// ranges of the batch's text, so detaching costs a copy of the bytes but
-/// no allocation per event.
-#[derive(Debug, Clone, Copy)]
-struct PackedEvent {
-    ts_ms: i64,
-    ip: std::net::IpAddr,
-    status: u16,
-    bytes_out: u64,
-    key_id: Text,
-    method: Text,
-    endpoint: Text,
-    user_agent: Text,
-    request_id: Option<Text>,
-    /// The record's line, for the event's origin.
-    line: u64,
-}
-
 /// One batch of records as the reader read it, decoded: its events, its
 /// rejections (ready to write) and its counts.
 #[derive(Debug, Default)]
 pub(crate) struct DecodedBatch {
-    text: String,
-    events: Vec<PackedEvent>,
+    /// The events, each tagged with its record's line.
+    events: PackedEvents,
     rejected: Vec<Rejected>,
     /// Records, rejections and events without a key of the batch.
     counts: Counts,
@@ -91,15 +66,6 @@ pub(crate) struct DecodedBatch {
 }
 
 impl DecodedBatch {
-    fn pack(&mut self, text: &str) -> Text {
-        let start = self.text.len();
-        self.text.push_str(text);
-        Text {
-            start,
-            end: self.text.len(),
-        }
-    }
-
     /// Keeps an event. Its endpoint is kept as its template and its user
     /// agent as its client family, worked out here on the decoder's thread:
     /// the engine reads an event's endpoint only through
@@ -109,41 +75,18 @@ impl DecodedBatch {
     /// unchanged and the judging thread has less to do.
     fn push(&mut self, event: &AccessEvent<'_>, line: u64, scratch_path: &mut String) {
         let template = normalize_endpoint(&event.endpoint, scratch_path);
-        let endpoint = self.pack(template);
-        let user_agent = client_family(&event.user_agent);
-        let packed = PackedEvent {
-            ts_ms: event.ts_ms,
-            ip: event.ip,
-            status: event.status,
-            bytes_out: event.bytes_out,
-            key_id: self.pack(&event.key_id),
-            method: self.pack(&event.method),
-            endpoint,
-            user_agent: self.pack(user_agent),
-            request_id: event.request_id.as_deref().map(|id| self.pack(id)),
-            line,
-        };
-        self.events.push(packed);
-    }
-
-    fn text(&self, text: Text) -> &str {
-        self.text.get(text.start..text.end).unwrap_or_default()
+        let family = client_family(&event.user_agent);
+        self.events.push_with_texts(event, template, family, line);
     }
 
     /// The `index`th event, borrowing its strings from the batch.
     fn event(&self, index: usize) -> AccessEvent<'_> {
-        let packed = &self.events[index];
-        AccessEvent {
-            ts_ms: packed.ts_ms,
-            key_id: self.text(packed.key_id).into(),
-            ip: packed.ip,
-            method: self.text(packed.method).into(),
-            endpoint: self.text(packed.endpoint).into(),
-            status: packed.status,
-            user_agent: self.text(packed.user_agent).into(),
-            bytes_out: packed.bytes_out,
-            request_id: packed.request_id.map(|id| self.text(id).into()),
-        }
+        self.events.event(index)
+    }
+
+    /// The record line of the `index`th event.
+    fn line(&self, index: usize) -> u64 {
+        self.events.tag(index)
     }
 
     fn len(&self) -> usize {
@@ -152,7 +95,6 @@ impl DecodedBatch {
 
     /// Empties the batch for another, keeping what it has allocated.
     fn reset(&mut self, bytes_read: u64) {
-        self.text.clear();
         self.events.clear();
         self.rejected.clear();
         self.counts = Counts::default();
@@ -426,7 +368,7 @@ fn one_input(
         events.extend((0..batch.len()).map(|index| batch.event(index)));
         run.origins.clear();
         run.origins
-            .extend(batch.events.iter().map(|event| origin_of(0, event.line)));
+            .extend((0..batch.len()).map(|index| origin_of(0, batch.line(index))));
         let origins = std::mem::take(&mut run.origins);
         run.feed_texts(engine, &events, &origins, Texts::Resolved, counts, outputs)?;
         run.origins = origins;
@@ -437,18 +379,6 @@ fn one_input(
         stream.give_back(batch);
     }
     Ok(())
-}
-
-/// An emptied vector of events, its allocation kept, borrowing for
-/// another lifetime: the vector outlives the batches its events borrow.
-fn relend<'to>(mut events: Vec<AccessEvent<'_>>) -> Vec<AccessEvent<'to>> {
-    events.clear();
-    // Collecting an emptied vector's iterator into one of the same layout
-    // reuses its allocation.
-    events
-        .into_iter()
-        .map(|_| unreachable!("the vector is empty"))
-        .collect()
 }
 
 /// Several inputs merged by event time ([`Run::merge`]), each input's
@@ -480,7 +410,7 @@ impl Lane for DecodedLane<'_> {
     fn refill(
         &mut self,
         index: usize,
-        queue: &mut VecDeque<(AccessEvent<'static>, u64)>,
+        queue: &mut PackedEvents,
         counts: &mut Counts,
         outputs: &mut OutputFiles,
     ) -> Result<bool, ReplayError> {
@@ -490,8 +420,8 @@ impl Lane for DecodedLane<'_> {
         let decoded = decoded?;
         take_decoded(&decoded, counts, outputs)?;
         self.bytes_read = decoded.bytes_read;
-        for (position, packed) in decoded.events.iter().enumerate() {
-            queue.push_back((decoded.event(position).into_owned(), origin_of(index, packed.line)));
+        for position in 0..decoded.len() {
+            queue.push(&decoded.event(position), origin_of(index, decoded.line(position)));
         }
         self.stream.give_back(decoded);
         Ok(true)
@@ -549,38 +479,31 @@ mod tests {
     }
 
     #[test]
-    fn relent_vectors_keep_their_allocation_and_spent_batches_come_back_empty() {
-        let text = String::from("/v1/a");
-        let mut events: Vec<AccessEvent<'_>> = Vec::with_capacity(64);
-        events.push(AccessEvent {
-            ts_ms: 1,
-            key_id: text.as_str().into(),
-            ip: std::net::IpAddr::from([192, 0, 2, 1]),
-            method: "GET".into(),
-            endpoint: text.as_str().into(),
-            status: 200,
-            user_agent: "".into(),
-            bytes_out: 0,
-            request_id: None,
-        });
-        let pointer = events.as_ptr() as usize;
-        let kept: Vec<AccessEvent<'static>> = relend(events);
-        assert!(kept.is_empty());
-        assert!(kept.capacity() >= 64);
-        assert_eq!(kept.as_ptr() as usize, pointer, "the same allocation");
-
+    fn spent_batches_come_back_empty_with_their_allocations() {
         let spent = Spent::default();
         let mut batch = spent.take(5);
-        batch.pack("some text");
+        let event = AccessEvent {
+            ts_ms: 1,
+            key_id: "AKIAEXAMPLE1".into(),
+            ip: std::net::IpAddr::from([192, 0, 2, 1]),
+            method: "GET".into(),
+            endpoint: "/v1/orders/8812".into(),
+            status: 200,
+            user_agent: "sdk/1".into(),
+            bytes_out: 0,
+            request_id: None,
+        };
+        batch.push(&event, 9, &mut String::new());
         batch.counts.no_key = 3;
-        let capacity = batch.text.capacity();
+        let capacity = batch.events.text_capacity();
+        assert!(capacity > 0);
         spent.give_back(batch);
         let again = spent.take(7);
-        assert!(again.text.is_empty() && again.events.is_empty() && again.rejected.is_empty());
+        assert!(again.events.is_empty() && again.rejected.is_empty());
         assert_eq!(again.counts, Counts::default());
         assert_eq!(again.bytes_read, 7);
-        assert_eq!(again.text.capacity(), capacity, "the spent batch is reused");
-        assert_eq!(spent.take(0).text.capacity(), 0, "none spent: a new batch");
+        assert_eq!(again.events.text_capacity(), capacity, "the spent batch is reused");
+        assert_eq!(spent.take(0).events.text_capacity(), 0, "none spent: a new batch");
     }
 
     #[test]
@@ -639,7 +562,7 @@ mod tests {
         assert_eq!(batch.counts.no_key, 1);
         assert_eq!(batch.bytes_read, 99);
         let unpacked: Vec<(AccessEvent<'static>, u64)> = (0..batch.len())
-            .map(|index| (batch.event(index).into_owned(), batch.events[index].line))
+            .map(|index| (batch.event(index).into_owned(), batch.line(index)))
             .collect();
         assert_eq!(unpacked.len(), events.len());
         for ((packed, packed_line), (event, line)) in unpacked.iter().zip(&events) {

@@ -6,7 +6,6 @@
 //! give the same outputs. Several files are merged by event time as JSON
 //! inputs are.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
@@ -16,6 +15,7 @@ use crate::decode::parquet::BatchView;
 use crate::decode::{DecodeError, Decoder};
 use crate::engine::{Engine, Texts};
 use crate::event::AccessEvent;
+use crate::replay::packed::PackedEvents;
 use crate::sink::Rejected;
 use crate::sink::file::OutputFiles;
 use crate::source::SourceRef;
@@ -112,7 +112,7 @@ impl Lane for ParquetLane {
     fn refill(
         &mut self,
         index: usize,
-        queue: &mut VecDeque<(AccessEvent<'static>, u64)>,
+        queue: &mut PackedEvents,
         counts: &mut Counts,
         outputs: &mut OutputFiles,
     ) -> Result<bool, ReplayError> {
@@ -126,7 +126,7 @@ impl Lane for ParquetLane {
             .view(&rows)
             .map_err(|source| column_error(&name, source))?;
         decode_rows(&view, &name, self.rows_before, counts, outputs, |event, line| {
-            queue.push_back((event.into_owned(), origin_of(index, line)));
+            queue.push(&event, origin_of(index, line));
         })?;
         self.rows_before += view.rows() as u64;
         Ok(true)
