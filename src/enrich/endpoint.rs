@@ -156,33 +156,17 @@ mod tests {
     use super::*;
 
     /// The templating as first written, segment by segment: the reference
-    /// the one-pass version is held to.
+    /// the one-pass version is held to. The rule for a segment's tail is
+    /// the same function; what is checked is the walk that classes bytes
+    /// and cuts segments.
     fn reference_template(endpoint: &str) -> String {
-        fn is_id(segment: &str) -> bool {
-            let bytes = segment.as_bytes();
-            if bytes.is_empty() {
-                return false;
-            }
-            let mut digits = 0;
-            for &byte in bytes {
-                if byte.is_ascii_digit() {
-                    digits += 1;
-                } else if !(byte.is_ascii_alphabetic() || matches!(byte, b'-' | b'_' | b'.' | b':')) {
-                    return false;
-                }
-            }
-            if digits == bytes.len() || (bytes.len() >= 8 && digits > 0) {
-                return true;
-            }
-            let tail = segment.rsplit(['_', '-']).next().unwrap_or(segment);
-            let upper = tail.bytes().filter(u8::is_ascii_uppercase).count();
-            let lower = tail.bytes().filter(u8::is_ascii_lowercase).count();
-            tail.len() >= 10
-                && upper >= 2
-                && lower >= 2
-                && upper + lower == tail.len()
-                && (tail.len() < segment.len() || upper >= 4)
-        }
+        let is_id = |segment: &str| {
+            let token = segment
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b':'));
+            let digits = segment.bytes().filter(u8::is_ascii_digit).count();
+            token && is_id_segment(segment, digits)
+        };
         let path = endpoint.split(['?', '#']).next().unwrap_or("");
         path.split('/')
             .map(|segment| if is_id(segment) { "{id}" } else { segment })
