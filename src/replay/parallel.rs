@@ -4,7 +4,8 @@
 //! Reading, decoding and judging are split into stages on their own
 //! threads. Per input, a reader thread cuts the file into record batches
 //! (the same batches one thread reads), `N - 1` decoder threads decode them
-//! by turns, and the calling thread takes the decoded batches back in the
+//! by turns (with one decoder, one thread both reads and decodes), and the
+//! calling thread takes the decoded batches back in the
 //! order they were read and feeds them to the one engine exactly as
 //! [`super::files`] does: same micro-batches, same origins, rejections
 //! written at the same points. Every decision of the engine, and so every
@@ -229,6 +230,12 @@ fn spawn_input<'scope>(
 ) -> (String, Ordered<Result<DecodedBatch, SourceError>>) {
     let name = reader.name().to_string();
     let decoders = decoders.max(1);
+    if decoders == 1 {
+        return (
+            name.clone(),
+            read_and_decode(scope, reader, name, decoder, batch_size, stop),
+        );
+    }
     let mut to_decoders: Vec<SyncSender<Raw>> = Vec::with_capacity(decoders);
     let mut from_decoders = Vec::with_capacity(decoders);
     // Record buffers and their spans go back to the reader once decoded, so
@@ -290,6 +297,42 @@ fn spawn_input<'scope>(
     let mut ordered = Ordered::new(from_decoders);
     ordered.spent = spent;
     (name, ordered)
+}
+
+/// One thread that both reads and decodes an input, for an input with one
+/// decoder: with the judging thread, as many busy threads as two cores,
+/// instead of a reader and a decoder taking turns on one core.
+fn read_and_decode<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    mut reader: RecordReader,
+    name: String,
+    decoder: &'scope Decoder,
+    batch_size: usize,
+    stop: &'scope AtomicBool,
+) -> Ordered<Result<DecodedBatch, SourceError>> {
+    let (decoded_tx, decoded_rx) = sync_channel(BATCHES_AHEAD);
+    let spent = Spent::default();
+    let for_thread = spent.clone();
+    scope.spawn(move || {
+        let (mut buffer, mut spans, mut scratch_path) = (Vec::new(), Vec::new(), String::new());
+        while !stop.load(Ordering::Relaxed) {
+            let decoded = match reader.next_batch(&mut buffer, &mut spans, batch_size) {
+                Ok(false) => return,
+                Ok(true) => {
+                    let batch = for_thread.take(reader.bytes_read);
+                    Ok(decode_batch(decoder, &name, &buffer, &spans, batch, &mut scratch_path))
+                }
+                Err(error) => Err(error),
+            };
+            let failed = decoded.is_err();
+            if decoded_tx.send(decoded).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let mut ordered = Ordered::new(vec![decoded_rx]);
+    ordered.spent = spent;
+    ordered
 }
 
 /// [`super::files::replay_files`] on `threads` threads: the same outputs
