@@ -107,6 +107,13 @@ impl PackedEvents {
         self.events.is_empty()
     }
 
+    /// Rewrites every event's tag.
+    pub(crate) fn retag(&mut self, mut tag: impl FnMut(u64) -> u64) {
+        for event in &mut self.events {
+            event.tag = tag(event.tag);
+        }
+    }
+
     /// Empties the holder, keeping what it has allocated.
     pub(crate) fn clear(&mut self) {
         self.text.clear();
@@ -166,6 +173,8 @@ mod tests {
         assert_eq!(packed.event(2).key_id, "AKIAEXAMPLE1");
         assert_eq!((packed.tag(0), packed.tag(1), packed.tag(2)), (3, 4, 5));
         assert_eq!(packed.ts_ms(1), 7);
+        packed.retag(|tag| tag * 10);
+        assert_eq!((packed.tag(0), packed.tag(1), packed.tag(2)), (30, 40, 50));
         let capacity = packed.text_capacity();
         packed.clear();
         assert!(packed.is_empty());

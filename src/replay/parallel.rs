@@ -460,12 +460,14 @@ impl Lane for DecodedLane<'_> {
         let Some(decoded) = self.stream.next_batch() else {
             return Ok(false);
         };
-        let decoded = decoded?;
+        let mut decoded = decoded?;
         take_decoded(&decoded, counts, outputs)?;
         self.bytes_read = decoded.bytes_read;
-        for position in 0..decoded.len() {
-            queue.push(&decoded.event(position), origin_of(index, decoded.line(position)));
-        }
+        // The batch's events become the queue as they are (the emptied
+        // queue's holder goes back with the batch), tagged with origins
+        // instead of lines.
+        std::mem::swap(queue, &mut decoded.events);
+        queue.retag(|line| origin_of(index, line));
         self.stream.give_back(decoded);
         Ok(true)
     }
