@@ -454,6 +454,33 @@ impl Engine {
         }
     }
 
+    /// [`Engine::process_texts`] that stops after the first event whose
+    /// judging emits a revocation candidate; returns how many events it
+    /// took. A replay driver offers the candidate to its gate right there,
+    /// so the gate's outputs fall at the same event whatever the batch
+    /// size.
+    pub fn process_until_candidate(
+        &mut self,
+        events: &[AccessEvent<'_>],
+        origins: &[u64],
+        texts: Texts,
+        out: &mut Vec<Output>,
+    ) -> usize {
+        for (index, event) in events.iter().enumerate() {
+            let origin = origins.get(index).copied().unwrap_or(0);
+            let before = out.len();
+            self.admit(event, origin, texts, out);
+            if out.len() > before
+                && out[before..]
+                    .iter()
+                    .any(|output| matches!(output, Output::Revocation(_)))
+            {
+                return index + 1;
+            }
+        }
+        events.len()
+    }
+
     /// Judges every event waiting in the reorder buffer now, as if the
     /// watermark had reached the input's clock: for a driver that knows no
     /// older event can come (tests that check the outputs of each batch).

@@ -83,8 +83,10 @@ pub struct Model {
 /// each other, or by `confirm_after` arrivals in a row all that far ahead
 /// (the whole input has moved on). Unconfirmed, it is quarantined to the
 /// rejected output (`future_event`) once the clock has moved `max_ahead`
-/// past its arrival, when more than `max_ahead_held` wait, or at the end of
-/// the input; it never moves any key's time.
+/// past its arrival or when more than `max_ahead_held` wait, and it never
+/// moves any key's time. At the end of a replay nothing is left to confirm
+/// it, so what is still held is judged in time order
+/// ([`crate::engine::Engine::finish`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeModel {

@@ -7,6 +7,8 @@
 
 mod parquet;
 
+use std::cell::Cell;
+use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +35,20 @@ const LINE_BITS: u32 = 48;
 /// What the engine is told of an event's origin: input index and line.
 pub(super) fn origin_of(input: usize, line: u64) -> u64 {
     ((input as u64) << LINE_BITS) | (line & ((1 << LINE_BITS) - 1))
+}
+
+/// A rejected record and how many events of its batch come before it.
+///
+/// The rejected output follows the events: a rejection is written right
+/// after the event before it in its own input has been judged (rejections
+/// before an input's first event come first), and an event quarantined as
+/// too far ahead is written when the event that let it go has been judged.
+/// So `rejected.jsonl` is in one order whatever the batch size, the number
+/// of threads, or how the reading was cut into batches.
+#[derive(Debug, Clone)]
+pub(super) struct Placed {
+    pub(super) after: usize,
+    pub(super) rejected: Rejected,
 }
 
 /// Replays files through an engine into output files. Events are handed to
@@ -72,6 +88,8 @@ pub(super) struct Run<'a> {
     pub(super) emitted: Vec<Output>,
     pub(super) quarantined: Vec<Quarantined>,
     pub(super) origins: Vec<u64>,
+    /// The rejections of the batch being fed.
+    pub(super) rejects: Vec<Placed>,
     /// The input is over: every revocation candidate is judged.
     pub(super) finished: bool,
     /// Events per micro-batch handed to the engine (at least 1).
@@ -96,6 +114,7 @@ impl<'a> Run<'a> {
             emitted: Vec::new(),
             quarantined: Vec::new(),
             origins: Vec::new(),
+            rejects: Vec::new(),
             finished: false,
             batch_size: batch_size.max(1),
             progress,
@@ -168,17 +187,7 @@ impl<'a> Run<'a> {
                 line: event.origin & ((1 << LINE_BITS) - 1),
                 index: None,
             };
-            let record = serde_json::to_string(&event).unwrap_or_default();
-            outputs.write_rejected(&Rejected {
-                reason_kind: "future_event".to_string(),
-                reason: format!(
-                    "event time {} is too far ahead of the input's time {} and no other key confirmed it",
-                    event.ts, event.input_time
-                ),
-                source,
-                record,
-                truncated: false,
-            })?;
+            outputs.write_rejected(&Rejected::future_event(&event, source))?;
         }
         Ok(())
     }
@@ -208,6 +217,8 @@ impl<'a> Run<'a> {
             let mut events = Vec::with_capacity(spans.len());
             let mut scratch = Vec::new();
             self.origins.clear();
+            self.rejects.clear();
+            let decoded = Cell::new(0);
             for span in &spans {
                 decode_span(
                     decoder,
@@ -216,18 +227,26 @@ impl<'a> Run<'a> {
                     &name,
                     &mut scratch,
                     counts,
-                    |rejected| Ok(outputs.write_rejected(rejected)?),
+                    |rejected| {
+                        self.rejects.push(Placed {
+                            after: decoded.get(),
+                            rejected,
+                        })
+                    },
                     |event| {
                         events.push(event);
                         self.origins.push(origin_of(0, span.line));
+                        decoded.set(decoded.get() + 1);
                     },
-                )?;
+                );
             }
             // A whole CloudTrail document is one record of many events:
             // hand them to the engine in batches too.
             let origins = std::mem::take(&mut self.origins);
-            self.feed(engine, &events, &origins, counts, outputs)?;
+            let rejects = std::mem::take(&mut self.rejects);
+            self.feed(engine, &events, &origins, &rejects, counts, outputs)?;
             self.origins = origins;
+            self.rejects = rejects;
             if let Some(bar) = self.progress {
                 bar.set_position(reader.bytes_read);
             }
@@ -262,34 +281,65 @@ impl<'a> Run<'a> {
     }
 
     /// Hands `events` to the engine in micro-batches of `batch_size` and
-    /// writes what comes out of each.
+    /// writes what comes out of each, with each of `rejects` right after
+    /// the events before it ([`Placed`]).
     pub(super) fn feed(
         &mut self,
         engine: &mut Engine,
         events: &[AccessEvent<'_>],
         origins: &[u64],
+        rejects: &[Placed],
         counts: &mut Counts,
         outputs: &mut OutputFiles,
     ) -> Result<(), ReplayError> {
-        self.feed_texts(engine, events, origins, Texts::Raw, counts, outputs)
+        self.feed_texts(engine, events, origins, rejects, Texts::Raw, counts, outputs)
     }
 
     /// [`Run::feed`], for events whose texts are as `texts` says
-    /// ([`Engine::process_texts`]).
+    /// ([`Engine::process_texts`]). What is written does not depend on how
+    /// the events were cut into batches.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn feed_texts(
         &mut self,
         engine: &mut Engine,
         events: &[AccessEvent<'_>],
         origins: &[u64],
+        rejects: &[Placed],
         texts: Texts,
         counts: &mut Counts,
         outputs: &mut OutputFiles,
     ) -> Result<(), ReplayError> {
-        for (chunk, origins) in events.chunks(self.batch_size).zip(origins.chunks(self.batch_size)) {
+        let mut rejects = rejects.iter().peekable();
+        let mut start = 0;
+        loop {
+            while let Some(placed) = rejects.next_if(|placed| placed.after <= start) {
+                outputs.write_rejected(&placed.rejected)?;
+            }
+            if start >= events.len() {
+                break;
+            }
+            // A micro-batch ends early where a rejection is due, after an
+            // event that makes a revocation candidate, and after each event
+            // while the gate holds one: the gate judges a candidate once the
+            // engine has judged an event past its time, so it is asked after
+            // every event until then, and its outputs (a held request's
+            // alert) fall at the same event whatever the batch size.
+            let mut end = (start + self.batch_size).min(events.len());
+            if let Some(placed) = rejects.peek() {
+                end = end.min(placed.after);
+            }
+            if outputs.gate_pending() > 0 {
+                end = start + 1;
+            }
             self.emitted.clear();
-            engine.process_texts(chunk, origins, texts, &mut self.emitted);
-            counts.events += chunk.len() as u64;
+            let chunk_origins = origins.get(start..end).unwrap_or(&[]);
+            let taken = engine.process_until_candidate(&events[start..end], chunk_origins, texts, &mut self.emitted);
+            counts.events += taken as u64;
             self.write(engine, counts, outputs)?;
+            start += taken;
+        }
+        for placed in rejects {
+            outputs.write_rejected(&placed.rejected)?;
         }
         Ok(())
     }
@@ -299,9 +349,10 @@ impl<'a> Run<'a> {
     /// merged order does not depend on the batch size. Events are detached
     /// from their buffers to wait in each input's queue, and copied from
     /// there into the micro-batch ([`PackedEvents`]: no allocation per
-    /// event). A lane is refilled only when its queue is empty, so each
-    /// input's rejections are written at the same point of the merge
-    /// however its batches were decoded.
+    /// event). An input's rejections wait with its events and join the
+    /// micro-batch right after the event before them ([`Placed`]); a lane
+    /// is refilled as soon as its last queued event is taken, so
+    /// rejections at the head of a refill follow that event.
     pub(super) fn merge<L: Lane>(
         &mut self,
         lanes: &mut [L],
@@ -311,10 +362,12 @@ impl<'a> Run<'a> {
         counts: &mut Counts,
     ) -> Result<(), ReplayError> {
         let mut queues: Vec<PackedEvents> = (0..lanes.len()).map(|_| PackedEvents::default()).collect();
+        let mut waiting: Vec<VecDeque<Placed>> = (0..lanes.len()).map(|_| VecDeque::new()).collect();
         // The next event of each queue.
         let mut heads = vec![0; lanes.len()];
         let mut done = vec![false; lanes.len()];
         let mut batch = PackedEvents::default();
+        let mut batch_rejects: Vec<Placed> = Vec::new();
         let mut kept: Vec<AccessEvent<'static>> = Vec::with_capacity(self.batch_size);
         let mut origins: Vec<u64> = Vec::with_capacity(self.batch_size);
         loop {
@@ -323,9 +376,11 @@ impl<'a> Run<'a> {
                 while heads[index] == queues[index].len() && !done[index] && !self.stop.load(Ordering::Relaxed) {
                     queues[index].clear();
                     heads[index] = 0;
-                    if !lane.refill(index, &mut queues[index], counts, outputs)? {
+                    waiting[index].clear();
+                    if !lane.refill(index, &mut queues[index], &mut waiting[index], counts)? {
                         done[index] = true;
                     }
+                    place_due(&mut waiting[index], 0, &mut batch_rejects, batch.len());
                 }
                 if heads[index] < queues[index].len() {
                     let ts_ms = queues[index].ts_ms(heads[index]);
@@ -339,15 +394,17 @@ impl<'a> Run<'a> {
                 let head = heads[index];
                 heads[index] += 1;
                 batch.push(&queues[index].event(head), queues[index].tag(head));
+                place_due(&mut waiting[index], head + 1, &mut batch_rejects, batch.len());
             }
-            if batch.len() >= self.batch_size || (exhausted && !batch.is_empty()) {
+            if batch.len() >= self.batch_size || (exhausted && !(batch.is_empty() && batch_rejects.is_empty())) {
                 let mut events = relend(kept);
                 events.extend((0..batch.len()).map(|index| batch.event(index)));
                 origins.clear();
                 origins.extend((0..batch.len()).map(|index| batch.tag(index)));
-                self.feed_texts(engine, &events, &origins, texts, counts, outputs)?;
+                self.feed_texts(engine, &events, &origins, &batch_rejects, texts, counts, outputs)?;
                 kept = relend(events);
                 batch.clear();
+                batch_rejects.clear();
                 if let Some(bar) = self.progress {
                     bar.set_position(lanes.iter().map(Lane::bytes_read).sum());
                 }
@@ -359,18 +416,30 @@ impl<'a> Run<'a> {
     }
 }
 
+/// Moves the rejections of a lane that follow its first `taken` queued
+/// events into the micro-batch, after its first `batch_len` events.
+fn place_due(waiting: &mut VecDeque<Placed>, taken: usize, batch_rejects: &mut Vec<Placed>, batch_len: usize) {
+    while let Some(placed) = waiting.pop_front_if(|placed| placed.after <= taken) {
+        batch_rejects.push(Placed {
+            after: batch_len,
+            rejected: placed.rejected,
+        });
+    }
+}
+
 /// One input of a merged replay ([`Run::merge`]), however it is read.
 pub(super) trait Lane {
     /// Reads and decodes the input's next batch: its events, detached from
     /// their buffer, go to the back of `queue` tagged with their origins
-    /// (`index` is the input's), its rejections to `outputs`. `false` when
-    /// the input is over.
+    /// (`index` is the input's), its rejections to `rejects`, each with the
+    /// number of the batch's events before it. `false` when the input is
+    /// over.
     fn refill(
         &mut self,
         index: usize,
         queue: &mut PackedEvents,
+        rejects: &mut VecDeque<Placed>,
         counts: &mut Counts,
-        outputs: &mut OutputFiles,
     ) -> Result<bool, ReplayError>;
 
     /// How far the input has been read, for the progress bar.
@@ -392,8 +461,8 @@ impl Lane for JsonLane<'_> {
         &mut self,
         index: usize,
         queue: &mut PackedEvents,
+        rejects: &mut VecDeque<Placed>,
         counts: &mut Counts,
-        outputs: &mut OutputFiles,
     ) -> Result<bool, ReplayError> {
         if !self
             .reader
@@ -402,6 +471,7 @@ impl Lane for JsonLane<'_> {
             return Ok(false);
         }
         let mut scratch = Vec::new();
+        let queued = Cell::new(queue.len());
         for span in &self.spans {
             decode_span(
                 self.decoder,
@@ -410,9 +480,17 @@ impl Lane for JsonLane<'_> {
                 &self.name,
                 &mut scratch,
                 counts,
-                |rejected| Ok(outputs.write_rejected(rejected)?),
-                |event| queue.push(&event, origin_of(index, span.line)),
-            )?;
+                |rejected| {
+                    rejects.push_back(Placed {
+                        after: queued.get(),
+                        rejected,
+                    })
+                },
+                |event| {
+                    queue.push(&event, origin_of(index, span.line));
+                    queued.set(queued.get() + 1);
+                },
+            );
         }
         Ok(true)
     }
@@ -423,7 +501,7 @@ impl Lane for JsonLane<'_> {
 }
 
 /// Decodes one record: events go to `on_event`, rejections to
-/// `on_rejected` (the rejected output).
+/// `on_rejected`, in the record's order.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn decode_span<'a>(
     decoder: &Decoder,
@@ -432,9 +510,9 @@ pub(super) fn decode_span<'a>(
     name: &str,
     scratch: &mut Vec<Result<AccessEvent<'a>, DecodeError>>,
     counts: &mut Counts,
-    mut on_rejected: impl FnMut(&Rejected) -> Result<(), ReplayError>,
+    mut on_rejected: impl FnMut(Rejected),
     mut on_event: impl FnMut(AccessEvent<'a>),
-) -> Result<(), ReplayError> {
+) {
     counts.records += 1;
     let record = &buffer[span.range.clone()];
     // The reader cut a line over the limit short: reject it without
@@ -463,16 +541,15 @@ pub(super) fn decode_span<'a>(
                     line: span.line,
                     index: rejection.index,
                 };
-                on_rejected(&Rejected::new(
+                on_rejected(Rejected::new(
                     &rejection.error,
                     source,
                     record,
                     &decoder.key_field_names(),
-                ))?;
+                ));
             }
         }
     }
-    Ok(())
 }
 
 /// A bar of bytes read over the inputs' sizes, on a terminal only.

@@ -31,7 +31,7 @@ use crate::checkpoint::{CheckpointError, PartitionId, read_snapshot_file};
 use crate::config::{Config, KafkaConfig};
 use crate::counts::Counts;
 use crate::decode::{Decoded, Decoder};
-use crate::engine::Engine;
+use crate::engine::{Engine, Quarantined};
 use crate::enrich::GeoIp;
 use crate::event::AccessEvent;
 use crate::model::Model;
@@ -221,6 +221,7 @@ pub fn replay_from_kafka(
                 batch_size: options.batch_size.max(1),
                 pending: Vec::new(),
                 outputs: Vec::new(),
+                quarantined: Vec::new(),
             };
             let ranges = [PartitionRange {
                 topic: topic.clone(),
@@ -348,6 +349,8 @@ struct PartitionReplay<'a> {
     /// Records read and not yet processed: offset, timestamp, payload.
     pending: Vec<(i64, Option<i64>, Vec<u8>)>,
     outputs: Vec<Output>,
+    /// Events the engine quarantined, for the rejected output.
+    quarantined: Vec<Quarantined>,
 }
 
 impl PartitionReplay<'_> {
@@ -365,6 +368,13 @@ impl PartitionReplay<'_> {
         let (start_ms, end_ms) = self.range;
         let counts = &mut summary.counts;
         let mut events: Vec<AccessEvent<'_>> = Vec::with_capacity(pending.len());
+        // Each event's offset, for the rejection of an event quarantined as
+        // too far ahead.
+        let mut offsets: Vec<u64> = Vec::with_capacity(pending.len());
+        // Rejections with the number of events before them: each is written
+        // after the events before it are judged, so the rejected output has
+        // one order whatever the batch size.
+        let mut rejects: Vec<(usize, Rejected)> = Vec::new();
         let mut scratch = Vec::new();
         for (offset, timestamp_ms, payload) in &pending {
             counts.records += 1;
@@ -374,6 +384,7 @@ impl PartitionReplay<'_> {
                         counts.events += 1;
                         if (start_ms..end_ms).contains(&event.ts_ms) {
                             events.push(event);
+                            offsets.push(u64::try_from(*offset).unwrap_or(0));
                         }
                     }
                     Decoded::NoKey => counts.no_key += 1,
@@ -392,20 +403,31 @@ impl PartitionReplay<'_> {
                             offset: *offset,
                             index: rejection.index,
                         };
-                        files.write_rejected(&Rejected::new(
-                            &rejection.error,
-                            source,
-                            payload,
-                            &self.decoder.key_field_names(),
-                        ))?;
+                        let rejected =
+                            Rejected::new(&rejection.error, source, payload, &self.decoder.key_field_names());
+                        rejects.push((events.len(), rejected));
                     }
                 }
             }
         }
         summary.events_in_range += events.len() as u64;
-        self.outputs.clear();
-        self.engine.process(&events, &mut self.outputs);
-        self.write_outputs(files, summary, producer, options)
+        let mut rejects = rejects.into_iter().peekable();
+        let mut start = 0;
+        loop {
+            while let Some((_, rejected)) = rejects.next_if(|(after, _)| *after <= start) {
+                files.write_rejected(&rejected)?;
+            }
+            if start >= events.len() {
+                break;
+            }
+            let end = rejects.peek().map_or(events.len(), |(after, _)| *after);
+            self.outputs.clear();
+            self.engine
+                .process_with_origins(&events[start..end], &offsets[start..end], &mut self.outputs);
+            self.write_outputs(files, summary, producer, options)?;
+            start = end;
+        }
+        Ok(())
     }
 
     /// The partition's range has been read: what the engine still holds
@@ -429,6 +451,19 @@ impl PartitionReplay<'_> {
         producer: Option<&ThreadedProducer<DeliveryCounter>>,
         options: &ReplayKafkaOptions,
     ) -> Result<(), ReplayKafkaError> {
+        self.engine.take_quarantined(&mut self.quarantined);
+        for event in self.quarantined.drain(..) {
+            let counts = &mut summary.counts;
+            counts.rejected += 1;
+            *counts.rejected_by_reason.entry("future_event".to_string()).or_default() += 1;
+            let source = SourceRef::Kafka {
+                topic: self.id.topic.clone(),
+                partition: self.id.partition,
+                offset: i64::try_from(event.origin).unwrap_or(i64::MAX),
+                index: None,
+            };
+            files.write_rejected(&Rejected::future_event(&event, source))?;
+        }
         attach_owners(&options.owners, &mut self.outputs);
         // Partitions are read one after another: their candidates wait in
         // the gate until every partition is read, then are judged in event

@@ -23,6 +23,7 @@
 //! these differently, so their alerts would differ from one thread's. See
 //! BENCHMARKS.md for what bounds the speedup.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -30,7 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use indicatif::ProgressBar;
 
-use super::files::{Lane, Run, decode_span, origin_of};
+use super::files::{Lane, Placed, Run, decode_span, origin_of};
 use super::packed::{PackedEvents, relend};
 use super::{ReplayError, ReplaySummary};
 use crate::counts::Counts;
@@ -40,7 +41,6 @@ use crate::enrich::client::client_family;
 use crate::enrich::endpoint::normalize_endpoint;
 use crate::event::AccessEvent;
 use crate::owners::OwnerBook;
-use crate::sink::Rejected;
 use crate::sink::file::OutputFiles;
 use crate::source::file::{RecordReader, RecordSpan, SourceError};
 
@@ -59,7 +59,8 @@ pub fn default_threads() -> usize {
 pub(crate) struct DecodedBatch {
     /// The events, each tagged with its record's line.
     events: PackedEvents,
-    rejected: Vec<Rejected>,
+    /// The rejections, each after the events before it ([`Placed`]).
+    rejected: Vec<Placed>,
     /// Records, rejections and events without a key of the batch.
     counts: Counts,
     /// Bytes the input's reader had read when it cut this batch.
@@ -141,9 +142,9 @@ fn decode_batch(
     let mut scratch = Vec::new();
     let mut counts = Counts::default();
     let mut rejected = std::mem::take(&mut batch.rejected);
+    let decoded = std::cell::Cell::new(batch.len());
     for span in spans {
-        // Rejections are kept, never fail here.
-        let _ = decode_span(
+        decode_span(
             decoder,
             buffer,
             span,
@@ -151,10 +152,15 @@ fn decode_batch(
             &mut scratch,
             &mut counts,
             |rejection| {
-                rejected.push(rejection.clone());
-                Ok(())
+                rejected.push(Placed {
+                    after: decoded.get(),
+                    rejected: rejection,
+                })
             },
-            |event| batch.push(&event, span.line, scratch_path),
+            |event| {
+                batch.push(&event, span.line, scratch_path);
+                decoded.set(decoded.get() + 1);
+            },
         );
     }
     batch.counts = counts;
@@ -382,16 +388,6 @@ pub fn replay_files_parallel(
     Ok(summary)
 }
 
-/// Writes a batch's rejections and adds its counts, as one thread does
-/// while decoding it.
-fn take_decoded(batch: &DecodedBatch, counts: &mut Counts, outputs: &mut OutputFiles) -> Result<(), ReplayError> {
-    counts.add(&batch.counts);
-    for rejected in &batch.rejected {
-        outputs.write_rejected(rejected)?;
-    }
-    Ok(())
-}
-
 /// One input: [`super::files`]'s `one_input` with batches decoded ahead.
 fn one_input(
     run: &mut Run<'_>,
@@ -406,14 +402,22 @@ fn one_input(
     let mut kept: Vec<AccessEvent<'static>> = Vec::new();
     while let Some(batch) = stream.next_batch() {
         let batch = batch?;
-        take_decoded(&batch, counts, outputs)?;
+        counts.add(&batch.counts);
         let mut events = relend(kept);
         events.extend((0..batch.len()).map(|index| batch.event(index)));
         run.origins.clear();
         run.origins
             .extend((0..batch.len()).map(|index| origin_of(0, batch.line(index))));
         let origins = std::mem::take(&mut run.origins);
-        run.feed_texts(engine, &events, &origins, Texts::Resolved, counts, outputs)?;
+        run.feed_texts(
+            engine,
+            &events,
+            &origins,
+            &batch.rejected,
+            Texts::Resolved,
+            counts,
+            outputs,
+        )?;
         run.origins = origins;
         kept = relend(events);
         if let Some(bar) = run.progress {
@@ -454,14 +458,15 @@ impl Lane for DecodedLane<'_> {
         &mut self,
         index: usize,
         queue: &mut PackedEvents,
+        rejects: &mut VecDeque<Placed>,
         counts: &mut Counts,
-        outputs: &mut OutputFiles,
     ) -> Result<bool, ReplayError> {
         let Some(decoded) = self.stream.next_batch() else {
             return Ok(false);
         };
         let mut decoded = decoded?;
-        take_decoded(&decoded, counts, outputs)?;
+        counts.add(&decoded.counts);
+        rejects.extend(decoded.rejected.drain(..));
         self.bytes_read = decoded.bytes_read;
         // The batch's events become the queue as they are (the emptied
         // queue's holder goes back with the batch), tagged with origins
@@ -481,6 +486,7 @@ impl Lane for DecodedLane<'_> {
 mod tests {
     use super::*;
     use crate::decode::Format;
+    use crate::sink::Rejected;
 
     #[test]
     fn batches_come_back_in_reading_order_whatever_decoder_finishes_first() {
@@ -584,6 +590,7 @@ mod tests {
         let mut counts = Counts::default();
         let mut rejected = Vec::new();
         let mut events = Vec::new();
+        let seen = std::cell::Cell::new(0);
         let mut scratch = Vec::new();
         for span in &spans {
             decode_span(
@@ -593,17 +600,22 @@ mod tests {
                 "input.jsonl",
                 &mut scratch,
                 &mut counts,
-                |rejection| {
-                    rejected.push(rejection.clone());
-                    Ok(())
+                |rejection| rejected.push((seen.get(), rejection)),
+                |event| {
+                    events.push((event.into_owned(), span.line));
+                    seen.set(seen.get() + 1);
                 },
-                |event| events.push((event.into_owned(), span.line)),
-            )
-            .unwrap();
+            );
         }
         assert_eq!(batch.counts, counts);
-        assert_eq!(batch.rejected, rejected);
+        let placed: Vec<(usize, Rejected)> = batch
+            .rejected
+            .iter()
+            .map(|placed| (placed.after, placed.rejected.clone()))
+            .collect();
+        assert_eq!(placed, rejected);
         assert_eq!(batch.rejected.len(), 1);
+        assert_eq!(batch.rejected[0].after, 1, "the bad line comes after the first event");
         assert_eq!(batch.counts.no_key, 1);
         assert_eq!(batch.bytes_read, 99);
         let unpacked: Vec<(AccessEvent<'static>, u64)> = (0..batch.len())

@@ -164,6 +164,12 @@ impl OutputFiles {
         Ok(self.shadow_scratch.len() as u64)
     }
 
+    /// Revocation candidates the gate holds until the watermark passes
+    /// them (0 without a gate).
+    pub fn gate_pending(&self) -> usize {
+        self.gate.as_ref().map_or(0, |(gate, _)| gate.pending_candidates())
+    }
+
     /// Adds `feedback.jsonl` in `dir`.
     pub fn with_feedback(mut self, dir: &Path) -> Result<OutputFiles, SinkError> {
         self.feedback = Some(JsonlWriter::create(&dir.join("feedback.jsonl"))?);

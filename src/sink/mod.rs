@@ -40,6 +40,22 @@ impl Rejected {
             truncated,
         }
     }
+
+    /// The rejection of an event the engine quarantined as too far ahead
+    /// of its input's time; its record is the event as the engine held it
+    /// (by key fingerprint, never the raw id).
+    pub fn future_event(event: &crate::engine::Quarantined, source: SourceRef) -> Rejected {
+        Rejected {
+            reason_kind: "future_event".to_string(),
+            reason: format!(
+                "event time {} is too far ahead of the input's time {} and no other key confirmed it",
+                event.ts, event.input_time
+            ),
+            source,
+            record: serde_json::to_string(event).unwrap_or_default(),
+            truncated: false,
+        }
+    }
 }
 
 /// What a masked key value is replaced with.

@@ -221,3 +221,60 @@ async fn replay_continues_from_a_snapshot_saved_by_run() {
         "without the snapshot the baseline is missing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_dated_far_ahead_is_rejected_with_its_offset_in_one_order_at_any_batch_size() {
+    let mut config = test_config("unused", "ahead", true);
+    let _cluster = cluster_for(&mut config, &[]);
+    let brokers = config.kafka.as_ref().unwrap().brokers.clone();
+    let input = config.kafka.as_ref().unwrap().input_topics[0].clone();
+    let mut records = travel_scenario(4, 10, 7);
+    // One call of key 0 dated 2099 among the first records: other keys are
+    // in the partition already, none confirms it, and the input's time
+    // moves on for days, so it is quarantined.
+    let far_ts = chrono::DateTime::parse_from_rfc3339("2099-01-01T00:00:00Z")
+        .unwrap()
+        .timestamp_millis();
+    records.insert(
+        20,
+        ScenarioRecord {
+            key: Some(key_id(0)),
+            payload: canonical(far_ts, &key_id(0), &ip("london", 10), "/v1/orders", 200),
+            malformed: false,
+        },
+    );
+    let landed = produce(&brokers, &input, &records, Placement::Unkeyed { partitions: 1 }).await;
+    let far = landed
+        .iter()
+        .find(|record| record.record.payload.contains("2099-"))
+        .expect("the far event landed");
+    let malformed = landed.iter().filter(|record| record.record.malformed).count();
+    assert!(malformed > 0);
+
+    let mut runs = Vec::new();
+    for batch_size in [1, 5, 64, 4096] {
+        let out = tempfile::tempdir().unwrap();
+        let mut replay = options(out.path());
+        replay.batch_size = batch_size;
+        let summary = replay_kafka(&config, replay, "replay").await;
+        let rejected = std::fs::read_to_string(out.path().join("rejected.jsonl")).unwrap();
+        let future: Vec<serde_json::Value> = rejected
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|line| line["reason_kind"] == "future_event")
+            .collect();
+        assert_eq!(future.len(), 1, "batches of {batch_size}: {rejected}");
+        assert_eq!(future[0]["source"]["topic"], input.as_str());
+        assert_eq!(future[0]["source"]["partition"], far.partition);
+        assert_eq!(future[0]["source"]["offset"], far.offset, "where the record is");
+        assert!(!rejected.contains(&key_id(0)), "no raw key id in rejected.jsonl");
+        assert_eq!(summary.counts.rejected_by_reason.get("future_event"), Some(&1));
+        assert_eq!(lines(&out.path().join("rejected.jsonl")), malformed + 1);
+        let alerts = std::fs::read_to_string(out.path().join("alerts.jsonl")).unwrap();
+        runs.push((batch_size, rejected, alerts));
+    }
+    for (batch_size, rejected, alerts) in &runs[1..] {
+        assert_eq!(rejected, &runs[0].1, "rejected.jsonl at batches of {batch_size}");
+        assert_eq!(alerts, &runs[0].2, "alerts.jsonl at batches of {batch_size}");
+    }
+}

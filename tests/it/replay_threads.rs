@@ -5,7 +5,8 @@
 //! analysts' feedback and an owners file, and user agents whose family
 //! trimming would change, replayed as one file and as three files merged by
 //! time, gives byte for byte the same outputs and summary at 1, 2, 3 and 7
-//! threads.
+//! threads and at batch sizes from 1 to 4096 (the rejected output too: its
+//! bad records and quarantined events interleave in one order).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -86,7 +87,7 @@ fn capped_model(dir: &Path) -> PathBuf {
     path
 }
 
-fn replay(dir: &Path, inputs: &[PathBuf], out: &Path, threads: usize, feedback: Option<&Path>) {
+fn replay(dir: &Path, inputs: &[PathBuf], out: &Path, threads: usize, batch_size: usize, feedback: Option<&Path>) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_keywatch"));
     command.arg("replay").arg("--input").args(inputs);
     command
@@ -101,7 +102,7 @@ fn replay(dir: &Path, inputs: &[PathBuf], out: &Path, threads: usize, feedback: 
         .arg("--out")
         .arg(out)
         .arg("--batch-size")
-        .arg("700")
+        .arg(batch_size.to_string())
         .arg("--threads")
         .arg(threads.to_string())
         .arg("--no-progress");
@@ -155,7 +156,7 @@ fn assert_same_outputs(reference: &Path, other: &Path, what: &str) {
 }
 
 #[test]
-fn replay_on_several_threads_is_byte_identical_to_one_thread_for_one_file_and_merged_files() {
+fn replay_at_any_thread_count_and_batch_size_is_byte_identical_to_one_thread_for_one_file_and_merged_files() {
     let dir = tempfile::tempdir().unwrap();
     let lines = messy_lines(dir.path());
     capped_model(dir.path());
@@ -173,13 +174,13 @@ fn replay_on_several_threads_is_byte_identical_to_one_thread_for_one_file_and_me
 
     // A first run without feedback names alerts for the feedback file.
     let plain = dir.path().join("plain");
-    replay(dir.path(), std::slice::from_ref(&whole), &plain, 1, None);
+    replay(dir.path(), std::slice::from_ref(&whole), &plain, 1, 700, None);
     let alerts = lines_of(&plain.join("alerts.jsonl"));
     let feedback = write_feedback(dir.path(), &alerts);
 
     for (inputs, name) in [(vec![whole.clone()], "one file"), (parts.clone(), "three files")] {
         let reference = dir.path().join(format!("{name}-1"));
-        replay(dir.path(), &inputs, &reference, 1, Some(&feedback));
+        replay(dir.path(), &inputs, &reference, 1, 700, Some(&feedback));
 
         // What the scenario must exercise, or the comparison proves little.
         let alerts = lines_of(&reference.join("alerts.jsonl"));
@@ -212,10 +213,14 @@ fn replay_on_several_threads_is_byte_identical_to_one_thread_for_one_file_and_me
         assert!(summary["late_events"].as_u64().unwrap_or(0) > 0, "{name}: {summary}");
         assert!(summary["skipped_no_key"].as_u64().unwrap_or(0) > 0, "{name}: {summary}");
 
-        for threads in [2, 3, 7] {
-            let out = dir.path().join(format!("{name}-{threads}"));
-            replay(dir.path(), &inputs, &out, threads, Some(&feedback));
-            assert_same_outputs(&reference, &out, &format!("{name} at {threads} threads"));
+        for (threads, batch_size) in [(2, 700), (3, 700), (7, 700), (1, 1), (2, 3), (3, 4096)] {
+            let out = dir.path().join(format!("{name}-{threads}-{batch_size}"));
+            replay(dir.path(), &inputs, &out, threads, batch_size, Some(&feedback));
+            assert_same_outputs(
+                &reference,
+                &out,
+                &format!("{name} at {threads} threads, batches of {batch_size}"),
+            );
         }
     }
 }

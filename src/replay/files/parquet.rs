@@ -9,7 +9,9 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
-use super::{Lane, ReplayError, ReplaySummary, Run, origin_of};
+use std::collections::VecDeque;
+
+use super::{Lane, Placed, ReplayError, ReplaySummary, Run, origin_of};
 use crate::counts::Counts;
 use crate::decode::parquet::BatchView;
 use crate::decode::{DecodeError, Decoder};
@@ -70,15 +72,26 @@ impl Run<'_> {
             // of rows, nothing per event.
             let mut batch_events = Vec::with_capacity(view.rows());
             self.origins.clear();
+            self.rejects.clear();
             let origins = &mut self.origins;
-            decode_rows(&view, &name, rows_before, counts, outputs, |event, line| {
-                batch_events.push(event);
-                origins.push(origin_of(0, line));
-            })?;
+            let rejects = &mut self.rejects;
+            decode_rows(
+                &view,
+                &name,
+                rows_before,
+                counts,
+                |after, rejected| rejects.push(Placed { after, rejected }),
+                |event, line| {
+                    batch_events.push(event);
+                    origins.push(origin_of(0, line));
+                },
+            );
             rows_before += view.rows() as u64;
             let origins = std::mem::take(&mut self.origins);
-            self.feed(engine, &batch_events, &origins, counts, outputs)?;
+            let rejects = std::mem::take(&mut self.rejects);
+            self.feed(engine, &batch_events, &origins, &rejects, counts, outputs)?;
             self.origins = origins;
+            self.rejects = rejects;
             if let Some(bar) = self.progress {
                 bar.set_position(input.bytes_estimate());
             }
@@ -113,8 +126,8 @@ impl Lane for ParquetLane {
         &mut self,
         index: usize,
         queue: &mut PackedEvents,
+        rejects: &mut VecDeque<Placed>,
         counts: &mut Counts,
-        outputs: &mut OutputFiles,
     ) -> Result<bool, ReplayError> {
         let Some(rows) = self.input.next_batch()? else {
             return Ok(false);
@@ -125,9 +138,20 @@ impl Lane for ParquetLane {
             .plan()
             .view(&rows)
             .map_err(|source| column_error(&name, source))?;
-        decode_rows(&view, &name, self.rows_before, counts, outputs, |event, line| {
-            queue.push(&event, origin_of(index, line));
-        })?;
+        let queued = queue.len();
+        decode_rows(
+            &view,
+            &name,
+            self.rows_before,
+            counts,
+            |after, rejected| {
+                rejects.push_back(Placed {
+                    after: queued + after,
+                    rejected,
+                })
+            },
+            |event, line| queue.push(&event, origin_of(index, line)),
+        );
         self.rows_before += view.rows() as u64;
         Ok(true)
     }
@@ -146,20 +170,25 @@ fn column_error(name: &str, source: crate::decode::parquet::ColumnError) -> Repl
 
 /// Decodes every row of `view`: events go to `on_event` with their 1-based
 /// row number in the file, rows without a key are counted, other bad rows
-/// go to the rejected output with their reason and row.
+/// go to `on_rejected` with their reason and row, and the number of events
+/// of the batch before them.
 fn decode_rows<'b>(
     view: &BatchView<'b>,
     name: &str,
     rows_before: u64,
     counts: &mut Counts,
-    outputs: &mut OutputFiles,
+    mut on_rejected: impl FnMut(usize, Rejected),
     mut on_event: impl FnMut(AccessEvent<'b>, u64),
-) -> Result<(), ReplayError> {
+) {
     counts.records += view.rows() as u64;
+    let mut events = 0;
     for row in 0..view.rows() {
         let line = rows_before + row as u64 + 1;
         match view.event(row) {
-            Ok(event) => on_event(event, line),
+            Ok(event) => {
+                events += 1;
+                on_event(event, line);
+            }
             Err(DecodeError::NoKey) => counts.no_key += 1,
             Err(error) => {
                 counts.count_rejected(&error);
@@ -169,14 +198,11 @@ fn decode_rows<'b>(
                     index: None,
                 };
                 let excerpt = view.row_excerpt(row);
-                outputs.write_rejected(&Rejected::new(
-                    &error,
-                    source,
-                    excerpt.as_bytes(),
-                    &view.key_field_names(),
-                ))?;
+                on_rejected(
+                    events,
+                    Rejected::new(&error, source, excerpt.as_bytes(), &view.key_field_names()),
+                );
             }
         }
     }
-    Ok(())
 }
