@@ -491,6 +491,12 @@ impl Engine {
         }
     }
 
+    /// How far past the input's clock an event may be before it is held
+    /// apart (`time.max_ahead`), in milliseconds.
+    pub fn max_ahead_ms(&self) -> i64 {
+        self.max_ahead_ms
+    }
+
     /// Events waiting in the reorder buffer for the input's time to pass
     /// them (not counting those held far ahead).
     /// The event time before which no more revocation candidate can come

@@ -353,6 +353,15 @@ impl<'a> Run<'a> {
     /// micro-batch right after the event before them ([`Placed`]); a lane
     /// is refilled as soon as its last queued event is taken, so
     /// rejections at the head of a refill follow that event.
+    ///
+    /// An event dated far ahead of the merged time (more than
+    /// `time.max_ahead` past the newest event taken) whose input then goes
+    /// on near that time is a stray, not the input moving on: it goes to
+    /// the engine at once, as it would in one file, where it is held apart
+    /// and quarantined unless confirmed. Left in time order, it would hold
+    /// back every later event of its input until the others were read,
+    /// and those would all be judged late. An input whose next event is far
+    /// ahead too has moved on (a gap in its logs) and waits in time order.
     pub(super) fn merge<L: Lane>(
         &mut self,
         lanes: &mut [L],
@@ -370,29 +379,46 @@ impl<'a> Run<'a> {
         let mut batch_rejects: Vec<Placed> = Vec::new();
         let mut kept: Vec<AccessEvent<'static>> = Vec::with_capacity(self.batch_size);
         let mut origins: Vec<u64> = Vec::with_capacity(self.batch_size);
+        let max_ahead_ms = engine.max_ahead_ms();
+        // The newest event time taken, strays aside.
+        let mut clock_ms: Option<i64> = None;
         loop {
             let mut oldest: Option<(i64, usize)> = None;
+            let mut stray: Option<usize> = None;
             for (index, lane) in lanes.iter_mut().enumerate() {
-                while heads[index] == queues[index].len() && !done[index] && !self.stop.load(Ordering::Relaxed) {
-                    queues[index].clear();
-                    heads[index] = 0;
-                    waiting[index].clear();
-                    if !lane.refill(index, &mut queues[index], &mut waiting[index], counts)? {
-                        done[index] = true;
-                    }
-                    place_due(&mut waiting[index], 0, &mut batch_rejects, batch.len());
+                let mut lane = LaneState {
+                    lane,
+                    index,
+                    queue: &mut queues[index],
+                    waiting: &mut waiting[index],
+                    head: &mut heads[index],
+                    done: &mut done[index],
+                };
+                if !lane.fill(1, self.stop, counts, &mut batch_rejects, batch.len())? {
+                    continue;
                 }
-                if heads[index] < queues[index].len() {
-                    let ts_ms = queues[index].ts_ms(heads[index]);
-                    if oldest.is_none_or(|(oldest_ms, _)| ts_ms < oldest_ms) {
-                        oldest = Some((ts_ms, index));
-                    }
+                let ts_ms = lane.queue.ts_ms(*lane.head);
+                let far = clock_ms.map(|clock| clock.saturating_add(max_ahead_ms));
+                if stray.is_none()
+                    && far.is_some_and(|far| ts_ms > far)
+                    && lane.fill(2, self.stop, counts, &mut batch_rejects, batch.len())?
+                    && far.is_some_and(|far| lane.queue.ts_ms(*lane.head + 1) <= far)
+                {
+                    stray = Some(index);
+                }
+                if oldest.is_none_or(|(oldest_ms, _)| ts_ms < oldest_ms) {
+                    oldest = Some((ts_ms, index));
                 }
             }
-            let exhausted = oldest.is_none();
-            if let Some((_, index)) = oldest {
+            let picked = stray.or(oldest.map(|(_, index)| index));
+            let exhausted = picked.is_none();
+            if let Some(index) = picked {
                 let head = heads[index];
                 heads[index] += 1;
+                if stray.is_none() {
+                    let ts_ms = queues[index].ts_ms(head);
+                    clock_ms = Some(clock_ms.map_or(ts_ms, |clock| clock.max(ts_ms)));
+                }
                 batch.push(&queues[index].event(head), queues[index].tag(head));
                 place_due(&mut waiting[index], head + 1, &mut batch_rejects, batch.len());
             }
@@ -416,6 +442,45 @@ impl<'a> Run<'a> {
     }
 }
 
+/// One input of a merge and its queue, while the merge looks at it.
+struct LaneState<'m, L> {
+    lane: &'m mut L,
+    index: usize,
+    queue: &'m mut PackedEvents,
+    waiting: &'m mut VecDeque<Placed>,
+    /// The queue's next event.
+    head: &'m mut usize,
+    done: &'m mut bool,
+}
+
+impl<L: Lane> LaneState<'_, L> {
+    /// Reads until `wanted` events wait in the queue from its head, or the
+    /// input is over; whether they do. An empty queue starts afresh; one
+    /// still holding events (a look past the head) is added to. Rejections
+    /// read before the queue's next event follow the event taken last.
+    fn fill(
+        &mut self,
+        wanted: usize,
+        stop: &AtomicBool,
+        counts: &mut Counts,
+        batch_rejects: &mut Vec<Placed>,
+        batch_len: usize,
+    ) -> Result<bool, ReplayError> {
+        while self.queue.len() - *self.head < wanted && !*self.done && !stop.load(Ordering::Relaxed) {
+            if *self.head == self.queue.len() {
+                self.queue.clear();
+                *self.head = 0;
+                self.waiting.clear();
+            }
+            if !self.lane.refill(self.index, self.queue, self.waiting, counts)? {
+                *self.done = true;
+            }
+            place_due(self.waiting, *self.head, batch_rejects, batch_len);
+        }
+        Ok(self.queue.len() - *self.head >= wanted)
+    }
+}
+
 /// Moves the rejections of a lane that follow its first `taken` queued
 /// events into the micro-batch, after its first `batch_len` events.
 fn place_due(waiting: &mut VecDeque<Placed>, taken: usize, batch_rejects: &mut Vec<Placed>, batch_len: usize) {
@@ -432,7 +497,7 @@ pub(super) trait Lane {
     /// Reads and decodes the input's next batch: its events, detached from
     /// their buffer, go to the back of `queue` tagged with their origins
     /// (`index` is the input's), its rejections to `rejects`, each with the
-    /// number of the batch's events before it. `false` when the input is
+    /// number of the queue's events before it. `false` when the input is
     /// over.
     fn refill(
         &mut self,

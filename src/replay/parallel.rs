@@ -466,13 +466,27 @@ impl Lane for DecodedLane<'_> {
         };
         let mut decoded = decoded?;
         counts.add(&decoded.counts);
-        rejects.extend(decoded.rejected.drain(..));
+        let queued = queue.len();
+        rejects.extend(decoded.rejected.drain(..).map(|placed| Placed {
+            after: queued + placed.after,
+            rejected: placed.rejected,
+        }));
         self.bytes_read = decoded.bytes_read;
-        // The batch's events become the queue as they are (the emptied
-        // queue's holder goes back with the batch), tagged with origins
-        // instead of lines.
-        std::mem::swap(queue, &mut decoded.events);
-        queue.retag(|line| origin_of(index, line));
+        if queue.is_empty() {
+            // The batch's events become the queue as they are (the emptied
+            // queue's holder goes back with the batch), tagged with origins
+            // instead of lines.
+            std::mem::swap(queue, &mut decoded.events);
+            queue.retag(|line| origin_of(index, line));
+        } else {
+            // A look past the queue's head: the batch's events are added.
+            for event in 0..decoded.events.len() {
+                queue.push(
+                    &decoded.events.event(event),
+                    origin_of(index, decoded.events.tag(event)),
+                );
+            }
+        }
         self.stream.give_back(decoded);
         Ok(true)
     }

@@ -2,7 +2,9 @@
 //! traffic split into two inputs by alternate lines gives byte-identical
 //! alerts, revocations and digests to the single file; the same traffic
 //! shuffled within the reorder bound gives the same alerts as sorted; an
-//! event dated 2099 is quarantined and its key still alerts; the real
+//! event dated 2099 is quarantined and its key still alerts, in one file
+//! and in the same lines split into two inputs (where it must not hold back
+//! the rest of its input); the real
 //! CloudTrail files replay with no late events once reordered; and SIGINT
 //! stops a replay with whole output lines and a summary that says so.
 
@@ -127,7 +129,7 @@ fn two_inputs_split_by_alternate_lines_or_shuffled_within_the_bound_give_identic
 }
 
 #[test]
-fn an_event_dated_2099_is_quarantined_and_its_key_still_alerts() {
+fn an_event_dated_2099_is_quarantined_and_its_key_still_alerts_in_one_file_and_in_two_inputs() {
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path(), 60, 5, 5);
     let events = dir.path().join("events.jsonl");
@@ -176,6 +178,33 @@ fn an_event_dated_2099_is_quarantined_and_its_key_still_alerts() {
         read(&out.join("alerts.jsonl")) == read(&whole.join("alerts.jsonl")),
         "the poisoned key, and every other, alerts as without the poison ({hint})"
     );
+
+    // The same lines as two inputs by alternate lines: merged by time, the
+    // stray goes to the engine where its input is, not after everything
+    // else (which would make every later event of its input late).
+    let even: Vec<&str> = with_poison.iter().step_by(2).copied().collect();
+    let odd: Vec<&str> = with_poison.iter().skip(1).step_by(2).copied().collect();
+    let split = dir.path().join("poisoned-split");
+    replay(
+        &[
+            write_lines(&dir.path().join("poisoned-even.jsonl"), &even),
+            write_lines(&dir.path().join("poisoned-odd.jsonl"), &odd),
+        ],
+        dir.path(),
+        &split,
+    );
+    let summary_split = summary(&split);
+    assert_eq!(summary_split["late_events"], 0, "{summary_split}");
+    assert_eq!(
+        summary_split["rejected_by_reason"]["future_event"], 1,
+        "{summary_split}"
+    );
+    for name in OUTPUTS {
+        assert!(
+            read(&out.join(name)) == read(&split.join(name)),
+            "{name} differs between one poisoned input and two"
+        );
+    }
 }
 
 /// Real CloudTrail logs of the tests' data (attack detonations in one
