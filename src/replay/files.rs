@@ -20,7 +20,7 @@ use super::{ReplayError, ReplaySummary};
 use crate::alert::Output;
 use crate::alert::owner::attach_owners;
 use crate::counts::Counts;
-use crate::decode::{DecodeError, Decoded, Decoder, Rejection};
+use crate::decode::{DecodeError, Decoder};
 use crate::engine::{Engine, Quarantined, Texts};
 use crate::event::AccessEvent;
 use crate::owners::OwnerBook;
@@ -580,39 +580,35 @@ pub(super) fn decode_span<'a>(
 ) {
     counts.records += 1;
     let record = &buffer[span.range.clone()];
+    let mut reject = |counts: &mut Counts, error: &DecodeError, index: Option<u32>| {
+        counts.count_rejected(error);
+        let source = SourceRef::File {
+            file: name.to_string(),
+            line: span.line,
+            index,
+        };
+        on_rejected(Rejected::new(error, source, record, &decoder.key_field_names()));
+    };
     // The reader cut a line over the limit short: reject it without
     // decoding what is left of it.
-    let cut_short = span.oversized.map(|size| {
-        Decoded::Rejected(Rejection {
-            error: DecodeError::Oversized {
-                size,
-                limit: decoder.max_record_bytes,
-            },
-            index: None,
-        })
-    });
-    let decoded = match cut_short {
-        Some(_) => None,
-        None => Some(decoder.decode_record(record, scratch)),
-    };
-    for item in cut_short.into_iter().chain(decoded.into_iter().flatten()) {
-        match item {
-            Decoded::Event(event) => on_event(event),
-            Decoded::NoKey => counts.no_key += 1,
-            Decoded::Rejected(rejection) => {
-                counts.count_rejected(&rejection.error);
-                let source = SourceRef::File {
-                    file: name.to_string(),
-                    line: span.line,
-                    index: rejection.index,
-                };
-                on_rejected(Rejected::new(
-                    &rejection.error,
-                    source,
-                    record,
-                    &decoder.key_field_names(),
-                ));
-            }
+    if let Some(size) = span.oversized {
+        let error = DecodeError::Oversized {
+            size,
+            limit: decoder.max_record_bytes,
+        };
+        reject(counts, &error, None);
+        return;
+    }
+    // Straight from the decoder's scratch (as [`Decoder::decode_record`]
+    // gives them, without moving each event through an iterator chain).
+    scratch.clear();
+    decoder.decode(record, scratch);
+    let several_events = scratch.len() > 1;
+    for (index, result) in scratch.drain(..).enumerate() {
+        match result {
+            Ok(event) => on_event(event),
+            Err(DecodeError::NoKey) => counts.no_key += 1,
+            Err(error) => reject(counts, &error, several_events.then_some(index as u32)),
         }
     }
 }
