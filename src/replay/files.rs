@@ -29,6 +29,11 @@ use crate::sink::file::OutputFiles;
 use crate::source::SourceRef;
 use crate::source::file::{RecordReader, RecordSpan};
 
+/// Events of an input looked at past one dated far ahead, in a merged
+/// replay, for one back near the merged time (which makes it a stray: see
+/// [`Run::merge`]). A run of strays longer than this holds its input back.
+const STRAY_LOOKAHEAD: usize = 16;
+
 /// Bits of an origin that hold the line; the input's index is above them.
 const LINE_BITS: u32 = 48;
 
@@ -355,13 +360,14 @@ impl<'a> Run<'a> {
     /// rejections at the head of a refill follow that event.
     ///
     /// An event dated far ahead of the merged time (more than
-    /// `time.max_ahead` past the newest event taken) whose input then goes
-    /// on near that time is a stray, not the input moving on: it goes to
-    /// the engine at once, as it would in one file, where it is held apart
-    /// and quarantined unless confirmed. Left in time order, it would hold
-    /// back every later event of its input until the others were read,
-    /// and those would all be judged late. An input whose next event is far
-    /// ahead too has moved on (a gap in its logs) and waits in time order.
+    /// `time.max_ahead` past the newest event taken) whose input goes on
+    /// near that time within its next [`STRAY_LOOKAHEAD`] events is a stray,
+    /// not the input moving on: it goes to the engine at once, as it would
+    /// in one file, where it is held apart and quarantined unless
+    /// confirmed. Left in time order, it would hold back every later event
+    /// of its input until the others were read, and those would all be
+    /// judged late. An input whose next events are all that far ahead has
+    /// moved on (a gap in its logs) and waits in time order.
     pub(super) fn merge<L: Lane>(
         &mut self,
         lanes: &mut [L],
@@ -400,11 +406,16 @@ impl<'a> Run<'a> {
                 let ts_ms = lane.queue.ts_ms(*lane.head);
                 let far = clock_ms.map(|clock| clock.saturating_add(max_ahead_ms));
                 if stray.is_none()
-                    && far.is_some_and(|far| ts_ms > far)
-                    && lane.fill(2, self.stop, counts, &mut batch_rejects, batch.len())?
-                    && far.is_some_and(|far| lane.queue.ts_ms(*lane.head + 1) <= far)
+                    && let Some(far) = far
+                    && ts_ms > far
                 {
-                    stray = Some(index);
+                    lane.fill(1 + STRAY_LOOKAHEAD, self.stop, counts, &mut batch_rejects, batch.len())?;
+                    let queued = lane.queue.len();
+                    if (*lane.head + 1..queued.min(*lane.head + 1 + STRAY_LOOKAHEAD))
+                        .any(|next| lane.queue.ts_ms(next) <= far)
+                    {
+                        stray = Some(index);
+                    }
                 }
                 if oldest.is_none_or(|(oldest_ms, _)| ts_ms < oldest_ms) {
                     oldest = Some((ts_ms, index));
