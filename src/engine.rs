@@ -825,19 +825,42 @@ impl Engine {
     /// ordering, then every pending daily digest goes out, in key order,
     /// since no day of the input can gain another finding.
     ///
-    /// Everything held is let go first, in event-time order: no event of
-    /// the input is left to be misjudged after them, so events still held
-    /// far ahead (no other key could confirm them: the input ended) are
-    /// judged too, each step of the clock confirmed by its own events.
+    /// Everything held is let go first, in event-time order. Of the events
+    /// still held far ahead, only the input's tail is believed: the arrivals
+    /// in a row that were all far ahead when the input ended (it moved to
+    /// their time and never came back, as after a quiet night with one key
+    /// still calling). The clock steps to each of them in turn, bringing
+    /// near what is near, unless a step would pass `state.evict_after` (no
+    /// key of the input would outlive such a jump). Every other event held
+    /// ahead (the input carried on at the old time after it) is
+    /// quarantined: it never moves a key's time.
     /// Digests go out in fingerprint order: the order keys were first seen
     /// in depends on arrival.
     pub fn finish(&mut self, out: &mut Vec<Output>) {
         let mut rows = std::mem::take(&mut self.scratch_rows);
-        while let Some(jump_ms) = self.time.confirmed_jump(1, self.max_ahead_ms, 1) {
-            self.time.advance(jump_ms);
+        let tail_len = (self.time.ahead_run as usize).min(self.time.ahead.len());
+        let mut tail: Vec<i64> = self.time.ahead[self.time.ahead.len() - tail_len..]
+            .iter()
+            .map(|row| row.ts_ms)
+            .collect();
+        tail.sort_unstable();
+        let max_step_ms = i64::try_from(self.model.state.evict_after.as_millis()).unwrap_or(i64::MAX);
+        for ts_ms in tail {
+            let clock_ms = self.time.clock_ms.unwrap_or(ts_ms);
+            if ts_ms <= clock_ms.saturating_add(self.max_ahead_ms) {
+                continue;
+            }
+            if ts_ms - clock_ms > max_step_ms {
+                break;
+            }
+            self.time.advance(ts_ms);
             self.time.admit_near(self.max_ahead_ms, &mut rows);
         }
         rows.clear();
+        rows.append(&mut self.time.ahead);
+        for row in rows.drain(..) {
+            self.quarantine(row);
+        }
         self.scratch_rows = rows;
         self.time.ahead_run = 0;
         while let Some(row) = self.time.pop_any() {
@@ -2386,6 +2409,47 @@ mod tests {
                     && alert.window.end >= crate::event::format_ts(twist))
         });
         assert!(travel, "the key still alerts: {out:#?}");
+    }
+
+    #[test]
+    fn events_still_held_far_ahead_when_the_input_ends_are_quarantined_unless_they_are_its_tail() {
+        use crate::detect::testkit::*;
+        // With a second key, one key's jump needs a witness.
+        let key = "AKIATAIL000000000001";
+        let mut events = history(key, "london", 3, 2, ENDPOINTS);
+        events.extend(history("AKIATAIL000000000002", "dublin", 3, 2, ENDPOINTS));
+        events.sort_by_key(|event| event.ts_ms);
+        let end = events.last().map(|event| event.ts_ms).unwrap_or(T0);
+        let poison = |ts_ms| event(ts_ms, key, ip("london", 1), "/v1/orders", 200);
+        let run = |extra: &[(usize, AccessEvent<'static>)]| {
+            let mut input = events.clone();
+            for (at, event) in extra.iter().rev() {
+                input.insert(*at, event.clone());
+            }
+            let mut engine = new_engine();
+            let mut out = Vec::new();
+            engine.process(&input, &mut out);
+            engine.finish(&mut out);
+            let mut quarantined = Vec::new();
+            engine.take_quarantined(&mut quarantined);
+            (engine.stats().events, quarantined.len(), engine.time.clock_ms)
+        };
+        let year_2099 = 4_070_908_800_000;
+        // Within the input's last hour, followed by ordinary calls: the
+        // input went on at the old time after it.
+        let (judged, quarantined, clock) = run(&[(events.len() - 1, poison(end + 2 * HOUR))]);
+        assert_eq!((judged, quarantined), (events.len() as u64, 1));
+        assert_eq!(clock, Some(end), "the key's time never moved");
+        // The last line, dated 2099: a tail, but one no key would outlive.
+        let (judged, quarantined, clock) = run(&[(events.len(), poison(year_2099))]);
+        assert_eq!((judged, quarantined, clock), (events.len() as u64, 1, Some(end)));
+        // The last lines, a day later: the input moved on and is believed.
+        let (judged, quarantined, clock) = run(&[
+            (events.len(), poison(end + DAY)),
+            (events.len(), poison(end + DAY + HOUR / 2)),
+        ]);
+        assert_eq!((judged, quarantined), (events.len() as u64 + 2, 0));
+        assert_eq!(clock, Some(end + DAY + HOUR / 2));
     }
 
     #[test]
