@@ -497,6 +497,12 @@ impl Engine {
         self.max_ahead_ms
     }
 
+    /// Arrivals in a row, all far ahead of the clock, that move it on
+    /// their own (`time.confirm_after`).
+    pub fn confirm_after(&self) -> u32 {
+        self.model.time.confirm_after
+    }
+
     /// Events waiting in the reorder buffer for the input's time to pass
     /// them (not counting those held far ahead).
     /// The event time before which no more revocation candidate can come

@@ -29,10 +29,10 @@ use crate::sink::file::OutputFiles;
 use crate::source::SourceRef;
 use crate::source::file::{RecordReader, RecordSpan};
 
-/// Events of an input looked at past one dated far ahead, in a merged
-/// replay, for one back near the merged time (which makes it a stray: see
-/// [`Run::merge`]). A run of strays longer than this holds its input back.
-const STRAY_LOOKAHEAD: usize = 16;
+/// The most events of an input looked at past one dated far ahead, in a
+/// merged replay, for one back near the merged time (which makes it a
+/// stray: see [`Run::merge`]); below it, `time.confirm_after - 1` is.
+const MAX_STRAY_LOOKAHEAD: usize = 4096;
 
 /// Bits of an origin that hold the line; the input's index is above them.
 const LINE_BITS: u32 = 48;
@@ -361,13 +361,16 @@ impl<'a> Run<'a> {
     ///
     /// An event dated far ahead of the merged time (more than
     /// `time.max_ahead` past the newest event taken) whose input goes on
-    /// near that time within its next [`STRAY_LOOKAHEAD`] events is a stray,
-    /// not the input moving on: it goes to the engine at once, as it would
-    /// in one file, where it is held apart and quarantined unless
+    /// near that time within its next `time.confirm_after - 1` events is a
+    /// stray, not the input moving on: it goes to the engine at once, as it
+    /// would in one file, where it is held apart and quarantined unless
     /// confirmed. Left in time order, it would hold back every later event
     /// of its input until the others were read, and those would all be
-    /// judged late. An input whose next events are all that far ahead has
-    /// moved on (a gap in its logs) and waits in time order.
+    /// judged late. An input whose next `time.confirm_after` events are all
+    /// that far ahead has moved on (a gap in its logs, as the engine would
+    /// take it in one file) and waits in time order. The oldest time among
+    /// the events looked at is kept until the input's head moves, so an
+    /// input waiting on a gap costs one comparison per event taken.
     pub(super) fn merge<L: Lane>(
         &mut self,
         lanes: &mut [L],
@@ -386,6 +389,12 @@ impl<'a> Run<'a> {
         let mut kept: Vec<AccessEvent<'static>> = Vec::with_capacity(self.batch_size);
         let mut origins: Vec<u64> = Vec::with_capacity(self.batch_size);
         let max_ahead_ms = engine.max_ahead_ms();
+        let lookahead = (engine.confirm_after() as usize)
+            .saturating_sub(1)
+            .clamp(1, MAX_STRAY_LOOKAHEAD);
+        // Per input, while its head stays: the queue index looked up to
+        // past the head and the oldest time seen there.
+        let mut looked: Vec<Option<(usize, i64)>> = vec![None; lanes.len()];
         // The newest event time taken, strays aside.
         let mut clock_ms: Option<i64> = None;
         loop {
@@ -409,11 +418,14 @@ impl<'a> Run<'a> {
                     && let Some(far) = far
                     && ts_ms > far
                 {
-                    lane.fill(1 + STRAY_LOOKAHEAD, self.stop, counts, &mut batch_rejects, batch.len())?;
-                    let queued = lane.queue.len();
-                    if (*lane.head + 1..queued.min(*lane.head + 1 + STRAY_LOOKAHEAD))
-                        .any(|next| lane.queue.ts_ms(next) <= far)
-                    {
+                    lane.fill(1 + lookahead, self.stop, counts, &mut batch_rejects, batch.len())?;
+                    let end = lane.queue.len().min(*lane.head + 1 + lookahead);
+                    let (from, mut oldest_next) = looked[index].unwrap_or((*lane.head + 1, i64::MAX));
+                    for next in from..end {
+                        oldest_next = oldest_next.min(lane.queue.ts_ms(next));
+                    }
+                    looked[index] = Some((end.max(from), oldest_next));
+                    if oldest_next <= far {
                         stray = Some(index);
                     }
                 }
@@ -426,6 +438,7 @@ impl<'a> Run<'a> {
             if let Some(index) = picked {
                 let head = heads[index];
                 heads[index] += 1;
+                looked[index] = None;
                 if stray.is_none() {
                     let ts_ms = queues[index].ts_ms(head);
                     clock_ms = Some(clock_ms.map_or(ts_ms, |clock| clock.max(ts_ms)));

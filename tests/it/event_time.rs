@@ -153,12 +153,12 @@ fn an_event_dated_2099_is_quarantined_and_its_key_still_alerts_in_one_file_and_i
             keywatch::event::key_fingerprint(event["key_id"].as_str().unwrap()) == fingerprint
         })
         .unwrap();
-    // Four calls in a row dated 2099 (one client with a broken clock): in
-    // two inputs by alternate lines, each input gets two strays in a row.
-    let poisoned: Vec<String> = (0..4)
+    // Forty calls in a row dated 2099 (one client with a broken clock): in
+    // two inputs by alternate lines, each input gets twenty strays in a row.
+    let poisoned: Vec<String> = (0..40)
         .map(|second| {
             let mut poisoned: Value = serde_json::from_str(lines[position]).unwrap();
-            poisoned["ts"] = Value::from(format!("2099-01-01T00:00:0{second}Z"));
+            poisoned["ts"] = Value::from(format!("2099-01-01T00:00:{second:02}Z"));
             poisoned.to_string()
         })
         .collect();
@@ -178,10 +178,10 @@ fn an_event_dated_2099_is_quarantined_and_its_key_still_alerts_in_one_file_and_i
         .map(|line| serde_json::from_str::<Value>(line).unwrap())
         .filter(|record| record["reason_kind"] == "future_event")
         .collect();
-    assert_eq!(future.len(), 4, "{rejected}");
+    assert_eq!(future.len(), 40, "{rejected}");
     assert_eq!(future[0]["source"]["line"], position as u64 + 2);
     assert!(!rejected.contains("\"key_id\""), "no raw key in the quarantine");
-    assert_eq!(summary(&out)["rejected_by_reason"]["future_event"], 4);
+    assert_eq!(summary(&out)["rejected_by_reason"]["future_event"], 40);
     assert!(
         read(&out.join("alerts.jsonl")) == read(&whole.join("alerts.jsonl")),
         "the poisoned key, and every other, alerts as without the poison ({hint})"
@@ -204,7 +204,7 @@ fn an_event_dated_2099_is_quarantined_and_its_key_still_alerts_in_one_file_and_i
     let summary_split = summary(&split);
     assert_eq!(summary_split["late_events"], 0, "{summary_split}");
     assert_eq!(
-        summary_split["rejected_by_reason"]["future_event"], 4,
+        summary_split["rejected_by_reason"]["future_event"], 40,
         "{summary_split}"
     );
     for name in OUTPUTS {
