@@ -147,6 +147,21 @@ pub enum Decoded<'a> {
     Rejected(Rejection),
 }
 
+impl<'a> Decoded<'a> {
+    /// What the decoder's `index`-th result of a record means; a rejection
+    /// names its index only in a record of `several` events.
+    pub fn of(result: Result<AccessEvent<'a>, DecodeError>, index: usize, several: bool) -> Decoded<'a> {
+        match result {
+            Ok(event) => Decoded::Event(event),
+            Err(DecodeError::NoKey) => Decoded::NoKey,
+            Err(error) => Decoded::Rejected(Rejection {
+                error,
+                index: several.then_some(index as u32),
+            }),
+        }
+    }
+}
+
 /// A record, or one event of a multi-event record, that could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -254,14 +269,10 @@ impl Decoder {
         scratch.clear();
         self.decode(record, scratch);
         let several_events = scratch.len() > 1;
-        scratch.drain(..).enumerate().map(move |(index, result)| match result {
-            Ok(event) => Decoded::Event(event),
-            Err(DecodeError::NoKey) => Decoded::NoKey,
-            Err(error) => Decoded::Rejected(Rejection {
-                error,
-                index: several_events.then_some(index as u32),
-            }),
-        })
+        scratch
+            .drain(..)
+            .enumerate()
+            .map(move |(index, result)| Decoded::of(result, index, several_events))
     }
 
     /// The names of the fields that may hold a key id in this decoder's

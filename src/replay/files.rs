@@ -20,7 +20,7 @@ use super::{ReplayError, ReplaySummary};
 use crate::alert::Output;
 use crate::alert::owner::attach_owners;
 use crate::counts::Counts;
-use crate::decode::{DecodeError, Decoder};
+use crate::decode::{DecodeError, Decoded, Decoder};
 use crate::engine::{Engine, Quarantined, Texts};
 use crate::event::AccessEvent;
 use crate::owners::OwnerBook;
@@ -629,10 +629,10 @@ pub(super) fn decode_span<'a>(
     decoder.decode(record, scratch);
     let several_events = scratch.len() > 1;
     for (index, result) in scratch.drain(..).enumerate() {
-        match result {
-            Ok(event) => on_event(event),
-            Err(DecodeError::NoKey) => counts.no_key += 1,
-            Err(error) => reject(counts, &error, several_events.then_some(index as u32)),
+        match Decoded::of(result, index, several_events) {
+            Decoded::Event(event) => on_event(event),
+            Decoded::NoKey => counts.no_key += 1,
+            Decoded::Rejected(rejection) => reject(counts, &rejection.error, rejection.index),
         }
     }
 }
