@@ -28,6 +28,10 @@ use crate::event::format_ts;
 use crate::key_text::{Hint, fingerprint_bits, fingerprint_text};
 use crate::model::AcrossKeysModel;
 
+/// Observations a view holds at most while it waits for its keyed
+/// partitions (about 100 MB); past it the oldest is judged at once.
+pub const MAX_HELD_OBSERVATIONS: usize = 1 << 20;
+
 /// Distinct addresses remembered per incident, for the evidence.
 const MAX_ADDRESSES: usize = 64;
 
@@ -134,8 +138,18 @@ pub struct SourceView {
     /// hasher. Read in order only after sorting (`finish`, `sweep`).
     sources: HashMap<Network, SourceState, ahash::RandomState>,
     next_sweep_ts: i64,
+    /// In Kafka, the event time every keyed partition has judged up to
+    /// ([`SourceView::upstream_at`]): an observation at or after it may
+    /// still be preceded by one that has not arrived.
+    upstream_ms: i64,
+    /// Judges by `upstream_ms` alone; otherwise (one engine feeding the
+    /// view, in replay) by the reorder lateness.
+    behind_upstream: bool,
     /// Observations judged after a later one (beyond the reorder lateness).
     pub late: u64,
+    /// Observations judged before every keyed partition had passed them,
+    /// because the view held [`MAX_HELD_OBSERVATIONS`].
+    pub forced: u64,
     /// Alerts emitted.
     pub alerts: u64,
 }
@@ -150,8 +164,27 @@ impl SourceView {
             last_judged_ts: i64::MIN,
             sources: HashMap::default(),
             next_sweep_ts: i64::MIN,
+            upstream_ms: i64::MAX,
+            behind_upstream: false,
             late: 0,
+            forced: 0,
             alerts: 0,
+        }
+    }
+
+    /// A view fed by several keyed partitions (the source stage in Kafka):
+    /// instead of waiting the reorder lateness past the newest observation
+    /// it has (which, on one partition of the source topic, need not move
+    /// on at all), it judges an observation once every keyed partition has
+    /// reported past it ([`SourceView::upstream_at`]). So a partition
+    /// running behind the others (catching up, or held by a member that
+    /// died) does not make its calls late here, and the view judges in the
+    /// order one engine over all the calls would.
+    pub fn behind_upstream(model: &AcrossKeysModel, model_label: &str) -> SourceView {
+        SourceView {
+            upstream_ms: i64::MIN,
+            behind_upstream: true,
+            ..SourceView::new(model, model_label)
         }
     }
 
@@ -160,12 +193,39 @@ impl SourceView {
     pub fn observe(&mut self, observation: Observation, out: &mut Vec<Output>) {
         self.newest_ts = self.newest_ts.max(observation.ts_ms);
         self.pending.push(Reverse(observation));
-        let ready_through = self
-            .newest_ts
-            .saturating_sub(self.model.reorder_lateness.as_millis() as i64);
+        self.release(out);
+    }
+
+    /// Every keyed partition has judged up to `watermark_ms`
+    /// ([`crate::revoke::watermark::Upstream::watermark`]): judges the
+    /// observations before it.
+    pub fn upstream_at(&mut self, watermark_ms: i64, out: &mut Vec<Output>) {
+        self.upstream_ms = watermark_ms;
+        self.release(out);
+    }
+
+    /// Observations waiting to be judged.
+    pub fn held(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Judges, in order, the waiting observations every keyed partition
+    /// has passed (behind an upstream) or the newest event time is
+    /// `reorder_lateness` past (otherwise); then, over
+    /// [`MAX_HELD_OBSERVATIONS`], the oldest, counted as forced.
+    fn release(&mut self, out: &mut Vec<Output>) {
+        let ready_through = if self.behind_upstream {
+            self.upstream_ms.saturating_sub(1)
+        } else {
+            self.newest_ts
+                .saturating_sub(self.model.reorder_lateness.as_millis() as i64)
+        };
         while let Some(Reverse(next)) = self.pending.peek() {
             if next.ts_ms > ready_through {
-                break;
+                if self.pending.len() <= MAX_HELD_OBSERVATIONS {
+                    break;
+                }
+                self.forced += 1;
             }
             let next = *next;
             self.pending.pop();
@@ -537,11 +597,8 @@ mod tests {
             .collect()
     }
 
-    fn run(view: &mut SourceView, observations: &[Observation]) -> Vec<Alert> {
-        let mut out = Vec::new();
-        for observation in observations {
-            view.observe(*observation, &mut out);
-        }
+    /// Ends the input and returns the alerts among `out` and what that gave.
+    fn finish_alerts(view: &mut SourceView, mut out: Vec<Output>) -> Vec<Alert> {
         view.finish(&mut out);
         out.into_iter()
             .filter_map(|output| match output {
@@ -549,6 +606,14 @@ mod tests {
                 Output::Revocation(_) | Output::Digest(_) => None,
             })
             .collect()
+    }
+
+    fn run(view: &mut SourceView, observations: &[Observation]) -> Vec<Alert> {
+        let mut out = Vec::new();
+        for observation in observations {
+            view.observe(*observation, &mut out);
+        }
+        finish_alerts(view, out)
     }
 
     #[test]
@@ -611,6 +676,83 @@ mod tests {
         assert!(skewed.late > 0, "the second stream came in late");
         assert!(!alerts.is_empty());
         assert_eq!(alerts[0].keys.len(), 20, "{:#?}", alerts[0]);
+    }
+
+    /// Feeds `streams` (one per keyed partition) to a view behind its
+    /// upstream, the later streams arriving whole after the earlier ones,
+    /// each followed by its partition's watermark; then every partition
+    /// reports past the end.
+    fn run_behind_upstream(view: &mut SourceView, streams: &[Vec<Observation>]) -> Vec<Alert> {
+        use crate::revoke::watermark::{InputWatermark, Upstream};
+        let mut upstream = Upstream::default();
+        let mut out = Vec::new();
+        let report = |upstream: &mut Upstream, index: usize, released_ms: Option<i64>| {
+            upstream.note(&InputWatermark {
+                input: format!("keys/{index}"),
+                released_ms,
+                idle: false,
+                inputs: streams.len() as u32,
+            });
+        };
+        for (index, stream) in streams.iter().enumerate() {
+            for observation in stream {
+                view.observe(*observation, &mut out);
+            }
+            let newest = stream.iter().map(|observation| observation.ts_ms + 1).max();
+            report(&mut upstream, index, newest);
+            view.upstream_at(upstream.watermark(), &mut out);
+        }
+        for index in 0..streams.len() {
+            report(&mut upstream, index, Some(i64::MAX - 1));
+        }
+        view.upstream_at(upstream.watermark(), &mut out);
+        finish_alerts(view, out)
+    }
+
+    #[test]
+    fn behind_its_upstream_a_view_judges_a_partition_far_behind_as_if_in_order() {
+        // A spray, then two hours of other sources; the partition holding
+        // every other call of all of it arrives after the other has ended.
+        let mut observations = spray(30, 10_000, true);
+        for minute in 0..120 {
+            let ip = format!("192.0.2.{}", minute % 200 + 1);
+            observations.push(observation(T0 + 600_000 + minute * 60_000, &ip, 7, false));
+        }
+        let in_order = run(&mut view(), &observations);
+        assert!(!in_order.is_empty());
+        let odd: Vec<Observation> = observations.iter().skip(1).step_by(2).copied().collect();
+        let even: Vec<Observation> = observations.iter().step_by(2).copied().collect();
+
+        let mut live = SourceView::behind_upstream(&AcrossKeysModel::default(), "default@1");
+        let alerts = run_behind_upstream(&mut live, &[odd.clone(), even.clone()]);
+        assert_eq!(live.late, 0, "nothing was judged before its partition reported past it");
+        assert_eq!(live.forced, 0);
+        assert_eq!(
+            alerts, in_order,
+            "the same alerts as one engine judging in event-time order"
+        );
+
+        let mut unaware = view();
+        let skewed: Vec<Observation> = odd.into_iter().chain(even).collect();
+        let without = run(&mut unaware, &skewed);
+        assert!(unaware.late > 0, "without the watermarks the second partition is late");
+        assert_ne!(without, in_order, "and its alerts differ");
+    }
+
+    #[test]
+    fn a_view_waiting_for_a_silent_partition_judges_its_oldest_past_the_cap() {
+        let mut view = SourceView::behind_upstream(&AcrossKeysModel::default(), "default@1");
+        let mut out = Vec::new();
+        for index in 0..(MAX_HELD_OBSERVATIONS as i64 + 3) {
+            let key = 1000 + (index % 5) as u128;
+            view.observe(observation(T0 + index, "198.51.100.9", key, false), &mut out);
+        }
+        assert_eq!(view.held(), MAX_HELD_OBSERVATIONS);
+        assert_eq!(
+            view.forced, 3,
+            "no partition reported: only what is over the cap is judged"
+        );
+        assert_eq!(view.late, 0);
     }
 
     #[test]

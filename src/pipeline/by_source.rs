@@ -13,13 +13,28 @@
 //!
 //! Key partitions progress at their own speed (one catching up, one held
 //! by a member that died until its session times out), so one partition's
-//! calls can reach the view long after another's later ones. A call more
-//! than `reorder_lateness` behind the view's clock is judged at that clock:
-//! it counts for its key while the spray window there still covers it and
-//! is dropped once it does not. A spray split that way across partitions
-//! may be raised later or missed; a window never joins calls further apart
-//! than its length, so no spray is made up of keys that were never used
-//! together.
+//! calls can reach the view long after another's later ones. So after each
+//! batch every keyed partition also writes how far its engine has judged
+//! ([`crate::revoke::watermark::InputWatermark`], as for the revocation
+//! gate) to every partition of the source topic, after its calls; the view
+//! judges a call once every keyed partition has reported past it, in the
+//! order of its fields. (Waiting `reorder_lateness` past the newest call,
+//! as replay's one view does, would not do here: one partition of the
+//! source topic sees only its networks' calls, and its newest need not move
+//! on.) The alerts then depend on the calls only, not on how the
+//! partitions' batches interleaved: the same as replay's. A keyed partition
+//! without events, or idle (`kafka.idle_release`), does not hold the view
+//! back; keyed partitions repeat their watermark every
+//! [`WATERMARK_REPEAT`](super::keyed) of wall clock, so a source partition
+//! that moved or restarted hears from all of them again. While it has not,
+//! the view holds the calls, at most
+//! [`MAX_HELD_OBSERVATIONS`](crate::fleet::spray::MAX_HELD_OBSERVATIONS),
+//! and past that judges the oldest (`keywatch_source_view_forced_total`).
+//!
+//! A call that arrives after the view has judged later ones (from a late
+//! event, or forced) is judged at the view's clock: it counts for its key
+//! while the spray window there still covers it and is dropped once it does
+//! not, so a window never joins calls further apart than its length.
 
 use std::sync::Arc;
 
@@ -30,17 +45,24 @@ use crate::counts::Counts;
 use crate::fleet::SourceView;
 use crate::fleet::spray::ObservationRecord;
 use crate::model::Model;
+use crate::revoke::watermark::{Upstream, WatermarkRecord};
 use crate::sink::kafka::{KafkaSinkError, Outbox, OutputTopics};
 use crate::source::kafka::group::{AssignedPartition, InputRecord};
 
 /// The stage's name in logs and progress.
 pub const STAGE: &str = "by_source";
 
+/// One source partition's view and what it heard of the keyed partitions.
+struct SourcePartition {
+    view: SourceView,
+    upstream: Upstream,
+}
+
 /// One source view per partition of the source topic.
 pub struct SourceStage {
     model: Arc<Model>,
     topics: OutputTopics,
-    partitions: PartitionBook<SourceView>,
+    partitions: PartitionBook<SourcePartition>,
     progress: Arc<Progress>,
     outputs: Vec<crate::alert::Output>,
 }
@@ -65,7 +87,14 @@ impl Stage for SourceStage {
     fn assigned(&mut self, partitions: Vec<AssignedPartition>) {
         let model = Arc::clone(&self.model);
         self.partitions.assign(partitions, |_| {
-            (None, SourceView::new(&model.across_keys, &model.label()))
+            let view = SourceView::behind_upstream(&model.across_keys, &model.label());
+            (
+                None,
+                SourcePartition {
+                    view,
+                    upstream: Upstream::default(),
+                },
+            )
         });
     }
 
@@ -77,28 +106,31 @@ impl Stage for SourceStage {
         let mut counts = Counts::default();
         let mut newest_event_ms = i64::MIN;
         let mut late = 0;
+        let mut forced = 0;
         self.outputs.clear();
         for record in records {
             let Some(owned) = self.partitions.claim(record) else {
                 continue;
             };
             let payload = record.payload.as_deref().unwrap_or_default();
+            let SourcePartition { view, upstream } = &mut owned.state;
+            let (late_before, forced_before) = (view.late, view.forced);
             // Written by the keyed stage; a record that does not read back
             // is skipped (and logged), never fatal.
-            match serde_json::from_slice::<ObservationRecord>(payload)
+            if let Some(observation) = serde_json::from_slice::<ObservationRecord>(payload)
                 .ok()
                 .and_then(|record| record.observation())
             {
-                Some(observation) => {
-                    newest_event_ms = newest_event_ms.max(observation.ts_ms);
-                    let late_before = owned.state.late;
-                    owned.state.observe(observation, &mut self.outputs);
-                    late += owned.state.late - late_before;
-                }
-                None => {
-                    tracing::warn!(partition = %record.partition_id(), offset = record.offset, "unreadable observation skipped")
-                }
+                newest_event_ms = newest_event_ms.max(observation.ts_ms);
+                view.observe(observation, &mut self.outputs);
+            } else if let Ok(WatermarkRecord { watermark }) = serde_json::from_slice::<WatermarkRecord>(payload) {
+                upstream.note(&watermark);
+                view.upstream_at(upstream.watermark(), &mut self.outputs);
+            } else {
+                tracing::warn!(partition = %record.partition_id(), offset = record.offset, "unreadable observation skipped")
             }
+            late += view.late - late_before;
+            forced += view.forced - forced_before;
         }
         let mut result = Ok(());
         for output in &self.outputs {
@@ -111,6 +143,9 @@ impl Stage for SourceStage {
         self.outputs.clear();
         if late > 0 {
             metrics::counter!("keywatch_source_view_late_total").increment(late);
+        }
+        if forced > 0 {
+            metrics::counter!("keywatch_source_view_forced_total").increment(forced);
         }
         self.progress.end_batch(STAGE, &counts, newest_event_ms);
         result

@@ -59,13 +59,21 @@ struct PartitionState {
     ledger: KeyLedger,
     /// When the partition came here (wall clock).
     assigned_at: Instant,
-    /// The last watermark written to the candidates topic: (released, idle).
+    /// The last watermark written to the candidates and source topics:
+    /// (released, idle), and when (wall clock).
     reported_watermark: Option<(Option<i64>, bool)>,
+    reported_at: Option<Instant>,
 }
 
 /// A partition without any event for this long (wall clock) reports that
 /// it has none, so that it does not hold the revocation gate back.
 const EMPTY_PARTITION_AFTER: Duration = Duration::from_secs(5);
+
+/// A partition repeats its watermark this often (wall clock) when it has
+/// not changed, so that a source partition that moved to another member
+/// or restarted, whose view starts over, hears from every keyed partition
+/// again ([`super::by_source`]).
+pub const WATERMARK_REPEAT: Duration = Duration::from_secs(10);
 
 /// One engine per partition.
 pub struct KeyedStage {
@@ -83,6 +91,8 @@ pub struct KeyedStage {
     /// Where calls for the view across keys go, keyed by source network;
     /// `None` keeps the view in each partition's engine.
     source_topic: Option<String>,
+    /// Partitions of `source_topic`, each of which gets every watermark.
+    source_partitions: i32,
     /// How each partition's engine fingerprints keys.
     fingerprinter: Fingerprinter,
     /// Owners put on alerts and revocation requests, kept up to date from
@@ -119,6 +129,7 @@ impl KeyedStage {
             scratch: vec![Scratch::default()],
             judge_threads: 1,
             source_topic: None,
+            source_partitions: 0,
             fingerprinter: Fingerprinter::unkeyed(),
             owners: None,
             group_generation: None,
@@ -172,9 +183,13 @@ impl KeyedStage {
     }
 
     /// Sends calls for the view across keys to `topic`, keyed by source
-    /// network, for the source stage, instead of judging them per partition.
-    pub fn with_source_topic(mut self, topic: String) -> KeyedStage {
+    /// network, for the source stage, instead of judging them per partition;
+    /// and each partition's watermark to every one of its `partitions`
+    /// after them, so that the source stage judges them in event-time order
+    /// ([`super::by_source`]).
+    pub fn with_source_topic(mut self, topic: String, partitions: i32) -> KeyedStage {
         self.source_topic = Some(topic);
+        self.source_partitions = partitions;
         self
     }
 
@@ -203,6 +218,7 @@ impl KeyedStage {
             decoder,
             owners,
             source_topic,
+            source_partitions,
             progress,
             feedback,
             feedback_audit_topic,
@@ -211,6 +227,12 @@ impl KeyedStage {
             scratch,
             ..
         } = self;
+        let watermarks = WatermarkTo::of(
+            topics,
+            *candidate_watermarks,
+            source_topic.as_deref(),
+            *source_partitions,
+        );
         let judge = Judge {
             topics,
             decoder,
@@ -219,7 +241,7 @@ impl KeyedStage {
             progress,
             feedback: feedback.as_deref(),
             feedback_audit_topic: feedback_audit_topic.as_deref(),
-            candidate_watermarks: *candidate_watermarks,
+            watermarks,
         };
         (judge, partitions, scratch)
     }
@@ -243,7 +265,7 @@ struct Judge<'a> {
     progress: &'a Progress,
     feedback: Option<&'a FeedbackFeed>,
     feedback_audit_topic: Option<&'a str>,
-    candidate_watermarks: Option<u32>,
+    watermarks: Option<WatermarkTo<'a>>,
 }
 
 /// Buffers a judging thread reuses from batch to batch.
@@ -363,8 +385,8 @@ impl<'a> Judge<'a> {
             &self.progress.late_events,
             stats.late_events.saturating_sub(stats_before.1),
         );
-        if let Some(inputs) = self.candidate_watermarks {
-            report_watermark(&self.topics.revocations, inputs, id, state, false, outbox);
+        if let Some(to) = self.watermarks {
+            report_watermark(to, id, state, false, false, outbox);
         }
         owned.next_offset = Some(last_offset + 1);
         state.last_input = Some(Instant::now());
@@ -510,8 +532,8 @@ impl KeyedStage {
             if result.is_err() {
                 break;
             }
-            if let Some(inputs) = judge.candidate_watermarks {
-                report_watermark(&judge.topics.revocations, inputs, id, state, true, outbox);
+            if let Some(to) = judge.watermarks {
+                report_watermark(to, id, state, true, false, outbox);
             }
         }
         outputs.clear();
@@ -520,39 +542,77 @@ impl KeyedStage {
     }
 }
 
-/// Writes how far a partition's engine has judged to the candidates topic,
-/// when that changed since the last report.
-fn report_watermark(
-    topic: &str,
+/// Where a partition's watermark goes: the candidates topic (the
+/// `revocations` output topic) with the revocation gate downstream, and
+/// every partition of the source topic with the source stage downstream.
+#[derive(Debug, Clone, Copy)]
+struct WatermarkTo<'a> {
+    candidates: Option<&'a str>,
+    source: Option<(&'a str, i32)>,
+    /// Keyed partitions in all (0 when unknown).
     inputs: u32,
+}
+
+impl<'a> WatermarkTo<'a> {
+    fn of(
+        topics: &'a OutputTopics,
+        candidate_watermarks: Option<u32>,
+        source_topic: Option<&'a str>,
+        source_partitions: i32,
+    ) -> Option<WatermarkTo<'a>> {
+        let to = WatermarkTo {
+            candidates: candidate_watermarks.map(|_| topics.revocations.as_str()),
+            source: source_topic.map(|topic| (topic, source_partitions)),
+            inputs: candidate_watermarks.unwrap_or(0),
+        };
+        (to.candidates.is_some() || to.source.is_some()).then_some(to)
+    }
+}
+
+/// Writes how far a partition's engine has judged, after what it sent,
+/// when that changed since the last report or `repeat` says to say it
+/// again.
+fn report_watermark(
+    to: WatermarkTo<'_>,
     id: &PartitionId,
     state: &mut PartitionState,
     idle: bool,
+    repeat: bool,
     outbox: &mut Outbox,
 ) {
     let watermark = state.engine.candidate_watermark();
     let released_ms = (watermark > i64::MIN).then_some(watermark);
-    if state.reported_watermark == Some((released_ms, idle)) {
+    if state.reported_watermark == Some((released_ms, idle)) && !repeat {
         return;
     }
     state.reported_watermark = Some((released_ms, idle));
+    state.reported_at = Some(Instant::now());
     let record = WatermarkRecord {
         watermark: InputWatermark {
             input: id.to_string(),
             released_ms,
             idle,
-            inputs,
+            inputs: to.inputs,
         },
     };
-    outbox.messages.push(OutgoingMessage {
+    let payload = serde_json::to_vec(&record).unwrap_or_default();
+    let message = |topic: &str, partition: Option<i32>| OutgoingMessage {
         topic: topic.to_string(),
-        partition: None,
+        partition,
         key: Some(format!("watermark:{id}")),
-        payload: serde_json::to_vec(&record).unwrap_or_default(),
+        payload: payload.clone(),
         headers: Vec::new(),
         timestamp_ms: None,
         tombstone: false,
-    });
+    };
+    if let Some(topic) = to.candidates {
+        outbox.messages.push(message(topic, None));
+    }
+    if let Some((topic, partitions)) = to.source {
+        for partition in 0..partitions {
+            outbox.messages.push(message(topic, Some(partition)));
+        }
+    }
 }
 
 /// Sends the audit of feedback the engine applied (or refused) to the
@@ -661,6 +721,7 @@ impl Stage for KeyedStage {
                 feedback_seen,
                 assigned_at: Instant::now(),
                 reported_watermark: None,
+                reported_at: None,
             };
             (next_offset, state)
         });
@@ -818,19 +879,46 @@ impl Stage for KeyedStage {
     }
 
     fn idle(&mut self, outbox: &mut Outbox) -> Result<(), KafkaSinkError> {
-        // Partitions not heard of yet by the gate: restored ones say how far
-        // they had judged, ones without any event that they have none.
-        let Some(inputs) = self.candidate_watermarks else {
+        let KeyedStage {
+            topics,
+            candidate_watermarks,
+            source_topic,
+            source_partitions,
+            partitions,
+            ..
+        } = self;
+        let Some(to) = WatermarkTo::of(
+            topics,
+            *candidate_watermarks,
+            source_topic.as_deref(),
+            *source_partitions,
+        ) else {
             return Ok(());
         };
         let now = Instant::now();
-        for (id, owned) in self.partitions.iter_mut() {
+        for (id, owned) in partitions.iter_mut() {
             let state = &mut owned.state;
-            let restored = state.engine.candidate_watermark() > i64::MIN;
-            let empty =
-                state.last_input.is_none() && now.saturating_duration_since(state.assigned_at) >= EMPTY_PARTITION_AFTER;
-            if state.reported_watermark.is_none() && (restored || empty) {
-                report_watermark(&self.topics.revocations, inputs, id, state, false, outbox);
+            match state.reported_watermark {
+                // Not heard of yet downstream: a restored partition says
+                // how far it had judged, one without any event that it has
+                // none.
+                None => {
+                    let restored = state.engine.candidate_watermark() > i64::MIN;
+                    let empty = state.last_input.is_none()
+                        && now.saturating_duration_since(state.assigned_at) >= EMPTY_PARTITION_AFTER;
+                    if restored || empty {
+                        report_watermark(to, id, state, false, false, outbox);
+                    }
+                }
+                // Said before and unchanged since: said again now and then.
+                Some((_, idle)) => {
+                    let due = state
+                        .reported_at
+                        .is_none_or(|at| now.saturating_duration_since(at) >= WATERMARK_REPEAT);
+                    if due && to.source.is_some() {
+                        report_watermark(to, id, state, idle, true, outbox);
+                    }
+                }
             }
         }
         Ok(())

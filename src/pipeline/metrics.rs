@@ -48,8 +48,13 @@ pub fn install(listen: SocketAddr) -> Result<(), String> {
         "keywatch_source_view_late_total",
         "Calls the source view judged behind its clock by more than its reorder lateness"
     );
+    metrics::describe_counter!(
+        "keywatch_source_view_forced_total",
+        "Calls the source view judged before every keyed partition had reported past them, holding too many"
+    );
     // Counted by the source stage as it happens: shown at 0 until then.
     metrics::counter!("keywatch_source_view_late_total").increment(0);
+    metrics::counter!("keywatch_source_view_forced_total").increment(0);
     metrics::describe_gauge!(
         "keywatch_consumer_lag",
         "High watermark minus position per owned partition and stage"

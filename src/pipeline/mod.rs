@@ -161,6 +161,8 @@ struct TopicLayout {
     changelog_partitions: i32,
     /// Partitions of the keyed stage's topics, summed (0 when unknown).
     keyed_partitions: u32,
+    /// Partitions of the source topic (0 when unknown).
+    source_partitions: i32,
 }
 
 impl Pipeline {
@@ -403,7 +405,7 @@ impl Pipeline {
             topics,
             Arc::clone(&self.progress),
         )
-        .with_source_topic(self.kafka.source_topic.clone())
+        .with_source_topic(self.kafka.source_topic.clone(), layout.source_partitions)
         .with_fingerprinter(self.config.fingerprint.resolved.clone())
         .with_owners(owners)
         .with_changelog_format(self.kafka.changelog_format)
@@ -637,9 +639,11 @@ async fn prepare_topics(kafka: &KafkaConfig) -> Result<TopicLayout, PipelineErro
     for topic in kafka.keyed_topics() {
         keyed_partitions += partition_count(&probe, &topic)?.unwrap_or(0).max(0) as u32;
     }
+    let source_partitions = partition_count(&probe, &kafka.source_topic)?.unwrap_or(0).max(0);
     Ok(TopicLayout {
         changelog_partitions,
         keyed_partitions,
+        source_partitions,
     })
 }
 

@@ -225,6 +225,166 @@ async fn a_source_spraying_keys_over_every_partition_is_one_incident_out_of_run(
     );
 }
 
+/// A spray over every partition of the input, one partition of which
+/// arrives (its spray calls and all that follow) only after the others
+/// have run three hours of event time past it, with calls for the source
+/// view throughout: the view waits for that partition's watermark, so its
+/// `source_spray` alerts are those of one engine judging every event in
+/// time order, where judging on arrival would have found the late
+/// partition's calls outside the spray window and raised another alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spray_whose_partition_runs_far_behind_the_others_is_judged_as_replay_judges_it() {
+    use keywatch::alert::{Alert, Output};
+    use keywatch::decode::{Decoder, Format};
+    use keywatch::engine::Engine;
+
+    const MINUTE: i64 = 60_000;
+    let cluster = Brokers::mock();
+    let brokers = cluster.bootstrap_servers();
+    let (config, input) = cluster.prepare("spraybehind", true).await;
+    let placement = Placement::Unkeyed { partitions: PARTITIONS };
+    let late_partition = (PARTITIONS - 1) as usize;
+    let record = |ts: i64, key: &str, ip: &str, status: u16| ScenarioRecord {
+        key: Some(key.to_string()),
+        payload: canonical(ts, key, ip, "/v1/orders", status),
+        malformed: false,
+    };
+    // Every partition has an owner calling from home for two hours before
+    // the spray, so every partition has judged events to report.
+    let mut early = Vec::new();
+    let mut ahead = Vec::new();
+    let mut behind = Vec::new();
+    for owner in 0..PARTITIONS as usize {
+        let key = key_id(900 + owner);
+        for minute in 0..120 {
+            early.push(record(
+                T0_MS - 2 * 60 * MINUTE + minute * MINUTE,
+                &key,
+                &ip("paris", 5),
+                200,
+            ));
+        }
+        let after = if (900 + owner) % PARTITIONS as usize == late_partition {
+            &mut behind
+        } else {
+            &mut ahead
+        };
+        for minute in 0..180 {
+            after.push(record(T0_MS + minute * MINUTE, &key, &ip("paris", 5), 200));
+        }
+    }
+    // 60 guessed ids, one every 5 s from one address, refused; a third of
+    // them on the partition that runs behind.
+    for guess in 0..60usize {
+        let key = key_id(guess);
+        let to = if guess % PARTITIONS as usize == late_partition {
+            &mut behind
+        } else {
+            &mut ahead
+        };
+        to.push(record(T0_MS + guess as i64 * 5_000, &key, &ip("saopaulo", 40), 401));
+    }
+    // Refused calls from elsewhere every 10 minutes on the partitions ahead:
+    // they move the view's clock far past the spray.
+    for step in 1..18usize {
+        let key = key_id(3000 + step * PARTITIONS as usize);
+        let host = step as u8;
+        ahead.push(record(
+            T0_MS + step as i64 * 10 * MINUTE,
+            &key,
+            &ip("sydney", host),
+            401,
+        ));
+    }
+    // In time order within each part; the canonical `ts` sorts as text.
+    let ts_of =
+        |record: &ScenarioRecord| serde_json::from_str::<serde_json::Value>(&record.payload).unwrap()["ts"].to_string();
+    for records in [&mut early, &mut ahead, &mut behind] {
+        records.sort_by_key(ts_of);
+    }
+
+    // The reference: one engine over every event in time order.
+    let mut everything: Vec<ScenarioRecord> = early.iter().chain(&ahead).chain(&behind).cloned().collect();
+    everything.sort_by_key(ts_of);
+    let decoder = Decoder::new(Format::Canonical, None, 1 << 20);
+    let events: Vec<_> = everything
+        .iter()
+        .flat_map(|record| decoder.decode_to_vec(record.payload.as_bytes()))
+        .map(|result| result.expect("valid record"))
+        .collect();
+    let mut engine = Engine::new(model(), geo());
+    let mut outputs = Vec::new();
+    engine.process(&events, &mut outputs);
+    engine.finish(&mut outputs);
+    let line = |alert: &Alert| (alert.id.clone(), alert.revision, alert.ts.clone(), alert.keys.clone());
+    let reference: Vec<_> = outputs
+        .iter()
+        .filter_map(|output| match output {
+            Output::Alert(alert) if alert.detector.as_str() == "source_spray" => Some(line(alert)),
+            _ => None,
+        })
+        .collect();
+    assert!(reference.len() >= 2, "{reference:#?}");
+    assert_eq!(reference.last().map(|line| line.3.len()), Some(60));
+
+    produce(&brokers, &input, &early, placement).await;
+    produce(&brokers, &input, &ahead, placement).await;
+    let running = RunningPipeline::start(&config);
+    let kafka = kafka_of(&config).clone();
+    let source_topic = kafka.source_topic.clone();
+    let refused_ahead = 60 - 20 + 17;
+    wait_until(
+        "the partitions ahead to reach the source view",
+        cluster.catch_up(),
+        || {
+            read_topic(&brokers, &source_topic)
+                .iter()
+                .filter(|message| String::from_utf8_lossy(&message.payload).contains("\"refused\":true"))
+                .count()
+                >= refused_ahead
+        },
+    )
+    .await;
+    produce(&brokers, &input, &behind, placement).await;
+    let sprays = || -> Vec<Alert> {
+        read_alerts(&brokers, &kafka.alerts_topic)
+            .into_iter()
+            .filter(|alert| alert.detector.as_str() == "source_spray")
+            .collect()
+    };
+    // The live view raises what replay raises before the input's end: every
+    // line but the closing one, which only the end of input gives replay.
+    let deadline = std::time::Instant::now() + cluster.catch_up();
+    while sprays().len() + 1 < reference.len() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    running.stop().await;
+
+    let live: Vec<_> = sprays().iter().map(line).collect();
+    assert!(
+        live.len() + 1 >= reference.len(),
+        "live: {live:#?}\nreplay: {reference:#?}\nsource topic: {:#?}",
+        read_topic(&brokers, &source_topic)
+            .iter()
+            .map(|message| (
+                message.partition,
+                String::from_utf8_lossy(&message.payload).into_owned()
+            ))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        live.iter().min_by_key(|line| line.1),
+        reference.first(),
+        "the spray is raised by the same call, listing the same keys, as in replay"
+    );
+    for alert in &live {
+        assert!(
+            reference.contains(alert),
+            "live alert not raised in replay: {alert:#?}\nreplay: {reference:#?}"
+        );
+    }
+}
+
 /// The kill switch on the control topic, read from its start: the model
 /// says enforce, the newest control message says shadow, so the pipeline
 /// sends no request and writes each to the shadow topic, in the request

@@ -57,6 +57,7 @@ pub async fn keyed_flow(brokers: &Brokers, metrics_port: Option<u16>) {
             "keywatch_restore_seconds",
             "keywatch_late_events_total",
             "keywatch_source_view_late_total",
+            "keywatch_source_view_forced_total",
             "keywatch_suppressed_total",
         ] {
             assert!(body.contains(name), "{name} missing from {body}");
