@@ -2,8 +2,7 @@
 # Checks that a change leaves keywatch's detection outputs byte for byte as
 # they were: generates labelled traffic for seeds 1-3 (1,000 keys, 10 days),
 # replays it, runs the default demo, and compares the SHA-256 of every
-# alerts.jsonl and revocations.jsonl (the demo's alerts without source_spray,
-# see below) with tests/golden/outputs.sha256.
+# alerts.jsonl and revocations.jsonl with tests/golden/outputs.sha256.
 #
 #   bash tests/golden/check.sh            compare (exit 1 on any difference)
 #   bash tests/golden/check.sh --record   rewrite the digests, for a change
@@ -49,13 +48,10 @@ files=(seed-{1,2,3}/{alerts,revocations,revocations.shadow,digests}.jsonl)
 if [[ $demo == 1 ]]; then
     rm -rf "$work/demo"
     "$bin" demo --plain --out "$work/demo" >/dev/null
-    # The demo runs the live pipeline. Its source_spray alerts come from the
-    # source stage, which judges observations as key partitions deliver them
-    # (within a reorder lateness, not behind a watermark of every partition),
-    # so their windows can differ from run to run; every other alert, and
-    # their order, is the same each run. Those are compared.
-    grep -v '"detector":"source_spray"' "$work/demo/alerts.jsonl" >"$work/demo/alerts.keyed.jsonl" || true
-    files+=(demo/alerts.keyed.jsonl demo/revocations.jsonl)
+    # The demo runs the live pipeline; its source_spray alerts come from the
+    # source stage, which judges behind every key partition's watermark, so
+    # they are the same each run as every other alert.
+    files+=(demo/alerts.jsonl demo/revocations.jsonl)
 fi
 
 if [[ $record == 1 ]]; then
