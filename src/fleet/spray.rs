@@ -199,9 +199,19 @@ impl SourceView {
     /// Every keyed partition has judged up to `watermark_ms`
     /// ([`crate::revoke::watermark::Upstream::watermark`]): judges the
     /// observations before it.
+    /// Sources quiet since long before it are as quiet as they will be, so
+    /// the view sweeps there too: a spray's end is raised once every keyed
+    /// partition has passed it, not only when a later call reaches this
+    /// partition of the source topic (which sees only its networks' calls).
+    /// The alert is the one replay raises: an incident ends with the same
+    /// calls in it whenever its end is noticed.
     pub fn upstream_at(&mut self, watermark_ms: i64, out: &mut Vec<Output>) {
         self.upstream_ms = watermark_ms;
         self.release(out);
+        // `i64::MAX` is every keyed partition idle: no event time to sweep at.
+        if self.behind_upstream && watermark_ms != i64::MIN && watermark_ms != i64::MAX {
+            self.sweep(watermark_ms - 1, out);
+        }
     }
 
     /// Observations waiting to be judged.
@@ -407,7 +417,7 @@ impl SourceView {
             self.close(network, incident, out);
         }
         self.sources.retain(|_, source| source.last_ts > ts - keep_ms);
-        self.next_sweep_ts = ts + window_ms;
+        self.next_sweep_ts = ts.saturating_add(window_ms);
     }
 }
 
@@ -737,6 +747,41 @@ mod tests {
         let without = run(&mut unaware, &skewed);
         assert!(unaware.late > 0, "without the watermarks the second partition is late");
         assert_ne!(without, in_order, "and its alerts differ");
+    }
+
+    #[test]
+    fn behind_its_upstream_a_view_raises_a_sprays_end_once_every_partition_has_passed_it() {
+        // A spray of 100 keys, then nothing more on this source partition:
+        // the keyed partitions report two hours later (calls elsewhere).
+        use crate::revoke::watermark::{InputWatermark, Upstream};
+        let observations = spray(100, 1000, true);
+        let replayed = run(&mut view(), &observations);
+        assert_eq!(replayed.len(), 3, "first, doubling, end");
+
+        let mut live = SourceView::behind_upstream(&AcrossKeysModel::default(), "default@1");
+        let mut upstream = Upstream::default();
+        let mut out = Vec::new();
+        for observation in &observations {
+            live.observe(*observation, &mut out);
+        }
+        let mut report = |released_ms: i64, out: &mut Vec<Output>| {
+            for index in 0..2 {
+                upstream.note(&InputWatermark {
+                    input: format!("keys/{index}"),
+                    released_ms: Some(released_ms),
+                    idle: false,
+                    inputs: 2,
+                });
+            }
+            live.upstream_at(upstream.watermark(), out);
+        };
+        report(T0 + 100_000, &mut out);
+        let alerts = |out: &[Output]| out.iter().filter(|output| matches!(output, Output::Alert(_))).count();
+        assert_eq!(alerts(&out), 2, "the spray has not ended yet");
+        report(T0 + 7_200_000, &mut out);
+        assert_eq!(alerts(&out), 3, "ended by the watermark alone, no later call");
+        let live_alerts = finish_alerts(&mut live, out);
+        assert_eq!(live_alerts, replayed, "the same alerts as replay");
     }
 
     #[test]

@@ -22,7 +22,10 @@
 //! as replay's one view does, would not do here: one partition of the
 //! source topic sees only its networks' calls, and its newest need not move
 //! on.) The alerts then depend on the calls only, not on how the
-//! partitions' batches interleaved: the same as replay's. A keyed partition
+//! partitions' batches interleaved: the same as replay's. The watermark
+//! also sweeps the view, so a spray's end is raised once every keyed
+//! partition has passed its quiet gap, not only when another call reaches
+//! this partition (which may be never, while its networks are quiet). A keyed partition
 //! without events, or idle (`kafka.idle_release`), does not hold the view
 //! back; keyed partitions repeat their watermark every
 //! [`WATERMARK_REPEAT`](super::keyed) of wall clock, so a source partition
