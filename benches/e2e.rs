@@ -9,7 +9,9 @@
 //!   that only reads and counts the same topic; on librdkafka's mock
 //!   cluster, and on a real broker when `KEYWATCH_TEST_BROKERS` is set;
 //! - `latency`: event-to-alert latency on the alerts topic while events are
-//!   produced at a paced rate (half the pipeline's measured maximum).
+//!   produced at a paced rate (`--rate`; in `all`, half the pipeline's
+//!   measured maximum), on the mock cluster, and on the real broker of
+//!   `KEYWATCH_TEST_BROKERS` when set (`--real-rate`, 2,000 events/s).
 //!
 //! `cargo bench --bench e2e -- all --quick` runs all three at sizes that
 //! finish in a few minutes; without `--quick`, replay reads 10 million
@@ -162,6 +164,7 @@ fn main() {
         sizes.latency_fetch_wait_ms = (wait > 0).then_some(wait);
     }
     let rate: Option<f64> = value_of("--rate").and_then(|text| text.parse().ok());
+    let real_rate: Option<f64> = value_of("--real-rate").and_then(|text| text.parse().ok());
     // `cargo bench` passes `--bench`; the first other word picks the run.
     let command = args
         .iter()
@@ -176,10 +179,10 @@ fn main() {
     let result = match command.as_str() {
         "replay" => replay_bench(&sizes),
         "kafka" => kafka_bench(&sizes).map(|_| ()),
-        "latency" => latency_bench(&sizes, rate),
+        "latency" => latency_bench(&sizes, rate, real_rate),
         _ => replay_bench(&sizes)
             .and_then(|()| kafka_bench(&sizes))
-            .and_then(|pipeline_rate| latency_bench(&sizes, rate.or(pipeline_rate.map(|rate| rate / 2.0)))),
+            .and_then(|pipeline_rate| latency_bench(&sizes, rate.or(pipeline_rate.map(|rate| rate / 2.0)), real_rate)),
     };
     if let Err(error) = result {
         eprintln!("e2e {command} failed: {error}");
@@ -894,12 +897,28 @@ const TRAVEL_DETECTORS: &[&str] = &[
 /// makes its first call from the other side of the world. Latency runs from handing that
 /// event to the producer to reading its first travel alert from the alerts
 /// topic.
-fn latency_bench(sizes: &Sizes, rate: Option<f64>) -> Result<(), BenchError> {
-    let rate = rate.unwrap_or(10_000.0).max(100.0);
+/// On the mock cluster at `rate` (10,000 events/s by default), then on the
+/// real broker of `KEYWATCH_TEST_BROKERS`, if set, at `real_rate` (2,000 by
+/// default: tansu on this machine takes one-record batches at about 7,000
+/// records/s).
+fn latency_bench(sizes: &Sizes, rate: Option<f64>, real_rate: Option<f64>) -> Result<(), BenchError> {
+    latency_on(Brokers::Mock(MockCluster::new(1)?), sizes, rate.unwrap_or(10_000.0))?;
+    match std::env::var("KEYWATCH_TEST_BROKERS") {
+        Ok(brokers) if !brokers.trim().is_empty() => {
+            latency_on(Brokers::Real(brokers), sizes, real_rate.unwrap_or(2_000.0))
+        }
+        _ => {
+            println!("latency: KEYWATCH_TEST_BROKERS is not set: no real-broker run");
+            Ok(())
+        }
+    }
+}
+
+fn latency_on(brokers: Brokers, sizes: &Sizes, rate: f64) -> Result<(), BenchError> {
+    let rate = rate.max(100.0);
     let runtime = runtime()?;
-    let mock = MockCluster::new(1)?;
-    let bootstrap = mock.bootstrap_servers();
-    let brokers = Brokers::Mock(mock);
+    let bootstrap = brokers.bootstrap();
+    let on = brokers.name();
     let input = unique("kw-latency-access");
     let mut config = pipeline_config(&bootstrap, &input, &unique("kw-latency"));
     if let (Some(wait), Some(kafka)) = (sizes.latency_fetch_wait_ms, config.kafka.as_mut()) {
@@ -925,7 +944,10 @@ fn latency_bench(sizes: &Sizes, rate: Option<f64>) -> Result<(), BenchError> {
     let model = Arc::new(model);
     runtime.block_on(async {
         brokers.create_topics(&[(input.clone(), LATENCY_PARTITIONS)]).await?;
-        brokers.create_topics(&output_topics(&config, LATENCY_PARTITIONS)).await?;
+        // A real broker's output topics are made by the pipeline.
+        if let Brokers::Mock(_) = brokers {
+            brokers.create_topics(&output_topics(&config, LATENCY_PARTITIONS)).await?;
+        }
         // History: 8 calls a day from London for three days, ending a
         // minute ago, in time order across keys.
         let end = now_ms() - 60_000;
@@ -958,7 +980,7 @@ fn latency_bench(sizes: &Sizes, rate: Option<f64>) -> Result<(), BenchError> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         println!(
-            "latency: {} history events read; live traffic at {rate:.0} events/s for {} s; pipeline fetch.wait.max.ms {fetch_wait}",
+            "latency ({on}): {} history events read; live traffic at {rate:.0} events/s for {} s; pipeline fetch.wait.max.ms {fetch_wait}",
             history.len(),
             sizes.latency_seconds
         );
@@ -1029,6 +1051,7 @@ fn latency_bench(sizes: &Sizes, rate: Option<f64>) -> Result<(), BenchError> {
         let producer_topic = input.clone();
         let seconds = sizes.latency_seconds;
         let producer_keys = keys.clone();
+        let one_record_batches = matches!(brokers, Brokers::Real(_));
         let producer = std::thread::spawn(move || -> Result<(HashMap<String, Instant>, u64), BenchError> {
             // Lingering 5 ms, as a log shipper batches: librdkafka's mock
             // cluster answers a fetch with one message set per partition
@@ -1037,10 +1060,18 @@ fn latency_bench(sizes: &Sizes, rate: Option<f64>) -> Result<(), BenchError> {
             // consumer falls behind the producer at any pace below some
             // 20,000 events/s, however idle the pipeline, and the latency
             // measured is the mock's. The linger is part of the latency.
-            let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            // On a real broker, one record a batch, as the preload sends:
+            // tansu reports a high watermark short of what it stores after
+            // multi-record batches, and the run waits for the pipeline to
+            // commit exactly to it.
+            let mut producer_config = ClientConfig::new();
+            producer_config
                 .set("bootstrap.servers", &producer_brokers)
-                .set("linger.ms", "5")
-                .create()?;
+                .set("linger.ms", "5");
+            if one_record_batches {
+                producer_config.set("batch.num.messages", "1");
+            }
+            let producer: ThreadedProducer<DefaultProducerContext> = producer_config.create()?;
             let mut sent_at = HashMap::new();
             let started = Instant::now();
             let total = (rate * seconds as f64) as u64;
@@ -1084,7 +1115,7 @@ fn latency_bench(sizes: &Sizes, rate: Option<f64>) -> Result<(), BenchError> {
             }
             let achieved = total as f64 / started.elapsed().as_secs_f64();
             producer.flush(Duration::from_secs(30))?;
-            println!("latency: produced {total} events at {achieved:.0}/s");
+            println!("latency ({on}): produced {total} events at {achieved:.0}/s");
             Ok((sent_at, total))
         });
         let (sent_at, total) = producer.join().map_err(|_| failed("the producer thread panicked"))??;
@@ -1135,7 +1166,7 @@ fn latency_bench(sizes: &Sizes, rate: Option<f64>) -> Result<(), BenchError> {
             )));
         }
         println!(
-            "latency: {} of {} travelling keys alerted; event-to-alert p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms at {rate:.0} events/s (target p99 < 500 ms)",
+            "latency ({on}): {} of {} travelling keys alerted; event-to-alert p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms at {rate:.0} events/s (target p99 < 500 ms)",
             latencies.len(),
             sent_at.len(),
             percentile(&latencies, 0.50),
@@ -1143,12 +1174,12 @@ fn latency_bench(sizes: &Sizes, rate: Option<f64>) -> Result<(), BenchError> {
             latencies.last().copied().unwrap_or(f64::NAN),
         );
         println!(
-            "latency: of which from the alert's hand-over to the producer to its read: p50 {:.0} ms, p99 {:.0} ms",
+            "latency ({on}): of which from the alert's hand-over to the producer to its read: p50 {:.0} ms, p99 {:.0} ms",
             percentile(&handed_to_read, 0.50),
             percentile(&handed_to_read, 0.99),
         );
         println!(
-            "latency: from the triggering event's time stamp to the alert's read: p50 {:.0} ms, p99 {:.0} ms",
+            "latency ({on}): from the triggering event's time stamp to the alert's read: p50 {:.0} ms, p99 {:.0} ms",
             percentile(&stamped_to_read, 0.50),
             percentile(&stamped_to_read, 0.99),
         );
