@@ -378,6 +378,15 @@ impl Brokers {
         }
     }
 
+    /// The pipeline's output topics of `config`, on the mock cluster; a
+    /// real broker's are made by the pipeline itself.
+    async fn create_output_topics(&self, config: &Config, partitions: i32) -> Result<(), BenchError> {
+        match self {
+            Brokers::Mock(_) => self.create_topics(&output_topics(config, partitions)).await,
+            Brokers::Real(_) => Ok(()),
+        }
+    }
+
     async fn create_topics(&self, topics: &[(String, i32)]) -> Result<(), BenchError> {
         match self {
             Brokers::Mock(cluster) => {
@@ -680,11 +689,7 @@ async fn pipeline_consume(
 ) -> Result<ConsumeRun, BenchError> {
     let prefix = unique("kw-bench");
     let config = pipeline_config(&brokers.bootstrap(), topic, &prefix);
-    if let Brokers::Mock(_) = brokers {
-        brokers
-            .create_topics(&output_topics(&config, ends.len() as i32))
-            .await?;
-    }
+    brokers.create_output_topics(&config, ends.len() as i32).await?;
     let started = Instant::now();
     let pipeline = Pipeline::new(config, Arc::new(Model::default_model()), Arc::clone(geo))
         .map_err(|error| failed(error.to_string()))?;
@@ -944,10 +949,7 @@ fn latency_on(brokers: Brokers, sizes: &Sizes, rate: f64) -> Result<(), BenchErr
     let model = Arc::new(model);
     runtime.block_on(async {
         brokers.create_topics(&[(input.clone(), LATENCY_PARTITIONS)]).await?;
-        // A real broker's output topics are made by the pipeline.
-        if let Brokers::Mock(_) = brokers {
-            brokers.create_topics(&output_topics(&config, LATENCY_PARTITIONS)).await?;
-        }
+        brokers.create_output_topics(&config, LATENCY_PARTITIONS).await?;
         // History: 8 calls a day from London for three days, ending a
         // minute ago, in time order across keys.
         let end = now_ms() - 60_000;

@@ -199,6 +199,7 @@ impl SourceView {
     /// Every keyed partition has judged up to `watermark_ms`
     /// ([`crate::revoke::watermark::Upstream::watermark`]): judges the
     /// observations before it.
+    ///
     /// Sources quiet since long before it are as quiet as they will be, so
     /// the view sweeps there too: a spray's end is raised once every keyed
     /// partition has passed it, not only when a later call reaches this
@@ -688,32 +689,39 @@ mod tests {
         assert_eq!(alerts[0].keys.len(), 20, "{:#?}", alerts[0]);
     }
 
+    /// Keyed partition `index` of `inputs` reports it has judged up to
+    /// `released_ms`.
+    fn report(
+        upstream: &mut crate::revoke::watermark::Upstream,
+        index: usize,
+        inputs: usize,
+        released_ms: Option<i64>,
+    ) {
+        upstream.note(&crate::revoke::watermark::InputWatermark {
+            input: format!("keys/{index}"),
+            released_ms,
+            idle: false,
+            inputs: inputs as u32,
+        });
+    }
+
     /// Feeds `streams` (one per keyed partition) to a view behind its
     /// upstream, the later streams arriving whole after the earlier ones,
     /// each followed by its partition's watermark; then every partition
     /// reports past the end.
     fn run_behind_upstream(view: &mut SourceView, streams: &[Vec<Observation>]) -> Vec<Alert> {
-        use crate::revoke::watermark::{InputWatermark, Upstream};
-        let mut upstream = Upstream::default();
+        let mut upstream = crate::revoke::watermark::Upstream::default();
         let mut out = Vec::new();
-        let report = |upstream: &mut Upstream, index: usize, released_ms: Option<i64>| {
-            upstream.note(&InputWatermark {
-                input: format!("keys/{index}"),
-                released_ms,
-                idle: false,
-                inputs: streams.len() as u32,
-            });
-        };
         for (index, stream) in streams.iter().enumerate() {
             for observation in stream {
                 view.observe(*observation, &mut out);
             }
             let newest = stream.iter().map(|observation| observation.ts_ms + 1).max();
-            report(&mut upstream, index, newest);
+            report(&mut upstream, index, streams.len(), newest);
             view.upstream_at(upstream.watermark(), &mut out);
         }
         for index in 0..streams.len() {
-            report(&mut upstream, index, Some(i64::MAX - 1));
+            report(&mut upstream, index, streams.len(), Some(i64::MAX - 1));
         }
         view.upstream_at(upstream.watermark(), &mut out);
         finish_alerts(view, out)
@@ -753,32 +761,26 @@ mod tests {
     fn behind_its_upstream_a_view_raises_a_sprays_end_once_every_partition_has_passed_it() {
         // A spray of 100 keys, then nothing more on this source partition:
         // the keyed partitions report two hours later (calls elsewhere).
-        use crate::revoke::watermark::{InputWatermark, Upstream};
         let observations = spray(100, 1000, true);
         let replayed = run(&mut view(), &observations);
         assert_eq!(replayed.len(), 3, "first, doubling, end");
 
         let mut live = SourceView::behind_upstream(&AcrossKeysModel::default(), "default@1");
-        let mut upstream = Upstream::default();
+        let mut upstream = crate::revoke::watermark::Upstream::default();
         let mut out = Vec::new();
         for observation in &observations {
             live.observe(*observation, &mut out);
         }
-        let mut report = |released_ms: i64, out: &mut Vec<Output>| {
+        let mut both_report = |released_ms: i64, out: &mut Vec<Output>| {
             for index in 0..2 {
-                upstream.note(&InputWatermark {
-                    input: format!("keys/{index}"),
-                    released_ms: Some(released_ms),
-                    idle: false,
-                    inputs: 2,
-                });
+                report(&mut upstream, index, 2, Some(released_ms));
             }
             live.upstream_at(upstream.watermark(), out);
         };
-        report(T0 + 100_000, &mut out);
+        both_report(T0 + 100_000, &mut out);
         let alerts = |out: &[Output]| out.iter().filter(|output| matches!(output, Output::Alert(_))).count();
         assert_eq!(alerts(&out), 2, "the spray has not ended yet");
-        report(T0 + 7_200_000, &mut out);
+        both_report(T0 + 7_200_000, &mut out);
         assert_eq!(alerts(&out), 3, "ended by the watermark alone, no later call");
         let live_alerts = finish_alerts(&mut live, out);
         assert_eq!(live_alerts, replayed, "the same alerts as replay");
