@@ -9,55 +9,55 @@
 pub fn normalize_endpoint<'a>(endpoint: &'a str, scratch: &'a mut String) -> &'a str {
     // One pass over the bytes, classing each by a table: nothing is copied
     // until the first id segment, and then only what is needed. Runs on
-    // every event. `/`, `?` and `#` are ASCII, so every cut is at a char
-    // boundary.
+    // every event. The inner loop walks a segment without a branch on the
+    // byte's class (digits and other bytes are summed), so ids mixing
+    // digits and letters cost no mispredictions. `/`, `?` and `#` are
+    // ASCII, so every cut is at a char boundary.
     let bytes = endpoint.as_bytes();
     let mut templated = false;
     let mut start = 0;
-    let mut digits = 0;
-    let mut token = true;
-    let mut at = 0;
     loop {
-        let class = bytes.get(at).map_or(CUT, |&byte| BYTE_CLASS[usize::from(byte)]);
-        match class {
-            DIGIT => digits += 1,
-            TOKEN => {}
-            OTHER => token = false,
-            _ => {
-                let segment = &endpoint[start..at];
-                if token && is_id_segment(segment, digits) {
-                    if !templated {
-                        templated = true;
-                        scratch.clear();
-                        scratch.push_str(&endpoint[..start]);
-                    }
-                    scratch.push_str("{id}");
-                } else if templated {
-                    scratch.push_str(segment);
-                }
-                if class == CUT {
-                    return if templated { scratch.as_str() } else { &endpoint[..at] };
-                }
-                if templated {
-                    scratch.push('/');
-                }
-                start = at + 1;
-                digits = 0;
-                token = true;
+        let mut at = start;
+        let mut digits = 0;
+        let mut others = 0;
+        let class = loop {
+            let class = bytes.get(at).map_or(CUT, |&byte| BYTE_CLASS[usize::from(byte)]);
+            if class >= SLASH {
+                break class;
             }
+            digits += usize::from(class == DIGIT);
+            others += usize::from(class == OTHER);
+            at += 1;
+        };
+        let segment = &endpoint[start..at];
+        if others == 0 && is_id_segment(segment, digits) {
+            if !templated {
+                templated = true;
+                scratch.clear();
+                scratch.push_str(&endpoint[..start]);
+            }
+            scratch.push_str("{id}");
+        } else if templated {
+            scratch.push_str(segment);
         }
-        at += 1;
+        if class == CUT {
+            return if templated { scratch.as_str() } else { &endpoint[..at] };
+        }
+        if templated {
+            scratch.push('/');
+        }
+        start = at + 1;
     }
 }
 
 /// Byte classes for [`normalize_endpoint`]: a digit; a token character
-/// (ASCII letters and `-_.:`); a segment's end (`/`); the path's end (`?`,
-/// `#`); anything else.
+/// (ASCII letters and `-_.:`); anything else inside a segment; a segment's
+/// end (`/`); the path's end (`?`, `#`). The two ends are the largest.
 const DIGIT: u8 = 0;
 const TOKEN: u8 = 1;
-const SLASH: u8 = 2;
-const CUT: u8 = 3;
-const OTHER: u8 = 4;
+const OTHER: u8 = 2;
+const SLASH: u8 = 3;
+const CUT: u8 = 4;
 
 const BYTE_CLASS: [u8; 256] = {
     let mut classes = [OTHER; 256];

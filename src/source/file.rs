@@ -136,6 +136,15 @@ impl RecordReader {
             return Ok(!buffer.is_empty());
         }
         while spans.len() < max_records && buffer.len() < self.max_batch_bytes {
+            // Whole lines already in the reader's buffer are taken in one
+            // pass over it; a line it holds only part of, or one over the
+            // limit, is read on its own below.
+            if self
+                .take_buffered_lines(buffer, spans, max_records)
+                .map_err(|err| wrap(err, &self.name))?
+            {
+                continue;
+            }
             let start = buffer.len();
             let (consumed, full_length) = read_line_capped(&mut self.reader, buffer, self.max_record_bytes)
                 .map_err(|err| wrap(err, &self.name))?;
@@ -161,6 +170,55 @@ impl RecordReader {
             });
         }
         Ok(!spans.is_empty())
+    }
+}
+
+impl RecordReader {
+    /// Appends the whole lines the reader has buffered to `buffer` with one
+    /// copy, their spans to `spans`, within the batch's record and byte
+    /// budgets. Returns whether it took any line (a blank one included);
+    /// false when the buffered bytes hold no whole line within the record
+    /// limit.
+    fn take_buffered_lines(
+        &mut self,
+        buffer: &mut Vec<u8>,
+        spans: &mut Vec<RecordSpan>,
+        max_records: usize,
+    ) -> std::io::Result<bool> {
+        let available = self.reader.fill_buf()?;
+        // `available[copied..]` is not yet in `buffer`; `at` is where the
+        // next line starts.
+        let (mut copied, mut at) = (0, 0);
+        while spans.len() < max_records && buffer.len() + (at - copied) < self.max_batch_bytes {
+            let Some(length) = memchr::memchr(b'\n', &available[at..]) else {
+                break;
+            };
+            if length > self.max_record_bytes {
+                break;
+            }
+            self.line += 1;
+            self.bytes_read += length as u64 + 1;
+            let mut end = at + length;
+            while end > at && available[end - 1] == b'\r' {
+                end -= 1;
+            }
+            let line = &available[at..end];
+            if line.iter().all(u8::is_ascii_whitespace) {
+                buffer.extend_from_slice(&available[copied..at]);
+                copied = at + length + 1;
+            } else {
+                let start = buffer.len() + (at - copied);
+                spans.push(RecordSpan {
+                    range: start..start + line.len(),
+                    line: self.line,
+                    oversized: None,
+                });
+            }
+            at += length + 1;
+        }
+        buffer.extend_from_slice(&available[copied..at]);
+        self.reader.consume(at);
+        Ok(at > 0)
     }
 }
 
@@ -249,6 +307,67 @@ mod tests {
             ),
             "{decoded:?}"
         );
+        std::fs::remove_dir_all(path.parent().expect("a folder")).expect("clean up");
+    }
+
+    /// Whether a line is taken from the reader's buffer or read on its
+    /// own (it crosses the end of the buffer, or is over the limit), it
+    /// is the same record: the same bytes, line number and size.
+    #[test]
+    fn every_line_is_one_record_wherever_the_reads_cut_the_file() {
+        let limit = 300;
+        let mut seed: u64 = 7;
+        let mut next = move |bound: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % bound
+        };
+        let mut file = Vec::new();
+        while file.len() < 300_000 {
+            let line: Vec<u8> = match next(20) {
+                0 => b"  \t".to_vec(),
+                1 => Vec::new(),
+                2 => vec![b'o'; 300 + next(900) as usize],
+                _ => (0..next(280)).map(|i| b'a' + (i % 26) as u8).collect(),
+            };
+            file.extend_from_slice(&line);
+            file.extend_from_slice(if next(4) == 0 { b"\r\n" } else { b"\n" });
+        }
+        file.extend_from_slice(b"last line, no newline");
+        let mut expected = Vec::new();
+        for (index, line) in file.split(|&byte| byte == b'\n').enumerate() {
+            let mut kept = &line[..line.len().min(limit)];
+            while let [rest @ .., b'\r'] = kept {
+                kept = rest;
+            }
+            if !kept.iter().all(u8::is_ascii_whitespace) {
+                expected.push((
+                    kept.to_vec(),
+                    index as u64 + 1,
+                    (line.len() > limit).then_some(line.len()),
+                ));
+            }
+        }
+        let path = temp_file("cuts.jsonl", &file);
+        for (records, bytes) in [(7, 1 << 20), (4096, 2_000), (4096, 1 << 22)] {
+            let mut reader = RecordReader::open(&path, limit)
+                .expect("opens")
+                .with_byte_budgets(bytes, 1 << 20);
+            let (mut buffer, mut spans) = (Vec::new(), Vec::new());
+            let mut read = Vec::new();
+            while reader.next_batch(&mut buffer, &mut spans, records).expect("reads") {
+                assert!(spans.len() <= records);
+                for span in &spans {
+                    read.push((buffer[span.range.clone()].to_vec(), span.line, span.oversized));
+                }
+            }
+            assert_eq!(
+                read.len(),
+                expected.len(),
+                "batches of {records} records, {bytes} bytes"
+            );
+            assert!(read == expected, "batches of {records} records, {bytes} bytes");
+            assert_eq!(reader.bytes_read, file.len() as u64);
+        }
         std::fs::remove_dir_all(path.parent().expect("a folder")).expect("clean up");
     }
 
