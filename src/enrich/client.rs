@@ -5,10 +5,12 @@
 /// written (`aws-cli/2.15.0 Python/3.11` is `aws-cli`), `(none)` for none.
 pub fn client_family(user_agent: &str) -> &str {
     let trimmed = user_agent.trim();
-    if trimmed.is_empty() {
-        return "(none)";
-    }
-    let end = trimmed.find(['/', ' ', '(', ';']).unwrap_or(trimmed.len());
+    // The delimiters are ASCII, so the first byte that is one is the first
+    // such char, at a char boundary: a byte search, not a char-by-char one.
+    let end = trimmed
+        .bytes()
+        .position(|byte| matches!(byte, b'/' | b' ' | b'(' | b';'))
+        .unwrap_or(trimmed.len());
     let family = &trimmed[..end];
     if family.is_empty() { "(none)" } else { family }
 }
@@ -24,5 +26,10 @@ mod tests {
         assert_eq!(client_family("Mozilla/5.0 (X11)"), "Mozilla");
         assert_eq!(client_family("curl"), "curl");
         assert_eq!(client_family(""), "(none)");
+        assert_eq!(client_family(" \u{2003}"), "(none)");
+        assert_eq!(client_family("/2.0"), "(none)");
+        assert_eq!(client_family("\u{2003}édge\u{2003}/1.0"), "édge\u{2003}");
+        assert_eq!(client_family("sdk;v=2"), "sdk");
+        assert_eq!(client_family("sdk(x)"), "sdk");
     }
 }
