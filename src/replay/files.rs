@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::packed::{PackedEvents, relend, relend_results};
+use super::packed::{PackedEvents, relend};
 use super::{ReplayError, ReplaySummary};
 use crate::alert::Output;
 use crate::alert::owner::attach_owners;
@@ -216,16 +216,14 @@ impl<'a> Run<'a> {
         if let Some(bar) = self.progress {
             bar.set_message(name.clone());
         }
-        // The event vector and the decoder's scratch outlive every batch:
-        // emptied, they are lent to the next batch's buffer, so a batch
-        // allocates nothing once the first has sized them.
+        // The event vector outlives every batch: emptied, it is lent to the
+        // next batch's buffer, so it is sized once.
         let mut kept_events: Vec<AccessEvent<'static>> = Vec::new();
-        let mut kept_scratch: Vec<Result<AccessEvent<'static>, DecodeError>> = Vec::new();
         while !self.stop.load(Ordering::Relaxed) && reader.next_batch(&mut buffer, &mut spans, self.batch_size)? {
             // Events borrow from this batch's buffer: no allocation per
             // event.
             let mut events = relend(kept_events);
-            let mut scratch = relend_results(kept_scratch);
+            let mut scratch = Vec::new();
             self.origins.clear();
             self.rejects.clear();
             let decoded = Cell::new(0);
@@ -258,7 +256,6 @@ impl<'a> Run<'a> {
             self.origins = origins;
             self.rejects = rejects;
             kept_events = relend(events);
-            kept_scratch = relend_results(scratch);
             if let Some(bar) = self.progress {
                 bar.set_position(reader.bytes_read);
             }

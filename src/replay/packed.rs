@@ -5,7 +5,6 @@
 
 use std::net::IpAddr;
 
-use crate::decode::DecodeError;
 use crate::event::AccessEvent;
 
 /// A string of a packed event, as a range of the holder's text.
@@ -134,17 +133,6 @@ pub(crate) fn relend<'to>(mut events: Vec<AccessEvent<'_>>) -> Vec<AccessEvent<'
     // Collecting an emptied vector's iterator into one of the same layout
     // reuses its allocation.
     events
-        .into_iter()
-        .map(|_| unreachable!("the vector is empty"))
-        .collect()
-}
-
-/// [`relend`], for a decoder's scratch of results.
-pub(crate) fn relend_results<'to>(
-    mut results: Vec<Result<AccessEvent<'_>, DecodeError>>,
-) -> Vec<Result<AccessEvent<'to>, DecodeError>> {
-    results.clear();
-    results
         .into_iter()
         .map(|_| unreachable!("the vector is empty"))
         .collect()

@@ -171,9 +171,7 @@ impl RecordReader {
         }
         Ok(!spans.is_empty())
     }
-}
 
-impl RecordReader {
     /// Appends the whole lines the reader has buffered to `buffer` with one
     /// copy, their spans to `spans`, within the batch's record and byte
     /// budgets. Returns whether it took any line (a blank one included);
