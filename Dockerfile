@@ -13,14 +13,15 @@ COPY src ./src
 COPY benches ./benches
 COPY models ./models
 COPY schemas ./schemas
-RUN cargo build --release --locked --bin keywatch
+# The dist profile: release with link-time optimisation across crates.
+RUN cargo build --profile dist --locked --bin keywatch
 
 FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 keywatch
-COPY --from=build /src/target/release/keywatch /usr/local/bin/keywatch
+COPY --from=build /src/target/dist/keywatch /usr/local/bin/keywatch
 USER keywatch
 ENTRYPOINT ["/usr/local/bin/keywatch"]
 CMD ["run", "--config", "/etc/keywatch/keywatch.toml"]

@@ -143,6 +143,34 @@ fn the_dockerfile_copies_what_the_build_needs() {
 }
 
 #[test]
+fn the_image_copies_the_binary_its_build_step_made_with_a_profile_cargo_toml_defines() {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).expect("Dockerfile");
+    let build = dockerfile
+        .lines()
+        .find(|line| line.starts_with("RUN cargo build"))
+        .expect("a cargo build step");
+    let words: Vec<&str> = build.split_whitespace().collect();
+    let profile = match words.iter().position(|word| *word == "--profile") {
+        Some(at) => words[at + 1],
+        None if words.contains(&"--release") => "release",
+        None => "dev",
+    };
+    let target_dir = if profile == "dev" { "debug" } else { profile };
+    assert!(
+        dockerfile.contains(&format!("COPY --from=build /src/target/{target_dir}/keywatch ")),
+        "the image copies target/{target_dir}/keywatch, which `{build}` makes"
+    );
+    if !["dev", "release"].contains(&profile) {
+        let manifest: toml::Value =
+            toml::from_str(&std::fs::read_to_string(repo().join("Cargo.toml")).unwrap()).unwrap();
+        assert!(
+            manifest["profile"].get(profile).is_some(),
+            "Cargo.toml defines the profile {profile}"
+        );
+    }
+}
+
+#[test]
 fn the_metrics_port_is_published() {
     let compose = compose();
     let keywatch = &compose["services"]["keywatch"];
